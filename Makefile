@@ -1,0 +1,42 @@
+# Agent Service: `make demo` and `make test` do all set-up on a fresh machine.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat requirements.txt | cksum | cut -d' ' -f1)
+
+.PHONY: install demo test services worker beat flower llm-server init-db clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements.txt
+	rm -f $(VENV)/.installed-* && touch $@
+
+demo: install
+	$(BIN)/python cli.py demo
+
+services:
+	bash scripts/ensure-services.sh
+
+test: install services
+	$(BIN)/python -m pytest
+
+init-db: install
+	$(BIN)/python cli.py init-db
+
+worker: install
+	$(BIN)/celery -A worker worker --loglevel=info -Q agent_tasks,system
+
+beat: install
+	$(BIN)/celery -A worker beat --loglevel=info --schedule .local/celerybeat-schedule
+
+flower: install
+	$(BIN)/celery -A worker flower
+
+llm-server: install
+	$(BIN)/python llm_server.py --port 8099
+
+clean:
+	rm -rf .local .pytest_cache

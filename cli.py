@@ -1,0 +1,187 @@
+"""Command line: `python cli.py init-db | create-agent | submit | status | list | cancel | demo`."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import uuid
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy import select
+
+from config import get_settings
+from database import session_scope
+from errors import AgentServiceError, TaskValidationError
+from models import Agent, Task, TaskStatus
+from schemas import parse_agent_input
+
+ROOT = Path(__file__).resolve().parent
+console = Console()
+
+
+def init_db(database_url: str | None = None) -> None:
+    """Apply every Alembic migration to the configured database (or `database_url`)."""
+    config = Config(str(ROOT / "alembic.ini"))
+    config.attributes["configure_logger"] = False
+    if database_url:
+        from sqlalchemy import create_engine
+
+        with create_engine(database_url).begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+        return
+    command.upgrade(config, "head")
+
+
+def create_agent(session, data: dict) -> Agent:
+    """Insert a validated agent. Raises: TaskValidationError (bad fields or a taken name)."""
+    spec = parse_agent_input(data)
+    if session.scalar(select(Agent.id).where(Agent.name == spec.name)) is not None:
+        raise TaskValidationError(f"an agent named {spec.name!r} already exists")
+    agent = Agent(**spec.model_dump(exclude={"settings"}), settings=spec.settings.model_dump(exclude_defaults=True))
+    session.add(agent)
+    session.flush()
+    return agent
+
+
+def find_agent(session, ref: str) -> Agent | None:
+    """An agent by id or by name."""
+    try:
+        return session.get(Agent, uuid.UUID(ref))
+    except ValueError:
+        return session.scalar(select(Agent).where(Agent.name == ref))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return args.handler(args) or 0
+    except AgentServiceError as exc:
+        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        return 2
+
+
+def _cmd_init_db(args) -> None:
+    init_db()
+    console.print("database schema is up to date")
+
+
+def _cmd_create_agent(args) -> None:
+    import worker
+
+    data = {"name": args.name, "prompt": args.prompt, "model": args.model or worker.app.settings.default_model,
+            "temperature": args.temperature, "max_tokens": args.max_tokens, "settings": _json_object(args.settings)}
+    with session_scope(worker.app.session_factory) as session:
+        agent = create_agent(session, data)
+    console.print(f"agent {agent.name} created: {agent.id}")
+
+
+def _json_object(raw: str) -> dict:
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise TaskValidationError(f"--settings is not valid JSON: {exc}") from None
+
+
+def _cmd_submit(args) -> None:
+    import worker
+    from tasks import create_agent_task
+
+    with session_scope(worker.app.session_factory) as session:
+        agent = find_agent(session, args.agent)
+    data = {"title": args.title, "description": args.description, "user_id": args.user,
+            "agent_id": str(agent.id) if agent else args.agent}
+    if args.idempotency_key:
+        data["idempotency_key"] = args.idempotency_key
+    console.print(create_agent_task(data))
+
+
+def _cmd_status(args) -> int:
+    import worker
+    from tasks import parse_task_id
+
+    with session_scope(worker.app.session_factory) as session:
+        task = session.get(Task, parse_task_id(args.task_id))
+        if task is None:
+            console.print(f"[red]no task {args.task_id}[/]")
+            return 1
+        fields = {c.name: getattr(task, c.name) for c in Task.__table__.columns}
+    for name, value in fields.items():
+        console.print(f"[bold]{name:>17}[/] {value.value if isinstance(value, TaskStatus) else value}", highlight=False)
+    return 0
+
+
+def _cmd_list(args) -> None:
+    import worker
+
+    query = select(Task).order_by(Task.created_at.desc()).limit(args.limit)
+    if args.status:
+        query = query.where(Task.status == TaskStatus(args.status))
+    with session_scope(worker.app.session_factory) as session:
+        console.print(task_table(session.scalars(query).all()))
+
+
+def _cmd_cancel(args) -> None:
+    from tasks import cancel_task
+
+    console.print(f"{args.task_id}: {cancel_task(args.task_id)}")
+
+
+def _cmd_demo(args) -> int:
+    from demo import run_demo
+
+    return run_demo(task_count=args.tasks)
+
+
+def task_table(tasks: list[Task], *, title: str = "Tasks") -> Table:
+    """A rich table of tasks: status, attempts, tokens, timings and the start of the result."""
+    table = Table(title=title)
+    for column in ("id", "title", "status", "tries", "tokens", "duration", "result / error"):
+        table.add_column(column, no_wrap=True, overflow="ellipsis", max_width=48 if column == "result / error" else 28)
+    for task in tasks:
+        outcome = task.result if task.status == TaskStatus.COMPLETED else task.error
+        duration = f"{task.duration_ms} ms" if task.duration_ms is not None else ""
+        table.add_row(str(task.id)[:8], task.title, task.status.value, str(task.attempts),
+                      str(task.total_tokens or ""), duration, outcome or "")
+    return table
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python cli.py", description="Agent Service command line")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    def add(name: str, handler, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    add("init-db", _cmd_init_db, "apply the database migrations")
+    agent = add("create-agent", _cmd_create_agent, "create an agent")
+    agent.add_argument("--name", required=True)
+    agent.add_argument("--prompt", required=True, help="the agent's system prompt")
+    agent.add_argument("--model", help="default: DEFAULT_MODEL")
+    agent.add_argument("--temperature", type=float, default=0.7)
+    agent.add_argument("--max-tokens", type=int, default=1000)
+    agent.add_argument("--settings", default="{}", help='extra model settings as JSON, e.g. {"top_p": 0.9}')
+    submit = add("submit", _cmd_submit, "validate, store and queue a task; prints its id")
+    submit.add_argument("--agent", required=True, help="agent id or name")
+    submit.add_argument("--title", required=True)
+    submit.add_argument("--description")
+    submit.add_argument("--user", required=True, help="the id of the user the task belongs to")
+    submit.add_argument("--idempotency-key")
+    add("status", _cmd_status, "show one task").add_argument("task_id")
+    listing = add("list", _cmd_list, "list recent tasks")
+    listing.add_argument("--status", choices=[s.value for s in TaskStatus])
+    listing.add_argument("--limit", type=int, default=20)
+    add("cancel", _cmd_cancel, "cancel a queued or running task").add_argument("task_id")
+    demo = add("demo", _cmd_demo, "run the whole job end to end on the embedded defaults")
+    demo.add_argument("--tasks", type=int, default=12)
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""Service settings: one pydantic-settings object, read from the environment and `.env` once.
+
+The defaults run with zero configuration (a SQLite file, kombu's filesystem transport, the
+bundled offline LLM server); `.env.example` shows the production values.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LOCAL_DATA_DIR = Path(__file__).resolve().parent / ".local"
+
+
+class Settings(BaseSettings):
+    """Everything the service can be configured with; business code takes it as a parameter."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    database_url: str = f"sqlite:///{LOCAL_DATA_DIR / 'agent_service.sqlite3'}"
+    redis_url: str | None = None
+    celery_broker_url: str | None = None
+    celery_result_backend: str | None = None
+
+    openai_api_key: SecretStr = SecretStr("offline-key")
+    openai_base_url: str | None = "http://127.0.0.1:8099/v1"
+    default_model: str = "gpt-4o-mini"
+    llm_timeout_seconds: float = Field(60.0, gt=0)
+
+    task_max_attempts: int = Field(5, ge=1, description="LLM attempts per task, the first one included")
+    retry_backoff_base_seconds: float = Field(2.0, gt=0)
+    retry_backoff_max_seconds: float = Field(300.0, gt=0)
+    retry_jitter_ratio: float = Field(0.25, ge=0, le=1)
+    db_unavailable_max_retries: int = Field(100, ge=0)
+
+    task_soft_time_limit_seconds: int = Field(25 * 60, gt=0)
+    task_time_limit_seconds: int = Field(30 * 60, gt=0)
+    broker_visibility_timeout_seconds: int = Field(60 * 60, gt=0)
+    stale_task_after_seconds: int = Field(2 * 60 * 60, gt=0)
+    health_check_interval_seconds: float = Field(60.0, gt=0)
+
+    max_title_length: int = Field(500, gt=0)
+    max_description_length: int = Field(20_000, gt=0)
+    max_result_length: int = Field(100_000, gt=0)
+
+    db_pool_size: int = Field(5, ge=1)
+    db_max_overflow: int = Field(10, ge=0)
+    metrics_port: int = Field(0, ge=0, le=65535, description="0 disables the Prometheus exporter")
+    log_json: bool = True
+
+    @model_validator(mode="after")
+    def _limits_are_ordered(self) -> Settings:
+        if not self.task_soft_time_limit_seconds < self.task_time_limit_seconds:
+            raise ValueError("TASK_SOFT_TIME_LIMIT_SECONDS must be below TASK_TIME_LIMIT_SECONDS")
+        if not self.task_time_limit_seconds < self.broker_visibility_timeout_seconds:
+            # Redis redelivers unacked messages after the visibility timeout, even while they still run.
+            raise ValueError("BROKER_VISIBILITY_TIMEOUT_SECONDS must exceed TASK_TIME_LIMIT_SECONDS")
+        if not self.broker_visibility_timeout_seconds < self.stale_task_after_seconds:
+            raise ValueError("STALE_TASK_AFTER_SECONDS must exceed BROKER_VISIBILITY_TIMEOUT_SECONDS")
+        if not self.llm_timeout_seconds < self.task_soft_time_limit_seconds:
+            raise ValueError("LLM_TIMEOUT_SECONDS must be below TASK_SOFT_TIME_LIMIT_SECONDS")
+        return self
+
+    @property
+    def broker_url(self) -> str:
+        return self.celery_broker_url or self.redis_url or "filesystem://"
+
+    @property
+    def result_backend(self) -> str:
+        default = f"db+sqlite:///{LOCAL_DATA_DIR / 'celery_results.sqlite3'}"
+        return self.celery_result_backend or self.redis_url or default
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, built once from the environment."""
+    return Settings()

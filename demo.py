@@ -1,0 +1,92 @@
+"""`make demo`: the whole job end to end on the embedded defaults, with a progress bar and a results table.
+
+Starts the bundled LLM server and a real Celery worker process, submits tasks (one of them meets a
+rate limit and is retried), follows them to the end and prints what each one produced.
+"""
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from pathlib import Path
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from sqlalchemy import func, select
+
+from cli import console, init_db, task_table
+from config import LOCAL_DATA_DIR
+from database import session_scope
+from models import FINAL_STATUSES, Agent, Task, TaskStatus
+from processes import celery_worker, llm_server
+from tasks import create_agent_tasks, parse_task_id
+
+DEMO_AGENT = {"name": "demo-analyst", "model": "gpt-4o-mini", "temperature": 0.2, "max_tokens": 300,
+              "prompt": "You are a concise analyst. Answer the task in two sentences."}
+TOPICS = ("Summarise last week's support tickets", "Draft a release note", "Classify this lead",
+          "Extract action items from the meeting", "Suggest three blog titles", "Review the on-call handover")
+
+
+def run_demo(*, task_count: int, timeout: float = 120) -> int:
+    """Run the demo; returns 0 when every task completed."""
+    import worker  # the configured app; imported here so `cli.py --help` stays light
+
+    init_db()
+    with llm_server(latency_ms=300, jitter_ms=400) as llm_url:
+        with celery_worker(env={"OPENAI_BASE_URL": f"{llm_url}/v1", "RETRY_BACKOFF_BASE_SECONDS": "1"},
+                           log_path=LOCAL_DATA_DIR / "demo-worker.log", name="demo"):
+            console.print(f"worker is up; LLM server at {llm_url}; submitting {task_count} tasks")
+            agent_id = _demo_agent_id(worker.app.session_factory)
+            items = [_demo_task(i, agent_id) for i in range(task_count)]
+            _rate_limit_once(llm_url, match=items[0]["title"])
+            task_ids = create_agent_tasks(items, app=worker.app)
+            tasks = _follow(task_ids, session_factory=worker.app.session_factory, timeout=timeout)
+    console.print(task_table(tasks, title="Demo results"))
+    completed = sum(task.status == TaskStatus.COMPLETED for task in tasks)
+    console.print(f"{completed}/{len(tasks)} completed; worker log: {Path(LOCAL_DATA_DIR / 'demo-worker.log')}")
+    return 0 if completed == len(tasks) else 1
+
+
+def _demo_agent_id(session_factory) -> str:
+    with session_scope(session_factory) as session:
+        agent = session.scalar(select(Agent).where(Agent.name == DEMO_AGENT["name"]))
+        if agent is None:
+            agent = Agent(**DEMO_AGENT)
+            session.add(agent)
+            session.flush()
+        return str(agent.id)
+
+
+def _demo_task(index: int, agent_id: str) -> dict:
+    topic = TOPICS[index % len(TOPICS)]
+    return {"title": f"{topic} #{index + 1} ({time.strftime('%H:%M:%S')})", "agent_id": agent_id,
+            "description": f"Demo task {index + 1}: {topic.lower()}.", "user_id": "demo-user"}
+
+
+def _rate_limit_once(llm_url: str, *, match: str) -> None:
+    # Shows a transient failure: the first call for this task gets a 429 and the task retries.
+    rule = {"fault": "429", "match": match, "times": 1, "retry_after": 1}
+    request = urllib.request.Request(f"{llm_url}/control/faults", data=json.dumps(rule).encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+    urllib.request.urlopen(request, timeout=5).close()
+
+
+def _follow(task_ids: list[str], *, session_factory, timeout: float) -> list[Task]:
+    ids = [parse_task_id(task_id) for task_id in task_ids]
+    columns = (TextColumn("[bold]tasks"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    deadline = time.monotonic() + timeout
+    with Progress(*columns, console=console) as progress:
+        bar = progress.add_task("tasks", total=len(ids))
+        while time.monotonic() < deadline:
+            done = _count_final(session_factory, ids)
+            progress.update(bar, completed=done)
+            if done == len(ids):
+                break
+            time.sleep(0.3)
+    with session_scope(session_factory) as session:
+        return list(session.scalars(select(Task).where(Task.id.in_(ids)).order_by(Task.created_at, Task.title)))
+
+
+def _count_final(session_factory, ids) -> int:
+    with session_scope(session_factory) as session:
+        return session.scalar(select(func.count()).where(Task.id.in_(ids), Task.status.in_(FINAL_STATUSES)))
+

@@ -1,0 +1,89 @@
+"""Prompt and chain construction for agents, with one reused client per model configuration."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+
+from langchain_core.callbacks import UsageMetadataCallbackHandler
+from langchain_core.output_parsers import StrOutputParser
+from langchain_core.prompts import ChatPromptTemplate
+from langchain_core.runnables import Runnable
+from langchain_openai import ChatOpenAI
+from pydantic import SecretStr
+
+from config import Settings
+from errors import RetryableError
+from lifecycle import AgentSpec, Usage
+
+PROMPT = ChatPromptTemplate.from_messages(
+    [
+        ("system", "{agent_prompt}"),
+        ("human", "Task: {task_title}\n\nDescription: {task_description}"),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class LLMReply:
+    text: str
+    usage: Usage | None
+
+
+def build_chain(agent: AgentSpec, settings: Settings) -> Runnable:
+    """ChatPromptTemplate | ChatOpenAI | StrOutputParser for this agent; the model client is shared."""
+    chat_model = _chat_model(
+        model=agent.model,
+        temperature=agent.temperature,
+        max_tokens=agent.max_tokens,
+        options_json=agent.options.model_dump_json(exclude_none=True),
+        base_url=settings.openai_base_url,
+        api_key=settings.openai_api_key,
+        timeout=settings.llm_timeout_seconds,
+    )
+    return PROMPT | chat_model | StrOutputParser()
+
+
+def run_agent(agent: AgentSpec, *, title: str, description: str, settings: Settings) -> LLMReply:
+    """Run the agent's chain on one task and report the text and token usage."""
+    usage_handler = UsageMetadataCallbackHandler()
+    inputs = {"agent_prompt": agent.prompt, "task_title": title, "task_description": description}
+    try:
+        text = build_chain(agent, settings).invoke(inputs, config={"callbacks": [usage_handler]})
+    except TypeError as exc:
+        # ChatOpenAI raises TypeError for a 200 reply without `choices`; it is the provider's fault.
+        raise RetryableError(f"LLM returned a malformed reply: {exc}") from exc
+    return LLMReply(text=text, usage=_total_usage(usage_handler))
+
+
+@lru_cache(maxsize=256)
+def _chat_model(
+    *, model: str, temperature: float, max_tokens: int, options_json: str, base_url: str | None, api_key: SecretStr, timeout: float
+) -> ChatOpenAI:
+    options = json.loads(options_json)
+    model_kwargs = {"response_format": {"type": "json_object"}} if options.pop("response_format") == "json_object" else {}
+    # max_retries=0: retries are the task's job (backoff, Retry-After, attempts in the row), not the client's.
+    # timeout is explicit because langchain-openai otherwise waits forever on a silent server.
+    return ChatOpenAI(
+        model=model,
+        temperature=temperature,
+        max_tokens=max_tokens,
+        base_url=base_url,
+        api_key=api_key,
+        timeout=timeout,
+        max_retries=0,
+        model_kwargs=model_kwargs,
+        **options,
+    )
+
+
+def _total_usage(handler: UsageMetadataCallbackHandler) -> Usage | None:
+    per_model = handler.usage_metadata.values()
+    if not per_model:
+        return None
+    return Usage(
+        prompt_tokens=sum(u.get("input_tokens", 0) for u in per_model),
+        completion_tokens=sum(u.get("output_tokens", 0) for u in per_model),
+        total_tokens=sum(u.get("total_tokens", 0) for u in per_model),
+    )
+

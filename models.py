@@ -1,0 +1,95 @@
+"""ORM mappings for agents and their tasks: columns and relationships only, no queries."""
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import datetime
+from typing import Any, Optional
+
+from sqlalchemy import JSON, DateTime, Enum, ForeignKey, Index, String, Text, func
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every table."""
+
+
+class TaskStatus(str, enum.Enum):
+    """Where a task is in its lifecycle: pending -> queued -> running -> completed | failed | cancelled."""
+
+    PENDING = "pending"
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_final(self) -> bool:
+        return self in FINAL_STATUSES
+
+
+FINAL_STATUSES = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED})
+
+_timestamp = DateTime(timezone=True)
+
+
+class Agent(Base):
+    """An AI agent: the system prompt and model settings that tasks run with."""
+
+    __tablename__ = "agents"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    prompt: Mapped[str] = mapped_column(Text)
+    model: Mapped[str] = mapped_column(String(200))
+    temperature: Mapped[float] = mapped_column(default=0.7)
+    max_tokens: Mapped[int] = mapped_column(default=1000)
+    settings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    is_active: Mapped[bool] = mapped_column(default=True)
+    created_at: Mapped[datetime] = mapped_column(_timestamp, server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(_timestamp, server_default=func.now(), onupdate=func.now())
+
+    tasks: Mapped[list[Task]] = relationship(back_populates="agent")
+
+    def __repr__(self) -> str:
+        return f"Agent(id={self.id!s}, name={self.name!r}, model={self.model!r}, active={self.is_active})"
+
+
+class Task(Base):
+    """One unit of agent work and everything known about its runs."""
+
+    __tablename__ = "tasks"
+    __table_args__ = (
+        Index("ix_tasks_status_updated_at", "status", "updated_at"),
+        Index("ix_tasks_user_idempotency_key", "user_id", "idempotency_key", unique=True),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    title: Mapped[str] = mapped_column(String(1000))
+    description: Mapped[Optional[str]] = mapped_column(Text)
+    agent_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("agents.id"), index=True)
+    user_id: Mapped[str] = mapped_column(String(200), index=True)
+    idempotency_key: Mapped[Optional[str]] = mapped_column(String(200))
+    status: Mapped[TaskStatus] = mapped_column(
+        Enum(TaskStatus, name="task_status", values_callable=lambda e: [m.value for m in e]),
+        default=TaskStatus.PENDING,
+    )
+    result: Mapped[Optional[str]] = mapped_column(Text)
+    error: Mapped[Optional[str]] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(default=0)
+    prompt_tokens: Mapped[Optional[int]]
+    completion_tokens: Mapped[Optional[int]]
+    total_tokens: Mapped[Optional[int]]
+    created_at: Mapped[datetime] = mapped_column(_timestamp, server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(_timestamp, server_default=func.now(), onupdate=func.now())
+    queued_at: Mapped[Optional[datetime]] = mapped_column(_timestamp)
+    started_at: Mapped[Optional[datetime]] = mapped_column(_timestamp)
+    claimed_at: Mapped[Optional[datetime]] = mapped_column(_timestamp)
+    finished_at: Mapped[Optional[datetime]] = mapped_column(_timestamp)
+    duration_ms: Mapped[Optional[int]]
+
+    agent: Mapped[Agent] = relationship(back_populates="tasks")
+
+    def __repr__(self) -> str:
+        return f"Task(id={self.id!s}, status={self.status.value}, attempts={self.attempts}, title={self.title[:40]!r})"

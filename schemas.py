@@ -1,0 +1,97 @@
+"""Validated input: what a caller may submit as a task or an agent, with clear errors for the rest."""
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictStr, ValidationError, ValidationInfo, field_validator
+
+from config import Settings
+from errors import TaskValidationError
+
+
+def _storable_text(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain NUL bytes")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError("must be valid unicode (no lone surrogates)") from exc
+    return value
+
+
+Text = Annotated[StrictStr, AfterValidator(_storable_text)]
+Name = Annotated[Text, Field(min_length=1, max_length=200)]
+
+
+class TaskInput(BaseModel):
+    """A task as submitted to `create_agent_task`; sizes are bounded by Settings."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, frozen=True)
+
+    title: Annotated[Text, Field(min_length=1)]
+    description: Text | None = None
+    agent_id: uuid.UUID
+    user_id: Name
+    idempotency_key: Name | None = None
+
+    @field_validator("title", "description")
+    @classmethod
+    def _within_configured_size(cls, value: str | None, info: ValidationInfo) -> str | None:
+        settings: Settings = (info.context or {})["settings"]
+        limit = settings.max_title_length if info.field_name == "title" else settings.max_description_length
+        if value is not None and len(value) > limit:
+            raise ValueError(f"is {len(value)} characters long; the limit is {limit}")
+        return value
+
+
+class AgentOptions(BaseModel):
+    """Extra model settings an agent may carry; anything else is a configuration error."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    top_p: float | None = Field(None, ge=0, le=1)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    seed: int | None = None
+    stop: list[str] | None = None
+    response_format: Literal["text", "json_object"] = "text"
+
+
+class AgentInput(BaseModel):
+    """An agent definition as given to `python cli.py create-agent`."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    name: Name
+    prompt: Annotated[Text, Field(min_length=1, max_length=50_000)]
+    model: Name
+    temperature: float = Field(0.7, ge=0, le=2)
+    max_tokens: int = Field(1000, ge=1, le=200_000)
+    settings: AgentOptions = AgentOptions()
+
+
+def parse_task_input(data: Any, *, settings: Settings) -> TaskInput:
+    """Validate raw task data. Raises: TaskValidationError naming every bad field."""
+    if isinstance(data, TaskInput):
+        data = data.model_dump()
+    return _parse(TaskInput, data, context={"settings": settings})
+
+
+def parse_agent_input(data: Any) -> AgentInput:
+    """Validate raw agent data. Raises: TaskValidationError naming every bad field."""
+    return _parse(AgentInput, data, context=None)
+
+
+def _parse(model: type[BaseModel], data: Any, *, context: dict | None):
+    if not isinstance(data, dict):
+        raise TaskValidationError(f"{model.__name__} must be a mapping, not {type(data).__name__}")
+    try:
+        return model.model_validate(data, context=context)
+    except ValidationError as exc:
+        raise TaskValidationError(_describe(exc)) from None
+
+
+def _describe(exc: ValidationError) -> str:
+    problems = [f"{'.'.join(str(p) for p in err['loc']) or 'input'}: {err['msg']}" for err in exc.errors()]
+    return "invalid task input: " + "; ".join(problems)

@@ -1,0 +1,102 @@
+"""The Celery application `agentic_worker`: configuration, queues, routes, beat schedule, signal wiring.
+
+Run it from the repository root with `celery -A worker worker --loglevel=info`.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from celery.signals import setup_logging, worker_process_init, worker_ready
+from kombu import Queue
+
+from config import LOCAL_DATA_DIR, Settings, get_settings
+from database import make_engine, make_session_factory
+from monitoring import configure_logging, start_metrics_exporter
+
+AGENT_QUEUE = "agent_tasks"
+SYSTEM_QUEUE = "system"
+
+
+class AgentServiceCelery(Celery):
+    """A Celery app that carries its settings and database session factory to the tasks."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__("agentic_worker", broker=settings.broker_url, backend=settings.result_backend)
+        self.settings = settings
+        self.engine = make_engine(settings)
+        self.session_factory = make_session_factory(self.engine)
+
+
+def create_celery_app(settings: Settings) -> AgentServiceCelery:
+    """Build the configured app; its tasks are registered by importing `tasks`."""
+    app = AgentServiceCelery(settings)
+    app.conf.update(celery_config(settings))
+    return app
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Celery settings derived from ours: JSON only, UTC, late acks, two routed queues, beat."""
+    from tasks import HEALTH_TASK_NAME, PROCESS_TASK_NAME
+
+    return {
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "result_serializer": "json",
+        "result_accept_content": ["json"],
+        "timezone": "UTC",
+        "enable_utc": True,
+        "task_track_started": True,
+        "task_time_limit": settings.task_time_limit_seconds,
+        "task_soft_time_limit": settings.task_soft_time_limit_seconds,
+        "worker_prefetch_multiplier": 1,
+        "worker_max_tasks_per_child": 1000,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "task_queues": (Queue(AGENT_QUEUE), Queue(SYSTEM_QUEUE)),
+        "task_default_queue": AGENT_QUEUE,
+        "task_routes": {PROCESS_TASK_NAME: {"queue": AGENT_QUEUE}, HEALTH_TASK_NAME: {"queue": SYSTEM_QUEUE}},
+        "beat_schedule": {
+            "health-check": {"task": HEALTH_TASK_NAME, "schedule": settings.health_check_interval_seconds},
+        },
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "broker_connection_retry_on_startup": True,
+        "broker_transport_options": _transport_options(settings),
+        "result_backend_transport_options": {"visibility_timeout": settings.broker_visibility_timeout_seconds},
+        "database_engine_options": {"connect_args": {"timeout": 30}},
+    }
+
+
+def _transport_options(settings: Settings) -> dict[str, Any]:
+    if settings.broker_url.startswith("filesystem"):
+        folder = LOCAL_DATA_DIR / "broker"
+        folder.mkdir(parents=True, exist_ok=True)
+        return {"data_folder_in": str(folder), "data_folder_out": str(folder), "store_processed": False}
+    # Unacked messages come back after this long, even while still running, so it must outlast a task.
+    return {"visibility_timeout": settings.broker_visibility_timeout_seconds}
+
+
+app = create_celery_app(get_settings())
+celery_app = app
+
+from tasks import create_agent_task, health_check, process_agent_task  # noqa: E402  (registers the tasks on `app`)
+
+__all__ = ["app", "celery_app", "create_agent_task", "create_celery_app", "health_check", "process_agent_task"]
+
+
+@setup_logging.connect
+def _configure_logging(loglevel: int | str | None = None, **_: Any) -> None:
+    configure_logging(level=loglevel or "INFO", json_lines=app.settings.log_json)
+
+
+@worker_process_init.connect
+def _reset_pools_after_fork(**_: Any) -> None:
+    # A forked child must not reuse the parent's sockets; close=False leaves them to the parent.
+    app.engine.dispose(close=False)
+
+
+@worker_ready.connect
+def _start_metrics(**_: Any) -> None:
+    start_metrics_exporter(app.settings.metrics_port)
