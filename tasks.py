@@ -203,7 +203,9 @@ def _publish(app: Celery, task_ids: list[uuid.UUID]) -> None:
     try:
         with app.producer_or_acquire() as producer:
             for task_id in task_ids:
-                app.send_task(PROCESS_TASK_NAME, args=[str(task_id)], task_id=str(task_id), producer=producer)
+                # ignore_result: the outcome lives in the task row, so neither side touches the result backend.
+                app.send_task(PROCESS_TASK_NAME, args=[str(task_id)], task_id=str(task_id), producer=producer,
+                              ignore_result=True)
     except (BrokerOperationalError, ConnectionError, OSError) as exc:
         raise BrokerUnavailableError(
             f"{len(task_ids)} task(s) saved as pending but not queued (broker unreachable: {exc}); "

@@ -1,0 +1,116 @@
+"""Fixtures on real services: a PostgreSQL database migrated by Alembic, Redis databases, the bundled
+LLM server and a real `celery worker` process. A missing service fails the run; it never skips."""
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from sqlalchemy import create_engine, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from cli import init_db
+from config import Settings
+from database import make_engine, session_scope
+from models import Agent
+from processes import celery_worker, llm_server
+from tests.support import LLMControl, make_settings, settings_env
+from worker import create_celery_app
+
+PG_ROOT = "postgresql+psycopg2://postgres@127.0.0.1:5432"
+TEST_DB = "agent_service_test"
+WORKER_REDIS = "redis://127.0.0.1:6379/15"
+IDLE_REDIS = "redis://127.0.0.1:6379/14"  # a broker no worker consumes, to inspect published messages
+LOG_DIR = Path(__file__).resolve().parent.parent / ".local" / "test-logs"
+
+
+@pytest.fixture(scope="session")
+def database_url() -> str:
+    admin = create_engine(f"{PG_ROOT}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f"DROP DATABASE IF EXISTS {TEST_DB} WITH (FORCE)"))
+        connection.execute(text(f"CREATE DATABASE {TEST_DB}"))
+    admin.dispose()
+    url = f"{PG_ROOT}/{TEST_DB}"
+    init_db(url)
+    return url
+
+
+@pytest.fixture(scope="session")
+def llm_url() -> Iterator[str]:
+    with llm_server(latency_ms=20) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def llm(llm_url: str) -> LLMControl:
+    return LLMControl(llm_url)
+
+
+@pytest.fixture(scope="session")
+def settings(database_url: str, llm_url: str) -> Settings:
+    return make_settings(database_url=database_url, redis_url=WORKER_REDIS, openai_base_url=f"{llm_url}/v1")
+
+
+@pytest.fixture(scope="session")
+def app(settings: Settings):
+    redis.Redis.from_url(WORKER_REDIS).flushdb()
+    return create_celery_app(settings)
+
+
+@pytest.fixture(scope="session")
+def idle_app(settings: Settings):
+    """An app whose broker no worker reads: what it publishes stays in Redis for the test to see."""
+    return create_celery_app(settings.model_copy(update={"redis_url": IDLE_REDIS}))
+
+
+@pytest.fixture
+def idle_redis(idle_app) -> redis.Redis:
+    client = redis.Redis.from_url(IDLE_REDIS)
+    client.flushdb()
+    return client
+
+
+@pytest.fixture(scope="session")
+def worker(app, settings: Settings) -> Iterator[None]:
+    """A real `celery -A worker worker` process, prefork with 4 children, on Redis and PostgreSQL."""
+    with celery_worker(env=settings_env(settings), log_path=LOG_DIR / "worker.log", name="test"):
+        yield
+
+
+@pytest.fixture(scope="session")
+def session_factory(app) -> sessionmaker[Session]:
+    return app.session_factory
+
+
+@pytest.fixture
+def agent(session_factory) -> Agent:
+    """A committed, active agent with a unique name."""
+    with session_scope(session_factory) as session:
+        agent = Agent(name=f"agent-{uuid.uuid4().hex[:8]}", prompt="You are a careful assistant.", model="gpt-4o-mini",
+                      temperature=0.1, max_tokens=200)
+        session.add(agent)
+    return agent
+
+
+@pytest.fixture
+def db_session(database_url: str, settings: Settings) -> Iterator[Session]:
+    """A session inside a transaction that is rolled back after the test, whatever it committed."""
+    engine = make_engine(settings)
+    with engine.connect() as connection:
+        transaction = connection.begin()
+        session = Session(bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False)
+        try:
+            yield session
+        finally:
+            session.close()
+            transaction.rollback()
+    engine.dispose()
+
+
+@pytest.fixture
+def rollback_factory(db_session: Session) -> sessionmaker[Session]:
+    """A session factory whose commits land in `db_session`'s rolled-back transaction."""
+    return sessionmaker(bind=db_session.connection(), join_transaction_mode="create_savepoint", expire_on_commit=False)

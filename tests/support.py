@@ -1,0 +1,58 @@
+"""Helpers shared by the tests: settings for child processes, the LLM server's control API, polling."""
+from __future__ import annotations
+
+import time
+import uuid
+
+import httpx
+
+from config import Settings
+from database import session_scope
+from models import FINAL_STATUSES, Task
+
+
+class LLMControl:
+    """Drives the bundled LLM server's control API: fault rules and the log of requests received."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
+        self.http = httpx.Client(base_url=base_url, timeout=10)
+
+    def add_fault(self, **rule) -> int:
+        response = self.http.post("/control/faults", json=rule)
+        response.raise_for_status()
+        return response.json()["id"]
+
+    def requests(self, match: str) -> list[dict]:
+        return self.http.get("/control/requests", params={"match": match}).json()["requests"]
+
+
+def make_settings(**overrides) -> Settings:
+    """Settings for tests: nothing from the environment or `.env`, quick retries."""
+    values = dict(
+        retry_backoff_base_seconds=0.2, retry_backoff_max_seconds=2.0, task_max_attempts=3,
+        llm_timeout_seconds=5, log_json=True,
+    )
+    return Settings(_env_file=None, **{**values, **overrides})
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that makes a child process build these same settings."""
+    values = settings.model_dump(exclude_none=True)
+    values["openai_api_key"] = settings.openai_api_key.get_secret_value()
+    return {name.upper(): str(value) for name, value in values.items()}
+
+
+def wait_for_final(session_factory, task_ids: list[str], *, timeout: float = 60) -> dict[str, Task]:
+    """Poll until every task is completed, failed or cancelled; returns them by id."""
+    ids = [uuid.UUID(task_id) for task_id in task_ids]
+    deadline = time.monotonic() + timeout
+    while True:
+        with session_scope(session_factory) as session:
+            tasks = session.query(Task).filter(Task.id.in_(ids)).all()
+        if len(tasks) == len(ids) and all(task.status in FINAL_STATUSES for task in tasks):
+            return {str(task.id): task for task in tasks}
+        if time.monotonic() > deadline:
+            pending = [f"{task.id}:{task.status.value}" for task in tasks if task.status not in FINAL_STATUSES]
+            raise AssertionError(f"tasks not final after {timeout}s: {pending[:10]}")
+        time.sleep(0.2)

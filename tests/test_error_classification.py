@@ -1,0 +1,39 @@
+"""Errors from the real openai client, provoked by the bundled LLM server, map to retry or fail."""
+from __future__ import annotations
+
+import openai
+import pytest
+
+from errors import PermanentError, RetryableError, classify
+
+
+@pytest.fixture(scope="module")
+def client(llm_url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{llm_url}/v1", api_key="test", max_retries=0, timeout=2)
+
+
+def provoke(client: openai.OpenAI, fault: str, **headers) -> Exception:
+    with pytest.raises(Exception) as raised:
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}],
+                                       extra_headers={"X-Mock-Fault": fault, **headers})
+    return raised.value
+
+
+@pytest.mark.parametrize("fault", ["500", "502", "503", "drop", "malformed", "hang"])
+def test_transient_llm_failures_are_retryable(client, fault):
+    assert isinstance(classify(provoke(client, fault)), RetryableError)
+
+
+@pytest.mark.parametrize("fault", ["400", "401", "403", "404", "insufficient_quota"])
+def test_llm_failures_retrying_cannot_fix_are_permanent(client, fault):
+    error = classify(provoke(client, fault))
+    assert isinstance(error, PermanentError) and str(error)
+
+
+def test_rate_limit_carries_the_retry_after_delay(client):
+    error = classify(provoke(client, "429", **{"X-Mock-Retry-After": "2.5"}))
+    assert isinstance(error, RetryableError) and error.delay == 2.5
+
+
+def test_quota_exhaustion_says_so(client):
+    assert "quota exhausted" in str(classify(provoke(client, "insufficient_quota")))

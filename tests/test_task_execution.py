@@ -1,0 +1,155 @@
+"""Layer 1: the plain task functions on real PostgreSQL, inside a rolled-back transaction, with the
+LLM collaborator passed in (a stand-in function here; the real client is exercised in test_worker)."""
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+import pytest
+
+import lifecycle
+from errors import PermanentError, RetryableError
+from lifecycle import Claim, Skip, Usage, utcnow
+from llm import LLMReply
+from models import Agent, Task, TaskStatus
+from tasks import backoff_delay, execute_agent_task
+
+
+@pytest.fixture
+def stored_agent(db_session) -> Agent:
+    agent = Agent(name=f"a-{uuid.uuid4().hex[:6]}", prompt="p", model="gpt-4o-mini", temperature=0.0, max_tokens=50)
+    db_session.add(agent)
+    db_session.flush()
+    return agent
+
+
+@pytest.fixture
+def queued_task(db_session, stored_agent) -> Task:
+    task = Task(id=uuid.uuid4(), title="Summarise", description="the week", agent_id=stored_agent.id,
+                user_id="u1", status=TaskStatus.QUEUED, attempts=0)
+    db_session.add(task)
+    db_session.flush()
+    return task
+
+
+def answer(text="done", usage=Usage(7, 3, 10)):
+    def run_llm(agent, *, title, description, settings):
+        return LLMReply(text=f"{text}: {title}/{description}", usage=usage)
+
+    return run_llm
+
+
+def failing(error: Exception):
+    def run_llm(agent, **_):
+        raise error
+
+    return run_llm
+
+
+def reload(db_session, task: Task) -> Task:
+    return db_session.get(Task, task.id, populate_existing=True)
+
+
+def test_claim_marks_task_running_and_counts_the_attempt(db_session, queued_task, settings):
+    # Given a queued task, When a worker claims it
+    claim = lifecycle.claim_task(db_session, queued_task.id, settings=settings, now=utcnow())
+    # Then it owns attempt 1 and the row says running, with a start time
+    assert isinstance(claim, Claim) and claim.attempt == 1
+    row = reload(db_session, queued_task)
+    assert (row.status, row.attempts) == (TaskStatus.RUNNING, 1) and row.started_at is not None
+
+
+def test_second_claim_of_a_running_task_is_refused(db_session, queued_task, settings):
+    lifecycle.claim_task(db_session, queued_task.id, settings=settings, now=utcnow())
+    second = lifecycle.claim_task(db_session, queued_task.id, settings=settings, now=utcnow())
+    assert isinstance(second, Skip) and "running elsewhere" in second.reason
+    assert reload(db_session, queued_task).attempts == 1
+
+
+def test_running_task_whose_worker_died_is_reclaimed_after_the_stale_threshold(db_session, queued_task, settings):
+    long_ago = utcnow() - timedelta(seconds=settings.stale_task_after_seconds + 1)
+    lifecycle.claim_task(db_session, queued_task.id, settings=settings, now=long_ago)
+    claim = lifecycle.claim_task(db_session, queued_task.id, settings=settings, now=utcnow())
+    assert isinstance(claim, Claim) and claim.attempt == 2
+
+
+def test_stale_claim_cannot_complete_after_the_task_was_reclaimed(db_session, queued_task, settings):
+    long_ago = utcnow() - timedelta(seconds=settings.stale_task_after_seconds + 1)
+    stale = lifecycle.claim_task(db_session, queued_task.id, settings=settings, now=long_ago)
+    fresh = lifecycle.claim_task(db_session, queued_task.id, settings=settings, now=utcnow())
+    assert lifecycle.record_success(db_session, stale, result="late", usage=None, now=utcnow()) is False
+    assert lifecycle.record_success(db_session, fresh, result="on time", usage=None, now=utcnow()) is True
+    assert reload(db_session, queued_task).result == "on time"
+
+
+def test_cancelled_running_task_never_becomes_completed(db_session, queued_task, settings):
+    claim = lifecycle.claim_task(db_session, queued_task.id, settings=settings, now=utcnow())
+    assert lifecycle.cancel_task(db_session, queued_task.id, now=utcnow()) == TaskStatus.CANCELLED
+    assert lifecycle.record_success(db_session, claim, result="x", usage=None, now=utcnow()) is False
+    assert reload(db_session, queued_task).status == TaskStatus.CANCELLED
+
+
+def test_execute_records_result_usage_attempts_and_timings(rollback_factory, db_session, queued_task, settings):
+    outcome = execute_agent_task(str(queued_task.id), session_factory=rollback_factory, settings=settings, run_llm=answer())
+    row = reload(db_session, queued_task)
+    assert outcome.status == "completed"
+    assert row.status == TaskStatus.COMPLETED and row.result == "done: Summarise/the week"
+    assert (row.prompt_tokens, row.completion_tokens, row.total_tokens, row.attempts) == (7, 3, 10, 1)
+    assert row.finished_at >= row.started_at and row.duration_ms >= 0 and row.error is None
+
+
+def test_completed_task_delivered_again_is_not_run_again(rollback_factory, db_session, queued_task, settings):
+    execute_agent_task(str(queued_task.id), session_factory=rollback_factory, settings=settings, run_llm=answer())
+    again = execute_agent_task(str(queued_task.id), session_factory=rollback_factory, settings=settings,
+                               run_llm=failing(AssertionError("the LLM must not be called")))
+    assert again.status == "skipped" and again.error == "already completed"
+    assert reload(db_session, queued_task).attempts == 1
+
+
+def test_transient_error_requeues_the_task_with_a_backoff(rollback_factory, db_session, queued_task, settings):
+    outcome = execute_agent_task(str(queued_task.id), session_factory=rollback_factory, settings=settings,
+                                 run_llm=failing(RetryableError("LLM rate limited (429)", delay=3.0)))
+    row = reload(db_session, queued_task)
+    assert outcome.status == "retrying" and outcome.retry_in >= 3.0
+    assert row.status == TaskStatus.QUEUED and row.error == "LLM rate limited (429)" and row.attempts == 1
+
+
+def test_permanent_error_fails_the_task_at_once(rollback_factory, db_session, queued_task, settings):
+    outcome = execute_agent_task(str(queued_task.id), session_factory=rollback_factory, settings=settings,
+                                 run_llm=failing(PermanentError("LLM request failed (401): bad key")))
+    row = reload(db_session, queued_task)
+    assert outcome.status == "failed" and outcome.retry_in is None
+    assert row.status == TaskStatus.FAILED and row.error == "LLM request failed (401): bad key" and row.finished_at
+
+
+def test_last_allowed_attempt_failing_transiently_fails_with_that_error(rollback_factory, db_session, queued_task, settings):
+    run = failing(RetryableError("LLM request failed (503): overloaded"))
+    for _ in range(settings.task_max_attempts):
+        outcome = execute_agent_task(str(queued_task.id), session_factory=rollback_factory, settings=settings, run_llm=run)
+    row = reload(db_session, queued_task)
+    assert outcome.status == "failed"
+    assert row.attempts == settings.task_max_attempts
+    assert row.error == f"gave up after {settings.task_max_attempts} attempts: LLM request failed (503): overloaded"
+
+
+def test_agent_with_invalid_settings_fails_with_a_clear_message(rollback_factory, db_session, queued_task, stored_agent, settings):
+    stored_agent.settings = {"temperature_typo": 3}
+    db_session.flush()
+    execute_agent_task(str(queued_task.id), session_factory=rollback_factory, settings=settings, run_llm=answer())
+    row = reload(db_session, queued_task)
+    assert row.status == TaskStatus.FAILED and row.error.startswith("bad agent configuration: agent")
+    assert "temperature_typo" in row.error
+
+
+def test_backoff_grows_exponentially_within_the_jitter_band(settings):
+    ratio = settings.retry_jitter_ratio
+    for attempt in (1, 2, 3):
+        expected = settings.retry_backoff_base_seconds * 2 ** (attempt - 1)
+        delays = [backoff_delay(attempt, settings=settings) for _ in range(200)]
+        assert expected * (1 - ratio) - 0.001 <= min(delays) and max(delays) <= expected * (1 + ratio) + 0.001
+        assert len(set(delays)) > 20  # jittered, not lockstep
+
+
+def test_backoff_never_undercuts_retry_after_and_is_capped_otherwise(settings):
+    assert all(backoff_delay(1, settings=settings, requested=7.5) >= 7.5 for _ in range(100))
+    assert backoff_delay(30, settings=settings) <= settings.retry_backoff_max_seconds * (1 + settings.retry_jitter_ratio)

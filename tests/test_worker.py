@@ -1,0 +1,123 @@
+"""Layer 3: a real `celery worker` process on Redis and PostgreSQL, calling the bundled LLM server
+over HTTP through the real openai client."""
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+from sqlalchemy import update
+
+from tests.support import wait_for_final
+from database import session_scope
+from models import Agent, TaskStatus
+from tasks import HEALTH_TASK_NAME, PROCESS_TASK_NAME, create_agent_task, create_agent_tasks
+
+pytestmark = [pytest.mark.worker, pytest.mark.usefixtures("worker")]
+
+
+def submit(app, agent, title: str, **fields) -> str:
+    return create_agent_task({"title": title, "agent_id": str(agent.id), "user_id": "u-worker", **fields}, app=app)
+
+
+def unique(label: str) -> str:
+    return f"{label} {uuid.uuid4().hex[:10]}"
+
+
+def test_many_tasks_complete_once_with_results_usage_and_timings(app, agent, llm, session_factory):
+    marker = unique("batch")
+    items = [{"title": f"{marker} #{i}", "description": f"item {i}", "agent_id": str(agent.id), "user_id": "u"}
+             for i in range(60)]
+    tasks = wait_for_final(session_factory, create_agent_tasks(items, app=app), timeout=90)
+    assert {task.status for task in tasks.values()} == {TaskStatus.COMPLETED}
+    for task in tasks.values():
+        assert task.result.startswith("Offline answer to: Task: " + marker)
+        assert task.attempts == 1 and task.total_tokens == task.prompt_tokens + task.completion_tokens > 0
+        assert task.started_at and task.finished_at and task.duration_ms >= 0 and task.error is None
+    assert len(llm.requests(marker)) == 60  # one LLM call per task, none twice
+
+
+def test_agent_prompt_title_and_description_reach_the_llm(app, agent, llm, session_factory):
+    title = unique("prompt check")
+    wait_for_final(session_factory, [submit(app, agent, title, description="the fine print")])
+    [request] = llm.requests(title)
+    assert "You are a careful assistant." in request["text"] and "the fine print" in request["text"]
+    assert request["model"] == "gpt-4o-mini"
+
+
+def test_health_check_is_answered_by_the_worker_on_the_system_queue(app):
+    reply = app.send_task(HEALTH_TASK_NAME).get(timeout=30)
+    assert reply["status"] == "ok" and reply["database"] == "ok"
+
+
+def test_tasks_are_routed_to_their_queues(idle_app, idle_redis):
+    idle_app.send_task(HEALTH_TASK_NAME, ignore_result=True)
+    idle_app.send_task(PROCESS_TASK_NAME, args=[str(uuid.uuid4())], ignore_result=True)
+    assert idle_redis.llen("system") == 1 and idle_redis.llen("agent_tasks") == 1
+
+
+def test_transient_fault_is_retried_and_the_attempts_are_counted(app, agent, llm, session_factory):
+    title = unique("flaky")
+    llm.add_fault(fault="500", match=title, times=1)
+    task = wait_for_final(session_factory, [submit(app, agent, title)])
+    [row] = task.values()
+    assert row.status == TaskStatus.COMPLETED and row.attempts == 2 and row.error is None
+    assert [r["status"] for r in llm.requests(title)] == [500, 200]
+
+
+def test_retry_after_is_honoured_before_the_next_attempt(app, agent, llm, session_factory):
+    title = unique("rate limited")
+    llm.add_fault(fault="429", match=title, times=1, retry_after=2)
+    [row] = wait_for_final(session_factory, [submit(app, agent, title)]).values()
+    first, second = llm.requests(title)
+    assert row.status == TaskStatus.COMPLETED and row.attempts == 2
+    assert second["at"] - first["at"] >= 2.0
+
+
+def test_permanent_fault_fails_at_once_with_a_clear_error(app, agent, llm, session_factory):
+    title = unique("bad key")
+    llm.add_fault(fault="401", match=title)
+    [row] = wait_for_final(session_factory, [submit(app, agent, title)]).values()
+    assert row.status == TaskStatus.FAILED and row.attempts == 1
+    assert row.error.startswith("LLM request failed (401)")
+    assert len(llm.requests(title)) == 1
+
+
+def test_exhausted_retries_fail_with_the_last_error_recorded(app, agent, llm, session_factory, settings):
+    title = unique("overloaded")
+    llm.add_fault(fault="503", match=title)
+    [row] = wait_for_final(session_factory, [submit(app, agent, title)]).values()
+    assert row.status == TaskStatus.FAILED and row.attempts == settings.task_max_attempts
+    assert row.error.startswith(f"gave up after {settings.task_max_attempts} attempts: LLM request failed (503)")
+    assert len(llm.requests(title)) == settings.task_max_attempts
+
+
+def test_redelivered_completed_task_is_not_run_again(app, agent, llm, session_factory):
+    title = unique("once only")
+    task_id = submit(app, agent, title)
+    [before] = wait_for_final(session_factory, [task_id]).values()
+    # When the same message arrives again (as after a lost ack)
+    app.send_task(PROCESS_TASK_NAME, args=[task_id], task_id=task_id, ignore_result=True)
+    follow_up = submit(app, agent, unique("after redelivery"))
+    wait_for_final(session_factory, [follow_up])
+    time.sleep(0.5)
+    # Then nothing changed and the LLM was called once
+    [after] = wait_for_final(session_factory, [task_id]).values()
+    assert (after.attempts, after.finished_at, after.result) == (before.attempts, before.finished_at, before.result)
+    assert len(llm.requests(title)) == 1
+
+
+def test_agent_with_bad_configuration_fails_without_calling_the_llm(app, agent, llm, session_factory):
+    with session_scope(session_factory) as session:
+        session.execute(update(Agent).where(Agent.id == agent.id).values(settings={"top_p": 7}))
+    title = unique("misconfigured")
+    [row] = wait_for_final(session_factory, [submit(app, agent, title)]).values()
+    assert row.status == TaskStatus.FAILED and row.error.startswith("bad agent configuration")
+    assert llm.requests(title) == []
+
+
+def test_malformed_llm_reply_is_retried_until_a_good_one(app, agent, llm, session_factory):
+    title = unique("garbled")
+    llm.add_fault(fault="malformed", match=title, times=1)
+    [row] = wait_for_final(session_factory, [submit(app, agent, title)]).values()
+    assert row.status == TaskStatus.COMPLETED and row.attempts == 2
