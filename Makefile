@@ -27,7 +27,7 @@ init-db: install
 	$(BIN)/python cli.py init-db
 
 worker: install
-	$(BIN)/celery -A worker worker --loglevel=info -Q agent_tasks,system
+	$(BIN)/python cli.py worker
 
 beat: install
 	$(BIN)/celery -A worker beat --loglevel=info --schedule .local/celerybeat-schedule

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import uuid
 from pathlib import Path
@@ -131,6 +132,18 @@ def _cmd_cancel(args) -> None:
     console.print(f"{args.task_id}: {cancel_task(args.task_id)}")
 
 
+def worker_argv(settings, extra: list[str]) -> list[str]:
+    """The `celery worker` command line for these settings (pool and concurrency must be on the
+    command line: Celery patches sockets for gevent before it reads any configuration)."""
+    return ["celery", "-A", "worker", "worker", f"--pool={settings.worker_pool}",
+            f"--concurrency={settings.worker_concurrency}", "-Q", settings.worker_queues, "--loglevel=INFO", *extra]
+
+
+def _cmd_worker(args) -> None:
+    argv = worker_argv(get_settings(), args.celery_args)
+    os.execv(sys.executable, [sys.executable, "-m", *argv])
+
+
 def _cmd_demo(args) -> int:
     from demo import run_demo
 
@@ -178,6 +191,8 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("--status", choices=[s.value for s in TaskStatus])
     listing.add_argument("--limit", type=int, default=20)
     add("cancel", _cmd_cancel, "cancel a queued or running task").add_argument("task_id")
+    run_worker = add("worker", _cmd_worker, "run the worker with the pool and concurrency from settings")
+    run_worker.add_argument("celery_args", nargs=argparse.REMAINDER, help="more `celery worker` options")
     demo = add("demo", _cmd_demo, "run the whole job end to end on the embedded defaults")
     demo.add_argument("--tasks", type=int, default=12)
     return parser

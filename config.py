@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -44,6 +45,10 @@ class Settings(BaseSettings):
     max_title_length: int = Field(500, gt=0)
     max_description_length: int = Field(20_000, gt=0)
     max_result_length: int = Field(100_000, gt=0)
+
+    worker_pool: Literal["prefork", "gevent", "threads", "solo"] = "prefork"
+    worker_concurrency: int = Field(4, ge=1, le=5000)
+    worker_queues: str = "agent_tasks,system"
 
     db_pool_size: int = Field(5, ge=1)
     db_max_overflow: int = Field(10, ge=0)
