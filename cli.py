@@ -58,7 +58,10 @@ def find_agent(session, ref: str) -> Agent | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args, unknown = _parser().parse_known_args(argv)
+    if unknown and args.handler is not _cmd_worker:
+        _parser().error(f"unrecognized arguments: {' '.join(unknown)}")
+    args.celery_args = unknown
     try:
         return args.handler(args) or 0
     except AgentServiceError as exc:
@@ -191,8 +194,8 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("--status", choices=[s.value for s in TaskStatus])
     listing.add_argument("--limit", type=int, default=20)
     add("cancel", _cmd_cancel, "cancel a queued or running task").add_argument("task_id")
-    run_worker = add("worker", _cmd_worker, "run the worker with the pool and concurrency from settings")
-    run_worker.add_argument("celery_args", nargs=argparse.REMAINDER, help="more `celery worker` options")
+    add("worker", _cmd_worker, "run the worker with the pool and concurrency from settings; "
+        "other options go to `celery worker`")
     demo = add("demo", _cmd_demo, "run the whole job end to end on the embedded defaults")
     demo.add_argument("--tasks", type=int, default=12)
     return parser
