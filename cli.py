@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import select
 
+import lifecycle
 from config import get_settings
 from database import session_scope
 from errors import AgentServiceError, TaskValidationError
@@ -114,8 +115,11 @@ def _cmd_status(args) -> int:
             console.print(f"[red]no task {args.task_id}[/]")
             return 1
         fields = {c.name: getattr(task, c.name) for c in Task.__table__.columns}
+        history = [(h.attempt, h.outcome, h.at, h.error) for h in task.attempt_history]
     for name, value in fields.items():
         console.print(f"[bold]{name:>17}[/] {value.value if isinstance(value, TaskStatus) else value}", highlight=False)
+    for attempt, outcome, at, error in history:
+        console.print(f"[bold]{'attempt ' + str(attempt):>17}[/] {outcome} at {at}: {error}", highlight=False)
     return 0
 
 
@@ -127,6 +131,27 @@ def _cmd_list(args) -> None:
         query = query.where(Task.status == TaskStatus(args.status))
     with session_scope(worker.app.session_factory) as session:
         console.print(task_table(session.scalars(query).all()))
+
+
+def _cmd_failed(args) -> None:
+    import worker
+
+    with session_scope(worker.app.session_factory) as session:
+        tasks = lifecycle.failed_tasks(session, limit=args.limit)
+        console.print(task_table(tasks, title="Failed tasks (dead letters)"))
+
+
+def _cmd_replay(args) -> int:
+    from tasks import replay_failed_tasks
+
+    if bool(args.task_ids) == args.all:
+        console.print("[red]give task ids or --all, not both[/]")
+        return 2
+    replayed = replay_failed_tasks(None if args.all else args.task_ids)
+    console.print(f"replayed {len(replayed)} task(s)")
+    for task_id in replayed:
+        console.print(task_id)
+    return 0
 
 
 def _cmd_cancel(args) -> None:
@@ -194,6 +219,10 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("--status", choices=[s.value for s in TaskStatus])
     listing.add_argument("--limit", type=int, default=20)
     add("cancel", _cmd_cancel, "cancel a queued or running task").add_argument("task_id")
+    add("failed", _cmd_failed, "list failed tasks (dead letters)").add_argument("--limit", type=int, default=50)
+    replay = add("replay", _cmd_replay, "queue failed tasks again with a fresh attempt budget")
+    replay.add_argument("task_ids", nargs="*")
+    replay.add_argument("--all", action="store_true", help="every failed task")
     add("worker", _cmd_worker, "run the worker with the pool and concurrency from settings; "
         "other options go to `celery worker`")
     demo = add("demo", _cmd_demo, "run the whole job end to end on the embedded defaults")

@@ -39,7 +39,13 @@ class Settings(BaseSettings):
     task_soft_time_limit_seconds: int = Field(25 * 60, gt=0)
     task_time_limit_seconds: int = Field(30 * 60, gt=0)
     broker_visibility_timeout_seconds: int = Field(60 * 60, gt=0)
-    stale_task_after_seconds: int = Field(2 * 60 * 60, gt=0)
+    stale_task_after_seconds: int = Field(
+        2 * 60 * 60, gt=0, description="a running/queued row older than this is presumed lost and re-queued"
+    )
+    requeue_pending_after_seconds: int = Field(60, gt=0, description="a row left pending (broker down) this long is re-queued")
+    sweep_interval_seconds: float = Field(60.0, gt=0)
+    sweep_batch_size: int = Field(1000, ge=1)
+    worker_soft_shutdown_seconds: float = Field(60.0, ge=0, description="on SIGTERM, wait this long for running tasks")
     health_check_interval_seconds: float = Field(60.0, gt=0)
 
     max_title_length: int = Field(500, gt=0)

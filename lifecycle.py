@@ -6,15 +6,16 @@ message can never both run a task, and a run that lost its claim can never compl
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import and_, func, or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from config import Settings
 from errors import TaskNotFoundError, TaskValidationError
-from models import Agent, Task, TaskStatus
+from models import Agent, Task, TaskAttempt, TaskStatus
 from schemas import AgentOptions, TaskInput
 
 CLAIMABLE = (TaskStatus.PENDING, TaskStatus.QUEUED)
@@ -96,33 +97,52 @@ def mark_queued(session: Session, task_ids: list[uuid.UUID], *, now: datetime) -
     return result.rowcount
 
 
-def claim_task(session: Session, task_id: uuid.UUID, *, settings: Settings, now: datetime) -> Claim | Skip:
-    """Take the next attempt of a task: queued/pending, or running but stale (its worker died).
+def claim_task(
+    session: Session, task_id: uuid.UUID, *, settings: Settings, now: datetime, owner: str,
+    owner_is_gone: Callable[[str | None], bool] = lambda _owner: False,
+) -> Claim | Skip:
+    """Take the next attempt of a pending or queued task, or of an abandoned running one: its claim
+    is older than the stale threshold or `owner_is_gone` says its process no longer exists.
 
     Raises: TaskNotFoundError when no such task exists.
     """
-    stale_before = now - timedelta(seconds=settings.stale_task_after_seconds)
-    attempt = session.scalar(
-        update(Task)
-        .where(
-            Task.id == task_id,
-            or_(Task.status.in_(CLAIMABLE), and_(Task.status == TaskStatus.RUNNING, Task.claimed_at < stale_before)),
-        )
-        .values(
-            status=TaskStatus.RUNNING,
-            attempts=Task.attempts + 1,
-            claimed_at=now,
-            updated_at=now,
-            started_at=func.coalesce(Task.started_at, now),
-        )
-        .returning(Task.attempts)
-    )
+    attempt = _take(session, task_id, Task.status.in_(CLAIMABLE), now=now, owner=owner)
     task = session.get(Task, task_id, populate_existing=True)
     if task is None:
         raise TaskNotFoundError(f"no task {task_id}")
+    if attempt is None and _is_abandoned(task, settings=settings, now=now, owner_is_gone=owner_is_gone):
+        attempt = _take_over(session, task, now=now, owner=owner)
     if attempt is None:
         return Skip(task_id, task.status, _why_not_claimed(task))
     return _claim_of(task, attempt)
+
+
+def _take(session: Session, task_id: uuid.UUID, condition, *, now: datetime, owner: str) -> int | None:
+    return session.scalar(
+        update(Task)
+        .where(Task.id == task_id, condition)
+        .values(status=TaskStatus.RUNNING, attempts=Task.attempts + 1, claimed_at=now, claimed_by=owner,
+                updated_at=now, started_at=func.coalesce(Task.started_at, now))
+        .returning(Task.attempts)
+    )
+
+
+def _is_abandoned(task: Task, *, settings: Settings, now: datetime, owner_is_gone) -> bool:
+    if task.status != TaskStatus.RUNNING:
+        return False
+    stale = _aware(task.claimed_at) < now - timedelta(seconds=settings.stale_task_after_seconds)
+    return stale or owner_is_gone(task.claimed_by)
+
+
+def _take_over(session: Session, task: Task, *, now: datetime, owner: str) -> int | None:
+    lost_attempt, lost_owner = task.attempts, task.claimed_by
+    condition = and_(Task.status == TaskStatus.RUNNING, Task.attempts == lost_attempt)
+    attempt = _take(session, task.id, condition, now=now, owner=owner)
+    if attempt is not None:
+        session.add(TaskAttempt(task_id=task.id, attempt=lost_attempt, outcome="lost", at=now,
+                                error=f"the worker running it ({lost_owner}) was lost"))
+        session.refresh(task)
+    return attempt
 
 
 def record_success(session: Session, claim: Claim, *, result: str, usage: Usage | None, now: datetime) -> bool:
@@ -132,13 +152,60 @@ def record_success(session: Session, claim: Claim, *, result: str, usage: Usage 
 
 def record_failure(session: Session, claim: Claim, *, error: str, now: datetime) -> bool:
     """running -> failed with `error`, only while this claim still owns the task."""
-    return _settle(session, claim, now=now, status=TaskStatus.FAILED, error=error)
+    owned = _settle(session, claim, now=now, status=TaskStatus.FAILED, error=error)
+    if owned:
+        _remember_attempt(session, claim, outcome="failed", error=error, now=now)
+    return owned
 
 
 def record_retry(session: Session, claim: Claim, *, error: str, now: datetime) -> bool:
     """running -> queued for another attempt, keeping the last error."""
     values = {"status": TaskStatus.QUEUED, "error": error, "updated_at": now, "queued_at": now}
-    return _update_owned(session, claim, values)
+    owned = _update_owned(session, claim, values)
+    if owned:
+        _remember_attempt(session, claim, outcome="retried", error=error, now=now)
+    return owned
+
+
+def failed_tasks(session: Session, *, limit: int) -> list[Task]:
+    """The dead letters: failed tasks, newest first, with their attempt history loaded."""
+    query = (select(Task).where(Task.status == TaskStatus.FAILED).order_by(Task.finished_at.desc()).limit(limit)
+             .options(selectinload(Task.attempt_history)))
+    return list(session.scalars(query))
+
+
+def reset_for_replay(session: Session, task_ids: list[uuid.UUID] | None, *, now: datetime) -> list[uuid.UUID]:
+    """failed -> pending with a fresh attempt budget (None: every failed task); history is kept.
+
+    Returns the ids that were reset; ids of tasks that are not failed are left alone.
+    """
+    condition = Task.status == TaskStatus.FAILED
+    if task_ids is not None:
+        condition = and_(condition, Task.id.in_(task_ids))
+    return list(session.scalars(
+        update(Task).where(condition)
+        .values(status=TaskStatus.PENDING, attempts=0, replays=Task.replays + 1, error=None, result=None,
+                started_at=None, finished_at=None, claimed_at=None, claimed_by=None, duration_ms=None, updated_at=now)
+        .returning(Task.id)
+    ))
+
+
+def tasks_to_requeue(session: Session, *, settings: Settings, now: datetime, limit: int) -> list[uuid.UUID]:
+    """Rows that may have no live message: pending too long, or queued/running past the stale threshold.
+
+    Their `updated_at` is bumped so the next sweep leaves them alone unless they stay stuck.
+    """
+    stale_before = now - timedelta(seconds=settings.stale_task_after_seconds)
+    stuck = or_(
+        and_(Task.status == TaskStatus.PENDING,
+             Task.updated_at < now - timedelta(seconds=settings.requeue_pending_after_seconds)),
+        and_(Task.status == TaskStatus.QUEUED, Task.updated_at < stale_before),
+        and_(Task.status == TaskStatus.RUNNING, Task.claimed_at < stale_before, Task.updated_at < stale_before),
+    )
+    ids = list(session.scalars(select(Task.id).where(stuck).order_by(Task.updated_at).limit(limit)))
+    if ids:
+        session.execute(update(Task).where(Task.id.in_(ids)).values(updated_at=now))
+    return ids
 
 
 def cancel_task(session: Session, task_id: uuid.UUID, *, now: datetime) -> TaskStatus:
@@ -171,6 +238,10 @@ def _update_owned(session: Session, claim: Claim, values: dict) -> bool:
         .values(**values)
     )
     return result.rowcount == 1
+
+
+def _remember_attempt(session: Session, claim: Claim, *, outcome: str, error: str, now: datetime) -> None:
+    session.add(TaskAttempt(task_id=claim.task_id, attempt=claim.attempt, outcome=outcome, error=error, at=now))
 
 
 def _claim_of(task: Task, attempt: int) -> Claim:

@@ -86,10 +86,29 @@ class Task(Base):
     queued_at: Mapped[Optional[datetime]] = mapped_column(_timestamp)
     started_at: Mapped[Optional[datetime]] = mapped_column(_timestamp)
     claimed_at: Mapped[Optional[datetime]] = mapped_column(_timestamp)
+    claimed_by: Mapped[Optional[str]] = mapped_column(String(300))
+    replays: Mapped[int] = mapped_column(default=0, server_default="0")
     finished_at: Mapped[Optional[datetime]] = mapped_column(_timestamp)
     duration_ms: Mapped[Optional[int]]
 
     agent: Mapped[Agent] = relationship(back_populates="tasks")
+    attempt_history: Mapped[list[TaskAttempt]] = relationship(order_by="TaskAttempt.id", viewonly=True)
 
     def __repr__(self) -> str:
         return f"Task(id={self.id!s}, status={self.status.value}, attempts={self.attempts}, title={self.title[:40]!r})"
+
+
+class TaskAttempt(Base):
+    """One attempt that did not complete its task: retried, failed, or lost with its worker."""
+
+    __tablename__ = "task_attempts"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    task_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), index=True)
+    attempt: Mapped[int]
+    outcome: Mapped[str] = mapped_column(String(20))
+    error: Mapped[Optional[str]] = mapped_column(Text)
+    at: Mapped[datetime] = mapped_column(_timestamp, server_default=func.now())
+
+    def __repr__(self) -> str:
+        return f"TaskAttempt(task_id={self.task_id!s}, attempt={self.attempt}, outcome={self.outcome!r})"

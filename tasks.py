@@ -21,12 +21,14 @@ from config import Settings
 from database import session_scope
 from errors import BrokerUnavailableError, PermanentError, RetryableError, TaskValidationError, classify
 from lifecycle import Claim, Skip, utcnow
+from liveness import current_owner, owner_is_gone
 from llm import LLMReply, run_agent
 from monitoring import monitor_task_execution
 from schemas import parse_task_input
 
 PROCESS_TASK_NAME = "worker.process_agent_task"
 HEALTH_TASK_NAME = "worker.health_check"
+SWEEP_TASK_NAME = "worker.sweep_stale_tasks"
 
 RunLLM = Callable[..., LLMReply]
 
@@ -67,11 +69,26 @@ def create_agent_tasks(items: Iterable[dict[str, Any]], *, app: Celery | None = 
     with session_scope(app.session_factory) as session:
         rows = [lifecycle.insert_task(session, data) for data in inputs]
         session.flush()
-    fresh_ids = [task.id for task, created in rows if created]
-    _publish(app, fresh_ids)
-    with session_scope(app.session_factory) as session:
-        lifecycle.mark_queued(session, fresh_ids, now=utcnow())
+    _enqueue(app, [task.id for task, created in rows if created])
     return [str(task.id) for task, _ in rows]
+
+
+def replay_failed_tasks(task_ids: list[str] | None, *, app: Celery | None = None) -> list[str]:
+    """Queue failed tasks again with a fresh attempt budget (None: all of them); returns the ids replayed."""
+    app = app or _default_app()
+    wanted = None if task_ids is None else [parse_task_id(task_id) for task_id in task_ids]
+    with session_scope(app.session_factory) as session:
+        replayed = lifecycle.reset_for_replay(session, wanted, now=utcnow())
+    _enqueue(app, replayed)
+    return [str(task_id) for task_id in replayed]
+
+
+def requeue_stuck_tasks(*, app: Celery) -> int:
+    """Publish a message again for every row that may have lost its own; returns how many."""
+    with session_scope(app.session_factory) as session:
+        stuck = lifecycle.tasks_to_requeue(session, settings=app.settings, now=utcnow(), limit=app.settings.sweep_batch_size)
+    _enqueue(app, stuck)
+    return len(stuck)
 
 
 def cancel_task(task_id: str, *, app: Celery | None = None) -> str:
@@ -89,7 +106,8 @@ def execute_agent_task(
     Raises: what the database raises (the caller classifies it); LLM errors are recorded in the row.
     """
     with session_scope(session_factory) as session:
-        claim = lifecycle.claim_task(session, parse_task_id(task_id), settings=settings, now=utcnow())
+        claim = lifecycle.claim_task(session, parse_task_id(task_id), settings=settings, now=utcnow(),
+                                     owner=current_owner(), owner_is_gone=owner_is_gone)
     if isinstance(claim, Skip):
         return TaskOutcome(task_id, "skipped", error=claim.reason)
     try:
@@ -147,6 +165,13 @@ def process_agent_task(self, task_id: str) -> dict[str, Any]:
     return outcome.as_dict()
 
 
+@shared_task(bind=True, name=SWEEP_TASK_NAME)
+@monitor_task_execution("sweep_stale_tasks")
+def sweep_stale_tasks(self) -> dict[str, Any]:
+    """Re-queue rows stuck without a live message (broker down at submit, lost with Redis, dead worker)."""
+    return {"status": "ok", "requeued": requeue_stuck_tasks(app=self.app)}
+
+
 @shared_task(bind=True, name=HEALTH_TASK_NAME)
 @monitor_task_execution("health_check")
 def health_check(self) -> dict[str, str]:
@@ -197,6 +222,15 @@ def _parse_item(index: int, item: Any, settings: Settings):
         return parse_task_input(item, settings=settings)
     except TaskValidationError as exc:
         raise TaskValidationError(f"item {index}: {exc}" if index else str(exc)) from None
+
+
+def _enqueue(app: Celery, task_ids: list[uuid.UUID]) -> None:
+    """Publish one message per task, then mark the still-pending ones queued."""
+    if not task_ids:
+        return
+    _publish(app, task_ids)
+    with session_scope(app.session_factory) as session:
+        lifecycle.mark_queued(session, task_ids, now=utcnow())
 
 
 def _publish(app: Celery, task_ids: list[uuid.UUID]) -> None:

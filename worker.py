@@ -37,7 +37,7 @@ def create_celery_app(settings: Settings) -> AgentServiceCelery:
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery settings derived from ours: JSON only, UTC, late acks, two routed queues, beat."""
-    from tasks import HEALTH_TASK_NAME, PROCESS_TASK_NAME
+    from tasks import HEALTH_TASK_NAME, PROCESS_TASK_NAME, SWEEP_TASK_NAME
 
     return {
         "task_serializer": "json",
@@ -56,10 +56,16 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         "task_queues": (Queue(AGENT_QUEUE), Queue(SYSTEM_QUEUE)),
         "task_default_queue": AGENT_QUEUE,
-        "task_routes": {PROCESS_TASK_NAME: {"queue": AGENT_QUEUE}, HEALTH_TASK_NAME: {"queue": SYSTEM_QUEUE}},
+        "task_routes": {
+            PROCESS_TASK_NAME: {"queue": AGENT_QUEUE},
+            HEALTH_TASK_NAME: {"queue": SYSTEM_QUEUE},
+            SWEEP_TASK_NAME: {"queue": SYSTEM_QUEUE},
+        },
         "beat_schedule": {
             "health-check": {"task": HEALTH_TASK_NAME, "schedule": settings.health_check_interval_seconds},
+            "sweep-stale-tasks": {"task": SWEEP_TASK_NAME, "schedule": settings.sweep_interval_seconds},
         },
+        "worker_soft_shutdown_timeout": settings.worker_soft_shutdown_seconds,
         "worker_send_task_events": True,
         "task_send_sent_event": True,
         "broker_connection_retry_on_startup": True,
@@ -81,9 +87,10 @@ def _transport_options(settings: Settings) -> dict[str, Any]:
 app = create_celery_app(get_settings())
 celery_app = app
 
-from tasks import create_agent_task, health_check, process_agent_task  # noqa: E402  (registers the tasks on `app`)
+from tasks import create_agent_task, health_check, process_agent_task, sweep_stale_tasks  # noqa: E402  (registers the tasks)
 
-__all__ = ["app", "celery_app", "create_agent_task", "create_celery_app", "health_check", "process_agent_task"]
+__all__ = ["app", "celery_app", "create_agent_task", "create_celery_app", "health_check", "process_agent_task",
+           "sweep_stale_tasks"]
 
 
 @setup_logging.connect

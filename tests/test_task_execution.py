@@ -46,13 +46,17 @@ def failing(error: Exception):
     return run_llm
 
 
+def claim_as(db_session, task: Task, settings, *, now, owner="host/1/100", owner_is_gone=lambda owner: False):
+    return lifecycle.claim_task(db_session, task.id, settings=settings, now=now, owner=owner, owner_is_gone=owner_is_gone)
+
+
 def reload(db_session, task: Task) -> Task:
     return db_session.get(Task, task.id, populate_existing=True)
 
 
 def test_claim_marks_task_running_and_counts_the_attempt(db_session, queued_task, settings):
     # Given a queued task, When a worker claims it
-    claim = lifecycle.claim_task(db_session, queued_task.id, settings=settings, now=utcnow())
+    claim = claim_as(db_session, queued_task, settings, now=utcnow())
     # Then it owns attempt 1 and the row says running, with a start time
     assert isinstance(claim, Claim) and claim.attempt == 1
     row = reload(db_session, queued_task)
@@ -60,30 +64,30 @@ def test_claim_marks_task_running_and_counts_the_attempt(db_session, queued_task
 
 
 def test_second_claim_of_a_running_task_is_refused(db_session, queued_task, settings):
-    lifecycle.claim_task(db_session, queued_task.id, settings=settings, now=utcnow())
-    second = lifecycle.claim_task(db_session, queued_task.id, settings=settings, now=utcnow())
+    claim_as(db_session, queued_task, settings, now=utcnow())
+    second = claim_as(db_session, queued_task, settings, now=utcnow())
     assert isinstance(second, Skip) and "running elsewhere" in second.reason
     assert reload(db_session, queued_task).attempts == 1
 
 
 def test_running_task_whose_worker_died_is_reclaimed_after_the_stale_threshold(db_session, queued_task, settings):
     long_ago = utcnow() - timedelta(seconds=settings.stale_task_after_seconds + 1)
-    lifecycle.claim_task(db_session, queued_task.id, settings=settings, now=long_ago)
-    claim = lifecycle.claim_task(db_session, queued_task.id, settings=settings, now=utcnow())
+    claim_as(db_session, queued_task, settings, now=long_ago)
+    claim = claim_as(db_session, queued_task, settings, now=utcnow())
     assert isinstance(claim, Claim) and claim.attempt == 2
 
 
 def test_stale_claim_cannot_complete_after_the_task_was_reclaimed(db_session, queued_task, settings):
     long_ago = utcnow() - timedelta(seconds=settings.stale_task_after_seconds + 1)
-    stale = lifecycle.claim_task(db_session, queued_task.id, settings=settings, now=long_ago)
-    fresh = lifecycle.claim_task(db_session, queued_task.id, settings=settings, now=utcnow())
+    stale = claim_as(db_session, queued_task, settings, now=long_ago)
+    fresh = claim_as(db_session, queued_task, settings, now=utcnow())
     assert lifecycle.record_success(db_session, stale, result="late", usage=None, now=utcnow()) is False
     assert lifecycle.record_success(db_session, fresh, result="on time", usage=None, now=utcnow()) is True
     assert reload(db_session, queued_task).result == "on time"
 
 
 def test_cancelled_running_task_never_becomes_completed(db_session, queued_task, settings):
-    claim = lifecycle.claim_task(db_session, queued_task.id, settings=settings, now=utcnow())
+    claim = claim_as(db_session, queued_task, settings, now=utcnow())
     assert lifecycle.cancel_task(db_session, queued_task.id, now=utcnow()) == TaskStatus.CANCELLED
     assert lifecycle.record_success(db_session, claim, result="x", usage=None, now=utcnow()) is False
     assert reload(db_session, queued_task).status == TaskStatus.CANCELLED
@@ -153,3 +157,58 @@ def test_backoff_grows_exponentially_within_the_jitter_band(settings):
 def test_backoff_never_undercuts_retry_after_and_is_capped_otherwise(settings):
     assert all(backoff_delay(1, settings=settings, requested=7.5) >= 7.5 for _ in range(100))
     assert backoff_delay(30, settings=settings) <= settings.retry_backoff_max_seconds * (1 + settings.retry_jitter_ratio)
+
+
+def test_running_task_whose_local_worker_process_is_gone_is_taken_over_at_once(db_session, queued_task, settings):
+    # Given attempt 1 claimed by a process that has since died
+    claim_as(db_session, queued_task, settings, now=utcnow(), owner="host/1/100")
+    # When the redelivered message arrives
+    taken = claim_as(db_session, queued_task, settings, now=utcnow(), owner="host/1/200",
+                  owner_is_gone=lambda owner: owner == "host/1/100")
+    # Then it runs attempt 2 and the lost attempt is in the history
+    assert isinstance(taken, Claim) and taken.attempt == 2
+    [lost] = reload(db_session, queued_task).attempt_history
+    assert (lost.attempt, lost.outcome) == (1, "lost") and "host/1/100" in lost.error
+
+
+def test_failed_attempts_are_kept_in_the_history(rollback_factory, db_session, queued_task, settings):
+    run = failing(RetryableError("LLM request failed (503): overloaded"))
+    for _ in range(settings.task_max_attempts):
+        execute_agent_task(str(queued_task.id), session_factory=rollback_factory, settings=settings, run_llm=run)
+    history = reload(db_session, queued_task).attempt_history
+    assert [(h.attempt, h.outcome) for h in history] == [(1, "retried"), (2, "retried"), (3, "failed")]
+
+
+def test_replayed_failed_task_gets_a_fresh_budget_and_keeps_its_history(rollback_factory, db_session, queued_task, settings):
+    execute_agent_task(str(queued_task.id), session_factory=rollback_factory, settings=settings,
+                       run_llm=failing(PermanentError("LLM request failed (401): bad key")))
+    assert lifecycle.reset_for_replay(db_session, [queued_task.id], now=utcnow()) == [queued_task.id]
+    db_session.execute(lifecycle.update(Task).where(Task.id == queued_task.id).values(status=TaskStatus.QUEUED))
+    outcome = execute_agent_task(str(queued_task.id), session_factory=rollback_factory, settings=settings, run_llm=answer())
+    row = reload(db_session, queued_task)
+    assert outcome.status == "completed" and (row.status, row.attempts, row.replays) == (TaskStatus.COMPLETED, 1, 1)
+    assert [h.outcome for h in row.attempt_history] == ["failed"]
+
+
+def test_replay_leaves_tasks_that_did_not_fail_alone(db_session, queued_task):
+    assert lifecycle.reset_for_replay(db_session, [queued_task.id], now=utcnow()) == []
+    assert reload(db_session, queued_task).status == TaskStatus.QUEUED
+
+
+def test_sweep_finds_rows_stuck_without_a_message_and_only_those(db_session, stored_agent, settings):
+    now = utcnow()
+    long_ago = now - timedelta(seconds=settings.stale_task_after_seconds + 5)
+    def row(status, age, **extra):
+        task = Task(id=uuid.uuid4(), title=status.value, agent_id=stored_agent.id, user_id="u", status=status,
+                    attempts=0, updated_at=age, **extra)
+        db_session.add(task)
+        return task.id
+    stuck = {row(TaskStatus.PENDING, now - timedelta(seconds=settings.requeue_pending_after_seconds + 1)),
+             row(TaskStatus.QUEUED, long_ago),
+             row(TaskStatus.RUNNING, long_ago, claimed_at=long_ago)}
+    row(TaskStatus.PENDING, now), row(TaskStatus.QUEUED, now), row(TaskStatus.RUNNING, now, claimed_at=now)
+    row(TaskStatus.COMPLETED, long_ago), row(TaskStatus.FAILED, long_ago)
+    db_session.flush()
+    assert set(lifecycle.tasks_to_requeue(db_session, settings=settings, now=now, limit=100)) == stuck
+    # and the next sweep, straight after, leaves them alone
+    assert lifecycle.tasks_to_requeue(db_session, settings=settings, now=now, limit=100) == []
