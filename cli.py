@@ -181,12 +181,13 @@ def _cmd_demo(args) -> int:
 def task_table(tasks: list[Task], *, title: str = "Tasks") -> Table:
     """A rich table of tasks: status, attempts, tokens, timings and the start of the result."""
     table = Table(title=title)
-    for column in ("id", "title", "status", "tries", "tokens", "duration", "result / error"):
+    table.add_column("id", no_wrap=True, min_width=36)
+    for column in ("title", "status", "tries", "tokens", "duration", "result / error"):
         table.add_column(column, no_wrap=True, overflow="ellipsis", max_width=48 if column == "result / error" else 28)
     for task in tasks:
         outcome = task.result if task.status == TaskStatus.COMPLETED else task.error
         duration = f"{task.duration_ms} ms" if task.duration_ms is not None else ""
-        table.add_row(str(task.id)[:8], task.title, task.status.value, str(task.attempts),
+        table.add_row(str(task.id), task.title, task.status.value, str(task.attempts),
                       str(task.total_tokens or ""), duration, outcome or "")
     return table
 

@@ -23,7 +23,8 @@ PG_ROOT = "postgresql+psycopg2://postgres@127.0.0.1:5432"
 TEST_DB = "agent_service_test"
 WORKER_REDIS = "redis://127.0.0.1:6379/15"
 IDLE_REDIS = "redis://127.0.0.1:6379/14"  # a broker no worker consumes, to inspect published messages
-LOG_DIR = Path(__file__).resolve().parent.parent / ".local" / "test-logs"
+ROOT = Path(__file__).resolve().parent.parent
+LOG_DIR = ROOT / ".local" / "test-logs"
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,78 @@
+"""`python cli.py ...` as a user runs it: a real subprocess on the test database and an idle broker."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+
+import pytest
+from sqlalchemy import select
+
+from database import session_scope
+from models import Agent, Task, TaskStatus
+from tests.conftest import IDLE_REDIS, ROOT
+from tests.support import settings_env
+
+
+@pytest.fixture
+def cli(settings, idle_redis):
+    env = settings_env(settings.model_copy(update={"redis_url": IDLE_REDIS}))
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "cli.py", *args], cwd=ROOT, env={"PATH": "/usr/bin:/bin", **env},
+                              capture_output=True, text=True, timeout=60)
+
+    return run
+
+
+def test_create_agent_submit_status_and_list(cli, session_factory, idle_redis):
+    name = f"cli-{uuid.uuid4().hex[:6]}"
+    created = cli("create-agent", "--name", name, "--prompt", "Be brief.", "--settings", '{"top_p": 0.9}')
+    assert created.returncode == 0, created.stderr
+    submitted = cli("submit", "--agent", name, "--title", "From the CLI", "--user", "cli-user")
+    task_id = submitted.stdout.strip()
+    with session_scope(session_factory) as session:
+        assert session.get(Task, uuid.UUID(task_id)).status == TaskStatus.QUEUED
+        assert session.scalar(select(Agent).where(Agent.name == name)).settings == {"top_p": 0.9}
+    assert idle_redis.llen("agent_tasks") == 1
+    assert "queued" in cli("status", task_id).stdout
+    assert task_id[:8] in cli("list", "--status", "queued", "--limit", "100").stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (("submit", "--agent", "no-such-agent", "--title", "x", "--user", "u"), "agent_id"),
+    (("submit", "--agent", "{agent}", "--title", " ", "--user", "u"), "title"),
+    (("create-agent", "--name", "x", "--prompt", "p", "--temperature", "9"), "temperature"),
+    (("create-agent", "--name", "x", "--prompt", "p", "--settings", "{nope"), "not valid JSON"),
+    (("create-agent", "--name", "x", "--prompt", "p", "--settings", '{"colour": 1}'), "colour"),
+    (("status", "not-a-uuid"), "task id must be a UUID"),
+])
+def test_bad_cli_input_exits_2_with_a_clear_error_and_writes_nothing(cli, agent, session_factory, idle_redis, args, message):
+    with session_scope(session_factory) as session:
+        before = session.query(Task).count(), session.query(Agent).count()
+    result = cli(*[arg.replace("{agent}", agent.name) for arg in args])
+    assert result.returncode == 2 and message in result.stdout and "Traceback" not in result.stderr
+    with session_scope(session_factory) as session:
+        assert (session.query(Task).count(), session.query(Agent).count()) == before
+    assert idle_redis.llen("agent_tasks") == 0
+
+
+def test_failed_tasks_are_listed_and_replayed(cli, agent, session_factory, idle_redis):
+    task_id = uuid.uuid4()
+    with session_scope(session_factory) as session:
+        session.add(Task(id=task_id, title="dead letter", agent_id=agent.id, user_id="u", status=TaskStatus.FAILED,
+                         attempts=3, error="gave up after 3 attempts: LLM request failed (503)"))
+    assert str(task_id)[:8] in cli("failed", "--limit", "500").stdout
+    replayed = cli("replay", str(task_id))
+    assert replayed.returncode == 0 and str(task_id) in replayed.stdout
+    with session_scope(session_factory) as session:
+        row = session.get(Task, task_id)
+    assert (row.status, row.attempts, row.replays) == (TaskStatus.QUEUED, 0, 1)
+    assert idle_redis.llen("agent_tasks") == 1
+
+
+def test_cancel_stops_a_queued_task(cli, agent, session_factory):
+    task_id = cli("submit", "--agent", str(agent.id), "--title", "to cancel", "--user", "u").stdout.strip()
+    assert cli("cancel", task_id).stdout.strip().endswith("cancelled")
+    with session_scope(session_factory) as session:
+        assert session.get(Task, uuid.UUID(task_id)).status == TaskStatus.CANCELLED
