@@ -2,6 +2,7 @@
 LLM server and a real `celery worker` process. A missing service fails the run; it never skips."""
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,10 +20,11 @@ from processes import celery_worker, llm_server
 from tests.support import LLMControl, make_settings, settings_env
 from worker import create_celery_app
 
-PG_ROOT = "postgresql+psycopg2://postgres@127.0.0.1:5432"
-TEST_DB = "agent_service_test"
-WORKER_REDIS = "redis://127.0.0.1:6379/15"
-IDLE_REDIS = "redis://127.0.0.1:6379/14"  # a broker no worker consumes, to inspect published messages
+# Overridable so that two test runs on one machine do not share a database or a broker.
+PG_ROOT = os.environ.get("TEST_PG_ROOT", "postgresql+psycopg2://postgres@127.0.0.1:5432")
+TEST_DB = os.environ.get("TEST_DB_NAME", "agent_service_test")
+WORKER_REDIS = f"redis://127.0.0.1:6379/{os.environ.get('TEST_REDIS_DB', '15')}"
+IDLE_REDIS = f"redis://127.0.0.1:6379/{os.environ.get('TEST_IDLE_REDIS_DB', '14')}"  # no worker reads it
 ROOT = Path(__file__).resolve().parent.parent
 LOG_DIR = ROOT / ".local" / "test-logs"
 
