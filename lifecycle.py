@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, bindparam, func, or_, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from config import Settings
@@ -19,6 +19,27 @@ from models import Agent, Task, TaskAttempt, TaskStatus
 from schemas import AgentOptions, TaskInput
 
 CLAIMABLE = (TaskStatus.PENDING, TaskStatus.QUEUED)
+
+# The per-task statements are built once: constructing a statement costs more CPU than running it.
+_TASKS, _AGENTS = Task.__table__, Agent.__table__
+_NOW = bindparam("p_now")
+_CLAIMED_COLUMNS = (_TASKS.c.id, _TASKS.c.attempts, _TASKS.c.title, _TASKS.c.description, _TASKS.c.agent_id,
+                    _TASKS.c.started_at)
+_TAKE_VALUES = dict(status=TaskStatus.RUNNING, attempts=_TASKS.c.attempts + 1, claimed_at=_NOW,
+                    claimed_by=bindparam("p_owner"), updated_at=_NOW, started_at=func.coalesce(_TASKS.c.started_at, _NOW))
+_THIS_TASK = _TASKS.c.id == bindparam("p_id")
+_TAKE_QUEUED = (update(_TASKS).where(_THIS_TASK, _TASKS.c.status.in_(CLAIMABLE))
+                .values(**_TAKE_VALUES).returning(*_CLAIMED_COLUMNS))
+_OWNED = (_THIS_TASK, _TASKS.c.status == TaskStatus.RUNNING, _TASKS.c.attempts == bindparam("p_attempt"))
+_TAKE_ABANDONED = update(_TASKS).where(*_OWNED).values(**_TAKE_VALUES).returning(*_CLAIMED_COLUMNS)
+_AGENT_OF = select(_AGENTS).where(_AGENTS.c.id == bindparam("p_agent"))
+_FINISHED = dict(finished_at=_NOW, updated_at=_NOW, duration_ms=bindparam("p_duration"))
+_COMPLETE = update(_TASKS).where(*_OWNED).values(
+    status=TaskStatus.COMPLETED, result=bindparam("p_result"), error=None, prompt_tokens=bindparam("p_prompt_tokens"),
+    completion_tokens=bindparam("p_completion_tokens"), total_tokens=bindparam("p_total_tokens"), **_FINISHED)
+_FAIL = update(_TASKS).where(*_OWNED).values(status=TaskStatus.FAILED, error=bindparam("p_error"), **_FINISHED)
+_REQUEUE = update(_TASKS).where(*_OWNED).values(
+    status=TaskStatus.QUEUED, error=bindparam("p_error"), queued_at=_NOW, updated_at=_NOW)
 
 
 def utcnow() -> datetime:
@@ -47,6 +68,7 @@ class Claim:
     description: str
     agent: AgentSpec | None
     agent_error: str | None = None
+    started_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -106,25 +128,31 @@ def claim_task(
 
     Raises: TaskNotFoundError when no such task exists.
     """
-    attempt = _take(session, task_id, Task.status.in_(CLAIMABLE), now=now, owner=owner)
+    connection = session.connection()
+    taken = connection.execute(_TAKE_QUEUED, {"p_id": task_id, "p_now": now, "p_owner": owner}).first()
+    if taken is None:
+        taken = _take_abandoned(session, task_id, settings=settings, now=now, owner=owner, owner_is_gone=owner_is_gone)
+    if isinstance(taken, Skip):
+        return taken
+    agent = connection.execute(_AGENT_OF, {"p_agent": taken.agent_id}).one()
+    return _claim_of(taken, agent)
+
+
+def _take_abandoned(
+    session: Session, task_id: uuid.UUID, *, settings: Settings, now: datetime, owner: str, owner_is_gone
+):
     task = session.get(Task, task_id, populate_existing=True)
     if task is None:
         raise TaskNotFoundError(f"no task {task_id}")
-    if attempt is None and _is_abandoned(task, settings=settings, now=now, owner_is_gone=owner_is_gone):
-        attempt = _take_over(session, task, now=now, owner=owner)
-    if attempt is None:
+    if not _is_abandoned(task, settings=settings, now=now, owner_is_gone=owner_is_gone):
         return Skip(task_id, task.status, _why_not_claimed(task))
-    return _claim_of(task, attempt)
-
-
-def _take(session: Session, task_id: uuid.UUID, condition, *, now: datetime, owner: str) -> int | None:
-    return session.scalar(
-        update(Task)
-        .where(Task.id == task_id, condition)
-        .values(status=TaskStatus.RUNNING, attempts=Task.attempts + 1, claimed_at=now, claimed_by=owner,
-                updated_at=now, started_at=func.coalesce(Task.started_at, now))
-        .returning(Task.attempts)
-    )
+    params = {"p_id": task_id, "p_now": now, "p_owner": owner, "p_attempt": task.attempts}
+    taken = session.connection().execute(_TAKE_ABANDONED, params).first()
+    if taken is None:
+        return Skip(task_id, task.status, "another worker took it over first")
+    session.add(TaskAttempt(task_id=task_id, attempt=task.attempts, outcome="lost", at=now,
+                            error=f"the worker running it ({task.claimed_by}) was lost"))
+    return taken
 
 
 def _is_abandoned(task: Task, *, settings: Settings, now: datetime, owner_is_gone) -> bool:
@@ -134,25 +162,16 @@ def _is_abandoned(task: Task, *, settings: Settings, now: datetime, owner_is_gon
     return stale or owner_is_gone(task.claimed_by)
 
 
-def _take_over(session: Session, task: Task, *, now: datetime, owner: str) -> int | None:
-    lost_attempt, lost_owner = task.attempts, task.claimed_by
-    condition = and_(Task.status == TaskStatus.RUNNING, Task.attempts == lost_attempt)
-    attempt = _take(session, task.id, condition, now=now, owner=owner)
-    if attempt is not None:
-        session.add(TaskAttempt(task_id=task.id, attempt=lost_attempt, outcome="lost", at=now,
-                                error=f"the worker running it ({lost_owner}) was lost"))
-        session.refresh(task)
-    return attempt
-
-
 def record_success(session: Session, claim: Claim, *, result: str, usage: Usage | None, now: datetime) -> bool:
     """running -> completed, only while this claim still owns the task. Returns whether it did."""
-    return _settle(session, claim, now=now, status=TaskStatus.COMPLETED, result=result, error=None, **_usage_values(usage))
+    tokens = (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens) if usage else (None, None, None)
+    values = dict(zip(("p_prompt_tokens", "p_completion_tokens", "p_total_tokens"), tokens), p_result=result)
+    return _settle(session, _COMPLETE, claim, now=now, **values)
 
 
 def record_failure(session: Session, claim: Claim, *, error: str, now: datetime) -> bool:
     """running -> failed with `error`, only while this claim still owns the task."""
-    owned = _settle(session, claim, now=now, status=TaskStatus.FAILED, error=error)
+    owned = _settle(session, _FAIL, claim, now=now, p_error=error)
     if owned:
         _remember_attempt(session, claim, outcome="failed", error=error, now=now)
     return owned
@@ -160,8 +179,7 @@ def record_failure(session: Session, claim: Claim, *, error: str, now: datetime)
 
 def record_retry(session: Session, claim: Claim, *, error: str, now: datetime) -> bool:
     """running -> queued for another attempt, keeping the last error."""
-    values = {"status": TaskStatus.QUEUED, "error": error, "updated_at": now, "queued_at": now}
-    owned = _update_owned(session, claim, values)
+    owned = _settle(session, _REQUEUE, claim, now=now, p_error=error)
     if owned:
         _remember_attempt(session, claim, outcome="retried", error=error, now=now)
     return owned
@@ -224,52 +242,36 @@ def cancel_task(session: Session, task_id: uuid.UUID, *, now: datetime) -> TaskS
     return task.status
 
 
-def _settle(session: Session, claim: Claim, *, now: datetime, status: TaskStatus, **values) -> bool:
-    started_at = session.scalar(select(Task.started_at).where(Task.id == claim.task_id)) or now
-    duration_ms = int((now - _aware(started_at)).total_seconds() * 1000)
-    values.update(status=status, finished_at=now, updated_at=now, duration_ms=duration_ms)
-    return _update_owned(session, claim, values)
-
-
-def _update_owned(session: Session, claim: Claim, values: dict) -> bool:
-    result = session.execute(
-        update(Task)
-        .where(Task.id == claim.task_id, Task.status == TaskStatus.RUNNING, Task.attempts == claim.attempt)
-        .values(**values)
-    )
-    return result.rowcount == 1
+def _settle(session: Session, statement, claim: Claim, *, now: datetime, **values) -> bool:
+    duration_ms = int((now - _aware(claim.started_at)).total_seconds() * 1000)
+    params = {"p_id": claim.task_id, "p_attempt": claim.attempt, "p_now": now, "p_duration": duration_ms, **values}
+    return session.connection().execute(statement, params).rowcount == 1
 
 
 def _remember_attempt(session: Session, claim: Claim, *, outcome: str, error: str, now: datetime) -> None:
     session.add(TaskAttempt(task_id=claim.task_id, attempt=claim.attempt, outcome=outcome, error=error, at=now))
 
 
-def _claim_of(task: Task, attempt: int) -> Claim:
-    agent, agent_error = _agent_spec(task.agent)
-    return Claim(task.id, attempt, task.title, task.description or "", agent, agent_error)
+def _claim_of(taken, agent) -> Claim:
+    spec, agent_error = _agent_spec(agent)
+    return Claim(taken.id, taken.attempts, taken.title, taken.description or "", spec, agent_error,
+                 started_at=taken.started_at)
 
 
-def _agent_spec(agent: Agent) -> tuple[AgentSpec | None, str | None]:
+def _agent_spec(agent) -> tuple[AgentSpec | None, str | None]:
     if not agent.is_active:
         return None, f"agent {agent.name!r} is inactive"
     try:
         options = AgentOptions.model_validate(agent.settings or {})
     except ValueError as exc:
         return None, f"agent {agent.name!r} has invalid settings: {exc}"
-    spec = AgentSpec(agent.id, agent.prompt, agent.model, agent.temperature, agent.max_tokens, options)
-    return spec, None
+    return AgentSpec(agent.id, agent.prompt, agent.model, agent.temperature, agent.max_tokens, options), None
 
 
 def _why_not_claimed(task: Task) -> str:
     if task.status == TaskStatus.RUNNING:
         return f"attempt {task.attempts} is running elsewhere"
     return f"already {task.status.value}"
-
-
-def _usage_values(usage: Usage | None) -> dict:
-    if usage is None:
-        return {}
-    return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens, "total_tokens": usage.total_tokens}
 
 
 def _aware(moment: datetime) -> datetime:
