@@ -52,9 +52,13 @@ class Settings(BaseSettings):
     max_description_length: int = Field(20_000, gt=0)
     max_result_length: int = Field(100_000, gt=0)
 
-    worker_pool: Literal["prefork", "gevent", "threads", "solo"] = "prefork"
-    worker_concurrency: int = Field(4, ge=1, le=5000)
+    worker_pool: Literal["threads", "prefork", "gevent", "solo"] = "threads"
+    worker_concurrency: int = Field(
+        256, ge=1, le=5000, description="tasks in flight per worker process (threads pool: LLM calls at once)"
+    )
     worker_queues: str = "agent_tasks,system"
+    batch_max_size: int = Field(64, ge=1, description="agent-task messages handled together in one batch")
+    batch_flush_seconds: float = Field(0.05, gt=0, description="a partial batch waits at most this long")
 
     db_pool_size: int = Field(5, ge=1)
     db_max_overflow: int = Field(10, ge=0)

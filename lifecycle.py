@@ -28,11 +28,11 @@ _CLAIMED_COLUMNS = (_TASKS.c.id, _TASKS.c.attempts, _TASKS.c.title, _TASKS.c.des
 _TAKE_VALUES = dict(status=TaskStatus.RUNNING, attempts=_TASKS.c.attempts + 1, claimed_at=_NOW,
                     claimed_by=bindparam("p_owner"), updated_at=_NOW, started_at=func.coalesce(_TASKS.c.started_at, _NOW))
 _THIS_TASK = _TASKS.c.id == bindparam("p_id")
-_TAKE_QUEUED = (update(_TASKS).where(_THIS_TASK, _TASKS.c.status.in_(CLAIMABLE))
+_TAKE_QUEUED = (update(_TASKS).where(_TASKS.c.id.in_(bindparam("p_ids", expanding=True)), _TASKS.c.status.in_(CLAIMABLE))
                 .values(**_TAKE_VALUES).returning(*_CLAIMED_COLUMNS))
 _OWNED = (_THIS_TASK, _TASKS.c.status == TaskStatus.RUNNING, _TASKS.c.attempts == bindparam("p_attempt"))
 _TAKE_ABANDONED = update(_TASKS).where(*_OWNED).values(**_TAKE_VALUES).returning(*_CLAIMED_COLUMNS)
-_AGENT_OF = select(_AGENTS).where(_AGENTS.c.id == bindparam("p_agent"))
+_AGENTS_OF = select(_AGENTS).where(_AGENTS.c.id.in_(bindparam("p_agents", expanding=True)))
 _FINISHED = dict(finished_at=_NOW, updated_at=_NOW, duration_ms=bindparam("p_duration"))
 _COMPLETE = update(_TASKS).where(*_OWNED).values(
     status=TaskStatus.COMPLETED, result=bindparam("p_result"), error=None, prompt_tokens=bindparam("p_prompt_tokens"),
@@ -76,7 +76,7 @@ class Skip:
     """The task is not to be run by this delivery, and why."""
 
     task_id: uuid.UUID
-    status: TaskStatus
+    status: TaskStatus | None
     reason: str
 
 
@@ -119,23 +119,25 @@ def mark_queued(session: Session, task_ids: list[uuid.UUID], *, now: datetime) -
     return result.rowcount
 
 
-def claim_task(
-    session: Session, task_id: uuid.UUID, *, settings: Settings, now: datetime, owner: str,
+def claim_tasks(
+    session: Session, task_ids: list[uuid.UUID], *, settings: Settings, now: datetime, owner: str,
     owner_is_gone: Callable[[str | None], bool] = lambda _owner: False,
-) -> Claim | Skip:
-    """Take the next attempt of a pending or queued task, or of an abandoned running one: its claim
-    is older than the stale threshold or `owner_is_gone` says its process no longer exists.
-
-    Raises: TaskNotFoundError when no such task exists.
+) -> list[Claim | Skip]:
+    """Take the next attempt of each task, in order: pending or queued ones in one statement, then any
+    abandoned running one (claim older than the stale threshold, or `owner_is_gone` says its process
+    no longer exists). A task that is missing, finished or running elsewhere comes back as a Skip.
     """
     connection = session.connection()
-    taken = connection.execute(_TAKE_QUEUED, {"p_id": task_id, "p_now": now, "p_owner": owner}).first()
-    if taken is None:
-        taken = _take_abandoned(session, task_id, settings=settings, now=now, owner=owner, owner_is_gone=owner_is_gone)
-    if isinstance(taken, Skip):
-        return taken
-    agent = connection.execute(_AGENT_OF, {"p_agent": taken.agent_id}).one()
-    return _claim_of(taken, agent)
+    params = {"p_ids": list(dict.fromkeys(task_ids)), "p_now": now, "p_owner": owner}
+    taken = {row.id: row for row in connection.execute(_TAKE_QUEUED, params)}
+    for task_id in params["p_ids"]:
+        if task_id not in taken:
+            taken[task_id] = _take_abandoned(session, task_id, settings=settings, now=now, owner=owner,
+                                             owner_is_gone=owner_is_gone)
+    agent_ids = list({row.agent_id for row in taken.values() if not isinstance(row, Skip)})
+    agents = {agent.id: agent for agent in connection.execute(_AGENTS_OF, {"p_agents": agent_ids})} if agent_ids else {}
+    claims = {task_id: row if isinstance(row, Skip) else _claim_of(row, agents[row.agent_id]) for task_id, row in taken.items()}
+    return [claims[task_id] for task_id in task_ids]
 
 
 def _take_abandoned(
@@ -143,7 +145,7 @@ def _take_abandoned(
 ):
     task = session.get(Task, task_id, populate_existing=True)
     if task is None:
-        raise TaskNotFoundError(f"no task {task_id}")
+        return Skip(task_id, None, "no such task")
     if not _is_abandoned(task, settings=settings, now=now, owner_is_gone=owner_is_gone):
         return Skip(task_id, task.status, _why_not_claimed(task))
     params = {"p_id": task_id, "p_now": now, "p_owner": owner, "p_attempt": task.attempts}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -32,15 +33,16 @@ class LLMReply:
 
 def build_chain(agent: AgentSpec, settings: Settings) -> Runnable:
     """ChatPromptTemplate | ChatOpenAI | StrOutputParser for this agent; the model client is shared."""
-    chat_model = _chat_model(
-        model=agent.model,
-        temperature=agent.temperature,
-        max_tokens=agent.max_tokens,
-        options_json=agent.options.model_dump_json(exclude_none=True),
-        base_url=settings.openai_base_url,
-        api_key=settings.openai_api_key,
-        timeout=settings.llm_timeout_seconds,
-    )
+    with _chat_models_lock:
+        chat_model = _chat_model(
+            model=agent.model,
+            temperature=agent.temperature,
+            max_tokens=agent.max_tokens,
+            options_json=agent.options.model_dump_json(exclude_none=True),
+            base_url=settings.openai_base_url,
+            api_key=settings.openai_api_key,
+            timeout=settings.llm_timeout_seconds,
+        )
     return PROMPT | chat_model | StrOutputParser()
 
 
@@ -54,6 +56,11 @@ def run_agent(agent: AgentSpec, *, title: str, description: str, settings: Setti
         # ChatOpenAI raises TypeError for a 200 reply without `choices`; it is the provider's fault.
         raise RetryableError(f"LLM returned a malformed reply: {exc}") from exc
     return LLMReply(text=text, usage=_total_usage(usage_handler))
+
+
+# One client per configuration, made once: a batch's threads would otherwise all miss the cache
+# together and each build its own client (and TLS context).
+_chat_models_lock = threading.Lock()
 
 
 @lru_cache(maxsize=256)

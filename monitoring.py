@@ -67,23 +67,32 @@ def monitor_task_execution(task_name: str) -> Callable:
         @functools.wraps(func)
         def monitored(*args: Any, **kwargs: Any) -> Any:
             started = time.perf_counter()
-            outcome: dict[str, Any] = {"status": "error"}
+            outcomes: list[dict[str, Any]] = [{"status": "error"}]
             try:
                 result = func(*args, **kwargs)
-                outcome = result if isinstance(result, dict) else {"status": "ok"}
+                outcomes = _outcomes_of(result)
                 return result
             except Retry as retry:
-                outcome = {"status": "retry", "retry_in": _retry_delay(retry), "error": str(retry.exc or "")}
+                outcomes = [{"status": "retry", "retry_in": _retry_delay(retry), "error": str(retry.exc or "")}]
                 raise
             except Exception as exc:
-                outcome = {"status": "error", "error": str(exc)}
+                outcomes = [{"status": "error", "error": str(exc)}]
                 raise
             finally:
-                _record(task_name, time.perf_counter() - started, outcome, args)
+                seconds = time.perf_counter() - started
+                for outcome in outcomes:
+                    _record(task_name, seconds, outcome, args)
 
         return monitored
 
     return decorate
+
+
+def _outcomes_of(result: Any) -> list[dict[str, Any]]:
+    """A batch task returns one outcome per task; any other task returns one result."""
+    if isinstance(result, list):
+        return result
+    return [result if isinstance(result, dict) else {"status": "ok"}]
 
 
 def _record(task_name: str, seconds: float, outcome: dict[str, Any], args: tuple) -> None:

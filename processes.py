@@ -32,11 +32,12 @@ def llm_server(*, latency_ms: float = 0, jitter_ms: float = 0, seed: int | None 
 
 @contextmanager
 def celery_worker(
-    *, env: dict[str, str], log_path: Path, name: str = "worker", concurrency: int = 4,
-    pool: str = "prefork", queues: str = "agent_tasks,system", extra_args: tuple[str, ...] = (),
+    *, env: dict[str, str], log_path: Path, name: str = "worker", concurrency: int | None = None,
+    pool: str | None = None, queues: str = "agent_tasks,system", extra_args: tuple[str, ...] = (),
     ready_timeout: float = 60,
 ) -> Iterator[subprocess.Popen]:
-    """Run `celery -A worker worker` from the repo root with `env` on top of ours; yields the process."""
+    """Run `celery -A worker worker` from the repo root with `env` on top of ours; yields the process.
+    Pool and concurrency default to the settings (WORKER_POOL, WORKER_CONCURRENCY)."""
     process = start_worker(env=env, log_path=log_path, name=name, concurrency=concurrency, pool=pool,
                            queues=queues, extra_args=extra_args, ready_timeout=ready_timeout)
     try:
@@ -46,12 +47,13 @@ def celery_worker(
 
 
 def start_worker(
-    *, env: dict[str, str], log_path: Path, name: str, concurrency: int, pool: str, queues: str,
-    extra_args: tuple[str, ...] = (), ready_timeout: float = 60,
+    *, env: dict[str, str], log_path: Path, name: str, concurrency: int | None = None, pool: str | None = None,
+    queues: str = "agent_tasks,system", extra_args: tuple[str, ...] = (), ready_timeout: float = 60,
 ) -> subprocess.Popen:
     """Start a worker and return once it logged that it is ready. Raises: RuntimeError if it is not."""
-    command = [sys.executable, "-m", "celery", "-A", "worker", "worker", "--loglevel=INFO", f"--pool={pool}",
-               f"--concurrency={concurrency}", "-Q", queues, "-n", f"{name}@%h", *extra_args]
+    overrides = ([f"--pool={pool}"] if pool else []) + ([f"--concurrency={concurrency}"] if concurrency else [])
+    command = [sys.executable, "-m", "celery", "-A", "worker", "worker", "--loglevel=INFO", *overrides,
+               "-Q", queues, "-n", f"{name}@%h", *extra_args]
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = log_path.open("ab")
     log_start = log.tell()

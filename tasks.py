@@ -8,10 +8,12 @@ from __future__ import annotations
 import random
 import uuid
 from collections.abc import Callable, Iterable
+from concurrent.futures import Executor
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from celery import Celery, shared_task
+from celery_batches import Batches
 from kombu.exceptions import OperationalError as BrokerOperationalError
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
@@ -101,28 +103,31 @@ def cancel_task(task_id: str, *, app: Celery | None = None) -> str:
 def execute_agent_task(
     task_id: str, *, session_factory: sessionmaker[Session], settings: Settings, run_llm: RunLLM = run_agent
 ) -> TaskOutcome:
-    """Run one attempt of a task: claim it, call the LLM with no connection held, record the outcome.
+    """Run one attempt of one task; see `execute_agent_tasks`."""
+    return execute_agent_tasks([task_id], session_factory=session_factory, settings=settings, run_llm=run_llm)[0]
 
-    Raises: what the database raises (the caller classifies it); LLM errors are recorded in the row.
+
+def execute_agent_tasks(
+    task_ids: list[Any], *, session_factory: sessionmaker[Session], settings: Settings,
+    run_llm: RunLLM = run_agent, executor: Executor | None = None,
+) -> list[TaskOutcome]:
+    """Run one attempt of each task: claim them all in one transaction, call the LLM for each (concurrently
+    on `executor`) with no connection held, then record every outcome in one transaction.
+
+    Returns one outcome per id, in order. Raises: what the database raises (the caller classifies it);
+    LLM errors are classified and recorded in the rows.
     """
+    ids = [_valid_id(task_id) for task_id in task_ids]
     with session_scope(session_factory) as session:
-        claim = lifecycle.claim_task(session, parse_task_id(task_id), settings=settings, now=utcnow(),
-                                     owner=current_owner(), owner_is_gone=owner_is_gone)
-    if isinstance(claim, Skip):
-        return TaskOutcome(task_id, "skipped", error=claim.reason)
-    try:
-        reply = _run_claim(claim, settings=settings, run_llm=run_llm)
-    except Exception as exc:  # every LLM-side failure is classified and recorded, never lost
-        return _record_error(claim, classify(exc), session_factory=session_factory, settings=settings)
+        claimed = lifecycle.claim_tasks(session, [i for i in ids if isinstance(i, uuid.UUID)], settings=settings,
+                                        now=utcnow(), owner=current_owner(), owner_is_gone=owner_is_gone)
+    claims = iter(claimed)
+    steps = [next(claims) if isinstance(task_id, uuid.UUID) else task_id for task_id in ids]
+    runs = [step for step in steps if isinstance(step, Claim)]
+    replies = _call_llm(runs, settings=settings, run_llm=run_llm, executor=executor)
     with session_scope(session_factory) as session:
-        done = lifecycle.record_success(
-            session, claim, result=reply.text[: settings.max_result_length], usage=reply.usage, now=utcnow()
-        )
-    if not done:
-        return _outcome(claim, "superseded")
-    usage = reply.usage
-    tokens = {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens} if usage else {}
-    return _outcome(claim, "completed", **tokens)
+        settled = iter([_settle(session, claim, reply, settings=settings) for claim, reply in zip(runs, replies)])
+    return [next(settled) if isinstance(step, Claim) else _not_run(step) for step in steps]
 
 
 def backoff_delay(attempt: int, *, settings: Settings, requested: float | None = None) -> float:
@@ -152,17 +157,34 @@ def parse_task_id(task_id: Any) -> uuid.UUID:
         raise TaskValidationError(f"task id must be a UUID string, got {task_id!r:.80}") from None
 
 
-@shared_task(bind=True, name=PROCESS_TASK_NAME, acks_late=True, reject_on_worker_lost=True, max_retries=None)
+class AgentTaskBatches(Batches):
+    """Buffers agent-task messages and hands them over as one batch (celery-batches); the batch size
+    and flush interval come from the app's settings."""
+
+    @property
+    def flush_every(self) -> int:
+        return self.app.settings.batch_max_size
+
+    @property
+    def flush_interval(self) -> float:
+        return self.app.settings.batch_flush_seconds
+
+
+@shared_task(bind=True, base=AgentTaskBatches, name=PROCESS_TASK_NAME, acks_late=True)
 @monitor_task_execution("agent_task")
-def process_agent_task(self, task_id: str) -> dict[str, Any]:
-    """Process a task using an AI agent."""
+def process_agent_task(self, requests: list) -> list[dict[str, Any]]:
+    """Process a batch of tasks using their AI agents; each message carries one task id."""
+    app = self.app
+    task_ids = [_task_id_argument(request) for request in requests]
     try:
-        outcome = execute_agent_task(task_id, session_factory=self.app.session_factory, settings=self.app.settings)
+        outcomes = execute_agent_tasks(task_ids, session_factory=app.session_factory, settings=app.settings,
+                                       executor=app.llm_executor)
     except Exception as exc:
-        raise _retry_or_fail(self, classify(exc)) from exc
-    if outcome.retry_in is not None:
-        raise self.retry(countdown=outcome.retry_in)
-    return outcome.as_dict()
+        return [_retry_later(app, request, classify(exc)) for request in requests]
+    for outcome in outcomes:
+        if outcome.retry_in is not None:
+            _publish(app, [uuid.UUID(outcome.task_id)], countdown=outcome.retry_in)
+    return [outcome.as_dict() for outcome in outcomes]
 
 
 @shared_task(bind=True, name=SWEEP_TASK_NAME)
@@ -179,37 +201,83 @@ def health_check(self) -> dict[str, str]:
     return check_health(session_factory=self.app.session_factory)
 
 
-def _retry_or_fail(task, error: RetryableError | PermanentError) -> Exception:
-    settings: Settings = task.app.settings
-    if isinstance(error, RetryableError) and task.request.retries < settings.db_unavailable_max_retries:
-        delay = backoff_delay(task.request.retries + 1, settings=settings, requested=error.delay)
-        return task.retry(exc=error, countdown=delay, throw=False)
-    return error
+def _retry_later(app: Celery, request, error: RetryableError | PermanentError) -> dict[str, Any]:
+    """The whole attempt failed before any row changed (the database is down): send the message again later.
+
+    Celery's own retry is per message, and a batch has many; re-publishing with the retry count is the same thing.
+    """
+    task_id, retries = _task_id_argument(request), request.request_dict.get("retries") or 0
+    if isinstance(error, PermanentError) or retries >= app.settings.db_unavailable_max_retries:
+        # The row, if any, keeps its status; the sweeper re-queues it once it looks stuck.
+        return TaskOutcome(str(task_id), "error", error=str(error)).as_dict()
+    delay = backoff_delay(retries + 1, settings=app.settings, requested=error.delay)
+    app.send_task(PROCESS_TASK_NAME, args=[task_id], task_id=request.id, countdown=delay, retries=retries + 1,
+                  ignore_result=True)
+    return TaskOutcome(str(task_id), "retrying", error=str(error), retry_in=delay).as_dict()
 
 
-def _run_claim(claim: Claim, *, settings: Settings, run_llm: RunLLM) -> LLMReply:
-    if claim.agent is None:
-        raise PermanentError(f"bad agent configuration: {claim.agent_error}")
-    if claim.attempt > settings.task_max_attempts:
-        # Only a run whose worker died gets here: the row was claimed but never settled.
-        raise PermanentError(f"gave up after {claim.attempt - 1} attempts: the worker running it was lost each time")
-    return run_llm(claim.agent, title=claim.title, description=claim.description, settings=settings)
+def _task_id_argument(request) -> Any:
+    """The one positional argument a process_agent_task message must carry (anything else is rejected later)."""
+    return request.args[0] if len(request.args) == 1 and not request.kwargs else request.args
+
+
+def _call_llm(claims: list[Claim], *, settings: Settings, run_llm: RunLLM, executor: Executor | None) -> list:
+    """Each claim's LLM reply, or the exception it raised."""
+    if executor is None or len(claims) < 2:
+        return [_reply_or_error(claim, settings=settings, run_llm=run_llm) for claim in claims]
+    return list(executor.map(lambda claim: _reply_or_error(claim, settings=settings, run_llm=run_llm), claims))
+
+
+def _reply_or_error(claim: Claim, *, settings: Settings, run_llm: RunLLM) -> LLMReply | Exception:
+    try:
+        if claim.agent is None:
+            raise PermanentError(f"bad agent configuration: {claim.agent_error}")
+        if claim.attempt > settings.task_max_attempts:
+            # Only a run whose worker died gets here: the row was claimed but never settled.
+            raise PermanentError(f"gave up after {claim.attempt - 1} attempts: the worker running it was lost each time")
+        return run_llm(claim.agent, title=claim.title, description=claim.description, settings=settings)
+    except Exception as exc:  # every LLM-side failure is classified and recorded, never lost
+        return exc
+
+
+def _settle(session: Session, claim: Claim, reply: LLMReply | Exception, *, settings: Settings) -> TaskOutcome:
+    if isinstance(reply, Exception):
+        return _record_error(session, claim, classify(reply), settings=settings)
+    done = lifecycle.record_success(session, claim, result=reply.text[: settings.max_result_length],
+                                    usage=reply.usage, now=utcnow())
+    if not done:
+        return _outcome(claim, "superseded")
+    usage = reply.usage
+    tokens = {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens} if usage else {}
+    return _outcome(claim, "completed", **tokens)
 
 
 def _record_error(
-    claim: Claim, error: RetryableError | PermanentError, *, session_factory: sessionmaker[Session], settings: Settings
+    session: Session, claim: Claim, error: RetryableError | PermanentError, *, settings: Settings
 ) -> TaskOutcome:
     retry = isinstance(error, RetryableError) and claim.attempt < settings.task_max_attempts
     exhausted = isinstance(error, RetryableError) and not retry
     message = f"gave up after {claim.attempt} attempts: {error}" if exhausted else str(error)
-    with session_scope(session_factory) as session:
-        record = lifecycle.record_retry if retry else lifecycle.record_failure
-        owned = record(session, claim, error=message, now=utcnow())
-    if not owned:
+    record = lifecycle.record_retry if retry else lifecycle.record_failure
+    if not record(session, claim, error=message, now=utcnow()):
         return _outcome(claim, "superseded", error=message)
     if retry:
-        return _outcome(claim, "retrying", error=message, retry_in=backoff_delay(claim.attempt, settings=settings, requested=error.delay))
+        delay = backoff_delay(claim.attempt, settings=settings, requested=error.delay)
+        return _outcome(claim, "retrying", error=message, retry_in=delay)
     return _outcome(claim, "failed", error=message)
+
+
+def _valid_id(task_id: Any) -> uuid.UUID | TaskValidationError:
+    try:
+        return parse_task_id(task_id)
+    except TaskValidationError as exc:
+        return exc
+
+
+def _not_run(step: Skip | TaskValidationError) -> TaskOutcome:
+    if isinstance(step, Skip):
+        return TaskOutcome(str(step.task_id), "skipped", error=step.reason)
+    return TaskOutcome(str(step), "rejected", error=str(step))
 
 
 def _outcome(claim: Claim, status: str, **details) -> TaskOutcome:
@@ -233,13 +301,13 @@ def _enqueue(app: Celery, task_ids: list[uuid.UUID]) -> None:
         lifecycle.mark_queued(session, task_ids, now=utcnow())
 
 
-def _publish(app: Celery, task_ids: list[uuid.UUID]) -> None:
+def _publish(app: Celery, task_ids: list[uuid.UUID], *, countdown: float | None = None) -> None:
     try:
         with app.producer_or_acquire() as producer:
             for task_id in task_ids:
                 # ignore_result: the outcome lives in the task row, so neither side touches the result backend.
                 app.send_task(PROCESS_TASK_NAME, args=[str(task_id)], task_id=str(task_id), producer=producer,
-                              ignore_result=True)
+                              ignore_result=True, countdown=countdown)
     except (BrokerOperationalError, ConnectionError, OSError) as exc:
         raise BrokerUnavailableError(
             f"{len(task_ids)} task(s) saved as pending but not queued (broker unreachable: {exc}); "

@@ -4,6 +4,8 @@ Run it from the repository root with `celery -A worker worker --loglevel=info`.
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+from functools import cached_property
 from typing import Any
 
 from celery import Celery
@@ -27,6 +29,11 @@ class AgentServiceCelery(Celery):
         self.engine = make_engine(settings)
         self.session_factory = make_session_factory(self.engine)
 
+    @cached_property
+    def llm_executor(self) -> ThreadPoolExecutor:
+        """Threads for the concurrent LLM calls of a batch; made on first use, so after any fork."""
+        return ThreadPoolExecutor(max_workers=self.settings.worker_concurrency, thread_name_prefix="llm")
+
 
 def create_celery_app(settings: Settings) -> AgentServiceCelery:
     """Build the configured app; its tasks are registered by importing `tasks`."""
@@ -49,6 +56,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_track_started": True,
         "task_time_limit": settings.task_time_limit_seconds,
         "task_soft_time_limit": settings.task_soft_time_limit_seconds,
+        "worker_pool": settings.worker_pool,
+        "worker_concurrency": settings.worker_concurrency,
         "worker_prefetch_multiplier": 1,
         "worker_max_tasks_per_child": 1000,
         "task_acks_late": True,
@@ -84,6 +93,17 @@ def _transport_options(settings: Settings) -> dict[str, Any]:
     return {"visibility_timeout": settings.broker_visibility_timeout_seconds}
 
 
+def _make_postgres_cooperative() -> None:
+    """Under the gevent pool, let psycopg2 yield to other greenlets while it waits on the server."""
+    from gevent import monkey
+
+    if monkey.is_module_patched("socket"):
+        from psycogreen.gevent import patch_psycopg
+
+        patch_psycopg()
+
+
+_make_postgres_cooperative()
 app = create_celery_app(get_settings())
 celery_app = app
 

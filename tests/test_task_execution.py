@@ -47,7 +47,9 @@ def failing(error: Exception):
 
 
 def claim_as(db_session, task: Task, settings, *, now, owner="host/1/100", owner_is_gone=lambda owner: False):
-    return lifecycle.claim_task(db_session, task.id, settings=settings, now=now, owner=owner, owner_is_gone=owner_is_gone)
+    [claimed] = lifecycle.claim_tasks(db_session, [task.id], settings=settings, now=now, owner=owner,
+                                      owner_is_gone=owner_is_gone)
+    return claimed
 
 
 def reload(db_session, task: Task) -> Task:
