@@ -53,9 +53,11 @@ class Settings(BaseSettings):
     max_result_length: int = Field(100_000, gt=0)
 
     worker_pool: Literal["threads", "prefork", "gevent", "solo"] = "threads"
-    worker_concurrency: int = Field(
-        256, ge=1, le=5000, description="tasks in flight per worker process (threads pool: LLM calls at once)"
+    worker_concurrency: int = Field(256, ge=1, le=5000, description="pool size: threads, or processes for prefork")
+    worker_prefetch_multiplier: int = Field(
+        1, ge=1, description="messages reserved per pool slot; with prefork, raise it so batches can fill"
     )
+    llm_concurrency: int = Field(256, ge=1, le=5000, description="LLM calls at once per worker process")
     worker_queues: str = "agent_tasks,system"
     batch_max_size: int = Field(64, ge=1, description="agent-task messages handled together in one batch")
     batch_flush_seconds: float = Field(0.05, gt=0, description="a partial batch waits at most this long")

@@ -32,7 +32,7 @@ class AgentServiceCelery(Celery):
     @cached_property
     def llm_executor(self) -> ThreadPoolExecutor:
         """Threads for the concurrent LLM calls of a batch; made on first use, so after any fork."""
-        return ThreadPoolExecutor(max_workers=self.settings.worker_concurrency, thread_name_prefix="llm")
+        return ThreadPoolExecutor(max_workers=self.settings.llm_concurrency, thread_name_prefix="llm")
 
 
 def create_celery_app(settings: Settings) -> AgentServiceCelery:
@@ -58,7 +58,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_soft_time_limit": settings.task_soft_time_limit_seconds,
         "worker_pool": settings.worker_pool,
         "worker_concurrency": settings.worker_concurrency,
-        "worker_prefetch_multiplier": 1,
+        "worker_prefetch_multiplier": settings.worker_prefetch_multiplier,
         "worker_max_tasks_per_child": 1000,
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
