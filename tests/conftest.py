@@ -3,6 +3,7 @@ LLM server and a real `celery worker` process. A missing service fails the run; 
 from __future__ import annotations
 
 import os
+import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -77,9 +78,22 @@ def idle_redis(idle_app) -> redis.Redis:
 
 
 @pytest.fixture(scope="session")
-def worker(app, settings: Settings) -> Iterator[None]:
-    """A real `celery -A worker worker` process, prefork with 4 children, on Redis and PostgreSQL."""
-    with celery_worker(env=settings_env(settings), log_path=LOG_DIR / "worker.log", name="test"):
+def metrics_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def worker_log() -> Path:
+    return LOG_DIR / "worker.log"
+
+
+@pytest.fixture(scope="session")
+def worker(app, settings: Settings, metrics_port: int, worker_log: Path) -> Iterator[None]:
+    """A real `celery -A worker worker` process in the default (production) configuration."""
+    env = {**settings_env(settings), "METRICS_PORT": str(metrics_port)}
+    with celery_worker(env=env, log_path=worker_log, name="test"):
         yield
 
 

@@ -2,8 +2,12 @@
 over HTTP through the real openai client."""
 from __future__ import annotations
 
+import json
+import re
 import time
 import uuid
+
+import httpx
 
 import pytest
 from sqlalchemy import update
@@ -121,3 +125,21 @@ def test_malformed_llm_reply_is_retried_until_a_good_one(app, agent, llm, sessio
     llm.add_fault(fault="malformed", match=title, times=1)
     [row] = wait_for_final(session_factory, [submit(app, agent, title)]).values()
     assert row.status == TaskStatus.COMPLETED and row.attempts == 2
+
+
+def test_each_task_is_logged_and_counted_in_prometheus(app, agent, session_factory, metrics_port, worker_log):
+    marker = unique("observed")
+    task_ids = create_agent_tasks([{"title": f"{marker} {i}", "agent_id": str(agent.id), "user_id": "u"}
+                                   for i in range(5)], app=app)
+    wait_for_final(session_factory, task_ids)
+    time.sleep(0.5)  # the log line is written after the batch returns
+    lines = [json.loads(line) for line in worker_log.read_text().splitlines() if line.startswith("{")]
+    logged = {line["task_id"]: line for line in lines if line.get("task") == "agent_task" and line.get("task_id") in task_ids}
+    assert set(logged) == set(task_ids)
+    assert all(line["status"] == "completed" and line["agent_id"] == str(agent.id) and line["duration_ms"] >= 0
+               for line in logged.values())
+    metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
+    completed = re.search(r'agent_service_task_runs_total\{status="completed",task="agent_task"\} (\S+)', metrics)
+    assert completed and float(completed.group(1)) >= 5
+    assert 'agent_service_task_duration_seconds_count{task="agent_task"}' in metrics
+    assert re.search(r'agent_service_llm_tokens_total\{kind="prompt"\} [1-9]', metrics)
