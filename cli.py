@@ -178,17 +178,22 @@ def _cmd_demo(args) -> int:
     return run_demo(task_count=args.tasks)
 
 
-def task_table(tasks: list[Task], *, title: str = "Tasks") -> Table:
-    """A rich table of tasks: status, attempts, tokens, timings and the start of the result."""
+def task_table(tasks: list[Task], *, title: str = "Tasks", full_ids: bool = True) -> Table:
+    """A rich table of tasks: status, attempts, tokens, timings and the start of the result or error."""
     table = Table(title=title)
-    table.add_column("id", no_wrap=True, min_width=36)
-    for column in ("title", "status", "tries", "tokens", "duration", "result / error"):
-        table.add_column(column, no_wrap=True, overflow="ellipsis", max_width=48 if column == "result / error" else 28)
+    # Fixed widths, and the result gets only what is left: rich otherwise squeezes the short columns
+    # to nothing on a narrow terminal.
+    widths = {"id": 36 if full_ids else 8, "status": 9, "tries": 5, "tokens": 6, "ms": 7}
+    room = max(24, console.width - sum(widths.values()) - 3 * (len(widths) + 2) - 1)
+    widths.update({"title": room // 3, "result / error": room - room // 3})
+    for column, width in widths.items():
+        table.add_column(column, width=width, no_wrap=True, overflow="ellipsis")
     for task in tasks:
         outcome = task.result if task.status == TaskStatus.COMPLETED else task.error
-        duration = f"{task.duration_ms} ms" if task.duration_ms is not None else ""
-        table.add_row(str(task.id), task.title, task.status.value, str(task.attempts),
-                      str(task.total_tokens or ""), duration, outcome or "")
+        duration = str(task.duration_ms) if task.duration_ms is not None else ""
+        task_id = str(task.id) if full_ids else str(task.id)[:8]
+        table.add_row(task_id, task.status.value, str(task.attempts), str(task.total_tokens or ""), duration,
+                      task.title, " ".join((outcome or "").split()))
     return table
 
 

@@ -40,7 +40,7 @@ def run_demo(*, task_count: int, timeout: float = 120) -> int:
             _rate_limit_once(llm_url, match=items[0]["title"])
             task_ids = create_agent_tasks(items, app=worker.app)
             tasks = _follow(task_ids, session_factory=worker.app.session_factory, timeout=timeout)
-    console.print(task_table(tasks, title="Demo results"))
+    console.print(task_table(tasks, title="Demo results", full_ids=False))
     completed = sum(task.status == TaskStatus.COMPLETED for task in tasks)
     console.print(f"{completed}/{len(tasks)} completed; worker log: {Path(LOCAL_DATA_DIR / 'demo-worker.log')}")
     return 0 if completed == len(tasks) else 1
