@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat requirements.txt | cksum | cut -d' ' -f1)
 
-.PHONY: install demo test services worker beat flower llm-server init-db clean
+.PHONY: install demo test services worker beat flower llm-server init-db clean bench chaos
 
 install: $(STAMP)
 
@@ -23,8 +23,14 @@ services:
 test: install services
 	$(BIN)/python -m pytest
 
+chaos: install services
+	CHAOS_SCALE=full $(BIN)/python -m pytest tests/chaos -v
+
 init-db: install
 	$(BIN)/python cli.py init-db
+
+bench: install services
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 worker: install
 	$(BIN)/python cli.py worker

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import and_, bindparam, func, or_, select, update
+from sqlalchemy import and_, bindparam, func, or_, select, tuple_, update
 from sqlalchemy.orm import Session, selectinload
 
 from config import Settings
@@ -87,26 +87,43 @@ class Usage:
     total_tokens: int
 
 
-def insert_task(session: Session, data: TaskInput) -> tuple[Task, bool]:
-    """Insert a pending task, or return the earlier one with the same idempotency key.
+def insert_tasks(session: Session, items: list[TaskInput]) -> list[tuple[Task, bool]]:
+    """Insert pending tasks, or return the earlier task that has the same user and idempotency key.
 
-    Returns (task, created). Raises: TaskValidationError when the agent is unknown or inactive.
+    One query for the agents and one for the keys, whatever the number of items. Returns (task, created)
+    per item, in order. Raises: TaskValidationError naming the first item whose agent is unknown or inactive.
     """
-    if data.idempotency_key is not None:
-        existing = session.scalar(
-            select(Task).where(Task.user_id == data.user_id, Task.idempotency_key == data.idempotency_key)
-        )
-        if existing is not None:
-            return existing, False
-    agent = session.get(Agent, data.agent_id)
+    agents = {agent.id: agent for agent in session.scalars(select(Agent).where(Agent.id.in_({i.agent_id for i in items})))}
+    known = _tasks_by_idempotency_key(session, items)
+    rows = []
+    for index, item in enumerate(items):
+        key = (item.user_id, item.idempotency_key)
+        if item.idempotency_key is not None and key in known:
+            rows.append((known[key], False))
+            continue
+        _check_agent(agents.get(item.agent_id), item, index=index)
+        task = Task(id=uuid.uuid4(), **item.model_dump(), status=TaskStatus.PENDING, attempts=0)
+        session.add(task)
+        if item.idempotency_key is not None:
+            known[key] = task
+        rows.append((task, True))
+    return rows
+
+
+def _tasks_by_idempotency_key(session: Session, items: list[TaskInput]) -> dict[tuple[str, str], Task]:
+    keys = {(item.user_id, item.idempotency_key) for item in items if item.idempotency_key is not None}
+    if not keys:
+        return {}
+    query = select(Task).where(tuple_(Task.user_id, Task.idempotency_key).in_(list(keys)))
+    return {(task.user_id, task.idempotency_key): task for task in session.scalars(query)}
+
+
+def _check_agent(agent: Agent | None, item: TaskInput, *, index: int) -> None:
+    where = f"item {index}: " if index else ""
     if agent is None:
-        raise TaskValidationError(f"invalid task input: agent_id: no agent {data.agent_id}")
+        raise TaskValidationError(f"{where}invalid task input: agent_id: no agent {item.agent_id}")
     if not agent.is_active:
-        raise TaskValidationError(f"invalid task input: agent_id: agent {agent.name!r} is inactive")
-    task = Task(**data.model_dump(), status=TaskStatus.PENDING, attempts=0)
-    session.add(task)
-    session.flush()
-    return task, True
+        raise TaskValidationError(f"{where}invalid task input: agent_id: agent {agent.name!r} is inactive")
 
 
 def mark_queued(session: Session, task_ids: list[uuid.UUID], *, now: datetime) -> int:

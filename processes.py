@@ -51,8 +51,13 @@ def start_worker(
     queues: str = "agent_tasks,system", extra_args: tuple[str, ...] = (), ready_timeout: float = 60,
 ) -> subprocess.Popen:
     """Start a worker and return once it logged that it is ready. Raises: RuntimeError if it is not."""
-    overrides = ([f"--pool={pool}"] if pool else []) + ([f"--concurrency={concurrency}"] if concurrency else [])
-    command = [sys.executable, "-m", "celery", "-A", "worker", "worker", "--loglevel=INFO", *overrides,
+    # Pool and concurrency go through the settings: Celery's CLI cannot tell an explicit
+    # `--pool=prefork` from its default, so the configured pool would win over the flag.
+    if pool:
+        env = {**env, "WORKER_POOL": pool}
+    if concurrency:
+        env = {**env, "WORKER_CONCURRENCY": str(concurrency)}
+    command = [sys.executable, "-m", "celery", "-A", "worker", "worker", "--loglevel=INFO",
                "-Q", queues, "-n", f"{name}@%h", *extra_args]
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = log_path.open("ab")

@@ -13,7 +13,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from celery import Celery, shared_task
-from celery_batches import Batches
+from celery_batches import Batches, SimpleRequest
+from celery_batches.trace import apply_batches_task
 from kombu.exceptions import OperationalError as BrokerOperationalError
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
@@ -69,8 +70,7 @@ def create_agent_tasks(items: Iterable[dict[str, Any]], *, app: Celery | None = 
     app = app or _default_app()
     inputs = [_parse_item(index, item, app.settings) for index, item in enumerate(items)]
     with session_scope(app.session_factory) as session:
-        rows = [lifecycle.insert_task(session, data) for data in inputs]
-        session.flush()
+        rows = lifecycle.insert_tasks(session, inputs)
     _enqueue(app, [task.id for task, created in rows if created])
     return [str(task.id) for task, _ in rows]
 
@@ -168,6 +168,21 @@ class AgentTaskBatches(Batches):
     @property
     def flush_interval(self) -> float:
         return self.app.settings.batch_flush_seconds
+
+    def flush(self, requests: list) -> Any:
+        """Batches.flush, plus: when the pool loses the batch (its prefork child died, or hit the hard time
+        limit) its late-acked messages go back to the queue at once. Batches.flush only acks on success, so a
+        lost batch's messages stayed unacked, each holding a prefetch slot for good: after a few losses the
+        worker consumed nothing more, not even the sweeper's messages."""
+        late = [request for request in requests if request.task.acks_late]
+        early = [request for request in requests if not request.task.acks_late]
+        batch = ([SimpleRequest.from_request(request) for request in requests],)
+        return self._pool.apply_async(
+            apply_batches_task, (self, batch, 0, None),
+            accept_callback=lambda *_: [request.acknowledge() for request in early],
+            callback=lambda _result: [request.acknowledge() for request in late],
+            error_callback=lambda _error: [request.reject(requeue=True) for request in late],
+        )
 
 
 @shared_task(bind=True, base=AgentTaskBatches, name=PROCESS_TASK_NAME, acks_late=True)

@@ -75,8 +75,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "sweep-stale-tasks": {"task": SWEEP_TASK_NAME, "schedule": settings.sweep_interval_seconds},
         },
         "worker_soft_shutdown_timeout": settings.worker_soft_shutdown_seconds,
-        "worker_send_task_events": True,
-        "task_send_sent_event": True,
+        # Task events cost a Redis message each; Flower switches them on in the workers when it starts.
+        "worker_send_task_events": False,
+        "task_send_sent_event": False,
         "broker_connection_retry_on_startup": True,
         "broker_transport_options": _transport_options(settings),
         "result_backend_transport_options": {"visibility_timeout": settings.broker_visibility_timeout_seconds},

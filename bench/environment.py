@@ -1,0 +1,94 @@
+"""The services one bench shares across its runs, each reset before every run: a dedicated PostgreSQL
+database, a dedicated Redis DB as the broker, and the bundled LLM server."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import redis
+from sqlalchemy import create_engine, text
+
+from cli import init_db
+from config import Settings
+from database import session_scope
+from models import Agent
+from processes import llm_server
+from worker import AgentServiceCelery, create_celery_app
+
+PG_ROOT = "postgresql+psycopg2://postgres@127.0.0.1:5432"
+BENCH_DATABASE = "agent_service_bench"
+BENCH_REDIS = "redis://127.0.0.1:6379/12"  # tests use 14 and 15; 0 is anyone's default
+IDLE_REDIS = "redis://127.0.0.1:6379/13"  # a broker nobody consumes, for the bulk-submit measurement
+
+
+class LLMControl:
+    """The bundled LLM server's control API: reset, latency, request count."""
+
+    def __init__(self, base_url: str) -> None:
+        self.http = httpx.Client(base_url=base_url, timeout=10)
+
+    def prepare(self, *, latency_ms: float) -> None:
+        self.http.post("/control/reset").raise_for_status()
+        self.http.post("/control/config", json={"latency_ms": latency_ms}).raise_for_status()
+
+    def request_count(self) -> int:
+        return self.http.get("/control/stats").json()["requests"]
+
+
+@dataclass
+class BenchEnvironment:
+    """Settings every worker gets, the app the bench submits with, the agent, and the LLM control."""
+
+    settings: Settings
+    app: AgentServiceCelery
+    agent_id: str
+    llm: LLMControl
+
+    def reset(self, *, latency_ms: float) -> None:
+        """Empty the tasks table and the broker, and reset the LLM server to `latency_ms`."""
+        truncate_tasks(self.app)
+        redis.Redis.from_url(BENCH_REDIS).flushdb()
+        self.llm.prepare(latency_ms=latency_ms)
+
+
+@contextmanager
+def bench_environment(*, overrides: dict[str, Any]) -> Iterator[BenchEnvironment]:
+    """A freshly migrated bench database and an LLM server; `overrides` are Settings fields for ours."""
+    database_url = recreate_database(BENCH_DATABASE)
+    with llm_server() as llm_url:
+        settings = Settings(_env_file=None, database_url=database_url, redis_url=BENCH_REDIS,
+                            openai_base_url=f"{llm_url}/v1", **overrides)
+        app = create_celery_app(settings)
+        try:
+            yield BenchEnvironment(settings, app, _create_agent(app), LLMControl(llm_url))
+        finally:
+            app.engine.dispose()
+
+
+def recreate_database(name: str) -> str:
+    """Drop and create database `name`, apply the migrations; returns its URL."""
+    admin = create_engine(f"{PG_ROOT}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        connection.execute(text(f"CREATE DATABASE {name}"))
+    admin.dispose()
+    url = f"{PG_ROOT}/{name}"
+    init_db(url)
+    return url
+
+
+def truncate_tasks(app: AgentServiceCelery) -> None:
+    with session_scope(app.session_factory) as session:
+        session.execute(text("TRUNCATE tasks CASCADE"))
+
+
+def _create_agent(app: AgentServiceCelery) -> str:
+    with session_scope(app.session_factory) as session:
+        agent = Agent(name="bench-agent", prompt="You are a concise analyst.", model="gpt-4o-mini",
+                      temperature=0.2, max_tokens=200)
+        session.add(agent)
+        session.flush()
+        return str(agent.id)

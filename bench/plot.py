@@ -1,0 +1,43 @@
+"""`results/bench.png`: throughput per configuration and LLM latency, and CPU per task, both log scale."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
+from matplotlib.ticker import FuncFormatter  # noqa: E402
+
+from bench.scenarios import RunResult  # noqa: E402
+
+CONFIG_COLOURS = {"baseline": "#c0504d", "ours": "#4f81bd", "floor": "#9bbb59"}
+
+
+def plot_results(runs: list[RunResult], path: Path) -> None:
+    measured = [run for run in runs if run.tasks_per_second]
+    figure, (throughput, cpu) = plt.subplots(1, 2, figsize=(13, 5))
+    _bars(throughput, measured, "tasks_per_second", "tasks/s (first enqueue to last completion)", "{:,.1f}")
+    _bars(cpu, [run for run in measured if run.cpu_ms_per_task], "cpu_ms_per_task",
+          "worker CPU ms per task (all processes)", "{:.2f}")
+    figure.suptitle("Agent Service bench: baseline design vs ours vs bare Celery")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def _bars(axis, runs: list[RunResult], field: str, title: str, label: str) -> None:
+    values = [getattr(run, field) for run in runs]
+    colours = [CONFIG_COLOURS.get(run.config, "#8064a2") for run in runs]
+    bars = axis.bar([_label(run) for run in runs], values, color=colours)
+    axis.bar_label(bars, labels=[label.format(value) for value in values], fontsize=8)
+    axis.set_yscale("log")
+    axis.yaxis.set_major_formatter(FuncFormatter(lambda value, _position: f"{value:g}"))
+    axis.set_title(title)
+    axis.tick_params(axis="x", labelrotation=30, labelsize=8)
+
+
+def _label(run: RunResult) -> str:
+    load = f"{run.offered_rate:.0f}/s offered" if run.offered_rate else f"N={run.tasks}"
+    return f"{run.name}\n{run.pool}x{run.concurrency}, {load}"

@@ -1,0 +1,123 @@
+"""Benchmark the baseline design, ours and a bare-Celery floor on real Redis, PostgreSQL and the LLM server.
+
+`make bench` runs each at 0 ms and 1000 ms of simulated LLM latency (ours is started exactly as
+`make worker` starts it), then an offered-load run and a bulk-submit measurement:
+
+    python bench/run.py [--quick] [--only NAME ...] [--ours-env WORKER_POOL=gevent ...]
+
+Prints a table and the targets; writes bench/results/bench.json, bench.png and one log per worker.
+Exits 0 whatever the figures; 1 only when a run broke (its worker died or its tasks stopped completing).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # `python bench/run.py` puts bench/, not the repository root, on the path
+    sys.path.insert(0, str(ROOT))
+
+from rich.console import Console  # noqa: E402
+
+from bench.environment import BenchEnvironment, bench_environment  # noqa: E402
+from bench.plot import plot_results  # noqa: E402
+from bench.report import evaluate_targets, print_report, ratios, write_json  # noqa: E402
+from bench.scenarios import (OURS_COMMAND, RESULTS_DIR, RunPlan, celery_command, execute,  # noqa: E402
+                             measure_bulk_submit)
+from config import Settings  # noqa: E402
+
+GROUPS = ("floor", "baseline", "ours", "offered", "bulk")
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Tasks per run (N), the offered load, and how long one run may take before it is cut short."""
+
+    floor: int
+    baseline_0ms: int
+    baseline_1000ms: int
+    ours: int
+    offered_rate: float
+    offered_seconds: float
+    bulk: int
+    run_budget_seconds: float
+
+
+FULL = Sizes(floor=2000, baseline_0ms=400, baseline_1000ms=40, ours=2000, offered_rate=100, offered_seconds=20,
+             bulk=2000, run_budget_seconds=150)
+QUICK = Sizes(floor=200, baseline_0ms=40, baseline_1000ms=8, ours=200, offered_rate=100, offered_seconds=3,
+              bulk=500, run_budget_seconds=40)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    sizes, wanted = (QUICK if args.quick else FULL), set(args.only or GROUPS)
+    console = Console(width=None if sys.stdout.isatty() else 200)
+    with bench_environment(overrides=dict(args.ours_env)) as env:
+        plans = [plan for plan in build_plans(env.settings, sizes) if _group(plan) in wanted]
+        runs = [_run(console, plan, env, sizes) for plan in plans]
+        bulk = measure_bulk_submit(env, count=sizes.bulk) if "bulk" in wanted else None
+    ratio = ratios({run.name: run for run in runs})
+    targets = evaluate_targets({run.name: run for run in runs}, bulk, ratio)
+    print_report(console, runs, bulk, ratio, targets)
+    bench = {"quick": args.quick, "only": sorted(wanted), "ours_env": dict(args.ours_env), "sizes": asdict(sizes),
+             "ours_pool": env.settings.worker_pool, "ours_concurrency": env.settings.worker_concurrency}
+    write_json(RESULTS_DIR / "bench.json", runs=runs, bulk=bulk, ratio=ratio, targets=targets, bench=bench)
+    plot_results(runs, RESULTS_DIR / "bench.png")
+    console.print(f"results: {RESULTS_DIR / 'bench.json'}, {RESULTS_DIR / 'bench.png'}, worker logs {RESULTS_DIR}/*.log")
+    return 1 if any(run.status == "broken" for run in runs) else 0
+
+
+def build_plans(ours: Settings, sizes: Sizes) -> list[RunPlan]:
+    """Every run in order; the floor runs once (it calls no LLM) and again on ours' pool when that differs."""
+    pool, concurrency = ours.worker_pool, ours.worker_concurrency
+    floor = celery_command("bench.floor", pool="prefork", concurrency=4, queues="agent_tasks")
+    baseline = celery_command("bench.baseline", pool="prefork", concurrency=4)
+    plans = [RunPlan("floor", "floor", floor, "prefork", 4, 0, sizes.floor, floor=True)]
+    if (pool, concurrency) != ("prefork", 4):
+        ours_pool_floor = celery_command("bench.floor", pool=pool, concurrency=concurrency, queues="agent_tasks")
+        plans.append(RunPlan("floor-ours-pool", "floor", ours_pool_floor, pool, concurrency, 0, sizes.floor, floor=True))
+    plans += [
+        RunPlan("baseline-0ms", "baseline", baseline, "prefork", 4, 0, sizes.baseline_0ms),
+        RunPlan("baseline-1000ms", "baseline", baseline, "prefork", 4, 1000, sizes.baseline_1000ms),
+        RunPlan("ours-0ms", "ours", OURS_COMMAND, pool, concurrency, 0, sizes.ours),
+        RunPlan("ours-1000ms", "ours", OURS_COMMAND, pool, concurrency, 1000, sizes.ours),
+        RunPlan("ours-offered", "ours", OURS_COMMAND, pool, concurrency, 1000,
+                int(sizes.offered_rate * sizes.offered_seconds), rate=sizes.offered_rate),
+    ]
+    return plans
+
+
+def _run(console: Console, plan: RunPlan, env: BenchEnvironment, sizes: Sizes):
+    console.print(f"[bold]{plan.name}[/]: {plan.pool} x {plan.concurrency}, LLM {plan.latency_ms} ms, N={plan.tasks}"
+                  + (f" at {plan.rate:.0f}/s" if plan.rate else ""))
+    result = execute(plan, env, budget_seconds=sizes.run_budget_seconds)
+    console.print(f"  {result.status}: {result.completed}/{plan.tasks} done, "
+                  f"{result.tasks_per_second or 0:,.1f} tasks/s" + (f" ({result.error})" if result.error else ""))
+    return result
+
+
+def _group(plan: RunPlan) -> str:
+    return "offered" if plan.rate else plan.config
+
+
+def _setting(text: str) -> tuple[str, str]:
+    name, separator, value = text.partition("=")
+    if not separator or name.lower() not in Settings.model_fields:
+        raise argparse.ArgumentTypeError(f"expected SETTING=value with a Settings field name, got {text!r}")
+    return name.lower(), value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python bench/run.py", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small N everywhere: a smoke run of about a minute")
+    parser.add_argument("--only", action="append", choices=GROUPS, help="run only this group (repeatable)")
+    parser.add_argument("--ours-env", action="append", type=_setting, default=[], metavar="NAME=VALUE",
+                        help="a setting for ours' worker, e.g. WORKER_POOL=gevent (repeatable)")
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,234 @@
+"""The runs a bench is made of, and how one run goes: reset the services, start a fresh worker,
+submit (all at once or at a steady rate), wait for the last completion, and measure."""
+from __future__ import annotations
+
+import re
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+
+from bench.environment import BENCH_REDIS, IDLE_REDIS, BenchEnvironment, truncate_tasks
+from bench.floor import create_floor_app
+from bench.launch import started
+from bench.loads import AgentTaskLoad, Completions, NoopLoad
+from bench.sampling import ForeignLoad, WorkerSampler
+from tests.support import settings_env
+from worker import AGENT_QUEUE, create_celery_app
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+SUBMIT_CHUNK = 500
+POLL_SECONDS = 0.5
+MAX_WARMUP_TASKS = 40
+_BANNER_POOL = re.compile(r"concurrency: (\d+) \((\w+)\)")
+
+
+class RunBroken(Exception):
+    """The run cannot finish: its worker died, or no task completed for too long."""
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """One run: which worker, how it is started, at what LLM latency, how many tasks and how fast."""
+
+    name: str
+    config: str
+    command: tuple[str, ...]
+    pool: str
+    concurrency: int
+    latency_ms: int
+    tasks: int
+    rate: float | None = None  # tasks/s offered; None submits everything at once
+    floor: bool = False  # no-op tasks counted in Redis instead of agent tasks in the database
+
+
+@dataclass
+class RunResult:
+    """Every figure of one run; figures a broken run could not measure stay None."""
+
+    name: str
+    config: str
+    pool: str
+    concurrency: int
+    latency_ms: int
+    tasks: int
+    offered_rate: float | None = None
+    warmup_tasks: int = 0
+    status: str = "ok"  # ok | partial (budget ran out while still progressing) | broken
+    error: str | None = None
+    completed: int = 0
+    failed: int = 0
+    not_exactly_once: int = 0
+    wall_seconds: float | None = None
+    tasks_per_second: float | None = None
+    latency_p50_s: float | None = None
+    latency_p95_s: float | None = None
+    latency_p99_s: float | None = None
+    cpu_ms_per_task: float | None = None
+    peak_rss_mb: float | None = None
+    peak_pss_mb: float | None = None
+    peak_process_rss_mb: float | None = None
+    worker_processes: int | None = None
+    box_cpu_percent: float | None = None
+    foreign_cpu_percent: float | None = None
+    llm_requests_per_task: float | None = None
+
+
+def celery_command(app_module: str, *, pool: str, concurrency: int, queues: str = "agent_tasks,system") -> tuple[str, ...]:
+    return (sys.executable, "-m", "celery", "-A", app_module, "worker", f"--pool={pool}",
+            f"--concurrency={concurrency}", "-Q", queues, "--loglevel=INFO")
+
+
+OURS_COMMAND = (sys.executable, "cli.py", "worker")  # exactly what `make worker` runs
+
+
+def execute(plan: RunPlan, env: BenchEnvironment, *, budget_seconds: float, stall_seconds: float = 60) -> RunResult:
+    """Run `plan` on freshly reset services; a broken run is reported in the result, never raised."""
+    result = RunResult(plan.name, plan.config, plan.pool, plan.concurrency, plan.latency_ms, plan.tasks)
+    env.reset(latency_ms=0)
+    load = _load_for(plan, env)
+    try:
+        with started(plan.command, env=_worker_env(plan, env), log_path=_log_path(plan)) as worker:
+            result.pool, result.concurrency = _pool_in_banner(_log_path(plan), default=(plan.pool, plan.concurrency))
+            result.warmup_tasks = _warm_up(load, worker, env, plan)
+            with WorkerSampler(worker.pid) as sampler, ForeignLoad() as foreign:
+                result.offered_rate = _submit(load, plan)
+                result.status = _wait_for_completion(load, worker, expected=plan.tasks, budget=budget_seconds,
+                                                     stall=stall_seconds)
+    except (RunBroken, RuntimeError) as exc:
+        result.status, result.error = "broken", str(exc)
+        return result
+    _fill_figures(result, load.completions(), sampler)
+    result.foreign_cpu_percent = foreign.cpu_percent
+    if not plan.floor:
+        result.llm_requests_per_task = env.llm.request_count() / plan.tasks
+    return result
+
+
+def _worker_env(plan: RunPlan, env: BenchEnvironment) -> dict[str, str]:
+    # The service's Celery config carries worker_pool/concurrency, and Celery prefers it to --pool.
+    return {**settings_env(env.settings), "WORKER_POOL": plan.pool, "WORKER_CONCURRENCY": str(plan.concurrency)}
+
+
+def _log_path(plan: RunPlan) -> Path:
+    return RESULTS_DIR / f"{plan.name}.log"
+
+
+def _pool_in_banner(log_path: Path, *, default: tuple[str, int]) -> tuple[str, int]:
+    """The pool and concurrency the worker says it runs ("concurrency: 4 (prefork)" in its banner)."""
+    match = _BANNER_POOL.search(log_path.read_text(errors="replace"))
+    return (match.group(2), int(match.group(1))) if match else default
+
+
+def _warm_up(load: AgentTaskLoad | NoopLoad, worker, env: BenchEnvironment, plan: RunPlan) -> int:
+    """Run a few unmeasured tasks at 0 ms, then forget them and set the run's LLM latency: a pool
+    child's first task pays one-off imports and connections that would swamp a small N."""
+    count = min(4 * plan.concurrency, MAX_WARMUP_TASKS)
+    load.submit(0, count)
+    if _wait_for_completion(load, worker, expected=count, budget=60, stall=30) != "ok":
+        raise RunBroken(f"the {count} warm-up tasks did not finish within 60 s")
+    load.forget()
+    env.llm.prepare(latency_ms=plan.latency_ms)
+    return count
+
+
+def _load_for(plan: RunPlan, env: BenchEnvironment) -> AgentTaskLoad | NoopLoad:
+    if plan.floor:
+        return NoopLoad(create_floor_app(env.settings), redis_url=BENCH_REDIS)
+    return AgentTaskLoad(env.app, agent_id=env.agent_id)
+
+
+def _submit(load: AgentTaskLoad | NoopLoad, plan: RunPlan) -> float | None:
+    """Submit every task of the plan; returns the rate achieved when a steady rate was asked for."""
+    if plan.rate is None:
+        submit_in_chunks(load, first=0, count=plan.tasks)
+        return None
+    begun, sent = time.monotonic(), 0
+    while sent < plan.tasks:
+        due = min(plan.tasks, int((time.monotonic() - begun) * plan.rate) + 1)
+        if due > sent:
+            load.submit(sent, due - sent)
+            sent = due
+        else:
+            time.sleep(0.005)
+    return plan.tasks / max(time.monotonic() - begun, 1e-9)
+
+
+def submit_in_chunks(load: AgentTaskLoad | NoopLoad, *, first: int, count: int) -> None:
+    for start in range(first, first + count, SUBMIT_CHUNK):
+        load.submit(start, min(SUBMIT_CHUNK, first + count - start))
+
+
+def _wait_for_completion(load, worker, *, expected: int, budget: float, stall: float) -> str:
+    """Poll until `expected` tasks are done: "ok", or "partial" when the budget ran out first.
+
+    Raises: RunBroken when the worker exits or nothing finishes for `stall` seconds.
+    """
+    begun = last_progress = time.monotonic()
+    done = 0
+    while done < expected:
+        time.sleep(POLL_SECONDS)
+        now, count = time.monotonic(), load.finished_count()
+        if count > done:
+            done, last_progress = count, now
+        if worker.poll() is not None:
+            raise RunBroken(f"worker exited with {worker.returncode} after {done}/{expected} tasks")
+        if now - last_progress > stall:
+            raise RunBroken(f"no task finished for {stall:.0f}s; {done}/{expected} done")
+        if now - begun > budget and done < expected:  # still progressing, but too slow to wait for
+            return "partial"
+    return "ok"
+
+
+def _fill_figures(result: RunResult, completions: Completions, sampler: WorkerSampler) -> None:
+    result.completed, result.failed = len(completions.finished), completions.failed
+    result.not_exactly_once = completions.not_exactly_once
+    result.peak_rss_mb, result.peak_pss_mb = sampler.peak_rss_mb, sampler.peak_pss_mb
+    result.peak_process_rss_mb = sampler.peak_process_rss_mb
+    result.worker_processes, result.box_cpu_percent = sampler.peak_processes, sampler.box_cpu_percent
+    if not completions.finished:
+        return
+    result.cpu_ms_per_task = sampler.cpu_seconds * 1000 / result.completed
+    result.wall_seconds = max(completions.finished) - min(completions.enqueued)
+    result.tasks_per_second = result.completed / result.wall_seconds
+    latencies = [done - sent for sent, done in zip(completions.enqueued, completions.finished)]
+    result.latency_p50_s, result.latency_p95_s, result.latency_p99_s = _percentiles(latencies, (50, 95, 99))
+
+
+def _percentiles(values: list[float], wanted: tuple[int, ...]) -> tuple[float, ...]:
+    if len(values) < 2:
+        return tuple(values[0] for _ in wanted)
+    cuts = statistics.quantiles(values, n=100, method="inclusive")
+    return tuple(cuts[p - 1] for p in wanted)
+
+
+@dataclass
+class BulkSubmitResult:
+    """`create_agent_tasks` alone: rows inserted and messages published per second."""
+
+    tasks: int
+    chunk: int
+    seconds: float
+    tasks_per_second: float
+    published: int
+
+
+def measure_bulk_submit(env: BenchEnvironment, *, count: int, warmup: int = 10) -> BulkSubmitResult:
+    """Time `create_agent_tasks` for `count` tasks in chunks, publishing to a broker nobody consumes."""
+    idle_app = create_celery_app(env.settings.model_copy(update={"redis_url": IDLE_REDIS}))
+    idle_broker = redis.Redis.from_url(IDLE_REDIS)
+    idle_broker.flushdb()
+    truncate_tasks(env.app)
+    load = AgentTaskLoad(idle_app, agent_id=env.agent_id)
+    load.submit(0, warmup)  # opens the connections, as a long-running API process has them open
+    begun = time.perf_counter()
+    submit_in_chunks(load, first=warmup, count=count)
+    seconds = time.perf_counter() - begun
+    published = idle_broker.llen(AGENT_QUEUE) - warmup
+    idle_broker.flushdb()
+    truncate_tasks(env.app)
+    idle_app.engine.dispose()
+    return BulkSubmitResult(count, SUBMIT_CHUNK, seconds, count / seconds, published)
