@@ -80,6 +80,12 @@ class Settings(BaseSettings):
             raise ValueError("LLM_TIMEOUT_SECONDS must be below TASK_SOFT_TIME_LIMIT_SECONDS")
         return self
 
+    def as_env(self) -> dict[str, str]:
+        """Environment variables that make a child process build these same settings."""
+        values = self.model_dump(exclude_none=True)
+        values["openai_api_key"] = self.openai_api_key.get_secret_value()
+        return {name.upper(): str(value) for name, value in values.items()}
+
     @property
     def broker_url(self) -> str:
         return self.celery_broker_url or self.redis_url or "filesystem://"

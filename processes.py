@@ -30,42 +30,64 @@ def llm_server(*, latency_ms: float = 0, jitter_ms: float = 0, seed: int | None 
         stop_process(process)
 
 
+CELERY_READY = " ready."
+
+
+def start_process(
+    command: list[str], *, env: dict[str, str], log_path: Path, ready_marker: str = CELERY_READY, timeout: float = 60,
+) -> subprocess.Popen:
+    """Run `command` from the repo root with `env` on top of ours, output appended to `log_path`, and
+    return once it printed `ready_marker`. Raises: RuntimeError when it exits or is not ready in time."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        log_start = log.tell()
+        process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    _await_log_line(process, log_path, ready_marker, after=log_start, timeout=timeout)
+    return process
+
+
 @contextmanager
-def celery_worker(
-    *, env: dict[str, str], log_path: Path, name: str = "worker", concurrency: int | None = None,
-    pool: str | None = None, queues: str = "agent_tasks,system", extra_args: tuple[str, ...] = (),
-    ready_timeout: float = 60,
-) -> Iterator[subprocess.Popen]:
-    """Run `celery -A worker worker` from the repo root with `env` on top of ours; yields the process.
-    Pool and concurrency default to the settings (WORKER_POOL, WORKER_CONCURRENCY)."""
-    process = start_worker(env=env, log_path=log_path, name=name, concurrency=concurrency, pool=pool,
-                           queues=queues, extra_args=extra_args, ready_timeout=ready_timeout)
+def started(command: list[str], **options) -> Iterator[subprocess.Popen]:
+    """`start_process` for the length of a with-block."""
+    process = start_process(command, **options)
     try:
         yield process
     finally:
         stop_process(process)
 
 
+def worker_command(*, name: str, queues: str = "agent_tasks,system", extra_args: tuple[str, ...] = ()) -> list[str]:
+    """`celery -A worker worker` for the service's own app."""
+    return [sys.executable, "-m", "celery", "-A", "worker", "worker", "--loglevel=INFO", "-Q", queues,
+            "-n", f"{name}@%h", *extra_args]
+
+
+def worker_env(env: dict[str, str], *, pool: str | None = None, concurrency: int | None = None) -> dict[str, str]:
+    """`env` with the pool settings: Celery's CLI cannot tell an explicit `--pool=prefork` from its default,
+    so the configured pool would win over the flag."""
+    overrides = {"WORKER_POOL": pool, "WORKER_CONCURRENCY": str(concurrency) if concurrency else None}
+    return {**env, **{name: value for name, value in overrides.items() if value}}
+
+
 def start_worker(
     *, env: dict[str, str], log_path: Path, name: str, concurrency: int | None = None, pool: str | None = None,
     queues: str = "agent_tasks,system", extra_args: tuple[str, ...] = (), ready_timeout: float = 60,
 ) -> subprocess.Popen:
-    """Start a worker and return once it logged that it is ready. Raises: RuntimeError if it is not."""
-    # Pool and concurrency go through the settings: Celery's CLI cannot tell an explicit
-    # `--pool=prefork` from its default, so the configured pool would win over the flag.
-    if pool:
-        env = {**env, "WORKER_POOL": pool}
-    if concurrency:
-        env = {**env, "WORKER_CONCURRENCY": str(concurrency)}
-    command = [sys.executable, "-m", "celery", "-A", "worker", "worker", "--loglevel=INFO",
-               "-Q", queues, "-n", f"{name}@%h", *extra_args]
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    log = log_path.open("ab")
-    log_start = log.tell()
-    process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
-                               start_new_session=True)
-    _await_log_line(process, log_path, " ready.", after=log_start, timeout=ready_timeout)
-    return process
+    """Start a worker (pool and concurrency default to the settings) and return once it is ready."""
+    return start_process(worker_command(name=name, queues=queues, extra_args=extra_args),
+                         env=worker_env(env, pool=pool, concurrency=concurrency), log_path=log_path,
+                         timeout=ready_timeout)
+
+
+@contextmanager
+def celery_worker(**options) -> Iterator[subprocess.Popen]:
+    """`start_worker` for the length of a with-block."""
+    process = start_worker(**options)
+    try:
+        yield process
+    finally:
+        stop_process(process)
 
 
 def stop_process(process: subprocess.Popen, *, sig: int = signal.SIGTERM, timeout: float = 30) -> None:

@@ -9,11 +9,11 @@ from typing import Any
 
 import httpx
 import redis
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 
 from cli import init_db
 from config import Settings
-from database import session_scope
+from database import create_empty_database, session_scope
 from models import Agent
 from processes import llm_server
 from worker import AgentServiceCelery, create_celery_app
@@ -69,13 +69,8 @@ def bench_environment(*, overrides: dict[str, Any]) -> Iterator[BenchEnvironment
 
 
 def recreate_database(name: str) -> str:
-    """Drop and create database `name`, apply the migrations; returns its URL."""
-    admin = create_engine(f"{PG_ROOT}/postgres", isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        connection.execute(text(f"CREATE DATABASE {name}"))
-    admin.dispose()
-    url = f"{PG_ROOT}/{name}"
+    """A fresh, migrated database `name`; returns its URL."""
+    url = create_empty_database(PG_ROOT, name)
     init_db(url)
     return url
 

@@ -13,10 +13,9 @@ import redis
 
 from bench.environment import BENCH_REDIS, IDLE_REDIS, BenchEnvironment, truncate_tasks
 from bench.floor import create_floor_app
-from bench.launch import started
 from bench.loads import AgentTaskLoad, Completions, NoopLoad
 from bench.sampling import ForeignLoad, WorkerSampler
-from tests.support import settings_env
+from processes import started, worker_env
 from worker import AGENT_QUEUE, create_celery_app
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -91,7 +90,8 @@ def execute(plan: RunPlan, env: BenchEnvironment, *, budget_seconds: float, stal
     env.reset(latency_ms=0)
     load = _load_for(plan, env)
     try:
-        with started(plan.command, env=_worker_env(plan, env), log_path=_log_path(plan)) as worker:
+        _log_path(plan).unlink(missing_ok=True)  # the banner read below must be this run's
+        with started(list(plan.command), env=_worker_env(plan, env), log_path=_log_path(plan), timeout=90) as worker:
             result.pool, result.concurrency = _pool_in_banner(_log_path(plan), default=(plan.pool, plan.concurrency))
             result.warmup_tasks = _warm_up(load, worker, env, plan)
             with WorkerSampler(worker.pid) as sampler, ForeignLoad() as foreign:
@@ -109,8 +109,7 @@ def execute(plan: RunPlan, env: BenchEnvironment, *, budget_seconds: float, stal
 
 
 def _worker_env(plan: RunPlan, env: BenchEnvironment) -> dict[str, str]:
-    # The service's Celery config carries worker_pool/concurrency, and Celery prefers it to --pool.
-    return {**settings_env(env.settings), "WORKER_POOL": plan.pool, "WORKER_CONCURRENCY": str(plan.concurrency)}
+    return worker_env(env.settings.as_env(), pool=plan.pool, concurrency=plan.concurrency)
 
 
 def _log_path(plan: RunPlan) -> Path:

@@ -10,15 +10,14 @@ from pathlib import Path
 
 import pytest
 import redis
-from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from cli import init_db
 from config import Settings
-from database import make_engine, session_scope
+from database import create_empty_database, make_engine, session_scope
 from models import Agent
 from processes import celery_worker, llm_server
-from tests.support import LLMControl, make_settings, settings_env
+from tests.support import LLMControl, make_settings
 from worker import create_celery_app
 
 # Overridable so that two test runs on one machine do not share a database or a broker.
@@ -32,12 +31,7 @@ LOG_DIR = ROOT / ".local" / "test-logs"
 
 @pytest.fixture(scope="session")
 def database_url() -> str:
-    admin = create_engine(f"{PG_ROOT}/postgres", isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f"DROP DATABASE IF EXISTS {TEST_DB} WITH (FORCE)"))
-        connection.execute(text(f"CREATE DATABASE {TEST_DB}"))
-    admin.dispose()
-    url = f"{PG_ROOT}/{TEST_DB}"
+    url = create_empty_database(PG_ROOT, TEST_DB)
     init_db(url)
     return url
 
@@ -92,7 +86,7 @@ def worker_log() -> Path:
 @pytest.fixture(scope="session")
 def worker(app, settings: Settings, metrics_port: int, worker_log: Path) -> Iterator[None]:
     """A real `celery -A worker worker` process in the default (production) configuration."""
-    env = {**settings_env(settings), "METRICS_PORT": str(metrics_port)}
+    env = {**settings.as_env(), "METRICS_PORT": str(metrics_port)}
     with celery_worker(env=env, log_path=worker_log, name="test"):
         yield
 

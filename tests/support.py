@@ -37,10 +37,7 @@ def make_settings(**overrides) -> Settings:
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
-    """The environment that makes a child process build these same settings."""
-    values = settings.model_dump(exclude_none=True)
-    values["openai_api_key"] = settings.openai_api_key.get_secret_value()
-    return {name.upper(): str(value) for name, value in values.items()}
+    return settings.as_env()
 
 
 def wait_for_final(session_factory, task_ids: list[str], *, timeout: float = 60) -> dict[str, Task]:

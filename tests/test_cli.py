@@ -11,12 +11,11 @@ from sqlalchemy import select
 from database import session_scope
 from models import Agent, Task, TaskStatus
 from tests.conftest import IDLE_REDIS, ROOT
-from tests.support import settings_env
 
 
 @pytest.fixture
 def cli(settings, idle_redis):
-    env = settings_env(settings.model_copy(update={"redis_url": IDLE_REDIS}))
+    env = settings.model_copy(update={"redis_url": IDLE_REDIS}).as_env()
 
     def run(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "cli.py", *args], cwd=ROOT, env={"PATH": "/usr/bin:/bin", **env},
