@@ -169,19 +169,23 @@ class AgentTaskBatches(Batches):
     def flush_interval(self) -> float:
         return self.app.settings.batch_flush_seconds
 
+    def Strategy(self, task, app: Celery, consumer) -> Callable:  # noqa: N802 (Celery's name)
+        """Batches.Strategy, built again after each broker reconnection: Celery then clears the event loop's
+        timer, so the flush timer must be armed anew. Batches kept its dead timer entry and flushed only full
+        batches, so the few messages left in the buffer (holding every prefetch slot) were never run."""
+        self._tref = None
+        return super().Strategy(task, app, consumer)
+
     def flush(self, requests: list) -> Any:
         """Batches.flush, plus: when the pool loses the batch (its prefork child died, or hit the hard time
         limit) its late-acked messages go back to the queue at once. Batches.flush only acks on success, so a
         lost batch's messages stayed unacked, each holding a prefetch slot for good: after a few losses the
-        worker consumed nothing more, not even the sweeper's messages."""
-        late = [request for request in requests if request.task.acks_late]
-        early = [request for request in requests if not request.task.acks_late]
+        worker consumed nothing more, not even the sweeper's messages. (This task is always acks_late.)"""
         batch = ([SimpleRequest.from_request(request) for request in requests],)
         return self._pool.apply_async(
             apply_batches_task, (self, batch, 0, None),
-            accept_callback=lambda *_: [request.acknowledge() for request in early],
-            callback=lambda _result: [request.acknowledge() for request in late],
-            error_callback=lambda _error: [request.reject(requeue=True) for request in late],
+            callback=lambda _result: [request.acknowledge() for request in requests],
+            error_callback=lambda _error: [request.reject(requeue=True) for request in requests],
         )
 
 
@@ -292,7 +296,7 @@ def _valid_id(task_id: Any) -> uuid.UUID | TaskValidationError:
 def _not_run(step: Skip | TaskValidationError) -> TaskOutcome:
     if isinstance(step, Skip):
         return TaskOutcome(str(step.task_id), "skipped", error=step.reason)
-    return TaskOutcome(str(step), "rejected", error=str(step))
+    return TaskOutcome("invalid", "rejected", error=str(step))
 
 
 def _outcome(claim: Claim, status: str, **details) -> TaskOutcome:

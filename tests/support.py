@@ -36,10 +36,6 @@ def make_settings(**overrides) -> Settings:
     return Settings(_env_file=None, **{**values, **overrides})
 
 
-def settings_env(settings: Settings) -> dict[str, str]:
-    return settings.as_env()
-
-
 def wait_for_final(session_factory, task_ids: list[str], *, timeout: float = 60) -> dict[str, Task]:
     """Poll until every task is completed, failed or cancelled; returns them by id."""
     ids = [uuid.UUID(task_id) for task_id in task_ids]
