@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     batch_max_size: int = Field(64, ge=1, description="agent-task messages handled together in one batch")
     batch_flush_seconds: float = Field(0.05, gt=0, description="a partial batch waits at most this long")
 
+    db_statement_timeout_seconds: float = Field(
+        30.0, ge=0, description="PostgreSQL statement_timeout; bounds a batch's queries (0: none)"
+    )
     db_pool_size: int = Field(5, ge=1)
     db_max_overflow: int = Field(10, ge=0)
     metrics_port: int = Field(0, ge=0, le=65535, description="0 disables the Prometheus exporter")

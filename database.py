@@ -17,8 +17,12 @@ def make_engine(settings: Settings) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 30})
         event.listen(engine, "connect", _enable_sqlite_wal)
         return engine
+    # The threads pool enforces no Celery time limit: the LLM timeout and this one bound an attempt.
+    timeout_ms = int(settings.db_statement_timeout_seconds * 1000)
+    connect_args = {"options": f"-c statement_timeout={timeout_ms}"} if timeout_ms else {}
     return create_engine(
         url,
+        connect_args=connect_args,
         pool_pre_ping=True,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,

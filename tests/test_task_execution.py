@@ -12,6 +12,7 @@ from errors import PermanentError, RetryableError
 from lifecycle import Claim, Skip, Usage, utcnow
 from llm import LLMReply
 from models import Agent, Task, TaskStatus
+from database import make_engine
 from tasks import backoff_delay, execute_agent_task
 
 
@@ -214,3 +215,10 @@ def test_sweep_finds_rows_stuck_without_a_message_and_only_those(db_session, sto
     assert set(lifecycle.tasks_to_requeue(db_session, settings=settings, now=now, limit=100)) == stuck
     # and the next sweep, straight after, leaves them alone
     assert lifecycle.tasks_to_requeue(db_session, settings=settings, now=now, limit=100) == []
+
+
+def test_postgres_sessions_carry_the_configured_statement_timeout(settings):
+    engine = make_engine(settings.model_copy(update={"db_statement_timeout_seconds": 2.5}))
+    with engine.connect() as connection:
+        assert connection.exec_driver_sql("SHOW statement_timeout").scalar() == "2500ms"
+    engine.dispose()
