@@ -5,10 +5,13 @@ the Celery tasks only decode the id, call them, and turn the outcome into a retr
 """
 from __future__ import annotations
 
+import itertools
 import random
+import time
 import uuid
-from collections.abc import Callable, Iterable
-from concurrent.futures import Executor
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Executor, wait
+from functools import partial
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -34,6 +37,7 @@ HEALTH_TASK_NAME = "worker.health_check"
 SWEEP_TASK_NAME = "worker.sweep_stale_tasks"
 
 RunLLM = Callable[..., LLMReply]
+RECORD_ATTEMPTS = 5
 
 
 @dataclass(frozen=True)
@@ -112,7 +116,8 @@ def execute_agent_tasks(
     run_llm: RunLLM = run_agent, executor: Executor | None = None,
 ) -> list[TaskOutcome]:
     """Run one attempt of each task: claim them all in one transaction, call the LLM for each (concurrently
-    on `executor`) with no connection held, then record every outcome in one transaction.
+    on `executor`) with no connection held, and record the outcomes as the replies arrive: one transaction
+    per group that arrived within `batch_flush_seconds`, so a slow reply never holds back the others.
 
     Returns one outcome per id, in order. Raises: what the database raises (the caller classifies it);
     LLM errors are classified and recorded in the rows.
@@ -124,10 +129,10 @@ def execute_agent_tasks(
     claims = iter(claimed)
     steps = [next(claims) if isinstance(task_id, uuid.UUID) else task_id for task_id in ids]
     runs = [step for step in steps if isinstance(step, Claim)]
-    replies = _call_llm(runs, settings=settings, run_llm=run_llm, executor=executor)
-    with session_scope(session_factory) as session:
-        settled = iter([_settle(session, claim, reply, settings=settings) for claim, reply in zip(runs, replies)])
-    return [next(settled) if isinstance(step, Claim) else _not_run(step) for step in steps]
+    settled: dict[uuid.UUID, TaskOutcome] = {}
+    for group in _replies_as_they_arrive(runs, settings=settings, run_llm=run_llm, executor=executor):
+        settled.update(_record(group, session_factory=session_factory, settings=settings))
+    return [settled[step.task_id] if isinstance(step, Claim) else _not_run(step) for step in steps]
 
 
 def backoff_delay(attempt: int, *, settings: Settings, requested: float | None = None) -> float:
@@ -240,11 +245,35 @@ def _task_id_argument(request) -> Any:
     return request.args[0] if len(request.args) == 1 and not request.kwargs else request.args
 
 
-def _call_llm(claims: list[Claim], *, settings: Settings, run_llm: RunLLM, executor: Executor | None) -> list:
-    """Each claim's LLM reply, or the exception it raised."""
+def _replies_as_they_arrive(
+    claims: list[Claim], *, settings: Settings, run_llm: RunLLM, executor: Executor | None
+) -> Iterator[list[tuple[Claim, LLMReply | Exception]]]:
+    """Each claim with its LLM reply (or the exception it raised), in groups: the first reply to arrive and
+    every other one that arrives within the next `batch_flush_seconds`."""
+    call = partial(_reply_or_error, settings=settings, run_llm=run_llm)
     if executor is None or len(claims) < 2:
-        return [_reply_or_error(claim, settings=settings, run_llm=run_llm) for claim in claims]
-    return list(executor.map(lambda claim: _reply_or_error(claim, settings=settings, run_llm=run_llm), claims))
+        yield from ([(claim, call(claim))] for claim in claims)
+        return
+    pending = {executor.submit(call, claim): claim for claim in claims}
+    while pending:
+        first, _ = wait(pending, return_when=FIRST_COMPLETED)
+        more, _ = wait(pending.keys() - first, timeout=settings.batch_flush_seconds)
+        yield [(pending.pop(future), future.result()) for future in first | more]
+
+
+def _record(
+    group: list[tuple[Claim, LLMReply | Exception]], *, session_factory: sessionmaker[Session], settings: Settings
+) -> dict[uuid.UUID, TaskOutcome]:
+    """Record a group of outcomes in one transaction. The replies are paid for, so a database that is
+    briefly unreachable (a restart, a failover) is waited for here rather than by a new attempt."""
+    for attempt in itertools.count(1):
+        try:
+            with session_scope(session_factory) as session:
+                return {claim.task_id: _settle(session, claim, reply, settings=settings) for claim, reply in group}
+        except Exception as exc:
+            if attempt == RECORD_ATTEMPTS or not isinstance(classify(exc), RetryableError):
+                raise
+            time.sleep(backoff_delay(attempt, settings=settings))
 
 
 def _reply_or_error(claim: Claim, *, settings: Settings, run_llm: RunLLM) -> LLMReply | Exception:

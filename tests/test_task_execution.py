@@ -2,7 +2,9 @@
 LLM collaborator passed in (a stand-in function here; the real client is exercised in test_worker)."""
 from __future__ import annotations
 
+import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
@@ -13,7 +15,7 @@ from lifecycle import Claim, Skip, Usage, utcnow
 from llm import LLMReply
 from models import Agent, Task, TaskStatus
 from database import make_engine
-from tasks import backoff_delay, execute_agent_task
+from tasks import backoff_delay, execute_agent_task, execute_agent_tasks
 
 
 @pytest.fixture
@@ -222,3 +224,25 @@ def test_postgres_sessions_carry_the_configured_statement_timeout(settings):
     with engine.connect() as connection:
         assert connection.exec_driver_sql("SHOW statement_timeout").scalar() == "2500ms"
     engine.dispose()
+
+
+def test_a_slow_reply_does_not_hold_back_the_rest_of_its_batch(rollback_factory, db_session, stored_agent, settings):
+    # Given a batch where one LLM call takes 1.5 s and the others answer at once
+    tasks = [Task(id=uuid.uuid4(), title="slow" if i == 0 else f"fast {i}", agent_id=stored_agent.id, user_id="u",
+                  status=TaskStatus.QUEUED, attempts=0) for i in range(5)]
+    db_session.add_all(tasks)
+    db_session.flush()
+
+    def run_llm(agent, *, title, description, settings):
+        time.sleep(1.5 if title == "slow" else 0)
+        return LLMReply(text=title, usage=None)
+
+    # When the batch runs on a thread pool
+    with ThreadPoolExecutor(max_workers=5) as executor:
+        outcomes = execute_agent_tasks([str(t.id) for t in tasks], session_factory=rollback_factory,
+                                       settings=settings, run_llm=run_llm, executor=executor)
+    # Then every task completed, and the fast ones were recorded long before the slow one
+    rows = [reload(db_session, task) for task in tasks]
+    assert [o.status for o in outcomes] == ["completed"] * 5
+    slow, fast = rows[0], rows[1:]
+    assert all((slow.finished_at - row.finished_at).total_seconds() > 1.0 for row in fast)
