@@ -34,6 +34,8 @@ def _bars(axis, runs: list[RunResult], field: str, title: str, label: str) -> No
     axis.bar_label(bars, labels=[label.format(value) for value in values], fontsize=8)
     axis.set_yscale("log")
     axis.yaxis.set_major_formatter(FuncFormatter(lambda value, _position: f"{value:g}"))
+    # Label the 2s and 5s between decades: a short range (CPU ms) would otherwise show no numbers at all.
+    axis.yaxis.set_minor_formatter(FuncFormatter(lambda value, _position: f"{value:g}" if f"{value:g}"[0] in "25" else ""))
     axis.set_title(title)
     axis.tick_params(axis="x", labelrotation=30, labelsize=8)
 
