@@ -154,7 +154,8 @@ def claim_tasks(
     agent_ids = list({row.agent_id for row in taken.values() if not isinstance(row, Skip)})
     agents = {agent.id: agent for agent in connection.execute(_AGENTS_OF, {"p_agents": agent_ids})} if agent_ids else {}
     claims = {task_id: row if isinstance(row, Skip) else _claim_of(row, agents[row.agent_id]) for task_id, row in taken.items()}
-    return [claims[task_id] for task_id in task_ids]
+    return [claims.pop(task_id, None) or Skip(task_id, TaskStatus.RUNNING, "delivered twice in one batch")
+            for task_id in task_ids]
 
 
 def _take_abandoned(

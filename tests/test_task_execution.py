@@ -246,3 +246,16 @@ def test_a_slow_reply_does_not_hold_back_the_rest_of_its_batch(rollback_factory,
     assert [o.status for o in outcomes] == ["completed"] * 5
     slow, fast = rows[0], rows[1:]
     assert all((slow.finished_at - row.finished_at).total_seconds() > 1.0 for row in fast)
+
+
+def test_a_task_delivered_twice_in_one_batch_is_run_once(rollback_factory, db_session, queued_task, settings):
+    calls = []
+
+    def run_llm(agent, *, title, description, settings):
+        calls.append(title)
+        return LLMReply(text="once", usage=None)
+
+    first, second = execute_agent_tasks([str(queued_task.id)] * 2, session_factory=rollback_factory,
+                                        settings=settings, run_llm=run_llm)
+    assert (first.status, second.status) == ("completed", "skipped") and len(calls) == 1
+    assert reload(db_session, queued_task).attempts == 1
