@@ -1,6 +1,8 @@
 """Helpers shared by the tests: settings for child processes, the LLM server's control API, polling."""
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 import uuid
 
@@ -9,6 +11,7 @@ import httpx
 from config import Settings
 from database import session_scope
 from models import FINAL_STATUSES, Task
+from processes import ROOT
 
 
 class LLMControl:
@@ -34,6 +37,12 @@ def make_settings(**overrides) -> Settings:
         llm_timeout_seconds=5, log_json=True,
     )
     return Settings(_env_file=None, **{**values, **overrides})
+
+
+def run_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess:
+    """`python cli.py ARGS` in a subprocess configured with `settings`, as a user runs it."""
+    return subprocess.run([sys.executable, "cli.py", *args], cwd=ROOT, env={"PATH": "/usr/bin:/bin", **settings.as_env()},
+                          capture_output=True, text=True, timeout=60)
 
 
 def wait_for_final(session_factory, task_ids: list[str], *, timeout: float = 60) -> dict[str, Task]:

@@ -1,27 +1,22 @@
 """`python cli.py ...` as a user runs it: a real subprocess on the test database and an idle broker."""
 from __future__ import annotations
 
-import subprocess
-import sys
 import uuid
+from functools import partial
 
 import pytest
 from sqlalchemy import select
 
 from database import session_scope
 from models import Agent, Task, TaskStatus
-from tests.conftest import IDLE_REDIS, ROOT
+from tests.conftest import IDLE_REDIS
+from tests.support import run_cli
 
 
 @pytest.fixture
 def cli(settings, idle_redis):
-    env = settings.model_copy(update={"redis_url": IDLE_REDIS}).as_env()
-
-    def run(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "cli.py", *args], cwd=ROOT, env={"PATH": "/usr/bin:/bin", **env},
-                              capture_output=True, text=True, timeout=60)
-
-    return run
+    """Runs the CLI on the test database with a broker no worker reads."""
+    return partial(run_cli, settings.model_copy(update={"redis_url": IDLE_REDIS}))
 
 
 def test_create_agent_submit_status_and_list(cli, session_factory, idle_redis):

@@ -7,7 +7,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
@@ -234,7 +233,3 @@ def load_results() -> list[dict]:
     return json.loads(RESULTS_JSON.read_text()) if RESULTS_JSON.exists() else []
 
 
-def run_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess:
-    """`python cli.py ARGS` in a subprocess configured with `settings`, as a user runs it."""
-    return subprocess.run([sys.executable, "cli.py", *args], cwd=ROOT, env={"PATH": "/usr/bin:/bin", **settings.as_env()},
-                          capture_output=True, text=True, timeout=60)

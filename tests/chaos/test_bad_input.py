@@ -12,7 +12,7 @@ from database import session_scope
 from errors import TaskValidationError
 from models import Task
 from tasks import create_agent_task
-from tests.chaos.harness import run_cli
+from tests.support import run_cli
 
 BAD_FIELDS = {
     "title None": {"title": None},

@@ -3,11 +3,9 @@ and the beat-driven sweeper re-queues every row whose message vanished or was ne
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import select
 
-from database import session_scope
 from errors import BrokerUnavailableError
-from models import Task, TaskStatus
+from models import TaskStatus
 from tests.chaos.harness import sized
 
 TASKS = sized(30, 150)

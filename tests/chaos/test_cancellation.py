@@ -6,7 +6,8 @@ import time
 
 from models import TaskStatus
 from tasks import cancel_task
-from tests.chaos.harness import run_cli, wait_until
+from tests.chaos.harness import wait_until
+from tests.support import run_cli
 
 SLOW_MS = 4000  # longer than a CLI process takes to start and cancel
 LIMITS = dict(llm_timeout_seconds=6, task_soft_time_limit_seconds=7, task_time_limit_seconds=8,

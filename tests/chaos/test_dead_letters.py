@@ -4,7 +4,8 @@ kept, and complete once the fault is gone."""
 from __future__ import annotations
 
 from models import TaskStatus
-from tests.chaos.harness import run_cli, sized
+from tests.chaos.harness import sized
+from tests.support import run_cli
 
 EXHAUSTED, REFUSED = sized(2, 10), sized(1, 5)
 
