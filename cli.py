@@ -13,6 +13,7 @@ from alembic.config import Config
 from rich.console import Console
 from rich.table import Table
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 
 import lifecycle
 from config import get_settings
@@ -66,8 +67,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args) or 0
     except AgentServiceError as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         return 2
+    except SQLAlchemyError as exc:
+        reason = str(exc.orig if getattr(exc, "orig", None) else exc).strip().splitlines()[0]
+        console.print(f"[bold red]database error:[/] {reason} (is DATABASE_URL right, and has "
+                      "`python cli.py init-db` been run?)", highlight=False, soft_wrap=True)
+        return 1
 
 
 def _cmd_init_db(args) -> None:
@@ -184,16 +190,22 @@ def task_table(tasks: list[Task], *, title: str = "Tasks", full_ids: bool = True
     # Fixed widths, and the result gets only what is left: rich otherwise squeezes the short columns
     # to nothing on a narrow terminal.
     widths = {"id": 36 if full_ids else 8, "status": 9, "tries": 5, "tokens": 6, "ms": 7}
-    room = max(24, console.width - sum(widths.values()) - 3 * (len(widths) + 2) - 1)
-    widths.update({"title": room // 3, "result / error": room - room // 3})
+    room = console.width - sum(widths.values()) - 3 * (len(widths) + 2) - 1
+    for optional in ("tokens", "tries"):  # a narrow terminal: drop what matters least, not squeeze all
+        if room >= 24:
+            break
+        room += widths.pop(optional) + 3
+    widths.update({"title": max(8, room // 3), "result / error": max(16, room - room // 3)})
     for column, width in widths.items():
         table.add_column(column, width=width, no_wrap=True, overflow="ellipsis")
     for task in tasks:
         outcome = task.result if task.status == TaskStatus.COMPLETED else task.error
         duration = str(task.duration_ms) if task.duration_ms is not None else ""
         task_id = str(task.id) if full_ids else str(task.id)[:8]
-        table.add_row(task_id, task.status.value, str(task.attempts), str(task.total_tokens or ""), duration,
-                      task.title, " ".join((outcome or "").split()))
+        cells = {"id": task_id, "status": task.status.value, "tries": str(task.attempts),
+                 "tokens": str(task.total_tokens or ""), "ms": duration, "title": task.title,
+                 "result / error": " ".join((outcome or "").split())}
+        table.add_row(*(cells[column] for column in widths))
     return table
 
 

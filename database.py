@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, create_engine, event, make_url, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from config import Settings
@@ -14,6 +15,7 @@ def make_engine(settings: Settings) -> Engine:
     """An engine for `settings.database_url`, pooled and checked for stale connections."""
     url = settings.database_url
     if url.startswith("sqlite"):
+        _create_parent_folder(url)
         engine = create_engine(url, connect_args={"timeout": 30})
         event.listen(engine, "connect", _enable_sqlite_wal)
         return engine
@@ -51,6 +53,13 @@ def session_scope(session_factory: sessionmaker[Session]) -> Iterator[Session]:
     """One short transaction: commit on success, roll back on error, always release the connection."""
     with session_factory() as session, session.begin():
         yield session
+
+
+def _create_parent_folder(sqlite_url: str) -> None:
+    # SQLite creates the file on first use, but not the folder it goes in.
+    database = make_url(sqlite_url).database
+    if database and database != ":memory:":
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
 
 
 def _enable_sqlite_wal(dbapi_connection, _record) -> None:

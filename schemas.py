@@ -4,7 +4,10 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictStr, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    AfterValidator, BaseModel, ConfigDict, Field, StrictStr, StringConstraints, ValidationError, ValidationInfo,
+    field_validator,
+)
 
 from config import Settings
 from errors import TaskValidationError
@@ -20,8 +23,13 @@ def _storable_text(value: str) -> str:
     return value
 
 
-Text = Annotated[StrictStr, AfterValidator(_storable_text)]
-Name = Annotated[Text, Field(min_length=1, max_length=200)]
+def _text(**length) -> Any:
+    """A strict string, its length checked first (so errors speak of characters), then storability."""
+    return Annotated[StrictStr, StringConstraints(**length), AfterValidator(_storable_text)]
+
+
+Text = _text()
+Name = _text(min_length=1, max_length=200)
 
 
 class TaskInput(BaseModel):
@@ -29,7 +37,7 @@ class TaskInput(BaseModel):
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, frozen=True)
 
-    title: Annotated[Text, Field(min_length=1)]
+    title: _text(min_length=1)
     description: Text | None = None
     agent_id: uuid.UUID
     user_id: Name
@@ -64,7 +72,7 @@ class AgentInput(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
     name: Name
-    prompt: Annotated[Text, Field(min_length=1, max_length=50_000)]
+    prompt: _text(min_length=1, max_length=50_000)
     model: Name
     temperature: float = Field(0.7, ge=0, le=2)
     max_tokens: int = Field(1000, ge=1, le=200_000)

@@ -70,3 +70,18 @@ def test_cancel_stops_a_queued_task(cli, agent, session_factory):
     assert cli("cancel", task_id).stdout.strip().endswith("cancelled")
     with session_scope(session_factory) as session:
         assert session.get(Task, uuid.UUID(task_id)).status == TaskStatus.CANCELLED
+
+
+def test_init_db_creates_a_sqlite_database_in_a_folder_that_does_not_exist_yet(settings, tmp_path):
+    database = tmp_path / "new" / "folder" / "agents.sqlite3"
+    local = settings.model_copy(update={"database_url": f"sqlite:///{database}"})
+    assert run_cli(local, "init-db").returncode == 0
+    listed = run_cli(local, "list")
+    assert database.exists() and listed.returncode == 0 and "Tasks" in listed.stdout
+
+
+def test_a_database_without_the_schema_gets_a_one_line_hint_not_a_traceback(settings, tmp_path):
+    empty = settings.model_copy(update={"database_url": f"sqlite:///{tmp_path / 'empty.sqlite3'}"})
+    result = run_cli(empty, "list")
+    assert result.returncode == 1 and "python cli.py init-db" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
