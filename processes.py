@@ -91,14 +91,16 @@ def celery_worker(**options) -> Iterator[subprocess.Popen]:
 
 
 def stop_process(process: subprocess.Popen, *, sig: int = signal.SIGTERM, timeout: float = 30) -> None:
-    """Signal the process group and wait; SIGKILL whatever is left after `timeout`."""
+    """Signal the process group and wait; then SIGKILL whatever is left of the group, including members
+    that outlived its leader (a worker's embedded beat outlives a main process stopped on its own)."""
     if process.poll() is None:
         _signal_group(process, sig)
         try:
             process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            _signal_group(process, signal.SIGKILL)
-            process.wait(timeout=10)
+            pass
+    _signal_group(process, signal.SIGKILL)
+    process.wait(timeout=10)
 
 
 def _signal_group(process: subprocess.Popen, sig: int) -> None:
