@@ -9,7 +9,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from celery.exceptions import Retry
 from prometheus_client import Counter, Histogram, start_http_server
 
 logger = logging.getLogger("agent_service")
@@ -72,9 +71,6 @@ def monitor_task_execution(task_name: str) -> Callable:
                 result = func(*args, **kwargs)
                 outcomes = _outcomes_of(result)
                 return result
-            except Retry as retry:
-                outcomes = [{"status": "retry", "retry_in": _retry_delay(retry), "error": str(retry.exc or "")}]
-                raise
             except Exception as exc:
                 outcomes = [{"status": "error", "error": str(exc)}]
                 raise
@@ -111,8 +107,3 @@ def _record(task_name: str, seconds: float, outcome: dict[str, Any], args: tuple
 def _task_id_arg(args: tuple) -> str | None:
     # Bound Celery tasks receive (self, task_id); the id is the first string argument.
     return next((arg for arg in args if isinstance(arg, str)), None)
-
-
-def _retry_delay(retry: Retry) -> float | None:
-    when = retry.when
-    return when if isinstance(when, (int, float)) else None
