@@ -14,9 +14,9 @@ from sqlalchemy import and_, bindparam, func, or_, select, tuple_, update
 from sqlalchemy.orm import Session, selectinload
 
 from config import Settings
-from errors import TaskNotFoundError, TaskValidationError
+from errors import TaskNotFoundError
 from models import Agent, Task, TaskAttempt, TaskStatus
-from schemas import AgentOptions, TaskInput
+from schemas import AgentOptions, TaskInput, item_error
 
 CLAIMABLE = (TaskStatus.PENDING, TaskStatus.QUEUED)
 
@@ -101,7 +101,9 @@ def insert_tasks(session: Session, items: list[TaskInput]) -> list[tuple[Task, b
         if item.idempotency_key is not None and key in known:
             rows.append((known[key], False))
             continue
-        _check_agent(agents.get(item.agent_id), item, index=index)
+        problem = _agent_problem(agents.get(item.agent_id), item)
+        if problem:
+            raise item_error(f"invalid task input: agent_id: {problem}", index=index, count=len(items))
         task = Task(id=uuid.uuid4(), **item.model_dump(), status=TaskStatus.PENDING, attempts=0)
         session.add(task)
         if item.idempotency_key is not None:
@@ -118,12 +120,12 @@ def _tasks_by_idempotency_key(session: Session, items: list[TaskInput]) -> dict[
     return {(task.user_id, task.idempotency_key): task for task in session.scalars(query)}
 
 
-def _check_agent(agent: Agent | None, item: TaskInput, *, index: int) -> None:
-    where = f"item {index}: " if index else ""
+def _agent_problem(agent: Agent | None, item: TaskInput) -> str | None:
     if agent is None:
-        raise TaskValidationError(f"{where}invalid task input: agent_id: no agent {item.agent_id}")
+        return f"no agent {item.agent_id}"
     if not agent.is_active:
-        raise TaskValidationError(f"{where}invalid task input: agent_id: agent {agent.name!r} is inactive")
+        return f"agent {agent.name!r} is inactive"
+    return None
 
 
 def mark_queued(session: Session, task_ids: list[uuid.UUID], *, now: datetime) -> int:
@@ -191,18 +193,12 @@ def record_success(session: Session, claim: Claim, *, result: str, usage: Usage 
 
 def record_failure(session: Session, claim: Claim, *, error: str, now: datetime) -> bool:
     """running -> failed with `error`, only while this claim still owns the task."""
-    owned = _settle(session, _FAIL, claim, now=now, p_error=error)
-    if owned:
-        _remember_attempt(session, claim, outcome="failed", error=error, now=now)
-    return owned
+    return _settle_unfinished(session, _FAIL, claim, outcome="failed", error=error, now=now)
 
 
 def record_retry(session: Session, claim: Claim, *, error: str, now: datetime) -> bool:
     """running -> queued for another attempt, keeping the last error."""
-    owned = _settle(session, _REQUEUE, claim, now=now, p_error=error)
-    if owned:
-        _remember_attempt(session, claim, outcome="retried", error=error, now=now)
-    return owned
+    return _settle_unfinished(session, _REQUEUE, claim, outcome="retried", error=error, now=now)
 
 
 def failed_tasks(session: Session, *, limit: int) -> list[Task]:
@@ -268,8 +264,12 @@ def _settle(session: Session, statement, claim: Claim, *, now: datetime, **value
     return session.connection().execute(statement, params).rowcount == 1
 
 
-def _remember_attempt(session: Session, claim: Claim, *, outcome: str, error: str, now: datetime) -> None:
-    session.add(TaskAttempt(task_id=claim.task_id, attempt=claim.attempt, outcome=outcome, error=error, at=now))
+def _settle_unfinished(session: Session, statement, claim: Claim, *, outcome: str, error: str, now: datetime) -> bool:
+    """Settle an attempt that did not complete its task, and keep it in the task's history."""
+    owned = _settle(session, statement, claim, now=now, p_error=error)
+    if owned:
+        session.add(TaskAttempt(task_id=claim.task_id, attempt=claim.attempt, outcome=outcome, error=error, at=now))
+    return owned
 
 
 def _claim_of(taken, agent) -> Claim:

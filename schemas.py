@@ -91,6 +91,11 @@ def parse_agent_input(data: Any) -> AgentInput:
     return _parse(AgentInput, data, context=None)
 
 
+def item_error(message: str, *, index: int, count: int) -> TaskValidationError:
+    """The error for item `index` of a submission of `count` items (a single item needs no number)."""
+    return TaskValidationError(f"item {index}: {message}" if count > 1 else message)
+
+
 def _parse(model: type[BaseModel], data: Any, *, context: dict | None):
     if not isinstance(data, dict):
         raise TaskValidationError(f"{model.__name__} must be a mapping, not {type(data).__name__}")

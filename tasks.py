@@ -30,7 +30,7 @@ from lifecycle import Claim, Skip, utcnow
 from liveness import current_owner, owner_is_gone
 from llm import LLMReply, run_agent
 from monitoring import monitor_task_execution
-from schemas import parse_task_input
+from schemas import TaskInput, item_error, parse_task_input
 
 PROCESS_TASK_NAME = "worker.process_agent_task"
 HEALTH_TASK_NAME = "worker.health_check"
@@ -72,7 +72,8 @@ def create_agent_tasks(items: Iterable[dict[str, Any]], *, app: Celery | None = 
     Raises: TaskValidationError naming the first bad item (nothing written), BrokerUnavailableError.
     """
     app = app or _default_app()
-    inputs = [_parse_item(index, item, app.settings) for index, item in enumerate(items)]
+    items = list(items)
+    inputs = [_parse_item(item, index=index, count=len(items), settings=app.settings) for index, item in enumerate(items)]
     with session_scope(app.session_factory) as session:
         rows = lifecycle.insert_tasks(session, inputs)
     _enqueue(app, [task.id for task, created in rows if created])
@@ -333,11 +334,11 @@ def _outcome(claim: Claim, status: str, **details) -> TaskOutcome:
     return TaskOutcome(str(claim.task_id), status, attempt=claim.attempt, agent_id=agent_id, **details)
 
 
-def _parse_item(index: int, item: Any, settings: Settings):
+def _parse_item(item: Any, *, index: int, count: int, settings: Settings) -> TaskInput:
     try:
         return parse_task_input(item, settings=settings)
     except TaskValidationError as exc:
-        raise TaskValidationError(f"item {index}: {exc}" if index else str(exc)) from None
+        raise item_error(str(exc), index=index, count=count) from None
 
 
 def _enqueue(app: Celery, task_ids: list[uuid.UUID]) -> None:

@@ -104,3 +104,11 @@ def test_broker_down_keeps_the_row_pending_and_says_so(settings, agent, session_
     with session_scope(session_factory) as session:
         row = session.scalar(select(Task).where(Task.title == "broker down"))
     assert row.status == TaskStatus.PENDING
+
+
+def test_a_bad_first_item_in_a_batch_is_named_by_its_number(idle_app, idle_redis, agent):
+    with pytest.raises(TaskValidationError, match="^item 0: invalid task input: agent_id: no agent"):
+        create_agent_tasks([valid(agent, agent_id=str(uuid.uuid4())), valid(agent)], app=idle_app)
+    with pytest.raises(TaskValidationError, match="^item 0: invalid task input: title"):
+        create_agent_tasks([valid(agent, title=""), valid(agent)], app=idle_app)
+    assert queued_messages(idle_redis) == []
