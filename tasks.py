@@ -9,8 +9,8 @@ import itertools
 import random
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Executor, wait
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, wait
 from dataclasses import asdict, dataclass
 from functools import partial
 from typing import Any
@@ -27,6 +27,7 @@ from config import Settings
 from database import session_scope
 from errors import BrokerUnavailableError, PermanentError, RetryableError, TaskValidationError, classify
 from lifecycle import Claim, Skip, utcnow
+from event_loop import BackgroundEventLoop
 from liveness import current_owner, owner_is_gone
 from llm import LLMReply, run_agent
 from monitoring import monitor_task_execution
@@ -36,7 +37,7 @@ PROCESS_TASK_NAME = "worker.process_agent_task"
 HEALTH_TASK_NAME = "worker.health_check"
 SWEEP_TASK_NAME = "worker.sweep_stale_tasks"
 
-RunLLM = Callable[..., LLMReply]
+RunLLM = Callable[..., Awaitable[LLMReply]]
 RECORD_ATTEMPTS = 5
 
 
@@ -106,18 +107,20 @@ def cancel_task(task_id: str, *, app: Celery | None = None) -> str:
 
 
 def execute_agent_task(
-    task_id: str, *, session_factory: sessionmaker[Session], settings: Settings, run_llm: RunLLM = run_agent
+    task_id: str, *, session_factory: sessionmaker[Session], settings: Settings, llm_loop: BackgroundEventLoop,
+    run_llm: RunLLM = run_agent,
 ) -> TaskOutcome:
     """Run one attempt of one task; see `execute_agent_tasks`."""
-    return execute_agent_tasks([task_id], session_factory=session_factory, settings=settings, run_llm=run_llm)[0]
+    return execute_agent_tasks([task_id], session_factory=session_factory, settings=settings, llm_loop=llm_loop,
+                               run_llm=run_llm)[0]
 
 
 def execute_agent_tasks(
     task_ids: list[Any], *, session_factory: sessionmaker[Session], settings: Settings,
-    run_llm: RunLLM = run_agent, executor: Executor | None = None,
+    llm_loop: BackgroundEventLoop, run_llm: RunLLM = run_agent,
 ) -> list[TaskOutcome]:
-    """Run one attempt of each task: claim them all in one transaction, call the LLM for each (concurrently
-    on `executor`) with no connection held, and record the outcomes as the replies arrive: one transaction
+    """Run one attempt of each task: claim them all in one transaction, call the LLM for each (concurrently,
+    on `llm_loop`) with no connection held, and record the outcomes as the replies arrive: one transaction
     per group that arrived within `batch_flush_seconds`, so a slow reply never holds back the others.
 
     Returns one outcome per id, in order. Raises: what the database raises (the caller classifies it);
@@ -131,7 +134,7 @@ def execute_agent_tasks(
     steps = [next(claims) if isinstance(task_id, uuid.UUID) else task_id for task_id in ids]
     runs = [step for step in steps if isinstance(step, Claim)]
     settled: dict[uuid.UUID, TaskOutcome] = {}
-    for group in _replies_as_they_arrive(runs, settings=settings, run_llm=run_llm, executor=executor):
+    for group in _replies_as_they_arrive(runs, settings=settings, run_llm=run_llm, llm_loop=llm_loop):
         settled.update(_record(group, session_factory=session_factory, settings=settings))
     return [settled[step.task_id] if isinstance(step, Claim) else _not_run(step) for step in steps]
 
@@ -203,7 +206,7 @@ def process_agent_task(self, requests: list) -> list[dict[str, Any]]:
     task_ids = [_task_id_argument(request) for request in requests]
     try:
         outcomes = execute_agent_tasks(task_ids, session_factory=app.session_factory, settings=app.settings,
-                                       executor=app.llm_executor)
+                                       llm_loop=app.llm_loop)
     except Exception as exc:
         return [_retry_later(app, request, classify(exc)) for request in requests]
     for outcome in outcomes:
@@ -247,15 +250,12 @@ def _task_id_argument(request) -> Any:
 
 
 def _replies_as_they_arrive(
-    claims: list[Claim], *, settings: Settings, run_llm: RunLLM, executor: Executor | None
+    claims: list[Claim], *, settings: Settings, run_llm: RunLLM, llm_loop: BackgroundEventLoop
 ) -> Iterator[list[tuple[Claim, LLMReply | Exception]]]:
     """Each claim with its LLM reply (or the exception it raised), in groups: the first reply to arrive and
     every other one that arrives within the next `batch_flush_seconds`."""
     call = partial(_reply_or_error, settings=settings, run_llm=run_llm)
-    if executor is None or len(claims) < 2:
-        yield from ([(claim, call(claim))] for claim in claims)
-        return
-    pending = {executor.submit(call, claim): claim for claim in claims}
+    pending = {llm_loop.submit(call(claim)): claim for claim in claims}
     while pending:
         first, _ = wait(pending, return_when=FIRST_COMPLETED)
         more, _ = wait(pending.keys() - first, timeout=settings.batch_flush_seconds)
@@ -277,14 +277,14 @@ def _record(
             time.sleep(backoff_delay(attempt, settings=settings))
 
 
-def _reply_or_error(claim: Claim, *, settings: Settings, run_llm: RunLLM) -> LLMReply | Exception:
+async def _reply_or_error(claim: Claim, *, settings: Settings, run_llm: RunLLM) -> LLMReply | Exception:
     try:
         if claim.agent is None:
             raise PermanentError(f"bad agent configuration: {claim.agent_error}")
         if claim.attempt > settings.task_max_attempts:
             # Only a run whose worker died gets here: the row was claimed but never settled.
             raise PermanentError(f"gave up after {claim.attempt - 1} attempts: the worker running it was lost each time")
-        return run_llm(claim.agent, title=claim.title, description=claim.description, settings=settings)
+        return await run_llm(claim.agent, title=claim.title, description=claim.description, settings=settings)
     except Exception as exc:  # every LLM-side failure is classified and recorded, never lost
         return exc
 

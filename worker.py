@@ -4,7 +4,6 @@ Run it from the repository root with `celery -A worker worker --loglevel=info`.
 """
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 from typing import Any
 
@@ -13,6 +12,7 @@ from celery.signals import setup_logging, worker_process_init, worker_ready
 from kombu import Queue
 
 from config import LOCAL_DATA_DIR, Settings, get_settings
+from event_loop import BackgroundEventLoop
 from database import make_engine, make_session_factory
 from monitoring import configure_logging, start_metrics_exporter
 
@@ -30,9 +30,9 @@ class AgentServiceCelery(Celery):
         self.session_factory = make_session_factory(self.engine)
 
     @cached_property
-    def llm_executor(self) -> ThreadPoolExecutor:
-        """Threads for the concurrent LLM calls of a batch; made on first use, so after any fork."""
-        return ThreadPoolExecutor(max_workers=self.settings.llm_concurrency, thread_name_prefix="llm")
+    def llm_loop(self) -> BackgroundEventLoop:
+        """Where this process's LLM calls run, all batches together; made on first use, so after any fork."""
+        return BackgroundEventLoop(self.settings.llm_concurrency)
 
 
 def create_celery_app(settings: Settings) -> AgentServiceCelery:

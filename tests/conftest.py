@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from cli import init_db
 from config import Settings
 from database import create_empty_database, make_engine, session_scope
+from event_loop import BackgroundEventLoop
 from models import Agent
 from processes import celery_worker, llm_server
 from tests.support import LLMControl, make_settings
@@ -125,3 +126,10 @@ def db_session(database_url: str, settings: Settings) -> Iterator[Session]:
 def rollback_factory(db_session: Session) -> sessionmaker[Session]:
     """A session factory whose commits land in `db_session`'s rolled-back transaction."""
     return sessionmaker(bind=db_session.connection(), join_transaction_mode="create_savepoint", expire_on_commit=False)
+
+
+@pytest.fixture(scope="session")
+def llm_loop() -> Iterator[BackgroundEventLoop]:
+    loop = BackgroundEventLoop(max_concurrency=16, name="test-llm-loop")
+    yield loop
+    loop.close()

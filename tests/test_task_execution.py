@@ -2,9 +2,8 @@
 LLM collaborator passed in (a stand-in function here; the real client is exercised in test_worker)."""
 from __future__ import annotations
 
-import time
+import asyncio
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
@@ -36,17 +35,27 @@ def queued_task(db_session, stored_agent) -> Task:
 
 
 def answer(text="done", usage=Usage(7, 3, 10)):
-    def run_llm(agent, *, title, description, settings):
+    async def run_llm(agent, *, title, description, settings):
         return LLMReply(text=f"{text}: {title}/{description}", usage=usage)
 
     return run_llm
 
 
 def failing(error: Exception):
-    def run_llm(agent, **_):
+    async def run_llm(agent, **_):
         raise error
 
     return run_llm
+
+
+@pytest.fixture
+def run_once(rollback_factory, settings, llm_loop):
+    """Run one attempt of `task` with `run_llm` as the LLM."""
+    def run(task: Task, run_llm):
+        return execute_agent_task(str(task.id), session_factory=rollback_factory, settings=settings,
+                                  llm_loop=llm_loop, run_llm=run_llm)
+
+    return run
 
 
 def claim_as(db_session, task: Task, settings, *, now, owner="host/1/100", owner_is_gone=lambda owner: False):
@@ -98,8 +107,8 @@ def test_cancelled_running_task_never_becomes_completed(db_session, queued_task,
     assert reload(db_session, queued_task).status == TaskStatus.CANCELLED
 
 
-def test_execute_records_result_usage_attempts_and_timings(rollback_factory, db_session, queued_task, settings):
-    outcome = execute_agent_task(str(queued_task.id), session_factory=rollback_factory, settings=settings, run_llm=answer())
+def test_execute_records_result_usage_attempts_and_timings(run_once, db_session, queued_task):
+    outcome = run_once(queued_task, answer())
     row = reload(db_session, queued_task)
     assert outcome.status == "completed"
     assert row.status == TaskStatus.COMPLETED and row.result == "done: Summarise/the week"
@@ -107,44 +116,41 @@ def test_execute_records_result_usage_attempts_and_timings(rollback_factory, db_
     assert row.finished_at >= row.started_at and row.duration_ms >= 0 and row.error is None
 
 
-def test_completed_task_delivered_again_is_not_run_again(rollback_factory, db_session, queued_task, settings):
-    execute_agent_task(str(queued_task.id), session_factory=rollback_factory, settings=settings, run_llm=answer())
-    again = execute_agent_task(str(queued_task.id), session_factory=rollback_factory, settings=settings,
-                               run_llm=failing(AssertionError("the LLM must not be called")))
+def test_completed_task_delivered_again_is_not_run_again(run_once, db_session, queued_task):
+    run_once(queued_task, answer())
+    again = run_once(queued_task, failing(AssertionError("the LLM must not be called")))
     assert again.status == "skipped" and again.error == "already completed"
     assert reload(db_session, queued_task).attempts == 1
 
 
-def test_transient_error_requeues_the_task_with_a_backoff(rollback_factory, db_session, queued_task, settings):
-    outcome = execute_agent_task(str(queued_task.id), session_factory=rollback_factory, settings=settings,
-                                 run_llm=failing(RetryableError("LLM rate limited (429)", delay=3.0)))
+def test_transient_error_requeues_the_task_with_a_backoff(run_once, db_session, queued_task):
+    outcome = run_once(queued_task, failing(RetryableError("LLM rate limited (429)", delay=3.0)))
     row = reload(db_session, queued_task)
     assert outcome.status == "retrying" and outcome.retry_in >= 3.0
     assert row.status == TaskStatus.QUEUED and row.error == "LLM rate limited (429)" and row.attempts == 1
 
 
-def test_permanent_error_fails_the_task_at_once(rollback_factory, db_session, queued_task, settings):
-    outcome = execute_agent_task(str(queued_task.id), session_factory=rollback_factory, settings=settings,
-                                 run_llm=failing(PermanentError("LLM request failed (401): bad key")))
+def test_permanent_error_fails_the_task_at_once(run_once, db_session, queued_task):
+    outcome = run_once(queued_task, failing(PermanentError("LLM request failed (401): bad key")))
     row = reload(db_session, queued_task)
     assert outcome.status == "failed" and outcome.retry_in is None
     assert row.status == TaskStatus.FAILED and row.error == "LLM request failed (401): bad key" and row.finished_at
 
 
-def test_last_allowed_attempt_failing_transiently_fails_with_that_error(rollback_factory, db_session, queued_task, settings):
+def test_last_allowed_attempt_failing_transiently_fails_with_that_error(run_once, db_session, queued_task, settings):
     run = failing(RetryableError("LLM request failed (503): overloaded"))
     for _ in range(settings.task_max_attempts):
-        outcome = execute_agent_task(str(queued_task.id), session_factory=rollback_factory, settings=settings, run_llm=run)
+        outcome = run_once(queued_task, run)
     row = reload(db_session, queued_task)
     assert outcome.status == "failed"
     assert row.attempts == settings.task_max_attempts
     assert row.error == f"gave up after {settings.task_max_attempts} attempts: LLM request failed (503): overloaded"
 
 
-def test_agent_with_invalid_settings_fails_with_a_clear_message(rollback_factory, db_session, queued_task, stored_agent, settings):
+def test_agent_with_invalid_settings_fails_with_a_clear_message(run_once, db_session, queued_task, stored_agent, settings):
     stored_agent.settings = {"temperature_typo": 3}
     db_session.flush()
-    execute_agent_task(str(queued_task.id), session_factory=rollback_factory, settings=settings, run_llm=answer())
+    run_once(queued_task, answer())
     row = reload(db_session, queued_task)
     assert row.status == TaskStatus.FAILED and row.error.startswith("bad agent configuration: agent")
     assert "temperature_typo" in row.error
@@ -176,20 +182,19 @@ def test_running_task_whose_local_worker_process_is_gone_is_taken_over_at_once(d
     assert (lost.attempt, lost.outcome) == (1, "lost") and "host/1/100" in lost.error
 
 
-def test_failed_attempts_are_kept_in_the_history(rollback_factory, db_session, queued_task, settings):
+def test_failed_attempts_are_kept_in_the_history(run_once, db_session, queued_task, settings):
     run = failing(RetryableError("LLM request failed (503): overloaded"))
     for _ in range(settings.task_max_attempts):
-        execute_agent_task(str(queued_task.id), session_factory=rollback_factory, settings=settings, run_llm=run)
+        run_once(queued_task, run)
     history = reload(db_session, queued_task).attempt_history
     assert [(h.attempt, h.outcome) for h in history] == [(1, "retried"), (2, "retried"), (3, "failed")]
 
 
-def test_replayed_failed_task_gets_a_fresh_budget_and_keeps_its_history(rollback_factory, db_session, queued_task, settings):
-    execute_agent_task(str(queued_task.id), session_factory=rollback_factory, settings=settings,
-                       run_llm=failing(PermanentError("LLM request failed (401): bad key")))
+def test_replayed_failed_task_gets_a_fresh_budget_and_keeps_its_history(run_once, db_session, queued_task):
+    run_once(queued_task, failing(PermanentError("LLM request failed (401): bad key")))
     assert lifecycle.reset_for_replay(db_session, [queued_task.id], now=utcnow()) == [queued_task.id]
     db_session.execute(lifecycle.update(Task).where(Task.id == queued_task.id).values(status=TaskStatus.QUEUED))
-    outcome = execute_agent_task(str(queued_task.id), session_factory=rollback_factory, settings=settings, run_llm=answer())
+    outcome = run_once(queued_task, answer())
     row = reload(db_session, queued_task)
     assert outcome.status == "completed" and (row.status, row.attempts, row.replays) == (TaskStatus.COMPLETED, 1, 1)
     assert [h.outcome for h in row.attempt_history] == ["failed"]
@@ -226,21 +231,20 @@ def test_postgres_sessions_carry_the_configured_statement_timeout(settings):
     engine.dispose()
 
 
-def test_a_slow_reply_does_not_hold_back_the_rest_of_its_batch(rollback_factory, db_session, stored_agent, settings):
+def test_a_slow_reply_does_not_hold_back_the_rest_of_its_batch(llm_loop, rollback_factory, db_session, stored_agent, settings):
     # Given a batch where one LLM call takes 1.5 s and the others answer at once
     tasks = [Task(id=uuid.uuid4(), title="slow" if i == 0 else f"fast {i}", agent_id=stored_agent.id, user_id="u",
                   status=TaskStatus.QUEUED, attempts=0) for i in range(5)]
     db_session.add_all(tasks)
     db_session.flush()
 
-    def run_llm(agent, *, title, description, settings):
-        time.sleep(1.5 if title == "slow" else 0)
+    async def run_llm(agent, *, title, description, settings):
+        await asyncio.sleep(1.5 if title == "slow" else 0)
         return LLMReply(text=title, usage=None)
 
-    # When the batch runs on a thread pool
-    with ThreadPoolExecutor(max_workers=5) as executor:
-        outcomes = execute_agent_tasks([str(t.id) for t in tasks], session_factory=rollback_factory,
-                                       settings=settings, run_llm=run_llm, executor=executor)
+    # When the batch runs
+    outcomes = execute_agent_tasks([str(t.id) for t in tasks], session_factory=rollback_factory,
+                                   settings=settings, llm_loop=llm_loop, run_llm=run_llm)
     # Then every task completed, and the fast ones were recorded long before the slow one
     rows = [reload(db_session, task) for task in tasks]
     assert [o.status for o in outcomes] == ["completed"] * 5
@@ -248,14 +252,14 @@ def test_a_slow_reply_does_not_hold_back_the_rest_of_its_batch(rollback_factory,
     assert all((slow.finished_at - row.finished_at).total_seconds() > 1.0 for row in fast)
 
 
-def test_a_task_delivered_twice_in_one_batch_is_run_once(rollback_factory, db_session, queued_task, settings):
+def test_a_task_delivered_twice_in_one_batch_is_run_once(llm_loop, rollback_factory, db_session, queued_task, settings):
     calls = []
 
-    def run_llm(agent, *, title, description, settings):
+    async def run_llm(agent, *, title, description, settings):
         calls.append(title)
         return LLMReply(text="once", usage=None)
 
     first, second = execute_agent_tasks([str(queued_task.id)] * 2, session_factory=rollback_factory,
-                                        settings=settings, run_llm=run_llm)
+                                        settings=settings, llm_loop=llm_loop, run_llm=run_llm)
     assert (first.status, second.status) == ("completed", "skipped") and len(calls) == 1
     assert reload(db_session, queued_task).attempts == 1
