@@ -58,6 +58,7 @@ class Settings(BaseSettings):
         1, ge=1, description="messages reserved per pool slot; with prefork, raise it so batches can fill"
     )
     llm_concurrency: int = Field(256, ge=1, le=5000, description="LLM calls at once per worker process")
+    llm_process: bool = Field(True, description="run the LLM calls in a child process with a core of its own")
     worker_queues: str = "agent_tasks,system"
     batch_max_size: int = Field(64, ge=1, description="agent-task messages handled together in one batch")
     batch_flush_seconds: float = Field(0.05, gt=0, description="a partial batch waits at most this long")

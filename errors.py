@@ -10,11 +10,15 @@
 from __future__ import annotations
 
 import json
+import sys
+from types import ModuleType
+from typing import TYPE_CHECKING
 
-import openai
-from billiard.exceptions import SoftTimeLimitExceeded
 from pydantic import ValidationError
-from sqlalchemy.exc import DBAPIError, OperationalError
+
+if TYPE_CHECKING:
+    import openai
+    from sqlalchemy.exc import DBAPIError
 
 QUOTA_ERROR_CODE = "insufficient_quota"
 
@@ -51,14 +55,17 @@ def classify(exc: BaseException) -> RetryableError | PermanentError:
     """Map any exception raised while running a task onto RetryableError or PermanentError."""
     if isinstance(exc, (RetryableError, PermanentError)):
         return exc
-    if isinstance(exc, openai.APIError):
-        return _classify_openai(exc)
-    if isinstance(exc, (OperationalError, DBAPIError)) and _is_disconnect(exc):
+    # The worker imports no LLM client and the LLM process no database or Celery code (tens of MB each),
+    # so each library is looked up only if its process loaded it: an error can only come from one that did.
+    openai, sqlalchemy_exc, billiard_exc = map(sys.modules.get, ("openai", "sqlalchemy.exc", "billiard.exceptions"))
+    if openai and isinstance(exc, openai.APIError):
+        return _classify_openai(exc, openai)
+    if sqlalchemy_exc and isinstance(exc, sqlalchemy_exc.DBAPIError) and _is_disconnect(exc, sqlalchemy_exc):
         return RetryableError(f"database unavailable: {_first_line(exc)}")
     if isinstance(exc, json.JSONDecodeError):
         # The openai client lets a reply that is not JSON escape as a bare JSONDecodeError.
         return RetryableError(f"LLM returned a malformed reply: {_first_line(exc)}")
-    if isinstance(exc, SoftTimeLimitExceeded):
+    if billiard_exc and isinstance(exc, billiard_exc.SoftTimeLimitExceeded):
         return RetryableError("task exceeded its soft time limit")
     if isinstance(exc, ValidationError):
         return PermanentError(f"invalid configuration: {_first_line(exc)}")
@@ -67,7 +74,7 @@ def classify(exc: BaseException) -> RetryableError | PermanentError:
     return PermanentError(f"{type(exc).__name__}: {_first_line(exc)}")
 
 
-def _classify_openai(exc: openai.APIError) -> RetryableError | PermanentError:
+def _classify_openai(exc: openai.APIError, openai: ModuleType) -> RetryableError | PermanentError:
     if isinstance(exc, openai.APITimeoutError):
         return RetryableError("LLM request timed out")
     if isinstance(exc, openai.APIConnectionError):
@@ -101,8 +108,8 @@ def _retry_after(exc: openai.APIStatusError) -> float | None:
     return None
 
 
-def _is_disconnect(exc: DBAPIError) -> bool:
-    return isinstance(exc, OperationalError) or bool(exc.connection_invalidated)
+def _is_disconnect(exc: DBAPIError, sqlalchemy_exc: ModuleType) -> bool:
+    return isinstance(exc, sqlalchemy_exc.OperationalError) or bool(exc.connection_invalidated)
 
 
 def _first_line(exc: BaseException) -> str:

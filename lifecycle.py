@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, selectinload
 from config import Settings
 from errors import TaskNotFoundError
 from models import Agent, Task, TaskAttempt, TaskStatus
-from schemas import AgentOptions, TaskInput, item_error
+from schemas import AgentOptions, AgentSpec, TaskInput, Usage, item_error
 
 CLAIMABLE = (TaskStatus.PENDING, TaskStatus.QUEUED)
 
@@ -47,18 +47,6 @@ def utcnow() -> datetime:
 
 
 @dataclass(frozen=True)
-class AgentSpec:
-    """What a run needs of its agent, detached from the session."""
-
-    id: uuid.UUID
-    prompt: str
-    model: str
-    temperature: float
-    max_tokens: int
-    options: AgentOptions
-
-
-@dataclass(frozen=True)
 class Claim:
     """This worker owns attempt `attempt` of the task until it records an outcome."""
 
@@ -78,13 +66,6 @@ class Skip:
     task_id: uuid.UUID
     status: TaskStatus | None
     reason: str
-
-
-@dataclass(frozen=True)
-class Usage:
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
 
 
 def insert_tasks(session: Session, items: list[TaskInput]) -> list[tuple[Task, bool]]:

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import threading
-from dataclasses import dataclass
-from functools import lru_cache
 
 from langchain_core.messages import AIMessage
 from langchain_core.prompts import ChatPromptTemplate
@@ -18,7 +16,7 @@ from pydantic import SecretStr
 
 from config import Settings
 from errors import RetryableError
-from lifecycle import AgentSpec, Usage
+from schemas import AgentSpec, LLMReply, Usage
 
 PROMPT = ChatPromptTemplate.from_messages(
     [
@@ -28,25 +26,22 @@ PROMPT = ChatPromptTemplate.from_messages(
 )
 
 
-@dataclass(frozen=True)
-class LLMReply:
-    text: str
-    usage: Usage | None
-
-
 def build_chain(agent: AgentSpec, settings: Settings) -> Runnable:
     """ChatPromptTemplate | ChatOpenAI for this agent; the model client is shared."""
+    configuration = dict(
+        model=agent.model,
+        temperature=agent.temperature,
+        max_tokens=agent.max_tokens,
+        options_json=agent.options.model_dump_json(exclude_none=True),
+        base_url=settings.openai_base_url,
+        api_key=settings.openai_api_key,
+        timeout=settings.llm_timeout_seconds,
+    )
+    key = tuple(configuration.values())
     with _chat_models_lock:
-        chat_model = _chat_model(
-            model=agent.model,
-            temperature=agent.temperature,
-            max_tokens=agent.max_tokens,
-            options_json=agent.options.model_dump_json(exclude_none=True),
-            base_url=settings.openai_base_url,
-            api_key=settings.openai_api_key,
-            timeout=settings.llm_timeout_seconds,
-        )
-    return PROMPT | chat_model
+        if key not in _chat_models:
+            _chat_models[key] = _chat_model(**configuration)
+        return PROMPT | _chat_models[key]
 
 
 async def run_agent(agent: AgentSpec, *, title: str, description: str, settings: Settings) -> LLMReply:
@@ -62,12 +57,20 @@ async def run_agent(agent: AgentSpec, *, title: str, description: str, settings:
     return LLMReply(text=str(message.text), usage=_usage(message))
 
 
-# One client per configuration, made once: a batch's threads would otherwise all miss the cache
-# together and each build its own client (and TLS context).
+async def close_clients() -> None:
+    """Close the shared clients' connections; for the end of a process."""
+    with _chat_models_lock:
+        models = list(_chat_models.values())
+        _chat_models.clear()
+    for model in models:
+        await model.http_async_client.aclose()
+
+
+# One client per configuration, made once and shared by every call (its connection pool too).
+_chat_models: dict[tuple, ChatOpenAI] = {}
 _chat_models_lock = threading.Lock()
 
 
-@lru_cache(maxsize=256)
 def _chat_model(
     *, model: str, temperature: float, max_tokens: int, options_json: str, base_url: str | None, api_key: SecretStr, timeout: float
 ) -> ChatOpenAI:

@@ -1,8 +1,10 @@
-"""Validated input: what a caller may submit as a task or an agent, with clear errors for the rest."""
+"""Validated input (what a caller may submit as a task or an agent, with clear errors for the rest), and
+the plain values an LLM call takes and gives back, which cross into the LLM process."""
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any, Literal
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import (
     AfterValidator, BaseModel, ConfigDict, Field, StrictStr, StringConstraints, ValidationError, ValidationInfo,
@@ -64,6 +66,39 @@ class AgentOptions(BaseModel):
     seed: int | None = None
     stop: list[str] | None = None
     response_format: Literal["text", "json_object"] = "text"
+
+
+@dataclass(frozen=True)
+class AgentSpec:
+    """What a run needs of its agent, detached from the session."""
+
+    id: uuid.UUID
+    prompt: str
+    model: str
+    temperature: float
+    max_tokens: int
+    options: AgentOptions
+
+
+class LLMCall(NamedTuple):
+    """One run of an agent's chain on one task."""
+
+    agent: AgentSpec
+    title: str
+    description: str
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+@dataclass(frozen=True)
+class LLMReply:
+    text: str
+    usage: Usage | None
 
 
 class AgentInput(BaseModel):

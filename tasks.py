@@ -9,7 +9,7 @@ import itertools
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, wait
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -27,17 +27,15 @@ from config import Settings
 from database import session_scope
 from errors import BrokerUnavailableError, PermanentError, RetryableError, TaskValidationError, classify
 from lifecycle import Claim, Skip, utcnow
-from event_loop import BackgroundEventLoop
+from llm_runners import LLMRunner
 from liveness import current_owner, owner_is_gone
-from llm import LLMReply, run_agent
 from monitoring import monitor_task_execution
-from schemas import TaskInput, item_error, parse_task_input
+from schemas import LLMCall, LLMReply, TaskInput, item_error, parse_task_input
 
 PROCESS_TASK_NAME = "worker.process_agent_task"
 HEALTH_TASK_NAME = "worker.health_check"
 SWEEP_TASK_NAME = "worker.sweep_stale_tasks"
 
-RunLLM = Callable[..., Awaitable[LLMReply]]
 RECORD_ATTEMPTS = 5
 
 
@@ -107,20 +105,17 @@ def cancel_task(task_id: str, *, app: Celery | None = None) -> str:
 
 
 def execute_agent_task(
-    task_id: str, *, session_factory: sessionmaker[Session], settings: Settings, llm_loop: BackgroundEventLoop,
-    run_llm: RunLLM = run_agent,
+    task_id: str, *, session_factory: sessionmaker[Session], settings: Settings, llm: LLMRunner
 ) -> TaskOutcome:
     """Run one attempt of one task; see `execute_agent_tasks`."""
-    return execute_agent_tasks([task_id], session_factory=session_factory, settings=settings, llm_loop=llm_loop,
-                               run_llm=run_llm)[0]
+    return execute_agent_tasks([task_id], session_factory=session_factory, settings=settings, llm=llm)[0]
 
 
 def execute_agent_tasks(
-    task_ids: list[Any], *, session_factory: sessionmaker[Session], settings: Settings,
-    llm_loop: BackgroundEventLoop, run_llm: RunLLM = run_agent,
+    task_ids: list[Any], *, session_factory: sessionmaker[Session], settings: Settings, llm: LLMRunner
 ) -> list[TaskOutcome]:
     """Run one attempt of each task: claim them all in one transaction, call the LLM for each (concurrently,
-    on `llm_loop`) with no connection held, and record the outcomes as the replies arrive: one transaction
+    on `llm`) with no connection held, and record the outcomes as the replies arrive: one transaction
     per group that arrived within `batch_flush_seconds`, so a slow reply never holds back the others.
 
     Returns one outcome per id, in order. Raises: what the database raises (the caller classifies it);
@@ -134,8 +129,14 @@ def execute_agent_tasks(
     steps = [next(claims) if isinstance(task_id, uuid.UUID) else task_id for task_id in ids]
     runs = [step for step in steps if isinstance(step, Claim)]
     settled: dict[uuid.UUID, TaskOutcome] = {}
-    for group in _replies_as_they_arrive(runs, settings=settings, run_llm=run_llm, llm_loop=llm_loop):
-        settled.update(_record(group, session_factory=session_factory, settings=settings))
+    record = partial(_record, session_factory=session_factory, settings=settings)
+    try:
+        for group in _replies_as_they_arrive(runs, settings=settings, llm=llm):
+            settled.update(record(group))
+    except Exception as exc:
+        # Cut short (the soft time limit, say): the claims not yet settled are settled with that error, since
+        # a row left running under a live owner would wait for the stale threshold.
+        settled.update(record([(claim, exc) for claim in runs if claim.task_id not in settled]))
     return [settled[step.task_id] if isinstance(step, Claim) else _not_run(step) for step in steps]
 
 
@@ -206,7 +207,7 @@ def process_agent_task(self, requests: list) -> list[dict[str, Any]]:
     task_ids = [_task_id_argument(request) for request in requests]
     try:
         outcomes = execute_agent_tasks(task_ids, session_factory=app.session_factory, settings=app.settings,
-                                       llm_loop=app.llm_loop)
+                                       llm=app.llm_runner)
     except Exception as exc:
         return [_retry_later(app, request, classify(exc)) for request in requests]
     for outcome in outcomes:
@@ -250,16 +251,21 @@ def _task_id_argument(request) -> Any:
 
 
 def _replies_as_they_arrive(
-    claims: list[Claim], *, settings: Settings, run_llm: RunLLM, llm_loop: BackgroundEventLoop
+    claims: list[Claim], *, settings: Settings, llm: LLMRunner
 ) -> Iterator[list[tuple[Claim, LLMReply | Exception]]]:
     """Each claim with its LLM reply (or the exception it raised), in groups: the first reply to arrive and
-    every other one that arrives within the next `batch_flush_seconds`."""
-    call = partial(_reply_or_error, settings=settings, run_llm=run_llm)
-    pending = {llm_loop.submit(call(claim)): claim for claim in claims}
+    every other one that arrives within the next `batch_flush_seconds`. Claims that must not run are
+    answered first, without a call."""
+    refused = [(claim, refusal) for claim in claims if (refusal := _refusal(claim, settings=settings))]
+    if refused:
+        yield refused
+    runs = [claim for claim in claims if not _refusal(claim, settings=settings)]
+    futures = llm.submit([LLMCall(claim.agent, claim.title, claim.description) for claim in runs])
+    pending = dict(zip(futures, runs))
     while pending:
         first, _ = wait(pending, return_when=FIRST_COMPLETED)
         more, _ = wait(pending.keys() - first, timeout=settings.batch_flush_seconds)
-        yield [(pending.pop(future), future.result()) for future in first | more]
+        yield [(pending.pop(future), future.exception() or future.result()) for future in first | more]
 
 
 def _record(
@@ -277,16 +283,13 @@ def _record(
             time.sleep(backoff_delay(attempt, settings=settings))
 
 
-async def _reply_or_error(claim: Claim, *, settings: Settings, run_llm: RunLLM) -> LLMReply | Exception:
-    try:
-        if claim.agent is None:
-            raise PermanentError(f"bad agent configuration: {claim.agent_error}")
-        if claim.attempt > settings.task_max_attempts:
-            # Only a run whose worker died gets here: the row was claimed but never settled.
-            raise PermanentError(f"gave up after {claim.attempt - 1} attempts: the worker running it was lost each time")
-        return await run_llm(claim.agent, title=claim.title, description=claim.description, settings=settings)
-    except Exception as exc:  # every LLM-side failure is classified and recorded, never lost
-        return exc
+def _refusal(claim: Claim, *, settings: Settings) -> PermanentError | None:
+    if claim.agent is None:
+        return PermanentError(f"bad agent configuration: {claim.agent_error}")
+    if claim.attempt > settings.task_max_attempts:
+        # Only a run whose worker died gets here: the row was claimed but never settled.
+        return PermanentError(f"gave up after {claim.attempt - 1} attempts: the worker running it was lost each time")
+    return None
 
 
 def _settle(session: Session, claim: Claim, reply: LLMReply | Exception, *, settings: Settings) -> TaskOutcome:

@@ -12,7 +12,7 @@ from celery.signals import setup_logging, worker_process_init, worker_ready
 from kombu import Queue
 
 from config import LOCAL_DATA_DIR, Settings, get_settings
-from event_loop import BackgroundEventLoop
+from llm_runners import BackgroundEventLoop, ChildProcessRunner, LLMRunner
 from database import make_engine, make_session_factory
 from monitoring import configure_logging, start_metrics_exporter
 
@@ -30,9 +30,13 @@ class AgentServiceCelery(Celery):
         self.session_factory = make_session_factory(self.engine)
 
     @cached_property
-    def llm_loop(self) -> BackgroundEventLoop:
+    def llm_runner(self) -> LLMRunner:
         """Where this process's LLM calls run, all batches together; made on first use, so after any fork."""
-        return BackgroundEventLoop(self.settings.llm_concurrency)
+        if self.settings.llm_process:
+            return ChildProcessRunner(self.settings)
+        from llm import run_agent  # only here: the worker process otherwise never loads the LLM client
+
+        return BackgroundEventLoop(self.settings, run_agent)
 
 
 def create_celery_app(settings: Settings) -> AgentServiceCelery:
@@ -120,11 +124,14 @@ def _configure_logging(loglevel: int | str | None = None, **_: Any) -> None:
 
 
 @worker_process_init.connect
-def _reset_pools_after_fork(**_: Any) -> None:
+def _prepare_pool_process(**_: Any) -> None:
     # A forked child must not reuse the parent's sockets; close=False leaves them to the parent.
     app.engine.dispose(close=False)
+    app.llm_runner.start()
 
 
 @worker_ready.connect
-def _start_metrics(**_: Any) -> None:
+def _start_metrics_and_llm_runner(**_: Any) -> None:
     start_metrics_exporter(app.settings.metrics_port)
+    if app.conf.worker_pool != "prefork":  # under prefork the pool processes run the tasks, and start their own
+        app.llm_runner.start()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from cli import init_db
 from config import Settings
 from database import create_empty_database, make_engine, session_scope
-from event_loop import BackgroundEventLoop
+from llm_runners import BackgroundEventLoop, RunLLM
 from models import Agent
 from processes import celery_worker, llm_server
 from tests.support import LLMControl, make_settings
@@ -128,8 +128,15 @@ def rollback_factory(db_session: Session) -> sessionmaker[Session]:
     return sessionmaker(bind=db_session.connection(), join_transaction_mode="create_savepoint", expire_on_commit=False)
 
 
-@pytest.fixture(scope="session")
-def llm_loop() -> Iterator[BackgroundEventLoop]:
-    loop = BackgroundEventLoop(max_concurrency=16, name="test-llm-loop")
-    yield loop
-    loop.close()
+@pytest.fixture
+def llm_with(settings: Settings) -> Iterator[Callable[[RunLLM], BackgroundEventLoop]]:
+    """Makes an in-process LLM runner whose calls go to the given stand-in `run_llm`."""
+    loops: list[BackgroundEventLoop] = []
+
+    def make(run_llm: RunLLM) -> BackgroundEventLoop:
+        loops.append(BackgroundEventLoop(settings, run_llm, name="test-llm-loop"))
+        return loops[-1]
+
+    yield make
+    for loop in loops:
+        loop.close()

@@ -3,16 +3,18 @@ LLM collaborator passed in (a stand-in function here; the real client is exercis
 from __future__ import annotations
 
 import asyncio
+import signal
 import uuid
 from datetime import timedelta
 
 import pytest
+from billiard.exceptions import SoftTimeLimitExceeded
 
 import lifecycle
 from errors import PermanentError, RetryableError
-from lifecycle import Claim, Skip, Usage, utcnow
-from llm import LLMReply
+from lifecycle import Claim, Skip, utcnow
 from models import Agent, Task, TaskStatus
+from schemas import LLMReply, Usage
 from database import make_engine
 from tasks import backoff_delay, execute_agent_task, execute_agent_tasks
 
@@ -49,11 +51,11 @@ def failing(error: Exception):
 
 
 @pytest.fixture
-def run_once(rollback_factory, settings, llm_loop):
+def run_once(rollback_factory, settings, llm_with):
     """Run one attempt of `task` with `run_llm` as the LLM."""
     def run(task: Task, run_llm):
         return execute_agent_task(str(task.id), session_factory=rollback_factory, settings=settings,
-                                  llm_loop=llm_loop, run_llm=run_llm)
+                                  llm=llm_with(run_llm))
 
     return run
 
@@ -231,7 +233,7 @@ def test_postgres_sessions_carry_the_configured_statement_timeout(settings):
     engine.dispose()
 
 
-def test_a_slow_reply_does_not_hold_back_the_rest_of_its_batch(llm_loop, rollback_factory, db_session, stored_agent, settings):
+def test_a_slow_reply_does_not_hold_back_the_rest_of_its_batch(llm_with, rollback_factory, db_session, stored_agent, settings):
     # Given a batch where one LLM call takes 1.5 s and the others answer at once
     tasks = [Task(id=uuid.uuid4(), title="slow" if i == 0 else f"fast {i}", agent_id=stored_agent.id, user_id="u",
                   status=TaskStatus.QUEUED, attempts=0) for i in range(5)]
@@ -244,7 +246,7 @@ def test_a_slow_reply_does_not_hold_back_the_rest_of_its_batch(llm_loop, rollbac
 
     # When the batch runs
     outcomes = execute_agent_tasks([str(t.id) for t in tasks], session_factory=rollback_factory,
-                                   settings=settings, llm_loop=llm_loop, run_llm=run_llm)
+                                   settings=settings, llm=llm_with(run_llm))
     # Then every task completed, and the fast ones were recorded long before the slow one
     rows = [reload(db_session, task) for task in tasks]
     assert [o.status for o in outcomes] == ["completed"] * 5
@@ -252,7 +254,7 @@ def test_a_slow_reply_does_not_hold_back_the_rest_of_its_batch(llm_loop, rollbac
     assert all((slow.finished_at - row.finished_at).total_seconds() > 1.0 for row in fast)
 
 
-def test_a_task_delivered_twice_in_one_batch_is_run_once(llm_loop, rollback_factory, db_session, queued_task, settings):
+def test_a_task_delivered_twice_in_one_batch_is_run_once(llm_with, rollback_factory, db_session, queued_task, settings):
     calls = []
 
     async def run_llm(agent, *, title, description, settings):
@@ -260,6 +262,31 @@ def test_a_task_delivered_twice_in_one_batch_is_run_once(llm_loop, rollback_fact
         return LLMReply(text="once", usage=None)
 
     first, second = execute_agent_tasks([str(queued_task.id)] * 2, session_factory=rollback_factory,
-                                        settings=settings, llm_loop=llm_loop, run_llm=run_llm)
+                                        settings=settings, llm=llm_with(run_llm))
     assert (first.status, second.status) == ("completed", "skipped") and len(calls) == 1
     assert reload(db_session, queued_task).attempts == 1
+
+
+def test_a_batch_cut_short_by_the_soft_time_limit_leaves_no_row_running(llm_with, rollback_factory, db_session,
+                                                                        queued_task, settings):
+    async def never_answers(agent, **_):
+        await asyncio.sleep(30)
+
+    # Given a batch waiting on an LLM that does not answer, when the soft time limit strikes (as billiard
+    # raises it: from a signal handler, in the thread running the task)
+    previous = signal.signal(signal.SIGALRM, _raise_soft_time_limit)
+    signal.setitimer(signal.ITIMER_REAL, 0.5)
+    try:
+        [outcome] = execute_agent_tasks([str(queued_task.id)], session_factory=rollback_factory, settings=settings,
+                                        llm=llm_with(never_answers))
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    # Then the claimed task is settled for a retry at once, not left running until the stale threshold
+    row = reload(db_session, queued_task)
+    assert outcome.status == "retrying"
+    assert (row.status, row.error) == (TaskStatus.QUEUED, "task exceeded its soft time limit")
+
+
+def _raise_soft_time_limit(signum, frame):
+    raise SoftTimeLimitExceeded()

@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from config import Settings
-from lifecycle import AgentSpec
+from schemas import AgentSpec
 from llm import build_chain
 from schemas import AgentOptions
 from tests.chaos.harness import LIMITS

@@ -1,0 +1,109 @@
+"""The LLM process: real calls to the bundled LLM server from a real child process, its errors
+classified on the way back, its death survived, and a worker process that never loads the LLM client."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+from errors import PermanentError, RetryableError
+from llm_runners import ChildProcessRunner
+from processes import ROOT
+from schemas import AgentOptions, AgentSpec, LLMCall
+from tests.support import make_settings
+
+
+@pytest.fixture
+def runner(settings):
+    runner = ChildProcessRunner(settings)
+    yield runner
+    runner.close()
+
+
+def call(title: str) -> LLMCall:
+    agent = AgentSpec(uuid.uuid4(), "You are terse.", "gpt-4o-mini", 0.0, 50, AgentOptions())
+    return LLMCall(agent, title, "some description")
+
+
+def test_calls_run_in_a_child_process_and_come_back_with_text_and_usage(runner, llm):
+    title = f"child-{uuid.uuid4().hex[:8]}"
+    futures = runner.submit([call(f"{title}-{i}") for i in range(3)])
+    replies = [future.result(timeout=30) for future in futures]
+    assert all(reply.text and reply.usage.total_tokens > 0 for reply in replies)
+    assert len(llm.requests(title)) == 3
+    assert runner._child._process.pid != os.getpid()
+
+
+def test_llm_errors_arrive_classified_with_the_retry_after_the_server_asked_for(runner, llm):
+    limited, refused = f"limited-{uuid.uuid4().hex[:8]}", f"refused-{uuid.uuid4().hex[:8]}"
+    llm.add_fault(fault="429", match=limited, times=1, retry_after=7)
+    llm.add_fault(fault="401", match=refused, times=1)
+    rate_limited, unauthorised = runner.submit([call(limited), call(refused)])
+    with pytest.raises(RetryableError) as retryable:
+        rate_limited.result(timeout=30)
+    assert retryable.value.delay == 7 and "429" in str(retryable.value)
+    with pytest.raises(PermanentError, match="401"):
+        unauthorised.result(timeout=30)
+
+
+def test_calls_of_a_child_that_dies_fail_as_retryable_and_the_next_call_gets_a_new_child(runner, llm):
+    title = f"hang-{uuid.uuid4().hex[:8]}"
+    llm.add_fault(fault="hang", match=title, times=1)
+    [hanging] = runner.submit([call(title)])
+    first_child = runner._child._process
+    deadline = time.monotonic() + 20
+    while not llm.requests(title) and time.monotonic() < deadline:  # the call is under way in the child
+        time.sleep(0.1)
+    first_child.send_signal(signal.SIGKILL)
+    with pytest.raises(RetryableError, match="LLM process exited"):
+        hanging.result(timeout=30)
+    [after] = runner.submit([call(f"after-{uuid.uuid4().hex[:8]}")])
+    assert after.result(timeout=30).text
+    assert runner._child._process.pid != first_child.pid
+
+
+def test_child_exits_when_its_worker_process_is_killed(settings, llm):
+    # A worker process that starts an LLM child, prints the child's pid, then waits to be killed.
+    script = ("import sys, time, uuid\n"
+              "from llm_runners import ChildProcessRunner\n"
+              "from schemas import AgentOptions, AgentSpec, LLMCall\n"
+              "from tests.support import make_settings\n"
+              f"runner = ChildProcessRunner(make_settings(openai_base_url={settings.openai_base_url!r}))\n"
+              "agent = AgentSpec(uuid.uuid4(), 'p', 'gpt-4o-mini', 0.0, 5, AgentOptions())\n"
+              "runner.submit([LLMCall(agent, 't', 'd')])[0].result(timeout=30)\n"
+              "print(runner._child._process.pid, flush=True)\n"
+              "time.sleep(60)\n")
+    worker = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    child_pid = int(worker.stdout.readline())
+    worker.kill()
+    worker.wait()
+    deadline = time.monotonic() + 10
+    while _running(child_pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _running(child_pid)
+
+
+def test_the_worker_process_never_loads_the_llm_client_and_the_llm_process_no_database_code():
+    # The point of the split: each process carries only its own stack (tens of MB each).
+    probe = ("import sys, {modules}; heavy = ('openai', 'langchain_core', 'sqlalchemy', 'celery', 'kombu'); "
+             "print(sorted(name for name in heavy if name in sys.modules))")
+    env = {"PATH": os.environ["PATH"], **make_settings().as_env()}
+    loaded = {side: subprocess.run([sys.executable, "-c", probe.format(modules=modules)], cwd=ROOT, env=env,
+                                   capture_output=True, text=True, check=True).stdout.strip()
+              for side, modules in (("worker", "worker, tasks"), ("llm process", "llm, llm_runners"))}
+    assert loaded == {"worker": "['celery', 'kombu', 'sqlalchemy']", "llm process": "['langchain_core', 'openai']"}
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (exited, not yet reaped by init) counts as gone.
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().split(")")[-1].split()[0] != "Z"
