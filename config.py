@@ -53,11 +53,13 @@ class Settings(BaseSettings):
     max_result_length: int = Field(100_000, gt=0)
 
     worker_pool: Literal["threads", "prefork", "gevent", "solo"] = "threads"
-    worker_concurrency: int = Field(256, ge=1, le=5000, description="pool size: threads, or processes for prefork")
-    worker_prefetch_multiplier: int = Field(
-        1, ge=1, description="messages reserved per pool slot; with prefork, raise it so batches can fill"
+    worker_concurrency: int = Field(
+        16, ge=1, le=5000, description="pool size: threads (each runs one batch at a time), or processes for prefork"
     )
-    llm_concurrency: int = Field(256, ge=1, le=5000, description="LLM calls at once per worker process")
+    worker_prefetch_multiplier: int = Field(
+        48, ge=1, description="messages reserved per pool slot: concurrency x this is how many tasks are in flight"
+    )
+    llm_concurrency: int = Field(768, ge=1, le=5000, description="LLM calls at once per worker process")
     llm_process: bool = Field(True, description="run the LLM calls in a child process with a core of its own")
     worker_queues: str = "agent_tasks,system"
     batch_max_size: int = Field(64, ge=1, description="agent-task messages handled together in one batch")

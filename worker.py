@@ -93,7 +93,9 @@ def _transport_options(settings: Settings) -> dict[str, Any]:
     if settings.broker_url.startswith("filesystem"):
         folder = LOCAL_DATA_DIR / "broker"
         folder.mkdir(parents=True, exist_ok=True)
-        return {"data_folder_in": str(folder), "data_folder_out": str(folder), "store_processed": False}
+        # Every folder under .local: kombu's default control folder is ./control, wherever the worker runs.
+        return {"data_folder_in": str(folder), "data_folder_out": str(folder), "store_processed": False,
+                "control_folder": str(folder / "control")}
     # Unacked messages come back after this long, even while still running, so it must outlast a task.
     return {"visibility_timeout": settings.broker_visibility_timeout_seconds}
 
