@@ -54,10 +54,10 @@ class Settings(BaseSettings):
 
     worker_pool: Literal["threads", "prefork", "gevent", "solo"] = "threads"
     worker_concurrency: int = Field(
-        16, ge=1, le=5000, description="pool size: threads (each runs one batch at a time), or processes for prefork"
+        768, ge=1, le=5000, description="pool size: threads (each runs one batch at a time), or processes for prefork"
     )
     worker_prefetch_multiplier: int = Field(
-        48, ge=1, description="messages reserved per pool slot: concurrency x this is how many tasks are in flight"
+        1, ge=1, description="messages reserved per pool slot; with prefork, raise it so batches can fill"
     )
     llm_concurrency: int = Field(768, ge=1, le=5000, description="LLM calls at once per worker process")
     llm_process: bool = Field(True, description="run the LLM calls in a child process with a core of its own")

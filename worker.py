@@ -7,12 +7,12 @@ from __future__ import annotations
 from functools import cached_property
 from typing import Any
 
-from celery import Celery
+from celery import Celery, current_app
 from celery.signals import setup_logging, worker_process_init, worker_ready
 from kombu import Queue
 
 from config import LOCAL_DATA_DIR, Settings, get_settings
-from llm_runners import BackgroundEventLoop, ChildProcessRunner, LLMRunner
+from llm_runners import BackgroundEventLoop, ChildProcessRunner, LLMRunner, settle_heap
 from database import make_engine, make_session_factory
 from monitoring import configure_logging, start_metrics_exporter
 
@@ -129,11 +129,20 @@ def _configure_logging(loglevel: int | str | None = None, **_: Any) -> None:
 def _prepare_pool_process(**_: Any) -> None:
     # A forked child must not reuse the parent's sockets; close=False leaves them to the parent.
     app.engine.dispose(close=False)
-    app.llm_runner.start()
+    if _runs_this_app():
+        settle_heap()
+        app.llm_runner.start()
 
 
 @worker_ready.connect
 def _start_metrics_and_llm_runner(**_: Any) -> None:
     start_metrics_exporter(app.settings.metrics_port)
-    if app.conf.worker_pool != "prefork":  # under prefork the pool processes run the tasks, and start their own
+    if _runs_this_app() and app.conf.worker_pool != "prefork":  # prefork: each pool process starts its own
+        settle_heap()
         app.llm_runner.start()
+
+
+def _runs_this_app() -> bool:
+    """Worker signals are global and carry no app: a worker of another app that imports this module (the
+    bench's floor does, for the configuration) must not start this app's LLM process."""
+    return current_app._get_current_object() is app

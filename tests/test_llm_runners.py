@@ -9,11 +9,12 @@ import sys
 import time
 import uuid
 
+import psutil
 import pytest
 
 from errors import PermanentError, RetryableError
 from llm_runners import ChildProcessRunner
-from processes import ROOT
+from processes import ROOT, celery_worker, started, worker_env
 from schemas import AgentOptions, AgentSpec, LLMCall
 from tests.support import make_settings
 
@@ -107,3 +108,31 @@ def _running(pid: int) -> bool:
     # A zombie (exited, not yet reaped by init) counts as gone.
     with open(f"/proc/{pid}/stat") as stat:
         return stat.read().split(")")[-1].split()[0] != "Z"
+
+
+def test_each_prefork_pool_process_gets_one_llm_process_and_another_apps_worker_none(settings, tmp_path):
+    env = settings.as_env()
+    # Given our worker under prefork with 2 pool processes: each starts its LLM process when it is forked
+    with celery_worker(env=env, log_path=tmp_path / "ours.log", name="llm-process", pool="prefork",
+                       concurrency=2, queues="llm-process-test") as ours:
+        assert _eventually(lambda: len(_llm_processes_under(ours.pid)) == 2)
+    # And a worker of another app that imports ours for its configuration (the bench's floor) starts none
+    floor = [sys.executable, "-m", "celery", "-A", "bench.floor", "worker", "--loglevel=INFO", "-Q", "llm-process-test",
+             "-n", "floor@%h"]
+    with started(floor, env=worker_env(env, pool="prefork", concurrency=2), log_path=tmp_path / "floor.log") as other:
+        time.sleep(2)  # as long as ours took to start them
+        assert _llm_processes_under(other.pid) == []
+
+
+def _llm_processes_under(pid: int) -> list[psutil.Process]:
+    return [process for process in psutil.Process(pid).children(recursive=True)
+            if process.cmdline()[1:3] == ["-m", "llm_runners"]]
+
+
+def _eventually(condition, timeout: float = 20) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True

@@ -46,10 +46,8 @@ def sized(short, full):
 
 
 def chaos_settings(*, database_url: str, redis_url: str, llm_url: str, **overrides) -> Settings:
-    # A scenario sizes the work in flight by worker_concurrency alone (one message per pool slot), so that
-    # its fault finds some tasks done, some running and some still queued.
     return make_settings(database_url=database_url, redis_url=redis_url, openai_base_url=f"{llm_url}/v1",
-                         **{**LIMITS, "worker_prefetch_multiplier": 1, **overrides})
+                         **{**LIMITS, **overrides})
 
 
 def add_agent(session_factory, **fields) -> Agent:
