@@ -167,8 +167,7 @@ def _cmd_cancel(args) -> None:
 
 
 def worker_argv(settings, extra: list[str]) -> list[str]:
-    """The `celery worker` command line for these settings (pool and concurrency must be on the
-    command line: Celery patches sockets for gevent before it reads any configuration)."""
+    """The `celery worker` command line for these settings."""
     return ["celery", "-A", "worker", "worker", f"--pool={settings.worker_pool}",
             f"--concurrency={settings.worker_concurrency}", "-Q", settings.worker_queues, "--loglevel=INFO", *extra]
 

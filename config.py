@@ -52,7 +52,8 @@ class Settings(BaseSettings):
     max_description_length: int = Field(20_000, gt=0)
     max_result_length: int = Field(100_000, gt=0)
 
-    worker_pool: Literal["threads", "prefork", "gevent", "solo"] = "threads"
+    # No gevent: the LLM process's pipe reader would block its hub, and threads measured cheaper anyway.
+    worker_pool: Literal["threads", "prefork", "solo"] = "threads"
     worker_concurrency: int = Field(
         768, ge=1, le=5000, description="pool size: threads (each runs one batch at a time), or processes for prefork"
     )

