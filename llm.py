@@ -1,6 +1,6 @@
 """Prompt and chain construction for agents, with one reused client per model configuration.
 
-Calls are async: a worker runs hundreds of them at once on one event loop (see `event_loop`).
+Calls are async: a worker runs hundreds of them at once on one event loop (see `llm_runners`).
 """
 from __future__ import annotations
 

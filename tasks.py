@@ -27,8 +27,8 @@ from config import Settings
 from database import session_scope
 from errors import BrokerUnavailableError, PermanentError, RetryableError, TaskValidationError, classify
 from lifecycle import Claim, Skip, utcnow
-from llm_runners import LLMRunner
 from liveness import current_owner, owner_is_gone
+from llm_runners import LLMRunner
 from monitoring import monitor_task_execution
 from schemas import LLMCall, LLMReply, TaskInput, item_error, parse_task_input
 
@@ -256,10 +256,10 @@ def _replies_as_they_arrive(
     """Each claim with its LLM reply (or the exception it raised), in groups: the first reply to arrive and
     every other one that arrives within the next `batch_flush_seconds`. Claims that must not run are
     answered first, without a call."""
-    refused = [(claim, refusal) for claim in claims if (refusal := _refusal(claim, settings=settings))]
-    if refused:
+    refusals = [(claim, _refusal(claim, settings=settings)) for claim in claims]
+    if refused := [(claim, refusal) for claim, refusal in refusals if refusal]:
         yield refused
-    runs = [claim for claim in claims if not _refusal(claim, settings=settings)]
+    runs = [claim for claim, refusal in refusals if not refusal]
     futures = llm.submit([LLMCall(claim.agent, claim.title, claim.description) for claim in runs])
     pending = dict(zip(futures, runs))
     while pending:
