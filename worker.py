@@ -116,22 +116,29 @@ def _configure_logging(loglevel: int | str | None = None, **_: Any) -> None:
 
 @worker_process_init.connect
 def _prepare_pool_process(**_: Any) -> None:
+    if not _runs_this_app():
+        return
     # A forked child must not reuse the parent's sockets; close=False leaves them to the parent.
     app.engine.dispose(close=False)
-    if _runs_this_app():
-        settle_heap()
-        app.llm_runner.start()
+    _prepare_to_run_tasks()
 
 
 @worker_ready.connect
 def _start_metrics_and_llm_runner(**_: Any) -> None:
+    if not _runs_this_app():
+        return
     start_metrics_exporter(app.settings.metrics_port)
-    if _runs_this_app() and app.conf.worker_pool != "prefork":  # prefork: each pool process starts its own
-        settle_heap()
-        app.llm_runner.start()
+    if app.conf.worker_pool != "prefork":  # prefork: each pool process prepares itself
+        _prepare_to_run_tasks()
+
+
+def _prepare_to_run_tasks() -> None:
+    """In the process that runs the tasks, once started: settle its heap and start its LLM process."""
+    settle_heap()
+    app.llm_runner.start()
 
 
 def _runs_this_app() -> bool:
     """Worker signals are global and carry no app: a worker of another app that imports this module (the
-    bench's floor does, for the configuration) must not start this app's LLM process."""
+    bench's floor does, for the configuration) must not get this app's worker set-up."""
     return current_app._get_current_object() is app

@@ -58,3 +58,11 @@ def wait_for_final(session_factory, task_ids: list[str], *, timeout: float = 60)
             pending = [f"{task.id}:{task.status.value}" for task in tasks if task.status not in FINAL_STATUSES]
             raise AssertionError(f"tasks not final after {timeout}s: {pending[:10]}")
         time.sleep(0.2)
+
+
+def wait_until(condition, *, what: str, timeout: float = 30) -> None:
+    """Poll until `condition()` holds; fails the test with "no <what>" after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"no {what} after {timeout}s"
+        time.sleep(0.05)

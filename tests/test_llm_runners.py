@@ -17,7 +17,7 @@ from llm import run_agent
 from llm_runners import BackgroundEventLoop, ChildProcessRunner
 from processes import ROOT, celery_worker, started, worker_env
 from schemas import AgentOptions, AgentSpec, LLMCall
-from tests.support import make_settings
+from tests.support import make_settings, wait_until
 
 
 @pytest.fixture
@@ -70,9 +70,7 @@ def test_calls_of_a_child_that_dies_fail_as_retryable_and_the_next_call_gets_a_n
     llm.add_fault(fault="hang", match=title, times=1)
     [hanging] = runner.submit([call(title)])
     first_child = runner._child._process
-    deadline = time.monotonic() + 20
-    while not llm.requests(title) and time.monotonic() < deadline:  # the call is under way in the child
-        time.sleep(0.1)
+    wait_until(lambda: llm.requests(title), what="call under way in the child", timeout=20)
     first_child.send_signal(signal.SIGKILL)
     with pytest.raises(RetryableError, match="LLM process exited"):
         hanging.result(timeout=30)
@@ -86,7 +84,7 @@ def test_child_exits_when_its_worker_process_is_killed(settings, llm):
     script = ("import sys, time, uuid\n"
               "from llm_runners import ChildProcessRunner\n"
               "from schemas import AgentOptions, AgentSpec, LLMCall\n"
-              "from tests.support import make_settings\n"
+              "from tests.support import make_settings, wait_until\n"
               f"runner = ChildProcessRunner(make_settings(openai_base_url={settings.openai_base_url!r}))\n"
               "agent = AgentSpec(uuid.uuid4(), 'p', 'gpt-4o-mini', 0.0, 5, AgentOptions())\n"
               "runner.submit([LLMCall(agent, 't', 'd')])[0].result(timeout=30)\n"
@@ -96,10 +94,7 @@ def test_child_exits_when_its_worker_process_is_killed(settings, llm):
     child_pid = int(worker.stdout.readline())
     worker.kill()
     worker.wait()
-    deadline = time.monotonic() + 10
-    while _running(child_pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not _running(child_pid)
+    wait_until(lambda: not _running(child_pid), what="exit of the orphaned LLM process", timeout=10)
 
 
 def test_the_worker_process_never_loads_the_llm_client_and_the_llm_process_no_database_code():
@@ -128,7 +123,7 @@ def test_each_prefork_pool_process_gets_one_llm_process_and_another_apps_worker_
     # Given our worker under prefork with 2 pool processes: each starts its LLM process when it is forked
     with celery_worker(env=env, log_path=tmp_path / "ours.log", name="llm-process", pool="prefork",
                        concurrency=2, queues="llm-process-test") as ours:
-        assert _eventually(lambda: len(_llm_processes_under(ours.pid)) == 2)
+        wait_until(lambda: len(_llm_processes_under(ours.pid)) == 2, what="LLM process per pool process", timeout=20)
     # And a worker of another app that imports ours for its configuration (the bench's floor) starts none
     floor = [sys.executable, "-m", "celery", "-A", "bench.floor", "worker", "--loglevel=INFO", "-Q", "llm-process-test",
              "-n", "floor@%h"]
@@ -141,11 +136,3 @@ def _llm_processes_under(pid: int) -> list[psutil.Process]:
     return [process for process in psutil.Process(pid).children(recursive=True)
             if process.cmdline()[1:3] == ["-m", "llm_runners"]]
 
-
-def _eventually(condition, timeout: float = 20) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-    return True

@@ -21,7 +21,7 @@ from database import session_scope
 from models import Agent, Task, TaskAttempt, TaskStatus
 from processes import ROOT, start_worker, stop_process
 from tasks import create_agent_tasks
-from tests.support import LLMControl, make_settings, wait_for_final
+from tests.support import LLMControl, make_settings, wait_for_final, wait_until
 from worker import create_celery_app
 
 SCALE = os.environ.get("CHAOS_SCALE", "short")
@@ -203,13 +203,6 @@ class Scenario:
                       len(self.llm.requests(self.prefix(label))), round(time.monotonic() - self.started, 1))
         record(tally)
         return tally
-
-
-def wait_until(condition, *, what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"no {what} after {timeout}s"
-        time.sleep(0.05)
 
 
 def _json_line(line: bytes) -> dict:

@@ -6,7 +6,7 @@ import time
 
 from models import TaskStatus
 from tasks import cancel_task
-from tests.chaos.harness import wait_until
+from tests.support import wait_until
 from tests.support import run_cli
 
 SLOW_MS = 4000  # longer than a CLI process takes to start and cancel

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from models import TaskStatus
 from tasks import HEALTH_TASK_NAME, PROCESS_TASK_NAME
-from tests.chaos.harness import wait_until
+from tests.support import wait_until
 from worker import AGENT_QUEUE
 
 HUGE = 5 * 1024 * 1024

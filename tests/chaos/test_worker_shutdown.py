@@ -6,7 +6,8 @@ import os
 import signal
 
 from models import TaskStatus
-from tests.chaos.harness import sized, wait_until
+from tests.chaos.harness import sized
+from tests.support import wait_until
 
 TASKS = sized(30, 100)
 SLOW_MS = 1500  # long enough to catch the attempt running, well inside LLM_TIMEOUT_SECONDS
