@@ -30,7 +30,7 @@ init-db: install
 	$(BIN)/python cli.py init-db
 
 bench: install services
-	$(BIN)/python bench/run.py $(BENCH_ARGS)
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 worker: install
 	$(BIN)/python cli.py worker
@@ -42,7 +42,7 @@ flower: install
 	$(BIN)/celery -A worker flower
 
 llm-server: install
-	$(BIN)/python llm_server.py --port 8099
+	$(BIN)/python -m devtools.llm_server --port 8099
 
 clean:
 	rm -rf .local .pytest_cache

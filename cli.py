@@ -5,58 +5,34 @@ import argparse
 import json
 import os
 import sys
-import uuid
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
 from rich.console import Console
-from rich.table import Table
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
-import lifecycle
 from config import get_settings
 from database import session_scope
 from errors import AgentServiceError, TaskValidationError
-from models import Agent, Task, TaskStatus
-from schemas import parse_agent_input
+from models import Task, TaskStatus
+from execution.pipeline import parse_task_id
+from store import lifecycle
+from store.schema import init_db
+from submission.agents import create_agent, find_agent
+from submission.submit import cancel_task, create_agent_tasks, replay_failed_tasks
+from terminal.tables import task_table
 
-ROOT = Path(__file__).resolve().parent
+if TYPE_CHECKING:
+    from worker import AgentServiceCelery
+
 console = Console()
 
 
-def init_db(database_url: str | None = None) -> None:
-    """Apply every Alembic migration to the configured database (or `database_url`)."""
-    config = Config(str(ROOT / "alembic.ini"))
-    config.attributes["configure_logger"] = False
-    if database_url:
-        from sqlalchemy import create_engine
+def _app() -> AgentServiceCelery:
+    """The configured app, built on first use: `--help` and `init-db` answer without it."""
+    import worker
 
-        with create_engine(database_url).begin() as connection:
-            config.attributes["connection"] = connection
-            command.upgrade(config, "head")
-        return
-    command.upgrade(config, "head")
-
-
-def create_agent(session, data: dict) -> Agent:
-    """Insert a validated agent. Raises: TaskValidationError (bad fields or a taken name)."""
-    spec = parse_agent_input(data)
-    if session.scalar(select(Agent.id).where(Agent.name == spec.name)) is not None:
-        raise TaskValidationError(f"an agent named {spec.name!r} already exists")
-    agent = Agent(**spec.model_dump(exclude={"settings"}), settings=spec.settings.model_dump(exclude_defaults=True))
-    session.add(agent)
-    session.flush()
-    return agent
-
-
-def find_agent(session, ref: str) -> Agent | None:
-    """An agent by id or by name."""
-    try:
-        return session.get(Agent, uuid.UUID(ref))
-    except ValueError:
-        return session.scalar(select(Agent).where(Agent.name == ref))
+    return worker.app
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,11 +58,10 @@ def _cmd_init_db(args) -> None:
 
 
 def _cmd_create_agent(args) -> None:
-    import worker
-
-    data = {"name": args.name, "prompt": args.prompt, "model": args.model or worker.app.settings.default_model,
+    services = _app().services
+    data = {"name": args.name, "prompt": args.prompt, "model": args.model or services.settings.default_model,
             "temperature": args.temperature, "max_tokens": args.max_tokens, "settings": _json_object(args.settings)}
-    with session_scope(worker.app.session_factory) as session:
+    with session_scope(services.session_factory) as session:
         agent = create_agent(session, data)
     console.print(f"agent {agent.name} created: {agent.id}")
 
@@ -99,23 +74,17 @@ def _json_object(raw: str) -> dict:
 
 
 def _cmd_submit(args) -> None:
-    import worker
-    from tasks import create_agent_task
-
-    with session_scope(worker.app.session_factory) as session:
+    with session_scope(_app().services.session_factory) as session:
         agent = find_agent(session, args.agent)
     data = {"title": args.title, "description": args.description, "user_id": args.user,
             "agent_id": str(agent.id) if agent else args.agent}
     if args.idempotency_key:
         data["idempotency_key"] = args.idempotency_key
-    console.print(create_agent_task(data))
+    console.print(create_agent_tasks([data], app=_app(), services=_app().services)[0])
 
 
 def _cmd_status(args) -> int:
-    import worker
-    from tasks import parse_task_id
-
-    with session_scope(worker.app.session_factory) as session:
+    with session_scope(_app().services.session_factory) as session:
         task = session.get(Task, parse_task_id(args.task_id))
         if task is None:
             console.print(f"[red]no task {args.task_id}[/]")
@@ -130,30 +99,24 @@ def _cmd_status(args) -> int:
 
 
 def _cmd_list(args) -> None:
-    import worker
-
     query = select(Task).order_by(Task.created_at.desc()).limit(args.limit)
     if args.status:
         query = query.where(Task.status == TaskStatus(args.status))
-    with session_scope(worker.app.session_factory) as session:
-        console.print(task_table(session.scalars(query).all()))
+    with session_scope(_app().services.session_factory) as session:
+        console.print(task_table(session.scalars(query).all(), console=console))
 
 
 def _cmd_failed(args) -> None:
-    import worker
-
-    with session_scope(worker.app.session_factory) as session:
+    with session_scope(_app().services.session_factory) as session:
         tasks = lifecycle.failed_tasks(session, limit=args.limit)
-        console.print(task_table(tasks, title="Failed tasks (dead letters)"))
+        console.print(task_table(tasks, console=console, title="Failed tasks (dead letters)"))
 
 
 def _cmd_replay(args) -> int:
-    from tasks import replay_failed_tasks
-
     if bool(args.task_ids) == args.all:
         console.print("[red]give task ids or --all, not both[/]")
         return 2
-    replayed = replay_failed_tasks(None if args.all else args.task_ids)
+    replayed = replay_failed_tasks(None if args.all else args.task_ids, app=_app(), services=_app().services)
     console.print(f"replayed {len(replayed)} task(s)")
     for task_id in replayed:
         console.print(task_id)
@@ -161,9 +124,7 @@ def _cmd_replay(args) -> int:
 
 
 def _cmd_cancel(args) -> None:
-    from tasks import cancel_task
-
-    console.print(f"{args.task_id}: {cancel_task(args.task_id)}")
+    console.print(f"{args.task_id}: {cancel_task(args.task_id, services=_app().services)}", markup=False)
 
 
 def worker_argv(settings, extra: list[str]) -> list[str]:
@@ -178,34 +139,9 @@ def _cmd_worker(args) -> None:
 
 
 def _cmd_demo(args) -> int:
-    from demo import run_demo
+    from devtools.demo import run_demo  # demo imports the configured app; see _app
 
-    return run_demo(task_count=args.tasks)
-
-
-def task_table(tasks: list[Task], *, title: str = "Tasks", full_ids: bool = True) -> Table:
-    """A rich table of tasks: status, attempts, tokens, timings and the start of the result or error."""
-    table = Table(title=title)
-    # Fixed widths, and the result gets only what is left: rich otherwise squeezes the short columns
-    # to nothing on a narrow terminal.
-    widths = {"id": 36 if full_ids else 8, "status": 9, "tries": 5, "tokens": 6, "ms": 7}
-    room = console.width - sum(widths.values()) - 3 * (len(widths) + 2) - 1
-    for optional in ("tokens", "tries"):  # a narrow terminal: drop what matters least, not squeeze all
-        if room >= 24:
-            break
-        room += widths.pop(optional) + 3
-    widths.update({"title": max(8, room // 3), "result / error": max(16, room - room // 3)})
-    for column, width in widths.items():
-        table.add_column(column, width=width, no_wrap=True, overflow="ellipsis")
-    for task in tasks:
-        outcome = task.result if task.status == TaskStatus.COMPLETED else task.error
-        duration = str(task.duration_ms) if task.duration_ms is not None else ""
-        task_id = str(task.id) if full_ids else str(task.id)[:8]
-        cells = {"id": task_id, "status": task.status.value, "tries": str(task.attempts),
-                 "tokens": str(task.total_tokens or ""), "ms": duration, "title": task.title,
-                 "result / error": " ".join((outcome or "").split())}
-        table.add_row(*(cells[column] for column in widths))
-    return table
+    return run_demo(task_count=args.tasks, console=console)
 
 
 def _parser() -> argparse.ArgumentParser:

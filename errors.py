@@ -51,6 +51,11 @@ class PermanentError(AgentServiceError):
     """A failure that retrying cannot fix: the task fails at once with this message."""
 
 
+def item_error(message: str, *, index: int, count: int) -> TaskValidationError:
+    """The error for item `index` of a submission of `count` items (a single item needs no number)."""
+    return TaskValidationError(f"item {index}: {message}" if count > 1 else message)
+
+
 def classify(exc: BaseException) -> RetryableError | PermanentError:
     """Map any exception raised while running a task onto RetryableError or PermanentError."""
     if isinstance(exc, (RetryableError, PermanentError)):

@@ -88,6 +88,7 @@ class Task(Base):
     claimed_at: Mapped[Optional[datetime]] = mapped_column(_timestamp)
     claimed_by: Mapped[Optional[str]] = mapped_column(String(300))
     replays: Mapped[int] = mapped_column(default=0, server_default="0")
+    waiting_reason: Mapped[Optional[str]] = mapped_column(Text)
     finished_at: Mapped[Optional[datetime]] = mapped_column(_timestamp)
     duration_ms: Mapped[Optional[int]]
 

@@ -1,55 +1,43 @@
 """The Celery application `agentic_worker`: configuration, queues, routes, beat schedule, signal wiring.
 
-Run it from the repository root with `celery -A worker worker --loglevel=info`.
+Run it from the repository root with `celery -A worker worker --loglevel=info`. The task shells live in
+`tasks.py`, which Celery imports when the worker starts (`include`); `process_agent_task` here is the
+design's handle on the agent task, a signature by name: `process_agent_task.delay(task_id)`.
 """
 from __future__ import annotations
 
-from functools import cached_property
 from typing import Any
 
 from celery import Celery, current_app
 from celery.signals import setup_logging, worker_process_init, worker_ready
-from kombu import Queue
 
+from admission.base import Admission
 from config import LOCAL_DATA_DIR, Settings, get_settings
-from llm_runners import BackgroundEventLoop, ChildProcessRunner, LLMRunner, settle_heap
-from database import make_engine, make_session_factory
+from execution.services import Services
+from llm.runners import settle_heap
+from messaging.routing import (AGENT_QUEUE, HEALTH_TASK_NAME, PROCESS_TASK_NAME, SWEEP_TASK_NAME, TASK_QUEUES,
+                               TASK_ROUTES)
 from monitoring import configure_logging, start_metrics_exporter
-
-AGENT_QUEUE = "agent_tasks"
-SYSTEM_QUEUE = "system"
 
 
 class AgentServiceCelery(Celery):
-    """A Celery app that carries its settings and database session factory to the tasks."""
+    """A Celery app that carries the services its tasks need (`execution.services.Services`)."""
 
-    def __init__(self, settings: Settings) -> None:
-        super().__init__("agentic_worker", broker=settings.broker_url, backend=settings.result_backend)
-        self.settings = settings
-        self.engine = make_engine(settings)
-        self.session_factory = make_session_factory(self.engine)
-
-    @cached_property
-    def llm_runner(self) -> LLMRunner:
-        """Where this process's LLM calls run, all batches together; made on first use, so after any fork."""
-        if self.settings.llm_process:
-            return ChildProcessRunner(self.settings)
-        from llm import run_agent  # only here: the worker process otherwise never loads the LLM client
-
-        return BackgroundEventLoop(self.settings, run_agent)
+    def __init__(self, settings: Settings, *, admission: Admission | None = None) -> None:
+        super().__init__("agentic_worker", broker=settings.broker_url, backend=settings.result_backend,
+                         include=["tasks"])
+        self.services = Services(settings, admission=admission)
 
 
-def create_celery_app(settings: Settings) -> AgentServiceCelery:
-    """Build the configured app; its tasks are registered by importing `tasks`."""
-    app = AgentServiceCelery(settings)
+def create_celery_app(settings: Settings, *, admission: Admission | None = None) -> AgentServiceCelery:
+    """Build the configured app; its tasks are those of `tasks.py`."""
+    app = AgentServiceCelery(settings, admission=admission)
     app.conf.update(celery_config(settings))
     return app
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery settings derived from ours: JSON only, UTC, late acks, two routed queues, beat."""
-    from tasks import HEALTH_TASK_NAME, PROCESS_TASK_NAME, SWEEP_TASK_NAME
-
     return {
         "task_serializer": "json",
         "accept_content": ["json"],
@@ -67,13 +55,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
-        "task_queues": (Queue(AGENT_QUEUE), Queue(SYSTEM_QUEUE)),
+        "task_queues": TASK_QUEUES,
         "task_default_queue": AGENT_QUEUE,
-        "task_routes": {
-            PROCESS_TASK_NAME: {"queue": AGENT_QUEUE},
-            HEALTH_TASK_NAME: {"queue": SYSTEM_QUEUE},
-            SWEEP_TASK_NAME: {"queue": SYSTEM_QUEUE},
-        },
+        "task_routes": TASK_ROUTES,
         "beat_schedule": {
             "health-check": {"task": HEALTH_TASK_NAME, "schedule": settings.health_check_interval_seconds},
             "sweep-stale-tasks": {"task": SWEEP_TASK_NAME, "schedule": settings.sweep_interval_seconds},
@@ -102,16 +86,12 @@ def _transport_options(settings: Settings) -> dict[str, Any]:
 
 app = create_celery_app(get_settings())
 celery_app = app
-
-from tasks import create_agent_task, health_check, process_agent_task, sweep_stale_tasks  # noqa: E402  (registers the tasks)
-
-__all__ = ["app", "celery_app", "create_agent_task", "create_celery_app", "health_check", "process_agent_task",
-           "sweep_stale_tasks"]
+process_agent_task = app.signature(PROCESS_TASK_NAME)
 
 
 @setup_logging.connect
 def _configure_logging(loglevel: int | str | None = None, **_: Any) -> None:
-    configure_logging(level=loglevel or "INFO", json_lines=app.settings.log_json)
+    configure_logging(level=loglevel or "INFO", json_lines=app.services.settings.log_json)
 
 
 @worker_process_init.connect
@@ -119,7 +99,7 @@ def _prepare_pool_process(**_: Any) -> None:
     if not _runs_this_app():
         return
     # A forked child must not reuse the parent's sockets; close=False leaves them to the parent.
-    app.engine.dispose(close=False)
+    app.services.engine.dispose(close=False)
     _prepare_to_run_tasks()
 
 
@@ -127,7 +107,7 @@ def _prepare_pool_process(**_: Any) -> None:
 def _start_metrics_and_llm_runner(**_: Any) -> None:
     if not _runs_this_app():
         return
-    start_metrics_exporter(app.settings.metrics_port)
+    start_metrics_exporter(app.services.settings.metrics_port)
     if app.conf.worker_pool != "prefork":  # prefork: each pool process prepares itself
         _prepare_to_run_tasks()
 
@@ -135,7 +115,7 @@ def _start_metrics_and_llm_runner(**_: Any) -> None:
 def _prepare_to_run_tasks() -> None:
     """In the process that runs the tasks, once started: settle its heap and start its LLM process."""
     settle_heap()
-    app.llm_runner.start()
+    app.services.llm_runner.start()
 
 
 def _runs_this_app() -> bool:

@@ -11,11 +11,11 @@ import httpx
 import redis
 from sqlalchemy import text
 
-from cli import init_db
+from store.schema import init_db
 from config import Settings
 from database import create_empty_database, session_scope
 from models import Agent
-from processes import llm_server
+from devtools.processes import llm_server
 from worker import AgentServiceCelery, create_celery_app
 
 PG_ROOT = "postgresql+psycopg2://postgres@127.0.0.1:5432"
@@ -65,7 +65,7 @@ def bench_environment(*, overrides: dict[str, Any]) -> Iterator[BenchEnvironment
         try:
             yield BenchEnvironment(settings, app, _create_agent(app), LLMControl(llm_url))
         finally:
-            app.engine.dispose()
+            app.services.engine.dispose()
 
 
 def recreate_database(name: str) -> str:
@@ -76,12 +76,12 @@ def recreate_database(name: str) -> str:
 
 
 def truncate_tasks(app: AgentServiceCelery) -> None:
-    with session_scope(app.session_factory) as session:
+    with session_scope(app.services.session_factory) as session:
         session.execute(text("TRUNCATE tasks CASCADE"))
 
 
 def _create_agent(app: AgentServiceCelery) -> str:
-    with session_scope(app.session_factory) as session:
+    with session_scope(app.services.session_factory) as session:
         agent = Agent(name="bench-agent", prompt="You are a concise analyst.", model="gpt-4o-mini",
                       temperature=0.2, max_tokens=200)
         session.add(agent)

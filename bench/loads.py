@@ -41,16 +41,16 @@ class AgentTaskLoad:
 
     def forget(self) -> None:
         """Delete every task row (after a warm-up); the agent stays."""
-        with session_scope(self.app.session_factory) as session:
+        with session_scope(self.app.services.session_factory) as session:
             session.execute(delete(Task))
 
     def finished_count(self) -> int:
-        with session_scope(self.app.session_factory) as session:
+        with session_scope(self.app.services.session_factory) as session:
             return session.scalar(select(func.count()).where(Task.status.in_(FINAL_STATUSES)))
 
     def completions(self) -> Completions:
         completed = Task.status == TaskStatus.COMPLETED
-        with session_scope(self.app.session_factory) as session:
+        with session_scope(self.app.services.session_factory) as session:
             rows = session.execute(select(Task.created_at, Task.finished_at).where(completed)).all()
             failed, not_once = session.execute(select(
                 func.count().filter(Task.status == TaskStatus.FAILED),

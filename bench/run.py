@@ -3,7 +3,7 @@
 `make bench` runs each at 0 ms and 1000 ms of simulated LLM latency (ours is started exactly as
 `make worker` starts it), then an offered-load run and a bulk-submit measurement:
 
-    python bench/run.py [--quick] [--only NAME ...] [--ours-env LLM_CONCURRENCY=512 ...]
+    python -m bench.run [--quick] [--only NAME ...] [--ours-env LLM_CONCURRENCY=512 ...]
 
 Prints a table and the targets; writes bench/results/bench.json, bench.png and one log per worker.
 Exits 0 whatever the figures; 1 only when a run broke (its worker died or its tasks stopped completing).
@@ -13,20 +13,14 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # `python bench/run.py` puts bench/, not the repository root, on the path
-    sys.path.insert(0, str(ROOT))
+from rich.console import Console
 
-from rich.console import Console  # noqa: E402
-
-from bench.environment import BenchEnvironment, bench_environment  # noqa: E402
-from bench.plot import plot_results  # noqa: E402
-from bench.report import evaluate_targets, print_report, ratios, write_json  # noqa: E402
-from bench.scenarios import (OURS_COMMAND, RESULTS_DIR, RunPlan, celery_command, execute,  # noqa: E402
-                             measure_bulk_submit)
-from config import Settings  # noqa: E402
+from bench.environment import BenchEnvironment, bench_environment
+from bench.plot import plot_results
+from bench.report import evaluate_targets, print_report, ratios, write_json
+from bench.scenarios import OURS_COMMAND, RESULTS_DIR, RunPlan, celery_command, execute, measure_bulk_submit
+from config import Settings
 
 GROUPS = ("floor", "baseline", "ours", "offered", "bulk")
 

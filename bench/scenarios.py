@@ -15,8 +15,9 @@ from bench.environment import BENCH_REDIS, IDLE_REDIS, BenchEnvironment, truncat
 from bench.floor import create_floor_app
 from bench.loads import AgentTaskLoad, Completions, NoopLoad
 from bench.sampling import ForeignLoad, WorkerSampler
-from processes import started, worker_env
-from worker import AGENT_QUEUE, create_celery_app
+from devtools.processes import started, worker_env
+from messaging.routing import AGENT_QUEUE
+from worker import create_celery_app
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SUBMIT_CHUNK = 500
@@ -229,5 +230,5 @@ def measure_bulk_submit(env: BenchEnvironment, *, count: int, warmup: int = 10) 
     published = idle_broker.llen(AGENT_QUEUE) - warmup
     idle_broker.flushdb()
     truncate_tasks(env.app)
-    idle_app.engine.dispose()
+    idle_app.services.engine.dispose()
     return BulkSubmitResult(count, SUBMIT_CHUNK, seconds, count / seconds, published)

@@ -12,12 +12,12 @@ import pytest
 import redis
 from sqlalchemy.orm import Session, sessionmaker
 
-from cli import init_db
+from store.schema import init_db
 from config import Settings
 from database import create_empty_database, make_engine, session_scope
-from llm_runners import BackgroundEventLoop, RunLLM
+from llm.runners import BackgroundEventLoop, RunRequest
 from models import Agent
-from processes import celery_worker, llm_server
+from devtools.processes import celery_worker, llm_server
 from tests.support import LLMControl, make_settings
 from worker import create_celery_app
 
@@ -94,7 +94,7 @@ def worker(app, settings: Settings, metrics_port: int, worker_log: Path) -> Iter
 
 @pytest.fixture(scope="session")
 def session_factory(app) -> sessionmaker[Session]:
-    return app.session_factory
+    return app.services.session_factory
 
 
 @pytest.fixture
@@ -129,11 +129,11 @@ def rollback_factory(db_session: Session) -> sessionmaker[Session]:
 
 
 @pytest.fixture
-def llm_with(settings: Settings) -> Iterator[Callable[[RunLLM], BackgroundEventLoop]]:
+def llm_with(settings: Settings) -> Iterator[Callable[[RunRequest], BackgroundEventLoop]]:
     """Makes an in-process LLM runner whose calls go to the given stand-in `run_llm`."""
     loops: list[BackgroundEventLoop] = []
 
-    def make(run_llm: RunLLM) -> BackgroundEventLoop:
+    def make(run_llm: RunRequest) -> BackgroundEventLoop:
         loops.append(BackgroundEventLoop(settings, run_llm, name="test-llm-loop"))
         return loops[-1]
 

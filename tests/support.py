@@ -11,7 +11,7 @@ import httpx
 from config import Settings
 from database import session_scope
 from models import FINAL_STATUSES, Task
-from processes import ROOT
+from devtools.processes import ROOT
 
 
 class LLMControl:

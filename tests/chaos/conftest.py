@@ -10,7 +10,7 @@ import pytest
 from rich.console import Console
 from rich.table import Table
 
-from cli import init_db
+from store.schema import init_db
 from tests.chaos.harness import RESULTS_JSON, SCALE, Scenario, chaos_settings, load_results
 from tests.chaos.services import PostgresCluster, RedisServer
 

@@ -19,7 +19,7 @@ from sqlalchemy import select
 from config import Settings
 from database import session_scope
 from models import Agent, Task, TaskAttempt, TaskStatus
-from processes import ROOT, start_worker, stop_process
+from devtools.processes import ROOT, start_worker, stop_process
 from tasks import create_agent_tasks
 from tests.support import LLMControl, make_settings, wait_for_final, wait_until
 from worker import create_celery_app
@@ -98,7 +98,7 @@ class Scenario:
 
     @property
     def session_factory(self):
-        return self.app.session_factory
+        return self.app.services.session_factory
 
     @property
     def log_dir(self) -> Path:
@@ -122,7 +122,7 @@ class Scenario:
     def close(self) -> None:
         for process in self.workers:
             stop_process(process)
-        self.app.engine.dispose()
+        self.app.services.engine.dispose()
 
     @staticmethod
     def kill_worker(process: subprocess.Popen) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import redis
 from sqlalchemy import create_engine, text
 
-from processes import stop_process
+from devtools.processes import stop_process
 
 PG_USER = "postgres"
 

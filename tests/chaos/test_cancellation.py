@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from models import TaskStatus
-from tasks import cancel_task
+from submission.submit import cancel_task
 from tests.support import wait_until
 from tests.support import run_cli
 
@@ -18,7 +18,7 @@ def cancel_both_ways(run, task_ids: list[str]) -> None:
     """The first through the CLI, the second through the API."""
     cli, api = task_ids
     assert run_cli(run.settings, "cancel", cli).stdout.strip().endswith("cancelled")
-    assert cancel_task(api, app=run.app) == "cancelled"
+    assert cancel_task(api, services=run.app.services) == "cancelled"
 
 
 def test_cancelled_tasks_never_complete_whether_queued_or_running(scenario, llm):

@@ -6,9 +6,8 @@ import pytest
 from pydantic import ValidationError
 
 from config import Settings
-from schemas import AgentSpec
-from llm import build_chain
-from schemas import AgentOptions
+from llm.client import chat_model
+from llm.messages import LLMRequest, ModelOptions
 from tests.chaos.harness import LIMITS
 from worker import create_celery_app
 
@@ -36,9 +35,9 @@ def test_broker_and_result_backend_share_the_visibility_timeout():
 
 def test_llm_client_has_the_configured_finite_timeout_and_no_hidden_retries():
     settings = ordered(llm_timeout_seconds=1.5)
-    agent = AgentSpec(id=None, prompt="p", model="gpt-4o-mini", temperature=0, max_tokens=10, options=AgentOptions())
-    chat_model = build_chain(agent, settings).steps[1]
-    assert chat_model.request_timeout == 1.5 and chat_model.max_retries == 0
+    request = LLMRequest(model="gpt-4o-mini", temperature=0, max_tokens=10, options=ModelOptions(), messages=())
+    client = chat_model(request, settings)
+    assert client.request_timeout == 1.5 and client.max_retries == 0
 
 
 def test_password_and_tls_urls_are_accepted_and_reach_celery():
@@ -49,5 +48,5 @@ def test_password_and_tls_urls_are_accepted_and_reach_celery():
     app = create_celery_app(ordered(redis_url=redis_url, database_url=database_url))
     # Then Celery uses them as given, and the engine keeps the TLS mode
     assert app.conf.broker_url == redis_url and app.conf.result_backend == redis_url
-    assert app.engine.url.query["sslmode"] == "verify-full" and app.engine.url.password == "s3cret"
+    assert app.services.engine.url.query["sslmode"] == "verify-full" and app.services.engine.url.password == "s3cret"
     assert "s3cret" not in app.connection_for_write().as_uri()

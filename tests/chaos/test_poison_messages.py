@@ -8,9 +8,9 @@ import uuid
 from pathlib import Path
 
 from models import TaskStatus
-from tasks import HEALTH_TASK_NAME, PROCESS_TASK_NAME
+from messaging.routing import HEALTH_TASK_NAME, PROCESS_TASK_NAME
 from tests.support import wait_until
-from worker import AGENT_QUEUE
+from messaging.routing import AGENT_QUEUE
 
 HUGE = 5 * 1024 * 1024
 

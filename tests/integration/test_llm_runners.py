@@ -12,11 +12,11 @@ import uuid
 import psutil
 import pytest
 
+from devtools.processes import ROOT, celery_worker, started, worker_env
 from errors import PermanentError, RetryableError
-from llm import run_agent
-from llm_runners import BackgroundEventLoop, ChildProcessRunner
-from processes import ROOT, celery_worker, started, worker_env
-from schemas import AgentOptions, AgentSpec, LLMCall
+from llm.client import run_request
+from llm.messages import LLMRequest, ModelOptions
+from llm.runners import BackgroundEventLoop, ChildProcessRunner
 from tests.support import make_settings, wait_until
 
 
@@ -27,9 +27,9 @@ def runner(settings):
     runner.close()
 
 
-def call(title: str) -> LLMCall:
-    agent = AgentSpec(uuid.uuid4(), "You are terse.", "gpt-4o-mini", 0.0, 50, AgentOptions())
-    return LLMCall(agent, title, "some description")
+def call(title: str) -> LLMRequest:
+    return LLMRequest(model="gpt-4o-mini", temperature=0.0, max_tokens=50, options=ModelOptions(),
+                      messages=(("system", "You are terse."), ("user", f"{title}: some description")))
 
 
 def test_calls_run_in_a_child_process_and_come_back_with_text_and_usage(runner, llm):
@@ -45,7 +45,7 @@ def test_calls_on_the_in_process_loop_use_the_real_client_too(settings, llm):
     title = f"in-process-{uuid.uuid4().hex[:8]}"
     # Settings of its own: a process shares one client per configuration, bound to the loop it first ran on.
     loop = BackgroundEventLoop(make_settings(openai_base_url=settings.openai_base_url, llm_timeout_seconds=4.5),
-                               run_agent)
+                               run_request)
     try:
         [reply] = [future.result(timeout=30) for future in loop.submit([call(title)])]
     finally:
@@ -82,12 +82,11 @@ def test_calls_of_a_child_that_dies_fail_as_retryable_and_the_next_call_gets_a_n
 def test_child_exits_when_its_worker_process_is_killed(settings, llm):
     # A worker process that starts an LLM child, prints the child's pid, then waits to be killed.
     script = ("import sys, time, uuid\n"
-              "from llm_runners import ChildProcessRunner\n"
-              "from schemas import AgentOptions, AgentSpec, LLMCall\n"
-              "from tests.support import make_settings, wait_until\n"
+              "from llm.runners import ChildProcessRunner\n"
+              "from tests.support import make_settings\n"
+              "from tests.integration.test_llm_runners import call\n"
               f"runner = ChildProcessRunner(make_settings(openai_base_url={settings.openai_base_url!r}))\n"
-              "agent = AgentSpec(uuid.uuid4(), 'p', 'gpt-4o-mini', 0.0, 5, AgentOptions())\n"
-              "runner.submit([LLMCall(agent, 't', 'd')])[0].result(timeout=30)\n"
+              "runner.submit([call('t')])[0].result(timeout=30)\n"
               "print(runner._child._process.pid, flush=True)\n"
               "time.sleep(60)\n")
     worker = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, text=True)
@@ -104,7 +103,7 @@ def test_the_worker_process_never_loads_the_llm_client_and_the_llm_process_no_da
     env = {"PATH": os.environ["PATH"], **make_settings().as_env()}
     loaded = {side: subprocess.run([sys.executable, "-c", probe.format(modules=modules)], cwd=ROOT, env=env,
                                    capture_output=True, text=True, check=True).stdout.strip()
-              for side, modules in (("worker", "worker, tasks"), ("llm process", "llm, llm_runners"))}
+              for side, modules in (("worker", "worker, tasks"), ("llm process", "llm.process"))}
     assert loaded == {"worker": "['celery', 'kombu', 'sqlalchemy']", "llm process": "['langchain_core', 'openai']"}
 
 
@@ -134,5 +133,5 @@ def test_each_prefork_pool_process_gets_one_llm_process_and_another_apps_worker_
 
 def _llm_processes_under(pid: int) -> list[psutil.Process]:
     return [process for process in psutil.Process(pid).children(recursive=True)
-            if process.cmdline()[1:3] == ["-m", "llm_runners"]]
+            if process.cmdline()[1:3] == ["-m", "llm.process"]]
 

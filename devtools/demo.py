@@ -10,15 +10,19 @@ import time
 import urllib.request
 from pathlib import Path
 
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from sqlalchemy import func, select
 
-from cli import console, init_db, task_table
+import worker
 from config import LOCAL_DATA_DIR
 from database import session_scope
+from devtools.processes import celery_worker, llm_server
+from execution.pipeline import parse_task_id
 from models import FINAL_STATUSES, Agent, Task, TaskStatus
-from processes import celery_worker, llm_server
-from tasks import create_agent_tasks, parse_task_id
+from store.schema import init_db
+from tasks import create_agent_tasks
+from terminal.tables import task_table
 
 DEMO_AGENT = {"name": "demo-analyst", "model": "gpt-4o-mini", "temperature": 0.2, "max_tokens": 300,
               "prompt": "You are a concise analyst. Answer the task in two sentences."}
@@ -26,21 +30,20 @@ TOPICS = ("Summarise last week's support tickets", "Draft a release note", "Clas
           "Extract action items from the meeting", "Suggest three blog titles", "Review the on-call handover")
 
 
-def run_demo(*, task_count: int, timeout: float = 120) -> int:
-    """Run the demo; returns 0 when every task completed."""
-    import worker  # the configured app; imported here so `cli.py --help` stays light
-
+def run_demo(*, task_count: int, console: Console, timeout: float = 120) -> int:
+    """Run the demo, printing to `console`; returns 0 when every task completed."""
+    session_factory = worker.app.services.session_factory
     init_db()
     with llm_server(latency_ms=300, jitter_ms=400) as llm_url:
         with celery_worker(env={"OPENAI_BASE_URL": f"{llm_url}/v1", "RETRY_BACKOFF_BASE_SECONDS": "1"},
                            log_path=LOCAL_DATA_DIR / "demo-worker.log", name="demo"):
             console.print(f"worker is up; LLM server at {llm_url}; submitting {task_count} tasks")
-            agent_id = _demo_agent_id(worker.app.session_factory)
+            agent_id = _demo_agent_id(session_factory)
             items = [_demo_task(i, agent_id) for i in range(task_count)]
             _rate_limit_once(llm_url, match=items[0]["title"])
             task_ids = create_agent_tasks(items, app=worker.app)
-            tasks = _follow(task_ids, session_factory=worker.app.session_factory, timeout=timeout)
-    console.print(task_table(tasks, title="Demo results", full_ids=False))
+            tasks = _follow(task_ids, session_factory=session_factory, console=console, timeout=timeout)
+    console.print(task_table(tasks, console=console, title="Demo results", full_ids=False))
     completed = sum(task.status == TaskStatus.COMPLETED for task in tasks)
     console.print(f"{completed}/{len(tasks)} completed; worker log: {Path(LOCAL_DATA_DIR / 'demo-worker.log')}")
     return 0 if completed == len(tasks) else 1
@@ -70,7 +73,7 @@ def _rate_limit_once(llm_url: str, *, match: str) -> None:
     urllib.request.urlopen(request, timeout=5).close()
 
 
-def _follow(task_ids: list[str], *, session_factory, timeout: float) -> list[Task]:
+def _follow(task_ids: list[str], *, session_factory, console: Console, timeout: float) -> list[Task]:
     ids = [parse_task_id(task_id) for task_id in task_ids]
     columns = (TextColumn("[bold]tasks"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     deadline = time.monotonic() + timeout

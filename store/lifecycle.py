@@ -10,13 +10,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import and_, bindparam, func, or_, select, tuple_, update
+from sqlalchemy import and_, bindparam, case, func, or_, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from config import Settings
 from errors import TaskNotFoundError
+from llm.messages import Usage
 from models import Agent, Task, TaskAttempt, TaskStatus
-from schemas import AgentOptions, AgentSpec, TaskInput, Usage, item_error
+from store.agents import AgentSpec, agent_spec
 
 CLAIMABLE = (TaskStatus.PENDING, TaskStatus.QUEUED)
 
@@ -24,8 +25,8 @@ CLAIMABLE = (TaskStatus.PENDING, TaskStatus.QUEUED)
 _TASKS, _AGENTS = Task.__table__, Agent.__table__
 _NOW = bindparam("p_now")
 _CLAIMED_COLUMNS = (_TASKS.c.id, _TASKS.c.attempts, _TASKS.c.title, _TASKS.c.description, _TASKS.c.agent_id,
-                    _TASKS.c.started_at)
-_TAKE_VALUES = dict(status=TaskStatus.RUNNING, attempts=_TASKS.c.attempts + 1, claimed_at=_NOW,
+                    _TASKS.c.user_id, _TASKS.c.started_at)
+_TAKE_VALUES = dict(status=TaskStatus.RUNNING, attempts=_TASKS.c.attempts + 1, claimed_at=_NOW, waiting_reason=None,
                     claimed_by=bindparam("p_owner"), updated_at=_NOW, started_at=func.coalesce(_TASKS.c.started_at, _NOW))
 _THIS_TASK = _TASKS.c.id == bindparam("p_id")
 _TAKE_QUEUED = (update(_TASKS).where(_TASKS.c.id.in_(bindparam("p_ids", expanding=True)), _TASKS.c.status.in_(CLAIMABLE))
@@ -40,6 +41,11 @@ _COMPLETE = update(_TASKS).where(*_OWNED).values(
 _FAIL = update(_TASKS).where(*_OWNED).values(status=TaskStatus.FAILED, error=bindparam("p_error"), **_FINISHED)
 _REQUEUE = update(_TASKS).where(*_OWNED).values(
     status=TaskStatus.QUEUED, error=bindparam("p_error"), queued_at=_NOW, updated_at=_NOW)
+# A deferred attempt gives its attempt back, and its start time if it was the first.
+_DEFER = update(_TASKS).where(*_OWNED).values(
+    status=TaskStatus.QUEUED, attempts=_TASKS.c.attempts - 1, waiting_reason=bindparam("p_reason"),
+    started_at=case((_TASKS.c.attempts == 1, None), else_=_TASKS.c.started_at), claimed_at=None, claimed_by=None,
+    queued_at=_NOW, updated_at=_NOW)
 
 
 def utcnow() -> datetime:
@@ -55,6 +61,7 @@ class Claim:
     title: str
     description: str
     agent: AgentSpec | None
+    user_id: str = ""
     agent_error: str | None = None
     started_at: datetime | None = None
 
@@ -66,47 +73,6 @@ class Skip:
     task_id: uuid.UUID
     status: TaskStatus | None
     reason: str
-
-
-def insert_tasks(session: Session, items: list[TaskInput]) -> list[tuple[Task, bool]]:
-    """Insert pending tasks, or return the earlier task that has the same user and idempotency key.
-
-    One query for the agents and one for the keys, whatever the number of items. Returns (task, created)
-    per item, in order. Raises: TaskValidationError naming the first item whose agent is unknown or inactive.
-    """
-    agents = {agent.id: agent for agent in session.scalars(select(Agent).where(Agent.id.in_({i.agent_id for i in items})))}
-    known = _tasks_by_idempotency_key(session, items)
-    rows = []
-    for index, item in enumerate(items):
-        key = (item.user_id, item.idempotency_key)
-        if item.idempotency_key is not None and key in known:
-            rows.append((known[key], False))
-            continue
-        problem = _agent_problem(agents.get(item.agent_id), item)
-        if problem:
-            raise item_error(f"invalid task input: agent_id: {problem}", index=index, count=len(items))
-        task = Task(id=uuid.uuid4(), **item.model_dump(), status=TaskStatus.PENDING, attempts=0)
-        session.add(task)
-        if item.idempotency_key is not None:
-            known[key] = task
-        rows.append((task, True))
-    return rows
-
-
-def _tasks_by_idempotency_key(session: Session, items: list[TaskInput]) -> dict[tuple[str, str], Task]:
-    keys = {(item.user_id, item.idempotency_key) for item in items if item.idempotency_key is not None}
-    if not keys:
-        return {}
-    query = select(Task).where(tuple_(Task.user_id, Task.idempotency_key).in_(list(keys)))
-    return {(task.user_id, task.idempotency_key): task for task in session.scalars(query)}
-
-
-def _agent_problem(agent: Agent | None, item: TaskInput) -> str | None:
-    if agent is None:
-        return f"no agent {item.agent_id}"
-    if not agent.is_active:
-        return f"agent {agent.name!r} is inactive"
-    return None
 
 
 def mark_queued(session: Session, task_ids: list[uuid.UUID], *, now: datetime) -> int:
@@ -182,6 +148,13 @@ def record_retry(session: Session, claim: Claim, *, error: str, now: datetime) -
     return _settle_unfinished(session, _REQUEUE, claim, outcome="retried", error=error, now=now)
 
 
+def record_deferral(session: Session, claim: Claim, *, reason: str, now: datetime) -> bool:
+    """running -> queued without spending the attempt, with `reason` shown until the next claim. Returns
+    whether this claim still owned the task."""
+    params = {"p_id": claim.task_id, "p_attempt": claim.attempt, "p_now": now, "p_reason": reason}
+    return session.connection().execute(_DEFER, params).rowcount == 1
+
+
 def failed_tasks(session: Session, *, limit: int) -> list[Task]:
     """The dead letters: failed tasks, newest first, with their attempt history loaded."""
     query = (select(Task).where(Task.status == TaskStatus.FAILED).order_by(Task.finished_at.desc()).limit(limit)
@@ -254,19 +227,9 @@ def _settle_unfinished(session: Session, statement, claim: Claim, *, outcome: st
 
 
 def _claim_of(taken, agent) -> Claim:
-    spec, agent_error = _agent_spec(agent)
-    return Claim(taken.id, taken.attempts, taken.title, taken.description or "", spec, agent_error,
-                 started_at=taken.started_at)
-
-
-def _agent_spec(agent) -> tuple[AgentSpec | None, str | None]:
-    if not agent.is_active:
-        return None, f"agent {agent.name!r} is inactive"
-    try:
-        options = AgentOptions.model_validate(agent.settings or {})
-    except ValueError as exc:
-        return None, f"agent {agent.name!r} has invalid settings: {exc}"
-    return AgentSpec(agent.id, agent.prompt, agent.model, agent.temperature, agent.max_tokens, options), None
+    spec, agent_error = agent_spec(agent)
+    return Claim(taken.id, taken.attempts, taken.title, taken.description or "", spec, user_id=taken.user_id,
+                 agent_error=agent_error, started_at=taken.started_at)
 
 
 def _why_not_claimed(task: Task) -> str:

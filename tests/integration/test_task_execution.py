@@ -10,13 +10,14 @@ from datetime import timedelta
 import pytest
 from billiard.exceptions import SoftTimeLimitExceeded
 
-import lifecycle
-from errors import PermanentError, RetryableError
-from lifecycle import Claim, Skip, utcnow
-from models import Agent, Task, TaskStatus
-from schemas import LLMReply, Usage
 from database import make_engine
-from tasks import backoff_delay, execute_agent_task, execute_agent_tasks
+from errors import PermanentError, RetryableError
+from execution.pipeline import execute_agent_task, execute_agent_tasks
+from execution.retry import backoff_delay
+from llm.messages import LLMReply, LLMRequest, Usage
+from models import Agent, Task, TaskStatus
+from store import lifecycle
+from store.lifecycle import Claim, Skip, utcnow
 
 
 @pytest.fixture
@@ -36,15 +37,20 @@ def queued_task(db_session, stored_agent) -> Task:
     return task
 
 
+def asked(request: LLMRequest) -> str:
+    """What the text kind asked the model: the task's title and description, in the user message."""
+    return request.messages[-1][1]
+
+
 def answer(text="done", usage=Usage(7, 3, 10)):
-    async def run_llm(agent, *, title, description, settings):
-        return LLMReply(text=f"{text}: {title}/{description}", usage=usage)
+    async def run_llm(request, *, settings):
+        return LLMReply(text=f"{text}: {asked(request)}", usage=usage)
 
     return run_llm
 
 
 def failing(error: Exception):
-    async def run_llm(agent, **_):
+    async def run_llm(request, **_):
         raise error
 
     return run_llm
@@ -113,7 +119,7 @@ def test_execute_records_result_usage_attempts_and_timings(run_once, db_session,
     outcome = run_once(queued_task, answer())
     row = reload(db_session, queued_task)
     assert outcome.status == "completed"
-    assert row.status == TaskStatus.COMPLETED and row.result == "done: Summarise/the week"
+    assert row.status == TaskStatus.COMPLETED and row.result == "done: Task: Summarise\n\nDescription: the week"
     assert (row.prompt_tokens, row.completion_tokens, row.total_tokens, row.attempts) == (7, 3, 10, 1)
     assert row.finished_at >= row.started_at and row.duration_ms >= 0 and row.error is None
 
@@ -240,9 +246,9 @@ def test_a_slow_reply_does_not_hold_back_the_rest_of_its_batch(llm_with, rollbac
     db_session.add_all(tasks)
     db_session.flush()
 
-    async def run_llm(agent, *, title, description, settings):
-        await asyncio.sleep(1.5 if title == "slow" else 0)
-        return LLMReply(text=title, usage=None)
+    async def run_llm(request, *, settings):
+        await asyncio.sleep(1.5 if asked(request).startswith("Task: slow\n") else 0)
+        return LLMReply(text=asked(request), usage=None)
 
     # When the batch runs
     outcomes = execute_agent_tasks([str(t.id) for t in tasks], session_factory=rollback_factory,
@@ -257,8 +263,8 @@ def test_a_slow_reply_does_not_hold_back_the_rest_of_its_batch(llm_with, rollbac
 def test_a_task_delivered_twice_in_one_batch_is_run_once(llm_with, rollback_factory, db_session, queued_task, settings):
     calls = []
 
-    async def run_llm(agent, *, title, description, settings):
-        calls.append(title)
+    async def run_llm(request, *, settings):
+        calls.append(asked(request))
         return LLMReply(text="once", usage=None)
 
     first, second = execute_agent_tasks([str(queued_task.id)] * 2, session_factory=rollback_factory,
@@ -269,7 +275,7 @@ def test_a_task_delivered_twice_in_one_batch_is_run_once(llm_with, rollback_fact
 
 def test_a_batch_cut_short_by_the_soft_time_limit_leaves_no_row_running(llm_with, rollback_factory, db_session,
                                                                         queued_task, settings):
-    async def never_answers(agent, **_):
+    async def never_answers(request, **_):
         await asyncio.sleep(30)
 
     # Given a batch waiting on an LLM that does not answer, when the soft time limit strikes (as billiard

@@ -1,10 +1,8 @@
-"""Validated input (what a caller may submit as a task or an agent, with clear errors for the rest), and
-the plain values an LLM call takes and gives back, which cross into the LLM process."""
+"""Validated input: what a caller may submit as a task or an agent, with clear errors for the rest."""
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
-from typing import Annotated, Any, Literal, NamedTuple
+from typing import Annotated, Any
 
 from pydantic import (
     AfterValidator, BaseModel, ConfigDict, Field, StrictStr, StringConstraints, ValidationError, ValidationInfo,
@@ -13,6 +11,7 @@ from pydantic import (
 
 from config import Settings
 from errors import TaskValidationError
+from llm.messages import ModelOptions
 
 
 def _storable_text(value: str) -> str:
@@ -55,52 +54,6 @@ class TaskInput(BaseModel):
         return value
 
 
-class AgentOptions(BaseModel):
-    """Extra model settings an agent may carry; anything else is a configuration error."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    top_p: float | None = Field(None, ge=0, le=1)
-    frequency_penalty: float | None = Field(None, ge=-2, le=2)
-    presence_penalty: float | None = Field(None, ge=-2, le=2)
-    seed: int | None = None
-    stop: list[str] | None = None
-    response_format: Literal["text", "json_object"] = "text"
-
-
-@dataclass(frozen=True)
-class AgentSpec:
-    """What a run needs of its agent, detached from the session."""
-
-    id: uuid.UUID
-    prompt: str
-    model: str
-    temperature: float
-    max_tokens: int
-    options: AgentOptions
-
-
-class LLMCall(NamedTuple):
-    """One run of an agent's chain on one task."""
-
-    agent: AgentSpec
-    title: str
-    description: str
-
-
-@dataclass(frozen=True)
-class Usage:
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
-
-
-@dataclass(frozen=True)
-class LLMReply:
-    text: str
-    usage: Usage | None
-
-
 class AgentInput(BaseModel):
     """An agent definition as given to `python cli.py create-agent`."""
 
@@ -111,7 +64,7 @@ class AgentInput(BaseModel):
     model: Name
     temperature: float = Field(0.7, ge=0, le=2)
     max_tokens: int = Field(1000, ge=1, le=200_000)
-    settings: AgentOptions = AgentOptions()
+    settings: ModelOptions = ModelOptions()
 
 
 def parse_task_input(data: Any, *, settings: Settings) -> TaskInput:
@@ -124,11 +77,6 @@ def parse_task_input(data: Any, *, settings: Settings) -> TaskInput:
 def parse_agent_input(data: Any) -> AgentInput:
     """Validate raw agent data. Raises: TaskValidationError naming every bad field."""
     return _parse(AgentInput, data, context=None)
-
-
-def item_error(message: str, *, index: int, count: int) -> TaskValidationError:
-    """The error for item `index` of a submission of `count` items (a single item needs no number)."""
-    return TaskValidationError(f"item {index}: {message}" if count > 1 else message)
 
 
 def _parse(model: type[BaseModel], data: Any, *, context: dict | None):

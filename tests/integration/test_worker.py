@@ -15,7 +15,8 @@ from sqlalchemy import update
 from tests.support import wait_for_final
 from database import session_scope
 from models import Agent, TaskStatus
-from tasks import HEALTH_TASK_NAME, PROCESS_TASK_NAME, create_agent_task, create_agent_tasks
+from messaging.routing import HEALTH_TASK_NAME, PROCESS_TASK_NAME
+from tasks import create_agent_task, create_agent_tasks
 
 pytestmark = [pytest.mark.worker, pytest.mark.usefixtures("worker")]
 

@@ -1,4 +1,4 @@
-"""llm_server.py as a real subprocess, driven by the real openai and langchain_openai clients."""
+"""The bundled LLM server (devtools/llm_server.py) as a real subprocess, driven by the real openai and langchain_openai clients."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import pytest
 from langchain_openai import ChatOpenAI
 from pydantic import BaseModel
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
+PROJECT_DIR = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT_S = 20.0
 CLIENT_TIMEOUT_S = 5.0
 MODEL = "gpt-4o-mini"
@@ -49,7 +49,7 @@ class RunningServer:
 def start_server(stderr_path: Path, *extra_args: str) -> tuple[subprocess.Popen[str], str]:
     with stderr_path.open("w") as stderr:
         process = subprocess.Popen(
-            [sys.executable, "llm_server.py", "--port", "0", *extra_args],
+            [sys.executable, "-m", "devtools.llm_server", "--port", "0", *extra_args],
             cwd=PROJECT_DIR, stdout=subprocess.PIPE, stderr=stderr, text=True,
         )
     ready, _, _ = select.select([process.stdout], [], [], STARTUP_TIMEOUT_S)

@@ -12,14 +12,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parent.parent
 _LISTENING = re.compile(r"listening on (http://\S+)")
 
 
 @contextmanager
 def llm_server(*, latency_ms: float = 0, jitter_ms: float = 0, seed: int | None = None) -> Iterator[str]:
-    """Run `llm_server.py` on a free port; yields its base URL (without /v1)."""
-    command = [sys.executable, str(ROOT / "llm_server.py"), "--port", "0",
+    """Run the bundled LLM server (`devtools.llm_server`) on a free port; yields its base URL (without /v1)."""
+    command = [sys.executable, "-m", "devtools.llm_server", "--port", "0",
                "--latency-ms", str(latency_ms), "--latency-jitter-ms", str(jitter_ms)]
     if seed is not None:
         command += ["--seed", str(seed)]

@@ -1,0 +1,1 @@
+"""Admission controls between claim and call; see `admission.base`."""

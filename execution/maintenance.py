@@ -1,0 +1,29 @@
+"""The periodic jobs beat runs on the `system` queue: the health check and the stale-task sweeper."""
+from __future__ import annotations
+
+from celery import Celery
+from sqlalchemy import text
+from sqlalchemy.orm import Session, sessionmaker
+
+from database import session_scope
+from execution.services import Services
+from messaging.publisher import enqueue
+from store import lifecycle
+from store.lifecycle import utcnow
+
+
+def requeue_stuck_tasks(*, app: Celery, services: Services) -> int:
+    """Publish a message again for every row that may have lost its own (broker down at submit, lost with
+    Redis, dead worker); returns how many. Raises: BrokerUnavailableError."""
+    settings = services.settings
+    with session_scope(services.session_factory) as session:
+        stuck = lifecycle.tasks_to_requeue(session, settings=settings, now=utcnow(), limit=settings.sweep_batch_size)
+    enqueue(app, services.session_factory, stuck)
+    return len(stuck)
+
+
+def check_health(*, session_factory: sessionmaker[Session]) -> dict[str, str]:
+    """Prove the worker can reach its database. Raises: what the database raises."""
+    with session_scope(session_factory) as session:
+        session.execute(text("SELECT 1"))
+    return {"status": "ok", "database": "ok", "checked_at": utcnow().isoformat()}

@@ -1,0 +1,226 @@
+"""Running agent tasks: claim, admit, call, record. Plain functions with explicit collaborators; the
+Celery task shells in `tasks.py` call them."""
+from __future__ import annotations
+
+import itertools
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from admission.base import Admission, Candidate, Decision, Verdict
+from config import Settings
+from database import session_scope
+from errors import PermanentError, RetryableError, TaskValidationError, classify
+from execution.liveness import current_owner, owner_is_gone
+from execution.outcomes import Outcome, TaskOutcome
+from execution.retry import backoff_delay
+from kinds import KINDS, kind_named
+from kinds.base import KindResult, TaskKind, TaskWork
+from llm.messages import LLMReply, Usage
+from llm.runners import LLMRunner
+from store import lifecycle
+from store.lifecycle import Claim, Skip, utcnow
+
+RECORD_ATTEMPTS = 5
+NO_ADMISSION_CHECKS = Admission()
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A reply its kind accepted, with what the call cost."""
+
+    result: KindResult
+    usage: Usage | None
+
+
+# What a claim ends with: an answer, a deferral by admission, or the exception that stopped it.
+Settlement = Answer | Decision | BaseException
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    claim: Claim
+    kind: TaskKind
+    work: TaskWork
+    candidate: Candidate
+
+
+def execute_agent_task(
+    task_id: Any, *, session_factory: sessionmaker[Session], settings: Settings, llm: LLMRunner,
+    admission: Admission = NO_ADMISSION_CHECKS,
+) -> TaskOutcome:
+    """Run one attempt of one task; see `execute_agent_tasks`."""
+    return execute_agent_tasks([task_id], session_factory=session_factory, settings=settings, llm=llm,
+                               admission=admission)[0]
+
+
+def execute_agent_tasks(
+    task_ids: Sequence[Any], *, session_factory: sessionmaker[Session], settings: Settings, llm: LLMRunner,
+    admission: Admission = NO_ADMISSION_CHECKS, kinds: Mapping[str, TaskKind] = KINDS,
+) -> list[TaskOutcome]:
+    """Run one attempt of each task: claim them all in one transaction, ask `admission` which may run,
+    call the LLM for those (concurrently, on `llm`) with no connection held, and record the outcomes as
+    the replies arrive: one transaction per group that arrived within `batch_flush_seconds`, so a slow
+    reply never holds back the others. A deferred task gives its attempt back.
+
+    Returns one outcome per id, in order. Raises: what the database raises (the caller classifies it);
+    LLM errors are classified and recorded in the rows.
+    """
+    ids = [_valid_id(task_id) for task_id in task_ids]
+    with session_scope(session_factory) as session:
+        claimed = lifecycle.claim_tasks(session, [i for i in ids if isinstance(i, uuid.UUID)], settings=settings,
+                                        now=utcnow(), owner=current_owner(), owner_is_gone=owner_is_gone)
+    claims = iter(claimed)
+    steps = [next(claims) if isinstance(task_id, uuid.UUID) else task_id for task_id in ids]
+    runs = [step for step in steps if isinstance(step, Claim)]
+    settled: dict[uuid.UUID, TaskOutcome] = {}
+    record = partial(_record, session_factory=session_factory, settings=settings)
+    try:
+        for group in _settlements(runs, settings=settings, llm=llm, admission=admission, kinds=kinds):
+            settled.update(record(group))
+    except Exception as exc:
+        # Cut short (the soft time limit, say): the claims not yet settled are settled with that error, since
+        # a row left running under a live owner would wait for the stale threshold.
+        settled.update(record([(claim, exc) for claim in runs if claim.task_id not in settled]))
+    return [settled[step.task_id] if isinstance(step, Claim) else _not_run(step) for step in steps]
+
+
+def parse_task_id(task_id: Any) -> uuid.UUID:
+    """Raises: TaskValidationError when `task_id` is not a UUID (or its string)."""
+    if isinstance(task_id, uuid.UUID):
+        return task_id
+    try:
+        return uuid.UUID(task_id)
+    except (TypeError, ValueError, AttributeError):
+        raise TaskValidationError(f"task id must be a UUID string, got {task_id!r:.80}") from None
+
+
+def _settlements(
+    claims: list[Claim], *, settings: Settings, llm: LLMRunner, admission: Admission, kinds: Mapping[str, TaskKind]
+) -> Iterator[list[tuple[Claim, Settlement]]]:
+    """Each claim with how it ends, in groups: first the claims that must not run and those admission
+    turned away, then the replies, the first to arrive with every other one that arrives within the next
+    `batch_flush_seconds`."""
+    prepared, stopped = [], []
+    for claim in claims:
+        step = _prepare(claim, settings=settings, kinds=kinds)
+        (prepared if isinstance(step, _Prepared) else stopped).append((claim, step))
+    decisions = admission.admit([step.candidate for _, step in prepared])
+    stopped += [(claim, _turned_away(decision)) for (claim, _), decision in zip(prepared, decisions, strict=True)
+                if decision.verdict is not Verdict.RUN]
+    if stopped:
+        yield stopped
+    admitted = [step for (_, step), decision in zip(prepared, decisions, strict=True) if decision.verdict is Verdict.RUN]
+    futures = llm.submit([step.candidate.request for step in admitted])
+    pending: dict[Future[LLMReply], _Prepared] = dict(zip(futures, admitted, strict=True))
+    while pending:
+        first, _ = wait(pending, return_when=FIRST_COMPLETED)
+        more, _ = wait(pending.keys() - first, timeout=settings.batch_flush_seconds)
+        ended = [(pending.pop(future), future) for future in first | more]
+        admission.release([step.candidate for step, _ in ended])
+        yield [(step.claim, _interpret(step, future)) for step, future in ended]
+
+
+def _prepare(claim: Claim, *, settings: Settings, kinds: Mapping[str, TaskKind]) -> _Prepared | PermanentError:
+    if claim.agent is None:
+        return PermanentError(f"bad agent configuration: {claim.agent_error}")
+    if claim.attempt > settings.task_max_attempts:
+        # Only a run whose worker died gets here: the row was claimed but never settled.
+        return PermanentError(f"gave up after {claim.attempt - 1} attempts: the worker running it was lost each time")
+    try:
+        kind = kind_named(claim.agent.kind, kinds)
+        work = TaskWork(claim.agent, claim.title, claim.description)
+        request = kind.build_request(work)
+    except PermanentError as exc:
+        return exc
+    candidate = Candidate(claim.task_id, claim.user_id, claim.attempt, claim.agent, request)
+    return _Prepared(claim, kind, work, candidate)
+
+
+def _turned_away(decision: Decision) -> Settlement:
+    if decision.verdict is Verdict.REFUSE:
+        return PermanentError(f"refused: {decision.reason}")
+    return decision
+
+
+def _interpret(step: _Prepared, future: Future[LLMReply]) -> Settlement:
+    error = future.exception()
+    if error is not None:
+        return error
+    reply = future.result()
+    try:
+        return Answer(step.kind.interpret(step.work, reply), reply.usage)
+    except (PermanentError, RetryableError) as exc:
+        return exc
+
+
+def _record(
+    group: list[tuple[Claim, Settlement]], *, session_factory: sessionmaker[Session], settings: Settings
+) -> dict[uuid.UUID, TaskOutcome]:
+    """Record a group of outcomes in one transaction. The replies are paid for, so a database that is
+    briefly unreachable (a restart, a failover) is waited for here rather than by a new attempt."""
+    for attempt in itertools.count(1):
+        try:
+            with session_scope(session_factory) as session:
+                return {claim.task_id: _settle(session, claim, how, settings=settings) for claim, how in group}
+        except Exception as exc:
+            if attempt == RECORD_ATTEMPTS or not isinstance(classify(exc), RetryableError):
+                raise
+            time.sleep(backoff_delay(attempt, settings=settings))
+    raise AssertionError("unreachable")
+
+
+def _settle(session: Session, claim: Claim, how: Settlement, *, settings: Settings) -> TaskOutcome:
+    if isinstance(how, Decision):
+        if not lifecycle.record_deferral(session, claim, reason=how.reason, now=utcnow()):
+            return _outcome(claim, Outcome.SUPERSEDED)
+        return _outcome(claim, Outcome.DEFERRED, error=how.reason, retry_in=how.retry_in)
+    if isinstance(how, BaseException):
+        return _record_error(session, claim, classify(how), settings=settings)
+    done = lifecycle.record_success(session, claim, result=how.result.text[: settings.max_result_length],
+                                    usage=how.usage, now=utcnow())
+    if not done:
+        return _outcome(claim, Outcome.SUPERSEDED)
+    usage = how.usage
+    tokens = {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens} if usage else {}
+    return _outcome(claim, Outcome.COMPLETED, **tokens)
+
+
+def _record_error(
+    session: Session, claim: Claim, error: RetryableError | PermanentError, *, settings: Settings
+) -> TaskOutcome:
+    retry = isinstance(error, RetryableError) and claim.attempt < settings.task_max_attempts
+    exhausted = isinstance(error, RetryableError) and not retry
+    message = f"gave up after {claim.attempt} attempts: {error}" if exhausted else str(error)
+    record = lifecycle.record_retry if retry else lifecycle.record_failure
+    if not record(session, claim, error=message, now=utcnow()):
+        return _outcome(claim, Outcome.SUPERSEDED, error=message)
+    if retry:
+        requested = error.delay if isinstance(error, RetryableError) else None
+        delay = backoff_delay(claim.attempt, settings=settings, requested=requested)
+        return _outcome(claim, Outcome.RETRYING, error=message, retry_in=delay)
+    return _outcome(claim, Outcome.FAILED, error=message)
+
+
+def _valid_id(task_id: Any) -> uuid.UUID | TaskValidationError:
+    try:
+        return parse_task_id(task_id)
+    except TaskValidationError as exc:
+        return exc
+
+
+def _not_run(step: Skip | TaskValidationError) -> TaskOutcome:
+    if isinstance(step, Skip):
+        return TaskOutcome(str(step.task_id), Outcome.SKIPPED, error=step.reason)
+    return TaskOutcome("invalid", Outcome.REJECTED, error=str(step))
+
+
+def _outcome(claim: Claim, status: Outcome, **details: Any) -> TaskOutcome:
+    agent_id = str(claim.agent.id) if claim.agent else None
+    return TaskOutcome(str(claim.task_id), status, attempt=claim.attempt, agent_id=agent_id, **details)

@@ -1,0 +1,51 @@
+"""The plain values an LLM call takes and gives back. They cross into the LLM process, so they carry no
+task kind, no database row and nothing that needs more than the standard library and pydantic."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Role = Literal["system", "user", "assistant"]
+
+
+class ModelOptions(BaseModel):
+    """Extra model settings an agent may carry; anything else is a configuration error."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    top_p: float | None = Field(None, ge=0, le=1)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    seed: int | None = None
+    stop: list[str] | None = None
+    response_format: Literal["text", "json_object"] = "text"
+
+
+@dataclass(frozen=True)
+class LLMRequest:
+    """One chat completion to run: the model, its settings and the messages, in order."""
+
+    model: str
+    temperature: float
+    max_tokens: int
+    options: ModelOptions
+    messages: tuple[tuple[Role, str], ...]
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Tokens one call used, as the provider reported them."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+@dataclass(frozen=True)
+class LLMReply:
+    """What the model answered, and what it cost in tokens (None when the provider did not say)."""
+
+    text: str
+    usage: Usage | None
