@@ -1,4 +1,5 @@
 """Command line: `python cli.py init-db | create-agent | submit | status | list | cancel | demo`."""
+
 from __future__ import annotations
 
 import argparse
@@ -14,8 +15,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from config import get_settings
 from database import session_scope
 from errors import AgentServiceError, TaskValidationError
-from models import Task, TaskStatus
 from execution.pipeline import parse_task_id
+from models import Task, TaskStatus
 from store import lifecycle
 from store.schema import init_db
 from submission.agents import create_agent, find_agent
@@ -47,8 +48,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except SQLAlchemyError as exc:
         reason = str(exc.orig if getattr(exc, "orig", None) else exc).strip().splitlines()[0]
-        console.print(f"[bold red]database error:[/] {reason} (is DATABASE_URL right, and has "
-                      "`python cli.py init-db` been run?)", highlight=False, soft_wrap=True)
+        console.print(
+            f"[bold red]database error:[/] {reason} (is DATABASE_URL right, and has `python cli.py init-db` been run?)",
+            highlight=False,
+            soft_wrap=True,
+        )
         return 1
 
 
@@ -59,8 +63,14 @@ def _cmd_init_db(args) -> None:
 
 def _cmd_create_agent(args) -> None:
     services = _app().services
-    data = {"name": args.name, "prompt": args.prompt, "model": args.model or services.settings.default_model,
-            "temperature": args.temperature, "max_tokens": args.max_tokens, "settings": _json_object(args.settings)}
+    data = {
+        "name": args.name,
+        "prompt": args.prompt,
+        "model": args.model or services.settings.default_model,
+        "temperature": args.temperature,
+        "max_tokens": args.max_tokens,
+        "settings": _json_object(args.settings),
+    }
     with session_scope(services.session_factory) as session:
         agent = create_agent(session, data)
     console.print(f"agent {agent.name} created: {agent.id}")
@@ -76,8 +86,12 @@ def _json_object(raw: str) -> dict:
 def _cmd_submit(args) -> None:
     with session_scope(_app().services.session_factory) as session:
         agent = find_agent(session, args.agent)
-    data = {"title": args.title, "description": args.description, "user_id": args.user,
-            "agent_id": str(agent.id) if agent else args.agent}
+    data = {
+        "title": args.title,
+        "description": args.description,
+        "user_id": args.user,
+        "agent_id": str(agent.id) if agent else args.agent,
+    }
     if args.idempotency_key:
         data["idempotency_key"] = args.idempotency_key
     console.print(create_agent_tasks([data], app=_app(), services=_app().services)[0])
@@ -129,8 +143,18 @@ def _cmd_cancel(args) -> None:
 
 def worker_argv(settings, extra: list[str]) -> list[str]:
     """The `celery worker` command line for these settings."""
-    return ["celery", "-A", "worker", "worker", f"--pool={settings.worker_pool}",
-            f"--concurrency={settings.worker_concurrency}", "-Q", settings.worker_queues, "--loglevel=INFO", *extra]
+    return [
+        "celery",
+        "-A",
+        "worker",
+        "worker",
+        f"--pool={settings.worker_pool}",
+        f"--concurrency={settings.worker_concurrency}",
+        "-Q",
+        settings.worker_queues,
+        "--loglevel=INFO",
+        *extra,
+    ]
 
 
 def _cmd_worker(args) -> None:
@@ -176,8 +200,11 @@ def _parser() -> argparse.ArgumentParser:
     replay = add("replay", _cmd_replay, "queue failed tasks again with a fresh attempt budget")
     replay.add_argument("task_ids", nargs="*")
     replay.add_argument("--all", action="store_true", help="every failed task")
-    add("worker", _cmd_worker, "run the worker with the pool and concurrency from settings; "
-        "other options go to `celery worker`")
+    add(
+        "worker",
+        _cmd_worker,
+        "run the worker with the pool and concurrency from settings; other options go to `celery worker`",
+    )
     demo = add("demo", _cmd_demo, "run the whole job end to end on the embedded defaults")
     demo.add_argument("--tasks", type=int, default=12)
     return parser

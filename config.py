@@ -3,6 +3,7 @@
 The defaults run with zero configuration (a SQLite file, kombu's filesystem transport, the
 bundled offline LLM server); `.env.example` shows the production values.
 """
+
 from __future__ import annotations
 
 from functools import lru_cache
@@ -42,7 +43,9 @@ class Settings(BaseSettings):
     stale_task_after_seconds: int = Field(
         2 * 60 * 60, gt=0, description="a running/queued row older than this is presumed lost and re-queued"
     )
-    requeue_pending_after_seconds: int = Field(60, gt=0, description="a row left pending (broker down) this long is re-queued")
+    requeue_pending_after_seconds: int = Field(
+        60, gt=0, description="a row left pending (broker down) this long is re-queued"
+    )
     sweep_interval_seconds: float = Field(60.0, gt=0)
     sweep_batch_size: int = Field(1000, ge=1)
     worker_soft_shutdown_seconds: float = Field(60.0, ge=0, description="on SIGTERM, wait this long for running tasks")

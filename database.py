@@ -1,4 +1,5 @@
 """Engine, session factory and the one-transaction session scope."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator

@@ -1,12 +1,13 @@
 """The service's error tree, and the one place that maps third-party errors onto it.
 
-    AgentServiceError
-    ├── TaskValidationError   bad input to create_agent_task; nothing was written
-    ├── TaskNotFoundError     no task row with that id
-    ├── BrokerUnavailableError the row is saved as pending but could not be queued
-    ├── RetryableError        transient: try again later, after `delay` seconds if given
-    └── PermanentError        retrying cannot help: fail the task now
+AgentServiceError
+├── TaskValidationError   bad input to create_agent_task; nothing was written
+├── TaskNotFoundError     no task row with that id
+├── BrokerUnavailableError the row is saved as pending but could not be queued
+├── RetryableError        transient: try again later, after `delay` seconds if given
+└── PermanentError        retrying cannot help: fail the task now
 """
+
 from __future__ import annotations
 
 import json

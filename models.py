@@ -1,10 +1,11 @@
 """ORM mappings for agents and their tasks: columns and relationships only, no queries."""
+
 from __future__ import annotations
 
 import enum
 import uuid
 from datetime import datetime
-from typing import Any, Optional
+from typing import Any
 
 from sqlalchemy import JSON, DateTime, Enum, ForeignKey, Index, String, Text, func
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -67,30 +68,30 @@ class Task(Base):
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
     title: Mapped[str] = mapped_column(String(1000))
-    description: Mapped[Optional[str]] = mapped_column(Text)
+    description: Mapped[str | None] = mapped_column(Text)
     agent_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("agents.id"), index=True)
     user_id: Mapped[str] = mapped_column(String(200), index=True)
-    idempotency_key: Mapped[Optional[str]] = mapped_column(String(200))
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
     status: Mapped[TaskStatus] = mapped_column(
         Enum(TaskStatus, name="task_status", values_callable=lambda e: [m.value for m in e]),
         default=TaskStatus.PENDING,
     )
-    result: Mapped[Optional[str]] = mapped_column(Text)
-    error: Mapped[Optional[str]] = mapped_column(Text)
+    result: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(default=0)
-    prompt_tokens: Mapped[Optional[int]]
-    completion_tokens: Mapped[Optional[int]]
-    total_tokens: Mapped[Optional[int]]
+    prompt_tokens: Mapped[int | None]
+    completion_tokens: Mapped[int | None]
+    total_tokens: Mapped[int | None]
     created_at: Mapped[datetime] = mapped_column(_timestamp, server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(_timestamp, server_default=func.now(), onupdate=func.now())
-    queued_at: Mapped[Optional[datetime]] = mapped_column(_timestamp)
-    started_at: Mapped[Optional[datetime]] = mapped_column(_timestamp)
-    claimed_at: Mapped[Optional[datetime]] = mapped_column(_timestamp)
-    claimed_by: Mapped[Optional[str]] = mapped_column(String(300))
+    queued_at: Mapped[datetime | None] = mapped_column(_timestamp)
+    started_at: Mapped[datetime | None] = mapped_column(_timestamp)
+    claimed_at: Mapped[datetime | None] = mapped_column(_timestamp)
+    claimed_by: Mapped[str | None] = mapped_column(String(300))
     replays: Mapped[int] = mapped_column(default=0, server_default="0")
-    waiting_reason: Mapped[Optional[str]] = mapped_column(Text)
-    finished_at: Mapped[Optional[datetime]] = mapped_column(_timestamp)
-    duration_ms: Mapped[Optional[int]]
+    waiting_reason: Mapped[str | None] = mapped_column(Text)
+    finished_at: Mapped[datetime | None] = mapped_column(_timestamp)
+    duration_ms: Mapped[int | None]
 
     agent: Mapped[Agent] = relationship(back_populates="tasks")
     attempt_history: Mapped[list[TaskAttempt]] = relationship(order_by="TaskAttempt.id", viewonly=True)
@@ -108,7 +109,7 @@ class TaskAttempt(Base):
     task_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), index=True)
     attempt: Mapped[int]
     outcome: Mapped[str] = mapped_column(String(20))
-    error: Mapped[Optional[str]] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
     at: Mapped[datetime] = mapped_column(_timestamp, server_default=func.now())
 
     def __repr__(self) -> str:

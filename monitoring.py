@@ -1,5 +1,6 @@
 """Metrics and logs: Prometheus counters and histograms, structured log lines, and the
 `monitor_task_execution` decorator that records every task's duration and outcome."""
+
 from __future__ import annotations
 
 import functools
@@ -97,7 +98,11 @@ def _record(task_name: str, seconds: float, outcome: dict[str, Any], args: tuple
     TASK_DURATION.labels(task_name).observe(seconds)
     for kind in ("prompt", "completion"):
         LLM_TOKENS.labels(kind).inc(outcome.get(f"{kind}_tokens") or 0)
-    extra = {key: outcome[key] for key in ("task_id", "agent_id", "attempt", "error", "retry_in") if outcome.get(key) is not None}
+    extra = {
+        key: outcome[key]
+        for key in ("task_id", "agent_id", "attempt", "error", "retry_in")
+        if outcome.get(key) is not None
+    }
     extra.setdefault("task_id", _task_id_arg(args))
     extra.update(task=task_name, status=status, duration_ms=round(seconds * 1000, 1))
     level = logging.ERROR if status in ("error", "failed") else logging.INFO

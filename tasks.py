@@ -3,6 +3,7 @@
 Each shell decodes its message, calls a plain function (`execution`, `submission`) with the app's
 services, and turns the outcome into a retry or a result; nothing else happens here.
 """
+
 from __future__ import annotations
 
 import uuid
@@ -50,9 +51,13 @@ def process_agent_task(self, requests: list) -> list[dict[str, Any]]:
     services = services_of(self.app)
     task_ids = [_task_id_argument(request) for request in requests]
     try:
-        outcomes = execute_agent_tasks(task_ids, session_factory=services.session_factory,
-                                       settings=services.settings, llm=services.llm_runner,
-                                       admission=services.admission)
+        outcomes = execute_agent_tasks(
+            task_ids,
+            session_factory=services.session_factory,
+            settings=services.settings,
+            llm=services.llm_runner,
+            admission=services.admission,
+        )
     except Exception as exc:
         return [_retry_later(self.app, request, classify(exc)) for request in requests]
     for outcome in outcomes:
@@ -83,8 +88,9 @@ def _retry_later(app: Celery, request: Any, error: RetryableError | PermanentErr
         # The row, if any, keeps its status; the sweeper re-queues it once it looks stuck.
         return TaskOutcome(str(task_id), Outcome.ERROR, error=str(error)).as_dict()
     delay = backoff_delay(retries + 1, settings=services_of(app).settings, requested=error.delay)
-    app.send_task(PROCESS_TASK_NAME, args=[task_id], task_id=request.id, countdown=delay, retries=retries + 1,
-                  ignore_result=True)
+    app.send_task(
+        PROCESS_TASK_NAME, args=[task_id], task_id=request.id, countdown=delay, retries=retries + 1, ignore_result=True
+    )
     return TaskOutcome(str(task_id), Outcome.RETRYING, error=str(error), retry_in=delay).as_dict()
 
 

@@ -4,6 +4,7 @@ Run it from the repository root with `celery -A worker worker --loglevel=info`. 
 `tasks.py`, which Celery imports when the worker starts (`include`); `process_agent_task` here is the
 design's handle on the agent task, a signature by name: `process_agent_task.delay(task_id)`.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -15,8 +16,14 @@ from admission.base import Admission
 from config import LOCAL_DATA_DIR, Settings, get_settings
 from execution.services import Services
 from llm.runners import settle_heap
-from messaging.routing import (AGENT_QUEUE, HEALTH_TASK_NAME, PROCESS_TASK_NAME, SWEEP_TASK_NAME, TASK_QUEUES,
-                               TASK_ROUTES)
+from messaging.routing import (
+    AGENT_QUEUE,
+    HEALTH_TASK_NAME,
+    PROCESS_TASK_NAME,
+    SWEEP_TASK_NAME,
+    TASK_QUEUES,
+    TASK_ROUTES,
+)
 from monitoring import configure_logging, start_metrics_exporter
 
 
@@ -24,8 +31,9 @@ class AgentServiceCelery(Celery):
     """A Celery app that carries the services its tasks need (`execution.services.Services`)."""
 
     def __init__(self, settings: Settings, *, admission: Admission | None = None) -> None:
-        super().__init__("agentic_worker", broker=settings.broker_url, backend=settings.result_backend,
-                         include=["tasks"])
+        super().__init__(
+            "agentic_worker", broker=settings.broker_url, backend=settings.result_backend, include=["tasks"]
+        )
         self.services = Services(settings, admission=admission)
 
 
@@ -78,8 +86,12 @@ def _transport_options(settings: Settings) -> dict[str, Any]:
         folder = LOCAL_DATA_DIR / "broker"
         folder.mkdir(parents=True, exist_ok=True)
         # Every folder under .local: kombu's default control folder is ./control, wherever the worker runs.
-        return {"data_folder_in": str(folder), "data_folder_out": str(folder), "store_processed": False,
-                "control_folder": str(folder / "control")}
+        return {
+            "data_folder_in": str(folder),
+            "data_folder_out": str(folder),
+            "store_processed": False,
+            "control_folder": str(folder / "control"),
+        }
     # Unacked messages come back after this long, even while still running, so it must outlast a task.
     return {"visibility_timeout": settings.broker_visibility_timeout_seconds}
 

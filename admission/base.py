@@ -4,6 +4,7 @@
 An admission control (a rate limit, a concurrency cap, a spend cap, a breaker, a pause) is one file in
 this package implementing `AdmissionCheck`; `Admission` asks the configured checks in order.
 """
+
 from __future__ import annotations
 
 import enum

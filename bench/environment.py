@@ -1,5 +1,6 @@
 """The services one bench shares across its runs, each reset before every run: a dedicated PostgreSQL
 database, a dedicated Redis DB as the broker, and the bundled LLM server."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -11,11 +12,11 @@ import httpx
 import redis
 from sqlalchemy import text
 
-from store.schema import init_db
 from config import Settings
 from database import create_empty_database, session_scope
-from models import Agent
 from devtools.processes import llm_server
+from models import Agent
+from store.schema import init_db
 from worker import AgentServiceCelery, create_celery_app
 
 PG_ROOT = "postgresql+psycopg2://postgres@127.0.0.1:5432"
@@ -59,8 +60,13 @@ def bench_environment(*, overrides: dict[str, Any]) -> Iterator[BenchEnvironment
     """A freshly migrated bench database and an LLM server; `overrides` are Settings fields for ours."""
     database_url = recreate_database(BENCH_DATABASE)
     with llm_server() as llm_url:
-        settings = Settings(_env_file=None, database_url=database_url, redis_url=BENCH_REDIS,
-                            openai_base_url=f"{llm_url}/v1", **overrides)
+        settings = Settings(
+            _env_file=None,
+            database_url=database_url,
+            redis_url=BENCH_REDIS,
+            openai_base_url=f"{llm_url}/v1",
+            **overrides,
+        )
         app = create_celery_app(settings)
         try:
             yield BenchEnvironment(settings, app, _create_agent(app), LLMControl(llm_url))
@@ -82,8 +88,13 @@ def truncate_tasks(app: AgentServiceCelery) -> None:
 
 def _create_agent(app: AgentServiceCelery) -> str:
     with session_scope(app.services.session_factory) as session:
-        agent = Agent(name="bench-agent", prompt="You are a concise analyst.", model="gpt-4o-mini",
-                      temperature=0.2, max_tokens=200)
+        agent = Agent(
+            name="bench-agent",
+            prompt="You are a concise analyst.",
+            model="gpt-4o-mini",
+            temperature=0.2,
+            max_tokens=200,
+        )
         session.add(agent)
         session.flush()
         return str(agent.id)

@@ -6,6 +6,7 @@ list gives the bench both the completion count (LLEN; a duplicate delivery would
 every task's enqueue-to-done time, without a database row. Run from the repository root:
 `celery -A bench.floor worker --pool=prefork --concurrency=4 -Q agent_tasks`.
 """
+
 from __future__ import annotations
 
 import time

@@ -1,6 +1,7 @@
 """What a run submits and how the bench sees it done: agent tasks (rows in `tasks`) or floor no-ops
 (entries in a Redis list). Both answer the same questions: how many are done, when each was
 enqueued and finished, and whether each ran exactly once."""
+
 from __future__ import annotations
 
 import time
@@ -35,8 +36,15 @@ class AgentTaskLoad:
         self.agent_id = agent_id
 
     def submit(self, first: int, count: int) -> None:
-        items = [{"title": f"bench task {index}", "description": "Summarise the benchmark in one line.",
-                  "agent_id": self.agent_id, "user_id": "bench"} for index in range(first, first + count)]
+        items = [
+            {
+                "title": f"bench task {index}",
+                "description": "Summarise the benchmark in one line.",
+                "agent_id": self.agent_id,
+                "user_id": "bench",
+            }
+            for index in range(first, first + count)
+        ]
         create_agent_tasks(items, app=self.app)
 
     def forget(self) -> None:
@@ -52,12 +60,18 @@ class AgentTaskLoad:
         completed = Task.status == TaskStatus.COMPLETED
         with session_scope(self.app.services.session_factory) as session:
             rows = session.execute(select(Task.created_at, Task.finished_at).where(completed)).all()
-            failed, not_once = session.execute(select(
-                func.count().filter(Task.status == TaskStatus.FAILED),
-                func.count().filter(completed, Task.attempts != 1),
-            )).one()
-        return Completions([row.created_at.timestamp() for row in rows], [row.finished_at.timestamp() for row in rows],
-                           failed=failed, not_exactly_once=not_once)
+            failed, not_once = session.execute(
+                select(
+                    func.count().filter(Task.status == TaskStatus.FAILED),
+                    func.count().filter(completed, Task.attempts != 1),
+                )
+            ).one()
+        return Completions(
+            [row.created_at.timestamp() for row in rows],
+            [row.finished_at.timestamp() for row in rows],
+            failed=failed,
+            not_exactly_once=not_once,
+        )
 
 
 class NoopLoad:
@@ -84,5 +98,9 @@ class NoopLoad:
     def completions(self) -> Completions:
         pairs = [entry.split() for entry in self.done.lrange(DONE_KEY, 0, -1)]
         duplicates = max(0, len(pairs) - self.submitted)
-        return Completions([float(sent) for sent, _ in pairs], [float(done) for _, done in pairs],
-                           failed=0, not_exactly_once=duplicates)
+        return Completions(
+            [float(sent) for sent, _ in pairs],
+            [float(done) for _, done in pairs],
+            failed=0,
+            not_exactly_once=duplicates,
+        )

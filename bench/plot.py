@@ -1,4 +1,5 @@
 """`results/bench.png`: throughput per configuration and LLM latency, and CPU per task, both log scale."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,10 +7,10 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
-from matplotlib.ticker import FuncFormatter  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.ticker import FuncFormatter
 
-from bench.scenarios import RunResult  # noqa: E402
+from bench.scenarios import RunResult
 
 CONFIG_COLOURS = {"baseline": "#c0504d", "ours": "#4f81bd", "floor": "#9bbb59"}
 
@@ -18,8 +19,13 @@ def plot_results(runs: list[RunResult], path: Path) -> None:
     measured = [run for run in runs if run.tasks_per_second]
     figure, (throughput, cpu) = plt.subplots(1, 2, figsize=(13, 5))
     _bars(throughput, measured, "tasks_per_second", "tasks/s (first enqueue to last completion)", "{:,.1f}")
-    _bars(cpu, [run for run in measured if run.cpu_ms_per_task], "cpu_ms_per_task",
-          "worker CPU ms per task (all processes)", "{:.2f}")
+    _bars(
+        cpu,
+        [run for run in measured if run.cpu_ms_per_task],
+        "cpu_ms_per_task",
+        "worker CPU ms per task (all processes)",
+        "{:.2f}",
+    )
     figure.suptitle("Agent Service bench: baseline design vs ours vs bare Celery")
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -35,7 +41,9 @@ def _bars(axis, runs: list[RunResult], field: str, title: str, label: str) -> No
     axis.set_yscale("log")
     axis.yaxis.set_major_formatter(FuncFormatter(lambda value, _position: f"{value:g}"))
     # Label the 2s and 5s between decades: a short range (CPU ms) would otherwise show no numbers at all.
-    axis.yaxis.set_minor_formatter(FuncFormatter(lambda value, _position: f"{value:g}" if f"{value:g}"[0] in "25" else ""))
+    axis.yaxis.set_minor_formatter(
+        FuncFormatter(lambda value, _position: f"{value:g}" if f"{value:g}"[0] in "25" else "")
+    )
     axis.set_title(title)
     axis.tick_params(axis="x", labelrotation=30, labelsize=8)
 

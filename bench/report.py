@@ -1,5 +1,6 @@
 """What a bench prints and keeps: the results table, ours/baseline ratios, the targets with pass/fail,
 `results/bench.json` and `results/bench.png`. Targets are reported, never asserted."""
+
 from __future__ import annotations
 
 import json
@@ -9,7 +10,7 @@ import platform
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from rich.console import Console
@@ -45,22 +46,52 @@ def evaluate_targets(runs: dict[str, RunResult], bulk: BulkSubmitResult | None, 
     ours_runs = [run for run in runs.values() if run.config == "ours" and run.peak_rss_mb is not None]
     peak_rss = max((run.peak_rss_mb for run in ours_runs), default=None)
     return [
-        _target("ours throughput at 1000 ms", ">= 200 tasks/s", _figure(ours_1000, "tasks_per_second"), operator.ge, 200, ours_1000),
-        _target("ours / baseline throughput at 1000 ms", ">= 50x", ratio["throughput_ours_over_baseline_1000ms"], operator.ge, 50,
-                ours_1000, runs.get("baseline-1000ms")),
+        _target(
+            "ours throughput at 1000 ms",
+            ">= 200 tasks/s",
+            _figure(ours_1000, "tasks_per_second"),
+            operator.ge,
+            200,
+            ours_1000,
+        ),
+        _target(
+            "ours / baseline throughput at 1000 ms",
+            ">= 50x",
+            ratio["throughput_ours_over_baseline_1000ms"],
+            operator.ge,
+            50,
+            ours_1000,
+            runs.get("baseline-1000ms"),
+        ),
         _target("ours CPU per task at 0 ms", "<= 5 ms", _figure(ours_0, "cpu_ms_per_task"), operator.le, 5, ours_0),
-        _target("offered 100/s at 1000 ms, p99 enqueue-to-done", "< 2.5 s", _figure(offered, "latency_p99_s"), operator.lt, 2.5, offered),
+        _target(
+            "offered 100/s at 1000 ms, p99 enqueue-to-done",
+            "< 2.5 s",
+            _figure(offered, "latency_p99_s"),
+            operator.lt,
+            2.5,
+            offered,
+        ),
         _target("ours RSS, all worker processes together (peak)", "< 300 MB", peak_rss, operator.lt, 300, *ours_runs),
-        _target("bulk submit (create_agent_tasks, 500 per call)", ">= 1000 tasks/s", bulk and bulk.tasks_per_second,
-                operator.ge, 1000),
+        _target(
+            "bulk submit (create_agent_tasks, 500 per call)",
+            ">= 1000 tasks/s",
+            bulk and bulk.tasks_per_second,
+            operator.ge,
+            1000,
+        ),
     ]
 
 
-def print_report(console: Console, runs: list[RunResult], bulk: BulkSubmitResult | None, ratio: dict, targets: list[Target]) -> None:
+def print_report(
+    console: Console, runs: list[RunResult], bulk: BulkSubmitResult | None, ratio: dict, targets: list[Target]
+) -> None:
     console.print(results_table(runs))
     if bulk:
-        console.print(f"bulk submit: {bulk.tasks} tasks in chunks of {bulk.chunk}: {bulk.seconds:.2f} s = "
-                      f"[bold]{bulk.tasks_per_second:,.0f} tasks/s[/] ({bulk.published} messages published)")
+        console.print(
+            f"bulk submit: {bulk.tasks} tasks in chunks of {bulk.chunk}: {bulk.seconds:.2f} s = "
+            f"[bold]{bulk.tasks_per_second:,.0f} tasks/s[/] ({bulk.published} messages published)"
+        )
     console.print("ratios: " + ", ".join(f"{name} = {_fmt(value, '.2f')}" for name, value in ratio.items()))
     for run in runs:
         for line in ([run.error] if run.error else []) + _disturbance(run):
@@ -70,8 +101,22 @@ def print_report(console: Console, runs: list[RunResult], bulk: BulkSubmitResult
 
 def results_table(runs: list[RunResult]) -> Table:
     table = Table(title="Agent Service bench (worker CPU and memory: all its processes together)")
-    headers = ("run", "pool x conc", "LLM ms", "N", "done", "tasks/s", "p50/p95/p99 s", "CPU ms/task", "RSS MB sum/max",
-               "PSS MB", "foreign CPU %", "LLM req/task", "not once", "status")
+    headers = (
+        "run",
+        "pool x conc",
+        "LLM ms",
+        "N",
+        "done",
+        "tasks/s",
+        "p50/p95/p99 s",
+        "CPU ms/task",
+        "RSS MB sum/max",
+        "PSS MB",
+        "foreign CPU %",
+        "LLM req/task",
+        "not once",
+        "status",
+    )
     for header in headers:
         table.add_column(header, justify="left" if header in ("run", "pool x conc", "status") else "right")
     for run in runs:
@@ -83,10 +128,22 @@ def _row(run: RunResult) -> tuple[str, ...]:
     offered = f" @{run.offered_rate:.0f}/s" if run.offered_rate else ""
     latencies = "/".join(_fmt(value, ".2f") for value in (run.latency_p50_s, run.latency_p95_s, run.latency_p99_s))
     rss = f"{_fmt(run.peak_rss_mb, '.0f')}/{_fmt(run.peak_process_rss_mb, '.0f')}"
-    return (run.name + offered, f"{run.pool} x {run.concurrency}", str(run.latency_ms), str(run.tasks),
-            str(run.completed), _fmt(run.tasks_per_second, ",.1f"), latencies, _fmt(run.cpu_ms_per_task, ".2f"), rss,
-            _fmt(run.peak_pss_mb, ".0f"), _fmt(run.foreign_cpu_percent, ".0f"), _fmt(run.llm_requests_per_task, ".3f"),
-            str(run.not_exactly_once), _status(run.status))
+    return (
+        run.name + offered,
+        f"{run.pool} x {run.concurrency}",
+        str(run.latency_ms),
+        str(run.tasks),
+        str(run.completed),
+        _fmt(run.tasks_per_second, ",.1f"),
+        latencies,
+        _fmt(run.cpu_ms_per_task, ".2f"),
+        rss,
+        _fmt(run.peak_pss_mb, ".0f"),
+        _fmt(run.foreign_cpu_percent, ".0f"),
+        _fmt(run.llm_requests_per_task, ".3f"),
+        str(run.not_exactly_once),
+        _status(run.status),
+    )
 
 
 def targets_table(targets: list[Target]) -> Table:
@@ -99,27 +156,41 @@ def targets_table(targets: list[Target]) -> Table:
     return table
 
 
-def write_json(path: Path, *, runs: list[RunResult], bulk: BulkSubmitResult | None, ratio: dict,
-               targets: list[Target], bench: dict) -> None:
-    document = {"machine": machine_info(), "bench": bench, "runs": [asdict(run) for run in runs],
-                "bulk_submit": asdict(bulk) if bulk else None, "ratios": ratio,
-                "targets": [asdict(target) for target in targets]}
+def write_json(
+    path: Path, *, runs: list[RunResult], bulk: BulkSubmitResult | None, ratio: dict, targets: list[Target], bench: dict
+) -> None:
+    document = {
+        "machine": machine_info(),
+        "bench": bench,
+        "runs": [asdict(run) for run in runs],
+        "bulk_submit": asdict(bulk) if bulk else None,
+        "ratios": ratio,
+        "targets": [asdict(target) for target in targets],
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(document, indent=2) + "\n")
 
 
 def machine_info() -> dict:
-    return {"cpu_count": os.cpu_count(), "python": sys.version.split()[0], "platform": platform.platform(),
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    return {
+        "cpu_count": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
 
 
 def _disturbance(run: RunResult) -> list[str]:
     if (run.foreign_cpu_percent or 0) < DISTURBED_CPU_PERCENT:
         return []
-    return [f"other processes on this machine used {run.foreign_cpu_percent:.0f}% CPU during the run: figures are disturbed"]
+    return [
+        f"other processes on this machine used {run.foreign_cpu_percent:.0f}% CPU during the run: figures are disturbed"
+    ]
 
 
-def _target(name: str, goal: str, measured: float | None, compare: Callable, limit: float, *sources: RunResult | None) -> Target:
+def _target(
+    name: str, goal: str, measured: float | None, compare: Callable, limit: float, *sources: RunResult | None
+) -> Target:
     if measured is None:
         return Target(name, goal, None, None, "not measured")
     unfinished = [run.name for run in sources if run is not None and run.status != "ok"]

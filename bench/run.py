@@ -8,6 +8,7 @@
 Prints a table and the targets; writes bench/results/bench.json, bench.png and one log per worker.
 Exits 0 whatever the figures; 1 only when a run broke (its worker died or its tasks stopped completing).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,10 +40,26 @@ class Sizes:
     run_budget_seconds: float
 
 
-FULL = Sizes(floor=2000, baseline_0ms=400, baseline_1000ms=40, ours=2000, offered_rate=100, offered_seconds=20,
-             bulk=2000, run_budget_seconds=150)
-QUICK = Sizes(floor=200, baseline_0ms=40, baseline_1000ms=8, ours=200, offered_rate=100, offered_seconds=3,
-              bulk=500, run_budget_seconds=40)
+FULL = Sizes(
+    floor=2000,
+    baseline_0ms=400,
+    baseline_1000ms=40,
+    ours=2000,
+    offered_rate=100,
+    offered_seconds=20,
+    bulk=2000,
+    run_budget_seconds=150,
+)
+QUICK = Sizes(
+    floor=200,
+    baseline_0ms=40,
+    baseline_1000ms=8,
+    ours=200,
+    offered_rate=100,
+    offered_seconds=3,
+    bulk=500,
+    run_budget_seconds=40,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,11 +73,19 @@ def main(argv: list[str] | None = None) -> int:
     ratio = ratios({run.name: run for run in runs})
     targets = evaluate_targets({run.name: run for run in runs}, bulk, ratio)
     print_report(console, runs, bulk, ratio, targets)
-    bench = {"quick": args.quick, "only": sorted(wanted), "ours_env": dict(args.ours_env), "sizes": asdict(sizes),
-             "ours_pool": env.settings.worker_pool, "ours_concurrency": env.settings.worker_concurrency}
+    bench = {
+        "quick": args.quick,
+        "only": sorted(wanted),
+        "ours_env": dict(args.ours_env),
+        "sizes": asdict(sizes),
+        "ours_pool": env.settings.worker_pool,
+        "ours_concurrency": env.settings.worker_concurrency,
+    }
     write_json(RESULTS_DIR / "bench.json", runs=runs, bulk=bulk, ratio=ratio, targets=targets, bench=bench)
     plot_results(runs, RESULTS_DIR / "bench.png")
-    console.print(f"results: {RESULTS_DIR / 'bench.json'}, {RESULTS_DIR / 'bench.png'}, worker logs {RESULTS_DIR}/*.log")
+    console.print(
+        f"results: {RESULTS_DIR / 'bench.json'}, {RESULTS_DIR / 'bench.png'}, worker logs {RESULTS_DIR}/*.log"
+    )
     return 1 if any(run.status == "broken" for run in runs) else 0
 
 
@@ -72,24 +97,38 @@ def build_plans(ours: Settings, sizes: Sizes) -> list[RunPlan]:
     plans = [RunPlan("floor", "floor", floor, "prefork", 4, 0, sizes.floor, floor=True)]
     if (pool, concurrency) != ("prefork", 4):
         ours_pool_floor = celery_command("bench.floor", pool=pool, concurrency=concurrency, queues="agent_tasks")
-        plans.append(RunPlan("floor-ours-pool", "floor", ours_pool_floor, pool, concurrency, 0, sizes.floor, floor=True))
+        plans.append(
+            RunPlan("floor-ours-pool", "floor", ours_pool_floor, pool, concurrency, 0, sizes.floor, floor=True)
+        )
     plans += [
         RunPlan("baseline-0ms", "baseline", baseline, "prefork", 4, 0, sizes.baseline_0ms),
         RunPlan("baseline-1000ms", "baseline", baseline, "prefork", 4, 1000, sizes.baseline_1000ms),
         RunPlan("ours-0ms", "ours", OURS_COMMAND, pool, concurrency, 0, sizes.ours),
         RunPlan("ours-1000ms", "ours", OURS_COMMAND, pool, concurrency, 1000, sizes.ours),
-        RunPlan("ours-offered", "ours", OURS_COMMAND, pool, concurrency, 1000,
-                int(sizes.offered_rate * sizes.offered_seconds), rate=sizes.offered_rate),
+        RunPlan(
+            "ours-offered",
+            "ours",
+            OURS_COMMAND,
+            pool,
+            concurrency,
+            1000,
+            int(sizes.offered_rate * sizes.offered_seconds),
+            rate=sizes.offered_rate,
+        ),
     ]
     return plans
 
 
 def _run(console: Console, plan: RunPlan, env: BenchEnvironment, sizes: Sizes):
-    console.print(f"[bold]{plan.name}[/]: {plan.pool} x {plan.concurrency}, LLM {plan.latency_ms} ms, N={plan.tasks}"
-                  + (f" at {plan.rate:.0f}/s" if plan.rate else ""))
+    console.print(
+        f"[bold]{plan.name}[/]: {plan.pool} x {plan.concurrency}, LLM {plan.latency_ms} ms, N={plan.tasks}"
+        + (f" at {plan.rate:.0f}/s" if plan.rate else "")
+    )
     result = execute(plan, env, budget_seconds=sizes.run_budget_seconds)
-    console.print(f"  {result.status}: {result.completed}/{plan.tasks} done, "
-                  f"{result.tasks_per_second or 0:,.1f} tasks/s" + (f" ({result.error})" if result.error else ""))
+    console.print(
+        f"  {result.status}: {result.completed}/{plan.tasks} done, "
+        f"{result.tasks_per_second or 0:,.1f} tasks/s" + (f" ({result.error})" if result.error else "")
+    )
     return result
 
 
@@ -108,8 +147,14 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python bench/run.py", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small N everywhere: a smoke run of about a minute")
     parser.add_argument("--only", action="append", choices=GROUPS, help="run only this group (repeatable)")
-    parser.add_argument("--ours-env", action="append", type=_setting, default=[], metavar="NAME=VALUE",
-                        help="a setting for ours' worker, e.g. LLM_CONCURRENCY=512 (repeatable)")
+    parser.add_argument(
+        "--ours-env",
+        action="append",
+        type=_setting,
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting for ours' worker, e.g. LLM_CONCURRENCY=512 (repeatable)",
+    )
     return parser
 
 

@@ -6,6 +6,7 @@ plus the live descendants' user+sys, read before and after the run. Memory has n
 tree is sampled every 0.5 s and the largest sums are kept: RSS (counts pages forked children share
 once per process) and PSS (divides shared pages among their sharers), and the largest process' RSS.
 """
+
 from __future__ import annotations
 
 import os

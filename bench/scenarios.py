@@ -1,5 +1,6 @@
 """The runs a bench is made of, and how one run goes: reset the services, start a fresh worker,
 submit (all at once or at a steady rate), wait for the last completion, and measure."""
+
 from __future__ import annotations
 
 import re
@@ -26,7 +27,7 @@ MAX_WARMUP_TASKS = 40
 _BANNER_POOL = re.compile(r"concurrency: (\d+) \((\w+)\)")
 
 
-class RunBroken(Exception):
+class RunBrokenError(Exception):
     """The run cannot finish: its worker died, or no task completed for too long."""
 
 
@@ -77,9 +78,22 @@ class RunResult:
     llm_requests_per_task: float | None = None
 
 
-def celery_command(app_module: str, *, pool: str, concurrency: int, queues: str = "agent_tasks,system") -> tuple[str, ...]:
-    return (sys.executable, "-m", "celery", "-A", app_module, "worker", f"--pool={pool}",
-            f"--concurrency={concurrency}", "-Q", queues, "--loglevel=INFO")
+def celery_command(
+    app_module: str, *, pool: str, concurrency: int, queues: str = "agent_tasks,system"
+) -> tuple[str, ...]:
+    return (
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        app_module,
+        "worker",
+        f"--pool={pool}",
+        f"--concurrency={concurrency}",
+        "-Q",
+        queues,
+        "--loglevel=INFO",
+    )
 
 
 OURS_COMMAND = (sys.executable, "cli.py", "worker")  # exactly what `make worker` runs
@@ -97,9 +111,10 @@ def execute(plan: RunPlan, env: BenchEnvironment, *, budget_seconds: float, stal
             result.warmup_tasks = _warm_up(load, worker, env, plan)
             with WorkerSampler(worker.pid) as sampler, ForeignLoad() as foreign:
                 result.offered_rate = _submit(load, plan)
-                result.status = _wait_for_completion(load, worker, expected=plan.tasks, budget=budget_seconds,
-                                                     stall=stall_seconds)
-    except (RunBroken, RuntimeError) as exc:
+                result.status = _wait_for_completion(
+                    load, worker, expected=plan.tasks, budget=budget_seconds, stall=stall_seconds
+                )
+    except (RunBrokenError, RuntimeError) as exc:
         result.status, result.error = "broken", str(exc)
         return result
     _fill_figures(result, load.completions(), sampler)
@@ -129,7 +144,7 @@ def _warm_up(load: AgentTaskLoad | NoopLoad, worker, env: BenchEnvironment, plan
     count = min(4 * plan.concurrency, MAX_WARMUP_TASKS)
     load.submit(0, count)
     if _wait_for_completion(load, worker, expected=count, budget=60, stall=30) != "ok":
-        raise RunBroken(f"the {count} warm-up tasks did not finish within 60 s")
+        raise RunBrokenError(f"the {count} warm-up tasks did not finish within 60 s")
     load.forget()
     env.llm.prepare(latency_ms=plan.latency_ms)
     return count
@@ -165,7 +180,7 @@ def submit_in_chunks(load: AgentTaskLoad | NoopLoad, *, first: int, count: int) 
 def _wait_for_completion(load, worker, *, expected: int, budget: float, stall: float) -> str:
     """Poll until `expected` tasks are done: "ok", or "partial" when the budget ran out first.
 
-    Raises: RunBroken when the worker exits or nothing finishes for `stall` seconds.
+    Raises: RunBrokenError when the worker exits or nothing finishes for `stall` seconds.
     """
     begun = last_progress = time.monotonic()
     done = 0
@@ -175,9 +190,9 @@ def _wait_for_completion(load, worker, *, expected: int, budget: float, stall: f
         if count > done:
             done, last_progress = count, now
         if worker.poll() is not None:
-            raise RunBroken(f"worker exited with {worker.returncode} after {done}/{expected} tasks")
+            raise RunBrokenError(f"worker exited with {worker.returncode} after {done}/{expected} tasks")
         if now - last_progress > stall:
-            raise RunBroken(f"no task finished for {stall:.0f}s; {done}/{expected} done")
+            raise RunBrokenError(f"no task finished for {stall:.0f}s; {done}/{expected} done")
         if now - begun > budget and done < expected:  # still progressing, but too slow to wait for
             return "partial"
     return "ok"

@@ -3,6 +3,7 @@
 Starts the bundled LLM server and a real Celery worker process, submits tasks (one of them meets a
 rate limit and is retried), follows them to the end and prints what each one produced.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,25 +25,41 @@ from store.schema import init_db
 from tasks import create_agent_tasks
 from terminal.tables import task_table
 
-DEMO_AGENT = {"name": "demo-analyst", "model": "gpt-4o-mini", "temperature": 0.2, "max_tokens": 300,
-              "prompt": "You are a concise analyst. Answer the task in two sentences."}
-TOPICS = ("Summarise last week's support tickets", "Draft a release note", "Classify this lead",
-          "Extract action items from the meeting", "Suggest three blog titles", "Review the on-call handover")
+DEMO_AGENT = {
+    "name": "demo-analyst",
+    "model": "gpt-4o-mini",
+    "temperature": 0.2,
+    "max_tokens": 300,
+    "prompt": "You are a concise analyst. Answer the task in two sentences.",
+}
+TOPICS = (
+    "Summarise last week's support tickets",
+    "Draft a release note",
+    "Classify this lead",
+    "Extract action items from the meeting",
+    "Suggest three blog titles",
+    "Review the on-call handover",
+)
 
 
 def run_demo(*, task_count: int, console: Console, timeout: float = 120) -> int:
     """Run the demo, printing to `console`; returns 0 when every task completed."""
     session_factory = worker.app.services.session_factory
     init_db()
-    with llm_server(latency_ms=300, jitter_ms=400) as llm_url:
-        with celery_worker(env={"OPENAI_BASE_URL": f"{llm_url}/v1", "RETRY_BACKOFF_BASE_SECONDS": "1"},
-                           log_path=LOCAL_DATA_DIR / "demo-worker.log", name="demo"):
-            console.print(f"worker is up; LLM server at {llm_url}; submitting {task_count} tasks")
-            agent_id = _demo_agent_id(session_factory)
-            items = [_demo_task(i, agent_id) for i in range(task_count)]
-            _rate_limit_once(llm_url, match=items[0]["title"])
-            task_ids = create_agent_tasks(items, app=worker.app)
-            tasks = _follow(task_ids, session_factory=session_factory, console=console, timeout=timeout)
+    with (
+        llm_server(latency_ms=300, jitter_ms=400) as llm_url,
+        celery_worker(
+            env={"OPENAI_BASE_URL": f"{llm_url}/v1", "RETRY_BACKOFF_BASE_SECONDS": "1"},
+            log_path=LOCAL_DATA_DIR / "demo-worker.log",
+            name="demo",
+        ),
+    ):
+        console.print(f"worker is up; LLM server at {llm_url}; submitting {task_count} tasks")
+        agent_id = _demo_agent_id(session_factory)
+        items = [_demo_task(i, agent_id) for i in range(task_count)]
+        _rate_limit_once(llm_url, match=items[0]["title"])
+        task_ids = create_agent_tasks(items, app=worker.app)
+        tasks = _follow(task_ids, session_factory=session_factory, console=console, timeout=timeout)
     console.print(task_table(tasks, console=console, title="Demo results", full_ids=False))
     completed = sum(task.status == TaskStatus.COMPLETED for task in tasks)
     console.print(f"{completed}/{len(tasks)} completed; worker log: {Path(LOCAL_DATA_DIR / 'demo-worker.log')}")
@@ -61,15 +78,23 @@ def _demo_agent_id(session_factory) -> str:
 
 def _demo_task(index: int, agent_id: str) -> dict:
     topic = TOPICS[index % len(TOPICS)]
-    return {"title": f"{topic} #{index + 1} ({time.strftime('%H:%M:%S')})", "agent_id": agent_id,
-            "description": f"Demo task {index + 1}: {topic.lower()}.", "user_id": "demo-user"}
+    return {
+        "title": f"{topic} #{index + 1} ({time.strftime('%H:%M:%S')})",
+        "agent_id": agent_id,
+        "description": f"Demo task {index + 1}: {topic.lower()}.",
+        "user_id": "demo-user",
+    }
 
 
 def _rate_limit_once(llm_url: str, *, match: str) -> None:
     # Shows a transient failure: the first call for this task gets a 429 and the task retries.
     rule = {"fault": "429", "match": match, "times": 1, "retry_after": 1}
-    request = urllib.request.Request(f"{llm_url}/control/faults", data=json.dumps(rule).encode(),
-                                     headers={"Content-Type": "application/json"}, method="POST")
+    request = urllib.request.Request(
+        f"{llm_url}/control/faults",
+        data=json.dumps(rule).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
     urllib.request.urlopen(request, timeout=5).close()
 
 
@@ -92,4 +117,3 @@ def _follow(task_ids: list[str], *, session_factory, console: Console, timeout: 
 def _count_final(session_factory, ids) -> int:
     with session_scope(session_factory) as session:
         return session.scalar(select(func.count()).where(Task.id.in_(ids), Task.status.in_(FINAL_STATUSES)))
-

@@ -39,19 +39,35 @@ NO_RESPONSE_STATUS = 0  # logged for "hang" and "drop": no HTTP status is ever s
 
 # kind -> (HTTP status, error type, error code, message)
 ERROR_FAULTS: dict[str, tuple[int, str, str | None, str]] = {
-    "429": (429, "requests", "rate_limit_exceeded",
-            "Rate limit reached for requests (offline mock). Please try again later."),
-    "insufficient_quota": (429, "insufficient_quota", "insufficient_quota",
-                           "You exceeded your current quota, please check your plan and billing details."),
+    "429": (
+        429,
+        "requests",
+        "rate_limit_exceeded",
+        "Rate limit reached for requests (offline mock). Please try again later.",
+    ),
+    "insufficient_quota": (
+        429,
+        "insufficient_quota",
+        "insufficient_quota",
+        "You exceeded your current quota, please check your plan and billing details.",
+    ),
     "500": (500, "server_error", None, "The server had an error while processing your request (offline mock)."),
     "502": (502, "server_error", None, "Bad gateway (offline mock)."),
     "503": (503, "server_error", None, "The server is overloaded or not ready yet (offline mock)."),
     "400": (400, "invalid_request_error", None, "Invalid request (offline mock)."),
     "401": (401, "invalid_request_error", "invalid_api_key", "Incorrect API key provided (offline mock)."),
-    "403": (403, "invalid_request_error", "permission_denied",
-            "You are not allowed to perform this request (offline mock)."),
-    "404": (404, "invalid_request_error", "model_not_found",
-            "The model does not exist or you do not have access to it (offline mock)."),
+    "403": (
+        403,
+        "invalid_request_error",
+        "permission_denied",
+        "You are not allowed to perform this request (offline mock).",
+    ),
+    "404": (
+        404,
+        "invalid_request_error",
+        "model_not_found",
+        "The model does not exist or you do not have access to it (offline mock).",
+    ),
 }
 OTHER_FAULTS = ("hang", "drop", "malformed", "empty", "slow")
 FAULT_KINDS = frozenset(ERROR_FAULTS) | frozenset(OTHER_FAULTS)
@@ -101,8 +117,13 @@ class Rule:
 
     def as_json(self) -> dict[str, Any]:
         return {
-            "id": self.id, "fault": self.fault.kind, "match": self.match, "times": self.times,
-            "rate": self.rate, "retry_after": self.fault.retry_after, "delay_ms": self.fault.delay_ms,
+            "id": self.id,
+            "fault": self.fault.kind,
+            "match": self.match,
+            "times": self.times,
+            "rate": self.rate,
+            "retry_after": self.fault.retry_after,
+            "delay_ms": self.fault.delay_ms,
         }
 
 
@@ -165,10 +186,16 @@ class ServerState:
 
     def record(self, *, model: str, text: str, fault: Fault | None, status: int) -> None:
         self.by_status[status] += 1
-        self.request_log.append({
-            "seq": next(self.request_seq), "at": time.time(), "model": model,
-            "fault": fault.kind if fault else None, "status": status, "text": text,
-        })
+        self.request_log.append(
+            {
+                "seq": next(self.request_seq),
+                "at": time.time(),
+                "model": model,
+                "fault": fault.kind if fault else None,
+                "status": status,
+                "text": text,
+            }
+        )
 
     def config(self) -> dict[str, float]:
         return {"latency_ms": self.latency_ms, "latency_jitter_ms": self.latency_jitter_ms}
@@ -185,6 +212,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 # ---------------------------------------------------------------- validation
+
 
 def non_negative(value: float, name: str, *, maximum: float | None = None) -> float:
     if value < 0 or (maximum is not None and value > maximum):
@@ -234,8 +262,7 @@ def optional_match(body: dict[str, Any]) -> str | None:
     return match
 
 
-def optional_json_number(body: dict[str, Any], name: str, *, default: float,
-                         maximum: float | None = None) -> float:
+def optional_json_number(body: dict[str, Any], name: str, *, default: float, maximum: float | None = None) -> float:
     value = body.get(name)
     return default if value is None else json_number(value, name, maximum=maximum)
 
@@ -265,6 +292,7 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- chat request parsing
+
 
 def message_text(message: dict[str, Any]) -> str:
     content = message.get("content")
@@ -310,12 +338,16 @@ async def parse_chat_request(request: web.Request) -> ChatRequest:
     body = await read_json_object(request)
     messages = validated_messages(body)
     return ChatRequest(
-        body=body, model=validated_model(body), texts=[message_text(m) for m in messages],
-        last_user_text=last_user_text(messages), tools=validated_tools(body),
+        body=body,
+        model=validated_model(body),
+        texts=[message_text(m) for m in messages],
+        last_user_text=last_user_text(messages),
+        tools=validated_tools(body),
     )
 
 
 # ---------------------------------------------------------------- fault choice
+
 
 def header_fault(headers: Mapping[str, str]) -> Fault | None:
     kind = headers.get("X-Mock-Fault")
@@ -359,6 +391,7 @@ def request_latency_s(state: ServerState, request: web.Request) -> float:
 
 
 # ---------------------------------------------------------------- answers
+
 
 def schema_type(schema: dict[str, Any]) -> str:
     declared = schema.get("type")
@@ -417,7 +450,8 @@ def tool_call(tool: dict[str, Any], *, answer: str) -> dict[str, Any]:
     parameters = tool["function"].get("parameters") or {"type": "object"}
     arguments = sample_value(parameters, text=answer, root=parameters)
     return {
-        "id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
+        "id": f"call_{uuid.uuid4().hex[:24]}",
+        "type": "function",
         "function": {"name": tool["function"]["name"], "arguments": json.dumps(arguments)},
     }
 
@@ -426,7 +460,8 @@ def usage(chat: ChatRequest, completion_text: str) -> dict[str, int]:
     prompt_tokens = max(1, sum(len(text.split()) for text in chat.texts))
     completion_tokens = len(completion_text.split())
     return {
-        "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
     }
 
@@ -446,15 +481,19 @@ def completion_json(chat: ChatRequest, reply: Reply) -> dict[str, Any]:
     if reply.tool_call:
         message["tool_calls"] = [reply.tool_call]
     return {
-        "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
-        "model": chat.model, "usage": reply.usage, "system_fingerprint": SYSTEM_FINGERPRINT,
+        "id": f"chatcmpl-{uuid.uuid4().hex}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": chat.model,
+        "usage": reply.usage,
+        "system_fingerprint": SYSTEM_FINGERPRINT,
         "choices": [{"index": 0, "message": message, "finish_reason": reply.finish_reason, "logprobs": None}],
     }
 
 
 def split_into_pieces(text: str) -> list[str]:
     size = max(1, -(-len(text) // STREAM_PIECES))
-    return [text[start:start + size] for start in range(0, len(text), size)]
+    return [text[start : start + size] for start in range(0, len(text), size)]
 
 
 def stream_deltas(reply: Reply) -> list[dict[str, Any]]:
@@ -463,7 +502,9 @@ def stream_deltas(reply: Reply) -> list[dict[str, Any]]:
         return [{"role": "assistant", "content": ""}] + [{"content": piece} for piece in pieces]
     function = reply.tool_call["function"]
     opening = {
-        "index": 0, "id": reply.tool_call["id"], "type": "function",
+        "index": 0,
+        "id": reply.tool_call["id"],
+        "type": "function",
         "function": {"name": function["name"], "arguments": ""},
     }
     pieces = split_into_pieces(function["arguments"])
@@ -484,8 +525,11 @@ def sse_event(payload: dict[str, Any]) -> bytes:
 async def stream_reply(request: web.Request, chat: ChatRequest, reply: Reply) -> web.StreamResponse:
     include_usage = bool((chat.body.get("stream_options") or {}).get("include_usage"))
     envelope: dict[str, Any] = {
-        "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion.chunk", "created": int(time.time()),
-        "model": chat.model, "system_fingerprint": SYSTEM_FINGERPRINT,
+        "id": f"chatcmpl-{uuid.uuid4().hex}",
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": chat.model,
+        "system_fingerprint": SYSTEM_FINGERPRINT,
     }
     if include_usage:
         envelope["usage"] = None  # as OpenAI does: null on every chunk but the last
@@ -509,8 +553,16 @@ async def answer(request: web.Request, chat: ChatRequest) -> web.StreamResponse:
 
 # ---------------------------------------------------------------- faults
 
-def error_response(status: int, message: str, *, error_type: str, code: str | None = None,
-                   param: str | None = None, headers: dict[str, str] | None = None) -> web.Response:
+
+def error_response(
+    status: int,
+    message: str,
+    *,
+    error_type: str,
+    code: str | None = None,
+    param: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
     body = {"error": {"message": message, "type": error_type, "param": param, "code": code}}
     return web.json_response(body, status=status, headers=headers)
 
@@ -551,6 +603,7 @@ async def faulty_answer(request: web.Request, chat: ChatRequest, fault: Fault) -
 
 
 # ---------------------------------------------------------------- handlers
+
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
@@ -657,32 +710,37 @@ async def api_errors(request: web.Request, handler: Handler) -> web.StreamRespon
         return error_response(error.status, str(error), error_type="invalid_request_error", param=error.param)
 
 
-def make_app(*, latency_ms: float = 0, latency_jitter_ms: float = 0,
-             seed: int | None = None) -> web.Application:
+def make_app(*, latency_ms: float = 0, latency_jitter_ms: float = 0, seed: int | None = None) -> web.Application:
     app = web.Application(middlewares=[api_errors])
     app[STATE] = ServerState(
-        startup_latency_ms=latency_ms, startup_jitter_ms=latency_jitter_ms, rng=random.Random(seed),
-        latency_ms=latency_ms, latency_jitter_ms=latency_jitter_ms,
+        startup_latency_ms=latency_ms,
+        startup_jitter_ms=latency_jitter_ms,
+        rng=random.Random(seed),
+        latency_ms=latency_ms,
+        latency_jitter_ms=latency_jitter_ms,
     )
-    app.add_routes([
-        web.post("/v1/chat/completions", chat_completions),
-        web.get("/v1/models", list_models),
-        web.get("/health", health),
-        web.post("/control/faults", add_fault_rule),
-        web.get("/control/faults", list_fault_rules),
-        web.delete("/control/faults", clear_fault_rules),
-        web.delete("/control/faults/{rule_id}", delete_fault_rule),
-        web.get("/control/config", get_config),
-        web.post("/control/config", update_config),
-        web.get("/control/requests", list_requests),
-        web.delete("/control/requests", clear_requests),
-        web.get("/control/stats", stats),
-        web.post("/control/reset", reset),
-    ])
+    app.add_routes(
+        [
+            web.post("/v1/chat/completions", chat_completions),
+            web.get("/v1/models", list_models),
+            web.get("/health", health),
+            web.post("/control/faults", add_fault_rule),
+            web.get("/control/faults", list_fault_rules),
+            web.delete("/control/faults", clear_fault_rules),
+            web.delete("/control/faults/{rule_id}", delete_fault_rule),
+            web.get("/control/config", get_config),
+            web.post("/control/config", update_config),
+            web.get("/control/requests", list_requests),
+            web.delete("/control/requests", clear_requests),
+            web.get("/control/stats", stats),
+            web.post("/control/reset", reset),
+        ]
+    )
     return app
 
 
 # ---------------------------------------------------------------- process
+
 
 async def wait_for_stop_signal() -> None:
     stop = asyncio.Event()

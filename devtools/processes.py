@@ -1,7 +1,9 @@
 """Start and stop the service's own processes (bundled LLM server, Celery workers) for the demo,
 tests and benchmarks, and wait until each is ready."""
+
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -19,8 +21,17 @@ _LISTENING = re.compile(r"listening on (http://\S+)")
 @contextmanager
 def llm_server(*, latency_ms: float = 0, jitter_ms: float = 0, seed: int | None = None) -> Iterator[str]:
     """Run the bundled LLM server (`devtools.llm_server`) on a free port; yields its base URL (without /v1)."""
-    command = [sys.executable, "-m", "devtools.llm_server", "--port", "0",
-               "--latency-ms", str(latency_ms), "--latency-jitter-ms", str(jitter_ms)]
+    command = [
+        sys.executable,
+        "-m",
+        "devtools.llm_server",
+        "--port",
+        "0",
+        "--latency-ms",
+        str(latency_ms),
+        "--latency-jitter-ms",
+        str(jitter_ms),
+    ]
     if seed is not None:
         command += ["--seed", str(seed)]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True, start_new_session=True)
@@ -34,15 +45,21 @@ CELERY_READY = " ready."
 
 
 def start_process(
-    command: list[str], *, env: dict[str, str], log_path: Path, ready_marker: str = CELERY_READY, timeout: float = 60,
+    command: list[str],
+    *,
+    env: dict[str, str],
+    log_path: Path,
+    ready_marker: str = CELERY_READY,
+    timeout: float = 60,
 ) -> subprocess.Popen:
     """Run `command` from the repo root with `env` on top of ours, output appended to `log_path`, and
     return once it printed `ready_marker`. Raises: RuntimeError when it exits or is not ready in time."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
         log_start = log.tell()
-        process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+        process = subprocess.Popen(
+            command, cwd=ROOT, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
     _await_log_line(process, log_path, ready_marker, after=log_start, timeout=timeout)
     return process
 
@@ -59,8 +76,20 @@ def started(command: list[str], **options) -> Iterator[subprocess.Popen]:
 
 def worker_command(*, name: str, queues: str = "agent_tasks,system", extra_args: tuple[str, ...] = ()) -> list[str]:
     """`celery -A worker worker` for the service's own app."""
-    return [sys.executable, "-m", "celery", "-A", "worker", "worker", "--loglevel=INFO", "-Q", queues,
-            "-n", f"{name}@%h", *extra_args]
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "worker",
+        "worker",
+        "--loglevel=INFO",
+        "-Q",
+        queues,
+        "-n",
+        f"{name}@%h",
+        *extra_args,
+    ]
 
 
 def worker_env(env: dict[str, str], *, pool: str | None = None, concurrency: int | None = None) -> dict[str, str]:
@@ -71,13 +100,23 @@ def worker_env(env: dict[str, str], *, pool: str | None = None, concurrency: int
 
 
 def start_worker(
-    *, env: dict[str, str], log_path: Path, name: str, concurrency: int | None = None, pool: str | None = None,
-    queues: str = "agent_tasks,system", extra_args: tuple[str, ...] = (), ready_timeout: float = 60,
+    *,
+    env: dict[str, str],
+    log_path: Path,
+    name: str,
+    concurrency: int | None = None,
+    pool: str | None = None,
+    queues: str = "agent_tasks,system",
+    extra_args: tuple[str, ...] = (),
+    ready_timeout: float = 60,
 ) -> subprocess.Popen:
     """Start a worker (pool and concurrency default to the settings) and return once it is ready."""
-    return start_process(worker_command(name=name, queues=queues, extra_args=extra_args),
-                         env=worker_env(env, pool=pool, concurrency=concurrency), log_path=log_path,
-                         timeout=ready_timeout)
+    return start_process(
+        worker_command(name=name, queues=queues, extra_args=extra_args),
+        env=worker_env(env, pool=pool, concurrency=concurrency),
+        log_path=log_path,
+        timeout=ready_timeout,
+    )
 
 
 @contextmanager
@@ -95,10 +134,8 @@ def stop_process(process: subprocess.Popen, *, sig: int = signal.SIGTERM, timeou
     that outlived its leader (a worker's embedded beat outlives a main process stopped on its own)."""
     if process.poll() is None:
         _signal_group(process, sig)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            pass
     _signal_group(process, signal.SIGKILL)
     process.wait(timeout=10)
 

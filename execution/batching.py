@@ -3,6 +3,7 @@
 Two behaviours of `celery_batches.Batches` are changed here, each for a bug it had under this service's
 load (see docs/decisions.md, "Batches after a reconnection" and "A lost batch's messages").
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -38,7 +39,8 @@ class AgentTaskBatches(Batches):
         limit), its messages go back to the queue at once instead of holding their prefetch slots for good."""
         batch = ([SimpleRequest.from_request(request) for request in requests],)
         return self._pool.apply_async(
-            apply_batches_task, (self, batch, 0, None),
+            apply_batches_task,
+            (self, batch, 0, None),
             callback=lambda _result: [request.acknowledge() for request in requests],
             error_callback=lambda _error: [request.reject(requeue=True) for request in requests],
         )

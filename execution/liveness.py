@@ -5,6 +5,7 @@ and Celery redelivers the message at once. If the claim's owner was a process on
 (and pid namespace) that no longer exists, the redelivery may take the task over immediately
 instead of waiting for the stale threshold. Owners elsewhere are never presumed dead.
 """
+
 from __future__ import annotations
 
 import os

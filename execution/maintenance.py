@@ -1,4 +1,5 @@
 """The periodic jobs beat runs on the `system` queue: the health check and the stale-task sweeper."""
+
 from __future__ import annotations
 
 from celery import Celery

@@ -1,5 +1,6 @@
 """What one delivery of a task did: the vocabulary of outcomes, shared by the pipeline, the task shells,
 the logs and the metrics."""
+
 from __future__ import annotations
 
 import enum

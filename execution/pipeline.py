@@ -1,5 +1,6 @@
 """Running agent tasks: claim, admit, call, record. Plain functions with explicit collaborators; the
 Celery task shells in `tasks.py` call them."""
+
 from __future__ import annotations
 
 import itertools
@@ -52,17 +53,27 @@ class _Prepared:
 
 
 def execute_agent_task(
-    task_id: Any, *, session_factory: sessionmaker[Session], settings: Settings, llm: LLMRunner,
+    task_id: Any,
+    *,
+    session_factory: sessionmaker[Session],
+    settings: Settings,
+    llm: LLMRunner,
     admission: Admission = NO_ADMISSION_CHECKS,
 ) -> TaskOutcome:
     """Run one attempt of one task; see `execute_agent_tasks`."""
-    return execute_agent_tasks([task_id], session_factory=session_factory, settings=settings, llm=llm,
-                               admission=admission)[0]
+    return execute_agent_tasks(
+        [task_id], session_factory=session_factory, settings=settings, llm=llm, admission=admission
+    )[0]
 
 
 def execute_agent_tasks(
-    task_ids: Sequence[Any], *, session_factory: sessionmaker[Session], settings: Settings, llm: LLMRunner,
-    admission: Admission = NO_ADMISSION_CHECKS, kinds: Mapping[str, TaskKind] = KINDS,
+    task_ids: Sequence[Any],
+    *,
+    session_factory: sessionmaker[Session],
+    settings: Settings,
+    llm: LLMRunner,
+    admission: Admission = NO_ADMISSION_CHECKS,
+    kinds: Mapping[str, TaskKind] = KINDS,
 ) -> list[TaskOutcome]:
     """Run one attempt of each task: claim them all in one transaction, ask `admission` which may run,
     call the LLM for those (concurrently, on `llm`) with no connection held, and record the outcomes as
@@ -74,8 +85,14 @@ def execute_agent_tasks(
     """
     ids = [_valid_id(task_id) for task_id in task_ids]
     with session_scope(session_factory) as session:
-        claimed = lifecycle.claim_tasks(session, [i for i in ids if isinstance(i, uuid.UUID)], settings=settings,
-                                        now=utcnow(), owner=current_owner(), owner_is_gone=owner_is_gone)
+        claimed = lifecycle.claim_tasks(
+            session,
+            [i for i in ids if isinstance(i, uuid.UUID)],
+            settings=settings,
+            now=utcnow(),
+            owner=current_owner(),
+            owner_is_gone=owner_is_gone,
+        )
     claims = iter(claimed)
     steps = [next(claims) if isinstance(task_id, uuid.UUID) else task_id for task_id in ids]
     runs = [step for step in steps if isinstance(step, Claim)]
@@ -112,11 +129,16 @@ def _settlements(
         step = _prepare(claim, settings=settings, kinds=kinds)
         (prepared if isinstance(step, _Prepared) else stopped).append((claim, step))
     decisions = admission.admit([step.candidate for _, step in prepared])
-    stopped += [(claim, _turned_away(decision)) for (claim, _), decision in zip(prepared, decisions, strict=True)
-                if decision.verdict is not Verdict.RUN]
+    stopped += [
+        (claim, _turned_away(decision))
+        for (claim, _), decision in zip(prepared, decisions, strict=True)
+        if decision.verdict is not Verdict.RUN
+    ]
     if stopped:
         yield stopped
-    admitted = [step for (_, step), decision in zip(prepared, decisions, strict=True) if decision.verdict is Verdict.RUN]
+    admitted = [
+        step for (_, step), decision in zip(prepared, decisions, strict=True) if decision.verdict is Verdict.RUN
+    ]
     futures = llm.submit([step.candidate.request for step in admitted])
     pending: dict[Future[LLMReply], _Prepared] = dict(zip(futures, admitted, strict=True))
     while pending:
@@ -183,8 +205,9 @@ def _settle(session: Session, claim: Claim, how: Settlement, *, settings: Settin
         return _outcome(claim, Outcome.DEFERRED, error=how.reason, retry_in=how.retry_in)
     if isinstance(how, BaseException):
         return _record_error(session, claim, classify(how), settings=settings)
-    done = lifecycle.record_success(session, claim, result=how.result.text[: settings.max_result_length],
-                                    usage=how.usage, now=utcnow())
+    done = lifecycle.record_success(
+        session, claim, result=how.result.text[: settings.max_result_length], usage=how.usage, now=utcnow()
+    )
     if not done:
         return _outcome(claim, Outcome.SUPERSEDED)
     usage = how.usage

@@ -1,4 +1,5 @@
 """When to try again: exponential backoff with jitter, never sooner than the peer asked."""
+
 from __future__ import annotations
 
 import random

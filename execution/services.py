@@ -1,5 +1,6 @@
 """The services a task needs, in one typed object: settings, database sessions, the LLM runner and the
 admission checks. The Celery app carries one (`worker.AgentServiceCelery.services`)."""
+
 from __future__ import annotations
 
 from functools import cached_property

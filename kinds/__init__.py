@@ -1,4 +1,5 @@
 """Task kinds, by name: each one a file of this package (see `kinds.base`)."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping

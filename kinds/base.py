@@ -3,6 +3,7 @@
 A kind is one file in this package implementing `TaskKind`, registered in `kinds.KINDS`. The LLM
 process never sees a kind: it runs the plain `LLMRequest` that `build_request` returns.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

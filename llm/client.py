@@ -3,6 +3,7 @@
 Calls are async: a worker runs hundreds of them at once on one event loop (see `llm.runners`). This
 module knows no task kind: the kinds build the messages (see `kinds`).
 """
+
 from __future__ import annotations
 
 import threading
@@ -35,9 +36,15 @@ async def run_request(request: LLMRequest, *, settings: Settings) -> LLMReply:
 
 def chat_model(request: LLMRequest, settings: Settings) -> ChatOpenAI:
     """The shared ChatOpenAI client (and its connection pool) for this request's model configuration."""
-    key: ClientKey = (request.model, request.temperature, request.max_tokens,
-                      request.options.model_dump_json(exclude_none=True), settings.openai_base_url,
-                      settings.openai_api_key.get_secret_value(), settings.llm_timeout_seconds)
+    key: ClientKey = (
+        request.model,
+        request.temperature,
+        request.max_tokens,
+        request.options.model_dump_json(exclude_none=True),
+        settings.openai_base_url,
+        settings.openai_api_key.get_secret_value(),
+        settings.llm_timeout_seconds,
+    )
     with _chat_models_lock:
         if key not in _chat_models:
             _chat_models[key] = _new_chat_model(request, settings)
@@ -82,5 +89,8 @@ def _usage(message: AIMessage) -> Usage | None:
     usage = message.usage_metadata
     if not usage:
         return None
-    return Usage(prompt_tokens=usage.get("input_tokens", 0), completion_tokens=usage.get("output_tokens", 0),
-                 total_tokens=usage.get("total_tokens", 0))
+    return Usage(
+        prompt_tokens=usage.get("input_tokens", 0),
+        completion_tokens=usage.get("output_tokens", 0),
+        total_tokens=usage.get("total_tokens", 0),
+    )

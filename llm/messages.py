@@ -1,5 +1,6 @@
 """The plain values an LLM call takes and gives back. They cross into the LLM process, so they carry no
 task kind, no database row and nothing that needs more than the standard library and pydantic."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -3,9 +3,11 @@
 It runs every request it is sent, concurrently on one event loop, and sends each outcome back as it ends.
 It imports only the LLM stack (no database, no Celery), and exits when its worker closes the pipe.
 """
+
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 from multiprocessing.connection import Connection
 from typing import Any
@@ -28,10 +30,10 @@ def serve(*, from_parent: Connection, to_parent: Connection) -> None:
     running: set[asyncio.Task] = set()  # the loop keeps only weak references to its tasks
 
     def send_outbox() -> None:
-        try:
+        with contextlib.suppress(
+            BrokenPipeError
+        ):  # the worker is gone; the EOF on the other pipe shuts this process down
             to_parent.send(outbox[:])
-        except BrokenPipeError:
-            pass  # the worker is gone; the EOF on the other pipe shuts this process down
         outbox.clear()
 
     def finished(call_id: int, ok: bool, value: Any) -> None:
@@ -71,5 +73,6 @@ def serve(*, from_parent: Connection, to_parent: Connection) -> None:
 
 
 if __name__ == "__main__":
-    serve(from_parent=Connection(int(sys.argv[1]), writable=False),
-          to_parent=Connection(int(sys.argv[2]), readable=False))
+    serve(
+        from_parent=Connection(int(sys.argv[1]), writable=False), to_parent=Connection(int(sys.argv[2]), readable=False)
+    )

@@ -5,6 +5,7 @@ A loop, not a thread per call; a child process, so the LLM client stack gets a c
 worker never imports it; hand-written on `run_coroutine_threadsafe` and `multiprocessing.connection`:
 see docs/decisions.md, "LLM calls on one loop" and "The LLM process".
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -119,8 +120,11 @@ class _Child:
         # Pipes of their own rather than stdin/stdout, which a library printing something would corrupt.
         self._process = subprocess.Popen(
             [sys.executable, "-m", "llm.process", str(calls_read), str(outcomes_write)],
-            pass_fds=(calls_read, outcomes_write), stdin=subprocess.DEVNULL,
-            env={**os.environ, **settings.as_env()}, cwd=_ROOT)
+            pass_fds=(calls_read, outcomes_write),
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **settings.as_env()},
+            cwd=_ROOT,
+        )
         os.close(calls_read)
         os.close(outcomes_write)
         self._to_child = Connection(calls_write, readable=False)
@@ -130,8 +134,12 @@ class _Child:
         # Sends are serialised apart from _lock, so that a send waiting on a full pipe never holds up the
         # reader, which is what empties the child's side.
         self._send_lock = threading.Lock()
-        threading.Thread(target=self._receive, args=(Connection(outcomes_read, writable=False),),
-                         name="llm-process-reader", daemon=True).start()
+        threading.Thread(
+            target=self._receive,
+            args=(Connection(outcomes_read, writable=False),),
+            name="llm-process-reader",
+            daemon=True,
+        ).start()
 
     def alive(self) -> bool:
         return self._process.poll() is None

@@ -1,4 +1,5 @@
 """Publishing agent-task messages: one message per task, carrying only the task's id."""
+
 from __future__ import annotations
 
 import uuid
@@ -33,8 +34,14 @@ def publish_tasks(app: Celery, task_ids: list[uuid.UUID], *, countdown: float | 
         with app.producer_or_acquire() as producer:
             for task_id in task_ids:
                 # ignore_result: the outcome lives in the task row, so neither side touches the result backend.
-                app.send_task(PROCESS_TASK_NAME, args=[str(task_id)], task_id=str(task_id), producer=producer,
-                              ignore_result=True, countdown=countdown)
+                app.send_task(
+                    PROCESS_TASK_NAME,
+                    args=[str(task_id)],
+                    task_id=str(task_id),
+                    producer=producer,
+                    ignore_result=True,
+                    countdown=countdown,
+                )
     except (BrokerOperationalError, ConnectionError, OSError) as exc:
         raise BrokerUnavailableError(
             f"{len(task_ids)} task(s) saved as pending but not queued (broker unreachable: {exc}); "

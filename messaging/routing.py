@@ -3,6 +3,7 @@
 Both `worker.py` (which declares the queues and routes) and `tasks.py` (which names its tasks) read them
 here. The task names keep the design's `worker.` prefix.
 """
+
 from __future__ import annotations
 
 from kombu import Exchange, Queue
@@ -15,7 +16,9 @@ HEALTH_TASK_NAME = "worker.health_check"
 SWEEP_TASK_NAME = "worker.sweep_stale_tasks"
 
 # Each queue with a direct exchange and routing key of its own name.
-TASK_QUEUES = tuple(Queue(name, Exchange(name, type="direct"), routing_key=name) for name in (AGENT_QUEUE, SYSTEM_QUEUE))
+TASK_QUEUES = tuple(
+    Queue(name, Exchange(name, type="direct"), routing_key=name) for name in (AGENT_QUEUE, SYSTEM_QUEUE)
+)
 
 TASK_ROUTES = {
     PROCESS_TASK_NAME: {"queue": AGENT_QUEUE},

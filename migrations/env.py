@@ -1,4 +1,5 @@
 """Alembic environment: migrates the database named by Settings, or a connection handed in."""
+
 from __future__ import annotations
 
 from logging.config import fileConfig
@@ -29,7 +30,9 @@ def run_migrations_online() -> None:
 
 
 def _migrate(connection) -> None:
-    context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=connection.dialect.name == "sqlite")
+    context.configure(
+        connection=connection, target_metadata=Base.metadata, render_as_batch=connection.dialect.name == "sqlite"
+    )
     with context.begin_transaction():
         context.run_migrations()
 

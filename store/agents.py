@@ -1,4 +1,5 @@
 """The detached spec a run needs of its agent, read off the agent's row."""
+
 from __future__ import annotations
 
 import uuid

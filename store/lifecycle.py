@@ -3,12 +3,13 @@
 Every transition is a conditional UPDATE (compare-and-set), so two workers holding the same
 message can never both run a task, and a run that lost its claim can never complete it.
 """
+
 from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import and_, bindparam, case, func, or_, select, update
 from sqlalchemy.orm import Session, selectinload
@@ -24,32 +25,73 @@ CLAIMABLE = (TaskStatus.PENDING, TaskStatus.QUEUED)
 # The per-task statements are built once: constructing a statement costs more CPU than running it.
 _TASKS, _AGENTS = Task.__table__, Agent.__table__
 _NOW = bindparam("p_now")
-_CLAIMED_COLUMNS = (_TASKS.c.id, _TASKS.c.attempts, _TASKS.c.title, _TASKS.c.description, _TASKS.c.agent_id,
-                    _TASKS.c.user_id, _TASKS.c.started_at)
-_TAKE_VALUES = dict(status=TaskStatus.RUNNING, attempts=_TASKS.c.attempts + 1, claimed_at=_NOW, waiting_reason=None,
-                    claimed_by=bindparam("p_owner"), updated_at=_NOW, started_at=func.coalesce(_TASKS.c.started_at, _NOW))
+_CLAIMED_COLUMNS = (
+    _TASKS.c.id,
+    _TASKS.c.attempts,
+    _TASKS.c.title,
+    _TASKS.c.description,
+    _TASKS.c.agent_id,
+    _TASKS.c.user_id,
+    _TASKS.c.started_at,
+)
+_TAKE_VALUES = dict(
+    status=TaskStatus.RUNNING,
+    attempts=_TASKS.c.attempts + 1,
+    claimed_at=_NOW,
+    waiting_reason=None,
+    claimed_by=bindparam("p_owner"),
+    updated_at=_NOW,
+    started_at=func.coalesce(_TASKS.c.started_at, _NOW),
+)
 _THIS_TASK = _TASKS.c.id == bindparam("p_id")
-_TAKE_QUEUED = (update(_TASKS).where(_TASKS.c.id.in_(bindparam("p_ids", expanding=True)), _TASKS.c.status.in_(CLAIMABLE))
-                .values(**_TAKE_VALUES).returning(*_CLAIMED_COLUMNS))
+_TAKE_QUEUED = (
+    update(_TASKS)
+    .where(_TASKS.c.id.in_(bindparam("p_ids", expanding=True)), _TASKS.c.status.in_(CLAIMABLE))
+    .values(**_TAKE_VALUES)
+    .returning(*_CLAIMED_COLUMNS)
+)
 _OWNED = (_THIS_TASK, _TASKS.c.status == TaskStatus.RUNNING, _TASKS.c.attempts == bindparam("p_attempt"))
 _TAKE_ABANDONED = update(_TASKS).where(*_OWNED).values(**_TAKE_VALUES).returning(*_CLAIMED_COLUMNS)
 _AGENTS_OF = select(_AGENTS).where(_AGENTS.c.id.in_(bindparam("p_agents", expanding=True)))
 _FINISHED = dict(finished_at=_NOW, updated_at=_NOW, duration_ms=bindparam("p_duration"))
-_COMPLETE = update(_TASKS).where(*_OWNED).values(
-    status=TaskStatus.COMPLETED, result=bindparam("p_result"), error=None, prompt_tokens=bindparam("p_prompt_tokens"),
-    completion_tokens=bindparam("p_completion_tokens"), total_tokens=bindparam("p_total_tokens"), **_FINISHED)
+_COMPLETE = (
+    update(_TASKS)
+    .where(*_OWNED)
+    .values(
+        status=TaskStatus.COMPLETED,
+        result=bindparam("p_result"),
+        error=None,
+        prompt_tokens=bindparam("p_prompt_tokens"),
+        completion_tokens=bindparam("p_completion_tokens"),
+        total_tokens=bindparam("p_total_tokens"),
+        **_FINISHED,
+    )
+)
 _FAIL = update(_TASKS).where(*_OWNED).values(status=TaskStatus.FAILED, error=bindparam("p_error"), **_FINISHED)
-_REQUEUE = update(_TASKS).where(*_OWNED).values(
-    status=TaskStatus.QUEUED, error=bindparam("p_error"), queued_at=_NOW, updated_at=_NOW)
+_REQUEUE = (
+    update(_TASKS)
+    .where(*_OWNED)
+    .values(status=TaskStatus.QUEUED, error=bindparam("p_error"), queued_at=_NOW, updated_at=_NOW)
+)
 # A deferred attempt gives its attempt back, and its start time if it was the first.
-_DEFER = update(_TASKS).where(*_OWNED).values(
-    status=TaskStatus.QUEUED, attempts=_TASKS.c.attempts - 1, waiting_reason=bindparam("p_reason"),
-    started_at=case((_TASKS.c.attempts == 1, None), else_=_TASKS.c.started_at), claimed_at=None, claimed_by=None,
-    queued_at=_NOW, updated_at=_NOW)
+_DEFER = (
+    update(_TASKS)
+    .where(*_OWNED)
+    .values(
+        status=TaskStatus.QUEUED,
+        attempts=_TASKS.c.attempts - 1,
+        waiting_reason=bindparam("p_reason"),
+        started_at=case((_TASKS.c.attempts == 1, None), else_=_TASKS.c.started_at),
+        claimed_at=None,
+        claimed_by=None,
+        queued_at=_NOW,
+        updated_at=_NOW,
+    )
+)
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
@@ -86,7 +128,12 @@ def mark_queued(session: Session, task_ids: list[uuid.UUID], *, now: datetime) -
 
 
 def claim_tasks(
-    session: Session, task_ids: list[uuid.UUID], *, settings: Settings, now: datetime, owner: str,
+    session: Session,
+    task_ids: list[uuid.UUID],
+    *,
+    settings: Settings,
+    now: datetime,
+    owner: str,
     owner_is_gone: Callable[[str | None], bool] = lambda _owner: False,
 ) -> list[Claim | Skip]:
     """Take the next attempt of each task, in order: pending or queued ones in one statement, then any
@@ -98,13 +145,19 @@ def claim_tasks(
     taken = {row.id: row for row in connection.execute(_TAKE_QUEUED, params)}
     for task_id in params["p_ids"]:
         if task_id not in taken:
-            taken[task_id] = _take_abandoned(session, task_id, settings=settings, now=now, owner=owner,
-                                             owner_is_gone=owner_is_gone)
+            taken[task_id] = _take_abandoned(
+                session, task_id, settings=settings, now=now, owner=owner, owner_is_gone=owner_is_gone
+            )
     agent_ids = list({row.agent_id for row in taken.values() if not isinstance(row, Skip)})
     agents = {agent.id: agent for agent in connection.execute(_AGENTS_OF, {"p_agents": agent_ids})} if agent_ids else {}
-    claims = {task_id: row if isinstance(row, Skip) else _claim_of(row, agents[row.agent_id]) for task_id, row in taken.items()}
-    return [claims.pop(task_id, None) or Skip(task_id, TaskStatus.RUNNING, "delivered twice in one batch")
-            for task_id in task_ids]
+    claims = {
+        task_id: row if isinstance(row, Skip) else _claim_of(row, agents[row.agent_id])
+        for task_id, row in taken.items()
+    }
+    return [
+        claims.pop(task_id, None) or Skip(task_id, TaskStatus.RUNNING, "delivered twice in one batch")
+        for task_id in task_ids
+    ]
 
 
 def _take_abandoned(
@@ -119,8 +172,15 @@ def _take_abandoned(
     taken = session.connection().execute(_TAKE_ABANDONED, params).first()
     if taken is None:
         return Skip(task_id, task.status, "another worker took it over first")
-    session.add(TaskAttempt(task_id=task_id, attempt=task.attempts, outcome="lost", at=now,
-                            error=f"the worker running it ({task.claimed_by}) was lost"))
+    session.add(
+        TaskAttempt(
+            task_id=task_id,
+            attempt=task.attempts,
+            outcome="lost",
+            at=now,
+            error=f"the worker running it ({task.claimed_by}) was lost",
+        )
+    )
     return taken
 
 
@@ -157,8 +217,13 @@ def record_deferral(session: Session, claim: Claim, *, reason: str, now: datetim
 
 def failed_tasks(session: Session, *, limit: int) -> list[Task]:
     """The dead letters: failed tasks, newest first, with their attempt history loaded."""
-    query = (select(Task).where(Task.status == TaskStatus.FAILED).order_by(Task.finished_at.desc()).limit(limit)
-             .options(selectinload(Task.attempt_history)))
+    query = (
+        select(Task)
+        .where(Task.status == TaskStatus.FAILED)
+        .order_by(Task.finished_at.desc())
+        .limit(limit)
+        .options(selectinload(Task.attempt_history))
+    )
     return list(session.scalars(query))
 
 
@@ -170,12 +235,26 @@ def reset_for_replay(session: Session, task_ids: list[uuid.UUID] | None, *, now:
     condition = Task.status == TaskStatus.FAILED
     if task_ids is not None:
         condition = and_(condition, Task.id.in_(task_ids))
-    return list(session.scalars(
-        update(Task).where(condition)
-        .values(status=TaskStatus.PENDING, attempts=0, replays=Task.replays + 1, error=None, result=None,
-                started_at=None, finished_at=None, claimed_at=None, claimed_by=None, duration_ms=None, updated_at=now)
-        .returning(Task.id)
-    ))
+    return list(
+        session.scalars(
+            update(Task)
+            .where(condition)
+            .values(
+                status=TaskStatus.PENDING,
+                attempts=0,
+                replays=Task.replays + 1,
+                error=None,
+                result=None,
+                started_at=None,
+                finished_at=None,
+                claimed_at=None,
+                claimed_by=None,
+                duration_ms=None,
+                updated_at=now,
+            )
+            .returning(Task.id)
+        )
+    )
 
 
 def tasks_to_requeue(session: Session, *, settings: Settings, now: datetime, limit: int) -> list[uuid.UUID]:
@@ -185,8 +264,10 @@ def tasks_to_requeue(session: Session, *, settings: Settings, now: datetime, lim
     """
     stale_before = now - timedelta(seconds=settings.stale_task_after_seconds)
     stuck = or_(
-        and_(Task.status == TaskStatus.PENDING,
-             Task.updated_at < now - timedelta(seconds=settings.requeue_pending_after_seconds)),
+        and_(
+            Task.status == TaskStatus.PENDING,
+            Task.updated_at < now - timedelta(seconds=settings.requeue_pending_after_seconds),
+        ),
         and_(Task.status == TaskStatus.QUEUED, Task.updated_at < stale_before),
         and_(Task.status == TaskStatus.RUNNING, Task.claimed_at < stale_before, Task.updated_at < stale_before),
     )
@@ -228,8 +309,16 @@ def _settle_unfinished(session: Session, statement, claim: Claim, *, outcome: st
 
 def _claim_of(taken, agent) -> Claim:
     spec, agent_error = agent_spec(agent)
-    return Claim(taken.id, taken.attempts, taken.title, taken.description or "", spec, user_id=taken.user_id,
-                 agent_error=agent_error, started_at=taken.started_at)
+    return Claim(
+        taken.id,
+        taken.attempts,
+        taken.title,
+        taken.description or "",
+        spec,
+        user_id=taken.user_id,
+        agent_error=agent_error,
+        started_at=taken.started_at,
+    )
 
 
 def _why_not_claimed(task: Task) -> str:
@@ -240,4 +329,4 @@ def _why_not_claimed(task: Task) -> str:
 
 def _aware(moment: datetime) -> datetime:
     # SQLite hands timestamps back without a zone; they were written in UTC.
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

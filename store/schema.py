@@ -1,4 +1,5 @@
 """The database schema: applying the Alembic migrations under migrations/."""
+
 from __future__ import annotations
 
 from pathlib import Path

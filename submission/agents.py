@@ -1,4 +1,5 @@
 """Agents as callers define them: creating one from validated input, finding one by id or name."""
+
 from __future__ import annotations
 
 import uuid

@@ -1,5 +1,6 @@
 """Submitting work: validate, store and queue tasks; replay failed ones; cancel. The application's entry
 points (`tasks.create_agent_task` wraps the first for the configured app)."""
+
 from __future__ import annotations
 
 import uuid
@@ -30,8 +31,9 @@ def create_agent_tasks(items: Iterable[Any], *, app: Celery, services: Services)
     kept as pending; the sweeper queues them).
     """
     items = list(items)
-    inputs = [_parse_item(item, index=index, count=len(items), settings=services.settings)
-              for index, item in enumerate(items)]
+    inputs = [
+        _parse_item(item, index=index, count=len(items), settings=services.settings) for index, item in enumerate(items)
+    ]
     with session_scope(services.session_factory) as session:
         rows = _insert_tasks(session, inputs)
     enqueue(app, services.session_factory, [task.id for task, created in rows if created])
@@ -68,7 +70,9 @@ def _insert_tasks(session: Session, items: list[TaskInput]) -> list[tuple[Task, 
     One query for the agents and one for the keys, whatever the number of items. Returns (task, created)
     per item, in order. Raises: TaskValidationError naming the first item whose agent is unknown or inactive.
     """
-    agents = {agent.id: agent for agent in session.scalars(select(Agent).where(Agent.id.in_({i.agent_id for i in items})))}
+    agents = {
+        agent.id: agent for agent in session.scalars(select(Agent).where(Agent.id.in_({i.agent_id for i in items})))
+    }
     known = _tasks_by_idempotency_key(session, items)
     rows = []
     for index, item in enumerate(items):
@@ -101,5 +105,3 @@ def _agent_problem(agent: Agent | None, item: TaskInput) -> str | None:
     if not agent.is_active:
         return f"agent {agent.name!r} is inactive"
     return None
-
-

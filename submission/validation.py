@@ -1,11 +1,19 @@
 """Validated input: what a caller may submit as a task or an agent, with clear errors for the rest."""
+
 from __future__ import annotations
 
 import uuid
 from typing import Annotated, Any
 
 from pydantic import (
-    AfterValidator, BaseModel, ConfigDict, Field, StrictStr, StringConstraints, ValidationError, ValidationInfo,
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictStr,
+    StringConstraints,
+    ValidationError,
+    ValidationInfo,
     field_validator,
 )
 

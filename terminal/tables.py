@@ -1,5 +1,6 @@
 """Tasks as rich tables for the terminal. Stored text (titles, results, errors) is user data: it goes
 in as `rich.text.Text`, never as markup."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -30,8 +31,14 @@ def task_table(tasks: Sequence[Task], *, console: Console, title: str = "Tasks",
         outcome = task.result if task.status == TaskStatus.COMPLETED else task.error
         duration = str(task.duration_ms) if task.duration_ms is not None else ""
         task_id = str(task.id) if full_ids else str(task.id)[:8]
-        cells = {"id": task_id, "status": task.status.value, "tries": str(task.attempts),
-                 "tokens": str(task.total_tokens or ""), "ms": duration, "title": task.title,
-                 "result / error": " ".join((outcome or "").split())}
+        cells = {
+            "id": task_id,
+            "status": task.status.value,
+            "tries": str(task.attempts),
+            "tokens": str(task.total_tokens or ""),
+            "ms": duration,
+            "title": task.title,
+            "result / error": " ".join((outcome or "").split()),
+        }
         table.add_row(*(Text(cells[column]) for column in widths))
     return table

@@ -1,5 +1,6 @@
 """Fixtures on real services: a PostgreSQL database migrated by Alembic, Redis databases, the bundled
 LLM server and a real `celery worker` process. A missing service fails the run; it never skips."""
+
 from __future__ import annotations
 
 import os
@@ -12,12 +13,12 @@ import pytest
 import redis
 from sqlalchemy.orm import Session, sessionmaker
 
-from store.schema import init_db
 from config import Settings
 from database import create_empty_database, make_engine, session_scope
+from devtools.processes import celery_worker, llm_server
 from llm.runners import BackgroundEventLoop, RunRequest
 from models import Agent
-from devtools.processes import celery_worker, llm_server
+from store.schema import init_db
 from tests.support import LLMControl, make_settings
 from worker import create_celery_app
 
@@ -101,8 +102,13 @@ def session_factory(app) -> sessionmaker[Session]:
 def agent(session_factory) -> Agent:
     """A committed, active agent with a unique name."""
     with session_scope(session_factory) as session:
-        agent = Agent(name=f"agent-{uuid.uuid4().hex[:8]}", prompt="You are a careful assistant.", model="gpt-4o-mini",
-                      temperature=0.1, max_tokens=200)
+        agent = Agent(
+            name=f"agent-{uuid.uuid4().hex[:8]}",
+            prompt="You are a careful assistant.",
+            model="gpt-4o-mini",
+            temperature=0.1,
+            max_tokens=200,
+        )
         session.add(agent)
     return agent
 

@@ -1,4 +1,5 @@
 """Helpers shared by the tests: settings for child processes, the LLM server's control API, polling."""
+
 from __future__ import annotations
 
 import subprocess
@@ -10,8 +11,8 @@ import httpx
 
 from config import Settings
 from database import session_scope
-from models import FINAL_STATUSES, Task
 from devtools.processes import ROOT
+from models import FINAL_STATUSES, Task
 
 
 class LLMControl:
@@ -33,16 +34,25 @@ class LLMControl:
 def make_settings(**overrides) -> Settings:
     """Settings for tests: nothing from the environment or `.env`, quick retries."""
     values = dict(
-        retry_backoff_base_seconds=0.2, retry_backoff_max_seconds=2.0, task_max_attempts=3,
-        llm_timeout_seconds=5, log_json=True,
+        retry_backoff_base_seconds=0.2,
+        retry_backoff_max_seconds=2.0,
+        task_max_attempts=3,
+        llm_timeout_seconds=5,
+        log_json=True,
     )
     return Settings(_env_file=None, **{**values, **overrides})
 
 
 def run_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess:
     """`python cli.py ARGS` in a subprocess configured with `settings`, as a user runs it."""
-    return subprocess.run([sys.executable, "cli.py", *args], cwd=ROOT, env={"PATH": "/usr/bin:/bin", **settings.as_env()},
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "cli.py", *args],
+        cwd=ROOT,
+        env={"PATH": "/usr/bin:/bin", **settings.as_env()},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def wait_for_final(session_factory, task_ids: list[str], *, timeout: float = 60) -> dict[str, Task]:

@@ -1,5 +1,6 @@
 """Chaos fixtures: a private PostgreSQL cluster and private Redis servers that scenarios may kill,
 a scenario factory with its own workers, and the results table printed at the end of the run."""
+
 from __future__ import annotations
 
 import io
@@ -59,8 +60,9 @@ def build_scenario(pg, chaos_db, redis_server, llm_url, llm) -> Callable[..., Sc
 
     def build(name: str, **overrides) -> Scenario:
         redis_server.client().flushall()  # private server: nothing of an earlier test may be delivered
-        settings = chaos_settings(database_url=pg.url(chaos_db), redis_url=redis_server.url(), llm_url=llm_url,
-                                  **overrides)
+        settings = chaos_settings(
+            database_url=pg.url(chaos_db), redis_url=redis_server.url(), llm_url=llm_url, **overrides
+        )
         return Scenario(name, settings, llm)
 
     return build
@@ -92,13 +94,28 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
 
 def results_table_text(rows: list[dict]) -> str:
     table = Table(title=f"Chaos scenarios ({SCALE} size)")
-    headers = ("scenario", "tasks", "completed", "failed (error recorded)", "lost", "duplicate completions",
-               "LLM calls", "extra LLM calls", "wall time")
+    headers = (
+        "scenario",
+        "tasks",
+        "completed",
+        "failed (error recorded)",
+        "lost",
+        "duplicate completions",
+        "LLM calls",
+        "extra LLM calls",
+        "wall time",
+    )
     for header in headers:
         table.add_column(header, justify="left" if header == "scenario" else "right")
     for row in rows:
-        table.add_row(row["scenario"], *(str(row[key]) for key in (
-            "tasks", "completed", "failed", "lost", "duplicates", "llm_calls", "extra_llm_calls")), f"{row['seconds']} s")
+        table.add_row(
+            row["scenario"],
+            *(
+                str(row[key])
+                for key in ("tasks", "completed", "failed", "lost", "duplicates", "llm_calls", "extra_llm_calls")
+            ),
+            f"{row['seconds']} s",
+        )
     console = Console(record=True, width=160, file=io.StringIO())
     console.print(table)
     return console.export_text()

@@ -1,5 +1,6 @@
 """What every chaos scenario does: size itself, start its own workers, submit tagged tasks, wait, and
 count the outcome (completed, failed, lost, duplicate completions, LLM calls) into a results row."""
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,8 @@ from sqlalchemy import select
 
 from config import Settings
 from database import session_scope
-from models import Agent, Task, TaskAttempt, TaskStatus
 from devtools.processes import ROOT, start_worker, stop_process
+from models import Agent, Task, TaskAttempt, TaskStatus
 from tasks import create_agent_tasks
 from tests.support import LLMControl, make_settings, wait_for_final, wait_until
 from worker import create_celery_app
@@ -31,12 +32,26 @@ RESULTS_JSON = ROOT / ".local" / ("chaos-results.json" if FULL else f"chaos-resu
 
 # LLM timeout < soft limit < hard limit < Redis visibility timeout < sweeper threshold, as Settings demands.
 LIMITS = {
-    "short": dict(llm_timeout_seconds=2, task_soft_time_limit_seconds=3, task_time_limit_seconds=4,
-                  broker_visibility_timeout_seconds=6, stale_task_after_seconds=8, sweep_interval_seconds=1,
-                  requeue_pending_after_seconds=2, worker_soft_shutdown_seconds=10),
-    "full": dict(llm_timeout_seconds=10, task_soft_time_limit_seconds=20, task_time_limit_seconds=25,
-                 broker_visibility_timeout_seconds=30, stale_task_after_seconds=40, sweep_interval_seconds=5,
-                 requeue_pending_after_seconds=5, worker_soft_shutdown_seconds=30),
+    "short": dict(
+        llm_timeout_seconds=2,
+        task_soft_time_limit_seconds=3,
+        task_time_limit_seconds=4,
+        broker_visibility_timeout_seconds=6,
+        stale_task_after_seconds=8,
+        sweep_interval_seconds=1,
+        requeue_pending_after_seconds=2,
+        worker_soft_shutdown_seconds=10,
+    ),
+    "full": dict(
+        llm_timeout_seconds=10,
+        task_soft_time_limit_seconds=20,
+        task_time_limit_seconds=25,
+        broker_visibility_timeout_seconds=30,
+        stale_task_after_seconds=40,
+        sweep_interval_seconds=5,
+        requeue_pending_after_seconds=5,
+        worker_soft_shutdown_seconds=30,
+    ),
 }["full" if FULL else "short"]
 
 
@@ -46,14 +61,21 @@ def sized(short, full):
 
 
 def chaos_settings(*, database_url: str, redis_url: str, llm_url: str, **overrides) -> Settings:
-    return make_settings(database_url=database_url, redis_url=redis_url, openai_base_url=f"{llm_url}/v1",
-                         **{**LIMITS, **overrides})
+    return make_settings(
+        database_url=database_url, redis_url=redis_url, openai_base_url=f"{llm_url}/v1", **{**LIMITS, **overrides}
+    )
 
 
 def add_agent(session_factory, **fields) -> Agent:
     with session_scope(session_factory) as session:
-        agent = Agent(name=f"chaos-{uuid.uuid4().hex[:8]}", prompt="You are a careful assistant.",
-                      model="gpt-4o-mini", temperature=0.1, max_tokens=200, **fields)
+        agent = Agent(
+            name=f"chaos-{uuid.uuid4().hex[:8]}",
+            prompt="You are a careful assistant.",
+            model="gpt-4o-mini",
+            temperature=0.1,
+            max_tokens=200,
+            **fields,
+        )
         session.add(agent)
     return agent
 
@@ -114,8 +136,12 @@ class Scenario:
         """A `celery worker` on this scenario's settings (pool and concurrency included); with `beat`,
         it also runs the sweeper on its schedule."""
         extra = ("-B", "--schedule", str(self.log_dir / f"{label}-beat-schedule")) if beat else ()
-        process = start_worker(env=self.settings.as_env(), log_path=self.log_dir / f"{label}.log",
-                               name=f"{self.name}-{label}".replace(" ", "-"), extra_args=extra)
+        process = start_worker(
+            env=self.settings.as_env(),
+            log_path=self.log_dir / f"{label}.log",
+            name=f"{self.name}-{label}".replace(" ", "-"),
+            extra_args=extra,
+        )
         self.workers.append(process)
         return process
 
@@ -135,8 +161,14 @@ class Scenario:
     def submit(self, count: int, *, label: str = "task", agent: Agent | None = None) -> list[str]:
         agent = agent or self.agent
         self.submitted += count
-        items = [{"title": f"{self.prefix(label)} #{self.submitted - count + i:05d}", "agent_id": str(agent.id),
-                  "user_id": "chaos"} for i in range(count)]
+        items = [
+            {
+                "title": f"{self.prefix(label)} #{self.submitted - count + i:05d}",
+                "agent_id": str(agent.id),
+                "user_id": "chaos",
+            }
+            for i in range(count)
+        ]
         return create_agent_tasks(items, app=self.app)
 
     def prefix(self, label: str | None = None) -> str:
@@ -156,8 +188,11 @@ class Scenario:
 
     def wait_for_progress(self, *, completed: int, running: int = 1, timeout: float = 60) -> None:
         """Poll until at least `completed` of the scenario's tasks completed and `running` are running."""
-        wait_until(lambda: (counts := self.status_counts())["completed"] >= completed and counts["running"] >= running,
-                   what=f"{completed} completed and {running} running tasks", timeout=timeout)
+        wait_until(
+            lambda: (counts := self.status_counts())["completed"] >= completed and counts["running"] >= running,
+            what=f"{completed} completed and {running} running tasks",
+            timeout=timeout,
+        )
 
     def attempts(self, task_id: str) -> list[TaskAttempt]:
         with session_scope(self.session_factory) as session:
@@ -199,8 +234,16 @@ class Scenario:
         failed = sum(row.status in (TaskStatus.FAILED, TaskStatus.CANCELLED) and bool(row.error) for row in rows)
         logged = self.completions_logged()
         duplicates = sum(max(0, logged[str(row.id)] - 1) for row in rows)
-        tally = Tally(name or self.name, len(rows), completed, failed, len(rows) - completed - failed, duplicates,
-                      len(self.llm.requests(self.prefix(label))), round(time.monotonic() - self.started, 1))
+        tally = Tally(
+            name or self.name,
+            len(rows),
+            completed,
+            failed,
+            len(rows) - completed - failed,
+            duplicates,
+            len(self.llm.requests(self.prefix(label))),
+            round(time.monotonic() - self.started, 1),
+        )
         record(tally)
         return tally
 
@@ -224,5 +267,3 @@ def record(tally: Tally) -> None:
 
 def load_results() -> list[dict]:
     return json.loads(RESULTS_JSON.read_text()) if RESULTS_JSON.exists() else []
-
-

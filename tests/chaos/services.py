@@ -3,6 +3,7 @@
 They run on free ports from a temporary directory, so the machine's shared services (and other test
 runs on them) are never touched. A missing binary fails loudly: the chaos suite never skips.
 """
+
 from __future__ import annotations
 
 import glob
@@ -40,7 +41,7 @@ def _wait_until(check, *, what: str, timeout: float = 30) -> None:
         try:
             if check():
                 return
-        except Exception:  # noqa: BLE001 - not up yet
+        except Exception:
             pass
         time.sleep(0.1)
     raise RuntimeError(f"{what} did not come up within {timeout}s")
@@ -63,12 +64,24 @@ class RedisServer:
         return redis.Redis.from_url(self.url())
 
     def start(self) -> None:
-        command = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                   "--daemonize", "no"]
+        command = [
+            self.binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+        ]
         if self.password:
             command += ["--requirepass", self.password]
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                        start_new_session=True)
+        self.process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
         _wait_until(lambda: self.client().ping(), what=f"redis on port {self.port}")
 
     def kill(self) -> None:
@@ -144,5 +157,10 @@ class PostgresCluster:
         return self.execute("SELECT 1") == [1]
 
     def _as_postgres(self, program: str, *args: str) -> None:
-        subprocess.run(["runuser", "-u", PG_USER, "--", str(self.bin / program), *args], check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=120)
+        subprocess.run(
+            ["runuser", "-u", PG_USER, "--", str(self.bin / program), *args],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            timeout=120,
+        )

@@ -1,6 +1,7 @@
 """Scenario 8: bad input through create_agent_task and the CLI gets a clear error and writes nothing;
 a repeated idempotency key yields the first task, run once. (tests/test_create_task.py and
 tests/test_cli.py cover the other cases.)"""
+
 from __future__ import annotations
 
 import uuid
@@ -36,7 +37,7 @@ def test_bad_submissions_are_refused_and_a_repeated_key_runs_one_task(scenario, 
     valid = {"title": f"{run.prefix('dup')} #00000", "agent_id": str(run.agent.id), "user_id": "u-chaos"}
     before = task_count(run)
     # When bad fields are submitted through the API, and an oversize title through the CLI
-    for case, change in BAD_FIELDS.items():
+    for change in BAD_FIELDS.values():
         with pytest.raises(TaskValidationError, match="invalid task input"):
             create_agent_task({**valid, **change}, app=run.app)
     too_long = run_cli(run.settings, "submit", "--agent", str(run.agent.id), "--title", "x" * 501, "--user", "u")
@@ -45,7 +46,17 @@ def test_bad_submissions_are_refused_and_a_repeated_key_runs_one_task(scenario, 
     assert task_count(run) == before
     # When the CLI submits the same idempotency key twice
     key = f"order-{uuid.uuid4().hex[:6]}"
-    submit = ("submit", "--agent", run.agent.name, "--title", valid["title"], "--user", "u-chaos", "--idempotency-key", key)
+    submit = (
+        "submit",
+        "--agent",
+        run.agent.name,
+        "--title",
+        valid["title"],
+        "--user",
+        "u-chaos",
+        "--idempotency-key",
+        key,
+    )
     first, second = run_cli(run.settings, *submit), run_cli(run.settings, *submit)
     # Then both print the first task's id, and that one task runs once
     assert first.returncode == second.returncode == 0 and first.stdout == second.stdout

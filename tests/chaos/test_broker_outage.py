@@ -1,5 +1,6 @@
 """Scenarios 3 and 5: the Redis broker (and result backend) dies. Workers reconnect by themselves,
 and the beat-driven sweeper re-queues every row whose message vanished or was never published."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,17 +1,22 @@
 """Scenario 9: cancelling a queued or a running task (API and `python cli.py cancel`): it ends
 cancelled, and never becomes completed, even when its LLM reply arrives later."""
+
 from __future__ import annotations
 
 import time
 
 from models import TaskStatus
 from submission.submit import cancel_task
-from tests.support import wait_until
-from tests.support import run_cli
+from tests.support import run_cli, wait_until
 
 SLOW_MS = 4000  # longer than a CLI process takes to start and cancel
-LIMITS = dict(llm_timeout_seconds=6, task_soft_time_limit_seconds=7, task_time_limit_seconds=8,
-              broker_visibility_timeout_seconds=10, stale_task_after_seconds=12)
+LIMITS = dict(
+    llm_timeout_seconds=6,
+    task_soft_time_limit_seconds=7,
+    task_time_limit_seconds=8,
+    broker_visibility_timeout_seconds=10,
+    stale_task_after_seconds=12,
+)
 
 
 def cancel_both_ways(run, task_ids: list[str]) -> None:

@@ -1,6 +1,9 @@
 """Configuration that chaos depends on: the time limits are ordered, the broker and result backend
 share the visibility timeout, the LLM client has a finite timeout, and secure URLs are accepted."""
+
 from __future__ import annotations
+
+import itertools
 
 import pytest
 from pydantic import ValidationError
@@ -11,15 +14,20 @@ from llm.messages import LLMRequest, ModelOptions
 from tests.chaos.harness import LIMITS
 from worker import create_celery_app
 
-ORDER = ("llm_timeout_seconds", "task_soft_time_limit_seconds", "task_time_limit_seconds",
-         "broker_visibility_timeout_seconds", "stale_task_after_seconds")
+ORDER = (
+    "llm_timeout_seconds",
+    "task_soft_time_limit_seconds",
+    "task_time_limit_seconds",
+    "broker_visibility_timeout_seconds",
+    "stale_task_after_seconds",
+)
 
 
 def ordered(**changes) -> Settings:
     return Settings(_env_file=None, **{**{name: LIMITS[name] for name in ORDER}, **changes})
 
 
-@pytest.mark.parametrize("lower, upper", list(zip(ORDER, ORDER[1:])))
+@pytest.mark.parametrize("lower, upper", list(itertools.pairwise(ORDER)))
 def test_settings_reject_each_link_of_the_limit_order_when_violated(lower, upper):
     # Given valid, ordered limits, When the lower one of a link reaches the upper one, Then Settings refuse it
     with pytest.raises(ValidationError, match=upper.upper()):

@@ -1,5 +1,6 @@
 """Scenario 4: PostgreSQL goes away mid-run (a fast restart, or every worker connection terminated).
 Tasks retry and complete once it is back; no row stays running past the stale threshold."""
+
 from __future__ import annotations
 
 import pytest

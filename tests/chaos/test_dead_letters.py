@@ -1,6 +1,7 @@
 """Scenario 10: dead letters. Tasks that failed for good or ran out of retries are listed by
 `python cli.py failed`, replayed by `python cli.py replay ID` / `--all` with their attempt history
 kept, and complete once the fault is gone."""
+
 from __future__ import annotations
 
 from models import TaskStatus
@@ -14,8 +15,10 @@ def test_failed_tasks_are_listed_replayed_and_keep_their_history(scenario, llm):
     # Given tasks that ran out of retries (503) and tasks refused for good (401)
     run = scenario("10 dead letters replayed")
     run.start_worker("replayer")
-    rules = [llm.add_fault(fault=fault, match=f"{run.prefix(label)} #") for fault, label in
-             (("503", "exhausted"), ("401", "refused"))]
+    rules = [
+        llm.add_fault(fault=fault, match=f"{run.prefix(label)} #")
+        for fault, label in (("503", "exhausted"), ("401", "refused"))
+    ]
     exhausted, refused = run.submit(EXHAUSTED, label="exhausted"), run.submit(REFUSED, label="refused")
     assert {row.status for row in run.wait(timeout=60).values()} == {TaskStatus.FAILED}
     # When they are listed, the fault is removed, and they are replayed (one by id, the rest with --all)

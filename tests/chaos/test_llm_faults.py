@@ -1,7 +1,9 @@
 """Scenario 6: LLM storms. Each fault kind ends as the table says (status, attempts = LLM calls);
 rate-limit bursts wait for Retry-After; a silent server is cut off by the client timeout."""
+
 from __future__ import annotations
 
+import itertools
 import time
 
 import pytest
@@ -19,8 +21,12 @@ EXPECTED = {
     "dropped connection once": ({"fault": "drop", "times": 1}, TaskStatus.COMPLETED, 2, None),
     "malformed reply once": ({"fault": "malformed", "times": 1}, TaskStatus.COMPLETED, 2, None),
     "empty reply once": ({"fault": "empty", "times": 1}, TaskStatus.COMPLETED, 2, None),
-    "503 always": ({"fault": "503"}, TaskStatus.FAILED, MAX_ATTEMPTS,
-                   f"gave up after {MAX_ATTEMPTS} attempts: LLM request failed (503)"),
+    "503 always": (
+        {"fault": "503"},
+        TaskStatus.FAILED,
+        MAX_ATTEMPTS,
+        f"gave up after {MAX_ATTEMPTS} attempts: LLM request failed (503)",
+    ),
     "insufficient_quota": ({"fault": "insufficient_quota"}, TaskStatus.FAILED, 1, "LLM quota exhausted"),
     "400": ({"fault": "400"}, TaskStatus.FAILED, 1, "LLM request failed (400)"),
     "401": ({"fault": "401"}, TaskStatus.FAILED, 1, "LLM request failed (401)"),
@@ -65,7 +71,7 @@ def test_each_llm_fault_ends_as_the_table_of_expected_outcomes_says(storm, llm):
     actual = {}
     for case in EXPECTED:
         [(row, calls)] = calls_per_task(storm, llm, f"table/{case}").values()
-        error = row.error[:len(EXPECTED[case][3])] if row.error and EXPECTED[case][3] else None
+        error = row.error[: len(EXPECTED[case][3])] if row.error and EXPECTED[case][3] else None
         actual[case] = (EXPECTED[case][0], row.status, row.attempts, error)
         assert len(calls) == row.attempts, case
     assert actual == EXPECTED
@@ -98,7 +104,7 @@ def test_rate_limited_tasks_wait_for_retry_after_before_calling_again(storm, llm
     # Then every task completed, and no task called again sooner than it was told to
     for row, calls in calls_per_task(storm, llm, "burst").values():
         assert row.status == TaskStatus.COMPLETED
-        gaps = [later["at"] - first["at"] for first, later in zip(calls, calls[1:]) if first["status"] == 429]
+        gaps = [later["at"] - first["at"] for first, later in itertools.pairwise(calls) if first["status"] == 429]
         assert gaps and min(gaps) >= RETRY_AFTER, (row.title, gaps)
     tally = storm.tally("burst", name="6c 429 burst with Retry-After")
     assert tally.llm_calls >= 2 * BURST_TASKS

@@ -1,5 +1,6 @@
 """Scenario 7: poison messages published straight into the worker's queue. Each is rejected and
 logged, never executed; the worker stays up and keeps serving."""
+
 from __future__ import annotations
 
 import os
@@ -7,10 +8,9 @@ import pickle
 import uuid
 from pathlib import Path
 
+from messaging.routing import AGENT_QUEUE, HEALTH_TASK_NAME, PROCESS_TASK_NAME
 from models import TaskStatus
-from messaging.routing import HEALTH_TASK_NAME, PROCESS_TASK_NAME
 from tests.support import wait_until
-from messaging.routing import AGENT_QUEUE
 
 HUGE = 5 * 1024 * 1024
 
@@ -25,16 +25,37 @@ class TouchOnUnpickle:
         return os.system, (f"touch {self.path}",)
 
 
-def publish_raw(app, body: bytes, *, content_type: str, content_encoding: str = "utf-8",
-                task: str = PROCESS_TASK_NAME) -> str:
+def publish_raw(
+    app, body: bytes, *, content_type: str, content_encoding: str = "utf-8", task: str = PROCESS_TASK_NAME
+) -> str:
     """Publish a hand-made protocol-2 message: the headers Celery sends, a body of our choosing."""
     task_id = str(uuid.uuid4())
-    headers = {"lang": "py", "task": task, "id": task_id, "root_id": task_id, "parent_id": None, "group": None,
-               "retries": 0, "eta": None, "expires": None, "timelimit": [None, None], "argsrepr": "(poison)",
-               "kwargsrepr": "{}", "origin": "chaos", "ignore_result": True}
+    headers = {
+        "lang": "py",
+        "task": task,
+        "id": task_id,
+        "root_id": task_id,
+        "parent_id": None,
+        "group": None,
+        "retries": 0,
+        "eta": None,
+        "expires": None,
+        "timelimit": [None, None],
+        "argsrepr": "(poison)",
+        "kwargsrepr": "{}",
+        "origin": "chaos",
+        "ignore_result": True,
+    }
     with app.producer_or_acquire() as producer:
-        producer.publish(body, exchange=AGENT_QUEUE, routing_key=AGENT_QUEUE, content_type=content_type,
-                         content_encoding=content_encoding, headers=headers, correlation_id=task_id)
+        producer.publish(
+            body,
+            exchange=AGENT_QUEUE,
+            routing_key=AGENT_QUEUE,
+            content_type=content_type,
+            content_encoding=content_encoding,
+            headers=headers,
+            correlation_id=task_id,
+        )
     return task_id
 
 
@@ -47,8 +68,15 @@ def poison(app, marker: Path) -> dict[str, tuple[str, str]]:
 
     return {
         "malformed JSON": (publish_raw(app, b'[["6f1c", {"broken"', content_type="application/json"), "decode"),
-        "pickle": (publish_raw(app, pickle.dumps(([TouchOnUnpickle(marker)], {}, {})), content_encoding="binary",
-                               content_type="application/x-python-serialize"), "pickle"),
+        "pickle": (
+            publish_raw(
+                app,
+                pickle.dumps(([TouchOnUnpickle(marker)], {}, {})),
+                content_encoding="binary",
+                content_type="application/x-python-serialize",
+            ),
+            "pickle",
+        ),
         "unknown task": send("worker.no_such_task", "no_such_task", args=[stray]),
         "int argument": send(PROCESS_TASK_NAME, "got 123", args=[123]),
         "no argument": send(PROCESS_TASK_NAME, "got []", args=[]),
@@ -68,9 +96,12 @@ def test_poison_messages_are_rejected_unexecuted_and_the_worker_keeps_serving(sc
     assert control.exists()  # the payload is live: loading it runs `touch`
     # When every kind of poison message lands in its queue
     ids = poison(run.app, marker)
+
     # Then each is logged as rejected, and the queue drains: none is redelivered forever
-    unlogged = lambda: [name for name, (message_id, evidence) in ids.items()  # noqa: E731
-                        if message_id not in (log := run.worker_log()) and evidence not in log]
+    def unlogged() -> list[str]:
+        log = run.worker_log()
+        return [name for name, (message_id, evidence) in ids.items() if message_id not in log and evidence not in log]
+
     wait_until(lambda: unlogged() == [], what=f"log of the rejection of {unlogged()}")
     client = redis_server.client()
     wait_until(lambda: client.llen(AGENT_QUEUE) == 0 and client.hlen("unacked") == 0, what="drained queue")

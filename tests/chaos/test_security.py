@@ -1,6 +1,7 @@
 """Scenario 11: the OpenAI key and the database and Redis passwords never appear in logs, task rows,
 attempt history or Redis, whatever fails; results are cut to MAX_RESULT_LENGTH. (Only JSON is
 accepted: see test_poison_messages.)"""
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,11 @@ RESULT_LIMIT = 50
 
 @pytest.fixture
 def canaries() -> dict[str, str]:
-    return {"OpenAI key": f"sk-canary-{uuid.uuid4().hex}", "database password": f"canary-{uuid.uuid4().hex}",
-            "Redis password": f"canary-{uuid.uuid4().hex}"}
+    return {
+        "OpenAI key": f"sk-canary-{uuid.uuid4().hex}",
+        "database password": f"canary-{uuid.uuid4().hex}",
+        "Redis password": f"canary-{uuid.uuid4().hex}",
+    }
 
 
 @pytest.fixture
@@ -36,9 +40,13 @@ def guarded_redis(canaries) -> Iterator[RedisServer]:
 @pytest.fixture
 def guarded(canaries, guarded_redis, pg, chaos_db, llm_url, llm) -> Iterator[Scenario]:
     """A scenario whose every secret is a canary, and whose results are cut to RESULT_LIMIT characters."""
-    settings = chaos_settings(database_url=pg.url(chaos_db, password=canaries["database password"]),
-                              redis_url=guarded_redis.url(), llm_url=llm_url, max_result_length=RESULT_LIMIT,
-                              openai_api_key=canaries["OpenAI key"])
+    settings = chaos_settings(
+        database_url=pg.url(chaos_db, password=canaries["database password"]),
+        redis_url=guarded_redis.url(),
+        llm_url=llm_url,
+        max_result_length=RESULT_LIMIT,
+        openai_api_key=canaries["OpenAI key"],
+    )
     run = Scenario("11 canary secrets, 401/drop/DB kill", settings, llm)
     yield run
     run.close()
@@ -53,8 +61,13 @@ def everything_stored(run: Scenario, client: redis.Redis) -> str:
 
 
 def redis_values(client: redis.Redis) -> Iterator[str]:
-    read = {b"string": client.get, b"list": lambda k: client.lrange(k, 0, -1), b"hash": client.hgetall,
-            b"set": client.smembers, b"zset": lambda k: client.zrange(k, 0, -1)}
+    read = {
+        b"string": client.get,
+        b"list": lambda k: client.lrange(k, 0, -1),
+        b"hash": client.hgetall,
+        b"set": client.smembers,
+        b"zset": lambda k: client.zrange(k, 0, -1),
+    }
     for key in client.scan_iter():
         yield repr((key, read.get(client.type(key), lambda k: b"")(key)))
 

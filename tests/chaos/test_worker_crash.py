@@ -1,5 +1,6 @@
 """Scenario 1: a whole worker is SIGKILLed with tasks in flight; a new worker (with the beat-driven
 sweeper) finishes every task, each exactly once, and leaves no row running."""
+
 from __future__ import annotations
 
 from models import TaskStatus

@@ -1,5 +1,6 @@
 """Scenario 2: a warm shutdown mid-load, a pool child killed mid-task, and a poison task that kills
 its process on every attempt."""
+
 from __future__ import annotations
 
 import os

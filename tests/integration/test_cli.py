@@ -1,4 +1,5 @@
 """`python cli.py ...` as a user runs it: a real subprocess on the test database and an idle broker."""
+
 from __future__ import annotations
 
 import uuid
@@ -33,15 +34,20 @@ def test_create_agent_submit_status_and_list(cli, session_factory, idle_redis):
     assert task_id[:8] in cli("list", "--status", "queued", "--limit", "100").stdout
 
 
-@pytest.mark.parametrize("args, message", [
-    (("submit", "--agent", "no-such-agent", "--title", "x", "--user", "u"), "agent_id"),
-    (("submit", "--agent", "{agent}", "--title", " ", "--user", "u"), "title"),
-    (("create-agent", "--name", "x", "--prompt", "p", "--temperature", "9"), "temperature"),
-    (("create-agent", "--name", "x", "--prompt", "p", "--settings", "{nope"), "not valid JSON"),
-    (("create-agent", "--name", "x", "--prompt", "p", "--settings", '{"colour": 1}'), "colour"),
-    (("status", "not-a-uuid"), "task id must be a UUID"),
-])
-def test_bad_cli_input_exits_2_with_a_clear_error_and_writes_nothing(cli, agent, session_factory, idle_redis, args, message):
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("submit", "--agent", "no-such-agent", "--title", "x", "--user", "u"), "agent_id"),
+        (("submit", "--agent", "{agent}", "--title", " ", "--user", "u"), "title"),
+        (("create-agent", "--name", "x", "--prompt", "p", "--temperature", "9"), "temperature"),
+        (("create-agent", "--name", "x", "--prompt", "p", "--settings", "{nope"), "not valid JSON"),
+        (("create-agent", "--name", "x", "--prompt", "p", "--settings", '{"colour": 1}'), "colour"),
+        (("status", "not-a-uuid"), "task id must be a UUID"),
+    ],
+)
+def test_bad_cli_input_exits_2_with_a_clear_error_and_writes_nothing(
+    cli, agent, session_factory, idle_redis, args, message
+):
     with session_scope(session_factory) as session:
         before = session.query(Task).count(), session.query(Agent).count()
     result = cli(*[arg.replace("{agent}", agent.name) for arg in args])
@@ -54,8 +60,17 @@ def test_bad_cli_input_exits_2_with_a_clear_error_and_writes_nothing(cli, agent,
 def test_failed_tasks_are_listed_and_replayed(cli, agent, session_factory, idle_redis):
     task_id = uuid.uuid4()
     with session_scope(session_factory) as session:
-        session.add(Task(id=task_id, title="dead letter", agent_id=agent.id, user_id="u", status=TaskStatus.FAILED,
-                         attempts=3, error="gave up after 3 attempts: LLM request failed (503)"))
+        session.add(
+            Task(
+                id=task_id,
+                title="dead letter",
+                agent_id=agent.id,
+                user_id="u",
+                status=TaskStatus.FAILED,
+                attempts=3,
+                error="gave up after 3 attempts: LLM request failed (503)",
+            )
+        )
     assert str(task_id)[:8] in cli("failed", "--limit", "500").stdout
     replayed = cli("replay", str(task_id))
     assert replayed.returncode == 0 and str(task_id) in replayed.stdout

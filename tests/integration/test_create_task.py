@@ -1,5 +1,6 @@
 """create_agent_task: valid input is stored then queued; bad input gets a clear error and leaves
 no row in PostgreSQL and no message in Redis."""
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,13 @@ def queued_messages(client) -> list[dict]:
 
 
 def valid(agent: Agent, **changes) -> dict:
-    return {"title": "Draft a release note", "description": "for 2.0", "agent_id": str(agent.id),
-            "user_id": "user-1", **changes}
+    return {
+        "title": "Draft a release note",
+        "description": "for 2.0",
+        "agent_id": str(agent.id),
+        "user_id": "user-1",
+        **changes,
+    }
 
 
 def test_valid_task_is_stored_queued_and_published_once(idle_app, idle_redis, agent, session_factory):
@@ -60,7 +66,7 @@ BAD_INPUTS = {
 @pytest.mark.parametrize("case", BAD_INPUTS)
 def test_bad_input_is_rejected_with_nothing_written_or_queued(case, idle_app, idle_redis, agent, session_factory):
     rows_before = task_count(session_factory)
-    with pytest.raises(TaskValidationError, match="invalid task input|must be a mapping"):
+    with pytest.raises(TaskValidationError, match=r"invalid task input|must be a mapping"):
         create_agent_task(BAD_INPUTS[case](agent), app=idle_app)
     assert task_count(session_factory) == rows_before
     assert queued_messages(idle_redis) == []
@@ -107,8 +113,8 @@ def test_broker_down_keeps_the_row_pending_and_says_so(settings, agent, session_
 
 
 def test_a_bad_first_item_in_a_batch_is_named_by_its_number(idle_app, idle_redis, agent):
-    with pytest.raises(TaskValidationError, match="^item 0: invalid task input: agent_id: no agent"):
+    with pytest.raises(TaskValidationError, match=r"^item 0: invalid task input: agent_id: no agent"):
         create_agent_tasks([valid(agent, agent_id=str(uuid.uuid4())), valid(agent)], app=idle_app)
-    with pytest.raises(TaskValidationError, match="^item 0: invalid task input: title"):
+    with pytest.raises(TaskValidationError, match=r"^item 0: invalid task input: title"):
         create_agent_tasks([valid(agent, title=""), valid(agent)], app=idle_app)
     assert queued_messages(idle_redis) == []

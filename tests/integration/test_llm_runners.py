@@ -1,5 +1,6 @@
 """The LLM process: real calls to the bundled LLM server from a real child process, its errors
 classified on the way back, its death survived, and a worker process that never loads the LLM client."""
+
 from __future__ import annotations
 
 import os
@@ -28,8 +29,13 @@ def runner(settings):
 
 
 def call(title: str) -> LLMRequest:
-    return LLMRequest(model="gpt-4o-mini", temperature=0.0, max_tokens=50, options=ModelOptions(),
-                      messages=(("system", "You are terse."), ("user", f"{title}: some description")))
+    return LLMRequest(
+        model="gpt-4o-mini",
+        temperature=0.0,
+        max_tokens=50,
+        options=ModelOptions(),
+        messages=(("system", "You are terse."), ("user", f"{title}: some description")),
+    )
 
 
 def test_calls_run_in_a_child_process_and_come_back_with_text_and_usage(runner, llm):
@@ -44,8 +50,9 @@ def test_calls_run_in_a_child_process_and_come_back_with_text_and_usage(runner, 
 def test_calls_on_the_in_process_loop_use_the_real_client_too(settings, llm):
     title = f"in-process-{uuid.uuid4().hex[:8]}"
     # Settings of its own: a process shares one client per configuration, bound to the loop it first ran on.
-    loop = BackgroundEventLoop(make_settings(openai_base_url=settings.openai_base_url, llm_timeout_seconds=4.5),
-                               run_request)
+    loop = BackgroundEventLoop(
+        make_settings(openai_base_url=settings.openai_base_url, llm_timeout_seconds=4.5), run_request
+    )
     try:
         [reply] = [future.result(timeout=30) for future in loop.submit([call(title)])]
     finally:
@@ -81,14 +88,16 @@ def test_calls_of_a_child_that_dies_fail_as_retryable_and_the_next_call_gets_a_n
 
 def test_child_exits_when_its_worker_process_is_killed(settings, llm):
     # A worker process that starts an LLM child, prints the child's pid, then waits to be killed.
-    script = ("import sys, time, uuid\n"
-              "from llm.runners import ChildProcessRunner\n"
-              "from tests.support import make_settings\n"
-              "from tests.integration.test_llm_runners import call\n"
-              f"runner = ChildProcessRunner(make_settings(openai_base_url={settings.openai_base_url!r}))\n"
-              "runner.submit([call('t')])[0].result(timeout=30)\n"
-              "print(runner._child._process.pid, flush=True)\n"
-              "time.sleep(60)\n")
+    script = (
+        "import sys, time, uuid\n"
+        "from llm.runners import ChildProcessRunner\n"
+        "from tests.support import make_settings\n"
+        "from tests.integration.test_llm_runners import call\n"
+        f"runner = ChildProcessRunner(make_settings(openai_base_url={settings.openai_base_url!r}))\n"
+        "runner.submit([call('t')])[0].result(timeout=30)\n"
+        "print(runner._child._process.pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
     worker = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     child_pid = int(worker.stdout.readline())
     worker.kill()
@@ -98,12 +107,22 @@ def test_child_exits_when_its_worker_process_is_killed(settings, llm):
 
 def test_the_worker_process_never_loads_the_llm_client_and_the_llm_process_no_database_code():
     # The point of the split: each process carries only its own stack (tens of MB each).
-    probe = ("import sys, {modules}; heavy = ('openai', 'langchain_core', 'sqlalchemy', 'celery', 'kombu'); "
-             "print(sorted(name for name in heavy if name in sys.modules))")
+    probe = (
+        "import sys, {modules}; heavy = ('openai', 'langchain_core', 'sqlalchemy', 'celery', 'kombu'); "
+        "print(sorted(name for name in heavy if name in sys.modules))"
+    )
     env = {"PATH": os.environ["PATH"], **make_settings().as_env()}
-    loaded = {side: subprocess.run([sys.executable, "-c", probe.format(modules=modules)], cwd=ROOT, env=env,
-                                   capture_output=True, text=True, check=True).stdout.strip()
-              for side, modules in (("worker", "worker, tasks"), ("llm process", "llm.process"))}
+    loaded = {
+        side: subprocess.run(
+            [sys.executable, "-c", probe.format(modules=modules)],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        for side, modules in (("worker", "worker, tasks"), ("llm process", "llm.process"))
+    }
     assert loaded == {"worker": "['celery', 'kombu', 'sqlalchemy']", "llm process": "['langchain_core', 'openai']"}
 
 
@@ -120,18 +139,37 @@ def _running(pid: int) -> bool:
 def test_each_prefork_pool_process_gets_one_llm_process_and_another_apps_worker_none(settings, tmp_path):
     env = settings.as_env()
     # Given our worker under prefork with 2 pool processes: each starts its LLM process when it is forked
-    with celery_worker(env=env, log_path=tmp_path / "ours.log", name="llm-process", pool="prefork",
-                       concurrency=2, queues="llm-process-test") as ours:
+    with celery_worker(
+        env=env,
+        log_path=tmp_path / "ours.log",
+        name="llm-process",
+        pool="prefork",
+        concurrency=2,
+        queues="llm-process-test",
+    ) as ours:
         wait_until(lambda: len(_llm_processes_under(ours.pid)) == 2, what="LLM process per pool process", timeout=20)
     # And a worker of another app that imports ours for its configuration (the bench's floor) starts none
-    floor = [sys.executable, "-m", "celery", "-A", "bench.floor", "worker", "--loglevel=INFO", "-Q", "llm-process-test",
-             "-n", "floor@%h"]
+    floor = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "bench.floor",
+        "worker",
+        "--loglevel=INFO",
+        "-Q",
+        "llm-process-test",
+        "-n",
+        "floor@%h",
+    ]
     with started(floor, env=worker_env(env, pool="prefork", concurrency=2), log_path=tmp_path / "floor.log") as other:
         time.sleep(2)  # as long as ours took to start them
         assert _llm_processes_under(other.pid) == []
 
 
 def _llm_processes_under(pid: int) -> list[psutil.Process]:
-    return [process for process in psutil.Process(pid).children(recursive=True)
-            if process.cmdline()[1:3] == ["-m", "llm.process"]]
-
+    return [
+        process
+        for process in psutil.Process(pid).children(recursive=True)
+        if process.cmdline()[1:3] == ["-m", "llm.process"]
+    ]

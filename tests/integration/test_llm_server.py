@@ -1,4 +1,5 @@
-"""The bundled LLM server (devtools/llm_server.py) as a real subprocess, driven by the real openai and langchain_openai clients."""
+"""The bundled LLM server (devtools/llm_server.py) as a real subprocess, driven by the real openai and
+langchain_openai clients."""
 
 from __future__ import annotations
 
@@ -50,7 +51,10 @@ def start_server(stderr_path: Path, *extra_args: str) -> tuple[subprocess.Popen[
     with stderr_path.open("w") as stderr:
         process = subprocess.Popen(
             [sys.executable, "-m", "devtools.llm_server", "--port", "0", *extra_args],
-            cwd=PROJECT_DIR, stdout=subprocess.PIPE, stderr=stderr, text=True,
+            cwd=PROJECT_DIR,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
         )
     ready, _, _ = select.select([process.stdout], [], [], STARTUP_TIMEOUT_S)
     line = process.stdout.readline() if ready else ""
@@ -104,11 +108,15 @@ def with_fault(kind: str, **headers: str) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- normal answers
 
+
 def test_chat_completion_answers_last_user_message_with_usage(client: openai.OpenAI) -> None:
-    completion = client.chat.completions.create(model="gpt-4o", messages=[
-        {"role": "system", "content": "be brief"},
-        {"role": "user", "content": "What is two plus two?"},
-    ])
+    completion = client.chat.completions.create(
+        model="gpt-4o",
+        messages=[
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": "What is two plus two?"},
+        ],
+    )
     assert completion.model == "gpt-4o"
     assert completion.choices[0].message.content == "Offline answer to: What is two plus two?"
     assert completion.choices[0].finish_reason == "stop"
@@ -143,11 +151,17 @@ def test_json_schema_structured_output_validates_through_langchain(chat_model: C
     assert verdict.label == "Offline answer to: classify this"
 
 
-WEATHER_TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {
-    "type": "object",
-    "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
-    "required": ["city", "days"],
-}}}
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+            "required": ["city", "days"],
+        },
+    },
+}
 TIME_TOOL = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}}
 
 
@@ -203,6 +217,7 @@ def test_models_and_health_endpoints(client: openai.OpenAI, server: RunningServe
 
 # ---------------------------------------------------------------- invalid requests
 
+
 def test_empty_messages_are_rejected_as_bad_request(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
         client.chat.completions.create(model=MODEL, messages=[])
@@ -222,6 +237,7 @@ def test_missing_model_names_the_param(server: RunningServer) -> None:
 
 
 # ---------------------------------------------------------------- faults
+
 
 def test_429_rule_sets_retry_after_and_is_used_up_after_times(client: openai.OpenAI, server: RunningServer) -> None:
     server.add_rule(fault="429", times=2, retry_after=2.5)
@@ -243,15 +259,18 @@ def test_insufficient_quota_is_a_rate_limit_without_retry_after(client: openai.O
     assert "retry-after" not in caught.value.response.headers
 
 
-@pytest.mark.parametrize(("kind", "error_class"), [
-    ("500", openai.InternalServerError),
-    ("502", openai.InternalServerError),
-    ("503", openai.InternalServerError),
-    ("400", openai.BadRequestError),
-    ("401", openai.AuthenticationError),
-    ("403", openai.PermissionDeniedError),
-    ("404", openai.NotFoundError),
-])
+@pytest.mark.parametrize(
+    ("kind", "error_class"),
+    [
+        ("500", openai.InternalServerError),
+        ("502", openai.InternalServerError),
+        ("503", openai.InternalServerError),
+        ("400", openai.BadRequestError),
+        ("401", openai.AuthenticationError),
+        ("403", openai.PermissionDeniedError),
+        ("404", openai.NotFoundError),
+    ],
+)
 def test_status_fault_header_raises_matching_openai_error(client: openai.OpenAI, kind: str, error_class: type) -> None:
     with pytest.raises(error_class) as caught:
         ask(client, "hello", **with_fault(kind))
@@ -349,6 +368,7 @@ def test_seeded_rate_rule_applies_to_about_that_fraction(server: RunningServer) 
 
 # ---------------------------------------------------------------- observation and control
 
+
 def test_request_log_records_requests_and_faults(client: openai.OpenAI, server: RunningServer) -> None:
     ask(client, "first log-token-1")
     with pytest.raises(openai.InternalServerError):
@@ -379,18 +399,23 @@ def test_configured_latency_applies_until_reset(client: openai.OpenAI, server: R
     assert server.control("GET", "/control/config").json()["latency_ms"] == 0
 
 
-@pytest.mark.parametrize(("path", "body", "expected_in_message"), [
-    ("/control/faults", {"fault": "teapot"}, "unknown fault kind"),
-    ("/control/faults", {"fault": "429", "rate": 1.5}, "rate"),
-    ("/control/faults", {"fault": "429", "times": "twice"}, "times"),
-    ("/control/faults", {"fault": "429", "times": 0}, "times"),
-    ("/control/faults", {"fault": "429", "retry_after": "soon"}, "retry_after"),
-    ("/control/faults", {"fault": "429", "matches": "x"}, "unknown field"),
-    ("/control/faults", ["429"], "JSON object"),
-    ("/control/config", {"latency_ms": "fast"}, "latency_ms"),
-    ("/control/config", {"latency_ms": -1}, "latency_ms"),
-])
-def test_invalid_control_input_is_rejected(server: RunningServer, path: str, body: Any, expected_in_message: str) -> None:
+@pytest.mark.parametrize(
+    ("path", "body", "expected_in_message"),
+    [
+        ("/control/faults", {"fault": "teapot"}, "unknown fault kind"),
+        ("/control/faults", {"fault": "429", "rate": 1.5}, "rate"),
+        ("/control/faults", {"fault": "429", "times": "twice"}, "times"),
+        ("/control/faults", {"fault": "429", "times": 0}, "times"),
+        ("/control/faults", {"fault": "429", "retry_after": "soon"}, "retry_after"),
+        ("/control/faults", {"fault": "429", "matches": "x"}, "unknown field"),
+        ("/control/faults", ["429"], "JSON object"),
+        ("/control/config", {"latency_ms": "fast"}, "latency_ms"),
+        ("/control/config", {"latency_ms": -1}, "latency_ms"),
+    ],
+)
+def test_invalid_control_input_is_rejected(
+    server: RunningServer, path: str, body: Any, expected_in_message: str
+) -> None:
     response = server.control("POST", path, body)
     assert response.status_code == 400
     assert expected_in_message in response.json()["error"]["message"]

@@ -1,5 +1,6 @@
 """Layer 1: the plain task functions on real PostgreSQL, inside a rolled-back transaction, with the
 LLM collaborator passed in (a stand-in function here; the real client is exercised in test_worker)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -30,8 +31,15 @@ def stored_agent(db_session) -> Agent:
 
 @pytest.fixture
 def queued_task(db_session, stored_agent) -> Task:
-    task = Task(id=uuid.uuid4(), title="Summarise", description="the week", agent_id=stored_agent.id,
-                user_id="u1", status=TaskStatus.QUEUED, attempts=0)
+    task = Task(
+        id=uuid.uuid4(),
+        title="Summarise",
+        description="the week",
+        agent_id=stored_agent.id,
+        user_id="u1",
+        status=TaskStatus.QUEUED,
+        attempts=0,
+    )
     db_session.add(task)
     db_session.flush()
     return task
@@ -42,7 +50,10 @@ def asked(request: LLMRequest) -> str:
     return request.messages[-1][1]
 
 
-def answer(text="done", usage=Usage(7, 3, 10)):
+USAGE = Usage(7, 3, 10)
+
+
+def answer(text="done", usage=USAGE):
     async def run_llm(request, *, settings):
         return LLMReply(text=f"{text}: {asked(request)}", usage=usage)
 
@@ -59,16 +70,19 @@ def failing(error: Exception):
 @pytest.fixture
 def run_once(rollback_factory, settings, llm_with):
     """Run one attempt of `task` with `run_llm` as the LLM."""
+
     def run(task: Task, run_llm):
-        return execute_agent_task(str(task.id), session_factory=rollback_factory, settings=settings,
-                                  llm=llm_with(run_llm))
+        return execute_agent_task(
+            str(task.id), session_factory=rollback_factory, settings=settings, llm=llm_with(run_llm)
+        )
 
     return run
 
 
 def claim_as(db_session, task: Task, settings, *, now, owner="host/1/100", owner_is_gone=lambda owner: False):
-    [claimed] = lifecycle.claim_tasks(db_session, [task.id], settings=settings, now=now, owner=owner,
-                                      owner_is_gone=owner_is_gone)
+    [claimed] = lifecycle.claim_tasks(
+        db_session, [task.id], settings=settings, now=now, owner=owner, owner_is_gone=owner_is_gone
+    )
     return claimed
 
 
@@ -155,7 +169,9 @@ def test_last_allowed_attempt_failing_transiently_fails_with_that_error(run_once
     assert row.error == f"gave up after {settings.task_max_attempts} attempts: LLM request failed (503): overloaded"
 
 
-def test_agent_with_invalid_settings_fails_with_a_clear_message(run_once, db_session, queued_task, stored_agent, settings):
+def test_agent_with_invalid_settings_fails_with_a_clear_message(
+    run_once, db_session, queued_task, stored_agent, settings
+):
     stored_agent.settings = {"temperature_typo": 3}
     db_session.flush()
     run_once(queued_task, answer())
@@ -175,15 +191,23 @@ def test_backoff_grows_exponentially_within_the_jitter_band(settings):
 
 def test_backoff_never_undercuts_retry_after_and_is_capped_otherwise(settings):
     assert all(backoff_delay(1, settings=settings, requested=7.5) >= 7.5 for _ in range(100))
-    assert backoff_delay(30, settings=settings) <= settings.retry_backoff_max_seconds * (1 + settings.retry_jitter_ratio)
+    assert backoff_delay(30, settings=settings) <= settings.retry_backoff_max_seconds * (
+        1 + settings.retry_jitter_ratio
+    )
 
 
 def test_running_task_whose_local_worker_process_is_gone_is_taken_over_at_once(db_session, queued_task, settings):
     # Given attempt 1 claimed by a process that has since died
     claim_as(db_session, queued_task, settings, now=utcnow(), owner="host/1/100")
     # When the redelivered message arrives
-    taken = claim_as(db_session, queued_task, settings, now=utcnow(), owner="host/1/200",
-                  owner_is_gone=lambda owner: owner == "host/1/100")
+    taken = claim_as(
+        db_session,
+        queued_task,
+        settings,
+        now=utcnow(),
+        owner="host/1/200",
+        owner_is_gone=lambda owner: owner == "host/1/100",
+    )
     # Then it runs attempt 2 and the lost attempt is in the history
     assert isinstance(taken, Claim) and taken.attempt == 2
     [lost] = reload(db_session, queued_task).attempt_history
@@ -216,14 +240,26 @@ def test_replay_leaves_tasks_that_did_not_fail_alone(db_session, queued_task):
 def test_sweep_finds_rows_stuck_without_a_message_and_only_those(db_session, stored_agent, settings):
     now = utcnow()
     long_ago = now - timedelta(seconds=settings.stale_task_after_seconds + 5)
+
     def row(status, age, **extra):
-        task = Task(id=uuid.uuid4(), title=status.value, agent_id=stored_agent.id, user_id="u", status=status,
-                    attempts=0, updated_at=age, **extra)
+        task = Task(
+            id=uuid.uuid4(),
+            title=status.value,
+            agent_id=stored_agent.id,
+            user_id="u",
+            status=status,
+            attempts=0,
+            updated_at=age,
+            **extra,
+        )
         db_session.add(task)
         return task.id
-    stuck = {row(TaskStatus.PENDING, now - timedelta(seconds=settings.requeue_pending_after_seconds + 1)),
-             row(TaskStatus.QUEUED, long_ago),
-             row(TaskStatus.RUNNING, long_ago, claimed_at=long_ago)}
+
+    stuck = {
+        row(TaskStatus.PENDING, now - timedelta(seconds=settings.requeue_pending_after_seconds + 1)),
+        row(TaskStatus.QUEUED, long_ago),
+        row(TaskStatus.RUNNING, long_ago, claimed_at=long_ago),
+    }
     row(TaskStatus.PENDING, now), row(TaskStatus.QUEUED, now), row(TaskStatus.RUNNING, now, claimed_at=now)
     row(TaskStatus.COMPLETED, long_ago), row(TaskStatus.FAILED, long_ago)
     db_session.flush()
@@ -239,10 +275,21 @@ def test_postgres_sessions_carry_the_configured_statement_timeout(settings):
     engine.dispose()
 
 
-def test_a_slow_reply_does_not_hold_back_the_rest_of_its_batch(llm_with, rollback_factory, db_session, stored_agent, settings):
+def test_a_slow_reply_does_not_hold_back_the_rest_of_its_batch(
+    llm_with, rollback_factory, db_session, stored_agent, settings
+):
     # Given a batch where one LLM call takes 1.5 s and the others answer at once
-    tasks = [Task(id=uuid.uuid4(), title="slow" if i == 0 else f"fast {i}", agent_id=stored_agent.id, user_id="u",
-                  status=TaskStatus.QUEUED, attempts=0) for i in range(5)]
+    tasks = [
+        Task(
+            id=uuid.uuid4(),
+            title="slow" if i == 0 else f"fast {i}",
+            agent_id=stored_agent.id,
+            user_id="u",
+            status=TaskStatus.QUEUED,
+            attempts=0,
+        )
+        for i in range(5)
+    ]
     db_session.add_all(tasks)
     db_session.flush()
 
@@ -251,8 +298,9 @@ def test_a_slow_reply_does_not_hold_back_the_rest_of_its_batch(llm_with, rollbac
         return LLMReply(text=asked(request), usage=None)
 
     # When the batch runs
-    outcomes = execute_agent_tasks([str(t.id) for t in tasks], session_factory=rollback_factory,
-                                   settings=settings, llm=llm_with(run_llm))
+    outcomes = execute_agent_tasks(
+        [str(t.id) for t in tasks], session_factory=rollback_factory, settings=settings, llm=llm_with(run_llm)
+    )
     # Then every task completed, and the fast ones were recorded long before the slow one
     rows = [reload(db_session, task) for task in tasks]
     assert [o.status for o in outcomes] == ["completed"] * 5
@@ -267,14 +315,16 @@ def test_a_task_delivered_twice_in_one_batch_is_run_once(llm_with, rollback_fact
         calls.append(asked(request))
         return LLMReply(text="once", usage=None)
 
-    first, second = execute_agent_tasks([str(queued_task.id)] * 2, session_factory=rollback_factory,
-                                        settings=settings, llm=llm_with(run_llm))
+    first, second = execute_agent_tasks(
+        [str(queued_task.id)] * 2, session_factory=rollback_factory, settings=settings, llm=llm_with(run_llm)
+    )
     assert (first.status, second.status) == ("completed", "skipped") and len(calls) == 1
     assert reload(db_session, queued_task).attempts == 1
 
 
-def test_a_batch_cut_short_by_the_soft_time_limit_leaves_no_row_running(llm_with, rollback_factory, db_session,
-                                                                        queued_task, settings):
+def test_a_batch_cut_short_by_the_soft_time_limit_leaves_no_row_running(
+    llm_with, rollback_factory, db_session, queued_task, settings
+):
     async def never_answers(request, **_):
         await asyncio.sleep(30)
 
@@ -283,8 +333,9 @@ def test_a_batch_cut_short_by_the_soft_time_limit_leaves_no_row_running(llm_with
     previous = signal.signal(signal.SIGALRM, _raise_soft_time_limit)
     signal.setitimer(signal.ITIMER_REAL, 0.5)
     try:
-        [outcome] = execute_agent_tasks([str(queued_task.id)], session_factory=rollback_factory, settings=settings,
-                                        llm=llm_with(never_answers))
+        [outcome] = execute_agent_tasks(
+            [str(queued_task.id)], session_factory=rollback_factory, settings=settings, llm=llm_with(never_answers)
+        )
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)

@@ -1,5 +1,6 @@
 """Layer 3: a real `celery worker` process on Redis and PostgreSQL, calling the bundled LLM server
 over HTTP through the real openai client."""
+
 from __future__ import annotations
 
 import json
@@ -8,15 +9,14 @@ import time
 import uuid
 
 import httpx
-
 import pytest
 from sqlalchemy import update
 
-from tests.support import wait_for_final
 from database import session_scope
-from models import Agent, TaskStatus
 from messaging.routing import HEALTH_TASK_NAME, PROCESS_TASK_NAME
+from models import Agent, TaskStatus
 from tasks import create_agent_task, create_agent_tasks
+from tests.support import wait_for_final
 
 pytestmark = [pytest.mark.worker, pytest.mark.usefixtures("worker")]
 
@@ -31,8 +31,10 @@ def unique(label: str) -> str:
 
 def test_many_tasks_complete_once_with_results_usage_and_timings(app, agent, llm, session_factory):
     marker = unique("batch")
-    items = [{"title": f"{marker} #{i}", "description": f"item {i}", "agent_id": str(agent.id), "user_id": "u"}
-             for i in range(60)]
+    items = [
+        {"title": f"{marker} #{i}", "description": f"item {i}", "agent_id": str(agent.id), "user_id": "u"}
+        for i in range(60)
+    ]
     tasks = wait_for_final(session_factory, create_agent_tasks(items, app=app), timeout=90)
     assert {task.status for task in tasks.values()} == {TaskStatus.COMPLETED}
     for task in tasks.values():
@@ -130,15 +132,20 @@ def test_malformed_llm_reply_is_retried_until_a_good_one(app, agent, llm, sessio
 
 def test_each_task_is_logged_and_counted_in_prometheus(app, agent, session_factory, metrics_port, worker_log):
     marker = unique("observed")
-    task_ids = create_agent_tasks([{"title": f"{marker} {i}", "agent_id": str(agent.id), "user_id": "u"}
-                                   for i in range(5)], app=app)
+    task_ids = create_agent_tasks(
+        [{"title": f"{marker} {i}", "agent_id": str(agent.id), "user_id": "u"} for i in range(5)], app=app
+    )
     wait_for_final(session_factory, task_ids)
     time.sleep(0.5)  # the log line is written after the batch returns
     lines = [json.loads(line) for line in worker_log.read_text().splitlines() if line.startswith("{")]
-    logged = {line["task_id"]: line for line in lines if line.get("task") == "agent_task" and line.get("task_id") in task_ids}
+    logged = {
+        line["task_id"]: line for line in lines if line.get("task") == "agent_task" and line.get("task_id") in task_ids
+    }
     assert set(logged) == set(task_ids)
-    assert all(line["status"] == "completed" and line["agent_id"] == str(agent.id) and line["duration_ms"] >= 0
-               for line in logged.values())
+    assert all(
+        line["status"] == "completed" and line["agent_id"] == str(agent.id) and line["duration_ms"] >= 0
+        for line in logged.values()
+    )
     metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
     completed = re.search(r'agent_service_task_runs_total\{status="completed",task="agent_task"\} (\S+)', metrics)
     assert completed and float(completed.group(1)) >= 5

@@ -1,4 +1,5 @@
 """Errors from the real openai client, provoked by the bundled LLM server, map to retry or fail."""
+
 from __future__ import annotations
 
 import openai
@@ -14,8 +15,11 @@ def client(llm_url: str) -> openai.OpenAI:
 
 def provoke(client: openai.OpenAI, fault: str, **headers) -> Exception:
     with pytest.raises(Exception) as raised:
-        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}],
-                                       extra_headers={"X-Mock-Fault": fault, **headers})
+        client.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "hi"}],
+            extra_headers={"X-Mock-Fault": fault, **headers},
+        )
     return raised.value
 
 
