@@ -14,7 +14,6 @@ from billiard.exceptions import SoftTimeLimitExceeded
 from database import make_engine
 from errors import PermanentError, RetryableError
 from execution.pipeline import execute_agent_task, execute_agent_tasks
-from execution.retry import backoff_delay
 from llm.messages import LLMReply, LLMRequest, Usage
 from models import Agent, Task, TaskStatus
 from store import lifecycle
@@ -178,22 +177,6 @@ def test_agent_with_invalid_settings_fails_with_a_clear_message(
     row = reload(db_session, queued_task)
     assert row.status == TaskStatus.FAILED and row.error.startswith("bad agent configuration: agent")
     assert "temperature_typo" in row.error
-
-
-def test_backoff_grows_exponentially_within_the_jitter_band(settings):
-    ratio = settings.retry_jitter_ratio
-    for attempt in (1, 2, 3):
-        expected = settings.retry_backoff_base_seconds * 2 ** (attempt - 1)
-        delays = [backoff_delay(attempt, settings=settings) for _ in range(200)]
-        assert expected * (1 - ratio) - 0.001 <= min(delays) and max(delays) <= expected * (1 + ratio) + 0.001
-        assert len(set(delays)) > 20  # jittered, not lockstep
-
-
-def test_backoff_never_undercuts_retry_after_and_is_capped_otherwise(settings):
-    assert all(backoff_delay(1, settings=settings, requested=7.5) >= 7.5 for _ in range(100))
-    assert backoff_delay(30, settings=settings) <= settings.retry_backoff_max_seconds * (
-        1 + settings.retry_jitter_ratio
-    )
 
 
 def test_running_task_whose_local_worker_process_is_gone_is_taken_over_at_once(db_session, queued_task, settings):
