@@ -112,6 +112,15 @@ def test_running_task_whose_worker_died_is_reclaimed_after_the_stale_threshold(d
     assert isinstance(claim, Claim) and claim.attempt == 2
 
 
+def test_running_task_with_no_claim_time_is_taken_over_at_once(db_session, queued_task, settings):
+    # Given a row left running with no claim time (written before claims were timed): no owner to wait for
+    queued_task.status, queued_task.attempts, queued_task.claimed_at = TaskStatus.RUNNING, 1, None
+    db_session.flush()
+    # When its message is delivered, Then it runs attempt 2
+    claim = claim_as(db_session, queued_task, settings, now=utcnow())
+    assert isinstance(claim, Claim) and claim.attempt == 2
+
+
 def test_stale_claim_cannot_complete_after_the_task_was_reclaimed(db_session, queued_task, settings):
     long_ago = utcnow() - timedelta(seconds=settings.stale_task_after_seconds + 1)
     stale = claim_as(db_session, queued_task, settings, now=long_ago)
