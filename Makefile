@@ -2,16 +2,19 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-$(shell cat requirements.txt | cksum | cut -d' ' -f1)
+# One stamp per content of both requirement files: editing either reinstalls.
+STAMP  := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
 
-.PHONY: install demo test services worker beat flower llm-server init-db clean bench chaos
+.PHONY: install demo test test-unit lint services worker beat flower llm-server init-db clean bench chaos
 
+# A development machine: the runtime plus tests, benchmarks and linters (production installs only
+# requirements.txt, as the Dockerfile does).
 install: $(STAMP)
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -r requirements.txt
+	$(BIN)/python -m pip install -q -r requirements-dev.txt
 	rm -f $(VENV)/.installed-* && touch $@
 
 demo: install
@@ -20,8 +23,19 @@ demo: install
 services:
 	bash scripts/ensure-services.sh
 
+# Every tier: unit, integration (real PostgreSQL, Redis, workers) and the short chaos run.
 test: install services
 	$(BIN)/python -m pytest
+
+# The fast tier alone: no database, broker or worker needed.
+test-unit: install
+	$(BIN)/python -m pytest tests/unit
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 chaos: install services
 	CHAOS_SCALE=full $(BIN)/python -m pytest tests/chaos -v

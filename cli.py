@@ -6,13 +6,14 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from rich.console import Console
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
-from config import get_settings
+from config import Settings, get_settings
 from database import session_scope
 from errors import AgentServiceError, TaskValidationError
 from execution.pipeline import parse_task_id
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         return 2
     except SQLAlchemyError as exc:
-        reason = str(exc.orig if getattr(exc, "orig", None) else exc).strip().splitlines()[0]
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         console.print(
             f"[bold red]database error:[/] {reason} (is DATABASE_URL right, and has `python cli.py init-db` been run?)",
             highlight=False,
@@ -56,12 +57,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-def _cmd_init_db(args) -> None:
+def _cmd_init_db(args: argparse.Namespace) -> None:
     init_db()
     console.print("database schema is up to date")
 
 
-def _cmd_create_agent(args) -> None:
+def _cmd_create_agent(args: argparse.Namespace) -> None:
     services = _app().services
     data = {
         "name": args.name,
@@ -83,7 +84,7 @@ def _json_object(raw: str) -> dict:
         raise TaskValidationError(f"--settings is not valid JSON: {exc}") from None
 
 
-def _cmd_submit(args) -> None:
+def _cmd_submit(args: argparse.Namespace) -> None:
     with session_scope(_app().services.session_factory) as session:
         agent = find_agent(session, args.agent)
     data = {
@@ -97,7 +98,7 @@ def _cmd_submit(args) -> None:
     console.print(create_agent_tasks([data], app=_app(), services=_app().services)[0])
 
 
-def _cmd_status(args) -> int:
+def _cmd_status(args: argparse.Namespace) -> int:
     with session_scope(_app().services.session_factory) as session:
         task = session.get(Task, parse_task_id(args.task_id))
         if task is None:
@@ -112,7 +113,7 @@ def _cmd_status(args) -> int:
     return 0
 
 
-def _cmd_list(args) -> None:
+def _cmd_list(args: argparse.Namespace) -> None:
     query = select(Task).order_by(Task.created_at.desc()).limit(args.limit)
     if args.status:
         query = query.where(Task.status == TaskStatus(args.status))
@@ -120,13 +121,13 @@ def _cmd_list(args) -> None:
         console.print(task_table(session.scalars(query).all(), console=console))
 
 
-def _cmd_failed(args) -> None:
+def _cmd_failed(args: argparse.Namespace) -> None:
     with session_scope(_app().services.session_factory) as session:
         tasks = lifecycle.failed_tasks(session, limit=args.limit)
         console.print(task_table(tasks, console=console, title="Failed tasks (dead letters)"))
 
 
-def _cmd_replay(args) -> int:
+def _cmd_replay(args: argparse.Namespace) -> int:
     if bool(args.task_ids) == args.all:
         console.print("[red]give task ids or --all, not both[/]")
         return 2
@@ -137,11 +138,11 @@ def _cmd_replay(args) -> int:
     return 0
 
 
-def _cmd_cancel(args) -> None:
+def _cmd_cancel(args: argparse.Namespace) -> None:
     console.print(f"{args.task_id}: {cancel_task(args.task_id, services=_app().services)}", markup=False)
 
 
-def worker_argv(settings, extra: list[str]) -> list[str]:
+def worker_argv(settings: Settings, extra: list[str]) -> list[str]:
     """The `celery worker` command line for these settings."""
     return [
         "celery",
@@ -157,12 +158,12 @@ def worker_argv(settings, extra: list[str]) -> list[str]:
     ]
 
 
-def _cmd_worker(args) -> None:
+def _cmd_worker(args: argparse.Namespace) -> None:
     argv = worker_argv(get_settings(), args.celery_args)
     os.execv(sys.executable, [sys.executable, "-m", *argv])
 
 
-def _cmd_demo(args) -> int:
+def _cmd_demo(args: argparse.Namespace) -> int:
     from devtools.demo import run_demo  # demo imports the configured app; see _app
 
     return run_demo(task_count=args.tasks, console=console)
@@ -172,7 +173,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python cli.py", description="Agent Service command line")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
-    def add(name: str, handler, help_text: str) -> argparse.ArgumentParser:
+    def add(name: str, handler: Callable[[argparse.Namespace], int | None], help_text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
         sub.set_defaults(handler=handler)
         return sub

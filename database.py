@@ -7,7 +7,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event, make_url, text
+from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import ConnectionPoolEntry
 
 from config import Settings
 
@@ -63,7 +65,7 @@ def _create_parent_folder(sqlite_url: str) -> None:
         Path(database).parent.mkdir(parents=True, exist_ok=True)
 
 
-def _enable_sqlite_wal(dbapi_connection, _record) -> None:
+def _enable_sqlite_wal(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
     # The demo's client and worker processes share the file; WAL lets them read while one writes.
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")

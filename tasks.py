@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
-from celery import Celery, shared_task
+from celery import Celery, Task, shared_task
 
 import worker
 from errors import PermanentError, RetryableError, classify
@@ -46,7 +46,7 @@ def create_agent_tasks(items: Iterable[dict[str, Any]], *, app: Celery | None = 
 
 @shared_task(bind=True, base=AgentTaskBatches, name=PROCESS_TASK_NAME, acks_late=True)
 @monitor_task_execution("agent_task")
-def process_agent_task(self, requests: list) -> list[dict[str, Any]]:
+def process_agent_task(self: Task, requests: list[Any]) -> list[dict[str, Any]]:
     """Process a batch of tasks using their AI agents; each message carries one task id."""
     services = services_of(self.app)
     task_ids = [_task_id_argument(request) for request in requests]
@@ -68,14 +68,14 @@ def process_agent_task(self, requests: list) -> list[dict[str, Any]]:
 
 @shared_task(bind=True, name=SWEEP_TASK_NAME)
 @monitor_task_execution("sweep_stale_tasks")
-def sweep_stale_tasks(self) -> dict[str, Any]:
+def sweep_stale_tasks(self: Task) -> dict[str, Any]:
     """Re-queue rows stuck without a live message (broker down at submit, lost with Redis, dead worker)."""
     return {"status": "ok", "requeued": requeue_stuck_tasks(app=self.app, services=services_of(self.app))}
 
 
 @shared_task(bind=True, name=HEALTH_TASK_NAME)
 @monitor_task_execution("health_check")
-def health_check(self) -> dict[str, str]:
+def health_check(self: Task) -> dict[str, str]:
     """Report that this worker and its database are reachable."""
     return check_health(session_factory=services_of(self.app).session_factory)
 

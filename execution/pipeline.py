@@ -124,10 +124,14 @@ def _settlements(
     """Each claim with how it ends, in groups: first the claims that must not run and those admission
     turned away, then the replies, the first to arrive with every other one that arrives within the next
     `batch_flush_seconds`."""
-    prepared, stopped = [], []
+    prepared: list[tuple[Claim, _Prepared]] = []
+    stopped: list[tuple[Claim, Settlement]] = []
     for claim in claims:
         step = _prepare(claim, settings=settings, kinds=kinds)
-        (prepared if isinstance(step, _Prepared) else stopped).append((claim, step))
+        if isinstance(step, _Prepared):
+            prepared.append((claim, step))
+        else:
+            stopped.append((claim, step))
     decisions = admission.admit([step.candidate for _, step in prepared])
     stopped += [
         (claim, _turned_away(decision))

@@ -57,7 +57,8 @@ async def close_clients() -> None:
         models = list(_chat_models.values())
         _chat_models.clear()
     for model in models:
-        await model.http_async_client.aclose()
+        if model.http_async_client is not None:  # always set by _new_chat_model
+            await model.http_async_client.aclose()
 
 
 _chat_models: dict[ClientKey, ChatOpenAI] = {}

@@ -6,7 +6,7 @@ here. The task names keep the design's `worker.` prefix.
 
 from __future__ import annotations
 
-from kombu import Exchange, Queue
+from kombu.entity import Exchange, Queue
 
 AGENT_QUEUE = "agent_tasks"
 SYSTEM_QUEUE = "system"

@@ -10,8 +10,9 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any, cast
 
-from sqlalchemy import and_, bindparam, case, func, or_, select, update
+from sqlalchemy import BindParameter, CursorResult, Row, Table, Update, and_, bindparam, case, func, or_, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from config import Settings
@@ -21,10 +22,13 @@ from models import Agent, Task, TaskAttempt, TaskStatus
 from store.agents import AgentSpec, agent_spec
 
 CLAIMABLE = (TaskStatus.PENDING, TaskStatus.QUEUED)
+# Whether the process that claimed a task (its `claimed_by`) is known to be gone.
+OwnerCheck = Callable[[str | None], bool]
 
 # The per-task statements are built once: constructing a statement costs more CPU than running it.
-_TASKS, _AGENTS = Task.__table__, Agent.__table__
-_NOW = bindparam("p_now")
+# Declarative classes map Tables; SQLAlchemy types `__table__` as any FromClause.
+_TASKS, _AGENTS = cast(Table, Task.__table__), cast(Table, Agent.__table__)
+_NOW: BindParameter[datetime] = bindparam("p_now")
 _CLAIMED_COLUMNS = (
     _TASKS.c.id,
     _TASKS.c.attempts,
@@ -103,9 +107,9 @@ class Claim:
     title: str
     description: str
     agent: AgentSpec | None
+    started_at: datetime
     user_id: str = ""
     agent_error: str | None = None
-    started_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -119,12 +123,13 @@ class Skip:
 
 def mark_queued(session: Session, task_ids: list[uuid.UUID], *, now: datetime) -> int:
     """pending -> queued for tasks whose message was published; a run that already began is left alone."""
-    result = session.execute(
+    statement = (
         update(Task)
         .where(Task.id.in_(task_ids), Task.status == TaskStatus.PENDING)
         .values(status=TaskStatus.QUEUED, queued_at=now, updated_at=now)
     )
-    return result.rowcount
+    # An UPDATE gives a CursorResult, which has the row count; Session.execute is typed for any statement.
+    return cast(CursorResult[Any], session.execute(statement)).rowcount
 
 
 def claim_tasks(
@@ -134,16 +139,17 @@ def claim_tasks(
     settings: Settings,
     now: datetime,
     owner: str,
-    owner_is_gone: Callable[[str | None], bool] = lambda _owner: False,
+    owner_is_gone: OwnerCheck = lambda _owner: False,
 ) -> list[Claim | Skip]:
     """Take the next attempt of each task, in order: pending or queued ones in one statement, then any
     abandoned running one (claim older than the stale threshold, or `owner_is_gone` says its process
     no longer exists). A task that is missing, finished or running elsewhere comes back as a Skip.
     """
     connection = session.connection()
-    params = {"p_ids": list(dict.fromkeys(task_ids)), "p_now": now, "p_owner": owner}
-    taken = {row.id: row for row in connection.execute(_TAKE_QUEUED, params)}
-    for task_id in params["p_ids"]:
+    unique_ids = list(dict.fromkeys(task_ids))
+    params = {"p_ids": unique_ids, "p_now": now, "p_owner": owner}
+    taken: dict[uuid.UUID, Row[Any] | Skip] = {row.id: row for row in connection.execute(_TAKE_QUEUED, params)}
+    for task_id in unique_ids:
         if task_id not in taken:
             taken[task_id] = _take_abandoned(
                 session, task_id, settings=settings, now=now, owner=owner, owner_is_gone=owner_is_gone
@@ -155,14 +161,14 @@ def claim_tasks(
         for task_id, row in taken.items()
     }
     return [
-        claims.pop(task_id, None) or Skip(task_id, TaskStatus.RUNNING, "delivered twice in one batch")
+        claims.pop(task_id) if task_id in claims else Skip(task_id, TaskStatus.RUNNING, "delivered twice in one batch")
         for task_id in task_ids
     ]
 
 
 def _take_abandoned(
-    session: Session, task_id: uuid.UUID, *, settings: Settings, now: datetime, owner: str, owner_is_gone
-):
+    session: Session, task_id: uuid.UUID, *, settings: Settings, now: datetime, owner: str, owner_is_gone: OwnerCheck
+) -> Row[Any] | Skip:
     task = session.get(Task, task_id, populate_existing=True)
     if task is None:
         return Skip(task_id, None, "no such task")
@@ -184,10 +190,12 @@ def _take_abandoned(
     return taken
 
 
-def _is_abandoned(task: Task, *, settings: Settings, now: datetime, owner_is_gone) -> bool:
+def _is_abandoned(task: Task, *, settings: Settings, now: datetime, owner_is_gone: OwnerCheck) -> bool:
     if task.status != TaskStatus.RUNNING:
         return False
-    stale = _aware(task.claimed_at) < now - timedelta(seconds=settings.stale_task_after_seconds)
+    # A running row without a claim time (written before claims were timed) has no owner to wait for.
+    claimed_at = task.claimed_at
+    stale = claimed_at is None or _aware(claimed_at) < now - timedelta(seconds=settings.stale_task_after_seconds)
     return stale or owner_is_gone(task.claimed_by)
 
 
@@ -293,13 +301,15 @@ def cancel_task(session: Session, task_id: uuid.UUID, *, now: datetime) -> TaskS
     return task.status
 
 
-def _settle(session: Session, statement, claim: Claim, *, now: datetime, **values) -> bool:
+def _settle(session: Session, statement: Update, claim: Claim, *, now: datetime, **values: Any) -> bool:
     duration_ms = int((now - _aware(claim.started_at)).total_seconds() * 1000)
     params = {"p_id": claim.task_id, "p_attempt": claim.attempt, "p_now": now, "p_duration": duration_ms, **values}
     return session.connection().execute(statement, params).rowcount == 1
 
 
-def _settle_unfinished(session: Session, statement, claim: Claim, *, outcome: str, error: str, now: datetime) -> bool:
+def _settle_unfinished(
+    session: Session, statement: Update, claim: Claim, *, outcome: str, error: str, now: datetime
+) -> bool:
     """Settle an attempt that did not complete its task, and keep it in the task's history."""
     owned = _settle(session, statement, claim, now=now, p_error=error)
     if owned:
@@ -307,7 +317,7 @@ def _settle_unfinished(session: Session, statement, claim: Claim, *, outcome: st
     return owned
 
 
-def _claim_of(taken, agent) -> Claim:
+def _claim_of(taken: Row[Any], agent: Row[Any]) -> Claim:
     spec, agent_error = agent_spec(agent)
     return Claim(
         taken.id,

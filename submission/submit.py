@@ -91,7 +91,7 @@ def _insert_tasks(session: Session, items: list[TaskInput]) -> list[tuple[Task, 
     return rows
 
 
-def _tasks_by_idempotency_key(session: Session, items: list[TaskInput]) -> dict[tuple[str, str], Task]:
+def _tasks_by_idempotency_key(session: Session, items: list[TaskInput]) -> dict[tuple[str, str | None], Task]:
     keys = {(item.user_id, item.idempotency_key) for item in items if item.idempotency_key is not None}
     if not keys:
         return {}

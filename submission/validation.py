@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -21,6 +21,8 @@ from config import Settings
 from errors import TaskValidationError
 from llm.messages import ModelOptions
 
+Model = TypeVar("Model", bound=BaseModel)
+
 
 def _storable_text(value: str) -> str:
     if "\x00" in value:
@@ -32,13 +34,12 @@ def _storable_text(value: str) -> str:
     return value
 
 
-def _text(**length) -> Any:
-    """A strict string, its length checked first (so errors speak of characters), then storability."""
-    return Annotated[StrictStr, StringConstraints(**length), AfterValidator(_storable_text)]
-
-
-Text = _text()
-Name = _text(min_length=1, max_length=200)
+# Strict strings, their length checked first (so errors speak of characters), then storability.
+_Storable = AfterValidator(_storable_text)
+Text = Annotated[StrictStr, _Storable]
+Title = Annotated[StrictStr, StringConstraints(min_length=1), _Storable]
+Name = Annotated[StrictStr, StringConstraints(min_length=1, max_length=200), _Storable]
+Prompt = Annotated[StrictStr, StringConstraints(min_length=1, max_length=50_000), _Storable]
 
 
 class TaskInput(BaseModel):
@@ -46,7 +47,7 @@ class TaskInput(BaseModel):
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, frozen=True)
 
-    title: _text(min_length=1)
+    title: Title
     description: Text | None = None
     agent_id: uuid.UUID
     user_id: Name
@@ -68,7 +69,7 @@ class AgentInput(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
     name: Name
-    prompt: _text(min_length=1, max_length=50_000)
+    prompt: Prompt
     model: Name
     temperature: float = Field(0.7, ge=0, le=2)
     max_tokens: int = Field(1000, ge=1, le=200_000)
@@ -87,7 +88,7 @@ def parse_agent_input(data: Any) -> AgentInput:
     return _parse(AgentInput, data, context=None)
 
 
-def _parse(model: type[BaseModel], data: Any, *, context: dict | None):
+def _parse(model: type[Model], data: Any, *, context: dict[str, Any] | None) -> Model:
     if not isinstance(data, dict):
         raise TaskValidationError(f"{model.__name__} must be a mapping, not {type(data).__name__}")
     try:

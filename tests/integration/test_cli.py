@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from database import session_scope
 from models import Agent, Task, TaskStatus
-from tests.conftest import IDLE_REDIS
+from tests.integration.conftest import IDLE_REDIS
 from tests.support import run_cli
 
 

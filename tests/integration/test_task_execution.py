@@ -14,7 +14,6 @@ from billiard.exceptions import SoftTimeLimitExceeded
 from database import make_engine
 from errors import PermanentError, RetryableError
 from execution.pipeline import execute_agent_task, execute_agent_tasks
-from execution.retry import backoff_delay
 from llm.messages import LLMReply, LLMRequest, Usage
 from models import Agent, Task, TaskStatus
 from store import lifecycle
@@ -113,6 +112,15 @@ def test_running_task_whose_worker_died_is_reclaimed_after_the_stale_threshold(d
     assert isinstance(claim, Claim) and claim.attempt == 2
 
 
+def test_running_task_with_no_claim_time_is_taken_over_at_once(db_session, queued_task, settings):
+    # Given a row left running with no claim time (written before claims were timed): no owner to wait for
+    queued_task.status, queued_task.attempts, queued_task.claimed_at = TaskStatus.RUNNING, 1, None
+    db_session.flush()
+    # When its message is delivered, Then it runs attempt 2
+    claim = claim_as(db_session, queued_task, settings, now=utcnow())
+    assert isinstance(claim, Claim) and claim.attempt == 2
+
+
 def test_stale_claim_cannot_complete_after_the_task_was_reclaimed(db_session, queued_task, settings):
     long_ago = utcnow() - timedelta(seconds=settings.stale_task_after_seconds + 1)
     stale = claim_as(db_session, queued_task, settings, now=long_ago)
@@ -178,22 +186,6 @@ def test_agent_with_invalid_settings_fails_with_a_clear_message(
     row = reload(db_session, queued_task)
     assert row.status == TaskStatus.FAILED and row.error.startswith("bad agent configuration: agent")
     assert "temperature_typo" in row.error
-
-
-def test_backoff_grows_exponentially_within_the_jitter_band(settings):
-    ratio = settings.retry_jitter_ratio
-    for attempt in (1, 2, 3):
-        expected = settings.retry_backoff_base_seconds * 2 ** (attempt - 1)
-        delays = [backoff_delay(attempt, settings=settings) for _ in range(200)]
-        assert expected * (1 - ratio) - 0.001 <= min(delays) and max(delays) <= expected * (1 + ratio) + 0.001
-        assert len(set(delays)) > 20  # jittered, not lockstep
-
-
-def test_backoff_never_undercuts_retry_after_and_is_capped_otherwise(settings):
-    assert all(backoff_delay(1, settings=settings, requested=7.5) >= 7.5 for _ in range(100))
-    assert backoff_delay(30, settings=settings) <= settings.retry_backoff_max_seconds * (
-        1 + settings.retry_jitter_ratio
-    )
 
 
 def test_running_task_whose_local_worker_process_is_gone_is_taken_over_at_once(db_session, queued_task, settings):

@@ -1,0 +1,168 @@
+"""The admission seam on real PostgreSQL and Redis, with a test check: a deferred task gives its attempt
+back, shows why it waits, is published again for later and then runs; a refused one fails before any
+LLM call."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+
+import pytest
+import redis
+from celery_batches import SimpleRequest
+from sqlalchemy.orm import selectinload
+
+from admission.base import Admission, Candidate, Decision
+from database import session_scope
+from execution.pipeline import execute_agent_task
+from llm.messages import LLMReply, Usage
+from messaging.routing import AGENT_QUEUE, PROCESS_TASK_NAME
+from models import Agent, Task, TaskStatus
+from tests.integration.conftest import IDLE_REDIS
+from tests.support import run_cli
+from worker import create_celery_app
+
+REASON = "user u1 is over its rate limit"
+
+
+class DeferFirstAsk:
+    """A test check: defers each task the first time it is asked about it, lets it run after that."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[uuid.UUID, int]] = []
+
+    def admit(self, candidates: Sequence[Candidate]) -> list[Decision]:
+        seen = {task_id for task_id, _ in self.asked}
+        self.asked += [(c.task_id, c.attempt) for c in candidates]
+        return [Decision.run() if c.task_id in seen else Decision.defer(REASON, retry_in=1.5) for c in candidates]
+
+    def release(self, candidates: Sequence[Candidate]) -> None:
+        """Holds nothing."""
+
+
+class RefuseAll:
+    def admit(self, candidates: Sequence[Candidate]) -> list[Decision]:
+        return [Decision.refuse("the agent's spend cap is reached") for _ in candidates]
+
+    def release(self, candidates: Sequence[Candidate]) -> None:
+        """Holds nothing."""
+
+
+@pytest.fixture
+def calls() -> list[str]:
+    """What the stand-in LLM was asked, in order."""
+    return []
+
+
+@pytest.fixture
+def stand_in_llm(llm_with, calls):
+    async def run_llm(request, *, settings):
+        calls.append(request.messages[-1][1])
+        return LLMReply(text="answered", usage=Usage(5, 2, 7))
+
+    return llm_with(run_llm)
+
+
+def stored_task(session_factory, agent: Agent) -> uuid.UUID:
+    """A committed, queued task of `agent`."""
+    task_id = uuid.uuid4()
+    with session_scope(session_factory) as session:
+        session.add(
+            Task(id=task_id, title="Summarise", agent_id=agent.id, user_id="u1", status=TaskStatus.QUEUED, attempts=0)
+        )
+    return task_id
+
+
+def row(session_factory, task_id: uuid.UUID) -> Task:
+    """The task's row, with its attempt history."""
+    with session_scope(session_factory) as session:
+        return session.get(Task, task_id, options=[selectinload(Task.attempt_history)])
+
+
+def test_a_deferred_task_keeps_its_attempts_says_why_it_waits_and_runs_later(
+    session_factory, agent, settings, stand_in_llm, calls
+):
+    # Given a queued task and a check that defers it the first time
+    task_id = stored_task(session_factory, agent)
+    check = DeferFirstAsk()
+    run = dict(session_factory=session_factory, settings=settings, llm=stand_in_llm, admission=Admission([check]))
+    # When it is delivered
+    first = execute_agent_task(str(task_id), **run)
+    # Then it is deferred, not run: queued again with its attempt given back and the reason recorded
+    assert (first.status, first.error, first.retry_in, first.attempt) == ("deferred", REASON, 1.5, 1)
+    waiting = row(session_factory, task_id)
+    assert (waiting.status, waiting.attempts, waiting.waiting_reason) == (TaskStatus.QUEUED, 0, REASON)
+    assert waiting.started_at is None and waiting.attempt_history == [] and calls == []
+    # and `python cli.py status` shows why it waits
+    status = run_cli(settings, "status", str(task_id))
+    assert status.returncode == 0, status.stderr
+    assert f"waiting_reason {REASON}" in " ".join(status.stdout.split())
+    # When it is delivered again, Then it runs as its first attempt, and the reason is gone
+    second = execute_agent_task(str(task_id), **run)
+    done = row(session_factory, task_id)
+    assert (second.status, done.status, done.attempts, done.waiting_reason) == (
+        "completed",
+        TaskStatus.COMPLETED,
+        1,
+        None,
+    )
+    assert check.asked == [(task_id, 1), (task_id, 1)] and len(calls) == 1
+
+
+def test_a_refused_task_fails_with_the_reason_before_any_llm_call(
+    session_factory, agent, settings, stand_in_llm, calls
+):
+    task_id = stored_task(session_factory, agent)
+    outcome = execute_agent_task(
+        str(task_id),
+        session_factory=session_factory,
+        settings=settings,
+        llm=stand_in_llm,
+        admission=Admission([RefuseAll()]),
+    )
+    failed = row(session_factory, task_id)
+    assert outcome.status == "failed" and outcome.retry_in is None
+    assert (failed.status, failed.error) == (TaskStatus.FAILED, "refused: the agent's spend cap is reached")
+    assert [(h.attempt, h.outcome) for h in failed.attempt_history] == [(1, "failed")]
+    assert calls == []
+
+
+def test_the_task_shell_publishes_a_deferred_task_again_to_run_after_the_wait(session_factory, agent, settings):
+    # Given an app whose admission defers, on a broker no worker reads
+    app = create_celery_app(
+        settings.model_copy(update={"redis_url": IDLE_REDIS, "llm_process": False}),
+        admission=Admission([DeferFirstAsk()]),
+    )
+    broker = redis.Redis.from_url(IDLE_REDIS)
+    broker.flushdb()
+    task_id = stored_task(session_factory, agent)
+    # When the task shell handles a delivery of the task
+    app.loader.import_default_modules()  # what a worker does at start: imports tasks.py, its `include`
+    shell = app.tasks[PROCESS_TASK_NAME]
+    before = time.time()
+    [outcome] = shell.run([_delivery(task_id)])
+    # Then the outcome says deferred, and one message for the task waits in Redis with a countdown
+    assert (outcome["status"], outcome["error"], outcome["attempt"]) == ("deferred", REASON, 1)
+    [message] = [json.loads(raw) for raw in broker.lrange(AGENT_QUEUE, 0, -1)]
+    headers = message["headers"]
+    assert (headers["task"], headers["id"], headers["argsrepr"]) == (
+        PROCESS_TASK_NAME,
+        str(task_id),
+        repr([str(task_id)]),
+    )
+    eta = _epoch(headers["eta"])
+    assert before + 1.5 - 0.5 <= eta <= time.time() + 1.5 + 0.5
+    app.services.llm_runner.close()
+    app.services.engine.dispose()
+
+
+def _delivery(task_id: uuid.UUID) -> SimpleRequest:
+    """One delivered message of the task, as celery-batches hands it to the task."""
+    return SimpleRequest(str(task_id), PROCESS_TASK_NAME, (str(task_id),), {}, {}, "test", True, None, None, {})
+
+
+def _epoch(iso: str) -> float:
+    return datetime.fromisoformat(iso).timestamp()

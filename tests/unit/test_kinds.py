@@ -1,0 +1,46 @@
+"""Task kinds: the text kind's request and result, and looking a kind up by name."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from errors import PermanentError
+from kinds import KINDS, kind_named
+from kinds.base import TaskWork
+from kinds.text import TextKind
+from llm.messages import LLMReply, ModelOptions, Usage
+from store.agents import AgentSpec
+
+OPTIONS = ModelOptions(top_p=0.9, response_format="json_object")
+AGENT = AgentSpec(uuid.uuid4(), "You are a careful analyst.", "gpt-4o-mini", 0.2, 300, OPTIONS)
+WORK = TaskWork(AGENT, "Summarise", "the week's incidents")
+
+
+def test_the_text_kind_asks_with_the_agents_prompt_and_settings_and_the_tasks_words():
+    request = TextKind().build_request(WORK)
+    assert (request.model, request.temperature, request.max_tokens, request.options) == (
+        "gpt-4o-mini",
+        0.2,
+        300,
+        OPTIONS,
+    )
+    assert request.messages == (
+        ("system", "You are a careful analyst."),
+        ("user", "Task: Summarise\n\nDescription: the week's incidents"),
+    )
+
+
+def test_the_text_kind_keeps_the_replys_text_as_the_result():
+    result = TextKind().interpret(WORK, LLMReply("Three incidents, all resolved.", Usage(10, 5, 15)))
+    assert (result.text, result.data) == ("Three incidents, all resolved.", None)
+
+
+def test_kinds_are_found_by_name_and_text_is_the_default_kind():
+    assert AGENT.kind == "text" and isinstance(kind_named("text"), TextKind) and set(KINDS) == {"text"}
+
+
+def test_an_unknown_kind_fails_permanently_naming_the_known_ones():
+    with pytest.raises(PermanentError, match=r"unknown task kind 'review'; known: alpha, text"):
+        kind_named("review", {"text": TextKind(), "alpha": TextKind()})
