@@ -63,6 +63,17 @@ def test_tasks_are_routed_to_their_queues(idle_app, idle_redis):
     assert idle_redis.llen("system") == 1 and idle_redis.llen("agent_tasks") == 1
 
 
+def test_each_queue_has_an_exchange_and_routing_key_of_its_own(app, worker_log):
+    # What `celery inspect active_queues` prints, asked of the running worker over the broker
+    replies = app.control.inspect(timeout=5).active_queues()
+    [queues] = [queues for name, queues in replies.items() if name.startswith("test@")]
+    declared = {queue["name"]: (queue["exchange"]["name"], queue["routing_key"]) for queue in queues}
+    assert declared == {"agent_tasks": ("agent_tasks", "agent_tasks"), "system": ("system", "system")}
+    # and its start-up banner (the log is appended to by every run: the last banner is this worker's)
+    banner_lines = re.findall(r"\.> system\s+(exchange=\S+ key=\S+)", worker_log.read_text())
+    assert banner_lines[-1] == "exchange=system(direct) key=system"
+
+
 def test_transient_fault_is_retried_and_the_attempts_are_counted(app, agent, llm, session_factory):
     title = unique("flaky")
     llm.add_fault(fault="500", match=title, times=1)
