@@ -119,7 +119,8 @@ def _prepare_pool_process(**_: Any) -> None:
 def _start_metrics_and_llm_runner(**_: Any) -> None:
     if not _runs_this_app():
         return
-    start_metrics_exporter(app.services.settings.metrics_port)
+    settings = app.services.settings
+    start_metrics_exporter(settings.metrics_port, address=settings.metrics_address)
     if app.conf.worker_pool != "prefork":  # prefork: each pool process prepares itself
         _prepare_to_run_tasks()
 

@@ -9,6 +9,7 @@ import time
 import uuid
 
 import httpx
+import psutil
 import pytest
 from sqlalchemy import update
 
@@ -162,3 +163,12 @@ def test_each_task_is_logged_and_counted_in_prometheus(app, agent, session_facto
     assert completed and float(completed.group(1)) >= 5
     assert 'agent_service_task_duration_seconds_count{task="agent_task"}' in metrics
     assert re.search(r'agent_service_llm_tokens_total\{kind="prompt"\} [1-9]', metrics)
+
+
+def test_metrics_exporter_listens_on_metrics_address_which_is_loopback_by_default(metrics_port):
+    listening = [
+        connection.laddr.ip
+        for connection in psutil.net_connections("tcp")
+        if connection.status == psutil.CONN_LISTEN and connection.laddr.port == metrics_port
+    ]
+    assert listening == ["127.0.0.1"]
