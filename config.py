@@ -48,7 +48,7 @@ class Settings(BaseSettings):
     )
     sweep_interval_seconds: float = Field(60.0, gt=0)
     sweep_batch_size: int = Field(1000, ge=1)
-    worker_soft_shutdown_seconds: float = Field(60.0, ge=0, description="on SIGTERM, wait this long for running tasks")
+    worker_soft_shutdown_seconds: float = Field(60.0, ge=0, description="on SIGQUIT, wait this long for running tasks")
     health_check_interval_seconds: float = Field(60.0, gt=0)
 
     max_title_length: int = Field(500, gt=0)

@@ -3,7 +3,6 @@ from settings, and its refusal to serve beyond loopback without one."""
 
 from __future__ import annotations
 
-import socket
 import sys
 
 import httpx
@@ -11,15 +10,9 @@ import psutil
 
 from devtools.processes import started
 from tests.conftest import IDLE_REDIS, LOG_DIR
-from tests.support import run_cli
+from tests.support import free_port, run_cli
 
 LOGIN = ("flower-admin", "s3cret-for-the-test")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def test_flower_beyond_loopback_without_a_login_refuses_to_start(settings):
