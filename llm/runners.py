@@ -43,7 +43,7 @@ class LLMRunner(Protocol):
         """Start every request; each future ends with its reply or the (classified) exception it raised."""
 
     def close(self) -> None:
-        """Stop taking requests, and stop."""
+        """Stop. The LLM process answers the calls under way first; the in-process loop abandons them."""
 
 
 def make_runner(settings: Settings) -> LLMRunner:
