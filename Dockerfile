@@ -12,5 +12,10 @@ COPY . .
 RUN useradd --create-home --uid 10001 agent && chown -R agent /app
 USER agent
 
+# Inside a container only the published ports are reachable, and loopback is not: listen on every
+# interface. Flower then refuses to start without FLOWER_BASIC_AUTH=user:password.
+ENV FLOWER_ADDRESS=0.0.0.0 METRICS_ADDRESS=0.0.0.0
 EXPOSE 5555 9808
+# `docker stop` sends SIGTERM to supervisord, which stops the worker gracefully (supervisord.conf); give it
+# stopwaitsecs (90 s) rather than Docker's default 10 s: `docker stop -t 100`, or `stop_grace_period: 100s`.
 CMD ["supervisord", "-c", "/app/supervisord.conf"]

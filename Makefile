@@ -53,7 +53,7 @@ beat: install
 	$(BIN)/celery -A worker beat --loglevel=info --schedule .local/celerybeat-schedule
 
 flower: install
-	$(BIN)/celery -A worker flower
+	$(BIN)/python cli.py flower
 
 llm-server: install
 	$(BIN)/python -m devtools.llm_server --port 8099

@@ -1,8 +1,9 @@
-"""Command line: `python cli.py init-db | create-agent | submit | status | list | cancel | demo`."""
+"""Command line: `python cli.py init-db | create-agent | submit | status | list | cancel | worker | flower | demo`."""
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
 import sys
@@ -39,7 +40,7 @@ def _app() -> AgentServiceCelery:
 
 def main(argv: list[str] | None = None) -> int:
     args, unknown = _parser().parse_known_args(argv)
-    if unknown and args.handler is not _cmd_worker:
+    if unknown and args.handler not in (_cmd_worker, _cmd_flower):
         _parser().error(f"unrecognized arguments: {' '.join(unknown)}")
     args.celery_args = unknown
     try:
@@ -163,6 +164,53 @@ def _cmd_worker(args: argparse.Namespace) -> None:
     os.execv(sys.executable, [sys.executable, "-m", *argv])
 
 
+def flower_argv(settings: Settings, extra: list[str]) -> list[str]:
+    """The `celery flower` command line for these settings. The logins stay off it, and so out of `ps`:
+    Flower reads FLOWER_BASIC_AUTH from its environment."""
+    return [
+        "celery",
+        "-A",
+        "worker",
+        "flower",
+        f"--address={settings.flower_address}",
+        f"--port={settings.flower_port}",
+        *extra,
+    ]
+
+
+def flower_refusal(settings: Settings, extra: list[str]) -> str | None:
+    """Why Flower must not start with these settings and extra options, or None. It shows every task's
+    arguments and results, so beyond loopback it needs a login."""
+    for arg in extra:
+        option = arg.lstrip("-").partition("=")[0].replace("-", "_")
+        if option in ("address", "port", "basic_auth"):
+            return f"set FLOWER_{option.upper()} rather than passing {arg.partition('=')[0]}"
+    if settings.flower_basic_auth is None and not _is_loopback(settings.flower_address):
+        where = f"{settings.flower_address or 'every address'}:{settings.flower_port}"
+        fix = "set FLOWER_BASIC_AUTH=user:password, or FLOWER_ADDRESS=127.0.0.1"
+        return f"Flower would serve {where} with no login: {fix}"
+    return None
+
+
+def _is_loopback(address: str) -> bool:
+    if address == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:  # a host name (or "", every address): only "localhost" is known to stay on this machine
+        return False
+
+
+def _cmd_flower(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    refusal = flower_refusal(settings, args.celery_args)
+    if refusal:
+        print(f"error: {refusal}", file=sys.stderr)
+        return 1
+    env = {**os.environ, **{name: value for name, value in settings.as_env().items() if name.startswith("FLOWER_")}}
+    os.execve(sys.executable, [sys.executable, "-m", *flower_argv(settings, args.celery_args)], env)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from devtools.demo import run_demo  # demo imports the configured app; see _app
 
@@ -205,6 +253,11 @@ def _parser() -> argparse.ArgumentParser:
         "worker",
         _cmd_worker,
         "run the worker with the pool and concurrency from settings; other options go to `celery worker`",
+    )
+    add(
+        "flower",
+        _cmd_flower,
+        "run Flower on FLOWER_ADDRESS:FLOWER_PORT, with FLOWER_BASIC_AUTH logins; other options go to `celery flower`",
     )
     demo = add("demo", _cmd_demo, "run the whole job end to end on the embedded defaults")
     demo.add_argument("--tasks", type=int, default=12)

@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LOCAL_DATA_DIR = Path(__file__).resolve().parent / ".local"
@@ -48,7 +48,7 @@ class Settings(BaseSettings):
     )
     sweep_interval_seconds: float = Field(60.0, gt=0)
     sweep_batch_size: int = Field(1000, ge=1)
-    worker_soft_shutdown_seconds: float = Field(60.0, ge=0, description="on SIGTERM, wait this long for running tasks")
+    worker_soft_shutdown_seconds: float = Field(60.0, ge=0, description="on SIGQUIT, wait this long for running tasks")
     health_check_interval_seconds: float = Field(60.0, gt=0)
 
     max_title_length: int = Field(500, gt=0)
@@ -75,7 +75,21 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(5, ge=1)
     db_max_overflow: int = Field(10, ge=0)
     metrics_port: int = Field(0, ge=0, le=65535, description="0 disables the Prometheus exporter")
+    # Loopback unless the operator opens it: the exporter has no login (the Docker image sets 0.0.0.0).
+    metrics_address: str = Field("127.0.0.1", description="where the Prometheus exporter listens")
+    # These three names are Flower's own environment options too, so Flower reads the same values.
+    flower_address: str = Field("127.0.0.1", description="beyond loopback, Flower requires FLOWER_BASIC_AUTH")
+    flower_port: int = Field(5555, ge=1, le=65535)
+    flower_basic_auth: SecretStr | None = Field(None, description="Flower's logins: user:password[,user:password]")
     log_json: bool = True
+
+    @field_validator("flower_basic_auth")
+    @classmethod
+    def _logins_have_user_and_password(cls, value: SecretStr | None) -> SecretStr | None:
+        logins = value.get_secret_value().split(",") if value is not None else []
+        if not all(user and password for user, _, password in (login.partition(":") for login in logins)):
+            raise ValueError("FLOWER_BASIC_AUTH must be user:password, or several separated by commas")
+        return value
 
     @model_validator(mode="after")
     def _limits_are_ordered(self) -> Settings:
@@ -93,8 +107,8 @@ class Settings(BaseSettings):
     def as_env(self) -> dict[str, str]:
         """Environment variables that make a child process build these same settings."""
         values = self.model_dump(exclude_none=True)
-        values["openai_api_key"] = self.openai_api_key.get_secret_value()
-        return {name.upper(): str(value) for name, value in values.items()}
+        secrets = {name: value.get_secret_value() for name, value in values.items() if isinstance(value, SecretStr)}
+        return {name.upper(): str(value) for name, value in {**values, **secrets}.items()}
 
     @property
     def broker_url(self) -> str:

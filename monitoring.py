@@ -53,11 +53,11 @@ def configure_logging(*, level: int | str = logging.INFO, json_lines: bool = Tru
     root.setLevel(level)
 
 
-def start_metrics_exporter(port: int) -> None:
-    """Serve /metrics on `port` (0 leaves the exporter off)."""
+def start_metrics_exporter(port: int, *, address: str) -> None:
+    """Serve /metrics on `address`:`port` (port 0 leaves the exporter off)."""
     if port:
-        start_http_server(port)
-        logger.info("prometheus metrics on :%d/metrics", port)
+        start_http_server(port, addr=address)
+        logger.info("prometheus metrics on %s:%d/metrics", address, port)
 
 
 def monitor_task_execution(task_name: str) -> Callable:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery, current_app
-from celery.signals import setup_logging, worker_process_init, worker_ready
+from celery.signals import setup_logging, worker_process_init, worker_process_shutdown, worker_ready, worker_shutdown
 
 from admission.base import Admission
 from config import LOCAL_DATA_DIR, Settings, get_settings
@@ -119,9 +119,24 @@ def _prepare_pool_process(**_: Any) -> None:
 def _start_metrics_and_llm_runner(**_: Any) -> None:
     if not _runs_this_app():
         return
-    start_metrics_exporter(app.services.settings.metrics_port)
+    settings = app.services.settings
+    start_metrics_exporter(settings.metrics_port, address=settings.metrics_address)
     if app.conf.worker_pool != "prefork":  # prefork: each pool process prepares itself
         _prepare_to_run_tasks()
+
+
+@worker_process_shutdown.connect
+def _stop_pool_process(**_: Any) -> None:
+    if _runs_this_app():
+        app.services.llm_runner.close()
+
+
+@worker_shutdown.connect
+def _stop_llm_runner(**_: Any) -> None:
+    """After the pool has stopped: the LLM process answers any call still under way, then exits, before
+    the worker does (prefork: each pool process closes its own)."""
+    if _runs_this_app() and app.conf.worker_pool != "prefork":
+        app.services.llm_runner.close()
 
 
 def _prepare_to_run_tasks() -> None:

@@ -1,13 +1,16 @@
 """The LLM process: `python -m llm.process CALLS_FD OUTCOMES_FD`, started by `llm.runners.ChildProcessRunner`.
 
 It runs every request it is sent, concurrently on one event loop, and sends each outcome back as it ends.
-It imports only the LLM stack (no database, no Celery), and exits when its worker closes the pipe.
+It imports only the LLM stack (no database, no Celery). It stops only when its worker closes the pipe, and
+then only once the calls under way have ended: signals to the worker's process group (Ctrl-C in a terminal,
+a supervisor stopping the group) are the worker's to act on, and an LLM call cut short is paid for twice.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import sys
 from multiprocessing.connection import Connection
 from typing import Any
@@ -22,6 +25,8 @@ from llm.runners import settle_heap
 def serve(*, from_parent: Connection, to_parent: Connection) -> None:
     """Run requests until the parent's pipe reads end-of-file. Outcomes are classified here, since an
     openai error does not survive pickling."""
+    for stop_signal in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
+        signal.signal(stop_signal, signal.SIG_IGN)
     settings = Settings()
     settle_heap()
     loop = asyncio.new_event_loop()
@@ -50,16 +55,17 @@ def serve(*, from_parent: Connection, to_parent: Connection) -> None:
             else:
                 finished(call_id, True, reply)
 
-    async def shut_down() -> None:
-        for task in running:
-            task.cancel()
-        await asyncio.gather(*running, return_exceptions=True)
+    async def finish() -> None:
+        await asyncio.gather(*running)  # each call ends within LLM_TIMEOUT_SECONDS, and `run` raises nothing
+        if outbox:
+            send_outbox()
         await close_clients()
 
     def on_requests() -> None:
         try:
             requests = from_parent.recv()
-        except EOFError:  # the worker exited or closed the runner
+        except EOFError:  # the worker closed the runner, or exited
+            loop.remove_reader(from_parent.fileno())  # else the EOF is read again, and stops `finish` midway
             loop.stop()
             return
         for call_id, request in requests:
@@ -69,7 +75,7 @@ def serve(*, from_parent: Connection, to_parent: Connection) -> None:
 
     loop.add_reader(from_parent.fileno(), on_requests)
     loop.run_forever()
-    loop.run_until_complete(shut_down())  # nobody is left to take the replies of the calls under way
+    loop.run_until_complete(finish())
 
 
 if __name__ == "__main__":

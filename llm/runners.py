@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from config import Settings
 
 _ROOT = Path(__file__).resolve().parent.parent
+# On close, the LLM process gets this long beyond the LLM timeout to answer its last calls and exit.
+_STOP_MARGIN_SECONDS = 5.0
 RunRequest = Callable[..., Awaitable[LLMReply]]
 
 
@@ -41,7 +43,7 @@ class LLMRunner(Protocol):
         """Start every request; each future ends with its reply or the (classified) exception it raised."""
 
     def close(self) -> None:
-        """Stop; requests still under way are abandoned."""
+        """Stop. The LLM process answers the calls under way first; the in-process loop abandons them."""
 
 
 def make_runner(settings: Settings) -> LLMRunner:
@@ -84,7 +86,8 @@ class BackgroundEventLoop:
 
 class ChildProcessRunner:
     """Runs requests in a child process (`python -m llm.process`), started on first use and again after
-    it dies; the requests it was running when it died fail as retryable. It exits when this process does."""
+    it dies; the requests it was running when it died fail as retryable. It exits when this process does,
+    or when closed, once the calls under way have ended."""
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
@@ -99,9 +102,11 @@ class ChildProcessRunner:
         return self._running_child().submit(requests)
 
     def close(self) -> None:
+        """Let the calls under way end (their futures get their outcomes), then stop the child. Bounded:
+        a child still running LLM_TIMEOUT_SECONDS (plus a margin) later is killed, its calls failing."""
         with self._lock:
             if self._child is not None:
-                self._child.stop()
+                self._child.stop(timeout=self._settings.llm_timeout_seconds + _STOP_MARGIN_SECONDS)
                 self._child = None
 
     def _running_child(self) -> _Child:
@@ -156,9 +161,13 @@ class _Child:
             self._fail([call_id for call_id, _ in numbered])  # it died; the reader may not have noticed yet
         return futures
 
-    def stop(self) -> None:
-        self._to_child.close()  # the child exits when its end reads EOF
-        self._process.wait(timeout=10)
+    def stop(self, *, timeout: float) -> None:
+        self._to_child.close()  # the child ends its calls under way and exits when its end reads EOF
+        try:
+            self._process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self._process.kill()  # the reader fails the calls it had not answered
+            self._process.wait()
 
     def _receive(self, from_child: Connection) -> None:
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import time
@@ -76,3 +77,10 @@ def wait_until(condition, *, what: str, timeout: float = 30) -> None:
     while not condition():
         assert time.monotonic() < deadline, f"no {what} after {timeout}s"
         time.sleep(0.05)
+
+
+def free_port() -> int:
+    """A TCP port free on loopback just now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

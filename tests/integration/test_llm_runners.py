@@ -86,6 +86,37 @@ def test_calls_of_a_child_that_dies_fail_as_retryable_and_the_next_call_gets_a_n
     assert runner._child._process.pid != first_child.pid
 
 
+def test_closing_the_runner_lets_the_calls_under_way_end_with_their_replies(runner, llm, capfd):
+    # Given calls under way in the child (as when a worker stops mid-batch)
+    title = f"closing-{uuid.uuid4().hex[:8]}"
+    llm.add_fault(fault="slow", match=title, delay_ms=1500)
+    futures = runner.submit([call(f"{title}-{i}") for i in range(3)])
+    wait_until(lambda: len(llm.requests(title)) == 3, what="calls under way in the child", timeout=20)
+    child = runner._child._process
+    # When the runner is closed
+    runner.close()
+    # Then every call got its reply (none is made again elsewhere), and the child exited without a traceback
+    assert all(future.result(timeout=0).text for future in futures)
+    assert child.returncode == 0 and len(llm.requests(title)) == 3
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_the_llm_process_leaves_stop_signals_to_its_worker(runner, llm, capfd):
+    # Given a call under way in the child
+    title = f"signalled-{uuid.uuid4().hex[:8]}"
+    llm.add_fault(fault="slow", match=title, delay_ms=1000)
+    [future] = runner.submit([call(title)])
+    wait_until(lambda: llm.requests(title), what="call under way in the child", timeout=20)
+    child = runner._child._process
+    # When the signals of Ctrl-C, Ctrl-\ or a process-group stop reach it too
+    for stop_signal in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
+        child.send_signal(stop_signal)
+    # Then the call still ends with its reply, and the child keeps serving until its worker closes it
+    assert future.result(timeout=20).text
+    assert child.poll() is None
+    assert "Traceback" not in capfd.readouterr().err
+
+
 def test_child_exits_when_its_worker_process_is_killed(settings, llm):
     # A worker process that starts an LLM child, prints the child's pid, then waits to be killed.
     script = (

@@ -9,6 +9,7 @@ import time
 import uuid
 
 import httpx
+import psutil
 import pytest
 from sqlalchemy import update
 
@@ -61,6 +62,17 @@ def test_tasks_are_routed_to_their_queues(idle_app, idle_redis):
     idle_app.send_task(HEALTH_TASK_NAME, ignore_result=True)
     idle_app.send_task(PROCESS_TASK_NAME, args=[str(uuid.uuid4())], ignore_result=True)
     assert idle_redis.llen("system") == 1 and idle_redis.llen("agent_tasks") == 1
+
+
+def test_each_queue_has_an_exchange_and_routing_key_of_its_own(app, worker_log):
+    # What `celery inspect active_queues` prints, asked of the running worker over the broker
+    replies = app.control.inspect(timeout=5).active_queues()
+    [queues] = [queues for name, queues in replies.items() if name.startswith("test@")]
+    declared = {queue["name"]: (queue["exchange"]["name"], queue["routing_key"]) for queue in queues}
+    assert declared == {"agent_tasks": ("agent_tasks", "agent_tasks"), "system": ("system", "system")}
+    # and its start-up banner (the log is appended to by every run: the last banner is this worker's)
+    banner_lines = re.findall(r"\.> system\s+(exchange=\S+ key=\S+)", worker_log.read_text())
+    assert banner_lines[-1] == "exchange=system(direct) key=system"
 
 
 def test_transient_fault_is_retried_and_the_attempts_are_counted(app, agent, llm, session_factory):
@@ -151,3 +163,12 @@ def test_each_task_is_logged_and_counted_in_prometheus(app, agent, session_facto
     assert completed and float(completed.group(1)) >= 5
     assert 'agent_service_task_duration_seconds_count{task="agent_task"}' in metrics
     assert re.search(r'agent_service_llm_tokens_total\{kind="prompt"\} [1-9]', metrics)
+
+
+def test_metrics_exporter_listens_on_metrics_address_which_is_loopback_by_default(metrics_port):
+    listening = [
+        connection.laddr.ip
+        for connection in psutil.net_connections("tcp")
+        if connection.status == psutil.CONN_LISTEN and connection.laddr.port == metrics_port
+    ]
+    assert listening == ["127.0.0.1"]

@@ -7,6 +7,7 @@ import pytest
 from pydantic import SecretStr, ValidationError
 
 from config import Settings
+from tests.support import make_settings
 
 
 @pytest.fixture(autouse=True)
@@ -87,3 +88,14 @@ def test_a_child_process_environment_rebuilds_the_same_settings(monkeypatch):
     rebuilt = Settings(_env_file=None)
     assert rebuilt == settings
     assert rebuilt.openai_api_key.get_secret_value() == "sk-test-secret"
+
+
+@pytest.mark.parametrize("logins", ["admin", "admin:", ":secret", "admin:secret,", "admin:secret,other"])
+def test_flower_login_without_user_or_password_is_refused(logins):
+    with pytest.raises(ValidationError, match="FLOWER_BASIC_AUTH must be user:password"):
+        make_settings(flower_basic_auth=logins)
+
+
+def test_flower_logins_reach_child_processes_in_clear():
+    settings = make_settings(flower_basic_auth="admin:secret,ops:other")
+    assert settings.as_env()["FLOWER_BASIC_AUTH"] == "admin:secret,ops:other"
