@@ -8,15 +8,17 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.console import Console
+from rich.text import Text
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
 from config import Settings, get_settings
-from database import session_scope
-from errors import AgentServiceError, TaskValidationError
+from database import create_database_if_missing, session_scope
+from errors import AgentServiceError, ConfigurationError, TaskValidationError
 from execution.pipeline import parse_task_id
 from models import Task, TaskStatus
 from store import lifecycle
@@ -28,7 +30,9 @@ from terminal.tables import task_table
 if TYPE_CHECKING:
     from worker import AgentServiceCelery
 
-console = Console()
+# Titles, descriptions, results, errors and ids are user data: nothing printed is read as markup or emoji
+# codes. Styling is explicit (`Text`, `style=`), never spelled inside a string.
+console = Console(markup=False, emoji=False, highlight=False)
 
 
 def _app() -> AgentServiceCelery:
@@ -44,21 +48,33 @@ def main(argv: list[str] | None = None) -> int:
         _parser().error(f"unrecognized arguments: {' '.join(unknown)}")
     args.celery_args = unknown
     try:
+        get_settings()  # a bad setting is reported here, before any command starts
         return args.handler(args) or 0
+    except ConfigurationError as exc:
+        _error("configuration error", str(exc))
+        return 1
     except AgentServiceError as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        _error("error", str(exc))
         return 2
     except SQLAlchemyError as exc:
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        console.print(
-            f"[bold red]database error:[/] {reason} (is DATABASE_URL right, and has `python cli.py init-db` been run?)",
-            highlight=False,
-            soft_wrap=True,
-        )
+        # init-db is what the usual hint suggests; for init-db itself, only the URL or the server can be wrong.
+        hint = "is DATABASE_URL right and the server up?" if args.handler is _cmd_init_db else _SCHEMA_HINT
+        _error("database error", f"{reason} ({hint})")
         return 1
 
 
+_SCHEMA_HINT = "is DATABASE_URL right, and has `python cli.py init-db` been run?"
+
+
+def _error(label: str, message: str) -> None:
+    console.print(Text.assemble((f"{label}:", "bold red"), " ", message), soft_wrap=True)
+
+
 def _cmd_init_db(args: argparse.Namespace) -> None:
+    database = create_database_if_missing(get_settings().database_url)
+    if database:
+        console.print(f"created database {database}")
     init_db()
     console.print("database schema is up to date")
 
@@ -88,30 +104,47 @@ def _json_object(raw: str) -> dict:
 def _cmd_submit(args: argparse.Namespace) -> None:
     with session_scope(_app().services.session_factory) as session:
         agent = find_agent(session, args.agent)
+    if agent is None:
+        raise TaskValidationError(f"no agent named {args.agent!r}")
     data = {
         "title": args.title,
-        "description": args.description,
+        "description": _read_text(args.description_file) if args.description_file else args.description,
         "user_id": args.user,
-        "agent_id": str(agent.id) if agent else args.agent,
+        "agent_id": str(agent.id),
     }
     if args.idempotency_key:
         data["idempotency_key"] = args.idempotency_key
     console.print(create_agent_tasks([data], app=_app(), services=_app().services)[0])
 
 
+def _read_text(path: str) -> str:
+    """The UTF-8 text of file `path`, or of standard input for `-`.
+    Raises: TaskValidationError when it cannot be read or is not UTF-8."""
+    try:
+        return (sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()).decode("utf-8")
+    except OSError as exc:
+        raise TaskValidationError(f"cannot read --description-file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise TaskValidationError(f"--description-file {path} is not UTF-8 text") from None
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
     with session_scope(_app().services.session_factory) as session:
         task = session.get(Task, parse_task_id(args.task_id))
         if task is None:
-            console.print(f"[red]no task {args.task_id}[/]")
+            _error("error", f"no task {args.task_id}")
             return 1
         fields = {c.name: getattr(task, c.name) for c in Task.__table__.columns}
         history = [(h.attempt, h.outcome, h.at, h.error) for h in task.attempt_history]
     for name, value in fields.items():
-        console.print(f"[bold]{name:>17}[/] {value.value if isinstance(value, TaskStatus) else value}", highlight=False)
+        _field(name, str(value.value if isinstance(value, TaskStatus) else value))
     for attempt, outcome, at, error in history:
-        console.print(f"[bold]{'attempt ' + str(attempt):>17}[/] {outcome} at {at}: {error}", highlight=False)
+        _field(f"attempt {attempt}", f"{outcome} at {at}: {error}")
     return 0
+
+
+def _field(name: str, value: str) -> None:
+    console.print(Text.assemble((f"{name:>17}", "bold"), " ", value))
 
 
 def _cmd_list(args: argparse.Namespace) -> None:
@@ -130,7 +163,7 @@ def _cmd_failed(args: argparse.Namespace) -> None:
 
 def _cmd_replay(args: argparse.Namespace) -> int:
     if bool(args.task_ids) == args.all:
-        console.print("[red]give task ids or --all, not both[/]")
+        _error("error", "give task ids or --all, not both")
         return 2
     replayed = replay_failed_tasks(None if args.all else args.task_ids, app=_app(), services=_app().services)
     console.print(f"replayed {len(replayed)} task(s)")
@@ -140,7 +173,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
 
 def _cmd_cancel(args: argparse.Namespace) -> None:
-    console.print(f"{args.task_id}: {cancel_task(args.task_id, services=_app().services)}", markup=False)
+    console.print(f"{args.task_id}: {cancel_task(args.task_id, services=_app().services)}")
 
 
 def worker_argv(settings: Settings, extra: list[str]) -> list[str]:
@@ -237,7 +270,11 @@ def _parser() -> argparse.ArgumentParser:
     submit = add("submit", _cmd_submit, "validate, store and queue a task; prints its id")
     submit.add_argument("--agent", required=True, help="agent id or name")
     submit.add_argument("--title", required=True)
-    submit.add_argument("--description")
+    description = submit.add_mutually_exclusive_group()
+    description.add_argument("--description")
+    description.add_argument(
+        "--description-file", metavar="PATH", help="read the description from a UTF-8 file, or from standard input: -"
+    )
     submit.add_argument("--user", required=True, help="the id of the user the task belongs to")
     submit.add_argument("--idempotency-key")
     add("status", _cmd_status, "show one task").add_argument("task_id")

@@ -6,14 +6,25 @@ bundled offline LLM server); `.env.example` shows the production values.
 
 from __future__ import annotations
 
+import ipaddress
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from errors import ConfigurationError
+
 LOCAL_DATA_DIR = Path(__file__).resolve().parent / ".local"
+# One PostgreSQL driver, psycopg2 (pinned in requirements.txt), whichever of these a URL names: SQLAlchemy
+# maps a bare `postgresql://` to psycopg 3, and the libpq options a URL carries mean the same to both.
+POSTGRES_DRIVER = "postgresql+psycopg2"
+POSTGRES_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg2", "postgresql+psycopg")
+SQLITE_SCHEMES = ("sqlite", "sqlite+pysqlite")
+# Only the bundled offline server (`devtools/llm_server.py`), which runs on loopback, takes this key.
+OFFLINE_API_KEY = "offline-key"
 
 
 class Settings(BaseSettings):
@@ -26,7 +37,9 @@ class Settings(BaseSettings):
     celery_broker_url: str | None = None
     celery_result_backend: str | None = None
 
-    openai_api_key: SecretStr = SecretStr("offline-key")
+    openai_api_key: SecretStr = Field(
+        SecretStr(""), description="required unless OPENAI_BASE_URL is the bundled server on loopback"
+    )
     openai_base_url: str | None = "http://127.0.0.1:8099/v1"
     default_model: str = "gpt-4o-mini"
     llm_timeout_seconds: float = Field(60.0, gt=0)
@@ -91,6 +104,39 @@ class Settings(BaseSettings):
             raise ValueError("FLOWER_BASIC_AUTH must be user:password, or several separated by commas")
         return value
 
+    @field_validator("database_url")
+    @classmethod
+    def _database_url_has_a_driver_we_ship(cls, url: str) -> str:
+        """PostgreSQL URLs in any of the usual spellings, normalised to psycopg2; SQLite URLs as they are.
+        The message names only the scheme: the rest of the URL may hold a password."""
+        scheme, separator, rest = url.strip().partition("://")
+        if not separator:
+            raise ValueError("DATABASE_URL is not a URL; expected postgresql://user:password@host:5432/name")
+        scheme = scheme.lower()
+        if scheme in SQLITE_SCHEMES:
+            return url.strip()
+        if scheme not in POSTGRES_SCHEMES:
+            raise ValueError(
+                f"DATABASE_URL has scheme {scheme!r}; expected postgresql:// (also postgres://, "
+                "postgresql+psycopg2://, postgresql+psycopg://) or sqlite:///path"
+            )
+        try:
+            urlsplit(f"{POSTGRES_DRIVER}://{rest}").port  # noqa: B018  (raises ValueError on a bad port)
+        except ValueError:
+            raise ValueError("DATABASE_URL has an invalid port; expected host:5432 or host alone") from None
+        return f"{POSTGRES_DRIVER}://{rest}"
+
+    @model_validator(mode="after")
+    def _api_key_given_unless_offline(self) -> Settings:
+        if self.openai_api_key.get_secret_value():
+            return self
+        if not _is_bundled_server(self.openai_base_url):
+            raise ValueError(
+                "OPENAI_API_KEY is required: OPENAI_BASE_URL is not the bundled offline server on loopback"
+            )
+        self.openai_api_key = SecretStr(OFFLINE_API_KEY)
+        return self
+
     @model_validator(mode="after")
     def _limits_are_ordered(self) -> Settings:
         if not self.task_soft_time_limit_seconds < self.task_time_limit_seconds:
@@ -120,7 +166,35 @@ class Settings(BaseSettings):
         return self.celery_result_backend or self.redis_url or default
 
 
+def _is_bundled_server(base_url: str | None) -> bool:
+    """Whether the LLM endpoint may be the bundled offline server: one on this machine (loopback).
+    None means the OpenAI client's default, api.openai.com."""
+    if not base_url:
+        return False
+    host = urlsplit(base_url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The process-wide settings, built once from the environment."""
-    return Settings()
+    """The process-wide settings, built once from the environment.
+    Raises: ConfigurationError, one line naming each bad variable (never its value: it may be a secret)."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise ConfigurationError(describe_invalid_settings(exc)) from None
+
+
+def describe_invalid_settings(exc: ValidationError) -> str:
+    """One line for a Settings validation error: each problem with its variable's name, no input values."""
+    problems = []
+    for error in exc.errors():
+        message = error["msg"].removeprefix("Value error, ")
+        variable = "_".join(str(part) for part in error["loc"]).upper()
+        problems.append(f"{variable}: {message}" if variable and not message.startswith(variable) else message)
+    return "; ".join(problems)

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event, make_url, text
+from sqlalchemy import URL, Engine, create_engine, event, make_url, text
 from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
-from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.pool import ConnectionPoolEntry, NullPool
 
 from config import Settings
+from errors import ConfigurationError
+
+MAINTENANCE_DATABASE = "postgres"
+CONNECT_TIMEOUT_SECONDS = 10
 
 
 def make_engine(settings: Settings) -> Engine:
@@ -24,7 +30,10 @@ def make_engine(settings: Settings) -> Engine:
         return engine
     # The threads pool enforces no Celery time limit: the LLM timeout and this one bound an attempt.
     timeout_ms = int(settings.db_statement_timeout_seconds * 1000)
-    connect_args = {"options": f"-c statement_timeout={timeout_ms}"} if timeout_ms else {}
+    connect_args: dict[str, object] = {"options": f"-c statement_timeout={timeout_ms}"} if timeout_ms else {}
+    if "connect_timeout" not in make_url(url).query:
+        # libpq waits for a host that drops packets as long as TCP does (minutes) unless told otherwise.
+        connect_args["connect_timeout"] = CONNECT_TIMEOUT_SECONDS
     return create_engine(
         url,
         connect_args=connect_args,
@@ -44,6 +53,67 @@ def create_empty_database(server_url: str, name: str) -> str:
         connection.execute(text(f'CREATE DATABASE "{name}"'))
     admin.dispose()
     return f"{server_url}/{name}"
+
+
+def create_database_if_missing(database_url: str) -> str | None:
+    """Create the PostgreSQL database `database_url` names when the server does not have it yet, from the
+    server's `postgres` maintenance database; returns its name when it was created. SQLite needs nothing:
+    it creates its file on first use.
+    Raises: ConfigurationError, with the command an administrator can run, when this role may not create
+    it; OperationalError when the database cannot be reached for any other reason."""
+    url = make_url(database_url)
+    if url.get_backend_name() != "postgresql":
+        return None
+    try:
+        _connect_once(url)
+        return None
+    except OperationalError as unreachable:
+        if _database_exists(url.set(database=MAINTENANCE_DATABASE), url.database) is not False:
+            raise unreachable  # the server is down, or the database is there and refuses us: nothing to create
+    _create_database(url)
+    return url.database
+
+
+def _connect_once(url: URL) -> None:
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect():
+            pass
+    finally:
+        engine.dispose()
+
+
+def _database_exists(maintenance_url: URL, name: str | None) -> bool | None:
+    """Whether the server has database `name`; None when its maintenance database does not answer either."""
+    engine = create_engine(maintenance_url, poolclass=NullPool)
+    try:
+        with engine.connect() as connection:
+            return bool(connection.scalar(text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": name}))
+    except OperationalError:
+        return None
+    finally:
+        engine.dispose()
+
+
+def _create_database(url: URL) -> None:
+    name = url.database or ""
+    engine = create_engine(url.set(database=MAINTENANCE_DATABASE), poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    quote = engine.dialect.identifier_preparer.quote
+    try:
+        with engine.connect() as connection:
+            connection.execute(text(f"CREATE DATABASE {quote(name)}"))
+    except DBAPIError as exc:
+        reason = str(exc.orig).strip().splitlines()[0]
+        where = [*(["-h", url.host] if url.host else []), *(["-p", str(url.port)] if url.port else [])]
+        owner = ["--owner", url.username] if url.username else []
+        createdb = shlex.join(["createdb", *where, "-U", "postgres", *owner, name])
+        sql = f"CREATE DATABASE {quote(name)}{f' OWNER {quote(url.username)}' if url.username else ''};"
+        raise ConfigurationError(
+            f"database {url.database!r} does not exist and role {url.username!r} may not create it ({reason}); "
+            f"an administrator can run `{createdb}` or, in psql, {sql}"
+        ) from None
+    finally:
+        engine.dispose()
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -1,6 +1,7 @@
 """The service's error tree, and the one place that maps third-party errors onto it.
 
 AgentServiceError
+├── ConfigurationError    the settings, or the database they name, cannot be used as they are
 ├── TaskValidationError   bad input to create_agent_task; nothing was written
 ├── TaskNotFoundError     no task row with that id
 ├── BrokerUnavailableError the row is saved as pending but could not be queued
@@ -26,6 +27,10 @@ QUOTA_ERROR_CODE = "insufficient_quota"
 
 class AgentServiceError(Exception):
     """Base of every error this service raises on purpose."""
+
+
+class ConfigurationError(AgentServiceError):
+    """The settings, or what they point at, cannot be used as they are; a person must change something."""
 
 
 class TaskValidationError(AgentServiceError, ValueError):

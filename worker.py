@@ -14,6 +14,8 @@ from celery.signals import setup_logging, worker_process_init, worker_process_sh
 
 from admission.base import Admission
 from config import LOCAL_DATA_DIR, Settings, get_settings
+from errors import ConfigurationError
+from execution.readiness import DatabaseGate
 from execution.services import Services
 from llm.runners import settle_heap
 from messaging.routing import (
@@ -41,6 +43,7 @@ def create_celery_app(settings: Settings, *, admission: Admission | None = None)
     """Build the configured app; its tasks are those of `tasks.py`."""
     app = AgentServiceCelery(settings, admission=admission)
     app.conf.update(celery_config(settings))
+    app.steps["consumer"].add(DatabaseGate)
     return app
 
 
@@ -96,7 +99,12 @@ def _transport_options(settings: Settings) -> dict[str, Any]:
     return {"visibility_timeout": settings.broker_visibility_timeout_seconds}
 
 
-app = create_celery_app(get_settings())
+try:
+    app = create_celery_app(get_settings())
+except ConfigurationError as exc:
+    # `celery -A worker` prints a traceback for any exception raised while importing the app; a
+    # configuration error is the user's to fix, and one line says it.
+    raise SystemExit(f"configuration error: {exc}") from None
 celery_app = app
 process_agent_task = app.signature(PROCESS_TASK_NAME)
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import create_engine
+from sqlalchemy.pool import NullPool
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -16,8 +17,10 @@ def init_db(database_url: str | None = None) -> None:
     config = Config(str(ROOT / "alembic.ini"))
     config.attributes["configure_logger"] = False
     if database_url:
-        with create_engine(database_url).begin() as connection:
+        engine = create_engine(database_url, poolclass=NullPool)  # nothing left connected afterwards
+        with engine.begin() as connection:
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
+        engine.dispose()
         return
     command.upgrade(config, "head")

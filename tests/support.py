@@ -44,12 +44,22 @@ def make_settings(**overrides) -> Settings:
     return Settings(_env_file=None, **{**values, **overrides})
 
 
-def run_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess:
-    """`python cli.py ARGS` in a subprocess configured with `settings`, as a user runs it."""
+def run_cli(settings: Settings | dict[str, str], *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    """`python cli.py ARGS` in a subprocess configured with `settings` (or with raw environment variables,
+    for settings that would not validate), as a user runs it; `stdin` is its standard input."""
+    return run_in_repo([sys.executable, "cli.py", *args], settings, stdin=stdin)
+
+
+def run_in_repo(
+    command: list[str], settings: Settings | dict[str, str], *, stdin: str | None = None
+) -> subprocess.CompletedProcess:
+    """`command` from the repository root with only `settings` in its environment; waits for it to end."""
+    env = settings.as_env() if isinstance(settings, Settings) else settings
     return subprocess.run(
-        [sys.executable, "cli.py", *args],
+        command,
         cwd=ROOT,
-        env={"PATH": "/usr/bin:/bin", **settings.as_env()},
+        env={"PATH": "/usr/bin:/bin", **env},
+        input=stdin,
         capture_output=True,
         text=True,
         timeout=60,

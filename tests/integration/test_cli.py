@@ -37,7 +37,7 @@ def test_create_agent_submit_status_and_list(cli, session_factory, idle_redis):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (("submit", "--agent", "no-such-agent", "--title", "x", "--user", "u"), "agent_id"),
+        (("submit", "--agent", "no-such-agent", "--title", "x", "--user", "u"), "no agent named 'no-such-agent'"),
         (("submit", "--agent", "{agent}", "--title", " ", "--user", "u"), "title"),
         (("create-agent", "--name", "x", "--prompt", "p", "--temperature", "9"), "temperature"),
         (("create-agent", "--name", "x", "--prompt", "p", "--settings", "{nope"), "not valid JSON"),

@@ -1,0 +1,107 @@
+"""A worker started before its database: it says what is wrong, takes no agent task while the database
+does not answer, and takes them once it does. Real `celery worker` processes on Redis and PostgreSQL."""
+
+from __future__ import annotations
+
+import socket
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from database import create_empty_database, session_scope
+from devtools.processes import celery_worker
+from messaging.publisher import publish_tasks
+from models import Agent, Task, TaskStatus
+from store.schema import init_db
+from tests.conftest import IDLE_REDIS, LOG_DIR, PG_ROOT
+from tests.support import make_settings, wait_for_final, wait_until
+from worker import create_celery_app
+
+pytestmark = pytest.mark.worker
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]  # nothing listens once the probe socket is closed
+
+
+def fresh_log(name: str) -> Path:
+    path = LOG_DIR / f"{name}.log"
+    path.unlink(missing_ok=True)
+    return path
+
+
+def log_mentions(path: Path, *fragments: str) -> bool:
+    return all(fragment in path.read_text() for fragment in fragments)
+
+
+def test_worker_without_its_database_says_why_and_leaves_agent_messages_queued(idle_app, idle_redis, llm_url):
+    # Given a database URL (with a password) where nothing listens
+    url = f"postgresql://agent:s3cret-pw@127.0.0.1:{closed_port()}/agents"
+    settings = make_settings(database_url=url, redis_url=IDLE_REDIS, openai_base_url=f"{llm_url}/v1")
+    log = fresh_log("worker-no-database")
+    # When a worker starts on it and an agent-task message arrives
+    with celery_worker(env=settings.as_env(), log_path=log, name="no-database"):
+        wait_until(lambda: log_mentions(log, "database not answering"), what="database error in the log")
+        publish_tasks(idle_app, [uuid.uuid4()])
+        time.sleep(3)  # more than one probe interval
+        # Then one line names DATABASE_URL and the error, hides the password, and the message stays queued
+        [line] = [line for line in log.read_text().splitlines() if "database not answering" in line]
+        assert "DATABASE_URL=postgresql+psycopg2://agent:***@127.0.0.1" in line and "Connection refused" in line
+        assert "s3cret-pw" not in log.read_text()
+        assert idle_redis.llen("agent_tasks") == 1
+
+
+@pytest.fixture
+def late_database_name() -> str:
+    name = f"agent_service_late_{uuid.uuid4().hex[:8]}"
+    yield name
+    admin = create_engine(f"{PG_ROOT}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        for database in (name, f"{name}_staging"):
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def test_worker_takes_agent_tasks_once_a_late_database_answers(idle_app, idle_redis, llm_url, late_database_name):
+    # Given a worker started on a database that does not exist yet, and a message queued for a task
+    settings = make_settings(
+        database_url=f"{PG_ROOT}/{late_database_name}", redis_url=IDLE_REDIS, openai_base_url=f"{llm_url}/v1"
+    )
+    log = fresh_log("worker-late-database")
+    task_id = uuid.uuid4()
+    with celery_worker(env=settings.as_env(), log_path=log, name="late-database"):
+        wait_until(lambda: log_mentions(log, "does not exist"), what="database error in the log")
+        publish_tasks(idle_app, [task_id])
+        # When the database appears, migrated and holding the task (built aside, then renamed in one step)
+        staging_url = create_empty_database(PG_ROOT, f"{late_database_name}_staging")
+        init_db(staging_url)
+        add_queued_task(staging_url, task_id)
+        rename_database(f"{late_database_name}_staging", late_database_name)
+        # Then the worker consumes the message and completes the task
+        app = create_celery_app(settings)
+        [task] = wait_for_final(app.services.session_factory, [str(task_id)], timeout=30).values()
+        app.services.engine.dispose()
+        assert task.status == TaskStatus.COMPLETED and task.attempts == 1
+        assert idle_redis.llen("agent_tasks") == 0 and log_mentions(log, "database answers")
+
+
+def add_queued_task(database_url: str, task_id: uuid.UUID) -> None:
+    app = create_celery_app(make_settings(database_url=database_url))
+    with session_scope(app.services.session_factory) as session:
+        agent = Agent(name="late", prompt="Be brief.", model="gpt-4o-mini", temperature=0.1, max_tokens=50)
+        session.add(agent)
+        session.flush()
+        session.add(Task(id=task_id, title="waited for its database", agent_id=agent.id, user_id="u", status="queued"))
+    app.services.engine.dispose()
+
+
+def rename_database(old: str, new: str) -> None:
+    admin = create_engine(f"{PG_ROOT}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'ALTER DATABASE "{old}" RENAME TO "{new}"'))
+    admin.dispose()
