@@ -10,7 +10,7 @@ import pytest
 
 from database import session_scope
 from models import Task, TaskStatus
-from tests.conftest import IDLE_REDIS
+from tests.integration.conftest import IDLE_REDIS
 from tests.support import run_cli
 
 MARKUP_TITLES = ["[[mock:403]]", "[/red] stray closing tag", "[bold]loud[/bold] :thumbs_up:"]

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from sqlalchemy import create_engine, text
 
-from tests.conftest import PG_ROOT
+from tests.integration.conftest import PG_ROOT
 from tests.support import run_cli, run_in_repo
 
 SERVER = PG_ROOT.split("://", 1)[1].split("@", 1)[1]  # host:port

@@ -9,7 +9,7 @@ import httpx
 import psutil
 
 from devtools.processes import started
-from tests.conftest import IDLE_REDIS, LOG_DIR
+from tests.integration.conftest import IDLE_REDIS, LOG_DIR
 from tests.support import free_port, run_cli
 
 LOGIN = ("flower-admin", "s3cret-for-the-test")

@@ -21,7 +21,7 @@ import redis
 from devtools.processes import ROOT
 from models import TaskStatus
 from tasks import create_agent_tasks
-from tests.conftest import IDLE_REDIS, LOG_DIR
+from tests.integration.conftest import IDLE_REDIS, LOG_DIR
 from tests.support import free_port, wait_for_final, wait_until
 
 SUPERVISOR_BIN = ROOT / ".venv" / "bin"

@@ -16,7 +16,7 @@ from devtools.processes import celery_worker
 from messaging.publisher import publish_tasks
 from models import Agent, Task, TaskStatus
 from store.schema import init_db
-from tests.conftest import IDLE_REDIS, LOG_DIR, PG_ROOT
+from tests.integration.conftest import IDLE_REDIS, LOG_DIR, PG_ROOT
 from tests.support import make_settings, wait_for_final, wait_until
 from worker import create_celery_app
 
