@@ -74,7 +74,7 @@ class AgentTaskBatches(Batches):
         def on_return(unsent: list[Event | None] | None) -> None:
             for request, event in zip(requests, unsent or ()):
                 if event is not None:
-                    request.send_event(*event)
+                    request.send_event(event[0], **event[1])
                 request.acknowledge()
 
         return self._pool.apply_async(
@@ -94,24 +94,37 @@ class AgentTaskBatches(Batches):
             store_results(self.app, [(request.id, result) for request, _, result in results if result is not None])
         except Exception as exc:
             logger.warning("could not store the results of %d message(s): %s", len(results), exc)
-        for _, outcome, _ in results:
-            record_task_run("agent_task", outcome.as_dict(), outcome.seconds or 0.0, is_error=outcome.status.is_error)
+        try:
+            for _, outcome, _ in results:
+                record_task_run(
+                    "agent_task", outcome.as_dict(), outcome.seconds or 0.0, is_error=outcome.status.is_error
+                )
+            self._send_outcome_events(results)
+        except Exception:
+            logger.exception("could not report the outcomes of %d message(s)", len(results))
+
+    def _send_outcome_events(self, results: list[tuple[AgentRequest, TaskOutcome, dict[str, Any] | None]]) -> None:
+        """Send each outcome's task event, or (in a prefork pool child, which cannot) leave it to the worker."""
         in_worker = all(request.worker_request is not None for request, _, _ in results)
         if in_worker and not self._events_on():
             return
         for request, outcome, result in results:
-            event = _outcome_event(outcome, result, maxsize=self.app.conf.resultrepr_maxsize)
+            event = _outcome_event(outcome, result, maxsize=self.resultrepr_maxsize)
             if event is None:
                 continue
             if request.worker_request is not None:
-                request.worker_request.send_event(*event)
+                request.worker_request.send_event(event[0], **event[1])
             else:
                 request.unsent_event = event
 
     def _events_on(self) -> bool:
         """Whether task events are wanted now: the worker runs with -E, or a monitor such as Flower has
-        switched them on (`enable_events`)."""
-        return bool(self._eventer is not None and self._eventer.enabled and self.send_events)
+        switched them on (`enable_events`). Without them the dispatcher still sends the worker's heartbeats,
+        filtering task events out one by one; this check spares building them."""
+        eventer = self._eventer
+        if eventer is None or not eventer.enabled or not self.send_events:
+            return False
+        return not eventer.groups or "task" in eventer.groups
 
     def _send_received(self, requests: list[Request]) -> None:
         if not self._events_on():
