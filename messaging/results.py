@@ -29,16 +29,13 @@ def store_results(app: Celery, results: Sequence[tuple[str, dict[str, Any]]]) ->
 
 
 def _store_pipelined(backend: RedisBackend, results: Sequence[tuple[str, dict[str, Any]]]) -> None:
-    """What `RedisBackend.set` does for one result (SETEX or SET, then PUBLISH), for all in one pipeline.
+    """What `RedisBackend.set` does for one result (SET with its expiry, then PUBLISH), for all in one pipeline.
     Unlike `store_result` it does not read the key first: a repeated delivery stores the same final state."""
     with backend.client.pipeline(transaction=False) as pipe:
         for message_id, value in results:
             key = backend.get_key_for_task(message_id)
             meta = backend._get_result_meta(result=value, state=states.SUCCESS, traceback=None, request=None)
             encoded = backend.encode({**meta, "task_id": message_id})
-            if backend.expires:
-                pipe.setex(key, backend.expires, encoded)
-            else:
-                pipe.set(key, encoded)
+            pipe.set(key, encoded, ex=backend.expires or None)
             pipe.publish(key, encoded)
         pipe.execute()
