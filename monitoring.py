@@ -74,12 +74,12 @@ def start_metrics_exporter(
     from `queue_lengths` (messages waiting per queue) and `oldest_waiting_since` (when the task that has
     waited longest was queued)."""
     if port:
-        REGISTRY.register(_BacklogCollector(queue_lengths, oldest_waiting_since))
+        REGISTRY.register(BacklogCollector(queue_lengths, oldest_waiting_since))
         start_http_server(port)
         logger.info("prometheus metrics on :%d/metrics", port)
 
 
-class _BacklogCollector(Collector):
+class BacklogCollector(Collector):
     """The backlog gauges, read when Prometheus scrapes (every few seconds) rather than kept up per task.
     A source that cannot be read leaves its gauge out of that scrape."""
 
@@ -90,7 +90,7 @@ class _BacklogCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         lengths = _read(self._queue_lengths, "queue lengths")
-        if lengths is not None:
+        if lengths is not _UNREADABLE:
             gauge = GaugeMetricFamily(
                 "agent_service_queue_length", "Messages waiting in a broker queue", labels=["queue"]
             )
