@@ -135,7 +135,7 @@ def parse_task_id(task_id: Any) -> uuid.UUID:
     try:
         return uuid.UUID(task_id)
     except (TypeError, ValueError, AttributeError):
-        raise TaskValidationError(f"invalid task id {task_id!r:.80}: a task id must be a UUID string") from None
+        raise TaskValidationError(f"invalid task id: a task id must be a UUID string, got {task_id!r:.80}") from None
 
 
 def _settlements(

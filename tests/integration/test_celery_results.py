@@ -31,7 +31,7 @@ def test_a_completed_task_is_the_result_of_its_message(app, agent):
 def test_the_designs_delay_line_answers_a_bad_id_with_an_error(app):
     # The design's test line, `process_agent_task.delay('test_task_id')`, plus .get()
     reply = app.signature(PROCESS_TASK_NAME).delay("test_task_id").get(timeout=20)
-    assert reply["status"] == "error" and reply["error"].startswith("invalid task id 'test_task_id'")
+    assert reply == {"status": "error", "error": "invalid task id: a task id must be a UUID string, got 'test_task_id'"}
 
 
 def test_an_unknown_task_id_answers_task_not_found(app):
