@@ -87,6 +87,9 @@ class Settings(BaseSettings):
     )
     db_pool_size: int = Field(5, ge=1)
     db_max_overflow: int = Field(10, ge=0)
+    result_expires_seconds: int = Field(
+        24 * 60 * 60, gt=0, description="how long a task's Celery result is kept in the result backend"
+    )
     metrics_port: int = Field(0, ge=0, le=65535, description="0 disables the Prometheus exporter")
     # Loopback unless the operator opens it: the exporter has no login (the Docker image sets 0.0.0.0).
     metrics_address: str = Field("127.0.0.1", description="where the Prometheus exporter listens")

@@ -1,5 +1,6 @@
-"""Metrics and logs: Prometheus counters and histograms, structured log lines, and the
-`monitor_task_execution` decorator that records every task's duration and outcome."""
+"""Metrics and logs: Prometheus counters, histograms and backlog gauges, structured log lines, and the
+`monitor_task_execution` decorator that records a task's duration and outcome (the batched agent task
+records each of its tasks with `record_task_run` instead)."""
 
 from __future__ import annotations
 
@@ -7,21 +8,32 @@ import functools
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future
+from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import REGISTRY, Counter, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 logger = logging.getLogger("agent_service")
 
 TASK_RUNS = Counter("agent_service_task_runs_total", "Task executions by task name and outcome", ["task", "status"])
 TASK_DURATION = Histogram(
     "agent_service_task_duration_seconds",
-    "Wall time of one task execution",
+    "Wall time of one task execution (an agent task: from its claim to its outcome recorded)",
     ["task"],
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800),
 )
 LLM_TOKENS = Counter("agent_service_llm_tokens_total", "Tokens used by completed tasks", ["kind"])
+LLM_CALL_DURATION = Histogram(
+    "agent_service_llm_call_duration_seconds",
+    "Latency of one LLM call as the worker sees it, from submission to reply or error",
+    ["model"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120),
+)
 
 # Attributes a log line may carry beyond the message; anything else on the record is stdlib noise.
 _LOG_FIELDS = ("task", "task_id", "agent_id", "status", "attempt", "duration_ms", "error", "retry_in")
@@ -53,62 +65,109 @@ def configure_logging(*, level: int | str = logging.INFO, json_lines: bool = Tru
     root.setLevel(level)
 
 
-def start_metrics_exporter(port: int, *, address: str) -> None:
-    """Serve /metrics on `address`:`port` (port 0 leaves the exporter off)."""
+def start_metrics_exporter(
+    port: int,
+    *,
+    address: str,
+    queue_lengths: Callable[[], Mapping[str, int]],
+    oldest_waiting_since: Callable[[], datetime | None],
+) -> None:
+    """Serve /metrics on `address`:`port` (port 0 leaves the exporter off), with the backlog gauges read on
+    each scrape from `queue_lengths` (messages waiting per queue) and `oldest_waiting_since` (when the task
+    that has waited longest was queued)."""
     if port:
+        REGISTRY.register(BacklogCollector(queue_lengths, oldest_waiting_since))
         start_http_server(port, addr=address)
         logger.info("prometheus metrics on %s:%d/metrics", address, port)
 
 
-def monitor_task_execution(task_name: str) -> Callable:
-    """Decorate a task body: time it, count its outcome, and log one line per execution."""
+class BacklogCollector(Collector):
+    """The backlog gauges, read when Prometheus scrapes (every few seconds) rather than kept up per task.
+    A source that cannot be read leaves its gauge out of that scrape."""
+
+    def __init__(
+        self, queue_lengths: Callable[[], Mapping[str, int]], oldest_waiting_since: Callable[[], datetime | None]
+    ) -> None:
+        self._queue_lengths, self._oldest_waiting_since = queue_lengths, oldest_waiting_since
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        lengths = _read(self._queue_lengths, "queue lengths")
+        if lengths is not _UNREADABLE:
+            gauge = GaugeMetricFamily(
+                "agent_service_queue_length", "Messages waiting in a broker queue", labels=["queue"]
+            )
+            for queue, length in lengths.items():
+                gauge.add_metric([queue], length)
+            yield gauge
+        since = _read(self._oldest_waiting_since, "the oldest queued task")
+        if since is not _UNREADABLE:
+            age = (datetime.now(UTC) - since).total_seconds() if since else 0.0
+            yield GaugeMetricFamily(
+                "agent_service_oldest_queued_task_age_seconds",
+                "How long the task waiting longest (pending or queued) has waited since it was queued; 0 when none",
+                value=max(age, 0.0),
+            )
+
+
+_UNREADABLE = object()
+
+
+def _read(source: Callable[[], Any], what: str) -> Any:
+    try:
+        return source()
+    except Exception as exc:
+        logger.warning("metrics: cannot read %s: %s", what, exc)
+        return _UNREADABLE
+
+
+def time_llm_calls(futures: Sequence[Future], models: Sequence[str]) -> None:
+    """Observe each call's latency in `agent_service_llm_call_duration_seconds` when its future ends."""
+    submitted = time.monotonic()
+    for future, model in zip(futures, models, strict=True):
+        future.add_done_callback(partial(_observe_since, LLM_CALL_DURATION.labels(model), submitted))
+
+
+def _observe_since(histogram: Any, since: float, _future: Future) -> None:
+    histogram.observe(time.monotonic() - since)
+
+
+def monitor_task_execution(task_name: str, *, ok: str, error: str) -> Callable:
+    """Decorate a task body: time it, count it as `ok` (returned) or `error` (raised), and log one line."""
 
     def decorate(func: Callable) -> Callable:
         @functools.wraps(func)
         def monitored(*args: Any, **kwargs: Any) -> Any:
             started = time.perf_counter()
-            outcomes: list[dict[str, Any]] = [{"status": "error"}]
+            outcome: dict[str, Any] = {"status": error}
             try:
                 result = func(*args, **kwargs)
-                outcomes = _outcomes_of(result)
+                outcome = {"status": ok}
                 return result
             except Exception as exc:
-                outcomes = [{"status": "error", "error": str(exc)}]
+                outcome = {"status": error, "error": str(exc)}
                 raise
             finally:
-                seconds = time.perf_counter() - started
-                for outcome in outcomes:
-                    _record(task_name, seconds, outcome, args)
+                record_task_run(task_name, outcome, time.perf_counter() - started, is_error=outcome["status"] == error)
 
         return monitored
 
     return decorate
 
 
-def _outcomes_of(result: Any) -> list[dict[str, Any]]:
-    """A batch task returns one outcome per task; any other task returns one result."""
-    if isinstance(result, list):
-        return result
-    return [result if isinstance(result, dict) else {"status": "ok"}]
-
-
-def _record(task_name: str, seconds: float, outcome: dict[str, Any], args: tuple) -> None:
-    status = str(outcome.get("status", "ok"))
+def record_task_run(task_name: str, outcome: Mapping[str, Any], seconds: float, *, is_error: bool) -> None:
+    """Count, time and log one execution (an error at level ERROR): `outcome` carries its `status`, a label
+    from the callers' one vocabulary (`execution.outcomes.Outcome`), and what its log line shows."""
+    status = str(outcome["status"])
     TASK_RUNS.labels(task_name, status).inc()
     TASK_DURATION.labels(task_name).observe(seconds)
     for kind in ("prompt", "completion"):
         LLM_TOKENS.labels(kind).inc(outcome.get(f"{kind}_tokens") or 0)
-    extra = {
-        key: outcome[key]
-        for key in ("task_id", "agent_id", "attempt", "error", "retry_in")
-        if outcome.get(key) is not None
-    }
-    extra.setdefault("task_id", _task_id_arg(args))
+    extra = {key: outcome[key] for key in _LOG_FIELDS if outcome.get(key) is not None}
     extra.update(task=task_name, status=status, duration_ms=round(seconds * 1000, 1))
-    level = logging.ERROR if status in ("error", "failed") else logging.INFO
-    logger.log(level, "%s %s %s in %.1f ms", task_name, extra["task_id"], status, extra["duration_ms"], extra=extra)
-
-
-def _task_id_arg(args: tuple) -> str | None:
-    # Bound Celery tasks receive (self, task_id); the id is the first string argument.
-    return next((arg for arg in args if isinstance(arg, str)), None)
+    message = "%s %s %s after %.1f ms"
+    values = [task_name, extra.get("task_id", "-"), status, extra["duration_ms"]]
+    if "retry_in" in extra:
+        message += "; next attempt in %.1f s"
+        values.append(extra["retry_in"])
+    level = logging.ERROR if is_error else logging.INFO
+    logger.log(level, message, *values, extra=extra)

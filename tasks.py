@@ -6,6 +6,7 @@ services, and turns the outcome into a retry or a result; nothing else happens h
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterable
 from typing import Any
@@ -14,7 +15,7 @@ from celery import Celery, Task, shared_task
 
 import worker
 from errors import PermanentError, RetryableError, classify
-from execution.batching import AgentTaskBatches
+from execution.batching import AgentRequest, AgentTaskBatches
 from execution.maintenance import check_health, requeue_stuck_tasks
 from execution.outcomes import Outcome, TaskOutcome
 from execution.pipeline import execute_agent_tasks
@@ -45,53 +46,69 @@ def create_agent_tasks(items: Iterable[dict[str, Any]], *, app: Celery | None = 
 
 
 @shared_task(bind=True, base=AgentTaskBatches, name=PROCESS_TASK_NAME, acks_late=True)
-@monitor_task_execution("agent_task")
-def process_agent_task(self: Task, requests: list[Any]) -> list[dict[str, Any]]:
-    """Process a batch of tasks using their AI agents; each message carries one task id."""
+def process_agent_task(self: AgentTaskBatches, requests: list[AgentRequest]) -> list:
+    """Process a batch of tasks using their AI agents; each message carries one task id, and each message's
+    outcome is made known (result, metrics, log line, task event) as soon as it is recorded.
+
+    Returns the task events a prefork pool child could not send itself (see `AgentTaskBatches.flush`)."""
     services = services_of(self.app)
-    task_ids = [_task_id_argument(request) for request in requests]
+    started = time.monotonic()
+    settled: dict[int, TaskOutcome] = {}
+
+    def on_settled(group: list[tuple[int, TaskOutcome]]) -> None:
+        settled.update(group)
+        self.announce(requests, group)
+
     try:
-        outcomes = execute_agent_tasks(
-            task_ids,
+        execute_agent_tasks(
+            [_task_id_argument(request) for request in requests],
             session_factory=services.session_factory,
             settings=services.settings,
             llm=services.llm_runner,
             admission=services.admission,
+            on_settled=on_settled,
         )
     except Exception as exc:
-        return [_retry_later(self.app, request, classify(exc)) for request in requests]
-    for outcome in outcomes:
-        if outcome.retry_in is not None:
-            publish_tasks(self.app, [uuid.UUID(outcome.task_id)], countdown=outcome.retry_in)
-    return [outcome.as_dict() for outcome in outcomes]
+        error = classify(exc)
+        unsettled = [at for at in range(len(requests)) if at not in settled]
+        self.announce(
+            requests, [(at, _retry_later(self.app, requests[at], error, started=started)) for at in unsettled]
+        )
+    retries = [outcome for outcome in settled.values() if outcome.retry_in is not None]
+    for outcome in retries:
+        publish_tasks(self.app, [uuid.UUID(outcome.task_id)], countdown=outcome.retry_in)
+    return [request.unsent_event for request in requests]
 
 
 @shared_task(bind=True, name=SWEEP_TASK_NAME)
-@monitor_task_execution("sweep_stale_tasks")
+@monitor_task_execution("sweep_stale_tasks", ok=Outcome.COMPLETED, error=Outcome.ERROR)
 def sweep_stale_tasks(self: Task) -> dict[str, Any]:
     """Re-queue rows stuck without a live message (broker down at submit, lost with Redis, dead worker)."""
     return {"status": "ok", "requeued": requeue_stuck_tasks(app=self.app, services=services_of(self.app))}
 
 
 @shared_task(bind=True, name=HEALTH_TASK_NAME)
-@monitor_task_execution("health_check")
+@monitor_task_execution("health_check", ok=Outcome.COMPLETED, error=Outcome.ERROR)
 def health_check(self: Task) -> dict[str, str]:
     """Report that this worker and its database are reachable."""
     return check_health(session_factory=services_of(self.app).session_factory)
 
 
-def _retry_later(app: Celery, request: Any, error: RetryableError | PermanentError) -> dict[str, Any]:
+def _retry_later(
+    app: Celery, request: AgentRequest, error: RetryableError | PermanentError, *, started: float
+) -> TaskOutcome:
     """The whole attempt failed before any row changed (the database is down): send the message again later,
     with its retry count; Celery's own per-message retry does not fit a batch."""
     task_id, retries = _task_id_argument(request), request.request_dict.get("retries") or 0
+    seconds = time.monotonic() - started
     if isinstance(error, PermanentError) or retries >= services_of(app).settings.db_unavailable_max_retries:
         # The row, if any, keeps its status; the sweeper re-queues it once it looks stuck.
-        return TaskOutcome(str(task_id), Outcome.ERROR, error=str(error)).as_dict()
+        return TaskOutcome(str(task_id), Outcome.ERROR, error=str(error), seconds=seconds)
     delay = backoff_delay(retries + 1, settings=services_of(app).settings, requested=error.delay)
     app.send_task(
         PROCESS_TASK_NAME, args=[task_id], task_id=request.id, countdown=delay, retries=retries + 1, ignore_result=True
     )
-    return TaskOutcome(str(task_id), Outcome.RETRYING, error=str(error), retry_in=delay).as_dict()
+    return TaskOutcome(str(task_id), Outcome.RETRYING, error=str(error), retry_in=delay, seconds=seconds)
 
 
 def _task_id_argument(request: Any) -> Any:

@@ -7,6 +7,7 @@ design's handle on the agent task, a signature by name: `process_agent_task.dela
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from celery import Celery, current_app
@@ -15,9 +16,11 @@ from celery.signals import setup_logging, worker_process_init, worker_process_sh
 from admission.base import Admission
 from config import LOCAL_DATA_DIR, Settings, get_settings
 from errors import ConfigurationError
+from execution.maintenance import oldest_waiting_since
 from execution.readiness import DatabaseGate
 from execution.services import Services
 from llm.runners import settle_heap
+from messaging.queues import queue_lengths
 from messaging.routing import (
     AGENT_QUEUE,
     HEALTH_TASK_NAME,
@@ -57,6 +60,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "timezone": "UTC",
         "enable_utc": True,
         "task_track_started": True,
+        "result_expires": settings.result_expires_seconds,
         "task_time_limit": settings.task_time_limit_seconds,
         "task_soft_time_limit": settings.task_soft_time_limit_seconds,
         "worker_pool": settings.worker_pool,
@@ -74,7 +78,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "sweep-stale-tasks": {"task": SWEEP_TASK_NAME, "schedule": settings.sweep_interval_seconds},
         },
         "worker_soft_shutdown_timeout": settings.worker_soft_shutdown_seconds,
-        # Task events cost a Redis message each; Flower switches them on in the workers when it starts.
+        # Task events cost a Redis message each; Flower switches them on in the workers when it starts (agent
+        # tasks send theirs through execution.batching, as Celery's own requests do).
         "worker_send_task_events": False,
         "task_send_sent_event": False,
         "broker_connection_retry_on_startup": True,
@@ -128,7 +133,12 @@ def _start_metrics_and_llm_runner(**_: Any) -> None:
     if not _runs_this_app():
         return
     settings = app.services.settings
-    start_metrics_exporter(settings.metrics_port, address=settings.metrics_address)
+    start_metrics_exporter(
+        settings.metrics_port,
+        address=settings.metrics_address,
+        queue_lengths=partial(queue_lengths, app),
+        oldest_waiting_since=partial(oldest_waiting_since, app.services.session_factory),
+    )
     if app.conf.worker_pool != "prefork":  # prefork: each pool process prepares itself
         _prepare_to_run_tasks()
 

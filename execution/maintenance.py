@@ -1,6 +1,9 @@
-"""The periodic jobs beat runs on the `system` queue: the health check and the stale-task sweeper."""
+"""The periodic jobs beat runs on the `system` queue (the health check and the stale-task sweeper), and the
+backlog a metrics scrape reads."""
 
 from __future__ import annotations
+
+from datetime import datetime
 
 from celery import Celery
 from sqlalchemy import text
@@ -21,6 +24,13 @@ def requeue_stuck_tasks(*, app: Celery, services: Services) -> int:
         stuck = lifecycle.tasks_to_requeue(session, settings=settings, now=utcnow(), limit=settings.sweep_batch_size)
     enqueue(app, services.session_factory, stuck)
     return len(stuck)
+
+
+def oldest_waiting_since(session_factory: sessionmaker[Session]) -> datetime | None:
+    """When the task waiting longest (pending or queued) was queued; None when no task waits.
+    Raises: what the database raises."""
+    with session_scope(session_factory) as session:
+        return lifecycle.oldest_waiting_since(session)
 
 
 def check_health(*, session_factory: sessionmaker[Session]) -> dict[str, str]:

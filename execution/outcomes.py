@@ -4,8 +4,11 @@ the logs and the metrics."""
 from __future__ import annotations
 
 import enum
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
+
+from models import TaskStatus
+from store.lifecycle import Finished
 
 
 class Outcome(str, enum.Enum):
@@ -16,8 +19,8 @@ class Outcome(str, enum.Enum):
     RETRYING = "retrying"  # this attempt failed; another is due after `retry_in`
     DEFERRED = "deferred"  # admission said not yet; the attempt was given back, to run after `retry_in`
     SUPERSEDED = "superseded"  # the claim was lost (cancelled, or taken over) before the outcome was recorded
-    SKIPPED = "skipped"  # not run: finished already, running elsewhere, or missing
-    REJECTED = "rejected"  # not run: the message did not carry a task id
+    SKIPPED = "skipped"  # not run: finished already, or running elsewhere
+    REJECTED = "rejected"  # not run: the message named no task (no task id, or no such task)
     ERROR = "error"  # the delivery itself failed before any row changed
 
     @property
@@ -27,7 +30,8 @@ class Outcome(str, enum.Enum):
 
 @dataclass(frozen=True)
 class TaskOutcome:
-    """What one delivery of a task did; `retry_in` is set when another delivery is due."""
+    """What one delivery of a task did; `retry_in` is set when another delivery is due, `finished` when the
+    task is finished (by this delivery or before it), `seconds` is the delivery's claim-to-settle time."""
 
     task_id: str
     status: Outcome
@@ -37,9 +41,35 @@ class TaskOutcome:
     retry_in: float | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    finished: Finished | None = None
+    seconds: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-ready, without the fields that are not set."""
-        values = {key: value for key, value in asdict(self).items() if value is not None}
+        """The scalar fields that are set, JSON-ready (what a log line carries)."""
+        values = {
+            field.name: getattr(self, field.name)
+            for field in fields(self)
+            if field.name != "finished" and getattr(self, field.name) is not None
+        }
         values["status"] = self.status.value
         return values
+
+    def message_result(self) -> dict[str, Any] | None:
+        """Celery's result for the message that carried this delivery: the task's final state, or an error
+        for a message that names no task; None while another delivery is due (or running elsewhere)."""
+        if self.finished is not None:
+            return _final_state(self.task_id, self.finished)
+        if self.status in (Outcome.REJECTED, Outcome.ERROR):
+            return {"status": "error", "error": self.error}
+        return None
+
+
+def _final_state(task_id: str, finished: Finished) -> dict[str, Any]:
+    state: dict[str, Any] = {"status": finished.status.value, "task_id": task_id}
+    if finished.result is not None:
+        state["result"] = finished.result
+    if finished.usage is not None:
+        state["usage"] = asdict(finished.usage)
+    if finished.error is not None and finished.status is not TaskStatus.CANCELLED:
+        state["error"] = finished.error
+    return state

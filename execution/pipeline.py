@@ -6,10 +6,9 @@ from __future__ import annotations
 import itertools
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from dataclasses import dataclass
-from functools import partial
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -25,8 +24,10 @@ from kinds import KINDS, kind_named
 from kinds.base import KindResult, TaskKind, TaskWork
 from llm.messages import LLMReply, Usage
 from llm.runners import LLMRunner
+from models import TaskStatus
+from monitoring import time_llm_calls
 from store import lifecycle
-from store.lifecycle import Claim, Skip, utcnow
+from store.lifecycle import Claim, Finished, Skip, utcnow
 
 RECORD_ATTEMPTS = 5
 NO_ADMISSION_CHECKS = Admission()
@@ -42,6 +43,8 @@ class Answer:
 
 # What a claim ends with: an answer, a deferral by admission, or the exception that stopped it.
 Settlement = Answer | Decision | BaseException
+# Told of each group of outcomes as it is recorded, each with its position in the batch.
+OnSettled = Callable[[list[tuple[int, TaskOutcome]]], None] | None
 
 
 @dataclass(frozen=True)
@@ -74,15 +77,21 @@ def execute_agent_tasks(
     llm: LLMRunner,
     admission: Admission = NO_ADMISSION_CHECKS,
     kinds: Mapping[str, TaskKind] = KINDS,
+    on_settled: OnSettled = None,
 ) -> list[TaskOutcome]:
     """Run one attempt of each task: claim them all in one transaction, ask `admission` which may run,
     call the LLM for those (concurrently, on `llm`) with no connection held, and record the outcomes as
     the replies arrive: one transaction per group that arrived within `batch_flush_seconds`, so a slow
     reply never holds back the others. A deferred task gives its attempt back.
 
+    `on_settled` is called with each group of outcomes once it is recorded (the deliveries that are not to
+    run come first, right after the claim), each outcome with the position of its id in `task_ids`; it must
+    not raise.
+
     Returns one outcome per id, in order. Raises: what the database raises (the caller classifies it);
     LLM errors are classified and recorded in the rows.
     """
+    started = time.monotonic()
     ids = [_valid_id(task_id) for task_id in task_ids]
     with session_scope(session_factory) as session:
         claimed = lifecycle.claim_tasks(
@@ -95,17 +104,28 @@ def execute_agent_tasks(
         )
     claims = iter(claimed)
     steps = [next(claims) if isinstance(task_id, uuid.UUID) else task_id for task_id in ids]
-    runs = [step for step in steps if isinstance(step, Claim)]
+    positions = {step.task_id: at for at, step in enumerate(steps) if isinstance(step, Claim)}
+    not_run = [(at, _not_run(step, started)) for at, step in enumerate(steps) if not isinstance(step, Claim)]
+    if not_run and on_settled:
+        on_settled(not_run)
     settled: dict[uuid.UUID, TaskOutcome] = {}
-    record = partial(_record, session_factory=session_factory, settings=settings)
+
+    def record(group: list[tuple[Claim, Settlement]]) -> None:
+        outcomes = _record(group, session_factory=session_factory, settings=settings, started=started)
+        settled.update(outcomes)
+        if on_settled:
+            on_settled([(positions[task_id], outcome) for task_id, outcome in outcomes.items()])
+
+    runs = [step for step in steps if isinstance(step, Claim)]
     try:
         for group in _settlements(runs, settings=settings, llm=llm, admission=admission, kinds=kinds):
-            settled.update(record(group))
+            record(group)
     except Exception as exc:
         # Cut short (the soft time limit, say): the claims not yet settled are settled with that error, since
         # a row left running under a live owner would wait for the stale threshold.
-        settled.update(record([(claim, exc) for claim in runs if claim.task_id not in settled]))
-    return [settled[step.task_id] if isinstance(step, Claim) else _not_run(step) for step in steps]
+        record([(claim, exc) for claim in runs if claim.task_id not in settled])
+    not_run_at = dict(not_run)
+    return [settled[step.task_id] if isinstance(step, Claim) else not_run_at[at] for at, step in enumerate(steps)]
 
 
 def parse_task_id(task_id: Any) -> uuid.UUID:
@@ -115,7 +135,7 @@ def parse_task_id(task_id: Any) -> uuid.UUID:
     try:
         return uuid.UUID(task_id)
     except (TypeError, ValueError, AttributeError):
-        raise TaskValidationError(f"task id must be a UUID string, got {task_id!r:.80}") from None
+        raise TaskValidationError(f"invalid task id: a task id must be a UUID string, got {task_id!r:.80}") from None
 
 
 def _settlements(
@@ -144,6 +164,7 @@ def _settlements(
         step for (_, step), decision in zip(prepared, decisions, strict=True) if decision.verdict is Verdict.RUN
     ]
     futures = llm.submit([step.candidate.request for step in admitted])
+    time_llm_calls(futures, [step.candidate.request.model for step in admitted])
     pending: dict[Future[LLMReply], _Prepared] = dict(zip(futures, admitted, strict=True))
     while pending:
         first, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -187,14 +208,21 @@ def _interpret(step: _Prepared, future: Future[LLMReply]) -> Settlement:
 
 
 def _record(
-    group: list[tuple[Claim, Settlement]], *, session_factory: sessionmaker[Session], settings: Settings
+    group: list[tuple[Claim, Settlement]],
+    *,
+    session_factory: sessionmaker[Session],
+    settings: Settings,
+    started: float,
 ) -> dict[uuid.UUID, TaskOutcome]:
-    """Record a group of outcomes in one transaction. The replies are paid for, so a database that is
-    briefly unreachable (a restart, a failover) is waited for here rather than by a new attempt."""
+    """Record a group of outcomes in one transaction, each timed from `started` (the claim) to the commit.
+    The replies are paid for, so a database that is briefly unreachable (a restart, a failover) is waited
+    for here rather than by a new attempt."""
     for attempt in itertools.count(1):
         try:
             with session_scope(session_factory) as session:
-                return {claim.task_id: _settle(session, claim, how, settings=settings) for claim, how in group}
+                outcomes = {claim.task_id: _settle(session, claim, how, settings=settings) for claim, how in group}
+            seconds = time.monotonic() - started
+            return {task_id: replace(outcome, seconds=seconds) for task_id, outcome in outcomes.items()}
         except Exception as exc:
             if attempt == RECORD_ATTEMPTS or not isinstance(classify(exc), RetryableError):
                 raise
@@ -205,18 +233,18 @@ def _record(
 def _settle(session: Session, claim: Claim, how: Settlement, *, settings: Settings) -> TaskOutcome:
     if isinstance(how, Decision):
         if not lifecycle.record_deferral(session, claim, reason=how.reason, now=utcnow()):
-            return _outcome(claim, Outcome.SUPERSEDED)
+            return _superseded(session, claim)
         return _outcome(claim, Outcome.DEFERRED, error=how.reason, retry_in=how.retry_in)
     if isinstance(how, BaseException):
         return _record_error(session, claim, classify(how), settings=settings)
-    done = lifecycle.record_success(
-        session, claim, result=how.result.text[: settings.max_result_length], usage=how.usage, now=utcnow()
-    )
+    result = how.result.text[: settings.max_result_length]
+    done = lifecycle.record_success(session, claim, result=result, usage=how.usage, now=utcnow())
     if not done:
-        return _outcome(claim, Outcome.SUPERSEDED)
+        return _superseded(session, claim)
     usage = how.usage
     tokens = {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens} if usage else {}
-    return _outcome(claim, Outcome.COMPLETED, **tokens)
+    finished = Finished(TaskStatus.COMPLETED, result=result, usage=usage)
+    return _outcome(claim, Outcome.COMPLETED, finished=finished, **tokens)
 
 
 def _record_error(
@@ -227,12 +255,17 @@ def _record_error(
     message = f"gave up after {claim.attempt} attempts: {error}" if exhausted else str(error)
     record = lifecycle.record_retry if retry else lifecycle.record_failure
     if not record(session, claim, error=message, now=utcnow()):
-        return _outcome(claim, Outcome.SUPERSEDED, error=message)
+        return _superseded(session, claim, error=message)
     if retry:
         requested = error.delay if isinstance(error, RetryableError) else None
         delay = backoff_delay(claim.attempt, settings=settings, requested=requested)
         return _outcome(claim, Outcome.RETRYING, error=message, retry_in=delay)
-    return _outcome(claim, Outcome.FAILED, error=message)
+    return _outcome(claim, Outcome.FAILED, error=message, finished=Finished(TaskStatus.FAILED, error=message))
+
+
+def _superseded(session: Session, claim: Claim, **details: Any) -> TaskOutcome:
+    """The claim was lost: the task was cancelled, or another delivery took it over (and settles it)."""
+    return _outcome(claim, Outcome.SUPERSEDED, finished=lifecycle.finished_state(session, claim.task_id), **details)
 
 
 def _valid_id(task_id: Any) -> uuid.UUID | TaskValidationError:
@@ -242,10 +275,15 @@ def _valid_id(task_id: Any) -> uuid.UUID | TaskValidationError:
         return exc
 
 
-def _not_run(step: Skip | TaskValidationError) -> TaskOutcome:
-    if isinstance(step, Skip):
-        return TaskOutcome(str(step.task_id), Outcome.SKIPPED, error=step.reason)
-    return TaskOutcome("invalid", Outcome.REJECTED, error=str(step))
+def _not_run(step: Skip | TaskValidationError, started: float) -> TaskOutcome:
+    seconds = time.monotonic() - started
+    if isinstance(step, TaskValidationError):
+        return TaskOutcome("invalid", Outcome.REJECTED, error=str(step), seconds=seconds)
+    if step.status is None:
+        return TaskOutcome(
+            str(step.task_id), Outcome.REJECTED, error=f"task not found: {step.task_id}", seconds=seconds
+        )
+    return TaskOutcome(str(step.task_id), Outcome.SKIPPED, error=step.reason, finished=step.finished, seconds=seconds)
 
 
 def _outcome(claim: Claim, status: Outcome, **details: Any) -> TaskOutcome:

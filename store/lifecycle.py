@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, selectinload
 from config import Settings
 from errors import TaskNotFoundError
 from llm.messages import Usage
-from models import Agent, Task, TaskAttempt, TaskStatus
+from models import FINAL_STATUSES, Agent, Task, TaskAttempt, TaskStatus
 from store.agents import AgentSpec, agent_spec
 
 CLAIMABLE = (TaskStatus.PENDING, TaskStatus.QUEUED)
@@ -113,12 +113,23 @@ class Claim:
 
 
 @dataclass(frozen=True)
+class Finished:
+    """A finished task as its row records it."""
+
+    status: TaskStatus
+    result: str | None = None
+    error: str | None = None
+    usage: Usage | None = None
+
+
+@dataclass(frozen=True)
 class Skip:
-    """The task is not to be run by this delivery, and why."""
+    """The task is not to be run by this delivery, and why; `finished` when it has finished already."""
 
     task_id: uuid.UUID
     status: TaskStatus | None
     reason: str
+    finished: Finished | None = None
 
 
 def mark_queued(session: Session, task_ids: list[uuid.UUID], *, now: datetime) -> int:
@@ -173,7 +184,7 @@ def _take_abandoned(
     if task is None:
         return Skip(task_id, None, "no such task")
     if not _is_abandoned(task, settings=settings, now=now, owner_is_gone=owner_is_gone):
-        return Skip(task_id, task.status, _why_not_claimed(task))
+        return Skip(task_id, task.status, _why_not_claimed(task), _finished_of(task))
     params = {"p_id": task_id, "p_now": now, "p_owner": owner, "p_attempt": task.attempts}
     taken = session.connection().execute(_TAKE_ABANDONED, params).first()
     if taken is None:
@@ -221,6 +232,19 @@ def record_deferral(session: Session, claim: Claim, *, reason: str, now: datetim
     whether this claim still owned the task."""
     params = {"p_id": claim.task_id, "p_attempt": claim.attempt, "p_now": now, "p_reason": reason}
     return session.connection().execute(_DEFER, params).rowcount == 1
+
+
+def finished_state(session: Session, task_id: uuid.UUID) -> Finished | None:
+    """The task's final state, or None while it is not finished (or does not exist)."""
+    task = session.get(Task, task_id, populate_existing=True)
+    return _finished_of(task) if task is not None else None
+
+
+def oldest_waiting_since(session: Session) -> datetime | None:
+    """When the task that has waited longest in the queue (pending or queued) entered it; None when none waits."""
+    entered = func.min(func.coalesce(Task.queued_at, Task.created_at))
+    oldest = session.scalar(select(entered).where(Task.status.in_(CLAIMABLE)))
+    return _aware(oldest) if oldest is not None else None
 
 
 def failed_tasks(session: Session, *, limit: int) -> list[Task]:
@@ -329,6 +353,18 @@ def _claim_of(taken: Row[Any], agent: Row[Any]) -> Claim:
         agent_error=agent_error,
         started_at=taken.started_at,
     )
+
+
+def _finished_of(task: Task) -> Finished | None:
+    if task.status not in FINAL_STATUSES:
+        return None
+    prompt, completion, total = task.prompt_tokens, task.completion_tokens, task.total_tokens
+    usage = (
+        Usage(prompt, completion, total)
+        if prompt is not None and completion is not None and total is not None
+        else None
+    )
+    return Finished(task.status, task.result, task.error, usage)
 
 
 def _why_not_claimed(task: Task) -> str:
