@@ -13,7 +13,7 @@ from celery.result import AsyncResult
 
 from messaging.routing import PROCESS_TASK_NAME
 from submission.submit import cancel_task
-from tests.conftest import WORKER_REDIS
+from tests.integration.conftest import WORKER_REDIS
 from tests.integration.test_worker import submit, unique
 from tests.support import wait_until
 

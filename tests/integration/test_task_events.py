@@ -14,7 +14,7 @@ from celery.result import AsyncResult
 
 from devtools.processes import celery_worker
 from tasks import create_agent_tasks
-from tests.conftest import IDLE_REDIS
+from tests.integration.conftest import IDLE_REDIS
 from tests.integration.test_worker import unique
 from tests.support import wait_for_final, wait_until
 
