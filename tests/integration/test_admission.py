@@ -17,6 +17,7 @@ from sqlalchemy.orm import selectinload
 
 from admission.base import Admission, Candidate, Decision
 from database import session_scope
+from execution.batching import AgentRequest
 from execution.pipeline import execute_agent_task
 from llm.messages import LLMReply, Usage
 from messaging.routing import AGENT_QUEUE, PROCESS_TASK_NAME
@@ -143,9 +144,11 @@ def test_the_task_shell_publishes_a_deferred_task_again_to_run_after_the_wait(se
     app.loader.import_default_modules()  # what a worker does at start: imports tasks.py, its `include`
     shell = app.tasks[PROCESS_TASK_NAME]
     before = time.time()
-    [outcome] = shell.run([_delivery(task_id)])
-    # Then the outcome says deferred, and one message for the task waits in Redis with a countdown
-    assert (outcome["status"], outcome["error"], outcome["attempt"]) == ("deferred", REASON, 1)
+    shell.run([_delivery(task_id)])
+    # Then the row waits, its attempt given back, and one message for the task waits in Redis with a countdown
+    with session_scope(session_factory) as session:
+        row = session.get(Task, task_id)
+        assert (row.status, row.attempts, row.waiting_reason) == (TaskStatus.QUEUED, 0, REASON)
     [message] = [json.loads(raw) for raw in broker.lrange(AGENT_QUEUE, 0, -1)]
     headers = message["headers"]
     assert (headers["task"], headers["id"], headers["argsrepr"]) == (
@@ -159,9 +162,13 @@ def test_the_task_shell_publishes_a_deferred_task_again_to_run_after_the_wait(se
     app.services.engine.dispose()
 
 
-def _delivery(task_id: uuid.UUID) -> SimpleRequest:
-    """One delivered message of the task, as celery-batches hands it to the task."""
-    return SimpleRequest(str(task_id), PROCESS_TASK_NAME, (str(task_id),), {}, {}, "test", True, None, None, {})
+def _delivery(task_id: uuid.UUID) -> AgentRequest:
+    """One delivered message of the task, as a prefork pool child receives it (no worker request to send
+    events through)."""
+    message = SimpleRequest(str(task_id), PROCESS_TASK_NAME, (str(task_id),), {}, {}, "test", True, None, None, {})
+    delivery = AgentRequest.__new__(AgentRequest)
+    delivery.__dict__.update(vars(message), worker_request=None, unsent_event=None)
+    return delivery
 
 
 def _epoch(iso: str) -> float:
