@@ -16,12 +16,14 @@ from rich.text import Text
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
+from admission import OVERRIDE_NAMES
 from config import Settings, get_settings
 from database import create_database_if_missing, session_scope
 from errors import AgentServiceError, ConfigurationError, TaskValidationError
 from execution.pipeline import parse_task_id
-from models import Task, TaskStatus
+from models import LimitOverride, LimitScope, Task, TaskStatus
 from store import lifecycle
+from store.overrides import set_override
 from store.schema import init_db
 from submission.agents import create_agent, find_agent
 from submission.submit import cancel_task, create_agent_tasks, replay_failed_tasks
@@ -172,6 +174,29 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_limits(args: argparse.Namespace) -> int:
+    scope, subject = next((s, getattr(args, s.value)) for s in LimitScope if getattr(args, s.value) is not None)
+    if args.action != "list" and args.name not in OVERRIDE_NAMES:
+        known = ", ".join(sorted(OVERRIDE_NAMES)) or "none yet"
+        raise TaskValidationError(f"no limit named {args.name!r}; known: {known}")
+    if args.action == "set" and args.value is None:
+        raise TaskValidationError(f"limits set needs a value for {args.name}")
+    with session_scope(_app().services.session_factory) as session:
+        if scope is LimitScope.AGENT:  # by name or id on the command line; by id in the table
+            agent = find_agent(session, subject)
+            if agent is None:
+                raise TaskValidationError(f"no agent named {subject!r}")
+            subject = str(agent.id)
+        if args.action != "list":
+            set_override(session, scope, subject, args.name, args.value if args.action == "set" else None)
+        rows = session.scalars(
+            select(LimitOverride).where(LimitOverride.scope == scope, LimitOverride.subject == subject)
+        ).all()
+        for row in sorted(rows, key=lambda row: row.name):
+            console.print(f"{scope.value} {subject}: {row.name} = {row.value}")
+    return 0
+
+
 def _cmd_cancel(args: argparse.Namespace) -> None:
     console.print(f"{args.task_id}: {cancel_task(args.task_id, services=_app().services)}")
 
@@ -282,6 +307,13 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("--status", choices=[s.value for s in TaskStatus])
     listing.add_argument("--limit", type=int, default=20)
     add("cancel", _cmd_cancel, "cancel a queued or running task").add_argument("task_id")
+    limits = add("limits", _cmd_limits, "list, set or unset an agent's, a user's or a model's own limits")
+    limits.add_argument("action", choices=["list", "set", "unset"])
+    limits.add_argument("name", nargs="?", help="the limit's name (see the README, Cost and limits)")
+    limits.add_argument("value", nargs="?")
+    whom = limits.add_mutually_exclusive_group(required=True)
+    for scope in LimitScope:
+        whom.add_argument(f"--{scope.value}", metavar=scope.value.upper(), help=f"the {scope.value} it applies to")
     add("failed", _cmd_failed, "list failed tasks (dead letters)").add_argument("--limit", type=int, default=50)
     replay = add("replay", _cmd_replay, "queue failed tasks again with a fresh attempt budget")
     replay.add_argument("task_ids", nargs="*")

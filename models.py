@@ -90,6 +90,8 @@ class Task(Base):
     claimed_by: Mapped[str | None] = mapped_column(String(300))
     replays: Mapped[int] = mapped_column(default=0, server_default="0")
     waiting_reason: Mapped[str | None] = mapped_column(Text)
+    model: Mapped[str | None] = mapped_column(String(200))  # the model that answered (a fallback, say)
+    priority: Mapped[int] = mapped_column(default=0, server_default="0")
     finished_at: Mapped[datetime | None] = mapped_column(_timestamp)
     duration_ms: Mapped[int | None]
 
@@ -114,3 +116,31 @@ class TaskAttempt(Base):
 
     def __repr__(self) -> str:
         return f"TaskAttempt(task_id={self.task_id!s}, attempt={self.attempt}, outcome={self.outcome!r})"
+
+
+class LimitScope(str, enum.Enum):
+    """Whom a limit override applies to."""
+
+    AGENT = "agent"
+    USER = "user"
+    MODEL = "model"
+
+
+class LimitOverride(Base):
+    """A setting of an admission control for one agent, user or model, overriding the service-wide value
+    from Settings: for example (user, "u1", "daily_spend_cap_usd", "5")."""
+
+    __tablename__ = "limit_overrides"
+    __table_args__ = (Index("ix_limit_overrides_scope_subject_name", "scope", "subject", "name", unique=True),)
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    scope: Mapped[LimitScope] = mapped_column(
+        Enum(LimitScope, name="limit_scope", values_callable=lambda e: [m.value for m in e])
+    )
+    subject: Mapped[str] = mapped_column(String(200))
+    name: Mapped[str] = mapped_column(String(100))
+    value: Mapped[str] = mapped_column(String(200))
+    updated_at: Mapped[datetime] = mapped_column(_timestamp, server_default=func.now(), onupdate=func.now())
+
+    def __repr__(self) -> str:
+        return f"LimitOverride({self.scope.value} {self.subject!r}: {self.name}={self.value!r})"

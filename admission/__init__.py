@@ -1,1 +1,27 @@
-"""Admission controls between claim and call; see `admission.base`."""
+"""Admission controls between claim and call (see `admission.base`), one file each, and the set the
+settings switch on."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from redis import Redis
+from sqlalchemy.orm import Session, sessionmaker
+
+from admission.base import Admission, AdmissionCheck
+from config import Settings
+
+# The settings each control lets an agent, a user or a model override (`python cli.py limits set`), by name,
+# with what they mean; each control's module adds its own.
+OVERRIDE_NAMES: dict[str, str] = {}
+
+
+def build_admission(
+    settings: Settings, *, redis: Callable[[], Redis], session_factory: sessionmaker[Session]
+) -> Admission:
+    """The checks `settings` switch on, in the order they are asked: the cheapest and the ones that hold
+    nothing first (pause, breaker, spend caps), those that reserve capacity last (concurrency leases, then
+    rate-limit reservations), so that a task turned away early reserves nothing. `redis` gives the shared
+    Redis client; it is only called when a check that needs it is on."""
+    checks: list[AdmissionCheck] = []
+    return Admission(checks)

@@ -10,10 +10,10 @@ from __future__ import annotations
 import enum
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
-from llm.messages import LLMRequest
+from llm.messages import LLMReply, LLMRequest
 from store.agents import AgentSpec
 
 
@@ -27,15 +27,17 @@ class Verdict(str, enum.Enum):
 
 @dataclass(frozen=True)
 class Decision:
-    """A verdict with its reason, and for a deferral how long to wait before trying again."""
+    """A verdict with its reason, and for a deferral how long to wait before trying again. A run may carry
+    a `request` to send instead of the task's own (a fallback model, say)."""
 
     verdict: Verdict
     reason: str = ""
     retry_in: float = 0.0
+    request: LLMRequest | None = None
 
     @classmethod
-    def run(cls) -> Decision:
-        return _RUN
+    def run(cls, *, request: LLMRequest | None = None) -> Decision:
+        return _RUN if request is None else cls(Verdict.RUN, request=request)
 
     @classmethod
     def defer(cls, reason: str, *, retry_in: float) -> Decision:
@@ -60,14 +62,29 @@ class Candidate:
     request: LLMRequest
 
 
+@dataclass(frozen=True)
+class CallEnded:
+    """What became of an admitted candidate: its reply, or the (classified) error its call raised; neither
+    when it was turned away by a later check and never called."""
+
+    candidate: Candidate
+    reply: LLMReply | None = None
+    error: BaseException | None = None
+
+    @property
+    def called(self) -> bool:
+        return self.reply is not None or self.error is not None
+
+
 class AdmissionCheck(Protocol):
     """One admission control. Checks see a whole batch at once, so a shared limit can be asked once."""
 
     def admit(self, candidates: Sequence[Candidate]) -> list[Decision]:
         """One decision per candidate, in order."""
 
-    def release(self, candidates: Sequence[Candidate]) -> None:
-        """The calls of these admitted candidates have ended, whatever their outcome (give back leases)."""
+    def release(self, ended: Sequence[CallEnded]) -> None:
+        """These admitted candidates are done, called or not: give back leases, reconcile reservations with
+        the real usage, count successes and failures. Must not raise."""
 
 
 class Admission:
@@ -78,24 +95,35 @@ class Admission:
         self.checks = tuple(checks)
 
     def admit(self, candidates: Sequence[Candidate]) -> list[Decision]:
-        """One decision per candidate, in order. What a check granted to a candidate that a later check
-        turned away is released at once."""
+        """One decision per candidate, in order. A check that runs a candidate with another request passes
+        that request on to the later checks and to the call. What a check granted to a candidate that a
+        later check turned away is released at once."""
+        current = list(candidates)
         decisions = [Decision.run()] * len(candidates)
         granted: list[tuple[AdmissionCheck, list[int]]] = []
         for check in self.checks:
             asked = [index for index, decision in enumerate(decisions) if decision.verdict is Verdict.RUN]
             if not asked:
                 break
-            for index, answer in zip(asked, check.admit([candidates[index] for index in asked]), strict=True):
-                decisions[index] = answer
+            for index, answer in zip(asked, check.admit([current[index] for index in asked]), strict=True):
+                decisions[index] = _carried(answer, decisions[index])
+                if answer.request is not None:
+                    current[index] = replace(current[index], request=answer.request)
             granted.append((check, [index for index in asked if decisions[index].verdict is Verdict.RUN]))
         for check, indexes in granted:
-            if turned_away := [candidates[i] for i in indexes if decisions[i].verdict is not Verdict.RUN]:
+            if turned_away := [CallEnded(current[i]) for i in indexes if decisions[i].verdict is not Verdict.RUN]:
                 check.release(turned_away)
         return decisions
 
-    def release(self, candidates: Sequence[Candidate]) -> None:
+    def release(self, ended: Sequence[CallEnded]) -> None:
         """The calls of these admitted candidates have ended."""
-        if candidates:
+        if ended:
             for check in self.checks:
-                check.release(candidates)
+                check.release(ended)
+
+
+def _carried(answer: Decision, before: Decision) -> Decision:
+    """A plain run keeps the request an earlier check chose."""
+    if answer.verdict is Verdict.RUN and answer.request is None and before.request is not None:
+        return before
+    return answer

@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from admission.base import Admission, Candidate, Decision, Verdict
+from admission.base import Admission, CallEnded, Candidate, Decision, Verdict
 from config import Settings
 from database import session_scope
 from errors import PermanentError, RetryableError, TaskValidationError, classify
@@ -22,7 +22,7 @@ from execution.outcomes import Outcome, TaskOutcome
 from execution.retry import backoff_delay
 from kinds import KINDS, kind_named
 from kinds.base import KindResult, TaskKind, TaskWork
-from llm.messages import LLMReply, Usage
+from llm.messages import LLMReply, LLMRequest, Usage
 from llm.runners import LLMRunner
 from models import TaskStatus
 from monitoring import time_llm_calls
@@ -35,9 +35,10 @@ NO_ADMISSION_CHECKS = Admission()
 
 @dataclass(frozen=True)
 class Answer:
-    """A reply its kind accepted, with what the call cost."""
+    """A reply its kind accepted, with the model that gave it and what the call cost."""
 
     result: KindResult
+    model: str
     usage: Usage | None
 
 
@@ -161,7 +162,9 @@ def _settlements(
     if stopped:
         yield stopped
     admitted = [
-        step for (_, step), decision in zip(prepared, decisions, strict=True) if decision.verdict is Verdict.RUN
+        _with_request(step, decision.request)
+        for (_, step), decision in zip(prepared, decisions, strict=True)
+        if decision.verdict is Verdict.RUN
     ]
     futures = llm.submit([step.candidate.request for step in admitted])
     time_llm_calls(futures, [step.candidate.request.model for step in admitted])
@@ -170,8 +173,18 @@ def _settlements(
         first, _ = wait(pending, return_when=FIRST_COMPLETED)
         more, _ = wait(pending.keys() - first, timeout=settings.batch_flush_seconds)
         ended = [(pending.pop(future), future) for future in first | more]
-        admission.release([step.candidate for step, _ in ended])
+        admission.release([_call_ended(step, future) for step, future in ended])
         yield [(step.claim, _interpret(step, future)) for step, future in ended]
+
+
+def _with_request(step: _Prepared, request: LLMRequest | None) -> _Prepared:
+    """The step with the request admission chose instead of the task's own, if it chose one."""
+    return step if request is None else replace(step, candidate=replace(step.candidate, request=request))
+
+
+def _call_ended(step: _Prepared, future: Future[LLMReply]) -> CallEnded:
+    error = future.exception()
+    return CallEnded(step.candidate, error=error) if error is not None else CallEnded(step.candidate, future.result())
 
 
 def _prepare(claim: Claim, *, settings: Settings, kinds: Mapping[str, TaskKind]) -> _Prepared | PermanentError:
@@ -202,7 +215,7 @@ def _interpret(step: _Prepared, future: Future[LLMReply]) -> Settlement:
         return error
     reply = future.result()
     try:
-        return Answer(step.kind.interpret(step.work, reply), reply.usage)
+        return Answer(step.kind.interpret(step.work, reply), step.candidate.request.model, reply.usage)
     except (PermanentError, RetryableError) as exc:
         return exc
 
@@ -238,7 +251,7 @@ def _settle(session: Session, claim: Claim, how: Settlement, *, settings: Settin
     if isinstance(how, BaseException):
         return _record_error(session, claim, classify(how), settings=settings)
     result = how.result.text[: settings.max_result_length]
-    done = lifecycle.record_success(session, claim, result=result, usage=how.usage, now=utcnow())
+    done = lifecycle.record_success(session, claim, result=result, model=how.model, usage=how.usage, now=utcnow())
     if not done:
         return _superseded(session, claim)
     usage = how.usage

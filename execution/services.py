@@ -1,28 +1,46 @@
-"""The services a task needs, in one typed object: settings, database sessions, the LLM runner and the
-admission checks. The Celery app carries one (`worker.AgentServiceCelery.services`)."""
+"""The services a task needs, in one typed object: settings, database sessions, Redis, the LLM runner and
+the admission checks. The Celery app carries one (`worker.AgentServiceCelery.services`)."""
 
 from __future__ import annotations
 
 from functools import cached_property
 
+import redis
 from celery import Celery
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from admission import build_admission
 from admission.base import Admission
 from config import Settings
 from database import make_engine, make_session_factory
+from errors import ConfigurationError
 from llm.runners import LLMRunner, make_runner
 
 
 class Services:
-    """Built once per process from settings; the LLM runner is made on first use, so after any fork."""
+    """Built once per process from settings; Redis, the admission checks and the LLM runner are made on
+    first use, so after any fork."""
 
     def __init__(self, settings: Settings, *, admission: Admission | None = None) -> None:
         self.settings = settings
         self.engine: Engine = make_engine(settings)
         self.session_factory: sessionmaker[Session] = make_session_factory(self.engine)
-        self.admission = admission or Admission()
+        if admission is not None:
+            self.admission = admission
+
+    @cached_property
+    def redis(self) -> redis.Redis:
+        """The Redis that shares state between workers (limits, leases, caps, breakers, replies).
+        Raises: ConfigurationError when no REDIS_URL is set (the embedded set-up has no Redis)."""
+        if not self.settings.redis_url:
+            raise ConfigurationError("REDIS_URL is required for the admission controls that are switched on")
+        return redis.Redis.from_url(self.settings.redis_url)
+
+    @cached_property
+    def admission(self) -> Admission:
+        """The admission controls the settings switch on (none by default)."""
+        return build_admission(self.settings, redis=lambda: self.redis, session_factory=self.session_factory)
 
     @cached_property
     def llm_runner(self) -> LLMRunner:

@@ -65,6 +65,7 @@ _COMPLETE = (
         status=TaskStatus.COMPLETED,
         result=bindparam("p_result"),
         error=None,
+        model=bindparam("p_model"),
         prompt_tokens=bindparam("p_prompt_tokens"),
         completion_tokens=bindparam("p_completion_tokens"),
         total_tokens=bindparam("p_total_tokens"),
@@ -210,10 +211,14 @@ def _is_abandoned(task: Task, *, settings: Settings, now: datetime, owner_is_gon
     return stale or owner_is_gone(task.claimed_by)
 
 
-def record_success(session: Session, claim: Claim, *, result: str, usage: Usage | None, now: datetime) -> bool:
-    """running -> completed, only while this claim still owns the task. Returns whether it did."""
+def record_success(
+    session: Session, claim: Claim, *, result: str, model: str, usage: Usage | None, now: datetime
+) -> bool:
+    """running -> completed with the result and the model that answered, only while this claim still owns
+    the task. Returns whether it did."""
     tokens = (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens) if usage else (None, None, None)
     values = dict(zip(("p_prompt_tokens", "p_completion_tokens", "p_total_tokens"), tokens), p_result=result)
+    values["p_model"] = model
     return _settle(session, _COMPLETE, claim, now=now, **values)
 
 

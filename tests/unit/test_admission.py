@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Sequence
 
-from admission.base import Admission, Candidate, Decision, Verdict
+from admission.base import Admission, CallEnded, Candidate, Decision, Verdict
 from llm.messages import LLMRequest, ModelOptions
 from store.agents import AgentSpec
 
@@ -30,8 +30,8 @@ class RecordingCheck:
         self.asked.append([c.user_id for c in candidates])
         return [self.rule(c) for c in candidates]
 
-    def release(self, candidates: Sequence[Candidate]) -> None:
-        self.released.append([c.user_id for c in candidates])
+    def release(self, ended: Sequence[CallEnded]) -> None:
+        self.released.append([e.candidate.user_id for e in ended])
 
 
 def defer(user_id: str, reason: str = "busy") -> Callable[[Candidate], Decision]:
@@ -99,6 +99,19 @@ def test_nothing_is_released_when_every_candidate_runs():
 def test_releasing_ended_calls_reaches_every_check_and_releasing_none_reaches_none():
     first, second = RecordingCheck(), RecordingCheck()
     admission = Admission([first, second])
-    admission.release([candidate("a")])
+    admission.release([CallEnded(candidate("a"))])
     admission.release([])
     assert (first.released, second.released) == ([["a"]], [["a"]])
+
+
+def test_a_check_may_run_a_candidate_with_another_request_which_later_checks_and_the_call_see():
+    # Given a first check that sends user a's task to a fallback model, and a second that records what it sees
+    fallback = LLMRequest("gpt-4o", 0.1, 100, ModelOptions(), (("user", "task of a"),))
+    first = RecordingCheck(lambda c: Decision.run(request=fallback) if c.user_id == "a" else Decision.run())
+    seen: list[str] = []
+    second = RecordingCheck(lambda c: seen.append(c.request.model) or Decision.run())
+    # When both are asked
+    decisions = Admission([first, second]).admit([candidate("a"), candidate("b")])
+    # Then the second check saw the fallback for a, and the decision carries it to the call
+    assert seen == ["gpt-4o", "gpt-4o-mini"]
+    assert [d.request.model if d.request else None for d in decisions] == ["gpt-4o", None]
