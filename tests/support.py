@@ -13,7 +13,7 @@ import httpx
 from config import Settings
 from database import session_scope
 from devtools.processes import ROOT
-from models import FINAL_STATUSES, Task
+from models import FINAL_STATUSES, Agent, Task
 
 
 class LLMControl:
@@ -94,3 +94,12 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def add_agent(session_factory, *, prefix: str = "agent", **fields) -> Agent:
+    """Commit an active agent with a unique name (careful, terse settings unless `fields` say otherwise)."""
+    values = dict(prompt="You are a careful assistant.", model="gpt-4o-mini", temperature=0.1, max_tokens=200)
+    with session_scope(session_factory) as session:
+        agent = Agent(name=f"{prefix}-{uuid.uuid4().hex[:8]}", **{**values, **fields})
+        session.add(agent)
+    return agent

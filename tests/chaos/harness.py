@@ -22,7 +22,7 @@ from database import session_scope
 from devtools.processes import ROOT, start_worker, stop_process
 from models import Agent, Task, TaskAttempt, TaskStatus
 from tasks import create_agent_tasks
-from tests.support import LLMControl, make_settings, wait_for_final, wait_until
+from tests.support import LLMControl, add_agent, make_settings, wait_for_final, wait_until
 from worker import create_celery_app
 
 SCALE = os.environ.get("CHAOS_SCALE", "short")
@@ -64,20 +64,6 @@ def chaos_settings(*, database_url: str, redis_url: str, llm_url: str, **overrid
     return make_settings(
         database_url=database_url, redis_url=redis_url, openai_base_url=f"{llm_url}/v1", **{**LIMITS, **overrides}
     )
-
-
-def add_agent(session_factory, **fields) -> Agent:
-    with session_scope(session_factory) as session:
-        agent = Agent(
-            name=f"chaos-{uuid.uuid4().hex[:8]}",
-            prompt="You are a careful assistant.",
-            model="gpt-4o-mini",
-            temperature=0.1,
-            max_tokens=200,
-            **fields,
-        )
-        session.add(agent)
-    return agent
 
 
 @dataclass
@@ -128,7 +114,7 @@ class Scenario:
 
     @cached_property
     def agent(self) -> Agent:
-        return add_agent(self.session_factory)
+        return add_agent(self.session_factory, prefix="chaos")
 
     # ---------------------------------------------------------------- workers
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import socket
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -15,12 +14,12 @@ import redis
 from sqlalchemy.orm import Session, sessionmaker
 
 from config import Settings
-from database import create_empty_database, make_engine, session_scope
+from database import create_empty_database, make_engine
 from devtools.processes import celery_worker
 from llm.runners import BackgroundEventLoop, RunRequest
 from models import Agent
 from store.schema import init_db
-from tests.support import make_settings
+from tests.support import add_agent, make_settings
 from worker import create_celery_app
 
 # Overridable so that two test runs on one machine do not share a database or a broker.
@@ -91,16 +90,7 @@ def session_factory(app) -> sessionmaker[Session]:
 @pytest.fixture
 def agent(session_factory) -> Agent:
     """A committed, active agent with a unique name."""
-    with session_scope(session_factory) as session:
-        agent = Agent(
-            name=f"agent-{uuid.uuid4().hex[:8]}",
-            prompt="You are a careful assistant.",
-            model="gpt-4o-mini",
-            temperature=0.1,
-            max_tokens=200,
-        )
-        session.add(agent)
-    return agent
+    return add_agent(session_factory)
 
 
 @pytest.fixture
