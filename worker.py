@@ -19,7 +19,7 @@ from errors import ConfigurationError
 from execution.maintenance import oldest_waiting_since
 from execution.readiness import DatabaseGate
 from execution.services import Services
-from llm.runners import settle_heap
+from llm.runners import LLM_PROCESS_START_SECONDS, settle_heap
 from messaging.queues import queue_lengths
 from messaging.routing import (
     AGENT_QUEUE,
@@ -67,6 +67,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_concurrency": settings.worker_concurrency,
         "worker_prefetch_multiplier": settings.worker_prefetch_multiplier,
         "worker_max_tasks_per_child": 1000,
+        # A prefork child starts its LLM process before it says it is up (see llm.runners.ChildProcessRunner.start).
+        "worker_proc_alive_timeout": LLM_PROCESS_START_SECONDS + 10,
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_cancel_long_running_tasks_on_connection_loss": True,

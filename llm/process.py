@@ -29,15 +29,15 @@ def serve(*, from_parent: Connection, to_parent: Connection) -> None:
         signal.signal(stop_signal, signal.SIG_IGN)
     settings = Settings()
     settle_heap()
+    to_parent.send([])  # ready: its imports are done (an empty batch of outcomes)
     loop = asyncio.new_event_loop()
     slots = asyncio.Semaphore(settings.llm_concurrency)
     outbox: list[tuple[int, bool, Any]] = []
     running: set[asyncio.Task] = set()  # the loop keeps only weak references to its tasks
 
     def send_outbox() -> None:
-        with contextlib.suppress(
-            BrokenPipeError
-        ):  # the worker is gone; the EOF on the other pipe shuts this process down
+        # A broken pipe means the worker is gone; the EOF on the other pipe then shuts this process down.
+        with contextlib.suppress(BrokenPipeError):
             to_parent.send(outbox[:])
         outbox.clear()
 

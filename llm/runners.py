@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from config import Settings
 
 _ROOT = Path(__file__).resolve().parent.parent
+# How long a worker process waits at start for its LLM process to be ready.
+LLM_PROCESS_START_SECONDS = 30.0
 # On close, the LLM process gets this long beyond the LLM timeout to answer its last calls and exit.
 _STOP_MARGIN_SECONDS = 5.0
 RunRequest = Callable[..., Awaitable[LLMReply]]
@@ -95,8 +97,10 @@ class ChildProcessRunner:
         self._child: _Child | None = None
 
     def start(self) -> None:
-        """Start the child now: its imports take a second or more, better spent before the first batch."""
-        self._running_child()
+        """Start the child now and wait until it is ready (at most `LLM_PROCESS_START_SECONDS`): its imports
+        take a second or more (several on a busy host), better spent before the first batch than inside that
+        batch's time limit."""
+        self._running_child().wait_ready(timeout=LLM_PROCESS_START_SECONDS)
 
     def submit(self, requests: list[LLMRequest]) -> list[Future[LLMReply]]:
         return self._running_child().submit(requests)
@@ -139,6 +143,7 @@ class _Child:
         # Sends are serialised apart from _lock, so that a send waiting on a full pipe never holds up the
         # reader, which is what empties the child's side.
         self._send_lock = threading.Lock()
+        self._ready = threading.Event()  # set by the child's first message, once its imports are done
         threading.Thread(
             target=self._receive,
             args=(Connection(outcomes_read, writable=False),),
@@ -148,6 +153,10 @@ class _Child:
 
     def alive(self) -> bool:
         return self._process.poll() is None
+
+    def wait_ready(self, *, timeout: float) -> bool:
+        """Wait until the child has said it is ready (or died, or `timeout` passed); returns whether it is."""
+        return self._ready.wait(timeout)
 
     def submit(self, requests: list[LLMRequest]) -> list[Future[LLMReply]]:
         futures: list[Future[LLMReply]] = [Future() for _ in requests]
@@ -172,11 +181,14 @@ class _Child:
     def _receive(self, from_child: Connection) -> None:
         try:
             while True:
-                for call_id, ok, value in from_child.recv():
+                outcomes = from_child.recv()
+                self._ready.set()
+                for call_id, ok, value in outcomes:
                     with self._lock:
                         future = self._pending.pop(call_id)
                     future.set_result(value) if ok else future.set_exception(value)
         except (EOFError, OSError):
+            self._ready.set()  # no one waits for a child that is gone
             self._process.wait()
             with self._lock:
                 lost = list(self._pending)
