@@ -14,11 +14,12 @@ from tests.integration.conftest import PG_ROOT
 from tests.support import run_cli, run_in_repo
 
 SERVER = PG_ROOT.split("://", 1)[1].split("@", 1)[1]  # host:port
+PREFIX = f"agent_service_h_{uuid.uuid4().hex[:6]}_"  # this run's databases and roles, so runs side by side keep theirs
 
 
 @pytest.fixture
 def admin() -> Iterator[Callable[[str], None]]:
-    """Runs SQL as the superuser; every database and role named `agent_service_h_*` is dropped afterwards."""
+    """Runs SQL as the superuser; every database and role this run named (`PREFIX`...) is dropped afterwards."""
     engine = create_engine(f"{PG_ROOT}/postgres", isolation_level="AUTOCOMMIT")
 
     def run(sql: str) -> None:
@@ -27,16 +28,16 @@ def admin() -> Iterator[Callable[[str], None]]:
 
     yield run
     with engine.connect() as connection:
-        made = "SELECT {0} FROM {1} WHERE {0} LIKE 'agent_service_h\\_%'"
-        for (name,) in connection.execute(text(made.format("datname", "pg_database"))).all():
+        made = "SELECT {0} FROM {1} WHERE starts_with({0}, :prefix)"
+        for (name,) in connection.execute(text(made.format("datname", "pg_database")), {"prefix": PREFIX}).all():
             connection.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-        for (name,) in connection.execute(text(made.format("rolname", "pg_roles"))).all():
+        for (name,) in connection.execute(text(made.format("rolname", "pg_roles")), {"prefix": PREFIX}).all():
             connection.execute(text(f'DROP ROLE "{name}"'))
     engine.dispose()
 
 
 def unique(label: str) -> str:
-    return f"agent_service_h_{label}_{uuid.uuid4().hex[:8]}"
+    return f"{PREFIX}{label}_{uuid.uuid4().hex[:8]}"
 
 
 @pytest.mark.parametrize("scheme", ["postgresql", "postgres", "postgresql+psycopg2", "postgresql+psycopg"])
