@@ -116,13 +116,15 @@ return reply
 # calls, failure ratio, cool-down (ms), key expiry (ms), calls, failed calls, the reason to open it at once
 # ('' for none), the reason failures would open it, the number of outcomes, then each outcome's probe token
 # and 's' (succeeded), 'f' (the provider failed it) or 'n' (says nothing of the provider). Returns each
-# breaker's transition: '', 'opened', 'closed' or 'reopened'.
+# breaker's transition ('', 'opened', 'closed' or 'reopened') and, when it opened, why.
 _RELEASE = """
 local now = tonumber(ARGV[1])
+local why
 local function open(key, cooldown, expiry, reason)
   redis.call('DEL', key)
   redis.call('HSET', key, 'open_until', now + cooldown, 'reason', reason)
   redis.call('PEXPIRE', key, expiry)
+  why = reason
 end
 local reply, at = {}, 2
 for i = 1, #KEYS / 2 do
@@ -134,6 +136,7 @@ for i = 1, #KEYS / 2 do
   local first_outcome = at + 10
   at = first_outcome + 2 * outcomes
   local transition = ''
+  why = ''
   if redis.call('HEXISTS', key, 'open_until') == 1 then
     local holder, verdict = redis.call('GET', probe), nil
     if holder then
@@ -177,6 +180,7 @@ for i = 1, #KEYS / 2 do
     end
   end
   reply[#reply + 1] = transition
+  reply[#reply + 1] = why
 end
 return reply
 """
@@ -238,10 +242,11 @@ class CircuitBreaker:
         except RedisError as exc:
             logger.warning("circuit breaker counts lost: %s", exc)
             return
-        for model, transition in zip(by_model, transitions, strict=True):
+        for model, transition, why in zip(by_model, transitions[::2], transitions[1::2], strict=True):
             if transition := _text(transition):
                 BREAKER_TRANSITIONS.labels(provider=self.provider, model=model, transition=transition).inc()
-                logger.warning("circuit breaker %s for %s at %s", transition, model, self.provider)
+                because = f": {_text(why)}" if why else ""
+                logger.warning("circuit breaker %s for %s at %s%s", transition, model, self.provider, because)
 
     def _decision(self, candidate: Candidate, pick: int, states: dict[str, _State], now_ms: int) -> Decision:
         if pick in (1, 3):

@@ -10,12 +10,15 @@ import uuid
 
 import pytest
 import redis
+from prometheus_client import REGISTRY
 
 from admission.base import CallEnded, Candidate, Decision, Verdict
-from admission.breaker import KEY_PREFIX, BreakerPolicy, CircuitBreaker
+from admission.breaker import KEY_PREFIX, BreakerPolicy, CircuitBreaker, build_breaker
 from errors import PermanentError, ProviderFault, RetryableError
 from llm.messages import LLMReply, LLMRequest, ModelOptions, Usage
+from models import LimitScope
 from store.agents import AgentSpec
+from store.overrides import OverrideCache, set_override
 from tests.integration.conftest import IDLE_REDIS
 
 POLICY = BreakerPolicy(window_seconds=60, min_calls=4, failure_ratio=0.5, cooldown_seconds=10)
@@ -104,6 +107,8 @@ def test_half_the_calls_failing_within_the_window_opens_the_breaker_and_tasks_wa
     )
     clock.now += 4
     assert breaker.admit([candidate()])[0].retry_in == 6
+    opened = {"provider": provider, "model": "gpt-4o-mini", "transition": "opened"}
+    assert REGISTRY.get_sample_value("agent_service_breaker_transitions_total", opened) == 1
     # And a breaker per model: another model's calls still run
     assert len(ran(breaker, candidate("gpt-4o"))) == 1
 
@@ -212,3 +217,21 @@ def test_breaker_state_expires_so_nothing_outlives_a_crash(client, provider, clo
     ran(breaker, candidate())  # the probe
     ttls = sorted(client.pttl(key) for key in client.keys(f"{KEY_PREFIX}{provider}*"))
     assert 0 < ttls[0] <= 60_000 and ttls[1] <= (10 + 60 + 60) * 1000  # lease; open: cool-down + window + lease
+
+
+def test_a_models_own_breaker_limits_override_the_settings(client, provider, settings, db_session, rollback_factory):
+    # Given settings that need 10 calls, and an override for one model that needs 1 and cools down for 99 s
+    set_override(db_session, LimitScope.MODEL, "flaky", "breaker_min_calls", "1")
+    set_override(db_session, LimitScope.MODEL, "flaky", "breaker_cooldown_seconds", "99")
+    db_session.flush()
+    breaker = build_breaker(
+        settings.model_copy(update={"openai_base_url": f"http://{provider}/v1"}),
+        redis=client,
+        overrides=OverrideCache(rollback_factory),
+    )
+    # When one call of each model fails, Then only the overridden model's breaker opens, for 99 s
+    calls = ran(breaker, candidate("flaky"), candidate("steady"))
+    end(breaker, calls, OVERLOADED, OVERLOADED)
+    flaky, steady = breaker.admit([candidate("flaky"), candidate("steady")])
+    assert flaky.verdict is Verdict.DEFER and 98 < flaky.retry_in <= 99
+    assert steady.verdict is Verdict.RUN
