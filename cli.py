@@ -87,6 +87,7 @@ def _cmd_create_agent(args: argparse.Namespace) -> None:
         "name": args.name,
         "prompt": args.prompt,
         "model": args.model or services.settings.default_model,
+        "fallback_model": args.fallback_model,
         "temperature": args.temperature,
         "max_tokens": args.max_tokens,
         "settings": _json_object(args.settings),
@@ -289,6 +290,7 @@ def _parser() -> argparse.ArgumentParser:
     agent.add_argument("--name", required=True)
     agent.add_argument("--prompt", required=True, help="the agent's system prompt")
     agent.add_argument("--model", help="default: DEFAULT_MODEL")
+    agent.add_argument("--fallback-model", help="called instead while the model's circuit breaker is open")
     agent.add_argument("--temperature", type=float, default=0.7)
     agent.add_argument("--max-tokens", type=int, default=1000)
     agent.add_argument("--settings", default="{}", help='extra model settings as JSON, e.g. {"top_p": 0.9}')

@@ -97,6 +97,14 @@ class Settings(BaseSettings):
     flower_address: str = Field("127.0.0.1", description="beyond loopback, Flower requires FLOWER_BASIC_AUTH")
     flower_port: int = Field(5555, ge=1, le=65535)
     flower_basic_auth: SecretStr | None = Field(None, description="Flower's logins: user:password[,user:password]")
+
+    # Circuit breaker per provider (OPENAI_BASE_URL's host) and model, shared by every worker through Redis.
+    breaker_enabled: bool = Field(False, description="stop calling a model that keeps failing; needs REDIS_URL")
+    breaker_window_seconds: float = Field(60.0, gt=0, description="the breaker counts calls that ended this recently")
+    breaker_min_calls: int = Field(10, ge=1, description="calls in the window before failures can open the breaker")
+    breaker_failure_ratio: float = Field(0.5, gt=0, le=1, description="the share of failed calls that opens it")
+    breaker_cooldown_seconds: float = Field(30.0, gt=0, description="open this long before one probe call goes through")
+
     log_json: bool = True
 
     @field_validator("flower_basic_auth")

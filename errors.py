@@ -7,10 +7,14 @@ AgentServiceError
 ├── BrokerUnavailableError the row is saved as pending but could not be queued
 ├── RetryableError        transient: try again later, after `delay` seconds if given
 └── PermanentError        retrying cannot help: fail the task now
+
+A failed LLM call that is the provider's doing rather than the task's carries a `ProviderFault` (the
+circuit breaker counts these, see `admission.breaker`).
 """
 
 from __future__ import annotations
 
+import enum
 import json
 import sys
 from types import ModuleType
@@ -23,6 +27,14 @@ if TYPE_CHECKING:
     from sqlalchemy.exc import DBAPIError
 
 QUOTA_ERROR_CODE = "insufficient_quota"
+
+
+class ProviderFault(str, enum.Enum):
+    """How the LLM provider, not the task, made a call fail."""
+
+    UNAVAILABLE = "unavailable"  # 5xx, 408/409, timeouts, lost connections, malformed replies
+    RATE_LIMITED = "rate_limited"  # 429
+    DENIED = "denied"  # 401, 403, quota exhausted: no call can succeed until a person acts
 
 
 class AgentServiceError(Exception):
@@ -48,13 +60,18 @@ class BrokerUnavailableError(AgentServiceError):
 class RetryableError(AgentServiceError):
     """A transient failure: the attempt may succeed later, after `delay` seconds when the peer said so."""
 
-    def __init__(self, message: str, *, delay: float | None = None) -> None:
+    def __init__(self, message: str, *, delay: float | None = None, fault: ProviderFault | None = None) -> None:
         super().__init__(message)
         self.delay = delay
+        self.fault = fault
 
 
 class PermanentError(AgentServiceError):
     """A failure that retrying cannot fix: the task fails at once with this message."""
+
+    def __init__(self, message: str, *, fault: ProviderFault | None = None) -> None:
+        super().__init__(message)
+        self.fault = fault
 
 
 def item_error(message: str, *, index: int, count: int) -> TaskValidationError:
@@ -75,7 +92,7 @@ def classify(exc: BaseException) -> RetryableError | PermanentError:
         return RetryableError(f"database unavailable: {_first_line(exc)}")
     if isinstance(exc, json.JSONDecodeError):
         # The openai client lets a reply that is not JSON escape as a bare JSONDecodeError.
-        return RetryableError(f"LLM returned a malformed reply: {_first_line(exc)}")
+        return RetryableError(f"LLM returned a malformed reply: {_first_line(exc)}", fault=ProviderFault.UNAVAILABLE)
     if billiard_exc and isinstance(exc, billiard_exc.SoftTimeLimitExceeded):
         return RetryableError("task exceeded its soft time limit")
     if isinstance(exc, ValidationError):
@@ -86,26 +103,30 @@ def classify(exc: BaseException) -> RetryableError | PermanentError:
 
 
 def _classify_openai(exc: openai.APIError, openai: ModuleType) -> RetryableError | PermanentError:
+    unavailable = ProviderFault.UNAVAILABLE
     if isinstance(exc, openai.APITimeoutError):
-        return RetryableError("LLM request timed out")
+        return RetryableError("LLM request timed out", fault=unavailable)
     if isinstance(exc, openai.APIConnectionError):
-        return RetryableError(f"LLM connection failed: {_first_line(exc)}")
+        return RetryableError(f"LLM connection failed: {_first_line(exc)}", fault=unavailable)
     if isinstance(exc, openai.RateLimitError):
         if exc.code == QUOTA_ERROR_CODE or getattr(exc, "type", None) == QUOTA_ERROR_CODE:
-            return PermanentError(f"LLM quota exhausted (429 {QUOTA_ERROR_CODE}): {exc.message}")
-        return RetryableError(f"LLM rate limited (429): {exc.message}", delay=_retry_after(exc))
+            message = f"LLM quota exhausted (429 {QUOTA_ERROR_CODE}): {exc.message}"
+            return PermanentError(message, fault=ProviderFault.DENIED)
+        message = f"LLM rate limited (429): {exc.message}"
+        return RetryableError(message, delay=_retry_after(exc), fault=ProviderFault.RATE_LIMITED)
     if isinstance(exc, openai.APIStatusError):
         return _classify_status(exc)
     # APIResponseValidationError and friends: the reply was not a valid completion.
-    return RetryableError(f"LLM returned a malformed reply: {_first_line(exc)}")
+    return RetryableError(f"LLM returned a malformed reply: {_first_line(exc)}", fault=unavailable)
 
 
 def _classify_status(exc: openai.APIStatusError) -> RetryableError | PermanentError:
     status = exc.status_code
     message = f"LLM request failed ({status}): {exc.message}"
     if status in (408, 409) or status >= 500:
-        return RetryableError(message, delay=_retry_after(exc))
-    return PermanentError(message)
+        return RetryableError(message, delay=_retry_after(exc), fault=ProviderFault.UNAVAILABLE)
+    # Any other 4xx is the request's own fault (bad input, too long, filtered), except a refused key.
+    return PermanentError(message, fault=ProviderFault.DENIED if status in (401, 403) else None)
 
 
 def _retry_after(exc: openai.APIStatusError) -> float | None:

@@ -44,6 +44,7 @@ class Agent(Base):
     name: Mapped[str] = mapped_column(String(200), unique=True)
     prompt: Mapped[str] = mapped_column(Text)
     model: Mapped[str] = mapped_column(String(200))
+    fallback_model: Mapped[str | None] = mapped_column(String(200))  # used while `model`'s breaker is open
     temperature: Mapped[float] = mapped_column(default=0.7)
     max_tokens: Mapped[int] = mapped_column(default=1000)
     settings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

@@ -8,12 +8,14 @@ from collections.abc import Callable
 from redis import Redis
 from sqlalchemy.orm import Session, sessionmaker
 
+from admission import breaker
 from admission.base import Admission, AdmissionCheck
 from config import Settings
+from store.overrides import OverrideCache
 
 # The settings each control lets an agent, a user or a model override (`python cli.py limits set`), by name,
 # with what they mean; each control's module adds its own.
-OVERRIDE_NAMES: dict[str, str] = {}
+OVERRIDE_NAMES: dict[str, str] = {**breaker.OVERRIDE_NAMES}
 
 
 def build_admission(
@@ -24,4 +26,7 @@ def build_admission(
     rate-limit reservations), so that a task turned away early reserves nothing. `redis` gives the shared
     Redis client; it is only called when a check that needs it is on."""
     checks: list[AdmissionCheck] = []
+    overrides = OverrideCache(session_factory)
+    if settings.breaker_enabled:
+        checks.append(breaker.build_breaker(settings, redis=redis(), overrides=overrides))
     return Admission(checks)

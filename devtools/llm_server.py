@@ -73,7 +73,7 @@ OTHER_FAULTS = ("hang", "drop", "malformed", "empty", "slow")
 FAULT_KINDS = frozenset(ERROR_FAULTS) | frozenset(OTHER_FAULTS)
 MALFORMED_BODY = '{"id": "chatcmpl-broken", "choices": ['
 EMPTY_BODY = {"id": "chatcmpl-empty", "object": "chat.completion"}
-RULE_FIELDS = frozenset({"fault", "match", "times", "rate", "retry_after", "delay_ms"})
+RULE_FIELDS = frozenset({"fault", "match", "model", "times", "rate", "retry_after", "delay_ms"})
 CONFIG_FIELDS = frozenset({"latency_ms", "latency_jitter_ms"})
 DIRECTIVE_MARKER = "[[mock:"
 DIRECTIVE = re.compile(r"\[\[mock:(\S+?)((?:\s+\w+=[^\s\]]+)*)\s*\]\]")
@@ -108,9 +108,12 @@ class Rule:
     match: str | None = None
     times: int | None = None
     rate: float | None = None
+    model: str | None = None  # only requests for this model (an outage of one model)
 
-    def applies_to(self, texts: list[str], rng: random.Random) -> bool:
-        if self.match is not None and not any(self.match in text for text in texts):
+    def applies_to(self, chat: ChatRequest, rng: random.Random) -> bool:
+        if self.match is not None and not any(self.match in text for text in chat.texts):
+            return False
+        if self.model is not None and chat.model != self.model:
             return False
         # Roll only for rate-limited rules so a seeded run stays reproducible.
         return self.rate is None or rng.random() < self.rate
@@ -120,6 +123,7 @@ class Rule:
             "id": self.id,
             "fault": self.fault.kind,
             "match": self.match,
+            "model": self.model,
             "times": self.times,
             "rate": self.rate,
             "retry_after": self.fault.retry_after,
@@ -170,8 +174,8 @@ class ServerState:
         self.rules[rule.id] = rule
         return rule
 
-    def take_rule_fault(self, texts: list[str]) -> Fault | None:
-        rule = next((rule for rule in self.rules.values() if rule.applies_to(texts, self.rng)), None)
+    def take_rule_fault(self, chat: ChatRequest) -> Fault | None:
+        rule = next((rule for rule in self.rules.values() if rule.applies_to(chat, self.rng)), None)
         if rule is None:
             return None
         if rule.times is not None:
@@ -255,11 +259,11 @@ def optional_times(body: dict[str, Any]) -> int | None:
     return times
 
 
-def optional_match(body: dict[str, Any]) -> str | None:
-    match = body.get("match")
-    if match is not None and (not isinstance(match, str) or not match):
-        raise ApiError(f"'match' must be a non-empty string, got {match!r}", param="match")
-    return match
+def optional_text(body: dict[str, Any], name: str) -> str | None:
+    value = body.get(name)
+    if value is not None and (not isinstance(value, str) or not value):
+        raise ApiError(f"'{name}' must be a non-empty string, got {value!r}", param=name)
+    return value
 
 
 def optional_json_number(body: dict[str, Any], name: str, *, default: float, maximum: float | None = None) -> float:
@@ -275,10 +279,10 @@ def parse_rule(body: dict[str, Any], *, ids: Iterator[int]) -> Rule:
         delay_ms=optional_json_number(body, "delay_ms", default=DEFAULT_SLOW_DELAY_MS),
     )
     rate = body.get("rate")
-    match, times = optional_match(body), optional_times(body)
+    match, model, times = optional_text(body, "match"), optional_text(body, "model"), optional_times(body)
     rate = None if rate is None else json_number(rate, "rate", maximum=1.0)
     # The id is drawn last so rejected rules do not use one up.
-    return Rule(id=next(ids), fault=fault, match=match, times=times, rate=rate)
+    return Rule(id=next(ids), fault=fault, match=match, times=times, rate=rate, model=model)
 
 
 async def read_json_object(request: web.Request) -> dict[str, Any]:
@@ -380,7 +384,7 @@ def fault_from_directive(directive: re.Match[str]) -> Fault:
 
 
 def choose_fault(state: ServerState, request: web.Request, chat: ChatRequest) -> Fault | None:
-    return header_fault(request.headers) or state.take_rule_fault(chat.texts) or directive_fault(chat.texts)
+    return header_fault(request.headers) or state.take_rule_fault(chat) or directive_fault(chat.texts)
 
 
 def request_latency_s(state: ServerState, request: web.Request) -> float:

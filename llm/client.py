@@ -13,7 +13,7 @@ from langchain_openai import ChatOpenAI
 from openai import DefaultAioHttpClient
 
 from config import Settings
-from errors import RetryableError
+from errors import ProviderFault, RetryableError
 from llm.messages import LLMReply, LLMRequest, Usage
 
 ClientKey = tuple[str, float, int, str, str | None, str, float]
@@ -30,7 +30,7 @@ async def run_request(request: LLMRequest, *, settings: Settings) -> LLMReply:
         message: AIMessage = await chat_model(request, settings).ainvoke(list(request.messages))
     except TypeError as exc:
         # ChatOpenAI raises TypeError for a 200 reply without `choices`; it is the provider's fault.
-        raise RetryableError(f"LLM returned a malformed reply: {exc}") from exc
+        raise RetryableError(f"LLM returned a malformed reply: {exc}", fault=ProviderFault.UNAVAILABLE) from exc
     return LLMReply(text=str(message.text), usage=_usage(message))
 
 

@@ -22,6 +22,7 @@ class AgentSpec:
     max_tokens: int
     options: ModelOptions
     kind: str = "text"
+    fallback_model: str | None = None  # called instead of `model` while its circuit breaker is open
 
 
 def agent_spec(agent: Any) -> tuple[AgentSpec | None, str | None]:
@@ -32,4 +33,13 @@ def agent_spec(agent: Any) -> tuple[AgentSpec | None, str | None]:
         options = ModelOptions.model_validate(agent.settings or {})
     except ValidationError as exc:
         return None, f"agent {agent.name!r} has invalid settings: {exc}"
-    return AgentSpec(agent.id, agent.prompt, agent.model, agent.temperature, agent.max_tokens, options), None
+    spec = AgentSpec(
+        agent.id,
+        agent.prompt,
+        agent.model,
+        agent.temperature,
+        agent.max_tokens,
+        options,
+        fallback_model=agent.fallback_model,
+    )
+    return spec, None

@@ -15,6 +15,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from config import Settings
@@ -71,9 +72,16 @@ class AgentInput(BaseModel):
     name: Name
     prompt: Prompt
     model: Name
+    fallback_model: Name | None = None
     temperature: float = Field(0.7, ge=0, le=2)
     max_tokens: int = Field(1000, ge=1, le=200_000)
     settings: ModelOptions = ModelOptions()
+
+    @model_validator(mode="after")
+    def _fallback_is_another_model(self) -> AgentInput:
+        if self.fallback_model == self.model:
+            raise ValueError("fallback_model must name a model other than model")
+        return self
 
 
 def parse_task_input(data: Any, *, settings: Settings) -> TaskInput:

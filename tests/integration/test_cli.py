@@ -34,6 +34,15 @@ def test_create_agent_submit_status_and_list(cli, session_factory, idle_redis):
     assert task_id[:8] in cli("list", "--status", "queued", "--limit", "100").stdout
 
 
+def test_create_agent_with_a_fallback_model(cli, session_factory):
+    name = f"cli-{uuid.uuid4().hex[:6]}"
+    created = cli("create-agent", "--name", name, "--prompt", "Be brief.", "--fallback-model", "gpt-4o")
+    assert created.returncode == 0, created.stderr
+    with session_scope(session_factory) as session:
+        agent = session.scalar(select(Agent).where(Agent.name == name))
+        assert (agent.model, agent.fallback_model) == ("gpt-4o-mini", "gpt-4o")
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

@@ -332,6 +332,13 @@ def test_match_rule_targets_only_requests_containing_token(client: openai.OpenAI
     assert ask(client, "another innocent task").choices[0].message.content
 
 
+def test_model_rule_targets_only_requests_for_that_model(client: openai.OpenAI, server: RunningServer) -> None:
+    server.add_rule(fault="503", model="gpt-4o")
+    assert ask(client, "hello").choices[0].message.content
+    with pytest.raises(openai.InternalServerError):
+        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hello"}])
+
+
 def test_first_applicable_rule_wins_and_rules_can_be_deleted(client: openai.OpenAI, server: RunningServer) -> None:
     first = server.add_rule(fault="503")
     server.add_rule(fault="401")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pickle
+
 import openai
 import pytest
 
-from errors import PermanentError, RetryableError, classify
+from errors import PermanentError, ProviderFault, RetryableError, classify
 
 
 @pytest.fixture(scope="module")
@@ -41,3 +43,27 @@ def test_rate_limit_carries_the_retry_after_delay(client):
 
 def test_quota_exhaustion_says_so(client):
     assert "quota exhausted" in str(classify(provoke(client, "insufficient_quota")))
+
+
+@pytest.mark.parametrize(
+    ("fault", "blame"),
+    [
+        *((fault, ProviderFault.UNAVAILABLE) for fault in ("500", "502", "503", "drop", "malformed", "hang")),
+        ("429", ProviderFault.RATE_LIMITED),
+        *((fault, ProviderFault.DENIED) for fault in ("401", "403", "insufficient_quota")),
+        *((fault, None) for fault in ("400", "404")),
+    ],
+)
+def test_an_llm_failure_says_whether_the_provider_is_to_blame(client, fault, blame):
+    # The circuit breaker counts the provider's failures, not the task's own bad requests.
+    assert classify(provoke(client, fault)).fault is blame
+
+
+def test_the_blame_survives_the_trip_from_the_llm_process():
+    for error in (
+        RetryableError("503", delay=2.0, fault=ProviderFault.UNAVAILABLE),
+        PermanentError("401", fault=ProviderFault.DENIED),
+    ):
+        copy = pickle.loads(pickle.dumps(error))
+        assert (type(copy), str(copy), copy.fault) == (type(error), str(error), error.fault)
+    assert pickle.loads(pickle.dumps(RetryableError("503", delay=2.0))).delay == 2.0

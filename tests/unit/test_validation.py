@@ -83,3 +83,12 @@ def test_an_agent_gets_defaults_and_bounded_settings():
 def test_an_unknown_model_option_is_named_with_its_path():
     message = rejected_agent({"name": "writer", "prompt": "p", "model": "m", "settings": {"top_k": 3}})
     assert message == "invalid task input: settings.top_k: Extra inputs are not permitted"
+
+
+def test_an_agent_may_name_a_fallback_model_other_than_its_own():
+    agent = {"name": "writer", "prompt": "Write.", "model": "gpt-4o-mini"}
+    assert parse_agent_input(agent).fallback_model is None
+    assert parse_agent_input({**agent, "fallback_model": " gpt-4o "}).fallback_model == "gpt-4o"
+    assert "fallback_model must name a model other than model" in rejected_agent(
+        {**agent, "fallback_model": "gpt-4o-mini"}
+    )
