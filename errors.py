@@ -85,11 +85,15 @@ def classify(exc: BaseException) -> RetryableError | PermanentError:
         return exc
     # The worker imports no LLM client and the LLM process no database or Celery code (tens of MB each),
     # so each library is looked up only if its process loaded it: an error can only come from one that did.
-    openai, sqlalchemy_exc, billiard_exc = map(sys.modules.get, ("openai", "sqlalchemy.exc", "billiard.exceptions"))
+    openai, sqlalchemy_exc, billiard_exc, redis_exc = map(
+        sys.modules.get, ("openai", "sqlalchemy.exc", "billiard.exceptions", "redis.exceptions")
+    )
     if openai and isinstance(exc, openai.APIError):
         return _classify_openai(exc, openai)
     if sqlalchemy_exc and isinstance(exc, sqlalchemy_exc.DBAPIError) and _is_disconnect(exc, sqlalchemy_exc):
         return RetryableError(f"database unavailable: {_first_line(exc)}")
+    if redis_exc and isinstance(exc, (redis_exc.ConnectionError, redis_exc.TimeoutError)):
+        return RetryableError(f"Redis unavailable: {_first_line(exc)}")
     if isinstance(exc, json.JSONDecodeError):
         # The openai client lets a reply that is not JSON escape as a bare JSONDecodeError.
         return RetryableError(f"LLM returned a malformed reply: {_first_line(exc)}", fault=ProviderFault.UNAVAILABLE)

@@ -8,6 +8,7 @@ this package implementing `AdmissionCheck`; `Admission` asks the configured chec
 from __future__ import annotations
 
 import enum
+import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -15,6 +16,8 @@ from typing import Protocol
 
 from llm.messages import LLMReply, LLMRequest
 from store.agents import AgentSpec
+
+logger = logging.getLogger("agent_service")
 
 
 class Verdict(str, enum.Enum):
@@ -116,10 +119,16 @@ class Admission:
         return decisions
 
     def release(self, ended: Sequence[CallEnded]) -> None:
-        """The calls of these admitted candidates have ended."""
+        """The calls of these admitted candidates have ended. A check that fails to take note is logged and
+        passed over: what it holds expires on its own (every control's state does)."""
         if ended:
             for check in self.checks:
-                check.release(ended)
+                try:
+                    check.release(ended)
+                except Exception:
+                    logger.exception(
+                        "admission check %s could not release %d call(s)", type(check).__name__, len(ended)
+                    )
 
 
 def _carried(answer: Decision, before: Decision) -> Decision:

@@ -153,7 +153,7 @@ def _settlements(
             prepared.append((claim, step))
         else:
             stopped.append((claim, step))
-    decisions = admission.admit([step.candidate for _, step in prepared])
+    decisions = _admit(admission, [step.candidate for _, step in prepared], settings=settings)
     stopped += [
         (claim, _turned_away(decision))
         for (claim, _), decision in zip(prepared, decisions, strict=True)
@@ -175,6 +175,19 @@ def _settlements(
         ended = [(pending.pop(future), future) for future in first | more]
         admission.release([_call_ended(step, future) for step, future in ended])
         yield [(step.claim, _interpret(step, future)) for step, future in ended]
+
+
+def _admit(admission: Admission, candidates: list[Candidate], *, settings: Settings) -> list[Decision]:
+    """Admission's decisions; while the state the controls share is out of reach (Redis down), every task
+    waits, its attempt given back, rather than run unchecked or fail. Raises: a PermanentError of a check."""
+    try:
+        return admission.admit(candidates)
+    except Exception as exc:
+        error = classify(exc)
+        if isinstance(error, PermanentError):
+            raise error from exc
+        wait_for = backoff_delay(1, settings=settings, requested=error.delay)
+        return [Decision.defer(f"admission controls unavailable: {error}", retry_in=wait_for)] * len(candidates)
 
 
 def _with_request(step: _Prepared, request: LLMRequest | None) -> _Prepared:

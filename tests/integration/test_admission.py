@@ -15,7 +15,7 @@ import redis
 from celery_batches import SimpleRequest
 from sqlalchemy.orm import selectinload
 
-from admission.base import Admission, Candidate, Decision
+from admission.base import Admission, CallEnded, Candidate, Decision
 from database import session_scope
 from execution.batching import AgentRequest
 from execution.pipeline import execute_agent_task
@@ -40,7 +40,7 @@ class DeferFirstAsk:
         self.asked += [(c.task_id, c.attempt) for c in candidates]
         return [Decision.run() if c.task_id in seen else Decision.defer(REASON, retry_in=1.5) for c in candidates]
 
-    def release(self, candidates: Sequence[Candidate]) -> None:
+    def release(self, ended: Sequence[CallEnded]) -> None:
         """Holds nothing."""
 
 
@@ -48,8 +48,18 @@ class RefuseAll:
     def admit(self, candidates: Sequence[Candidate]) -> list[Decision]:
         return [Decision.refuse("the agent's spend cap is reached") for _ in candidates]
 
-    def release(self, candidates: Sequence[Candidate]) -> None:
+    def release(self, ended: Sequence[CallEnded]) -> None:
         """Holds nothing."""
+
+
+class SharedStateOutOfReach:
+    """A check whose shared state is out of reach: Redis refuses the connection, in admit and in release."""
+
+    def admit(self, candidates: Sequence[Candidate]) -> list[Decision]:
+        raise redis.exceptions.ConnectionError("Error 111 connecting to 127.0.0.1:1. Connection refused.")
+
+    def release(self, ended: Sequence[CallEnded]) -> None:
+        raise redis.exceptions.ConnectionError("Error 111 connecting to 127.0.0.1:1. Connection refused.")
 
 
 @pytest.fixture
@@ -173,3 +183,37 @@ def _delivery(task_id: uuid.UUID) -> AgentRequest:
 
 def _epoch(iso: str) -> float:
     return datetime.fromisoformat(iso).timestamp()
+
+
+def test_while_the_controls_state_is_out_of_reach_tasks_wait_with_their_attempts_given_back(
+    session_factory, agent, settings, stand_in_llm, calls
+):
+    # Given a check whose Redis is down
+    task_id = stored_task(session_factory, agent)
+    admission = Admission([SharedStateOutOfReach()])
+    # When the task is delivered
+    outcome = execute_agent_task(
+        str(task_id), session_factory=session_factory, settings=settings, llm=stand_in_llm, admission=admission
+    )
+    # Then it neither runs unchecked nor fails: it waits, its attempt given back, saying why
+    waiting = row(session_factory, task_id)
+    assert outcome.status == "deferred" and outcome.retry_in > 0 and calls == []
+    assert (waiting.status, waiting.attempts) == (TaskStatus.QUEUED, 0)
+    assert waiting.waiting_reason.startswith("admission controls unavailable: Redis unavailable: Error 111")
+
+
+def test_a_check_that_cannot_release_does_not_stop_the_recording_of_outcomes(
+    session_factory, agent, settings, stand_in_llm, calls
+):
+    # Given a check that admits but cannot release (its Redis went away mid-call)
+    class AdmitsThenLosesRedis(SharedStateOutOfReach):
+        def admit(self, candidates: Sequence[Candidate]) -> list[Decision]:
+            return [Decision.run() for _ in candidates]
+
+    task_id = stored_task(session_factory, agent)
+    admission = Admission([AdmitsThenLosesRedis()])
+    # When the task runs, Then its reply is recorded all the same
+    outcome = execute_agent_task(
+        str(task_id), session_factory=session_factory, settings=settings, llm=stand_in_llm, admission=admission
+    )
+    assert outcome.status == "completed" and row(session_factory, task_id).status == TaskStatus.COMPLETED
