@@ -22,6 +22,15 @@ class AgentSpec:
     max_tokens: int
     options: ModelOptions
     kind: str = "text"
+    truncate_to_fit: bool = False
+
+
+class AgentSettings(ModelOptions):
+    """An agent's settings (its `settings` column): the model options, and what the service may do with its
+    tasks. `truncate_to_fit`: a task too long for the model's context is sent again, once, with its
+    description cut to fit, rather than failed."""
+
+    truncate_to_fit: bool = False
 
 
 def agent_spec(agent: Any) -> tuple[AgentSpec | None, str | None]:
@@ -29,7 +38,17 @@ def agent_spec(agent: Any) -> tuple[AgentSpec | None, str | None]:
     if not agent.is_active:
         return None, f"agent {agent.name!r} is inactive"
     try:
-        options = ModelOptions.model_validate(agent.settings or {})
+        settings = AgentSettings.model_validate(agent.settings or {})
     except ValidationError as exc:
         return None, f"agent {agent.name!r} has invalid settings: {exc}"
-    return AgentSpec(agent.id, agent.prompt, agent.model, agent.temperature, agent.max_tokens, options), None
+    options = ModelOptions.model_validate(settings.model_dump(exclude={"truncate_to_fit"}))
+    spec = AgentSpec(
+        agent.id,
+        agent.prompt,
+        agent.model,
+        agent.temperature,
+        agent.max_tokens,
+        options,
+        truncate_to_fit=settings.truncate_to_fit,
+    )
+    return spec, None
