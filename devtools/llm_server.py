@@ -107,11 +107,10 @@ DIRECTIVE = re.compile(r"\[\[mock:(\S+?)((?:\s+\w+=[^\s\]]+)*)\s*\]\]")
 class ApiError(Exception):
     """A client mistake, answered with an OpenAI-style error body."""
 
-    def __init__(self, message: str, *, status: int = 400, param: str | None = None, code: str | None = None) -> None:
+    def __init__(self, message: str, *, status: int = 400, param: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.param = param
-        self.code = code
 
 
 @dataclass(frozen=True)
@@ -685,27 +684,32 @@ async def handle_chat(request: web.Request, state: ServerState) -> web.StreamRes
         chat = await parse_chat_request(request)
         fault = choose_fault(state, request, chat)
         latency_s = request_latency_s(state, request)
-        check_context_window(state, chat)
-    except ApiError as error:
-        state.record(model="", text="", fault=None, status=error.status)
+    except ApiError:
+        state.record(model="", text="", fault=None, status=400)
         raise
+    too_long = context_overflow(state, chat)
+    status = 400 if too_long else fault.status if fault else 200
     # Recorded before the wait so tests can see requests that are still pending or hanging.
-    state.record(model=chat.model, text=chat.log_text, fault=fault, status=fault.status if fault else 200)
+    state.record(model=chat.model, text=chat.log_text, fault=fault, status=status)
+    if too_long:
+        return error_response(
+            400, too_long, error_type="invalid_request_error", param="messages", code="context_length_exceeded"
+        )
     if latency_s > 0:
         await asyncio.sleep(latency_s)
     return await (faulty_answer(request, chat, fault) if fault else answer(request, chat))
 
 
-def check_context_window(state: ServerState, chat: ChatRequest) -> None:
-    """Raises: ApiError (400 context_length_exceeded) when the prompt and its max_tokens exceed the window."""
+def context_overflow(state: ServerState, chat: ChatRequest) -> str | None:
+    """The provider's message when the prompt and its max_tokens exceed the context window; else None."""
     if not state.context_window:
-        return
+        return None
     prompt, completion = prompt_tokens(chat), chat.body.get("max_tokens") or chat.body.get("max_completion_tokens") or 0
-    if prompt + completion > state.context_window:
-        message = CONTEXT_LENGTH_MESSAGE.format(
-            window=int(state.context_window), requested=prompt + completion, prompt=prompt, completion=completion
-        )
-        raise ApiError(message, param="messages", code="context_length_exceeded")
+    if prompt + completion <= state.context_window:
+        return None
+    return CONTEXT_LENGTH_MESSAGE.format(
+        window=int(state.context_window), requested=prompt + completion, prompt=prompt, completion=completion
+    )
 
 
 async def list_models(request: web.Request) -> web.Response:
@@ -787,9 +791,7 @@ async def api_errors(request: web.Request, handler: Handler) -> web.StreamRespon
     try:
         return await handler(request)
     except ApiError as error:
-        return error_response(
-            error.status, str(error), error_type="invalid_request_error", param=error.param, code=error.code
-        )
+        return error_response(error.status, str(error), error_type="invalid_request_error", param=error.param)
 
 
 def make_app(*, latency_ms: float = 0, latency_jitter_ms: float = 0, seed: int | None = None) -> web.Application:

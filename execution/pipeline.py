@@ -297,10 +297,11 @@ def _turned_away(decision: Decision) -> Settlement:
 def _interpret(step: _Prepared, future: Future[LLMReply], *, prices: PriceBook) -> Settlement:
     model = step.candidate.request.model
     error = future.exception()
-    if isinstance(error, ContextLengthExceededError):
-        return ContextLengthExceededError(str(error).replace("the model's", f"{model}'s", 1))
     if error is not None:
-        return error
+        classified = classify(error)  # the LLM process classifies its errors; an in-process runner does not
+        if isinstance(classified, ContextLengthExceededError):
+            return ContextLengthExceededError(str(classified).replace("the model's", f"{model}'s", 1))
+        return classified
     reply = future.result()
     charge = Charge(model, reply.usage, prices.cost(model, reply.usage)) if reply.usage else None
     if reply.finish_reason == CONTENT_FILTERED:
