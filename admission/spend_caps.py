@@ -234,9 +234,8 @@ class SpendCaps:
         return args
 
     def _turned_away(self, cap: Cap, used: float, estimate: float, now: datetime) -> Decision:
-        reason = (
-            f"{cap.label} ${cap.limit:.2f}: ${used:.4f} spent or reserved, this call may cost up to ${estimate:.4f}"
-        )
+        reason = f"{cap.label} {_usd(cap.limit)}: ${used:.6f} spent or reserved, this call may cost up to "
+        reason += f"${estimate:.6f}"
         if self._settings.spend_cap_mode == "hard":
             return Decision.refuse(reason)
         until_rollover = (cap.ends - now).total_seconds() + 1
@@ -248,6 +247,11 @@ class SpendCaps:
         if usage is None:
             return 0.0
         return self._prices.cost(ended.candidate.request.model, usage) or 0.0
+
+
+def _usd(amount: float) -> str:
+    """$5, $0.0002: a cap as its owner wrote it."""
+    return "$" + f"{amount:.6f}".rstrip("0").rstrip(".")
 
 
 def _call_id(candidate: Candidate) -> tuple[uuid.UUID, int]:
