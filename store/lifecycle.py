@@ -422,7 +422,7 @@ def _finished_of(task: Task) -> Finished | None:
         return None
     prompt, completion, total = task.prompt_tokens, task.completion_tokens, task.total_tokens
     usage = (
-        Usage(prompt, completion, total)
+        Usage(prompt, completion, total, task.cached_tokens or 0)
         if prompt is not None and completion is not None and total is not None
         else None
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import openai
 import pytest
 
-from errors import PermanentError, RetryableError, classify
+from errors import ContentFilteredError, ContextLengthExceededError, PermanentError, RetryableError, classify
 
 
 @pytest.fixture(scope="module")
@@ -41,3 +41,10 @@ def test_rate_limit_carries_the_retry_after_delay(client):
 
 def test_quota_exhaustion_says_so(client):
     assert "quota exhausted" in str(classify(provoke(client, "insufficient_quota")))
+
+
+def test_errors_the_model_causes_are_their_own_kinds_and_never_retried(client):
+    too_long = classify(provoke(client, "context_length_exceeded"))
+    filtered = classify(provoke(client, "content_filter"))
+    assert isinstance(too_long, ContextLengthExceededError) and "maximum context length is 128000" in str(too_long)
+    assert isinstance(filtered, ContentFilteredError) and "content filter" in str(filtered)
