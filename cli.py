@@ -1,4 +1,5 @@
-"""Command line: `python cli.py init-db | create-agent | submit | status | list | cancel | worker | flower | demo`."""
+"""Command line: `python cli.py init-db | create-agent | submit | status | list | stats | cancel | worker | flower |
+demo`."""
 
 from __future__ import annotations
 
@@ -6,10 +7,12 @@ import argparse
 import ipaddress
 import json
 import os
+import re
 import sys
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.text import Text
@@ -22,12 +25,14 @@ from database import create_database_if_missing, session_scope
 from errors import AgentServiceError, ConfigurationError, TaskValidationError
 from execution.pipeline import parse_task_id
 from models import LimitOverride, LimitScope, Task, TaskStatus
+from monitoring import configure_logging, logger
 from store import lifecycle
 from store.overrides import set_override
 from store.schema import init_db
+from store.stats import GroupBy, TaskStats, task_stats
 from submission.agents import create_agent, find_agent
 from submission.submit import cancel_task, create_agent_tasks, replay_failed_tasks
-from terminal.tables import task_table
+from terminal.tables import stats_table, task_table
 
 if TYPE_CHECKING:
     from worker import AgentServiceCelery
@@ -138,12 +143,59 @@ def _cmd_status(args: argparse.Namespace) -> int:
             _error("error", f"no task {args.task_id}")
             return 1
         fields = {c.name: getattr(task, c.name) for c in Task.__table__.columns}
-        history = [(h.attempt, h.outcome, h.at, h.error) for h in task.attempt_history]
+        history = [(h.attempt, h.outcome, h.at, h.error, _charged(h)) for h in task.attempt_history]
+        charged = _charged(task)
+    if fields["waiting_reason"] and not fields["status"].is_final:
+        console.print(Text.assemble(("waiting: ", "bold yellow"), fields["waiting_reason"]))
     for name, value in fields.items():
         _field(name, str(value.value if isinstance(value, TaskStatus) else value))
-    for attempt, outcome, at, error in history:
-        _field(f"attempt {attempt}", f"{outcome} at {at}: {error}")
+    _field("cost", charged)
+    for attempt, outcome, at, error, paid in history:
+        _field(f"attempt {attempt}", f"{outcome} at {at}{f' ({paid})' if paid else ''}: {error}")
     return 0
+
+
+def _charged(row: Any) -> str:
+    """Tokens and cost of a task (all its attempts) or of one attempt; empty when no call was answered."""
+    if row.prompt_tokens is None:
+        return ""
+    cost = "no price for its model" if row.cost_usd is None else f"${row.cost_usd:.6f}"
+    tokens = f"{row.prompt_tokens} prompt ({row.cached_tokens or 0} cached) + {row.completion_tokens} completion tokens"
+    return f"{cost}; {tokens}"
+
+
+def _cmd_stats(args: argparse.Namespace) -> None:
+    configure_logging(json_lines=get_settings().log_json)  # the per-group lines go to stderr, the table to stdout
+    with session_scope(_app().services.session_factory) as session:
+        figures = task_stats(session, by=args.by and GroupBy(args.by), since=lifecycle.utcnow() - args.since)
+    console.print(stats_table(figures, by=args.by or "all", since=args.since))
+    for group in figures:
+        _log_performance(args.by or "all", group)
+
+
+def _log_performance(by: str, figures: TaskStats) -> None:
+    """One log line per group, as the design's `log_agent_performance`."""
+    logger.info(
+        "%s performance - %s: %s, tasks: %d, success: %s, avg duration: %s ms, p95: %s ms, tokens: %d, cost: $%.6f",
+        by.capitalize(),
+        by,
+        figures.group,
+        figures.tasks,
+        "-" if figures.success_rate is None else f"{figures.success_rate:.1%}",
+        "-" if figures.avg_duration_ms is None else f"{figures.avg_duration_ms:.0f}",
+        "-" if figures.p95_duration_ms is None else f"{figures.p95_duration_ms:.0f}",
+        figures.prompt_tokens + figures.completion_tokens,
+        figures.cost_usd,
+    )
+
+
+def _duration(text: str) -> timedelta:
+    """`30m`, `24h`, `7d` (or seconds: `90s`, `90`) as a timedelta, for argparse."""
+    found = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd]?)", text.strip())
+    if not found:
+        raise argparse.ArgumentTypeError(f"expected a duration such as 30m, 24h or 7d, got {text!r}")
+    unit = {"": "seconds", "s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[found.group(2)]
+    return timedelta(**{unit: float(found.group(1))})
 
 
 def _field(name: str, value: str) -> None:
@@ -308,6 +360,9 @@ def _parser() -> argparse.ArgumentParser:
     listing = add("list", _cmd_list, "list recent tasks")
     listing.add_argument("--status", choices=[s.value for s in TaskStatus])
     listing.add_argument("--limit", type=int, default=20)
+    stats = add("stats", _cmd_stats, "tasks, success rate, durations, tokens and cost of the tasks finished lately")
+    stats.add_argument("--by", choices=[group.value for group in GroupBy], help="one line per agent, user or model")
+    stats.add_argument("--since", type=_duration, default=timedelta(hours=24), help="e.g. 30m, 24h, 7d (default 24h)")
     add("cancel", _cmd_cancel, "cancel a queued or running task").add_argument("task_id")
     limits = add("limits", _cmd_limits, "list, set or unset an agent's, a user's or a model's own limits")
     limits.add_argument("action", choices=["list", "set", "unset"])

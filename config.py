@@ -7,12 +7,13 @@ bundled offline LLM server); `.env.example` shows the production values.
 from __future__ import annotations
 
 import ipaddress
+import json
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from errors import ConfigurationError
@@ -25,6 +26,16 @@ POSTGRES_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg2", "postgresql
 SQLITE_SCHEMES = ("sqlite", "sqlite+pysqlite")
 # Only the bundled offline server (`devtools/llm_server.py`), which runs on loopback, takes this key.
 OFFLINE_API_KEY = "offline-key"
+
+
+class ModelPriceOverride(BaseModel):
+    """A model's prices in USD per million tokens, for a model genai-prices does not know (or priced otherwise)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    input_per_mtok: float = Field(ge=0)
+    output_per_mtok: float = Field(ge=0)
+    cached_input_per_mtok: float | None = Field(None, ge=0, description="the input price when not given")
 
 
 class Settings(BaseSettings):
@@ -105,6 +116,27 @@ class Settings(BaseSettings):
     breaker_failure_ratio: float = Field(0.5, gt=0, le=1, description="the share of failed calls that opens it")
     breaker_cooldown_seconds: float = Field(30.0, gt=0, description="open this long before one probe call goes through")
 
+    # Cost and spend caps (README "Cost and limits"). Prices come from genai-prices for LLM_PROVIDER;
+    # MODEL_PRICES adds or overrides a model's prices in USD per million tokens. Caps are off while unset.
+    llm_provider: str = Field("openai", description="whose prices apply (a genai-prices provider id)")
+    model_prices: dict[str, ModelPriceOverride] = Field(
+        default_factory=dict,
+        description='JSON: {"model": {"input_per_mtok": 0.1, "output_per_mtok": 0.2, "cached_input_per_mtok": 0.05}}',
+    )
+    spend_caps: bool = Field(
+        False, description="check spend caps (on too when any *_SPEND_CAP_USD is set); per-agent/user caps alone"
+    )
+    user_daily_spend_cap_usd: float | None = Field(None, ge=0)
+    user_monthly_spend_cap_usd: float | None = Field(None, ge=0)
+    agent_daily_spend_cap_usd: float | None = Field(None, ge=0)
+    agent_monthly_spend_cap_usd: float | None = Field(None, ge=0)
+    spend_cap_mode: Literal["hold", "hard"] = Field(
+        "hold", description="hold: a task that would pass its cap waits; hard: it fails"
+    )
+    spend_cap_recheck_seconds: float = Field(300.0, gt=0, description="a held task is looked at again this often")
+    spend_hold_seconds: float = Field(
+        300.0, gt=0, description="a call's reserved estimate is dropped after this long if its worker never settles it"
+    )
     log_json: bool = True
 
     @field_validator("flower_basic_auth")
@@ -159,13 +191,15 @@ class Settings(BaseSettings):
             raise ValueError("STALE_TASK_AFTER_SECONDS must exceed BROKER_VISIBILITY_TIMEOUT_SECONDS")
         if not self.llm_timeout_seconds < self.task_soft_time_limit_seconds:
             raise ValueError("LLM_TIMEOUT_SECONDS must be below TASK_SOFT_TIME_LIMIT_SECONDS")
+        if not self.llm_timeout_seconds < self.spend_hold_seconds:
+            raise ValueError("SPEND_HOLD_SECONDS must exceed LLM_TIMEOUT_SECONDS (a call's reservation outlives it)")
         return self
 
     def as_env(self) -> dict[str, str]:
         """Environment variables that make a child process build these same settings."""
         values = self.model_dump(exclude_none=True)
         secrets = {name: value.get_secret_value() for name, value in values.items() if isinstance(value, SecretStr)}
-        return {name.upper(): str(value) for name, value in {**values, **secrets}.items()}
+        return {name.upper(): _env_value(value) for name, value in {**values, **secrets}.items()}
 
     @property
     def broker_url(self) -> str:
@@ -175,6 +209,11 @@ class Settings(BaseSettings):
     def result_backend(self) -> str:
         default = f"db+sqlite:///{LOCAL_DATA_DIR / 'celery_results.sqlite3'}"
         return self.celery_result_backend or self.redis_url or default
+
+
+def _env_value(value: object) -> str:
+    """A setting as its environment variable spells it: JSON for structured values."""
+    return json.dumps(value) if isinstance(value, (dict, list)) else str(value)
 
 
 def _is_bundled_server(base_url: str | None) -> bool:

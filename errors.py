@@ -7,6 +7,8 @@ AgentServiceError
 ├── BrokerUnavailableError the row is saved as pending but could not be queued
 ├── RetryableError        transient: try again later, after `delay` seconds if given
 └── PermanentError        retrying cannot help: fail the task now
+    ├── ContextLengthExceededError the task does not fit the model's context (the model's limit, not the provider's)
+    └── ContentFilteredError       the provider's content filter refused the prompt or cut the reply
 
 A failed LLM call that is the provider's doing rather than the task's carries a `ProviderFault` (the
 circuit breaker counts these, see `admission.breaker`).
@@ -27,6 +29,8 @@ if TYPE_CHECKING:
     from sqlalchemy.exc import DBAPIError
 
 QUOTA_ERROR_CODE = "insufficient_quota"
+CONTEXT_LENGTH_CODE = "context_length_exceeded"
+CONTENT_FILTER_CODE = "content_filter"
 
 
 class ProviderFault(str, enum.Enum):
@@ -72,6 +76,14 @@ class PermanentError(AgentServiceError):
     def __init__(self, message: str, *, fault: ProviderFault | None = None) -> None:
         super().__init__(message)
         self.fault = fault
+
+
+class ContextLengthExceededError(PermanentError):
+    """The prompt and its max_tokens exceed the model's context window; the same request fails again."""
+
+
+class ContentFilteredError(PermanentError):
+    """The provider's content filter refused the prompt, or stopped the reply (finish_reason content_filter)."""
 
 
 def item_error(message: str, *, index: int, count: int) -> TaskValidationError:
@@ -126,6 +138,14 @@ def _classify_openai(exc: openai.APIError, openai: ModuleType) -> RetryableError
 
 def _classify_status(exc: openai.APIStatusError) -> RetryableError | PermanentError:
     status = exc.status_code
+    if exc.code == CONTEXT_LENGTH_CODE:
+        return ContextLengthExceededError(
+            f"the task is too long for the model's context ({status} {exc.code}): {exc.message}"
+        )
+    if exc.code == CONTENT_FILTER_CODE:
+        return ContentFilteredError(
+            f"the provider's content filter refused the task ({status} {exc.code}): {exc.message}"
+        )
     message = f"LLM request failed ({status}): {exc.message}"
     if status in (408, 409) or status >= 500:
         return RetryableError(message, delay=_retry_after(exc), fault=ProviderFault.UNAVAILABLE)

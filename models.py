@@ -7,7 +7,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Enum, ForeignKey, Index, String, Text, func
+from sqlalchemy import JSON, DateTime, Enum, ForeignKey, Index, Numeric, String, Text, func
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -33,6 +33,8 @@ class TaskStatus(str, enum.Enum):
 FINAL_STATUSES = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED})
 
 _timestamp = DateTime(timezone=True)
+# USD to the 1e-10: a small call costs millionths of a dollar. Read back as float, the unit of the metrics.
+_usd = Numeric(20, 10, asdecimal=False)
 
 
 class Agent(Base):
@@ -80,9 +82,13 @@ class Task(Base):
     result: Mapped[str | None] = mapped_column(Text)
     error: Mapped[str | None] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(default=0)
+    # Usage and cost summed over every paid attempt (a retried one too); None until a call reports usage.
     prompt_tokens: Mapped[int | None]
     completion_tokens: Mapped[int | None]
     total_tokens: Mapped[int | None]
+    cached_tokens: Mapped[int | None]
+    cost_usd: Mapped[float | None] = mapped_column(_usd)  # None also once any call had no price
+    unpriced_calls: Mapped[int] = mapped_column(default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(_timestamp, server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(_timestamp, server_default=func.now(), onupdate=func.now())
     queued_at: Mapped[datetime | None] = mapped_column(_timestamp)
@@ -104,7 +110,8 @@ class Task(Base):
 
 
 class TaskAttempt(Base):
-    """One attempt that did not complete its task: retried, failed, or lost with its worker."""
+    """One attempt that did not complete its task: retried, failed, or lost with its worker; with what its
+    call cost when the provider answered (a reply that could not be used is paid for all the same)."""
 
     __tablename__ = "task_attempts"
 
@@ -114,6 +121,11 @@ class TaskAttempt(Base):
     outcome: Mapped[str] = mapped_column(String(20))
     error: Mapped[str | None] = mapped_column(Text)
     at: Mapped[datetime] = mapped_column(_timestamp, server_default=func.now())
+    model: Mapped[str | None] = mapped_column(String(200))
+    prompt_tokens: Mapped[int | None]
+    completion_tokens: Mapped[int | None]
+    cached_tokens: Mapped[int | None]
+    cost_usd: Mapped[float | None] = mapped_column(_usd)
 
     def __repr__(self) -> str:
         return f"TaskAttempt(task_id={self.task_id!s}, attempt={self.attempt}, outcome={self.outcome!r})"

@@ -27,7 +27,16 @@ TASK_DURATION = Histogram(
     ["task"],
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800),
 )
-LLM_TOKENS = Counter("agent_service_llm_tokens_total", "Tokens used by completed tasks", ["kind"])
+LLM_TOKENS = Counter(
+    "agent_service_llm_tokens_total",
+    "Tokens of every answered LLM call (retried and failed attempts too), by model and kind: prompt, completion, "
+    "cached (the part of the prompt read from the provider's cache)",
+    ["model", "kind"],
+)
+LLM_COST = Counter("agent_service_llm_cost_usd_total", "USD spent on answered LLM calls, by model", ["model"])
+UNPRICED_CALLS = Counter(
+    "agent_service_unpriced_calls_total", "Answered LLM calls whose model has no price (see MODEL_PRICES)", ["model"]
+)
 LLM_CALL_DURATION = Histogram(
     "agent_service_llm_call_duration_seconds",
     "Latency of one LLM call as the worker sees it, from submission to reply or error",
@@ -136,6 +145,17 @@ def _observe_since(histogram: Any, since: float, _future: Future) -> None:
     histogram.observe(time.monotonic() - since)
 
 
+def count_llm_usage(model: str, *, tokens: Mapping[str, int], cost_usd: float | None) -> None:
+    """Count one answered call's tokens by kind (prompt, completion, cached) and its cost in USD (None: the
+    model has no price, and the call is counted as unpriced)."""
+    for kind, count in tokens.items():
+        LLM_TOKENS.labels(model, kind).inc(count)
+    if cost_usd is None:
+        UNPRICED_CALLS.labels(model).inc()
+    else:
+        LLM_COST.labels(model).inc(cost_usd)
+
+
 def monitor_task_execution(task_name: str, *, ok: str, error: str) -> Callable:
     """Decorate a task body: time it, count it as `ok` (returned) or `error` (raised), and log one line."""
 
@@ -165,8 +185,6 @@ def record_task_run(task_name: str, outcome: Mapping[str, Any], seconds: float, 
     status = str(outcome["status"])
     TASK_RUNS.labels(task_name, status).inc()
     TASK_DURATION.labels(task_name).observe(seconds)
-    for kind in ("prompt", "completion"):
-        LLM_TOKENS.labels(kind).inc(outcome.get(f"{kind}_tokens") or 0)
     extra = {key: outcome[key] for key in _LOG_FIELDS if outcome.get(key) is not None}
     extra.update(task=task_name, status=status, duration_ms=round(seconds * 1000, 1))
     message = "%s %s %s after %.1f ms"

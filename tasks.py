@@ -66,6 +66,7 @@ def process_agent_task(self: AgentTaskBatches, requests: list[AgentRequest]) -> 
             settings=services.settings,
             llm=services.llm_runner,
             admission=services.admission,
+            prices=services.prices,
             on_settled=on_settled,
         )
     except Exception as exc:

@@ -8,25 +8,34 @@ from collections.abc import Callable
 from redis import Redis
 from sqlalchemy.orm import Session, sessionmaker
 
-from admission import breaker
+from admission import breaker, spend_caps
 from admission.base import Admission, AdmissionCheck
 from config import Settings
+from llm.prices import PriceBook
 from store.overrides import OverrideCache
 
 # The settings each control lets an agent, a user or a model override (`python cli.py limits set`), by name,
 # with what they mean; each control's module adds its own.
-OVERRIDE_NAMES: dict[str, str] = {**breaker.OVERRIDE_NAMES}
+OVERRIDE_NAMES: dict[str, str] = {**breaker.OVERRIDE_NAMES, **spend_caps.OVERRIDE_NAMES}
 
 
 def build_admission(
-    settings: Settings, *, redis: Callable[[], Redis], session_factory: sessionmaker[Session]
+    settings: Settings,
+    *,
+    redis: Callable[[], Redis],
+    session_factory: sessionmaker[Session],
+    prices: PriceBook | None = None,
 ) -> Admission:
     """The checks `settings` switch on, in the order they are asked: the cheapest and the ones that hold
     nothing first (pause, breaker, spend caps), those that reserve capacity last (concurrency leases, then
     rate-limit reservations), so that a task turned away early reserves nothing. `redis` gives the shared
     Redis client; it is only called when a check that needs it is on."""
-    checks: list[AdmissionCheck] = []
+    prices = prices or PriceBook(settings)
     overrides = OverrideCache(session_factory)
+    checks: list[AdmissionCheck] = []
     if settings.breaker_enabled:
         checks.append(breaker.build_breaker(settings, redis=redis(), overrides=overrides))
+    caps = spend_caps.build(settings, redis=redis, overrides=overrides, prices=prices, session_factory=session_factory)
+    if caps is not None:
+        checks.append(caps)
     return Admission(checks)

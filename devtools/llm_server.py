@@ -4,7 +4,13 @@ It answers ``/v1/chat/completions`` deterministically (plain text, JSON mode,
 tool calls, streaming) after a configurable latency, and injects faults (rate
 limits, server errors, hangs, dropped connections, broken bodies) chosen by a
 request header, by rules set through the ``/control`` API, or by a
-``[[mock:KIND]]`` directive inside a message.
+``[[mock:KIND]]`` directive inside a message. Errors the model causes are
+faults too: ``context_length_exceeded`` and ``content_filter`` (400s) and
+``filtered`` (a reply cut short with finish_reason ``content_filter``); with
+``context_window`` set (``/control/config``) a prompt that does not fit, with
+its ``max_tokens``, is refused as a real provider would. A prompt whose system
+message was seen before reports that message's tokens as cached
+(``prompt_tokens_details.cached_tokens``), like a provider's prompt cache.
 """
 
 from __future__ import annotations
@@ -55,6 +61,19 @@ ERROR_FAULTS: dict[str, tuple[int, str, str | None, str]] = {
     "502": (502, "server_error", None, "Bad gateway (offline mock)."),
     "503": (503, "server_error", None, "The server is overloaded or not ready yet (offline mock)."),
     "400": (400, "invalid_request_error", None, "Invalid request (offline mock)."),
+    "context_length_exceeded": (
+        400,
+        "invalid_request_error",
+        "context_length_exceeded",
+        "This model's maximum context length is 128000 tokens. However, your messages resulted in 130000 tokens. "
+        "Please reduce the length of the messages.",
+    ),
+    "content_filter": (
+        400,
+        "invalid_request_error",
+        "content_filter",
+        "The response was filtered due to the prompt triggering content management policy (offline mock).",
+    ),
     "401": (401, "invalid_request_error", "invalid_api_key", "Incorrect API key provided (offline mock)."),
     "403": (
         403,
@@ -69,12 +88,18 @@ ERROR_FAULTS: dict[str, tuple[int, str, str | None, str]] = {
         "The model does not exist or you do not have access to it (offline mock).",
     ),
 }
-OTHER_FAULTS = ("hang", "drop", "malformed", "empty", "slow")
+OTHER_FAULTS = ("hang", "drop", "malformed", "empty", "slow", "filtered")
 FAULT_KINDS = frozenset(ERROR_FAULTS) | frozenset(OTHER_FAULTS)
 MALFORMED_BODY = '{"id": "chatcmpl-broken", "choices": ['
 EMPTY_BODY = {"id": "chatcmpl-empty", "object": "chat.completion"}
 RULE_FIELDS = frozenset({"fault", "match", "model", "times", "rate", "retry_after", "delay_ms"})
-CONFIG_FIELDS = frozenset({"latency_ms", "latency_jitter_ms"})
+CONFIG_FIELDS = frozenset({"latency_ms", "latency_jitter_ms", "context_window"})
+CONTEXT_LENGTH_MESSAGE = (
+    "This model's maximum context length is {window} tokens. However, you requested {requested} tokens "
+    "({prompt} in the messages, {completion} in the completion). Please reduce the length of the messages or "
+    "completion."
+)
+PROMPT_CACHE_SIZE = 100_000
 DIRECTIVE_MARKER = "[[mock:"
 DIRECTIVE = re.compile(r"\[\[mock:(\S+?)((?:\s+\w+=[^\s\]]+)*)\s*\]\]")
 
@@ -136,6 +161,7 @@ class ChatRequest:
     body: dict[str, Any]
     model: str
     texts: list[str]
+    roles: list[str]
     last_user_text: str
     tools: list[dict[str, Any]]
 
@@ -148,10 +174,13 @@ class ChatRequest:
 class Reply:
     content: str | None
     tool_call: dict[str, Any] | None
-    usage: dict[str, int]
+    usage: dict[str, Any]
+    filtered: bool = False
 
     @property
     def finish_reason(self) -> str:
+        if self.filtered:
+            return "content_filter"
         return "tool_calls" if self.tool_call else "stop"
 
 
@@ -162,6 +191,8 @@ class ServerState:
     rng: random.Random
     latency_ms: float = 0.0
     latency_jitter_ms: float = 0.0
+    context_window: float = 0.0  # 0: no limit
+    seen_system_prompts: set[str] = field(default_factory=set)
     rules: dict[int, Rule] = field(default_factory=dict)
     rule_ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
     request_seq: Iterator[int] = field(default_factory=lambda: itertools.count(1))
@@ -202,10 +233,29 @@ class ServerState:
         )
 
     def config(self) -> dict[str, float]:
-        return {"latency_ms": self.latency_ms, "latency_jitter_ms": self.latency_jitter_ms}
+        return {
+            "latency_ms": self.latency_ms,
+            "latency_jitter_ms": self.latency_jitter_ms,
+            "context_window": self.context_window,
+        }
+
+    def cached_tokens(self, chat: ChatRequest) -> int:
+        """The tokens of the system message when it was seen before: a provider's prompt cache, made
+        deterministic (the first request with a system prompt pays for all of it, later ones hit the cache)."""
+        system = next((text for text, role in zip(chat.texts, chat.roles, strict=True) if role == "system"), None)
+        if system is None:
+            return 0
+        if system in self.seen_system_prompts:
+            return count_tokens(system)
+        if len(self.seen_system_prompts) >= PROMPT_CACHE_SIZE:
+            self.seen_system_prompts.clear()
+        self.seen_system_prompts.add(system)
+        return 0
 
     def reset(self) -> None:
         self.rules.clear()
+        self.seen_system_prompts.clear()
+        self.context_window = 0.0
         self.request_log.clear()
         self.by_status.clear()
         self.latency_ms, self.latency_jitter_ms = self.startup_latency_ms, self.startup_jitter_ms
@@ -345,6 +395,7 @@ async def parse_chat_request(request: web.Request) -> ChatRequest:
         body=body,
         model=validated_model(body),
         texts=[message_text(m) for m in messages],
+        roles=[str(m.get("role", "")) for m in messages],
         last_user_text=last_user_text(messages),
         tools=validated_tools(body),
     )
@@ -460,24 +511,36 @@ def tool_call(tool: dict[str, Any], *, answer: str) -> dict[str, Any]:
     }
 
 
-def usage(chat: ChatRequest, completion_text: str) -> dict[str, int]:
-    prompt_tokens = max(1, sum(len(text.split()) for text in chat.texts))
-    completion_tokens = len(completion_text.split())
+def count_tokens(text: str) -> int:
+    """The server's tokens: words, so that tests can predict them."""
+    return len(text.split())
+
+
+def prompt_tokens(chat: ChatRequest) -> int:
+    return max(1, sum(count_tokens(text) for text in chat.texts))
+
+
+def usage(chat: ChatRequest, completion_text: str, *, cached_tokens: int) -> dict[str, Any]:
+    prompt, completion = prompt_tokens(chat), count_tokens(completion_text)
     return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": cached_tokens},
     }
 
 
-def build_reply(chat: ChatRequest) -> Reply:
+def build_reply(chat: ChatRequest, *, cached_tokens: int, filtered: bool = False) -> Reply:
+    if filtered:
+        return Reply(content="", tool_call=None, usage=usage(chat, "", cached_tokens=cached_tokens), filtered=True)
     answer = ANSWER_PREFIX + chat.last_user_text[:ANSWER_SOURCE_CHARS]
     tool = chosen_tool(chat)
     if tool is not None:
         call = tool_call(tool, answer=answer)
-        return Reply(content=None, tool_call=call, usage=usage(chat, call["function"]["arguments"]))
+        arguments = call["function"]["arguments"]
+        return Reply(content=None, tool_call=call, usage=usage(chat, arguments, cached_tokens=cached_tokens))
     content = formatted_content(chat.body.get("response_format"), answer)
-    return Reply(content=content, tool_call=None, usage=usage(chat, content))
+    return Reply(content=content, tool_call=None, usage=usage(chat, content, cached_tokens=cached_tokens))
 
 
 def completion_json(chat: ChatRequest, reply: Reply) -> dict[str, Any]:
@@ -548,8 +611,8 @@ async def stream_reply(request: web.Request, chat: ChatRequest, reply: Reply) ->
     return response
 
 
-async def answer(request: web.Request, chat: ChatRequest) -> web.StreamResponse:
-    reply = build_reply(chat)
+async def answer(request: web.Request, chat: ChatRequest, *, filtered: bool = False) -> web.StreamResponse:
+    reply = build_reply(chat, cached_tokens=request.app[STATE].cached_tokens(chat), filtered=filtered)
     if chat.body.get("stream"):
         return await stream_reply(request, chat, reply)
     return web.json_response(completion_json(chat, reply))
@@ -602,6 +665,8 @@ async def faulty_answer(request: web.Request, chat: ChatRequest, fault: Fault) -
         return web.Response(text=MALFORMED_BODY, content_type="application/json")
     if fault.kind == "empty":
         return web.json_response(EMPTY_BODY)
+    if fault.kind == "filtered":
+        return await answer(request, chat, filtered=True)
     await asyncio.sleep(fault.delay_ms / 1000)  # "slow"
     return await answer(request, chat)
 
@@ -626,11 +691,29 @@ async def handle_chat(request: web.Request, state: ServerState) -> web.StreamRes
     except ApiError:
         state.record(model="", text="", fault=None, status=400)
         raise
+    too_long = context_overflow(state, chat)
+    status = 400 if too_long else fault.status if fault else 200
     # Recorded before the wait so tests can see requests that are still pending or hanging.
-    state.record(model=chat.model, text=chat.log_text, fault=fault, status=fault.status if fault else 200)
+    state.record(model=chat.model, text=chat.log_text, fault=fault, status=status)
+    if too_long:
+        return error_response(
+            400, too_long, error_type="invalid_request_error", param="messages", code="context_length_exceeded"
+        )
     if latency_s > 0:
         await asyncio.sleep(latency_s)
     return await (faulty_answer(request, chat, fault) if fault else answer(request, chat))
+
+
+def context_overflow(state: ServerState, chat: ChatRequest) -> str | None:
+    """The provider's message when the prompt and its max_tokens exceed the context window; else None."""
+    if not state.context_window:
+        return None
+    prompt, completion = prompt_tokens(chat), chat.body.get("max_tokens") or chat.body.get("max_completion_tokens") or 0
+    if prompt + completion <= state.context_window:
+        return None
+    return CONTEXT_LENGTH_MESSAGE.format(
+        window=int(state.context_window), requested=prompt + completion, prompt=prompt, completion=completion
+    )
 
 
 async def list_models(request: web.Request) -> web.Response:
@@ -676,6 +759,7 @@ async def update_config(request: web.Request) -> web.Response:
     state = request.app[STATE]
     state.latency_ms = optional_json_number(body, "latency_ms", default=state.latency_ms)
     state.latency_jitter_ms = optional_json_number(body, "latency_jitter_ms", default=state.latency_jitter_ms)
+    state.context_window = optional_json_number(body, "context_window", default=state.context_window)
     return web.json_response(state.config())
 
 

@@ -4,9 +4,10 @@ Celery task shells in `tasks.py` call them."""
 from __future__ import annotations
 
 import itertools
+import re
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, replace
 from typing import Any
@@ -16,20 +17,32 @@ from sqlalchemy.orm import Session, sessionmaker
 from admission.base import Admission, CallEnded, Candidate, Decision, Verdict
 from config import Settings
 from database import session_scope
-from errors import PermanentError, RetryableError, TaskValidationError, classify
+from errors import (
+    ContentFilteredError,
+    ContextLengthExceededError,
+    PermanentError,
+    RetryableError,
+    TaskValidationError,
+    classify,
+)
 from execution.liveness import current_owner, owner_is_gone
 from execution.outcomes import Outcome, TaskOutcome
 from execution.retry import backoff_delay
 from kinds import KINDS, kind_named
 from kinds.base import KindResult, TaskKind, TaskWork
 from llm.messages import LLMReply, LLMRequest, Usage
+from llm.prices import PriceBook
 from llm.runners import LLMRunner
 from models import TaskStatus
-from monitoring import time_llm_calls
+from monitoring import count_llm_usage, time_llm_calls
 from store import lifecycle
-from store.lifecycle import Claim, Finished, Skip, utcnow
+from store.lifecycle import Charge, Claim, Finished, Skip, utcnow
 
 RECORD_ATTEMPTS = 5
+CONTENT_FILTERED = "content_filter"  # the finish_reason of a reply the provider's filter stopped
+# Figures in a provider's context-length error (OpenAI's wordings).
+CONTEXT_LIMIT = re.compile(r"maximum context length is (\d+)")
+PROMPT_SIZE = re.compile(r"(\d+) in the messages|resulted in (\d+) tokens")
 NO_ADMISSION_CHECKS = Admission()
 
 
@@ -40,10 +53,20 @@ class Answer:
     result: KindResult
     model: str
     usage: Usage | None
+    charge: Charge | None
 
 
-# What a claim ends with: an answer, a deferral by admission, or the exception that stopped it.
-Settlement = Answer | Decision | BaseException
+@dataclass(frozen=True)
+class Unusable:
+    """A reply that was paid for but cannot be the task's result (filtered, or refused by its kind)."""
+
+    error: RetryableError | PermanentError
+    charge: Charge | None
+
+
+# What a claim ends with: an answer, a paid reply it cannot use, a deferral by admission, or the exception
+# that stopped it.
+Settlement = Answer | Unusable | Decision | BaseException
 # Told of each group of outcomes as it is recorded, each with its position in the batch.
 OnSettled = Callable[[list[tuple[int, TaskOutcome]]], None] | None
 
@@ -54,6 +77,7 @@ class _Prepared:
     kind: TaskKind
     work: TaskWork
     candidate: Candidate
+    truncated: bool = False  # sent again with its description cut to fit the model's context
 
 
 def execute_agent_task(
@@ -63,10 +87,11 @@ def execute_agent_task(
     settings: Settings,
     llm: LLMRunner,
     admission: Admission = NO_ADMISSION_CHECKS,
+    prices: PriceBook | None = None,
 ) -> TaskOutcome:
     """Run one attempt of one task; see `execute_agent_tasks`."""
     return execute_agent_tasks(
-        [task_id], session_factory=session_factory, settings=settings, llm=llm, admission=admission
+        [task_id], session_factory=session_factory, settings=settings, llm=llm, admission=admission, prices=prices
     )[0]
 
 
@@ -79,11 +104,15 @@ def execute_agent_tasks(
     admission: Admission = NO_ADMISSION_CHECKS,
     kinds: Mapping[str, TaskKind] = KINDS,
     on_settled: OnSettled = None,
+    prices: PriceBook | None = None,
 ) -> list[TaskOutcome]:
     """Run one attempt of each task: claim them all in one transaction, ask `admission` which may run,
     call the LLM for those (concurrently, on `llm`) with no connection held, and record the outcomes as
     the replies arrive: one transaction per group that arrived within `batch_flush_seconds`, so a slow
     reply never holds back the others. A deferred task gives its attempt back.
+
+    Every reply is charged to its task (tokens and cost at `prices`, by default those the settings give),
+    a reply that cannot be used as well.
 
     `on_settled` is called with each group of outcomes once it is recorded (the deliveries that are not to
     run come first, right after the claim), each outcome with the position of its id in `task_ids`; it must
@@ -93,6 +122,7 @@ def execute_agent_tasks(
     LLM errors are classified and recorded in the rows.
     """
     started = time.monotonic()
+    prices = prices or PriceBook(settings)
     ids = [_valid_id(task_id) for task_id in task_ids]
     with session_scope(session_factory) as session:
         claimed = lifecycle.claim_tasks(
@@ -114,12 +144,13 @@ def execute_agent_tasks(
     def record(group: list[tuple[Claim, Settlement]]) -> None:
         outcomes = _record(group, session_factory=session_factory, settings=settings, started=started)
         settled.update(outcomes)
+        _count_charges(how for _, how in group)
         if on_settled:
             on_settled([(positions[task_id], outcome) for task_id, outcome in outcomes.items()])
 
     runs = [step for step in steps if isinstance(step, Claim)]
     try:
-        for group in _settlements(runs, settings=settings, llm=llm, admission=admission, kinds=kinds):
+        for group in _settlements(runs, settings=settings, llm=llm, admission=admission, kinds=kinds, prices=prices):
             record(group)
     except Exception as exc:
         # Cut short (the soft time limit, say): the claims not yet settled are settled with that error, since
@@ -140,11 +171,18 @@ def parse_task_id(task_id: Any) -> uuid.UUID:
 
 
 def _settlements(
-    claims: list[Claim], *, settings: Settings, llm: LLMRunner, admission: Admission, kinds: Mapping[str, TaskKind]
+    claims: list[Claim],
+    *,
+    settings: Settings,
+    llm: LLMRunner,
+    admission: Admission,
+    kinds: Mapping[str, TaskKind],
+    prices: PriceBook,
 ) -> Iterator[list[tuple[Claim, Settlement]]]:
     """Each claim with how it ends, in groups: first the claims that must not run and those admission
     turned away, then the replies, the first to arrive with every other one that arrives within the next
-    `batch_flush_seconds`."""
+    `batch_flush_seconds`. A task too long for its model's context whose agent allows it is sent again,
+    once, with its description cut to fit (through admission again)."""
     prepared: list[tuple[Claim, _Prepared]] = []
     stopped: list[tuple[Claim, Settlement]] = []
     for claim in claims:
@@ -166,15 +204,62 @@ def _settlements(
         for (_, step), decision in zip(prepared, decisions, strict=True)
         if decision.verdict is Verdict.RUN
     ]
-    futures = llm.submit([step.candidate.request for step in admitted])
-    time_llm_calls(futures, [step.candidate.request.model for step in admitted])
-    pending: dict[Future[LLMReply], _Prepared] = dict(zip(futures, admitted, strict=True))
+    pending: dict[Future[LLMReply], _Prepared] = {}
+    _submit(admitted, llm=llm, into=pending)
     while pending:
         first, _ = wait(pending, return_when=FIRST_COMPLETED)
         more, _ = wait(pending.keys() - first, timeout=settings.batch_flush_seconds)
         ended = [(pending.pop(future), future) for future in first | more]
         admission.release([_call_ended(step, future) for step, future in ended])
-        yield [(step.claim, _interpret(step, future)) for step, future in ended]
+        outcomes = [(step, _interpret(step, future, prices=prices)) for step, future in ended]
+        again = [cut for step, how in outcomes if (cut := _cut_to_fit(step, how, kinds=kinds)) is not None]
+        retried = {step.claim.task_id for step in again}
+        group = [(step.claim, how) for step, how in outcomes if step.claim.task_id not in retried]
+        for step, decision in zip(again, admission.admit([step.candidate for step in again]), strict=True):
+            if decision.verdict is Verdict.RUN:
+                _submit([_with_request(step, decision.request)], llm=llm, into=pending)
+            else:
+                group.append((step.claim, _turned_away(decision)))
+        if group:
+            yield group
+
+
+def _submit(steps: list[_Prepared], *, llm: LLMRunner, into: dict[Future[LLMReply], _Prepared]) -> None:
+    futures = llm.submit([step.candidate.request for step in steps])
+    time_llm_calls(futures, [step.candidate.request.model for step in steps])
+    into.update(zip(futures, steps, strict=True))
+
+
+def _cut_to_fit(step: _Prepared, how: Settlement, *, kinds: Mapping[str, TaskKind]) -> _Prepared | None:
+    """The step again with its description cut to fit its model's context, when the call exceeded it, the
+    agent allows cutting and it was not cut already; else None."""
+    if not (isinstance(how, ContextLengthExceededError) and step.work.agent.truncate_to_fit and not step.truncated):
+        return None
+    description = fitted_description(step.work.description, str(how), request=step.candidate.request)
+    if description is None:
+        return None
+    work = replace(step.work, description=description)
+    candidate = replace(step.candidate, request=step.kind.build_request(work))
+    return replace(step, work=work, candidate=candidate, truncated=True)
+
+
+def fitted_description(description: str, error: str, *, request: LLMRequest) -> str | None:
+    """`description` cut so that the request fits the context the provider's `error` states ("maximum context
+    length is N tokens ... M in the messages" or "resulted in M tokens"), with a tenth to spare; None when the
+    error gives no figures or cutting all of the description would not be enough."""
+    limit, prompt = _first_number(CONTEXT_LIMIT, error), _first_number(PROMPT_SIZE, error)
+    if limit is None or prompt is None:
+        return None
+    room = limit - request.max_tokens  # what the messages may use
+    characters = sum(len(text) for _, text in request.messages)
+    excess_chars = (prompt - room) * characters / prompt * 1.1
+    keep = int(len(description) - excess_chars)
+    return description[:keep] if keep > 0 else None
+
+
+def _first_number(pattern: re.Pattern[str], text: str) -> int | None:
+    found = pattern.search(text)
+    return int(next(group for group in found.groups() if group)) if found else None
 
 
 def _admit(admission: Admission, candidates: list[Candidate], *, settings: Settings) -> list[Decision]:
@@ -222,15 +307,34 @@ def _turned_away(decision: Decision) -> Settlement:
     return decision
 
 
-def _interpret(step: _Prepared, future: Future[LLMReply]) -> Settlement:
+def _interpret(step: _Prepared, future: Future[LLMReply], *, prices: PriceBook) -> Settlement:
+    model = step.candidate.request.model
     error = future.exception()
     if error is not None:
-        return error
+        classified = classify(error)  # the LLM process classifies its errors; an in-process runner does not
+        if isinstance(classified, ContextLengthExceededError):
+            return ContextLengthExceededError(str(classified).replace("the model's", f"{model}'s", 1))
+        return classified
     reply = future.result()
+    charge = Charge(model, reply.usage, prices.cost(model, reply.usage)) if reply.usage else None
+    if reply.finish_reason == CONTENT_FILTERED:
+        return Unusable(ContentFilteredError(f"the provider's content filter stopped {model}'s reply"), charge)
     try:
-        return Answer(step.kind.interpret(step.work, reply), step.candidate.request.model, reply.usage)
+        return Answer(step.kind.interpret(step.work, reply), model, reply.usage, charge)
     except (PermanentError, RetryableError) as exc:
-        return exc
+        return Unusable(exc, charge)
+
+
+def _count_charges(settlements: Iterable[Settlement]) -> None:
+    for how in settlements:
+        if isinstance(how, Answer | Unusable) and how.charge is not None:
+            usage = how.charge.usage
+            tokens = {
+                "prompt": usage.prompt_tokens,
+                "completion": usage.completion_tokens,
+                "cached": usage.cached_tokens,
+            }
+            count_llm_usage(how.charge.model, tokens=tokens, cost_usd=how.charge.cost_usd)
 
 
 def _record(
@@ -263,8 +367,10 @@ def _settle(session: Session, claim: Claim, how: Settlement, *, settings: Settin
         return _outcome(claim, Outcome.DEFERRED, error=how.reason, retry_in=how.retry_in)
     if isinstance(how, BaseException):
         return _record_error(session, claim, classify(how), settings=settings)
+    if isinstance(how, Unusable):
+        return _record_error(session, claim, how.error, settings=settings, charge=how.charge)
     result = how.result.text[: settings.max_result_length]
-    done = lifecycle.record_success(session, claim, result=result, model=how.model, usage=how.usage, now=utcnow())
+    done = lifecycle.record_success(session, claim, result=result, model=how.model, charge=how.charge, now=utcnow())
     if not done:
         return _superseded(session, claim)
     usage = how.usage
@@ -274,13 +380,18 @@ def _settle(session: Session, claim: Claim, how: Settlement, *, settings: Settin
 
 
 def _record_error(
-    session: Session, claim: Claim, error: RetryableError | PermanentError, *, settings: Settings
+    session: Session,
+    claim: Claim,
+    error: RetryableError | PermanentError,
+    *,
+    settings: Settings,
+    charge: Charge | None = None,
 ) -> TaskOutcome:
     retry = isinstance(error, RetryableError) and claim.attempt < settings.task_max_attempts
     exhausted = isinstance(error, RetryableError) and not retry
     message = f"gave up after {claim.attempt} attempts: {error}" if exhausted else str(error)
     record = lifecycle.record_retry if retry else lifecycle.record_failure
-    if not record(session, claim, error=message, now=utcnow()):
+    if not record(session, claim, error=message, charge=charge, now=utcnow()):
         return _superseded(session, claim, error=message)
     if retry:
         requested = error.delay if isinstance(error, RetryableError) else None

@@ -15,6 +15,7 @@ from admission.base import Admission
 from config import Settings
 from database import make_engine, make_session_factory
 from errors import ConfigurationError
+from llm.prices import PriceBook
 from llm.runners import LLMRunner, make_runner
 
 
@@ -38,9 +39,16 @@ class Services:
         return redis.Redis.from_url(self.settings.redis_url)
 
     @cached_property
+    def prices(self) -> PriceBook:
+        """Each model's prices, looked up once per process."""
+        return PriceBook(self.settings)
+
+    @cached_property
     def admission(self) -> Admission:
         """The admission controls the settings switch on (none by default)."""
-        return build_admission(self.settings, redis=lambda: self.redis, session_factory=self.session_factory)
+        return build_admission(
+            self.settings, redis=lambda: self.redis, session_factory=self.session_factory, prices=self.prices
+        )
 
     @cached_property
     def llm_runner(self) -> LLMRunner:

@@ -31,7 +31,8 @@ async def run_request(request: LLMRequest, *, settings: Settings) -> LLMReply:
     except TypeError as exc:
         # ChatOpenAI raises TypeError for a 200 reply without `choices`; it is the provider's fault.
         raise RetryableError(f"LLM returned a malformed reply: {exc}", fault=ProviderFault.UNAVAILABLE) from exc
-    return LLMReply(text=str(message.text), usage=_usage(message))
+    finish_reason = message.response_metadata.get("finish_reason")
+    return LLMReply(text=str(message.text), usage=_usage(message), finish_reason=finish_reason)
 
 
 def chat_model(request: LLMRequest, settings: Settings) -> ChatOpenAI:
@@ -94,4 +95,5 @@ def _usage(message: AIMessage) -> Usage | None:
         prompt_tokens=usage.get("input_tokens", 0),
         completion_tokens=usage.get("output_tokens", 0),
         total_tokens=usage.get("total_tokens", 0),
+        cached_tokens=usage.get("input_token_details", {}).get("cache_read", 0) or 0,
     )

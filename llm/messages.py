@@ -37,16 +37,20 @@ class LLMRequest:
 
 @dataclass(frozen=True)
 class Usage:
-    """Tokens one call used, as the provider reported them."""
+    """Tokens one call used, as the provider reported them. `cached_tokens` is the part of the prompt the
+    provider read from its prompt cache (billed at a lower price); it is included in `prompt_tokens`."""
 
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    cached_tokens: int = 0
 
 
 @dataclass(frozen=True)
 class LLMReply:
-    """What the model answered, and what it cost in tokens (None when the provider did not say)."""
+    """What the model answered, what it cost in tokens (None when the provider did not say), and why it
+    stopped (`stop`, `length`, `content_filter`, ...; None when not said)."""
 
     text: str
     usage: Usage | None
+    finish_reason: str | None = None

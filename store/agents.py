@@ -23,6 +23,15 @@ class AgentSpec:
     options: ModelOptions
     kind: str = "text"
     fallback_model: str | None = None  # called instead of `model` while its circuit breaker is open
+    truncate_to_fit: bool = False
+
+
+class AgentSettings(ModelOptions):
+    """An agent's settings (its `settings` column): the model options, and what the service may do with its
+    tasks. `truncate_to_fit`: a task too long for the model's context is sent again, once, with its
+    description cut to fit, rather than failed."""
+
+    truncate_to_fit: bool = False
 
 
 def agent_spec(agent: Any) -> tuple[AgentSpec | None, str | None]:
@@ -30,9 +39,10 @@ def agent_spec(agent: Any) -> tuple[AgentSpec | None, str | None]:
     if not agent.is_active:
         return None, f"agent {agent.name!r} is inactive"
     try:
-        options = ModelOptions.model_validate(agent.settings or {})
+        settings = AgentSettings.model_validate(agent.settings or {})
     except ValidationError as exc:
         return None, f"agent {agent.name!r} has invalid settings: {exc}"
+    options = ModelOptions.model_validate(settings.model_dump(exclude={"truncate_to_fit"}))
     spec = AgentSpec(
         agent.id,
         agent.prompt,
@@ -41,5 +51,6 @@ def agent_spec(agent: Any) -> tuple[AgentSpec | None, str | None]:
         agent.max_tokens,
         options,
         fallback_model=agent.fallback_model,
+        truncate_to_fit=settings.truncate_to_fit,
     )
     return spec, None

@@ -58,6 +58,25 @@ _OWNED = (_THIS_TASK, _TASKS.c.status == TaskStatus.RUNNING, _TASKS.c.attempts =
 _TAKE_ABANDONED = update(_TASKS).where(*_OWNED).values(**_TAKE_VALUES).returning(*_CLAIMED_COLUMNS)
 _AGENTS_OF = select(_AGENTS).where(_AGENTS.c.id.in_(bindparam("p_agents", expanding=True)))
 _FINISHED = dict(finished_at=_NOW, updated_at=_NOW, duration_ms=bindparam("p_duration"))
+
+
+def _plus(column: Any, name: str) -> Any:
+    """The task's sum with one call's figure added; a call that reported nothing leaves it as it is."""
+    figure = bindparam(name, type_=column.type)
+    return case((figure.is_(None), column), else_=func.coalesce(column, 0) + figure)
+
+
+_UNPRICED_SO_FAR = _TASKS.c.unpriced_calls + bindparam("p_unpriced")
+# Every settled attempt adds what its call cost to the task's sums (nothing when no provider answered).
+_CHARGED = dict(
+    prompt_tokens=_plus(_TASKS.c.prompt_tokens, "p_prompt_tokens"),
+    completion_tokens=_plus(_TASKS.c.completion_tokens, "p_completion_tokens"),
+    total_tokens=_plus(_TASKS.c.total_tokens, "p_total_tokens"),
+    cached_tokens=_plus(_TASKS.c.cached_tokens, "p_cached_tokens"),
+    unpriced_calls=_UNPRICED_SO_FAR,
+    # A task with any call of unknown price has no known cost: NULL, never an understated sum.
+    cost_usd=case((_UNPRICED_SO_FAR > 0, None), else_=_plus(_TASKS.c.cost_usd, "p_cost")),
+)
 _COMPLETE = (
     update(_TASKS)
     .where(*_OWNED)
@@ -66,17 +85,17 @@ _COMPLETE = (
         result=bindparam("p_result"),
         error=None,
         model=bindparam("p_model"),
-        prompt_tokens=bindparam("p_prompt_tokens"),
-        completion_tokens=bindparam("p_completion_tokens"),
-        total_tokens=bindparam("p_total_tokens"),
+        **_CHARGED,
         **_FINISHED,
     )
 )
-_FAIL = update(_TASKS).where(*_OWNED).values(status=TaskStatus.FAILED, error=bindparam("p_error"), **_FINISHED)
+_FAIL = (
+    update(_TASKS).where(*_OWNED).values(status=TaskStatus.FAILED, error=bindparam("p_error"), **_CHARGED, **_FINISHED)
+)
 _REQUEUE = (
     update(_TASKS)
     .where(*_OWNED)
-    .values(status=TaskStatus.QUEUED, error=bindparam("p_error"), queued_at=_NOW, updated_at=_NOW)
+    .values(status=TaskStatus.QUEUED, error=bindparam("p_error"), queued_at=_NOW, updated_at=_NOW, **_CHARGED)
 )
 # A deferred attempt gives its attempt back, and its start time if it was the first.
 _DEFER = (
@@ -111,6 +130,32 @@ class Claim:
     started_at: datetime
     user_id: str = ""
     agent_error: str | None = None
+
+
+@dataclass(frozen=True)
+class Charge:
+    """What one attempt's call cost: the model that answered, the tokens it reported and their price in USD
+    (None when the model has no price)."""
+
+    model: str
+    usage: Usage
+    cost_usd: float | None
+
+    def params(self) -> dict[str, Any]:
+        usage = self.usage
+        return {
+            "p_prompt_tokens": usage.prompt_tokens,
+            "p_completion_tokens": usage.completion_tokens,
+            "p_total_tokens": usage.total_tokens,
+            "p_cached_tokens": usage.cached_tokens,
+            "p_cost": self.cost_usd,
+            "p_unpriced": int(self.cost_usd is None),
+        }
+
+
+NO_CHARGE = {
+    name: None for name in ("p_prompt_tokens", "p_completion_tokens", "p_total_tokens", "p_cached_tokens", "p_cost")
+} | {"p_unpriced": 0}
 
 
 @dataclass(frozen=True)
@@ -212,24 +257,23 @@ def _is_abandoned(task: Task, *, settings: Settings, now: datetime, owner_is_gon
 
 
 def record_success(
-    session: Session, claim: Claim, *, result: str, model: str, usage: Usage | None, now: datetime
+    session: Session, claim: Claim, *, result: str, model: str, charge: Charge | None = None, now: datetime
 ) -> bool:
-    """running -> completed with the result and the model that answered, only while this claim still owns
-    the task. Returns whether it did."""
-    tokens = (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens) if usage else (None, None, None)
-    values = dict(zip(("p_prompt_tokens", "p_completion_tokens", "p_total_tokens"), tokens), p_result=result)
-    values["p_model"] = model
-    return _settle(session, _COMPLETE, claim, now=now, **values)
+    """running -> completed with the result and the model that answered, adding the call's `charge` to the
+    task's sums, only while this claim still owns the task. Returns whether it did."""
+    charged = charge.params() if charge else NO_CHARGE
+    return _settle(session, _COMPLETE, claim, now=now, p_result=result, p_model=model, **charged)
 
 
-def record_failure(session: Session, claim: Claim, *, error: str, now: datetime) -> bool:
-    """running -> failed with `error`, only while this claim still owns the task."""
-    return _settle_unfinished(session, _FAIL, claim, outcome="failed", error=error, now=now)
+def record_failure(session: Session, claim: Claim, *, error: str, charge: Charge | None = None, now: datetime) -> bool:
+    """running -> failed with `error` (and the call's `charge`, when a reply was paid for), only while this
+    claim still owns the task."""
+    return _settle_unfinished(session, _FAIL, claim, outcome="failed", error=error, charge=charge, now=now)
 
 
-def record_retry(session: Session, claim: Claim, *, error: str, now: datetime) -> bool:
-    """running -> queued for another attempt, keeping the last error."""
-    return _settle_unfinished(session, _REQUEUE, claim, outcome="retried", error=error, now=now)
+def record_retry(session: Session, claim: Claim, *, error: str, charge: Charge | None = None, now: datetime) -> bool:
+    """running -> queued for another attempt, keeping the last error and adding the call's `charge`."""
+    return _settle_unfinished(session, _REQUEUE, claim, outcome="retried", error=error, charge=charge, now=now)
 
 
 def record_deferral(session: Session, claim: Claim, *, reason: str, now: datetime) -> bool:
@@ -337,12 +381,25 @@ def _settle(session: Session, statement: Update, claim: Claim, *, now: datetime,
 
 
 def _settle_unfinished(
-    session: Session, statement: Update, claim: Claim, *, outcome: str, error: str, now: datetime
+    session: Session, statement: Update, claim: Claim, *, outcome: str, error: str, charge: Charge | None, now: datetime
 ) -> bool:
-    """Settle an attempt that did not complete its task, and keep it in the task's history."""
-    owned = _settle(session, statement, claim, now=now, p_error=error)
+    """Settle an attempt that did not complete its task, and keep it in the task's history with its charge."""
+    owned = _settle(session, statement, claim, now=now, p_error=error, **(charge.params() if charge else NO_CHARGE))
     if owned:
-        session.add(TaskAttempt(task_id=claim.task_id, attempt=claim.attempt, outcome=outcome, error=error, at=now))
+        paid = (
+            dict(
+                model=charge.model,
+                prompt_tokens=charge.usage.prompt_tokens,
+                completion_tokens=charge.usage.completion_tokens,
+                cached_tokens=charge.usage.cached_tokens,
+                cost_usd=charge.cost_usd,
+            )
+            if charge
+            else {}
+        )
+        session.add(
+            TaskAttempt(task_id=claim.task_id, attempt=claim.attempt, outcome=outcome, error=error, at=now, **paid)
+        )
     return owned
 
 
@@ -365,7 +422,7 @@ def _finished_of(task: Task) -> Finished | None:
         return None
     prompt, completion, total = task.prompt_tokens, task.completion_tokens, task.total_tokens
     usage = (
-        Usage(prompt, completion, total)
+        Usage(prompt, completion, total, task.cached_tokens or 0)
         if prompt is not None and completion is not None and total is not None
         else None
     )

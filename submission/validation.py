@@ -20,7 +20,7 @@ from pydantic import (
 
 from config import Settings
 from errors import TaskValidationError
-from llm.messages import ModelOptions
+from store.agents import AgentSettings
 
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -75,7 +75,7 @@ class AgentInput(BaseModel):
     fallback_model: Name | None = None
     temperature: float = Field(0.7, ge=0, le=2)
     max_tokens: int = Field(1000, ge=1, le=200_000)
-    settings: ModelOptions = ModelOptions()
+    settings: AgentSettings = AgentSettings()
 
     @model_validator(mode="after")
     def _fallback_is_another_model(self) -> AgentInput:

@@ -4,12 +4,15 @@ in as `rich.text.Text`, never as markup."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import timedelta
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from models import Task, TaskStatus
+from store.stats import TaskStats
 
 
 def task_table(tasks: Sequence[Task], *, console: Console, title: str = "Tasks", full_ids: bool = True) -> Table:
@@ -42,3 +45,44 @@ def task_table(tasks: Sequence[Task], *, console: Console, title: str = "Tasks",
         }
         table.add_row(*(Text(cells[column]) for column in widths))
     return table
+
+
+def stats_table(figures: Sequence[TaskStats], *, by: str, since: timedelta) -> Table:
+    """`python cli.py stats`: one row per group, the most costly first; "+N?" counts the tasks left
+    out of the cost since a call of theirs had no price."""
+    table = Table(
+        title=f"Tasks finished in the last {_span(since)}, by {by}",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    table.add_column(by, overflow="fold", min_width=12)
+    for column in ("tasks", "ok", "avg ms", "p95 ms", "prompt", "cached", "output", "USD"):  # fits 80 columns
+        table.add_column(column, justify="right", no_wrap=True, min_width=len(column))
+    for group in figures:
+        success = "-" if group.success_rate is None else f"{group.success_rate:.0%}"
+        cost = f"{group.cost_usd:.6f}" + (f" +{group.unpriced_tasks}?" if group.unpriced_tasks else "")
+        table.add_row(
+            Text(group.group),
+            str(group.tasks),
+            success,
+            _ms(group.avg_duration_ms),
+            _ms(group.p95_duration_ms),
+            str(group.prompt_tokens),
+            str(group.cached_tokens),
+            str(group.completion_tokens),
+            cost,
+        )
+    return table
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
+def _span(since: timedelta) -> str:
+    seconds = since.total_seconds()
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"

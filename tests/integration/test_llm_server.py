@@ -398,7 +398,7 @@ def test_latency_header_delays_the_reply(client: openai.OpenAI) -> None:
 
 def test_configured_latency_applies_until_reset(client: openai.OpenAI, server: RunningServer) -> None:
     config = server.control("POST", "/control/config", {"latency_ms": 250})
-    assert config.json() == {"latency_ms": 250, "latency_jitter_ms": 0}
+    assert config.json() == {"latency_ms": 250, "latency_jitter_ms": 0, "context_window": 0}
     started = time.monotonic()
     ask(client, "hello")
     assert time.monotonic() - started >= 0.25

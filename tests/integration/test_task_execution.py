@@ -125,23 +125,15 @@ def test_stale_claim_cannot_complete_after_the_task_was_reclaimed(db_session, qu
     long_ago = utcnow() - timedelta(seconds=settings.stale_task_after_seconds + 1)
     stale = claim_as(db_session, queued_task, settings, now=long_ago)
     fresh = claim_as(db_session, queued_task, settings, now=utcnow())
-    assert (
-        lifecycle.record_success(db_session, stale, result="late", model="gpt-4o-mini", usage=None, now=utcnow())
-        is False
-    )
-    assert (
-        lifecycle.record_success(db_session, fresh, result="on time", model="gpt-4o-mini", usage=None, now=utcnow())
-        is True
-    )
+    assert lifecycle.record_success(db_session, stale, result="late", model="gpt-4o-mini", now=utcnow()) is False
+    assert lifecycle.record_success(db_session, fresh, result="on time", model="gpt-4o-mini", now=utcnow()) is True
     assert reload(db_session, queued_task).result == "on time"
 
 
 def test_cancelled_running_task_never_becomes_completed(db_session, queued_task, settings):
     claim = claim_as(db_session, queued_task, settings, now=utcnow())
     assert lifecycle.cancel_task(db_session, queued_task.id, now=utcnow()) == TaskStatus.CANCELLED
-    assert (
-        lifecycle.record_success(db_session, claim, result="x", model="gpt-4o-mini", usage=None, now=utcnow()) is False
-    )
+    assert lifecycle.record_success(db_session, claim, result="x", model="gpt-4o-mini", now=utcnow()) is False
     assert reload(db_session, queued_task).status == TaskStatus.CANCELLED
 
 

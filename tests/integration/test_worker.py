@@ -162,7 +162,8 @@ def test_each_task_is_logged_and_counted_in_prometheus(app, agent, session_facto
     completed = re.search(r'agent_service_task_runs_total\{status="completed",task="agent_task"\} (\S+)', metrics)
     assert completed and float(completed.group(1)) >= 5
     assert 'agent_service_task_duration_seconds_count{task="agent_task"}' in metrics
-    assert re.search(r'agent_service_llm_tokens_total\{kind="prompt"\} [1-9]', metrics)
+    assert re.search(r'agent_service_llm_tokens_total\{kind="prompt",model="gpt-4o-mini"\} [1-9]', metrics)
+    assert re.search(r'agent_service_llm_cost_usd_total\{model="gpt-4o-mini"\} [0-9.e-]*[1-9]', metrics)
 
 
 def test_metrics_exporter_listens_on_metrics_address_which_is_loopback_by_default(metrics_port):

@@ -7,7 +7,14 @@ import pickle
 import openai
 import pytest
 
-from errors import PermanentError, ProviderFault, RetryableError, classify
+from errors import (
+    ContentFilteredError,
+    ContextLengthExceededError,
+    PermanentError,
+    ProviderFault,
+    RetryableError,
+    classify,
+)
 
 
 @pytest.fixture(scope="module")
@@ -67,3 +74,10 @@ def test_the_blame_survives_the_trip_from_the_llm_process():
         copy = pickle.loads(pickle.dumps(error))
         assert (type(copy), str(copy), copy.fault) == (type(error), str(error), error.fault)
     assert pickle.loads(pickle.dumps(RetryableError("503", delay=2.0))).delay == 2.0
+
+
+def test_errors_the_model_causes_are_their_own_kinds_and_never_retried(client):
+    too_long = classify(provoke(client, "context_length_exceeded"))
+    filtered = classify(provoke(client, "content_filter"))
+    assert isinstance(too_long, ContextLengthExceededError) and "maximum context length is 128000" in str(too_long)
+    assert isinstance(filtered, ContentFilteredError) and "content filter" in str(filtered)

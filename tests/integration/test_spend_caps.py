@@ -1,0 +1,196 @@
+"""Spend caps on real Redis, PostgreSQL, worker processes and the bundled LLM server: two workers never
+spend past a user's daily cap, a held task waits with its reason and a hard cap fails it before any call, a
+per-user override applies, and a reservation left by a SIGKILLed process expires."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+from sqlalchemy import func, select
+
+from admission import build_admission
+from admission.base import Candidate, Verdict
+from admission.spend_caps import KEY_PREFIX
+from database import session_scope
+from devtools.processes import ROOT, start_worker, stop_process
+from execution.outcomes import Outcome
+from execution.pipeline import execute_agent_task
+from kinds.base import TaskWork
+from kinds.text import TextKind
+from llm.runners import LLMRunner, make_runner
+from models import Agent, LimitScope, Task, TaskStatus
+from store.agents import agent_spec
+from store.overrides import set_override
+from tasks import create_agent_tasks
+from tests.integration.conftest import IDLE_REDIS, LOG_DIR
+from tests.support import LLMControl, run_cli, wait_until
+
+CAP = 0.0002  # USD: a few tasks of gpt-4o-mini at max_tokens 50 (each estimated at about $0.00004)
+
+
+@pytest.fixture
+def cap_redis(idle_app) -> redis.Redis:
+    """The Redis of these tests' own workers (the idle database: the shared test worker never reads it)."""
+    client = redis.Redis.from_url(IDLE_REDIS)
+    client.flushdb()
+    return client
+
+
+@pytest.fixture(scope="module")
+def runner(settings) -> Iterator[LLMRunner]:
+    llm = make_runner(settings.model_copy(update={"llm_process": False}))
+    yield llm
+    llm.close()
+
+
+def capped(settings, **caps):
+    values = dict(redis_url=IDLE_REDIS, spend_cap_recheck_seconds=1.0, spend_hold_seconds=6.0, **caps)
+    return settings.model_copy(update=values)
+
+
+def new_agent(session_factory) -> Agent:
+    with session_scope(session_factory) as session:
+        agent = Agent(
+            name=f"capped-{uuid.uuid4().hex[:8]}",
+            prompt="You are careful.",
+            model="gpt-4o-mini",
+            temperature=0.0,
+            max_tokens=50,
+        )
+        session.add(agent)
+    return agent
+
+
+def new_task(session_factory, agent: Agent, user: str) -> uuid.UUID:
+    with session_scope(session_factory) as session:
+        task = Task(title="Capped", description="Summarise the report.", agent_id=agent.id, user_id=user)
+        session.add(task)
+        session.flush()
+        return task.id
+
+
+def test_two_workers_never_spend_past_a_users_daily_cap(settings, idle_app, cap_redis, session_factory):
+    # Given two workers sharing a user's daily cap of $0.0002
+    user, agent = f"u-cap-{uuid.uuid4().hex[:6]}", new_agent(session_factory)
+    env = capped(settings, user_daily_spend_cap_usd=CAP).as_env()
+    workers = [
+        start_worker(env=env, log_path=LOG_DIR / f"cap-worker-{n}.log", name=f"cap{n}", concurrency=8) for n in (1, 2)
+    ]
+    try:
+        # When the user submits far more work than the cap pays for
+        items = [{"title": f"t{n}", "agent_id": str(agent.id), "user_id": user} for n in range(40)]
+        ids = [uuid.UUID(task_id) for task_id in create_agent_tasks(items, app=idle_app)]
+
+        def settled() -> bool:
+            with session_scope(session_factory) as session:
+                waiting = session.scalar(select(func.count()).where(Task.id.in_(ids), Task.waiting_reason.is_not(None)))
+                running = session.scalar(
+                    select(func.count()).where(Task.id.in_(ids), Task.status == TaskStatus.RUNNING)
+                )
+            return bool(waiting) and not running
+
+        wait_until(settled, what="tasks held by the cap", timeout=60)
+        time.sleep(2)  # a few re-checks: only what the reservations gave back may still run
+    finally:
+        for worker in workers:
+            stop_process(worker)
+    with session_scope(session_factory) as session:
+        tasks = session.scalars(select(Task).where(Task.id.in_(ids))).all()
+        session.expunge_all()
+    # Then what was spent stays within the cap, and the rest waits saying why
+    completed = [task for task in tasks if task.status is TaskStatus.COMPLETED]
+    held = [task for task in tasks if task.status is TaskStatus.QUEUED and task.waiting_reason]
+    spent = sum(task.cost_usd or 0.0 for task in tasks)
+    assert len(completed) >= 3 and held, (len(completed), len(held))
+    assert spent <= CAP
+    assert all(task.waiting_reason.startswith(f"user {user} daily cap $0.0002: $0.000") for task in held)
+    booked = float(cap_redis.get(f"{KEY_PREFIX}:user:{user}:{time.strftime('%Y-%m-%d', time.gmtime())}:spent"))
+    assert booked == pytest.approx(spent, rel=1e-6)
+
+
+def test_a_held_task_waits_with_its_reason_shown_by_cli_status(
+    settings, session_factory, runner, cap_redis, llm: LLMControl
+):
+    # Given a user whose own cap (an override of an unset default) is below one call's estimate
+    user, agent = f"u-hold-{uuid.uuid4().hex[:6]}", new_agent(session_factory)
+    with session_scope(session_factory) as session:
+        set_override(session, LimitScope.USER, user, "daily_spend_cap_usd", "0.00001")
+    on = capped(settings, spend_caps=True)
+    admission = build_admission(on, redis=lambda: cap_redis, session_factory=session_factory)
+    task_id = new_task(session_factory, agent, user)
+    before = len(llm.requests(""))
+    # When it runs
+    outcome = execute_agent_task(task_id, session_factory=session_factory, settings=on, llm=runner, admission=admission)
+    # Then it is deferred before any call, keeps its attempt, and cli status says why it waits
+    assert outcome.status is Outcome.DEFERRED and outcome.retry_in <= 1.0
+    with session_scope(session_factory) as session:
+        task = session.get(Task, task_id)
+        assert (task.status, task.attempts) == (TaskStatus.QUEUED, 0)
+    assert len(llm.requests("")) == before
+    shown = run_cli(on, "status", str(task_id))
+    assert shown.stdout.splitlines()[0].startswith(f"waiting: user {user} daily cap $0.00001: ")
+
+
+def test_a_hard_cap_fails_the_task_before_any_call(settings, session_factory, runner, cap_redis, llm: LLMControl):
+    agent = new_agent(session_factory)
+    user = f"u-hard-{uuid.uuid4().hex[:6]}"
+    hard = capped(settings, agent_monthly_spend_cap_usd=0.00001, spend_cap_mode="hard")
+    admission = build_admission(hard, redis=lambda: cap_redis, session_factory=session_factory)
+    task_id = new_task(session_factory, agent, user)
+    before = len(llm.requests(""))
+    outcome = execute_agent_task(
+        task_id, session_factory=session_factory, settings=hard, llm=runner, admission=admission
+    )
+    with session_scope(session_factory) as session:
+        task = session.get(Task, task_id)
+        assert task.status is TaskStatus.FAILED
+        assert task.error.startswith(f"refused: agent {agent.id} monthly cap $0.00001: ")
+    assert outcome.status is Outcome.FAILED and len(llm.requests("")) == before
+
+
+def test_a_reservation_left_by_a_killed_process_expires(settings, session_factory, cap_redis):
+    # Given a process that reserved a call's estimate against a cap and was SIGKILLed before settling it
+    agent, user = new_agent(session_factory), f"u-kill-{uuid.uuid4().hex[:6]}"
+    on = capped(settings, user_daily_spend_cap_usd=0.00005)
+    reserve_and_die = f"""
+import os, signal, uuid, redis
+from admission import build_admission
+from admission.base import Candidate
+from config import Settings
+from database import make_engine, make_session_factory
+from kinds.base import TaskWork
+from kinds.text import TextKind
+from models import Agent
+settings = Settings()
+factory = make_session_factory(make_engine(settings))
+with factory() as session:
+    from store.agents import agent_spec
+    spec, _ = agent_spec(session.get(Agent, uuid.UUID("{agent.id}")))
+request = TextKind().build_request(TaskWork(spec, "Capped", "Summarise the report."))
+admission = build_admission(settings, redis=lambda: redis.Redis.from_url(settings.redis_url), session_factory=factory)
+decision, = admission.admit([Candidate(uuid.uuid4(), "{user}", 1, spec, request)])
+assert decision.verdict.value == "run", decision
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+    died = subprocess.run([sys.executable, "-c", reserve_and_die], cwd=ROOT, env={**on.as_env()}, capture_output=True)
+    assert died.returncode == -9, died.stderr.decode()[-2000:]
+    # When another worker asks right away, the orphan reservation leaves no room; once it expires, there is
+    admission = build_admission(on, redis=lambda: cap_redis, session_factory=session_factory)
+    with session_scope(session_factory) as session:
+        spec, _ = agent_spec(session.get(Agent, agent.id))
+    request = TextKind().build_request(TaskWork(spec, "Capped", "Summarise the report."))
+
+    def ask() -> Verdict:
+        [decision] = admission.admit([Candidate(uuid.uuid4(), user, 1, spec, request)])
+        return decision.verdict
+
+    assert ask() is Verdict.DEFER
+    started = time.monotonic()
+    wait_until(lambda: ask() is Verdict.RUN, what="reservation expiry", timeout=20)
+    assert 3 < time.monotonic() - started < 15  # SPEND_HOLD_SECONDS is 6
