@@ -7,12 +7,13 @@ bundled offline LLM server); `.env.example` shows the production values.
 from __future__ import annotations
 
 import ipaddress
+import json
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from errors import ConfigurationError
@@ -25,6 +26,15 @@ POSTGRES_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg2", "postgresql
 SQLITE_SCHEMES = ("sqlite", "sqlite+pysqlite")
 # Only the bundled offline server (`devtools/llm_server.py`), which runs on loopback, takes this key.
 OFFLINE_API_KEY = "offline-key"
+
+
+class ModelRateLimit(BaseModel):
+    """Requests and tokens per minute for one model (either may be absent: no limit)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rpm: float | None = Field(None, gt=0)
+    tpm: float | None = Field(None, gt=0)
 
 
 class Settings(BaseSettings):
@@ -97,6 +107,23 @@ class Settings(BaseSettings):
     flower_address: str = Field("127.0.0.1", description="beyond loopback, Flower requires FLOWER_BASIC_AUTH")
     flower_port: int = Field(5555, ge=1, le=65535)
     flower_basic_auth: SecretStr | None = Field(None, description="Flower's logins: user:password[,user:password]")
+
+    # Shared admission controls (README "Cost and limits"): every one is off unless switched on here, and
+    # keeps its state in Redis (REDIS_URL), so it holds across every worker on every host.
+    pause_enabled: bool = Field(False, description="workers obey `python cli.py pause` (one Redis GET per batch)")
+    concurrency_caps_enabled: bool = Field(False, description="cap each agent's and user's LLM calls at once")
+    agent_concurrency_cap: int = Field(0, ge=0, description="calls at once per agent (0: none); overridable")
+    user_concurrency_cap: int = Field(0, ge=0, description="calls at once per user (0: none); overridable")
+    rate_limits_enabled: bool = Field(False, description="reserve requests and tokens per minute before each call")
+    llm_rate_limits: dict[str, ModelRateLimit] = Field(
+        default_factory=dict, description='per model, as JSON: {"gpt-4o-mini": {"rpm": 500, "tpm": 200000}}'
+    )
+    rate_limit_burst_seconds: float = Field(
+        1.0, gt=0, description="a rate limit lets through at most this many seconds of its rate at once"
+    )
+    rate_limit_max_wait_seconds: float = Field(
+        1.0, ge=0, description="a call waits in the worker this long at most for its rate; beyond, it is deferred"
+    )
     log_json: bool = True
 
     @field_validator("flower_basic_auth")
@@ -157,7 +184,10 @@ class Settings(BaseSettings):
         """Environment variables that make a child process build these same settings."""
         values = self.model_dump(exclude_none=True)
         secrets = {name: value.get_secret_value() for name, value in values.items() if isinstance(value, SecretStr)}
-        return {name.upper(): str(value) for name, value in {**values, **secrets}.items()}
+        # Complex values (LLM_RATE_LIMITS) travel as JSON, as pydantic-settings reads them.
+        nested = {name: json.dumps(value) for name, value in self.model_dump(mode="json").items() if name in values}
+        nested = {name: text for name, text in nested.items() if isinstance(values[name], dict | list)}
+        return {name.upper(): str(value) for name, value in {**values, **secrets, **nested}.items()}
 
     @property
     def broker_url(self) -> str:
