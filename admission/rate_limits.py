@@ -50,7 +50,9 @@ MIN_RETRY_SECONDS = 0.1
 # needs, then per bucket its index in KEYS and the seconds its amount costs there. Returns per candidate
 # {index of the bucket that held it back or 0, seconds to wait}: index 0 is a reservation (sleep the wait
 # before calling), another index a refusal (the wait is when it would fit, counting the refusals before
-# it in this batch as if they had been reserved, so that they come back one after the other).
+# it in this batch as if they had been reserved, so that they come back one after the other). A batch in
+# which some call fits now reserves no later slot: it would hold the call back and reach the provider as
+# one bunch; so calls arrive in bunches of at most `max_wait * rate`.
 _RESERVE = """
 local now = redis.call('TIME')
 now = tonumber(now[1]) + tonumber(now[2]) / 1e6
@@ -62,6 +64,7 @@ for i, key in ipairs(KEYS) do
 end
 local function wait(from, cost) return from + math.min(cost, burst) - burst - now end
 local result = {}
+local sends_now = false
 local at = 3
 while at <= #ARGV do
   local needed = tonumber(ARGV[at])
@@ -72,7 +75,9 @@ while at <= #ARGV do
     if w > worst then worst, blocker = w, k end
     queued_wait = math.max(queued_wait, wait(queued[k], cost))
   end
-  local reserve = worst <= max_wait
+  -- A batch sends what fits now at once; only a batch none of whose calls fits now waits for its slots.
+  local reserve = worst <= 0 or (worst <= max_wait and not sends_now)
+  sends_now = sends_now or worst <= 0
   for j = 1, needed do
     local k, cost = tonumber(ARGV[at + 2 * j - 1]), tonumber(ARGV[at + 2 * j])
     if reserve then

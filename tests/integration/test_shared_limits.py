@@ -78,11 +78,15 @@ def test_a_call_whose_slot_comes_within_the_max_wait_waits_in_the_worker(setting
         llm_rate_limits={MODEL: ModelRateLimit(rpm=120)},
         rate_limit_max_wait_seconds=1,
     )
-    decisions = limits.admit([candidate() for _ in range(5)])
-    # Then four run (two now, the third and fourth once their slots come) and the worker slept till the last
-    assert verdicts(decisions) == ["run"] * 4 + [f"rate limit {MODEL} RPM"]
+    # When a first batch of five asks: two fit now and go at once, without waiting for the others' slots
+    first = limits.admit([candidate() for _ in range(5)])
+    assert verdicts(first) == ["run"] * 2 + [f"rate limit {MODEL} RPM"] * 3 and slept == []
+    # When a second batch of three asks, none fitting now
+    second = limits.admit([candidate() for _ in range(3)])
+    # Then two run once their slots come (the worker slept till the later one, a second) and one waits longer
+    assert verdicts(second) == ["run"] * 2 + [f"rate limit {MODEL} RPM"]
     assert slept == [pytest.approx(1.0, abs=0.05)]
-    assert decisions[4].retry_in == pytest.approx(0.5, abs=0.05)
+    assert second[2].retry_in == pytest.approx(0.5, abs=0.05)
 
 
 def test_a_candidate_is_reserved_in_every_limit_that_applies_or_in_none(settings, shared, overrides, rollback_factory):
