@@ -45,18 +45,21 @@ CHARS_PER_TOKEN = 4  # OpenAI's rule of thumb for English; tiktoken needs its en
 TOKENS_PER_MESSAGE = 3  # the chat format's own tokens around each message
 REPLY_PRIMING_TOKENS = 3
 MIN_RETRY_SECONDS = 0.1
+SPREAD_SECONDS = 0.1
 
-# KEYS: the limits' buckets. ARGV: burst seconds, max wait seconds, then per candidate: how many buckets it
-# needs, then per bucket its index in KEYS and the seconds its amount costs there. Returns per candidate
+# KEYS: the limits' buckets. ARGV: burst seconds, max wait seconds, spread seconds, then per candidate: how
+# many buckets it needs, then per bucket its index in KEYS and the seconds its amount costs there. Returns per candidate
 # {index of the bucket that held it back or 0, seconds to wait}: index 0 is a reservation (sleep the wait
 # before calling), another index a refusal (the wait is when it would fit, counting the refusals before
-# it in this batch as if they had been reserved, so that they come back one after the other). A batch in
-# which some call fits now reserves no later slot: it would hold the call back and reach the provider as
-# one bunch; so calls arrive in bunches of at most `max_wait * rate`.
+# it in this batch as if they had been reserved, so that they come back one after the other). The calls of
+# a batch are sent together, after the batch's longest wait: a batch in which some call fits now reserves
+# no later slot, and one that waits takes only the slots within SPREAD_SECONDS of its first, so no call
+# reaches the provider more than SPREAD_SECONDS after its slot (later calls would bunch up there: holding
+# a whole second of slots met 429s from a server enforcing 700/min against our 600/min).
 _RESERVE = """
 local now = redis.call('TIME')
 now = tonumber(now[1]) + tonumber(now[2]) / 1e6
-local burst, max_wait = tonumber(ARGV[1]), tonumber(ARGV[2])
+local burst, max_wait, spread = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local tat, queued, changed = {}, {}, {}
 for i, key in ipairs(KEYS) do
   tat[i] = math.max(tonumber(redis.call('GET', key) or 0), now)
@@ -64,8 +67,8 @@ for i, key in ipairs(KEYS) do
 end
 local function wait(from, cost) return from + math.min(cost, burst) - burst - now end
 local result = {}
-local sends_now = false
-local at = 3
+local sends_now, first_wait = false, nil
+local at = 4
 while at <= #ARGV do
   local needed = tonumber(ARGV[at])
   local worst, blocker, queued_wait = 0, 0, 0
@@ -75,9 +78,11 @@ while at <= #ARGV do
     if w > worst then worst, blocker = w, k end
     queued_wait = math.max(queued_wait, wait(queued[k], cost))
   end
-  -- A batch sends what fits now at once; only a batch none of whose calls fits now waits for its slots.
-  local reserve = worst <= 0 or (worst <= max_wait and not sends_now)
+  -- A batch sends what fits now at once; only a batch none of whose calls fits now waits, for the slots
+  -- that come within `spread` of its first one: its calls go together, each at most `spread` late.
+  local reserve = worst <= 0 or (not sends_now and worst <= max_wait and worst <= (first_wait or worst) + spread)
   sends_now = sends_now or worst <= 0
+  if reserve and worst > 0 and not first_wait then first_wait = worst end
   for j = 1, needed do
     local k, cost = tonumber(ARGV[at + 2 * j - 1]), tonumber(ARGV[at + 2 * j])
     if reserve then
@@ -168,7 +173,7 @@ class RateLimits:
         if not keys:
             return [Decision.run()] * len(candidates)
         amounts = [_amounts(candidate.request) for candidate in candidates]
-        argv: list[float | str] = [self.burst_seconds, self.max_wait_seconds]
+        argv: list[float | str] = [self.burst_seconds, self.max_wait_seconds, SPREAD_SECONDS]
         for applying, (prompt, max_tokens) in zip(limits, amounts, strict=True):
             argv.append(len(applying))
             for limit in applying:

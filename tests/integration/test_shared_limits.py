@@ -14,7 +14,7 @@ from admission import build_admission
 from admission.base import CallEnded, Candidate, Verdict
 from admission.concurrency import ConcurrencyCaps
 from admission.pause import PAUSED, PauseCheck, pause, resume
-from admission.rate_limits import RateLimits, estimate_prompt_tokens
+from admission.rate_limits import MIN_RETRY_SECONDS, RateLimits, estimate_prompt_tokens
 from config import ModelRateLimit, Settings
 from database import session_scope
 from llm.messages import LLMReply, LLMRequest, ModelOptions, Usage
@@ -68,7 +68,8 @@ def test_calls_over_the_model_rpm_are_deferred_one_after_the_other_naming_the_li
     assert [round(d.retry_in, 1) for d in decisions[2:]] == [0.5, 1.0, 1.5]
 
 
-def test_a_call_whose_slot_comes_within_the_max_wait_waits_in_the_worker(settings, shared, overrides):
+def test_a_batch_with_nothing_fitting_now_waits_in_the_worker_for_its_next_slot(settings, shared, overrides):
+    # Given 120 requests a minute (a slot every half second, two at once), calls allowed to wait a second
     slept: list[float] = []
     limits = limiter(
         settings,
@@ -78,15 +79,16 @@ def test_a_call_whose_slot_comes_within_the_max_wait_waits_in_the_worker(setting
         llm_rate_limits={MODEL: ModelRateLimit(rpm=120)},
         rate_limit_max_wait_seconds=1,
     )
-    # When a first batch of five asks: two fit now and go at once, without waiting for the others' slots
-    first = limits.admit([candidate() for _ in range(5)])
-    assert verdicts(first) == ["run"] * 2 + [f"rate limit {MODEL} RPM"] * 3 and slept == []
-    # When a second batch of three asks, none fitting now
-    second = limits.admit([candidate() for _ in range(3)])
-    # Then two run once their slots come (the worker slept till the later one, a second) and one waits longer
-    assert verdicts(second) == ["run"] * 2 + [f"rate limit {MODEL} RPM"]
-    assert slept == [pytest.approx(1.0, abs=0.05)]
-    assert second[2].retry_in == pytest.approx(0.5, abs=0.05)
+    # When a first batch of three asks: two fit now and go at once, without waiting for the third's slot
+    first = limits.admit([candidate() for _ in range(3)])
+    assert verdicts(first) == ["run"] * 2 + [f"rate limit {MODEL} RPM"] and slept == []
+    # When a second batch of two asks, neither fitting now
+    second = limits.admit([candidate() for _ in range(2)])
+    # Then the first runs once its slot comes (the worker sleeps till then), and the second, whose slot is
+    # half a second later, waits outside rather than hold the first back with it
+    assert verdicts(second) == ["run", f"rate limit {MODEL} RPM"]
+    assert slept == [pytest.approx(0.5, abs=0.05)]
+    assert second[1].retry_in == pytest.approx(MIN_RETRY_SECONDS, abs=0.05)
 
 
 def test_a_candidate_is_reserved_in_every_limit_that_applies_or_in_none(settings, shared, overrides, rollback_factory):
