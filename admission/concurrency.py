@@ -14,10 +14,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import cast
 
-from redis import Redis
+from redis import Redis, RedisError
 from redis.commands.core import Script
 
-from admission.base import CallEnded, Candidate, Decision
+from admission.base import CallEnded, Candidate, Decision, release_failed, unreachable
 from config import Settings
 from models import LimitScope
 from store.overrides import OverrideCache
@@ -89,7 +89,10 @@ class ConcurrencyCaps:
         argv: list[str | float] = [self.lease_seconds, *(caps[key] for key in keys)]
         for candidate, need in zip(candidates, needs, strict=True):
             argv += [_lease_id(candidate), len(need), *(keys.index(cap.key) + 1 for cap in need)]
-        full = [int(index) for index in cast(list[int], self._script()(keys=keys, args=argv))]
+        try:
+            full = [int(index) for index in cast(list[int], self._script()(keys=keys, args=argv))]
+        except RedisError as exc:
+            return unreachable(candidates, "concurrency caps", exc)
         waiting: Counter[str] = Counter()
         decisions = []
         for need, index in zip(needs, full, strict=True):
@@ -106,11 +109,14 @@ class ConcurrencyCaps:
         lease in is asked, so a cap changed meanwhile leaves no lease behind."""
         if not ended:
             return
-        pipe = self._redis().pipeline(transaction=False)
-        for call in ended:
-            for scope, subject in _subjects(call.candidate).items():
-                pipe.zrem(_key(scope, subject), _lease_id(call.candidate))
-        pipe.execute()
+        try:
+            pipe = self._redis().pipeline(transaction=False)
+            for call in ended:
+                for scope, subject in _subjects(call.candidate).items():
+                    pipe.zrem(_key(scope, subject), _lease_id(call.candidate))
+            pipe.execute()
+        except RedisError as exc:
+            release_failed("concurrency caps", exc)
 
     def _caps(self, candidate: Candidate) -> list[_Cap]:
         """The caps that apply to the candidate."""

@@ -8,9 +8,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
-from redis import Redis
+from redis import Redis, RedisError
 
-from admission.base import CallEnded, Candidate, Decision
+from admission.base import CallEnded, Candidate, Decision, unreachable
 
 PAUSE_KEY = "agent_service:paused"
 PAUSED = "paused"
@@ -26,7 +26,11 @@ class PauseCheck:
         self._redis = redis
 
     def admit(self, candidates: Sequence[Candidate]) -> list[Decision]:
-        if candidates and paused_since(self._redis()) is not None:
+        try:
+            paused = bool(candidates) and paused_since(self._redis()) is not None
+        except RedisError as exc:
+            return unreachable(candidates, "pause flag", exc)
+        if paused:
             return [Decision.defer(PAUSED, retry_in=PAUSE_RETRY_SECONDS)] * len(candidates)
         return [Decision.run()] * len(candidates)
 

@@ -26,10 +26,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import cast
 
-from redis import Redis
+from redis import Redis, RedisError
 from redis.commands.core import Script
 
-from admission.base import CallEnded, Candidate, Decision
+from admission.base import CallEnded, Candidate, Decision, release_failed, unreachable
 from config import Settings
 from llm.messages import LLMRequest
 from models import LimitScope
@@ -179,7 +179,10 @@ class RateLimits:
             for limit in applying:
                 amount = 1 if limit.kind == RPM else prompt + max_tokens
                 argv += [keys.index(limit.key) + 1, f"{limit.seconds(amount):.6f}"]
-        answers = cast(list[list[bytes]], self._script("reserve", _RESERVE)(keys=keys, args=argv))
+        try:
+            answers = cast(list[list[bytes]], self._script("reserve", _RESERVE)(keys=keys, args=argv))
+        except RedisError as exc:
+            return unreachable(candidates, "rate limits", exc)
         decisions, longest = [], 0.0
         for candidate, applying, (prompt, max_tokens), (blocker, seconds) in zip(
             candidates, limits, amounts, answers, strict=True
@@ -212,8 +215,12 @@ class RateLimits:
                 amount = _taken_back(limit.kind, held, call)
                 if amount:
                     back[limit.key] = back.get(limit.key, 0.0) + limit.seconds(amount)
-        if back:
+        if not back:
+            return
+        try:
             self._script("reconcile", _RECONCILE)(keys=list(back), args=[f"{s:.6f}" for s in back.values()])
+        except RedisError as exc:
+            release_failed("rate limits", exc)
 
     def _limits(self, candidate: Candidate) -> tuple[_Limit, ...]:
         model = candidate.request.model

@@ -9,6 +9,8 @@ import uuid
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from admission import build_admission
 from admission.base import CallEnded, Candidate, Verdict
@@ -22,6 +24,7 @@ from models import LimitScope
 from store.agents import AgentSpec
 from store.overrides import OverrideCache, set_override
 from tests.integration.conftest import IDLE_REDIS
+from tests.support import free_port
 
 MODEL = "gpt-4o-mini"
 AGENT = AgentSpec(uuid.uuid4(), "You are careful.", MODEL, 0.1, 100, ModelOptions())
@@ -206,3 +209,19 @@ def test_the_controls_switched_on_are_asked_pause_first_and_rate_limits_last(set
     admission = build_admission(on, redis=lambda: redis.Redis.from_url(IDLE_REDIS), session_factory=rollback_factory)
     assert [type(check) for check in admission.checks] == [PauseCheck, ConcurrencyCaps, RateLimits]
     assert build_admission(settings, redis=lambda: None, session_factory=rollback_factory).checks == ()
+
+
+def test_with_redis_unreachable_every_control_defers_its_tasks_and_releases_without_raising(settings, overrides):
+    # Given controls whose Redis does not answer (nothing listens on the port)
+    down = redis.Redis(port=free_port(), socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0))
+    on = settings.model_copy(update={"llm_rate_limits": {MODEL: ModelRateLimit(rpm=60)}, "user_concurrency_cap": 1})
+    checks = [
+        PauseCheck(lambda: down),
+        ConcurrencyCaps(on, redis=lambda: down, overrides=overrides),
+        RateLimits(on, redis=lambda: down, overrides=overrides),
+    ]
+    for check in checks:
+        # Then each defers (no attempt spent, no call a limit could not vouch for) and names itself
+        [decision] = check.admit([waiting := candidate()])
+        assert decision.verdict is Verdict.DEFER and decision.reason.endswith("unavailable")
+        check.release([CallEnded(waiting, LLMReply("answer", Usage(1, 1, 2)))])
