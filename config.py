@@ -185,8 +185,10 @@ class Settings(BaseSettings):
         values = self.model_dump(exclude_none=True)
         secrets = {name: value.get_secret_value() for name, value in values.items() if isinstance(value, SecretStr)}
         # Complex values (LLM_RATE_LIMITS) travel as JSON, as pydantic-settings reads them.
-        nested = {name: json.dumps(value) for name, value in self.model_dump(mode="json").items() if name in values}
-        nested = {name: text for name, text in nested.items() if isinstance(values[name], dict | list)}
+        complex_names = {name for name, value in values.items() if isinstance(value, dict | list)}
+        nested = {
+            name: json.dumps(value) for name, value in self.model_dump(mode="json", include=complex_names).items()
+        }
         return {name.upper(): str(value) for name, value in {**values, **secrets, **nested}.items()}
 
     @property
