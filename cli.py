@@ -1,5 +1,5 @@
-"""Command line: `python cli.py init-db | create-agent | submit | status | list | stats | cancel | worker | flower |
-demo`."""
+"""Command line: `python cli.py init-db | create-agent | submit | status | list | stats | cancel | limits | pause |
+resume | worker | flower | demo` and more (`--help`)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
 from admission import OVERRIDE_NAMES
+from admission.pause import pause, paused_since, resume
 from config import Settings, get_settings
 from database import create_database_if_missing, session_scope
 from errors import AgentServiceError, ConfigurationError, TaskValidationError
@@ -152,6 +153,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
     _field("cost", charged)
     for attempt, outcome, at, error, paid in history:
         _field(f"attempt {attempt}", f"{outcome} at {at}{f' ({paid})' if paid else ''}: {error}")
+    since = _paused_since()
+    if since is not None:
+        _field("service", f"paused since {since}: no task calls the model until `python cli.py resume`")
     return 0
 
 
@@ -196,6 +200,25 @@ def _duration(text: str) -> timedelta:
         raise argparse.ArgumentTypeError(f"expected a duration such as 30m, 24h or 7d, got {text!r}")
     unit = {"": "seconds", "s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[found.group(2)]
     return timedelta(**{unit: float(found.group(1))})
+
+
+def _paused_since() -> str | None:
+    """When the service was paused, or None; a set-up without Redis cannot be paused."""
+    services = _app().services
+    return paused_since(services.redis) if services.settings.redis_url else None
+
+
+def _cmd_pause(args: argparse.Namespace) -> None:
+    services = _app().services
+    pause(services.redis)
+    console.print(f"paused since {paused_since(services.redis)}: workers start no new LLM call")
+    if not services.settings.pause_enabled:
+        console.print("warning: PAUSE_ENABLED is off in this configuration; workers obey a pause only with it on")
+
+
+def _cmd_resume(args: argparse.Namespace) -> None:
+    was_paused = resume(_app().services.redis)
+    console.print("resumed: waiting tasks run again within seconds" if was_paused else "was not paused")
 
 
 def _field(name: str, value: str) -> None:
@@ -371,6 +394,8 @@ def _parser() -> argparse.ArgumentParser:
     whom = limits.add_mutually_exclusive_group(required=True)
     for scope in LimitScope:
         whom.add_argument(f"--{scope.value}", metavar=scope.value.upper(), help=f"the {scope.value} it applies to")
+    add("pause", _cmd_pause, "stop every worker's new LLM calls (tasks wait, none is lost) until resume")
+    add("resume", _cmd_resume, "let the workers call the model again after a pause")
     add("failed", _cmd_failed, "list failed tasks (dead letters)").add_argument("--limit", type=int, default=50)
     replay = add("replay", _cmd_replay, "queue failed tasks again with a fresh attempt budget")
     replay.add_argument("task_ids", nargs="*")

@@ -38,6 +38,15 @@ class ModelPriceOverride(BaseModel):
     cached_input_per_mtok: float | None = Field(None, ge=0, description="the input price when not given")
 
 
+class ModelRateLimit(BaseModel):
+    """Requests and tokens per minute for one model (either may be absent: no limit)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rpm: float | None = Field(None, gt=0)
+    tpm: float | None = Field(None, gt=0)
+
+
 class Settings(BaseSettings):
     """Everything the service can be configured with; business code takes it as a parameter."""
 
@@ -136,6 +145,23 @@ class Settings(BaseSettings):
     spend_cap_recheck_seconds: float = Field(300.0, gt=0, description="a held task is looked at again this often")
     spend_hold_seconds: float = Field(
         300.0, gt=0, description="a call's reserved estimate is dropped after this long if its worker never settles it"
+    )
+
+    # Shared admission controls (README "Cost and limits"): every one is off unless switched on here, and
+    # keeps its state in Redis (REDIS_URL), so it holds across every worker on every host.
+    pause_enabled: bool = Field(False, description="workers obey `python cli.py pause` (one Redis GET per batch)")
+    concurrency_caps_enabled: bool = Field(False, description="cap each agent's and user's LLM calls at once")
+    agent_concurrency_cap: int = Field(0, ge=0, description="calls at once per agent (0: none); overridable")
+    user_concurrency_cap: int = Field(0, ge=0, description="calls at once per user (0: none); overridable")
+    rate_limits_enabled: bool = Field(False, description="reserve requests and tokens per minute before each call")
+    llm_rate_limits: dict[str, ModelRateLimit] = Field(
+        default_factory=dict, description='per model, as JSON: {"gpt-4o-mini": {"rpm": 500, "tpm": 200000}}'
+    )
+    rate_limit_burst_seconds: float = Field(
+        1.0, gt=0, description="a rate limit lets through at most this many seconds of its rate at once"
+    )
+    rate_limit_max_wait_seconds: float = Field(
+        1.0, ge=0, description="a call waits in the worker this long at most for its rate; beyond, it is deferred"
     )
     log_json: bool = True
 

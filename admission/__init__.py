@@ -8,15 +8,23 @@ from collections.abc import Callable
 from redis import Redis
 from sqlalchemy.orm import Session, sessionmaker
 
-from admission import breaker, spend_caps
+from admission import breaker, concurrency, rate_limits, spend_caps
 from admission.base import Admission, AdmissionCheck
+from admission.concurrency import ConcurrencyCaps
+from admission.pause import PauseCheck
+from admission.rate_limits import RateLimits
 from config import Settings
 from llm.prices import PriceBook
 from store.overrides import OverrideCache
 
 # The settings each control lets an agent, a user or a model override (`python cli.py limits set`), by name,
 # with what they mean; each control's module adds its own.
-OVERRIDE_NAMES: dict[str, str] = {**breaker.OVERRIDE_NAMES, **spend_caps.OVERRIDE_NAMES}
+OVERRIDE_NAMES: dict[str, str] = {
+    **breaker.OVERRIDE_NAMES,
+    **spend_caps.OVERRIDE_NAMES,
+    **concurrency.OVERRIDE_NAMES,
+    **rate_limits.OVERRIDE_NAMES,
+}
 
 
 def build_admission(
@@ -33,9 +41,15 @@ def build_admission(
     prices = prices or PriceBook(settings)
     overrides = OverrideCache(session_factory)
     checks: list[AdmissionCheck] = []
+    if settings.pause_enabled:
+        checks.append(PauseCheck(redis))
     if settings.breaker_enabled:
         checks.append(breaker.build_breaker(settings, redis=redis(), overrides=overrides))
     caps = spend_caps.build(settings, redis=redis, overrides=overrides, prices=prices, session_factory=session_factory)
     if caps is not None:
         checks.append(caps)
+    if settings.concurrency_caps_enabled:
+        checks.append(ConcurrencyCaps(settings, redis=redis, overrides=overrides))
+    if settings.rate_limits_enabled:
+        checks.append(RateLimits(settings, redis=redis, overrides=overrides))
     return Admission(checks)

@@ -52,6 +52,22 @@ class Decision:
 
 
 _RUN = Decision(Verdict.RUN)
+# A control that cannot reach its shared state (Redis) lets nothing through, as it cannot tell whether a
+# call would pass a limit; the tasks wait this long, their attempts unspent.
+UNREACHABLE_RETRY_SECONDS = 5.0
+logger = logging.getLogger("agent_service")
+
+
+def unreachable(candidates: Sequence[Candidate], control: str, error: Exception) -> list[Decision]:
+    """Every candidate deferred because `control`'s shared state could not be read (`error`)."""
+    logger.warning("%s unavailable, tasks deferred: %s", control, error)
+    reason = f"{control} unavailable"
+    return [Decision.defer(reason, retry_in=UNREACHABLE_RETRY_SECONDS) for _ in candidates]
+
+
+def release_failed(control: str, error: Exception) -> None:
+    """`release` must not raise: what it could not give back expires by itself."""
+    logger.warning("%s could not release (its reservations expire by themselves): %s", control, error)
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,8 @@ PG_ROOT = "postgresql+psycopg2://postgres@127.0.0.1:5432"
 BENCH_DATABASE = "agent_service_bench"
 BENCH_REDIS = "redis://127.0.0.1:6379/12"  # tests use 14 and 15; 0 is anyone's default
 IDLE_REDIS = "redis://127.0.0.1:6379/13"  # a broker nobody consumes, for the bulk-submit measurement
+BENCH_MODEL = "gpt-4o-mini"
+SERVER_BURST_SECONDS = 2.0  # the server's buckets when it enforces limits: ours (1 s by default) must fit in
 
 
 class LLMControl:
@@ -31,12 +33,26 @@ class LLMControl:
     def __init__(self, base_url: str) -> None:
         self.http = httpx.Client(base_url=base_url, timeout=10)
 
-    def prepare(self, *, latency_ms: float) -> None:
+    def prepare(self, *, latency_ms: float, rate_limits: dict[str, dict[str, float]] | None = None) -> None:
+        """Forget every request and rule; answer after `latency_ms`, enforcing `rate_limits` (as OpenAI would:
+        429 beyond them) when given."""
         self.http.post("/control/reset").raise_for_status()
-        self.http.post("/control/config", json={"latency_ms": latency_ms}).raise_for_status()
+        config: dict[str, Any] = {"latency_ms": latency_ms}
+        if rate_limits:
+            config |= {"rate_limits": rate_limits, "rate_burst_seconds": SERVER_BURST_SECONDS}
+        self.http.post("/control/config", json=config).raise_for_status()
 
     def request_count(self) -> int:
         return self.http.get("/control/stats").json()["requests"]
+
+    def rate_limited_count(self) -> int:
+        """The 429s the server answered because a request was over its enforced limits."""
+        return self.http.get("/control/stats").json()["rate_limited"]
+
+    def answer_times(self) -> list[float]:
+        """When each request answered with 200 arrived (epoch seconds), in order."""
+        requests = self.http.get("/control/requests").json()["requests"]
+        return sorted(entry["at"] for entry in requests if entry["status"] == 200)
 
 
 @dataclass
@@ -91,7 +107,7 @@ def _create_agent(app: AgentServiceCelery) -> str:
         agent = Agent(
             name="bench-agent",
             prompt="You are a concise analyst.",
-            model="gpt-4o-mini",
+            model=BENCH_MODEL,
             temperature=0.2,
             max_tokens=200,
         )

@@ -43,6 +43,7 @@ def ratios(runs: dict[str, RunResult]) -> dict[str, float | None]:
 
 def evaluate_targets(runs: dict[str, RunResult], bulk: BulkSubmitResult | None, ratio: dict) -> list[Target]:
     ours_1000, ours_0, offered = runs.get("ours-1000ms"), runs.get("ours-0ms"), runs.get("ours-offered")
+    limited = runs.get("ours-rate-limited")
     ours_runs = [run for run in runs.values() if run.config == "ours" and run.peak_rss_mb is not None]
     peak_rss = max((run.peak_rss_mb for run in ours_runs), default=None)
     return [
@@ -74,6 +75,23 @@ def evaluate_targets(runs: dict[str, RunResult], bulk: BulkSubmitResult | None, 
         ),
         _target("ours RSS, all worker processes together (peak)", "< 300 MB", peak_rss, operator.lt, 300, *ours_runs),
         _target(
+            "rate-limited: achieved / configured requests per minute",
+            ">= 0.9",
+            _ratio_of(limited, "achieved_rpm", "configured_rpm"),
+            operator.ge,
+            0.9,
+            limited,
+        ),
+        _target(
+            "rate-limited: achieved / configured requests per minute",
+            "<= 1.1",
+            _ratio_of(limited, "achieved_rpm", "configured_rpm"),
+            operator.le,
+            1.1,
+            limited,
+        ),
+        _target("rate-limited: 429s from the server", "= 0", _figure(limited, "llm_429s"), operator.eq, 0, limited),
+        _target(
             "bulk submit (create_agent_tasks, 500 per call)",
             ">= 1000 tasks/s",
             bulk and bulk.tasks_per_second,
@@ -94,6 +112,11 @@ def print_report(
         )
     console.print("ratios: " + ", ".join(f"{name} = {_fmt(value, '.2f')}" for name, value in ratio.items()))
     for run in runs:
+        if run.configured_rpm is not None:
+            console.print(
+                f"{run.name}: {_fmt(run.achieved_rpm, ',.1f')} requests/min achieved for "
+                f"{run.configured_rpm:,.0f} configured; {run.llm_429s} answered 429 by the server"
+            )
         for line in ([run.error] if run.error else []) + _disturbance(run):
             console.print(f"[yellow]{run.name}[/]: {line}", highlight=False)
     console.print(targets_table(targets))
@@ -201,6 +224,11 @@ def _target(
 
 def _figure(run: RunResult | None, name: str) -> float | None:
     return getattr(run, name) if run is not None else None
+
+
+def _ratio_of(run: RunResult | None, top: str, bottom: str) -> float | None:
+    numerator, denominator = _figure(run, top), _figure(run, bottom)
+    return numerator / denominator if numerator is not None and denominator else None
 
 
 def _ratio(top: RunResult | None, bottom: RunResult | None, name: str) -> float | None:

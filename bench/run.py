@@ -1,7 +1,8 @@
 """Benchmark the baseline design, ours and a bare-Celery floor on real Redis, PostgreSQL and the LLM server.
 
 `make bench` runs each at 0 ms and 1000 ms of simulated LLM latency (ours is started exactly as
-`make worker` starts it), then an offered-load run and a bulk-submit measurement:
+`make worker` starts it), then an offered-load run, ours under a rate limit below the server's own, and a
+bulk-submit measurement:
 
     python -m bench.run [--quick] [--only NAME ...] [--ours-env LLM_CONCURRENCY=512 ...]
 
@@ -20,10 +21,18 @@ from rich.console import Console
 from bench.environment import BenchEnvironment, bench_environment
 from bench.plot import plot_results
 from bench.report import evaluate_targets, print_report, ratios, write_json
-from bench.scenarios import OURS_COMMAND, RESULTS_DIR, RunPlan, celery_command, execute, measure_bulk_submit
+from bench.scenarios import (
+    OURS_COMMAND,
+    RESULTS_DIR,
+    RateLimitPlan,
+    RunPlan,
+    celery_command,
+    execute,
+    measure_bulk_submit,
+)
 from config import Settings
 
-GROUPS = ("floor", "baseline", "ours", "offered", "bulk")
+GROUPS = ("floor", "baseline", "ours", "offered", "rate-limited", "bulk")
 
 
 @dataclass(frozen=True)
@@ -38,6 +47,7 @@ class Sizes:
     offered_seconds: float
     bulk: int
     run_budget_seconds: float
+    rate_limited: int  # tasks of the rate-limited run: RATE_LIMIT's rpm / 60 a second
 
 
 FULL = Sizes(
@@ -49,6 +59,7 @@ FULL = Sizes(
     offered_seconds=20,
     bulk=2000,
     run_budget_seconds=150,
+    rate_limited=330,
 )
 QUICK = Sizes(
     floor=200,
@@ -59,7 +70,10 @@ QUICK = Sizes(
     offered_seconds=3,
     bulk=500,
     run_budget_seconds=40,
+    rate_limited=80,
 )
+# Ours at 600 requests a minute, the server enforcing 700: zero 429s and the configured pace are the goal.
+RATE_LIMIT = RateLimitPlan(rpm=600, server_rpm=700)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,6 +128,16 @@ def build_plans(ours: Settings, sizes: Sizes) -> list[RunPlan]:
             1000,
             int(sizes.offered_rate * sizes.offered_seconds),
             rate=sizes.offered_rate,
+        ),
+        RunPlan(
+            "ours-rate-limited",
+            "rate-limited",
+            OURS_COMMAND,
+            pool,
+            concurrency,
+            1000,
+            sizes.rate_limited,
+            rate_limit=RATE_LIMIT,
         ),
     ]
     return plans

@@ -3,6 +3,7 @@ submit (all at once or at a steady rate), wait for the last completion, and meas
 
 from __future__ import annotations
 
+import json
 import re
 import statistics
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import redis
 
-from bench.environment import BENCH_REDIS, IDLE_REDIS, BenchEnvironment, truncate_tasks
+from bench.environment import BENCH_MODEL, BENCH_REDIS, IDLE_REDIS, BenchEnvironment, truncate_tasks
 from bench.floor import create_floor_app
 from bench.loads import AgentTaskLoad, Completions, NoopLoad
 from bench.sampling import ForeignLoad, WorkerSampler
@@ -32,6 +33,21 @@ class RunBrokenError(Exception):
 
 
 @dataclass(frozen=True)
+class RateLimitPlan:
+    """Ours limited to `rpm` requests a minute for the bench model, the server enforcing `server_rpm`."""
+
+    rpm: float
+    server_rpm: float
+    model: str = BENCH_MODEL
+
+    def worker_env(self) -> dict[str, str]:
+        return {"RATE_LIMITS_ENABLED": "true", "LLM_RATE_LIMITS": json.dumps({self.model: {"rpm": self.rpm}})}
+
+    def server_limits(self) -> dict[str, dict[str, float]]:
+        return {self.model: {"rpm": self.server_rpm}}
+
+
+@dataclass(frozen=True)
 class RunPlan:
     """One run: which worker, how it is started, at what LLM latency, how many tasks and how fast."""
 
@@ -44,6 +60,7 @@ class RunPlan:
     tasks: int
     rate: float | None = None  # tasks/s offered; None submits everything at once
     floor: bool = False  # no-op tasks counted in Redis instead of agent tasks in the database
+    rate_limit: RateLimitPlan | None = None  # ours keeps a rate limit below the server's own
 
 
 @dataclass
@@ -76,6 +93,9 @@ class RunResult:
     box_cpu_percent: float | None = None
     foreign_cpu_percent: float | None = None
     llm_requests_per_task: float | None = None
+    configured_rpm: float | None = None
+    achieved_rpm: float | None = None  # past the first burst, from the server's own log of answered requests
+    llm_429s: int | None = None  # answered by the server because a request was over its enforced limits
 
 
 def celery_command(
@@ -121,11 +141,24 @@ def execute(plan: RunPlan, env: BenchEnvironment, *, budget_seconds: float, stal
     result.foreign_cpu_percent = foreign.cpu_percent
     if not plan.floor:
         result.llm_requests_per_task = env.llm.request_count() / plan.tasks
+    if plan.rate_limit:
+        _fill_rate_figures(result, plan.rate_limit, env)
     return result
 
 
+RATE_SKIP_BURST = 20  # the first answers ride on the limits' initial bursts, not on their sustained rate
+
+
+def _fill_rate_figures(result: RunResult, plan: RateLimitPlan, env: BenchEnvironment) -> None:
+    times = env.llm.answer_times()
+    result.configured_rpm, result.llm_429s = plan.rpm, env.llm.rate_limited_count()
+    if len(times) > RATE_SKIP_BURST + 1:
+        result.achieved_rpm = (len(times) - 1 - RATE_SKIP_BURST) / (times[-1] - times[RATE_SKIP_BURST]) * 60
+
+
 def _worker_env(plan: RunPlan, env: BenchEnvironment) -> dict[str, str]:
-    return worker_env(env.settings.as_env(), pool=plan.pool, concurrency=plan.concurrency)
+    limits = plan.rate_limit.worker_env() if plan.rate_limit else {}
+    return worker_env({**env.settings.as_env(), **limits}, pool=plan.pool, concurrency=plan.concurrency)
 
 
 def _log_path(plan: RunPlan) -> Path:
@@ -146,7 +179,7 @@ def _warm_up(load: AgentTaskLoad | NoopLoad, worker, env: BenchEnvironment, plan
     if _wait_for_completion(load, worker, expected=count, budget=60, stall=30) != "ok":
         raise RunBrokenError(f"the {count} warm-up tasks did not finish within 60 s")
     load.forget()
-    env.llm.prepare(latency_ms=plan.latency_ms)
+    env.llm.prepare(latency_ms=plan.latency_ms, rate_limits=plan.rate_limit and plan.rate_limit.server_limits())
     return count
 
 

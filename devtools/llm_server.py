@@ -11,6 +11,11 @@ faults too: ``context_length_exceeded`` and ``content_filter`` (400s) and
 its ``max_tokens``, is refused as a real provider would. A prompt whose system
 message was seen before reports that message's tokens as cached
 (``prompt_tokens_details.cached_tokens``), like a provider's prompt cache.
+
+Like OpenAI it can enforce requests and tokens per minute, per model or across
+all models (``--rpm``/``--tpm``, ``--rate-limits``, or ``rate_limits`` in
+``/control/config``): a request over a limit gets a 429 with ``Retry-After`` and
+``x-ratelimit-*`` headers, and ``/control/stats`` counts those 429s apart.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import argparse
 import asyncio
 import itertools
 import json
+import math
 import random
 import re
 import signal
@@ -90,16 +96,20 @@ ERROR_FAULTS: dict[str, tuple[int, str, str | None, str]] = {
 }
 OTHER_FAULTS = ("hang", "drop", "malformed", "empty", "slow", "filtered")
 FAULT_KINDS = frozenset(ERROR_FAULTS) | frozenset(OTHER_FAULTS)
+RATE_LIMITED_KIND = "rate_limit"  # in the request log: refused by an enforced rate limit, not a fault rule
 MALFORMED_BODY = '{"id": "chatcmpl-broken", "choices": ['
 EMPTY_BODY = {"id": "chatcmpl-empty", "object": "chat.completion"}
 RULE_FIELDS = frozenset({"fault", "match", "model", "times", "rate", "retry_after", "delay_ms"})
-CONFIG_FIELDS = frozenset({"latency_ms", "latency_jitter_ms", "context_window"})
+CONFIG_FIELDS = frozenset({"latency_ms", "latency_jitter_ms", "context_window", "rate_limits", "rate_burst_seconds"})
 CONTEXT_LENGTH_MESSAGE = (
     "This model's maximum context length is {window} tokens. However, you requested {requested} tokens "
     "({prompt} in the messages, {completion} in the completion). Please reduce the length of the messages or "
     "completion."
 )
 PROMPT_CACHE_SIZE = 100_000
+ALL_MODELS = "*"  # the rate_limits entry shared by every model's requests together
+LIMIT_KINDS = {"rpm": "requests", "tpm": "tokens"}
+DEFAULT_RATE_BURST_SECONDS = 1.0
 DIRECTIVE_MARKER = "[[mock:"
 DIRECTIVE = re.compile(r"\[\[mock:(\S+?)((?:\s+\w+=[^\s\]]+)*)\s*\]\]")
 
@@ -156,6 +166,60 @@ class Rule:
         }
 
 
+@dataclass
+class Bucket:
+    """A leaky bucket: its level drains at `per_minute / 60` units a second and holds at most
+    `burst_seconds` of that rate; a charge that does not fit is refused, with how long until it would.
+    A charge larger than the whole bucket fits once the bucket is empty (else it never would)."""
+
+    per_minute: float
+    burst_seconds: float
+    level: float = 0.0
+    at: float = 0.0
+
+    @property
+    def capacity(self) -> float:
+        return self.per_minute * self.burst_seconds / 60
+
+    def drained(self, now: float) -> float:
+        return max(0.0, self.level - (now - self.at) * self.per_minute / 60)
+
+    def wait_for(self, amount: float, now: float) -> float:
+        """Seconds until `amount` fits (0: it fits now)."""
+        over = self.drained(now) + min(amount, self.capacity) - self.capacity
+        return max(0.0, over * 60 / self.per_minute)
+
+    def charge(self, amount: float, now: float) -> None:
+        self.level, self.at = self.drained(now) + amount, now
+
+    def headers(self, name: str, now: float) -> dict[str, str]:
+        level = self.drained(now)
+        return {
+            f"x-ratelimit-limit-{name}": f"{self.per_minute:g}",
+            f"x-ratelimit-remaining-{name}": f"{max(0, int(self.capacity - level))}",
+            f"x-ratelimit-reset-{name}": f"{level * 60 / self.per_minute:.3f}s",
+        }
+
+
+def rate_headers(charges: list[tuple[str, str, float, int]], buckets: list[Bucket], now: float) -> dict[str, str]:
+    """OpenAI's x-ratelimit-* headers: of the model's own limit where it has one, else of the shared one."""
+    headers: dict[str, str] = {}
+    for (_, kind, _, _), bucket in reversed(list(zip(charges, buckets, strict=True))):
+        headers.update(bucket.headers(LIMIT_KINDS[kind], now))
+    return headers
+
+
+@dataclass(frozen=True)
+class RateLimited:
+    """A request refused by a rate limit: which one, and when to come back."""
+
+    model: str
+    kind: str  # "rpm" or "tpm"
+    per_minute: float
+    retry_after: float
+    headers: dict[str, str]
+
+
 @dataclass(frozen=True)
 class ChatRequest:
     body: dict[str, Any]
@@ -199,6 +263,12 @@ class ServerState:
     request_log: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=REQUEST_LOG_SIZE))
     by_status: Counter[int] = field(default_factory=Counter)
     in_flight: int = 0
+    rate_limits: dict[str, dict[str, float]] = field(default_factory=dict)  # model or "*" -> {"rpm": n, "tpm": n}
+    rate_burst_seconds: float = DEFAULT_RATE_BURST_SECONDS
+    buckets: dict[tuple[str, str], Bucket] = field(default_factory=dict)
+    rate_limited: int = 0
+    startup_rate_limits: dict[str, dict[str, float]] = field(default_factory=dict)
+    startup_burst_seconds: float = DEFAULT_RATE_BURST_SECONDS
 
     def add_rule(self, body: dict[str, Any]) -> Rule:
         rule = parse_rule(body, ids=self.rule_ids)
@@ -232,11 +302,13 @@ class ServerState:
             }
         )
 
-    def config(self) -> dict[str, float]:
+    def config(self) -> dict[str, Any]:
         return {
             "latency_ms": self.latency_ms,
             "latency_jitter_ms": self.latency_jitter_ms,
             "context_window": self.context_window,
+            "rate_limits": self.rate_limits,
+            "rate_burst_seconds": self.rate_burst_seconds,
         }
 
     def cached_tokens(self, chat: ChatRequest) -> int:
@@ -252,15 +324,50 @@ class ServerState:
         self.seen_system_prompts.add(system)
         return 0
 
+    def set_rate_limits(self, limits: dict[str, dict[str, float]], *, burst_seconds: float) -> None:
+        """New limits start from empty buckets."""
+        self.rate_limits, self.rate_burst_seconds = limits, burst_seconds
+        self.buckets.clear()
+
+    def admit(self, model: str, tokens: Callable[[], int]) -> RateLimited | dict[str, str]:
+        """Charge one request of `model` and its `tokens` to every limit that applies, or to none when one is
+        over: then the refusal. Returns the x-ratelimit headers of the model's own limits when admitted."""
+        if not self.rate_limits:
+            return {}
+        now = time.monotonic()
+        charges = [
+            (subject, kind, per_minute, 1 if kind == "rpm" else tokens())
+            for subject in (model, ALL_MODELS)
+            for kind, per_minute in self.rate_limits.get(subject, {}).items()
+        ]
+        buckets = [self.bucket(subject, kind, per_minute) for subject, kind, per_minute, _ in charges]
+        for (subject, kind, per_minute, amount), bucket in zip(charges, buckets, strict=True):
+            wait = bucket.wait_for(amount, now)
+            if wait > 0:
+                self.rate_limited += 1
+                return RateLimited(subject, kind, per_minute, wait, rate_headers(charges, buckets, now))
+        for (_, _, _, amount), bucket in zip(charges, buckets, strict=True):
+            bucket.charge(amount, now)
+        return rate_headers(charges, buckets, now)
+
+    def bucket(self, subject: str, kind: str, per_minute: float) -> Bucket:
+        bucket = self.buckets.get((subject, kind))
+        if bucket is None or bucket.per_minute != per_minute:
+            bucket = self.buckets[(subject, kind)] = Bucket(per_minute, self.rate_burst_seconds)
+        return bucket
+
     def reset(self) -> None:
         self.rules.clear()
         self.seen_system_prompts.clear()
         self.context_window = 0.0
         self.request_log.clear()
         self.by_status.clear()
+        self.rate_limited = 0
         self.latency_ms, self.latency_jitter_ms = self.startup_latency_ms, self.startup_jitter_ms
+        self.set_rate_limits(self.startup_rate_limits, burst_seconds=self.startup_burst_seconds)
 
 
+RATE_LIMITED = Fault(RATE_LIMITED_KIND)
 STATE = web.AppKey("state", ServerState)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -279,6 +386,12 @@ def json_number(value: Any, name: str, *, maximum: float | None = None) -> float
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ApiError(f"'{name}' must be a number, got {value!r}", param=name)
     return non_negative(value, name, maximum=maximum)
+
+
+def non_zero(value: float, name: str) -> float:
+    if value == 0:
+        raise ApiError(f"'{name}' must be above 0", param=name)
+    return value
 
 
 def number_from_text(text: str, name: str) -> float:
@@ -333,6 +446,18 @@ def parse_rule(body: dict[str, Any], *, ids: Iterator[int]) -> Rule:
     rate = None if rate is None else json_number(rate, "rate", maximum=1.0)
     # The id is drawn last so rejected rules do not use one up.
     return Rule(id=next(ids), fault=fault, match=match, times=times, rate=rate, model=model)
+
+
+def parse_rate_limits(value: Any) -> dict[str, dict[str, float]]:
+    """{"gpt-4o-mini": {"rpm": 500, "tpm": 200000}, "*": {"rpm": 1000}}: per model, and "*" for all together."""
+    if not isinstance(value, dict) or not all(isinstance(limits, dict) for limits in value.values()):
+        raise ApiError('\'rate_limits\' must map a model (or "*") to {"rpm": n, "tpm": n}', param="rate_limits")
+    for limits in value.values():
+        reject_unknown_fields(limits, frozenset(LIMIT_KINDS))
+        for kind, per_minute in limits.items():
+            if json_number(per_minute, kind) == 0:
+                raise ApiError(f"'{kind}' must be above 0", param=kind)
+    return {model: {kind: float(n) for kind, n in limits.items()} for model, limits in value.items()}
 
 
 async def read_json_object(request: web.Request) -> dict[str, Any]:
@@ -641,6 +766,21 @@ def injected_error(fault: Fault) -> web.Response:
     return error_response(status, message, error_type=error_type, code=code, headers=headers)
 
 
+def rate_limited_error(refusal: RateLimited) -> web.Response:
+    what = LIMIT_KINDS[refusal.kind]
+    scope = "all models" if refusal.model == ALL_MODELS else refusal.model
+    message = (
+        f"Rate limit reached for {scope} on {what} per minute: Limit {refusal.per_minute:g}. "
+        f"Please try again in {refusal.retry_after:.3f}s (offline mock)."
+    )
+    headers = {
+        **refusal.headers,
+        "Retry-After": str(max(1, math.ceil(refusal.retry_after))),
+        "retry-after-ms": str(math.ceil(refusal.retry_after * 1000)),
+    }
+    return error_response(429, message, error_type=what, code="rate_limit_exceeded", headers=headers)
+
+
 def dropped_connection(request: web.Request) -> web.Response:
     if request.transport is not None:
         request.transport.close()
@@ -691,6 +831,11 @@ async def handle_chat(request: web.Request, state: ServerState) -> web.StreamRes
     except ApiError:
         state.record(model="", text="", fault=None, status=400)
         raise
+    # A request is charged the tokens its answer will report: the answer is deterministic.
+    admitted = state.admit(chat.model, lambda: build_reply(chat, cached_tokens=0).usage["total_tokens"])
+    if isinstance(admitted, RateLimited):
+        state.record(model=chat.model, text=chat.log_text, fault=RATE_LIMITED, status=429)
+        return rate_limited_error(admitted)
     too_long = context_overflow(state, chat)
     status = 400 if too_long else fault.status if fault else 200
     # Recorded before the wait so tests can see requests that are still pending or hanging.
@@ -701,7 +846,10 @@ async def handle_chat(request: web.Request, state: ServerState) -> web.StreamRes
         )
     if latency_s > 0:
         await asyncio.sleep(latency_s)
-    return await (faulty_answer(request, chat, fault) if fault else answer(request, chat))
+    response = await (faulty_answer(request, chat, fault) if fault else answer(request, chat))
+    if not response.prepared:  # a streamed answer has sent its headers already
+        response.headers.update(admitted)
+    return response
 
 
 def context_overflow(state: ServerState, chat: ChatRequest) -> str | None:
@@ -760,6 +908,10 @@ async def update_config(request: web.Request) -> web.Response:
     state.latency_ms = optional_json_number(body, "latency_ms", default=state.latency_ms)
     state.latency_jitter_ms = optional_json_number(body, "latency_jitter_ms", default=state.latency_jitter_ms)
     state.context_window = optional_json_number(body, "context_window", default=state.context_window)
+    if "rate_limits" in body or "rate_burst_seconds" in body:
+        limits = parse_rate_limits(body["rate_limits"]) if "rate_limits" in body else state.rate_limits
+        burst = optional_json_number(body, "rate_burst_seconds", default=state.rate_burst_seconds)
+        state.set_rate_limits(limits, burst_seconds=non_zero(burst, "rate_burst_seconds"))
     return web.json_response(state.config())
 
 
@@ -780,7 +932,12 @@ async def clear_requests(request: web.Request) -> web.Response:
 async def stats(request: web.Request) -> web.Response:
     state = request.app[STATE]
     by_status = {str(status): count for status, count in sorted(state.by_status.items())}
-    totals = {"requests": state.by_status.total(), "by_status": by_status, "in_flight": state.in_flight}
+    totals = {
+        "requests": state.by_status.total(),
+        "by_status": by_status,
+        "in_flight": state.in_flight,
+        "rate_limited": state.rate_limited,
+    }
     return web.json_response(totals)
 
 
@@ -798,7 +955,14 @@ async def api_errors(request: web.Request, handler: Handler) -> web.StreamRespon
         return error_response(error.status, str(error), error_type="invalid_request_error", param=error.param)
 
 
-def make_app(*, latency_ms: float = 0, latency_jitter_ms: float = 0, seed: int | None = None) -> web.Application:
+def make_app(
+    *,
+    latency_ms: float = 0,
+    latency_jitter_ms: float = 0,
+    seed: int | None = None,
+    rate_limits: dict[str, dict[str, float]] | None = None,
+    rate_burst_seconds: float = DEFAULT_RATE_BURST_SECONDS,
+) -> web.Application:
     app = web.Application(middlewares=[api_errors])
     app[STATE] = ServerState(
         startup_latency_ms=latency_ms,
@@ -806,7 +970,10 @@ def make_app(*, latency_ms: float = 0, latency_jitter_ms: float = 0, seed: int |
         rng=random.Random(seed),
         latency_ms=latency_ms,
         latency_jitter_ms=latency_jitter_ms,
+        startup_rate_limits=rate_limits or {},
+        startup_burst_seconds=rate_burst_seconds,
     )
+    app[STATE].reset()
     app.add_routes(
         [
             web.post("/v1/chat/completions", chat_completions),
@@ -858,12 +1025,34 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--latency-ms", type=float, default=0.0)
     parser.add_argument("--latency-jitter-ms", type=float, default=0.0, help="adds uniform 0..N ms")
     parser.add_argument("--seed", type=int, default=None, help="makes fault rates and jitter reproducible")
+    parser.add_argument("--rpm", type=float, help="requests per minute, all models together")
+    parser.add_argument("--tpm", type=float, help="tokens per minute, all models together")
+    parser.add_argument(
+        "--rate-limits", type=json.loads, default={}, help='per model, as JSON: {"gpt-4o-mini": {"rpm": 500}}'
+    )
+    parser.add_argument(
+        "--rate-burst-seconds",
+        type=float,
+        default=DEFAULT_RATE_BURST_SECONDS,
+        help="a limit's bucket holds this many seconds of its rate",
+    )
     return parser.parse_args(argv)
+
+
+def startup_rate_limits(args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    overall = {kind: getattr(args, kind) for kind in LIMIT_KINDS if getattr(args, kind)}
+    return parse_rate_limits({**args.rate_limits, **({ALL_MODELS: overall} if overall else {})})
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    app = make_app(latency_ms=args.latency_ms, latency_jitter_ms=args.latency_jitter_ms, seed=args.seed)
+    app = make_app(
+        latency_ms=args.latency_ms,
+        latency_jitter_ms=args.latency_jitter_ms,
+        seed=args.seed,
+        rate_limits=startup_rate_limits(args),
+        rate_burst_seconds=args.rate_burst_seconds,
+    )
     asyncio.run(serve(app, host=args.host, port=args.port))
 
 

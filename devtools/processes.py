@@ -19,8 +19,11 @@ _LISTENING = re.compile(r"listening on (http://\S+)")
 
 
 @contextmanager
-def llm_server(*, latency_ms: float = 0, jitter_ms: float = 0, seed: int | None = None) -> Iterator[str]:
-    """Run the bundled LLM server (`devtools.llm_server`) on a free port; yields its base URL (without /v1)."""
+def llm_server(
+    *, latency_ms: float = 0, jitter_ms: float = 0, seed: int | None = None, extra_args: tuple[str, ...] = ()
+) -> Iterator[str]:
+    """Run the bundled LLM server (`devtools.llm_server`) on a free port; yields its base URL (without /v1).
+    `extra_args` go to its command line (its enforced rate limits, say)."""
     command = [
         sys.executable,
         "-m",
@@ -34,6 +37,7 @@ def llm_server(*, latency_ms: float = 0, jitter_ms: float = 0, seed: int | None 
     ]
     if seed is not None:
         command += ["--seed", str(seed)]
+    command += extra_args
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True, start_new_session=True)
     try:
         yield _await_url(process)

@@ -385,7 +385,7 @@ def test_request_log_records_requests_and_faults(client: openai.OpenAI, server: 
     assert outcomes == [(None, 200, MODEL), ("500", 500, MODEL)]
     assert entries[0]["seq"] < entries[1]["seq"]
     assert [entry["text"] for entry in server.logged_requests(match="log-token-2")] == ["second log-token-2"]
-    assert server.stats() == {"requests": 2, "by_status": {"200": 1, "500": 1}, "in_flight": 0}
+    assert server.stats() == {"requests": 2, "by_status": {"200": 1, "500": 1}, "in_flight": 0, "rate_limited": 0}
     assert server.control("DELETE", "/control/requests").json() == {"deleted": 2}
     assert server.logged_requests() == []
 
@@ -398,12 +398,72 @@ def test_latency_header_delays_the_reply(client: openai.OpenAI) -> None:
 
 def test_configured_latency_applies_until_reset(client: openai.OpenAI, server: RunningServer) -> None:
     config = server.control("POST", "/control/config", {"latency_ms": 250})
-    assert config.json() == {"latency_ms": 250, "latency_jitter_ms": 0, "context_window": 0}
+    assert config.json() | {"latency_ms": 250, "latency_jitter_ms": 0} == config.json()
     started = time.monotonic()
     ask(client, "hello")
     assert time.monotonic() - started >= 0.25
     server.control("POST", "/control/reset")
     assert server.control("GET", "/control/config").json()["latency_ms"] == 0
+
+
+# ---------------------------------------------------------------- enforced rate limits
+
+
+def limit(server: RunningServer, limits: dict[str, Any], *, burst_seconds: float = 1.0) -> None:
+    body = {"rate_limits": limits, "rate_burst_seconds": burst_seconds}
+    assert server.control("POST", "/control/config", body).status_code == 200
+
+
+def test_requests_over_the_model_rpm_get_a_429_with_retry_after_and_are_counted(
+    client: openai.OpenAI, server: RunningServer
+) -> None:
+    # Given 120 requests per minute for the model, a bucket of one second: 2 requests at once, then one per 0.5 s
+    limit(server, {MODEL: {"rpm": 120}})
+    # When three requests come at once
+    first, second = (
+        ask(client, "one"),
+        client.chat.completions.with_raw_response.create(model=MODEL, messages=[{"role": "user", "content": "two"}]),
+    )
+    with pytest.raises(openai.RateLimitError) as caught:
+        ask(client, "three")
+    # Then the third is refused like OpenAI refuses it, and the refusal is counted apart
+    assert first.choices[0].message.content == "Offline answer to: one"
+    assert second.headers["x-ratelimit-limit-requests"] == "120"
+    assert second.headers["x-ratelimit-remaining-requests"] == "0"
+    headers = caught.value.response.headers
+    assert (caught.value.code, headers["retry-after"]) == ("rate_limit_exceeded", "1")
+    assert 0 < int(headers["retry-after-ms"]) <= 500
+    assert "requests per minute: Limit 120" in caught.value.message
+    assert server.stats()["rate_limited"] == 1 and server.stats()["by_status"]["429"] == 1
+    # and once the bucket drained for half a second, a request fits again
+    time.sleep(int(headers["retry-after-ms"]) / 1000)
+    assert ask(client, "four").choices[0].message.content == "Offline answer to: four"
+
+
+def test_tokens_per_minute_count_the_tokens_the_answer_reports(client: openai.OpenAI, server: RunningServer) -> None:
+    # Given 600 tokens a minute shared by all models: a bucket of 10 tokens
+    limit(server, {"*": {"tpm": 600}})
+    # When a request of 3 + 6 tokens is answered, then a second one at once
+    reply = ask(client, "a b c")
+    assert reply.usage.total_tokens == 9
+    with pytest.raises(openai.RateLimitError) as caught:
+        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "d e f"}])
+    # Then the second is refused: 9 of 10 tokens are in use, and it needs 9
+    assert caught.value.response.headers["x-ratelimit-limit-tokens"] == "600"
+    assert "all models on tokens per minute" in caught.value.message
+
+
+def test_rate_limits_given_on_the_command_line_apply_from_the_start(tmp_path: Path) -> None:
+    process, url = start_server(tmp_path / "stderr.log", "--rpm", "60", "--rate-limits", '{"gpt-4o": {"tpm": 1000}}')
+    try:
+        config = httpx.get(url + "/control/config").json()
+        client = openai.OpenAI(base_url=url + "/v1", api_key="test", max_retries=0, timeout=CLIENT_TIMEOUT_S)
+        ask(client, "hello")
+        with pytest.raises(openai.RateLimitError):
+            ask(client, "hello")
+    finally:
+        stop_server(process)
+    assert config["rate_limits"] == {"gpt-4o": {"tpm": 1000.0}, "*": {"rpm": 60.0}}
 
 
 @pytest.mark.parametrize(
@@ -418,6 +478,9 @@ def test_configured_latency_applies_until_reset(client: openai.OpenAI, server: R
         ("/control/faults", ["429"], "JSON object"),
         ("/control/config", {"latency_ms": "fast"}, "latency_ms"),
         ("/control/config", {"latency_ms": -1}, "latency_ms"),
+        ("/control/config", {"rate_limits": {"gpt-4o-mini": {"rph": 5}}}, "unknown field"),
+        ("/control/config", {"rate_limits": {"*": {"rpm": 0}}}, "rpm"),
+        ("/control/config", {"rate_limits": {"*": {"rpm": 60}}, "rate_burst_seconds": 0}, "rate_burst_seconds"),
     ],
 )
 def test_invalid_control_input_is_rejected(

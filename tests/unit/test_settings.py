@@ -81,6 +81,7 @@ def test_a_child_process_environment_rebuilds_the_same_settings(monkeypatch):
         batch_flush_seconds=0.2,
         llm_process=False,
         log_json=False,
+        llm_rate_limits={"gpt-4o-mini": {"rpm": 500, "tpm": 200000}},
     )
     # When a child process's environment holds only what as_env gives
     for name, value in settings.as_env().items():

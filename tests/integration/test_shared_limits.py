@@ -1,0 +1,227 @@
+"""The shared admission controls on real Redis (and PostgreSQL for the overrides): rate-limit reservations
+reconciled with the real usage, concurrency leases, and pause. Several workers are in
+test_rate_limited_workers.py and tests/chaos/test_limits_after_crash.py."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from admission import build_admission
+from admission.base import CallEnded, Candidate, Verdict
+from admission.concurrency import ConcurrencyCaps
+from admission.pause import PAUSED, PauseCheck, pause, resume
+from admission.rate_limits import MIN_RETRY_SECONDS, RateLimits, estimate_prompt_tokens
+from config import ModelRateLimit, Settings
+from database import session_scope
+from llm.messages import LLMReply, LLMRequest, ModelOptions, Usage
+from models import LimitScope
+from store.agents import AgentSpec
+from store.overrides import OverrideCache, set_override
+from tests.integration.conftest import IDLE_REDIS
+from tests.support import free_port
+
+MODEL = "gpt-4o-mini"
+AGENT = AgentSpec(uuid.uuid4(), "You are careful.", MODEL, 0.1, 100, ModelOptions())
+
+
+@pytest.fixture
+def shared() -> redis.Redis:
+    """An emptied Redis DB that no worker reads, standing for the workers' shared Redis."""
+    client = redis.Redis.from_url(IDLE_REDIS)
+    client.flushdb()
+    return client
+
+
+@pytest.fixture
+def overrides(rollback_factory) -> OverrideCache:
+    return OverrideCache(rollback_factory, ttl_seconds=0)
+
+
+def candidate(user_id: str = "u1", *, text: str = "Summarise the report", max_tokens: int = 100) -> Candidate:
+    request = LLMRequest(MODEL, 0.1, max_tokens, ModelOptions(), (("user", text),))
+    return Candidate(uuid.uuid4(), user_id, 1, AGENT, request)
+
+
+def limiter(settings: Settings, shared, overrides, *, slept: list[float] | None = None, **values) -> RateLimits:
+    configured = settings.model_copy(update={"rate_limit_max_wait_seconds": 0.0, **values})
+    sleep = slept.append if slept is not None else time.sleep
+    return RateLimits(configured, redis=lambda: shared, overrides=overrides, sleep=sleep)
+
+
+def verdicts(decisions) -> list[str]:
+    return [decision.reason if decision.verdict is Verdict.DEFER else "run" for decision in decisions]
+
+
+# ---------------------------------------------------------------- rate limits
+
+
+def test_calls_over_the_model_rpm_are_deferred_one_after_the_other_naming_the_limit(settings, shared, overrides):
+    # Given 120 requests a minute for the model, two at once at most (a one-second burst), and no waiting
+    limits = limiter(settings, shared, overrides, llm_rate_limits={MODEL: ModelRateLimit(rpm=120)})
+    # When a batch of five asks
+    decisions = limits.admit([candidate() for _ in range(5)])
+    # Then two run and three wait, each for the next free slot (one every half second)
+    assert verdicts(decisions) == ["run", "run"] + [f"rate limit {MODEL} RPM"] * 3
+    assert [round(d.retry_in, 1) for d in decisions[2:]] == [0.5, 1.0, 1.5]
+
+
+def test_a_batch_with_nothing_fitting_now_waits_in_the_worker_for_its_next_slot(settings, shared, overrides):
+    # Given 120 requests a minute (a slot every half second, two at once), calls allowed to wait a second
+    slept: list[float] = []
+    limits = limiter(
+        settings,
+        shared,
+        overrides,
+        slept=slept,
+        llm_rate_limits={MODEL: ModelRateLimit(rpm=120)},
+        rate_limit_max_wait_seconds=1,
+    )
+    # When a first batch of three asks: two fit now and go at once, without waiting for the third's slot
+    first = limits.admit([candidate() for _ in range(3)])
+    assert verdicts(first) == ["run"] * 2 + [f"rate limit {MODEL} RPM"] and slept == []
+    # When a second batch of two asks, neither fitting now
+    second = limits.admit([candidate() for _ in range(2)])
+    # Then the first runs once its slot comes (the worker sleeps till then), and the second, whose slot is
+    # half a second later, waits outside rather than hold the first back with it
+    assert verdicts(second) == ["run", f"rate limit {MODEL} RPM"]
+    assert slept == [pytest.approx(0.5, abs=0.05)]
+    assert second[1].retry_in == pytest.approx(MIN_RETRY_SECONDS, abs=0.05)
+
+
+def test_a_candidate_is_reserved_in_every_limit_that_applies_or_in_none(settings, shared, overrides, rollback_factory):
+    # Given a model limit of 240 requests a minute (four at once) and user u1 allowed 60 (one at once)
+    with session_scope(rollback_factory) as session:
+        set_override(session, LimitScope.USER, "u1", "rpm", "60")
+    limits = limiter(settings, shared, overrides, llm_rate_limits={MODEL: ModelRateLimit(rpm=240)})
+    # When u1 asks twice, then u2 four times
+    first = limits.admit([candidate("u1"), candidate("u1")])
+    second = limits.admit([candidate("u2") for _ in range(4)])
+    # Then u1's second call is held back by u1's own limit and took nothing from the model's: u2 gets three
+    assert verdicts(first) == ["run", "rate limit user u1 RPM"]
+    assert verdicts(second) == ["run"] * 3 + [f"rate limit {MODEL} RPM"]
+
+
+def test_unused_tokens_are_given_back_once_the_reply_reports_its_usage(settings, shared, overrides):
+    # Given a TPM limit whose one-second bucket holds one call's estimate (prompt + max_tokens) and 20 tokens
+    request = candidate().request
+    estimate = estimate_prompt_tokens(request) + request.max_tokens
+    limits = limiter(settings, shared, overrides, llm_rate_limits={MODEL: ModelRateLimit(tpm=(estimate + 20) * 60)})
+    [first] = limits.admit([running := candidate()])
+    assert verdicts([first, *limits.admit([candidate()])]) == ["run", f"rate limit {MODEL} TPM"]
+    # When the call ends having used 10 tokens, then the unused ones come back and a second call fits now
+    limits.release([CallEnded(running, LLMReply("answer", Usage(6, 4, 10)))])
+    assert verdicts(limits.admit([candidate()])) == ["run"]
+
+
+def test_a_call_never_made_gives_its_request_and_tokens_back(settings, shared, overrides):
+    limits = limiter(settings, shared, overrides, llm_rate_limits={MODEL: ModelRateLimit(rpm=60)})
+    [decision] = limits.admit([turned_away := candidate()])
+    limits.release([CallEnded(turned_away)])  # a later check turned it away
+    assert verdicts([decision, *limits.admit([candidate()])]) == ["run", "run"]
+
+
+def test_a_dead_workers_reservation_expires_with_its_bucket(settings, shared, overrides):
+    # Given a worker that reserved the whole bucket (4 requests at 240 a minute) and died without releasing
+    limits = limiter(settings, shared, overrides, llm_rate_limits={MODEL: ModelRateLimit(rpm=240)})
+    assert verdicts(limits.admit([candidate() for _ in range(4)])) == ["run"] * 4
+    [key] = shared.keys("agent_service:rate:*")
+    # Then its key expires within the second the bucket takes to drain (plus a second of slack)
+    assert 0 < shared.pttl(key) <= 2001
+    # and another worker finds the whole bucket again once it drained
+    time.sleep(1.0)
+    other = limiter(settings, shared, overrides, llm_rate_limits={MODEL: ModelRateLimit(rpm=240)})
+    assert verdicts(other.admit([candidate() for _ in range(4)])) == ["run"] * 4
+
+
+# ---------------------------------------------------------------- concurrency caps
+
+
+def caps(settings: Settings, shared, overrides, **values) -> ConcurrencyCaps:
+    configured = settings.model_copy(update=values)
+    return ConcurrencyCaps(configured, redis=lambda: shared, overrides=overrides)
+
+
+def test_a_user_over_its_cap_waits_while_other_users_run(settings, shared, overrides):
+    capped = caps(settings, shared, overrides, user_concurrency_cap=2)
+    batch = [candidate("u1"), candidate("u1"), candidate("u2"), candidate("u1"), candidate("u1"), candidate("u1")]
+    decisions = capped.admit(batch)
+    assert verdicts(decisions) == ["run", "run", "run"] + ["user u1 concurrency cap 2"] * 3
+    # the waiters come back in waves of two
+    assert [d.retry_in for d in decisions[3:]] == [1.0, 1.0, 2.0]
+
+
+def test_a_lease_given_back_lets_the_next_task_run(settings, shared, overrides):
+    capped = caps(settings, shared, overrides, user_concurrency_cap=1)
+    [first] = capped.admit([running := candidate()])
+    assert verdicts([first, *capped.admit([candidate()])]) == ["run", "user u1 concurrency cap 1"]
+    capped.release([CallEnded(running, LLMReply("answer", None))])
+    assert verdicts(capped.admit([candidate()])) == ["run"]
+
+
+def test_an_agents_own_cap_overrides_the_default(settings, shared, overrides, rollback_factory):
+    with session_scope(rollback_factory) as session:
+        set_override(session, LimitScope.AGENT, str(AGENT.id), "concurrency_cap", "1")
+    capped = caps(settings, shared, overrides, agent_concurrency_cap=10)
+    assert verdicts(capped.admit([candidate("u1"), candidate("u2")])) == ["run", f"agent {AGENT.id} concurrency cap 1"]
+
+
+def test_a_dead_workers_lease_expires(settings, shared, overrides):
+    # Given a lease taken by a worker that then died (leases here last half a second)
+    capped = caps(settings, shared, overrides, user_concurrency_cap=1)
+    capped.lease_seconds = 0.5
+    assert verdicts(capped.admit([candidate()])) == ["run"]
+    # Then the cap frees itself once the lease expired, with no release
+    time.sleep(0.6)
+    assert verdicts(caps(settings, shared, overrides, user_concurrency_cap=1).admit([candidate()])) == ["run"]
+
+
+def test_a_lease_is_never_longer_than_a_call_can_take_plus_a_margin(settings, shared, overrides):
+    capped = caps(settings, shared, overrides, user_concurrency_cap=1)
+    capped.admit([candidate()])
+    [key] = shared.keys("agent_service:leases:*")
+    ttl = shared.pttl(key) / 1000
+    assert settings.llm_timeout_seconds < ttl <= capped.lease_seconds + 0.001
+
+
+# ---------------------------------------------------------------- pause
+
+
+def test_while_paused_every_task_is_deferred_and_after_resume_they_run(shared):
+    check = PauseCheck(lambda: shared)
+    pause(shared)
+    decisions = check.admit([candidate(), candidate("u2")])
+    assert verdicts(decisions) == [PAUSED, PAUSED] and all(d.retry_in > 0 for d in decisions)
+    assert resume(shared) is True
+    assert verdicts(check.admit([candidate()])) == ["run"]
+    assert resume(shared) is False
+
+
+def test_the_controls_switched_on_are_asked_pause_first_and_rate_limits_last(settings, rollback_factory):
+    on = settings.model_copy(
+        update={"pause_enabled": True, "concurrency_caps_enabled": True, "rate_limits_enabled": True}
+    )
+    admission = build_admission(on, redis=lambda: redis.Redis.from_url(IDLE_REDIS), session_factory=rollback_factory)
+    assert [type(check) for check in admission.checks] == [PauseCheck, ConcurrencyCaps, RateLimits]
+    assert build_admission(settings, redis=lambda: None, session_factory=rollback_factory).checks == ()
+
+
+def test_with_redis_unreachable_every_control_defers_its_tasks_and_releases_without_raising(settings, overrides):
+    # Given controls whose Redis does not answer (nothing listens on the port)
+    down = redis.Redis(port=free_port(), socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0))
+    on = settings.model_copy(update={"llm_rate_limits": {MODEL: ModelRateLimit(rpm=60)}, "user_concurrency_cap": 1})
+    checks = [
+        PauseCheck(lambda: down),
+        ConcurrencyCaps(on, redis=lambda: down, overrides=overrides),
+        RateLimits(on, redis=lambda: down, overrides=overrides),
+    ]
+    for check in checks:
+        # Then each defers (no attempt spent, no call a limit could not vouch for) and names itself
+        [decision] = check.admit([waiting := candidate()])
+        assert decision.verdict is Verdict.DEFER and decision.reason.endswith("unavailable")
+        check.release([CallEnded(waiting, LLMReply("answer", Usage(1, 1, 2)))])
