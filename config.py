@@ -97,6 +97,9 @@ class Settings(BaseSettings):
     flower_address: str = Field("127.0.0.1", description="beyond loopback, Flower requires FLOWER_BASIC_AUTH")
     flower_port: int = Field(5555, ge=1, le=65535)
     flower_basic_auth: SecretStr | None = Field(None, description="Flower's logins: user:password[,user:password]")
+    # No call paid twice (README "Cost and limits"): each LLM reply is kept in Redis until its outcome is
+    # recorded, so a worker killed in between costs no second call. Needs REDIS_URL; off without one.
+    keep_replies: bool = Field(True, description="keep each LLM reply in Redis until its outcome is recorded")
     log_json: bool = True
 
     @field_validator("flower_basic_auth")

@@ -7,6 +7,7 @@ AgentServiceError
 ├── BrokerUnavailableError the row is saved as pending but could not be queued
 ├── RetryableError        transient: try again later, after `delay` seconds if given
 └── PermanentError        retrying cannot help: fail the task now
+    └── CallCancelledError the task was cancelled while its LLM call ran, and the call was aborted
 """
 
 from __future__ import annotations
@@ -55,6 +56,10 @@ class RetryableError(AgentServiceError):
 
 class PermanentError(AgentServiceError):
     """A failure that retrying cannot fix: the task fails at once with this message."""
+
+
+class CallCancelledError(PermanentError):
+    """The task was cancelled while its LLM call ran, and the call was aborted."""
 
 
 def item_error(message: str, *, index: int, count: int) -> TaskValidationError:

@@ -34,6 +34,11 @@ LLM_CALL_DURATION = Histogram(
     ["model"],
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120),
 )
+REPLY_CACHE = Counter(
+    "agent_service_reply_cache_total",
+    "Deterministic calls of agents with a reply cache, by whether Redis answered them (hit) or the model (miss)",
+    ["result"],
+)
 
 # Attributes a log line may carry beyond the message; anything else on the record is stdlib noise.
 _LOG_FIELDS = ("task", "task_id", "agent_id", "status", "attempt", "duration_ms", "error", "retry_in")

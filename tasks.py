@@ -67,6 +67,8 @@ def process_agent_task(self: AgentTaskBatches, requests: list[AgentRequest]) -> 
             llm=services.llm_runner,
             admission=services.admission,
             on_settled=on_settled,
+            replies=services.replies,
+            running=services.running_calls,
         )
     except Exception as exc:
         error = classify(exc)

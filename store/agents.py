@@ -6,9 +6,21 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 
 from llm.messages import ModelOptions
+
+
+class AgentSettings(ModelOptions):
+    """An agent's `settings` JSON: the model options it sends with each call, and the service's own
+    per-agent options, which never reach the model."""
+
+    cache_ttl_seconds: int = Field(
+        0, ge=0, description="answer repeated deterministic calls (temperature 0) from Redis this long; 0: never"
+    )
+
+    def model_options(self) -> ModelOptions:
+        return ModelOptions.model_validate(self.model_dump(include=set(ModelOptions.model_fields)))
 
 
 @dataclass(frozen=True)
@@ -22,6 +34,7 @@ class AgentSpec:
     max_tokens: int
     options: ModelOptions
     kind: str = "text"
+    cache_ttl_seconds: int = 0
 
 
 def agent_spec(agent: Any) -> tuple[AgentSpec | None, str | None]:
@@ -29,7 +42,16 @@ def agent_spec(agent: Any) -> tuple[AgentSpec | None, str | None]:
     if not agent.is_active:
         return None, f"agent {agent.name!r} is inactive"
     try:
-        options = ModelOptions.model_validate(agent.settings or {})
+        settings = AgentSettings.model_validate(agent.settings or {})
     except ValidationError as exc:
         return None, f"agent {agent.name!r} has invalid settings: {exc}"
-    return AgentSpec(agent.id, agent.prompt, agent.model, agent.temperature, agent.max_tokens, options), None
+    spec = AgentSpec(
+        agent.id,
+        agent.prompt,
+        agent.model,
+        agent.temperature,
+        agent.max_tokens,
+        settings.model_options(),
+        cache_ttl_seconds=settings.cache_ttl_seconds,
+    )
+    return spec, None

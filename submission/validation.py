@@ -19,7 +19,7 @@ from pydantic import (
 
 from config import Settings
 from errors import TaskValidationError
-from llm.messages import ModelOptions
+from store.agents import AgentSettings
 
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -73,7 +73,7 @@ class AgentInput(BaseModel):
     model: Name
     temperature: float = Field(0.7, ge=0, le=2)
     max_tokens: int = Field(1000, ge=1, le=200_000)
-    settings: ModelOptions = ModelOptions()
+    settings: AgentSettings = AgentSettings()
 
 
 def parse_task_input(data: Any, *, settings: Settings) -> TaskInput:
