@@ -193,8 +193,10 @@ class _Child:
         wanted = set(futures)
         with self._lock:
             call_ids = tuple(call_id for call_id, future in self._pending.items() if future in wanted)
-            for call_id in call_ids:
-                self._pending.pop(call_id).cancel()
+            cancelled = [self._pending.pop(call_id) for call_id in call_ids]
+        for future in cancelled:
+            future.cancel()
+            future.set_running_or_notify_cancel()  # wakes `concurrent.futures.wait`, which cancel() alone does not
         if call_ids:
             self._send(CancelCalls(call_ids))
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
+from concurrent.futures import wait
 
 import psutil
 import pytest
@@ -80,9 +81,9 @@ def test_cancelling_a_call_aborts_its_http_request_and_leaves_the_other_calls_al
     wait_until(lambda: llm.requests(slow), what="slow call under way", timeout=20)
     # When the first is cancelled
     runner.cancel([doomed])
-    # Then its future is cancelled at once, the server sees the client go away long before its answer was
-    # due, and the other call still ends with its reply
-    assert doomed.cancelled()
+    # Then its future is cancelled at once (and a thread waiting on it wakes), the server sees the client go
+    # away long before its answer was due, and the other call still ends with its reply
+    assert doomed.cancelled() and wait([doomed], timeout=1).done == {doomed}
     wait_until(lambda: llm.requests(slow)[0]["ended"] == "dropped", what="aborted request", timeout=3)
     assert kept.result(timeout=30).text
     assert [entry["ended"] for entry in llm.requests(other)] == ["answered"]
@@ -98,6 +99,7 @@ def test_cancelling_a_call_on_the_in_process_loop_aborts_its_http_request(settin
         [doomed] = loop.submit([call(slow)])
         wait_until(lambda: llm.requests(slow), what="slow call under way", timeout=20)
         loop.cancel([doomed])
+        assert wait([doomed], timeout=1).done == {doomed}
         wait_until(lambda: llm.requests(slow)[0]["ended"] == "dropped", what="aborted request", timeout=3)
     finally:
         loop.close()

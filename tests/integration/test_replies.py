@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+from celery.result import AsyncResult
 
 from admission.base import Candidate
 from database import session_scope
@@ -142,6 +143,7 @@ def test_cancelling_a_running_task_aborts_its_llm_call_and_records_no_result(app
     wait_until(lambda: llm.requests(title)[0]["ended"] == "dropped", what="aborted LLM request", timeout=3)
     [call] = llm.requests(title)
     assert call["ended_at"] - call["at"] < 4
+    assert AsyncResult(task_id, app=app).get(timeout=10) == {"status": "cancelled", "task_id": task_id}
     row = wait_for_final(session_factory, [task_id])[task_id]
     assert (row.status, row.result, row.total_tokens) == (TaskStatus.CANCELLED, None, None)
 
