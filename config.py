@@ -163,6 +163,9 @@ class Settings(BaseSettings):
     rate_limit_max_wait_seconds: float = Field(
         1.0, ge=0, description="a call waits in the worker this long at most for its rate; beyond, it is deferred"
     )
+    # No call paid twice (README "Cost and limits"): each LLM reply is kept in Redis until its outcome is
+    # recorded, so a worker killed in between costs no second call. Needs REDIS_URL; off without one.
+    keep_replies: bool = Field(True, description="keep each LLM reply in Redis until its outcome is recorded")
     log_json: bool = True
 
     @field_validator("flower_basic_auth")

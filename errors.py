@@ -8,7 +8,8 @@ AgentServiceError
 ├── RetryableError        transient: try again later, after `delay` seconds if given
 └── PermanentError        retrying cannot help: fail the task now
     ├── ContextLengthExceededError the task does not fit the model's context (the model's limit, not the provider's)
-    └── ContentFilteredError       the provider's content filter refused the prompt or cut the reply
+    ├── ContentFilteredError       the provider's content filter refused the prompt or cut the reply
+    └── CallCancelledError         the task was cancelled while its LLM call ran, and the call was aborted
 
 A failed LLM call that is the provider's doing rather than the task's carries a `ProviderFault` (the
 circuit breaker counts these, see `admission.breaker`).
@@ -84,6 +85,10 @@ class ContextLengthExceededError(PermanentError):
 
 class ContentFilteredError(PermanentError):
     """The provider's content filter refused the prompt, or stopped the reply (finish_reason content_filter)."""
+
+
+class CallCancelledError(PermanentError):
+    """The task was cancelled while its LLM call ran, and the call was aborted."""
 
 
 def item_error(message: str, *, index: int, count: int) -> TaskValidationError:

@@ -48,6 +48,11 @@ BREAKER_TRANSITIONS = Counter(
     "Circuit breaker changes (opened, reopened, closed) by provider and model",
     ["provider", "model", "transition"],
 )
+REPLY_CACHE = Counter(
+    "agent_service_reply_cache_total",
+    "Deterministic calls of agents with a reply cache, by whether Redis answered them (hit) or the model (miss)",
+    ["result"],
+)
 
 # Attributes a log line may carry beyond the message; anything else on the record is stdlib noise.
 _LOG_FIELDS = ("task", "task_id", "agent_id", "status", "attempt", "duration_ms", "error", "retry_in")

@@ -68,6 +68,8 @@ def process_agent_task(self: AgentTaskBatches, requests: list[AgentRequest]) -> 
             admission=services.admission,
             prices=services.prices,
             on_settled=on_settled,
+            replies=services.replies,
+            running=services.running_calls,
         )
     except Exception as exc:
         error = classify(exc)

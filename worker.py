@@ -160,9 +160,11 @@ def _stop_llm_runner(**_: Any) -> None:
 
 
 def _prepare_to_run_tasks() -> None:
-    """In the process that runs the tasks, once started: settle its heap and start its LLM process."""
+    """In the process that runs the tasks, once started: settle its heap, start its LLM process and listen
+    for cancellations."""
     settle_heap()
     app.services.llm_runner.start()
+    app.services.listen_for_cancellations()
 
 
 def _runs_this_app() -> bool:

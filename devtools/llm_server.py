@@ -289,18 +289,27 @@ class ServerState:
         jitter = self.rng.uniform(0, self.latency_jitter_ms) if self.latency_jitter_ms else 0.0
         return (self.latency_ms + jitter) / 1000
 
-    def record(self, *, model: str, text: str, fault: Fault | None, status: int) -> None:
+    def record(self, *, model: str, text: str, fault: Fault | None, status: int) -> dict[str, Any]:
+        """Log a request as it arrives (`end` adds how it ended); returns its entry."""
         self.by_status[status] += 1
-        self.request_log.append(
-            {
-                "seq": next(self.request_seq),
-                "at": time.time(),
-                "model": model,
-                "fault": fault.kind if fault else None,
-                "status": status,
-                "text": text,
-            }
-        )
+        entry = {
+            "seq": next(self.request_seq),
+            "at": time.time(),
+            "model": model,
+            "fault": fault.kind if fault else None,
+            "status": status,
+            "text": text,
+            "ended": None,
+            "ended_at": None,
+        }
+        self.request_log.append(entry)
+        return entry
+
+    @staticmethod
+    def end(entry: dict[str, Any], how: str) -> None:
+        """Note how a logged request ended: "answered" once its whole response was sent, "dropped" when the
+        client went away first (a cancelled call, a client timeout)."""
+        entry.update(ended=how, ended_at=time.time())
 
     def config(self) -> dict[str, Any]:
         return {
@@ -839,16 +848,28 @@ async def handle_chat(request: web.Request, state: ServerState) -> web.StreamRes
     too_long = context_overflow(state, chat)
     status = 400 if too_long else fault.status if fault else 200
     # Recorded before the wait so tests can see requests that are still pending or hanging.
-    state.record(model=chat.model, text=chat.log_text, fault=fault, status=status)
+    entry = state.record(model=chat.model, text=chat.log_text, fault=fault, status=status)
     if too_long:
+        state.end(entry, "answered")
         return error_response(
             400, too_long, error_type="invalid_request_error", param="messages", code="context_length_exceeded"
         )
-    if latency_s > 0:
-        await asyncio.sleep(latency_s)
-    response = await (faulty_answer(request, chat, fault) if fault else answer(request, chat))
-    if not response.prepared:  # a streamed answer has sent its headers already
-        response.headers.update(admitted)
+    try:
+        if latency_s > 0:
+            await asyncio.sleep(latency_s)
+        response = await (faulty_answer(request, chat, fault) if fault else answer(request, chat))
+        if fault is not None and fault.kind == "drop":
+            state.end(entry, "dropped")
+            return response
+        # Sent here rather than by aiohttp after the return, so that the log knows when it was answered.
+        if not response.prepared:  # a streamed answer has sent its headers (without the rate ones) already
+            response.headers.update(admitted)
+            await response.prepare(request)
+            await response.write_eof()
+    except asyncio.CancelledError:  # the client went away (handler_cancellation)
+        state.end(entry, "dropped")
+        raise
+    state.end(entry, "answered")
     return response
 
 

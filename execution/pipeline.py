@@ -18,6 +18,7 @@ from admission.base import Admission, CallEnded, Candidate, Decision, Verdict
 from config import Settings
 from database import session_scope
 from errors import (
+    CallCancelledError,
     ContentFilteredError,
     ContextLengthExceededError,
     PermanentError,
@@ -25,8 +26,10 @@ from errors import (
     TaskValidationError,
     classify,
 )
+from execution.aborts import RunningCalls
 from execution.liveness import current_owner, owner_is_gone
 from execution.outcomes import Outcome, TaskOutcome
+from execution.replies import Arrived, ReplyStore
 from execution.retry import backoff_delay
 from kinds import KINDS, kind_named
 from kinds.base import KindResult, TaskKind, TaskWork
@@ -73,6 +76,8 @@ OnSettled = Callable[[list[tuple[int, TaskOutcome]]], None] | None
 
 @dataclass(frozen=True)
 class _Prepared:
+    """A claim ready to call: its kind, its work and the request built for it."""
+
     claim: Claim
     kind: TaskKind
     work: TaskWork
@@ -88,10 +93,17 @@ def execute_agent_task(
     llm: LLMRunner,
     admission: Admission = NO_ADMISSION_CHECKS,
     prices: PriceBook | None = None,
+    replies: ReplyStore | None = None,
 ) -> TaskOutcome:
     """Run one attempt of one task; see `execute_agent_tasks`."""
     return execute_agent_tasks(
-        [task_id], session_factory=session_factory, settings=settings, llm=llm, admission=admission, prices=prices
+        [task_id],
+        session_factory=session_factory,
+        settings=settings,
+        llm=llm,
+        admission=admission,
+        prices=prices,
+        replies=replies,
     )[0]
 
 
@@ -105,6 +117,8 @@ def execute_agent_tasks(
     kinds: Mapping[str, TaskKind] = KINDS,
     on_settled: OnSettled = None,
     prices: PriceBook | None = None,
+    replies: ReplyStore | None = None,
+    running: RunningCalls | None = None,
 ) -> list[TaskOutcome]:
     """Run one attempt of each task: claim them all in one transaction, ask `admission` which may run,
     call the LLM for those (concurrently, on `llm`) with no connection held, and record the outcomes as
@@ -113,6 +127,11 @@ def execute_agent_tasks(
 
     Every reply is charged to its task (tokens and cost at `prices`, by default those the settings give),
     a reply that cannot be used as well.
+
+    With `replies`, a task whose earlier attempt was lost after its reply arrived is settled with that
+    reply, and a cacheable call with a cached one, before admission and with no call; each reply that
+    arrives is kept until its outcome is recorded. With `running`, the calls under way are listed there so
+    that cancelling a task aborts its call.
 
     `on_settled` is called with each group of outcomes once it is recorded (the deliveries that are not to
     run come first, right after the claim), each outcome with the position of its id in `task_ids`; it must
@@ -140,21 +159,25 @@ def execute_agent_tasks(
     if not_run and on_settled:
         on_settled(not_run)
     settled: dict[uuid.UUID, TaskOutcome] = {}
+    calls = _Calls(settings=settings, llm=llm, admission=admission, prices=prices, replies=replies, running=running)
 
     def record(group: list[tuple[Claim, Settlement]]) -> None:
+        _count_charges(how for _, how in group)
         outcomes = _record(group, session_factory=session_factory, settings=settings, started=started)
         settled.update(outcomes)
-        _count_charges(how for _, how in group)
         if on_settled:
             on_settled([(positions[task_id], outcome) for task_id, outcome in outcomes.items()])
+        if replies:
+            replies.forget((claim.task_id, claim.attempt) for claim, _ in group if claim.task_id in calls.replied)
 
     runs = [step for step in steps if isinstance(step, Claim)]
     try:
-        for group in _settlements(runs, settings=settings, llm=llm, admission=admission, kinds=kinds, prices=prices):
+        for group in calls.settlements(runs, kinds=kinds):
             record(group)
     except Exception as exc:
         # Cut short (the soft time limit, say): the claims not yet settled are settled with that error, since
         # a row left running under a live owner would wait for the stale threshold.
+        calls.abandon(runs)
         record([(claim, exc) for claim in runs if claim.task_id not in settled])
     not_run_at = dict(not_run)
     return [settled[step.task_id] if isinstance(step, Claim) else not_run_at[at] for at, step in enumerate(steps)]
@@ -170,67 +193,125 @@ def parse_task_id(task_id: Any) -> uuid.UUID:
         raise TaskValidationError(f"invalid task id: a task id must be a UUID string, got {task_id!r:.80}") from None
 
 
-def _settlements(
-    claims: list[Claim],
-    *,
-    settings: Settings,
-    llm: LLMRunner,
-    admission: Admission,
-    kinds: Mapping[str, TaskKind],
-    prices: PriceBook,
-) -> Iterator[list[tuple[Claim, Settlement]]]:
-    """Each claim with how it ends, in groups: first the claims that must not run and those admission
-    turned away, then the replies, the first to arrive with every other one that arrives within the next
-    `batch_flush_seconds`. A task too long for its model's context whose agent allows it is sent again,
-    once, with its description cut to fit (through admission again)."""
-    prepared: list[tuple[Claim, _Prepared]] = []
-    stopped: list[tuple[Claim, Settlement]] = []
-    for claim in claims:
-        step = _prepare(claim, settings=settings, kinds=kinds)
-        if isinstance(step, _Prepared):
-            prepared.append((claim, step))
-        else:
-            stopped.append((claim, step))
-    decisions = _admit(admission, [step.candidate for _, step in prepared], settings=settings)
-    stopped += [
-        (claim, _turned_away(decision))
-        for (claim, _), decision in zip(prepared, decisions, strict=True)
-        if decision.verdict is not Verdict.RUN
-    ]
-    if stopped:
-        yield stopped
-    admitted = [
-        _with_request(step, decision.request)
-        for (_, step), decision in zip(prepared, decisions, strict=True)
-        if decision.verdict is Verdict.RUN
-    ]
-    pending: dict[Future[LLMReply], _Prepared] = {}
-    _submit(admitted, llm=llm, into=pending)
-    while pending:
-        first, _ = wait(pending, return_when=FIRST_COMPLETED)
-        more, _ = wait(pending.keys() - first, timeout=settings.batch_flush_seconds)
-        ended = [(pending.pop(future), future) for future in first | more]
-        admission.release([_call_ended(step, future) for step, future in ended])
-        outcomes = [(step, _interpret(step, future, prices=prices)) for step, future in ended]
-        again = [cut for step, how in outcomes if (cut := _cut_to_fit(step, how, kinds=kinds)) is not None]
-        retried = {step.claim.task_id for step in again}
-        group = [(step.claim, how) for step, how in outcomes if step.claim.task_id not in retried]
-        for step, decision in zip(again, admission.admit([step.candidate for step in again]), strict=True):
-            if decision.verdict is Verdict.RUN:
-                _submit([_with_request(step, decision.request)], llm=llm, into=pending)
+class _Calls:
+    """How a batch's claims end: settled before any call (stored replies, admission), or by their calls."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        llm: LLMRunner,
+        admission: Admission,
+        prices: PriceBook,
+        replies: ReplyStore | None,
+        running: RunningCalls | None,
+    ) -> None:
+        self._settings, self._llm, self._admission, self._prices = settings, llm, admission, prices
+        self._replies, self._running = replies, running
+        self.replied: set[uuid.UUID] = set()  # the claims settled from a reply, which is kept until recorded
+
+    def settlements(
+        self, claims: list[Claim], *, kinds: Mapping[str, TaskKind]
+    ) -> Iterator[list[tuple[Claim, Settlement]]]:
+        """Each claim with how it ends, in groups: first those settled without a call (stored replies, the
+        claims that must not run, those admission turned away), then the replies, the first to arrive with
+        every other one that arrives within the next `batch_flush_seconds`. A task too long for its model's
+        context whose agent allows it is sent again, once, with its description cut to fit (through admission
+        again)."""
+        stopped: list[tuple[Claim, Settlement]] = []
+        prepared: list[_Prepared] = []
+        for claim in claims:
+            step = _prepare(claim, kinds=kinds)
+            if isinstance(step, _Prepared):
+                prepared.append(step)
             else:
-                group.append((step.claim, _turned_away(decision)))
-        if group:
-            yield group
+                stopped.append((claim, step))
+        stored = self._replies.lookup([step.candidate for step in prepared]) if self._replies else {}
+        to_admit: list[_Prepared] = []
+        for step in prepared:
+            if (found := stored.get(step.claim.task_id)) is not None:
+                self.replied.add(step.claim.task_id)
+                stopped.append((step.claim, _answered(step, found.reply, model=found.model, prices=self._prices)))
+            elif step.claim.attempt > self._settings.task_max_attempts:
+                # Only a run whose worker died gets here: the row was claimed but never settled.
+                stopped.append((step.claim, _gave_up(step.claim)))
+            else:
+                to_admit.append(step)
+        decisions = _admit(self._admission, [step.candidate for step in to_admit], settings=self._settings)
+        stopped += [
+            (step.claim, _turned_away(decision))
+            for step, decision in zip(to_admit, decisions, strict=True)
+            if decision.verdict is not Verdict.RUN
+        ]
+        if stopped:
+            yield stopped
+        admitted = [
+            _with_request(step, decision.request)
+            for step, decision in zip(to_admit, decisions, strict=True)
+            if decision.verdict is Verdict.RUN
+        ]
+        yield from self._calls(admitted)
+
+    def abandon(self, claims: list[Claim]) -> None:
+        """These claims are settled otherwise (cut short): their calls are no longer ours to abort, and their
+        kept replies stay kept, for the next attempt."""
+        if self._running:
+            self._running.discard(claim.task_id for claim in claims)
+        self.replied.clear()
+
+    def _calls(self, admitted: list[_Prepared]) -> Iterator[list[tuple[Claim, Settlement]]]:
+        pending: dict[Future[LLMReply], _Prepared] = {}
+        self._submit(admitted, into=pending)
+        while pending:
+            first, _ = wait(pending, return_when=FIRST_COMPLETED)
+            ended = self._arrived([(pending.pop(future), future) for future in first])
+            more, _ = wait(pending, timeout=self._settings.batch_flush_seconds)
+            ended += self._arrived([(pending.pop(future), future) for future in more])
+            self._admission.release([_call_ended(step, ending) for step, ending, _ in ended])
+            again = [cut for step, _, how in ended if (cut := _cut_to_fit(step, how)) is not None]
+            retried = {step.claim.task_id for step in again}
+            group = [(step.claim, how) for step, _, how in ended if step.claim.task_id not in retried]
+            decisions = _admit(self._admission, [step.candidate for step in again], settings=self._settings)
+            for step, decision in zip(again, decisions, strict=True):
+                if decision.verdict is Verdict.RUN:
+                    self._submit([_with_request(step, decision.request)], into=pending)
+                else:
+                    group.append((step.claim, _turned_away(decision)))
+            if group:
+                yield group
+
+    def _submit(self, steps: list[_Prepared], *, into: dict[Future[LLMReply], _Prepared]) -> None:
+        futures = self._llm.submit([step.candidate.request for step in steps])
+        time_llm_calls(futures, [step.candidate.request.model for step in steps])
+        into.update(zip(futures, steps, strict=True))
+        if self._running:
+            self._running.add((step.claim.task_id, future) for future, step in zip(futures, steps, strict=True))
+
+    def _arrived(
+        self, ended: list[tuple[_Prepared, Future[LLMReply]]]
+    ) -> list[tuple[_Prepared, LLMReply | BaseException, Settlement]]:
+        """Interpret these ended calls, and keep their replies (in one write) as soon as they are seen."""
+        if self._running:
+            self._running.discard(step.claim.task_id for step, _ in ended)
+        endings = [(step, _ending(future)) for step, future in ended]
+        settled = [(step, ending, _interpret(step, ending, prices=self._prices)) for step, ending in endings]
+        arrived = [
+            Arrived(step.candidate, ending, cacheable=isinstance(how, Answer))
+            for step, ending, how in settled
+            if isinstance(ending, LLMReply)
+        ]
+        if self._replies and arrived:
+            self._replies.keep(arrived)
+            self.replied.update(item.candidate.task_id for item in arrived)
+        return settled
 
 
-def _submit(steps: list[_Prepared], *, llm: LLMRunner, into: dict[Future[LLMReply], _Prepared]) -> None:
-    futures = llm.submit([step.candidate.request for step in steps])
-    time_llm_calls(futures, [step.candidate.request.model for step in steps])
-    into.update(zip(futures, steps, strict=True))
+def _with_request(step: _Prepared, request: LLMRequest | None) -> _Prepared:
+    """The step with the request admission chose instead of the task's own, if it chose one."""
+    return step if request is None else replace(step, candidate=replace(step.candidate, request=request))
 
 
-def _cut_to_fit(step: _Prepared, how: Settlement, *, kinds: Mapping[str, TaskKind]) -> _Prepared | None:
+def _cut_to_fit(step: _Prepared, how: Settlement) -> _Prepared | None:
     """The step again with its description cut to fit its model's context, when the call exceeded it, the
     agent allows cutting and it was not cut already; else None."""
     if not (isinstance(how, ContextLengthExceededError) and step.work.agent.truncate_to_fit and not step.truncated):
@@ -275,22 +356,22 @@ def _admit(admission: Admission, candidates: list[Candidate], *, settings: Setti
         return [Decision.defer(f"admission controls unavailable: {error}", retry_in=wait_for)] * len(candidates)
 
 
-def _with_request(step: _Prepared, request: LLMRequest | None) -> _Prepared:
-    """The step with the request admission chose instead of the task's own, if it chose one."""
-    return step if request is None else replace(step, candidate=replace(step.candidate, request=request))
+def _ending(future: Future[LLMReply]) -> LLMReply | BaseException:
+    """The reply of an ended call, or the error it ended with (an aborted one: CallCancelledError)."""
+    if future.cancelled():
+        return CallCancelledError("cancelled while its LLM call ran; the call was aborted")
+    return future.exception() or future.result()
 
 
-def _call_ended(step: _Prepared, future: Future[LLMReply]) -> CallEnded:
-    error = future.exception()
-    return CallEnded(step.candidate, error=error) if error is not None else CallEnded(step.candidate, future.result())
+def _call_ended(step: _Prepared, ending: LLMReply | BaseException) -> CallEnded:
+    if isinstance(ending, BaseException):
+        return CallEnded(step.candidate, error=ending)
+    return CallEnded(step.candidate, reply=ending)
 
 
-def _prepare(claim: Claim, *, settings: Settings, kinds: Mapping[str, TaskKind]) -> _Prepared | PermanentError:
+def _prepare(claim: Claim, *, kinds: Mapping[str, TaskKind]) -> _Prepared | PermanentError:
     if claim.agent is None:
         return PermanentError(f"bad agent configuration: {claim.agent_error}")
-    if claim.attempt > settings.task_max_attempts:
-        # Only a run whose worker died gets here: the row was claimed but never settled.
-        return PermanentError(f"gave up after {claim.attempt - 1} attempts: the worker running it was lost each time")
     try:
         kind = kind_named(claim.agent.kind, kinds)
         work = TaskWork(claim.agent, claim.title, claim.description)
@@ -301,21 +382,29 @@ def _prepare(claim: Claim, *, settings: Settings, kinds: Mapping[str, TaskKind])
     return _Prepared(claim, kind, work, candidate)
 
 
+def _gave_up(claim: Claim) -> PermanentError:
+    return PermanentError(f"gave up after {claim.attempt - 1} attempts: the worker running it was lost each time")
+
+
 def _turned_away(decision: Decision) -> Settlement:
     if decision.verdict is Verdict.REFUSE:
         return PermanentError(f"refused: {decision.reason}")
     return decision
 
 
-def _interpret(step: _Prepared, future: Future[LLMReply], *, prices: PriceBook) -> Settlement:
+def _interpret(step: _Prepared, ending: LLMReply | BaseException, *, prices: PriceBook) -> Settlement:
     model = step.candidate.request.model
-    error = future.exception()
-    if error is not None:
-        classified = classify(error)  # the LLM process classifies its errors; an in-process runner does not
+    if isinstance(ending, BaseException):
+        classified = classify(ending)  # the LLM process classifies its errors; an in-process runner does not
         if isinstance(classified, ContextLengthExceededError):
             return ContextLengthExceededError(str(classified).replace("the model's", f"{model}'s", 1))
         return classified
-    reply = future.result()
+    return _answered(step, ending, model=model, prices=prices)
+
+
+def _answered(step: _Prepared, reply: LLMReply, *, model: str, prices: PriceBook) -> Settlement:
+    """The answer if the task's kind accepts the reply, else the paid reply with the error it raised. A reply
+    with no usage (a cache hit) is charged nothing."""
     charge = Charge(model, reply.usage, prices.cost(model, reply.usage)) if reply.usage else None
     if reply.finish_reason == CONTENT_FILTERED:
         return Unusable(ContentFilteredError(f"the provider's content filter stopped {model}'s reply"), charge)

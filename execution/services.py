@@ -1,5 +1,6 @@
-"""The services a task needs, in one typed object: settings, database sessions, Redis, the LLM runner and
-the admission checks. The Celery app carries one (`worker.AgentServiceCelery.services`)."""
+"""The services a task needs, in one typed object: settings, database sessions, Redis, the LLM runner, the
+admission checks, the replies kept in Redis and the calls under way. The Celery app carries one
+(`worker.AgentServiceCelery.services`)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,11 @@ from admission.base import Admission
 from config import Settings
 from database import make_engine, make_session_factory
 from errors import ConfigurationError
+from execution.aborts import RunningCalls
+from execution.replies import ReplyStore
 from llm.prices import PriceBook
 from llm.runners import LLMRunner, make_runner
+from messaging.cancellation import CancelListener
 
 
 class Services:
@@ -54,6 +58,22 @@ class Services:
     def llm_runner(self) -> LLMRunner:
         """Where this process's LLM requests run, all batches together."""
         return make_runner(self.settings)
+
+    @cached_property
+    def replies(self) -> ReplyStore | None:
+        """The replies kept until recorded (KEEP_REPLIES) and the agents' reply caches; None without Redis."""
+        return ReplyStore.for_settings(self.settings, self.redis) if self.settings.redis_url else None
+
+    @cached_property
+    def running_calls(self) -> RunningCalls:
+        """This process's LLM calls under way, by task, so that a cancelled task's call can be aborted."""
+        return RunningCalls(self.llm_runner)
+
+    def listen_for_cancellations(self) -> None:
+        """Abort the call of each task cancelled anywhere (announced through Redis) if this process runs it.
+        Without Redis, a cancelled task's call runs to its end and its reply is discarded."""
+        if self.settings.redis_url:
+            CancelListener(self.redis, self.running_calls.abort).start()
 
 
 def services_of(app: Celery) -> Services:

@@ -19,7 +19,7 @@ from config import Settings
 from errors import classify
 from llm.client import close_clients, run_request
 from llm.messages import LLMRequest
-from llm.runners import settle_heap
+from llm.runners import CancelCalls, settle_heap
 
 
 def serve(*, from_parent: Connection, to_parent: Connection) -> None:
@@ -33,7 +33,7 @@ def serve(*, from_parent: Connection, to_parent: Connection) -> None:
     loop = asyncio.new_event_loop()
     slots = asyncio.Semaphore(settings.llm_concurrency)
     outbox: list[tuple[int, bool, Any]] = []
-    running: set[asyncio.Task] = set()  # the loop keeps only weak references to its tasks
+    running: dict[int, asyncio.Task] = {}  # by call id; the loop keeps only weak references to its tasks
 
     def send_outbox() -> None:
         # A broken pipe means the worker is gone; the EOF on the other pipe then shuts this process down.
@@ -47,31 +47,40 @@ def serve(*, from_parent: Connection, to_parent: Connection) -> None:
         outbox.append((call_id, ok, value))
 
     async def run(call_id: int, request: LLMRequest) -> None:
-        async with slots:
-            try:
+        try:
+            async with slots:
                 reply = await run_request(request, settings=settings)
-            except Exception as exc:
-                finished(call_id, False, classify(exc))
-            else:
-                finished(call_id, True, reply)
+        except asyncio.CancelledError:
+            return  # aborted by the worker (CancelCalls), which has settled the call itself
+        except Exception as exc:
+            finished(call_id, False, classify(exc))
+        else:
+            finished(call_id, True, reply)
+        finally:
+            running.pop(call_id, None)
 
     async def finish() -> None:
-        await asyncio.gather(*running)  # each call ends within LLM_TIMEOUT_SECONDS, and `run` raises nothing
+        # Each call ends within LLM_TIMEOUT_SECONDS, and `run` raises nothing.
+        await asyncio.gather(*running.values())
         if outbox:
             send_outbox()
         await close_clients()
 
     def on_requests() -> None:
         try:
-            requests = from_parent.recv()
+            message = from_parent.recv()
         except EOFError:  # the worker closed the runner, or exited
             loop.remove_reader(from_parent.fileno())  # else the EOF is read again, and stops `finish` midway
             loop.stop()
             return
-        for call_id, request in requests:
-            task = loop.create_task(run(call_id, request))
-            running.add(task)
-            task.add_done_callback(running.discard)
+        if isinstance(message, CancelCalls):
+            # Cancelling the task closes its HTTP request: the provider sees the client go away.
+            for call_id in message.call_ids:
+                if call_id in running:
+                    running[call_id].cancel()
+            return
+        for call_id, request in message:
+            running[call_id] = loop.create_task(run(call_id, request))
 
     loop.add_reader(from_parent.fileno(), on_requests)
     loop.run_forever()

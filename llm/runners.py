@@ -14,8 +14,9 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Future
+from dataclasses import dataclass
 from itertools import count
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -35,6 +36,13 @@ _STOP_MARGIN_SECONDS = 5.0
 RunRequest = Callable[..., Awaitable[LLMReply]]
 
 
+@dataclass(frozen=True)
+class CancelCalls:
+    """Sent to the LLM process instead of a list of calls: abort these calls (by id), answering nothing."""
+
+    call_ids: tuple[int, ...]
+
+
 class LLMRunner(Protocol):
     """Runs LLM requests concurrently, off the calling thread."""
 
@@ -43,6 +51,10 @@ class LLMRunner(Protocol):
 
     def submit(self, requests: list[LLMRequest]) -> list[Future[LLMReply]]:
         """Start every request; each future ends with its reply or the (classified) exception it raised."""
+
+    def cancel(self, futures: Sequence[Future[LLMReply]]) -> None:
+        """Abort these calls: each future ends cancelled at once, and its HTTP request is closed (so the
+        provider stops generating, and bills no more than it produced). Calls already ended are left alone."""
 
     def close(self) -> None:
         """Stop. The LLM process answers the calls under way first; the in-process loop abandons them."""
@@ -72,6 +84,10 @@ class BackgroundEventLoop:
 
     def submit(self, requests: list[LLMRequest]) -> list[Future[LLMReply]]:
         return [asyncio.run_coroutine_threadsafe(self._bounded(request), self._loop) for request in requests]
+
+    def cancel(self, futures: Sequence[Future[LLMReply]]) -> None:
+        for future in futures:
+            future.cancel()  # run_coroutine_threadsafe cancels the coroutine's task with it
 
     def close(self) -> None:
         """Stop the loop and its thread; calls still under way are abandoned."""
@@ -104,6 +120,12 @@ class ChildProcessRunner:
 
     def submit(self, requests: list[LLMRequest]) -> list[Future[LLMReply]]:
         return self._running_child().submit(requests)
+
+    def cancel(self, futures: Sequence[Future[LLMReply]]) -> None:
+        with self._lock:
+            child = self._child
+        if child is not None:
+            child.cancel(futures)
 
     def close(self) -> None:
         """Let the calls under way end (their futures get their outcomes), then stop the child. Bounded:
@@ -163,12 +185,29 @@ class _Child:
         with self._lock:
             numbered = [(next(self._ids), request) for request in requests]
             self._pending.update((call_id, future) for (call_id, _), future in zip(numbered, futures))
-        try:
-            with self._send_lock:
-                self._to_child.send(numbered)
-        except OSError:
+        if not self._send(numbered):
             self._fail([call_id for call_id, _ in numbered])  # it died; the reader may not have noticed yet
         return futures
+
+    def _send(self, message: list[tuple[int, LLMRequest]] | CancelCalls) -> bool:
+        """Whether the child could be sent `message` (False: it died)."""
+        try:
+            with self._send_lock:
+                self._to_child.send(message)
+        except OSError:
+            return False
+        return True
+
+    def cancel(self, futures: Sequence[Future[LLMReply]]) -> None:
+        wanted = set(futures)
+        with self._lock:
+            call_ids = tuple(call_id for call_id, future in self._pending.items() if future in wanted)
+            cancelled = [self._pending.pop(call_id) for call_id in call_ids]
+        for future in cancelled:
+            future.cancel()
+            future.set_running_or_notify_cancel()  # wakes `concurrent.futures.wait`, which cancel() alone does not
+        if call_ids:
+            self._send(CancelCalls(call_ids))
 
     def stop(self, *, timeout: float) -> None:
         self._to_child.close()  # the child ends its calls under way and exits when its end reads EOF
@@ -185,7 +224,9 @@ class _Child:
                 self._ready.set()
                 for call_id, ok, value in outcomes:
                     with self._lock:
-                        future = self._pending.pop(call_id)
+                        future = self._pending.pop(call_id, None)
+                    if future is None:
+                        continue  # cancelled here while its outcome was on its way
                     future.set_result(value) if ok else future.set_exception(value)
         except (EOFError, OSError):
             self._ready.set()  # no one waits for a child that is gone

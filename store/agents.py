@@ -6,9 +6,24 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 
 from llm.messages import ModelOptions
+
+
+class AgentSettings(ModelOptions):
+    """An agent's `settings` JSON: the model options it sends with each call, and the service's own
+    per-agent options, which never reach the model."""
+
+    truncate_to_fit: bool = Field(
+        False, description="a task too long for the model's context is sent again, once, cut to fit, not failed"
+    )
+    cache_ttl_seconds: int = Field(
+        0, ge=0, description="answer repeated deterministic calls (temperature 0) from Redis this long; 0: never"
+    )
+
+    def model_options(self) -> ModelOptions:
+        return ModelOptions.model_validate(self.model_dump(include=set(ModelOptions.model_fields)))
 
 
 @dataclass(frozen=True)
@@ -24,14 +39,7 @@ class AgentSpec:
     kind: str = "text"
     fallback_model: str | None = None  # called instead of `model` while its circuit breaker is open
     truncate_to_fit: bool = False
-
-
-class AgentSettings(ModelOptions):
-    """An agent's settings (its `settings` column): the model options, and what the service may do with its
-    tasks. `truncate_to_fit`: a task too long for the model's context is sent again, once, with its
-    description cut to fit, rather than failed."""
-
-    truncate_to_fit: bool = False
+    cache_ttl_seconds: int = 0
 
 
 def agent_spec(agent: Any) -> tuple[AgentSpec | None, str | None]:
@@ -42,15 +50,15 @@ def agent_spec(agent: Any) -> tuple[AgentSpec | None, str | None]:
         settings = AgentSettings.model_validate(agent.settings or {})
     except ValidationError as exc:
         return None, f"agent {agent.name!r} has invalid settings: {exc}"
-    options = ModelOptions.model_validate(settings.model_dump(exclude={"truncate_to_fit"}))
     spec = AgentSpec(
         agent.id,
         agent.prompt,
         agent.model,
         agent.temperature,
         agent.max_tokens,
-        options,
+        settings.model_options(),
         fallback_model=agent.fallback_model,
         truncate_to_fit=settings.truncate_to_fit,
+        cache_ttl_seconds=settings.cache_ttl_seconds,
     )
     return spec, None

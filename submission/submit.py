@@ -3,11 +3,13 @@ points (`tasks.create_agent_task` wraps the first for the configured app)."""
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Iterable
 from typing import Any
 
 from celery import Celery
+from redis import RedisError
 from sqlalchemy import select, tuple_
 from sqlalchemy.orm import Session
 
@@ -16,11 +18,14 @@ from database import session_scope
 from errors import TaskValidationError, item_error
 from execution.pipeline import parse_task_id
 from execution.services import Services
+from messaging.cancellation import announce_cancelled
 from messaging.publisher import enqueue
 from models import Agent, Task, TaskStatus
 from store import lifecycle
 from store.lifecycle import utcnow
 from submission.validation import TaskInput, parse_task_input
+
+logger = logging.getLogger(__name__)
 
 
 def create_agent_tasks(items: Iterable[Any], *, app: Celery, services: Services) -> list[str]:
@@ -51,10 +56,18 @@ def replay_failed_tasks(task_ids: list[str] | None, *, app: Celery, services: Se
 
 
 def cancel_task(task_id: str, *, services: Services) -> str:
-    """Cancel a queued or running task; returns the status it ends with.
+    """Cancel a queued or running task; returns the status it ends with. A worker running its LLM call is
+    told (through Redis, when there is one) and aborts the call.
     Raises: TaskValidationError (not a UUID), TaskNotFoundError."""
+    parsed = parse_task_id(task_id)
     with session_scope(services.session_factory) as session:
-        return lifecycle.cancel_task(session, parse_task_id(task_id), now=utcnow()).value
+        status = lifecycle.cancel_task(session, parsed, now=utcnow())
+    if status is TaskStatus.CANCELLED and services.settings.redis_url:
+        try:
+            announce_cancelled(services.redis, parsed)
+        except RedisError as exc:  # the row is cancelled: the call's reply will be discarded, just paid for
+            logger.warning("task %s cancelled, but its worker could not be told to abort its call: %s", parsed, exc)
+    return status.value
 
 
 def _parse_item(item: Any, *, index: int, count: int, settings: Settings) -> TaskInput:

@@ -28,6 +28,9 @@ class LLMControl:
         response.raise_for_status()
         return response.json()["id"]
 
+    def remove_fault(self, rule_id: int) -> None:
+        self.http.delete(f"/control/faults/{rule_id}").raise_for_status()
+
     def requests(self, match: str) -> list[dict]:
         return self.http.get("/control/requests", params={"match": match}).json()["requests"]
 

@@ -103,6 +103,7 @@ def results_table_text(rows: list[dict]) -> str:
         "duplicate completions",
         "LLM calls",
         "extra LLM calls",
+        "calls repeated after crash",
         "wall time",
     )
     for header in headers:
@@ -114,6 +115,7 @@ def results_table_text(rows: list[dict]) -> str:
                 str(row[key])
                 for key in ("tasks", "completed", "failed", "lost", "duplicates", "llm_calls", "extra_llm_calls")
             ),
+            "-" if row.get("repeated_calls") is None else str(row["repeated_calls"]),
             f"{row['seconds']} s",
         )
     console = Console(record=True, width=160, file=io.StringIO())

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -79,6 +82,7 @@ class Tally:
     llm_calls: int
     seconds: float
     scale: str = SCALE
+    repeated_calls: int | None = None  # calls made again after a crash (only those unanswered at the kill)
 
     @property
     def extra_llm_calls(self) -> int:
@@ -137,10 +141,13 @@ class Scenario:
         self.app.services.engine.dispose()
 
     @staticmethod
-    def kill_worker(process: subprocess.Popen) -> None:
-        """SIGKILL the worker's whole process group: main process, pool children and beat."""
+    def kill_worker(process: subprocess.Popen) -> float:
+        """SIGKILL the worker's whole process group: main process, pool children and beat. Returns when
+        (wall-clock time, as the LLM server logs it)."""
+        killed_at = time.time()
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=10)
+        return killed_at
 
     # ---------------------------------------------------------------- tasks
 
@@ -180,6 +187,22 @@ class Scenario:
             timeout=timeout,
         )
 
+    @contextmanager
+    def rows_locked(self) -> Iterator[None]:
+        """Hold a row lock on every task of the scenario: a worker can neither claim one nor record an
+        outcome until the block ends (a database too slow to answer, frozen)."""
+        with session_scope(self.session_factory) as session:
+            session.execute(select(Task.id).where(Task.title.startswith(self.prefix())).with_for_update())
+            yield
+
+    def calls_by_task(self) -> dict[str, list[dict]]:
+        """The LLM server's log of the scenario's calls, by the title of the task that made each."""
+        calls: dict[str, list[dict]] = {}
+        for call in self.llm.requests(self.prefix()):
+            title = re.search(rf"{re.escape(self.prefix())} .*? #\d{{5}}", call["text"])
+            calls.setdefault(title.group(0) if title else "?", []).append(call)
+        return calls
+
     def attempts(self, task_id: str) -> list[TaskAttempt]:
         with session_scope(self.session_factory) as session:
             query = select(TaskAttempt).where(TaskAttempt.task_id == uuid.UUID(task_id)).order_by(TaskAttempt.id)
@@ -213,7 +236,7 @@ class Scenario:
     def worker_log(self) -> str:
         return "".join(log.read_text(errors="replace") for log in sorted(self.log_dir.glob("*.log")))
 
-    def tally(self, label: str | None = None, *, name: str | None = None) -> Tally:
+    def tally(self, label: str | None = None, *, name: str | None = None, repeated_calls: int | None = None) -> Tally:
         """Count the outcome (of the `label` group), store it as a results row and return it."""
         rows = self.rows(label)
         completed = sum(row.status == TaskStatus.COMPLETED for row in rows)
@@ -229,6 +252,7 @@ class Scenario:
             duplicates,
             len(self.llm.requests(self.prefix(label))),
             round(time.monotonic() - self.started, 1),
+            repeated_calls=repeated_calls,
         )
         record(tally)
         return tally

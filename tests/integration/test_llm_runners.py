@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
+from concurrent.futures import wait
 
 import psutil
 import pytest
@@ -70,6 +71,39 @@ def test_llm_errors_arrive_classified_with_the_retry_after_the_server_asked_for(
     assert retryable.value.delay == 7 and "429" in str(retryable.value)
     with pytest.raises(PermanentError, match="401"):
         unauthorised.result(timeout=30)
+
+
+def test_cancelling_a_call_aborts_its_http_request_and_leaves_the_other_calls_alone(runner, llm):
+    # Given two slow calls under way in the LLM process
+    slow, other = f"slow-{uuid.uuid4().hex[:8]}", f"other-{uuid.uuid4().hex[:8]}"
+    llm.add_fault(fault="slow", match=slow, delay_ms=4000)
+    doomed, kept = runner.submit([call(slow), call(other)])
+    wait_until(lambda: llm.requests(slow), what="slow call under way", timeout=20)
+    # When the first is cancelled
+    runner.cancel([doomed])
+    # Then its future is cancelled at once (and a thread waiting on it wakes), the server sees the client go
+    # away long before its answer was due, and the other call still ends with its reply
+    assert doomed.cancelled() and wait([doomed], timeout=1).done == {doomed}
+    wait_until(lambda: llm.requests(slow)[0]["ended"] == "dropped", what="aborted request", timeout=3)
+    assert kept.result(timeout=30).text
+    assert [entry["ended"] for entry in llm.requests(other)] == ["answered"]
+
+
+def test_cancelling_a_call_on_the_in_process_loop_aborts_its_http_request(settings, llm):
+    slow = f"slow-{uuid.uuid4().hex[:8]}"
+    llm.add_fault(fault="slow", match=slow, delay_ms=4000)
+    loop = BackgroundEventLoop(
+        make_settings(openai_base_url=settings.openai_base_url, llm_timeout_seconds=4.6), run_request
+    )
+    try:
+        [doomed] = loop.submit([call(slow)])
+        wait_until(lambda: llm.requests(slow), what="slow call under way", timeout=20)
+        loop.cancel([doomed])
+        assert wait([doomed], timeout=1).done == {doomed}
+        wait_until(lambda: llm.requests(slow)[0]["ended"] == "dropped", what="aborted request", timeout=3)
+    finally:
+        loop.close()
+    assert doomed.cancelled()
 
 
 def test_calls_of_a_child_that_dies_fail_as_retryable_and_the_next_call_gets_a_new_child(runner, llm):

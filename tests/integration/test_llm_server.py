@@ -297,6 +297,8 @@ def test_hang_times_out_the_client_and_ends_when_it_disconnects(server: RunningS
     while server.stats()["in_flight"] and time.monotonic() < deadline:
         time.sleep(0.05)
     assert server.stats()["in_flight"] == 0
+    [entry] = server.logged_requests()
+    assert entry["ended"] == "dropped" and entry["ended_at"] - entry["at"] >= 1
 
 
 def test_drop_closes_connection_without_response(client: openai.OpenAI) -> None:
@@ -384,6 +386,8 @@ def test_request_log_records_requests_and_faults(client: openai.OpenAI, server: 
     outcomes = [(entry["fault"], entry["status"], entry["model"]) for entry in entries]
     assert outcomes == [(None, 200, MODEL), ("500", 500, MODEL)]
     assert entries[0]["seq"] < entries[1]["seq"]
+    assert [entry["ended"] for entry in entries] == ["answered", "answered"]
+    assert all(entry["at"] <= entry["ended_at"] for entry in entries)
     assert [entry["text"] for entry in server.logged_requests(match="log-token-2")] == ["second log-token-2"]
     assert server.stats() == {"requests": 2, "by_status": {"200": 1, "500": 1}, "in_flight": 0, "rate_limited": 0}
     assert server.control("DELETE", "/control/requests").json() == {"deleted": 2}
