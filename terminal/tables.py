@@ -56,23 +56,26 @@ def stats_table(figures: Sequence[TaskStats], *, by: str, since: timedelta) -> T
         pad_edge=False,
         collapse_padding=True,
     )
-    table.add_column(by, overflow="fold", min_width=12)
-    for column in ("tasks", "ok", "avg ms", "p95 ms", "prompt", "cached", "output", "USD"):  # fits 80 columns
-        table.add_column(column, justify="right", no_wrap=True, min_width=len(column))
-    for group in figures:
-        success = "-" if group.success_rate is None else f"{group.success_rate:.0%}"
-        cost = f"{group.cost_usd:.6f}" + (f" +{group.unpriced_tasks}?" if group.unpriced_tasks else "")
-        table.add_row(
-            Text(group.group),
+    rows = [
+        (
             str(group.tasks),
-            success,
+            "-" if group.success_rate is None else f"{group.success_rate:.0%}",
             _ms(group.avg_duration_ms),
             _ms(group.p95_duration_ms),
             str(group.prompt_tokens),
             str(group.cached_tokens),
             str(group.completion_tokens),
-            cost,
+            f"{group.cost_usd:.6f}" + (f" +{group.unpriced_tasks}?" if group.unpriced_tasks else ""),
         )
+        for group in figures
+    ]
+    # Figures are never cut: each numeric column is as wide as its widest cell, and the group's name folds.
+    table.add_column(by, overflow="fold", min_width=8)
+    for at, column in enumerate(("tasks", "ok", "avg ms", "p95 ms", "prompt", "cached", "output", "USD")):
+        width = max([len(column), *(len(row[at]) for row in rows)])
+        table.add_column(column, justify="right", no_wrap=True, min_width=width)
+    for group, row in zip(figures, rows, strict=True):
+        table.add_row(Text(group.group), *row)
     return table
 
 
