@@ -97,6 +97,19 @@ class Settings(BaseSettings):
     flower_address: str = Field("127.0.0.1", description="beyond loopback, Flower requires FLOWER_BASIC_AUTH")
     flower_port: int = Field(5555, ge=1, le=65535)
     flower_basic_auth: SecretStr | None = Field(None, description="Flower's logins: user:password[,user:password]")
+    # Fair share: where a backlog waits. "direct" publishes each task as it is submitted (FIFO in the broker);
+    # "fair" keeps tasks `waiting` in PostgreSQL and a dispatcher in every worker publishes them in rounds,
+    # priority first, then one user after another, keeping the broker queue short (SQLite: always direct).
+    dispatch_mode: Literal["direct", "fair"] = Field(
+        "direct", description="direct: publish at submit; fair: tasks wait in PostgreSQL for the dispatcher"
+    )
+    dispatch_target_queued: int = Field(
+        128, ge=1, description="fair: published tasks not yet started that the dispatchers keep, all workers together"
+    )
+    dispatch_round_size: int = Field(100, ge=1, description="fair: tasks one dispatch round publishes at most")
+    dispatch_interval_seconds: float = Field(
+        0.05, gt=0, description="fair: how often a worker's dispatcher looks for room when its last round was short"
+    )
     log_json: bool = True
 
     @field_validator("flower_basic_auth")
@@ -158,6 +171,12 @@ class Settings(BaseSettings):
         values = self.model_dump(exclude_none=True)
         secrets = {name: value.get_secret_value() for name, value in values.items() if isinstance(value, SecretStr)}
         return {name.upper(): str(value) for name, value in {**values, **secrets}.items()}
+
+    @property
+    def fair_dispatch(self) -> bool:
+        """Whether tasks wait in the database for the fair-share dispatcher: DISPATCH_MODE=fair on PostgreSQL
+        (SQLite has no SKIP LOCKED, so the embedded set-up always publishes directly)."""
+        return self.dispatch_mode == "fair" and not self.database_url.startswith(SQLITE_SCHEMES)
 
     @property
     def broker_url(self) -> str:
