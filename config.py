@@ -103,8 +103,11 @@ class Settings(BaseSettings):
     dispatch_mode: Literal["direct", "fair"] = Field(
         "direct", description="direct: publish at submit; fair: tasks wait in PostgreSQL for the dispatcher"
     )
-    dispatch_target_queued: int = Field(
-        128, ge=1, description="fair: published tasks not yet started that the dispatchers keep, all workers together"
+    dispatch_target_in_flight: int = Field(
+        256,
+        ge=1,
+        description="fair: tasks published and not finished (queued or running), all workers together; about the "
+        "tasks/s the workers complete times the LLM latency in seconds",
     )
     dispatch_round_size: int = Field(100, ge=1, description="fair: tasks one dispatch round publishes at most")
     dispatch_interval_seconds: float = Field(

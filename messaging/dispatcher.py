@@ -35,13 +35,13 @@ def dispatch_waiting(
 
 
 def dispatch_round(app: Celery, session_factory: sessionmaker[Session], settings: Settings) -> int:
-    """Publish up to DISPATCH_ROUND_SIZE waiting tasks, in fair order, while fewer than DISPATCH_TARGET_QUEUED
-    published tasks are unstarted; returns how many. Raises: as `dispatch_waiting`."""
+    """Publish up to DISPATCH_ROUND_SIZE waiting tasks, in fair order, while fewer than DISPATCH_TARGET_IN_FLIGHT
+    published tasks are unfinished (queued or running); returns how many. Raises: as `dispatch_waiting`."""
     with session_scope(session_factory) as session:
         if not dispatch.any_waiting(session) or not dispatch.take_dispatch_turn(session):
             return 0
         now = utcnow()
-        room = settings.dispatch_target_queued - dispatch.queued_unstarted(session, now=now)
+        room = settings.dispatch_target_in_flight - dispatch.in_flight(session, now=now, settings=settings)
         task_ids = dispatch.take_waiting(session, limit=min(room, settings.dispatch_round_size))
         if task_ids:
             publish_tasks(app, task_ids)

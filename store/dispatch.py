@@ -1,8 +1,8 @@
 """The backlog that waits in the database for the fair-share dispatcher: plain functions on a caller-owned
 Session (PostgreSQL only: they rely on advisory locks and `FOR UPDATE SKIP LOCKED`), no commits.
 
-A dispatch round, in one transaction: `take_dispatch_turn` (one dispatcher at a time), `queued_unstarted`
-(how much already waits in the broker), `take_waiting` (the next tasks in fair order, locked), then the
+A dispatch round, in one transaction: `take_dispatch_turn` (one dispatcher at a time), `in_flight`
+(how many published tasks are not finished), `take_waiting` (the next tasks in fair order, locked), then the
 caller publishes them and calls `mark_dispatched`. The rows stay locked until the commit, so a worker that
 receives a message early waits for it, and a dispatcher that dies before the commit leaves them waiting.
 """
@@ -17,6 +17,7 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, Uuid, text, update
 from sqlalchemy.orm import Session
 
+from config import Settings
 from models import Task, TaskStatus
 
 # Any constant identifies the lock; this one spells "dispatch" in ASCII.
@@ -24,10 +25,11 @@ _DISPATCH_LOCK = 0x6469737061746368
 _TAKE_TURN = text("SELECT pg_try_advisory_xact_lock(:key)")
 _ANY_WAITING = text("SELECT EXISTS (SELECT 1 FROM tasks WHERE status = 'waiting')")
 _USERS_WAITING = text("SELECT count(DISTINCT user_id) FROM tasks WHERE status = 'waiting'")
-# Fresh (attempts = 0) and not deferred: tasks retried or deferred wait for a countdown, not for a worker.
-_QUEUED_UNSTARTED = text(
-    "SELECT count(*) FROM tasks WHERE status = 'queued' AND attempts = 0 AND waiting_reason IS NULL"
-    " AND queued_at > :since"
+# Published and not finished: running ones, and queued ones still fresh (attempts = 0) and not deferred,
+# since retried or deferred tasks wait out a countdown, not for a worker. See UNFINISHED_COUNTS_FOR.
+_IN_FLIGHT = text(
+    "SELECT count(*) FROM tasks WHERE (status = 'queued' AND attempts = 0 AND waiting_reason IS NULL"
+    " AND queued_at > :queued_since) OR (status = 'running' AND claimed_at > :claimed_since)"
 )
 # Each waiting user's first tasks (priority, then age), locked; then across users by priority, then turn
 # (the first of every user before the second of any), then age.
@@ -49,9 +51,10 @@ _TAKE_WAITING = text(
     SELECT id FROM picked ORDER BY priority DESC, turn, created_at, id LIMIT :limit
     """
 ).columns(id=Uuid)
-# A published task still unstarted after this long is presumed lost with its message (the sweeper re-queues
-# it later); it stops holding back the dispatch of others, so a broker that lost its queue stalls nothing.
-UNSTARTED_COUNTS_FOR = timedelta(seconds=60)
+# A published task unstarted this long is presumed lost with its message, and one running this much longer
+# than an LLM call may take presumed lost with its worker (the sweeper re-queues both later): neither holds
+# back the dispatch of others any more, so a broker that lost its queue or a dead worker stalls nothing.
+UNFINISHED_COUNTS_FOR = timedelta(seconds=60)
 
 
 def take_dispatch_turn(session: Session) -> bool:
@@ -64,10 +67,12 @@ def any_waiting(session: Session) -> bool:
     return bool(session.scalar(_ANY_WAITING))
 
 
-def queued_unstarted(session: Session, *, now: datetime) -> int:
-    """Tasks published and not yet started by a worker (retries and deferrals waiting out a countdown, and
-    tasks presumed lost, aside)."""
-    return int(session.scalar(_QUEUED_UNSTARTED, {"since": now - UNSTARTED_COUNTS_FOR}) or 0)
+def in_flight(session: Session, *, now: datetime, settings: Settings) -> int:
+    """Tasks published and not finished: queued for a worker, or running (tasks waiting out a retry or
+    deferral countdown, and tasks presumed lost, aside)."""
+    claimed_since = now - UNFINISHED_COUNTS_FOR - timedelta(seconds=settings.llm_timeout_seconds)
+    params = {"queued_since": now - UNFINISHED_COUNTS_FOR, "claimed_since": claimed_since}
+    return int(session.scalar(_IN_FLIGHT, params) or 0)
 
 
 def take_waiting(session: Session, *, limit: int) -> list[uuid.UUID]:

@@ -34,7 +34,7 @@ TARGET = 20
 @pytest.fixture(scope="module")
 def fair_settings(settings: Settings) -> Settings:
     return settings.model_copy(
-        update={"dispatch_mode": "fair", "dispatch_target_queued": TARGET, "redis_url": IDLE_REDIS}
+        update={"dispatch_mode": "fair", "dispatch_target_in_flight": TARGET, "redis_url": IDLE_REDIS}
     )
 
 
@@ -81,7 +81,7 @@ def _committed_waiting(session_factory, agent, user: str, count: int) -> list[st
 def _room(session_factory, settings: Settings) -> int:
     """What the dispatchers may publish now: tasks other tests left queued count against the target."""
     with session_scope(session_factory) as session:
-        return settings.dispatch_target_queued - dispatch.queued_unstarted(session, now=utcnow())
+        return settings.dispatch_target_in_flight - dispatch.in_flight(session, now=utcnow(), settings=settings)
 
 
 def _published_ids(broker: redis.Redis) -> list[str]:
@@ -153,7 +153,7 @@ def test_the_broker_queue_stays_at_the_target_while_a_backlog_waits(backlog_agen
     # When 500 tasks are submitted at once, with no worker to start them
     room = _room(session_factory, fair_app.services.settings)
     ids = create_agent_tasks(_items(backlog_agent, "bulk", 500), app=fair_app)
-    # Then only as many as DISPATCH_TARGET_QUEUED allows are in the broker, the rest wait in PostgreSQL
+    # Then only as many as DISPATCH_TARGET_IN_FLIGHT allows are in the broker, the rest wait in PostgreSQL
     assert 0 < room <= TARGET
     assert broker.llen(AGENT_QUEUE) == room
     # And further rounds add nothing while those stay unstarted
@@ -175,7 +175,7 @@ def test_priority_is_bounded(backlog_agent, fair_app):
 
 def test_dispatchers_running_at_once_never_publish_a_task_twice(backlog_agent, fair_settings, broker, session_factory):
     # Given 600 waiting tasks and room for all of them
-    roomy = fair_settings.model_copy(update={"dispatch_target_queued": 1000})
+    roomy = fair_settings.model_copy(update={"dispatch_target_in_flight": 1000})
     ids = _committed_waiting(session_factory, backlog_agent, "race", 600)
     # When four dispatchers, each with its own app and connections, run at once
     apps = [create_celery_app(roomy) for _ in range(4)]

@@ -28,7 +28,7 @@ def fair_settings(settings: Settings) -> Settings:
     return settings.model_copy(
         update={
             "dispatch_mode": "fair",
-            "dispatch_target_queued": 10,
+            "dispatch_target_in_flight": 10,
             "worker_concurrency": CONCURRENCY,
             "llm_concurrency": CONCURRENCY,
             "batch_max_size": 10,
