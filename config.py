@@ -104,7 +104,7 @@ class Settings(BaseSettings):
         "direct", description="direct: publish at submit; fair: tasks wait in PostgreSQL for the dispatcher"
     )
     dispatch_target_in_flight: int = Field(
-        256,
+        160,
         ge=1,
         description="fair: tasks published and not finished (queued or running), all workers together; about the "
         "tasks/s the workers complete times the LLM latency in seconds",
