@@ -166,6 +166,23 @@ class Settings(BaseSettings):
     # No call paid twice (README "Cost and limits"): each LLM reply is kept in Redis until its outcome is
     # recorded, so a worker killed in between costs no second call. Needs REDIS_URL; off without one.
     keep_replies: bool = Field(True, description="keep each LLM reply in Redis until its outcome is recorded")
+
+    # Fair share: where a backlog waits. "direct" publishes each task as it is submitted (FIFO in the broker);
+    # "fair" keeps tasks `waiting` in PostgreSQL and a dispatcher in every worker publishes them in rounds,
+    # priority first, then one user after another, keeping the broker queue short (SQLite: always direct).
+    dispatch_mode: Literal["direct", "fair"] = Field(
+        "direct", description="direct: publish at submit; fair: tasks wait in PostgreSQL for the dispatcher"
+    )
+    dispatch_target_in_flight: int = Field(
+        160,
+        ge=1,
+        description="fair: tasks published and not finished (queued or running), all workers together; about the "
+        "tasks/s the workers complete times the LLM latency in seconds",
+    )
+    dispatch_round_size: int = Field(100, ge=1, description="fair: tasks one dispatch round publishes at most")
+    dispatch_interval_seconds: float = Field(
+        0.05, gt=0, description="fair: how often a worker's dispatcher looks for room when its last round was short"
+    )
     log_json: bool = True
 
     @field_validator("flower_basic_auth")
@@ -229,6 +246,12 @@ class Settings(BaseSettings):
         values = self.model_dump(exclude_none=True)
         secrets = {name: value.get_secret_value() for name, value in values.items() if isinstance(value, SecretStr)}
         return {name.upper(): _env_value(value) for name, value in {**values, **secrets}.items()}
+
+    @property
+    def fair_dispatch(self) -> bool:
+        """Whether tasks wait in the database for the fair-share dispatcher: DISPATCH_MODE=fair on PostgreSQL
+        (SQLite has no SKIP LOCKED, so the embedded set-up always publishes directly)."""
+        return self.dispatch_mode == "fair" and not self.database_url.startswith(SQLITE_SCHEMES)
 
     @property
     def broker_url(self) -> str:

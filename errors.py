@@ -59,7 +59,8 @@ class TaskNotFoundError(AgentServiceError, LookupError):
 
 
 class BrokerUnavailableError(AgentServiceError):
-    """The task row is saved (pending) but the broker refused the message; the sweeper re-queues it."""
+    """The task row is saved but the broker refused the message: a pending row is re-queued by the sweeper, a
+    waiting one (fair-share dispatch) published by the dispatchers."""
 
 
 class RetryableError(AgentServiceError):

@@ -16,8 +16,12 @@ class Base(DeclarativeBase):
 
 
 class TaskStatus(str, enum.Enum):
-    """Where a task is in its lifecycle: pending -> queued -> running -> completed | failed | cancelled."""
+    """Where a task is in its lifecycle: pending -> queued -> running -> completed | failed | cancelled.
 
+    With fair-share dispatch (DISPATCH_MODE=fair) a task starts `waiting` instead of pending: it waits in the
+    database, with no message, until a dispatcher publishes it (waiting -> queued)."""
+
+    WAITING = "waiting"
     PENDING = "pending"
     QUEUED = "queued"
     RUNNING = "running"
@@ -67,6 +71,8 @@ class Task(Base):
     __table_args__ = (
         Index("ix_tasks_status_updated_at", "status", "updated_at"),
         Index("ix_tasks_user_idempotency_key", "user_id", "idempotency_key", unique=True),
+        # The dispatcher's order: by status, each user's tasks by priority, then age (store/dispatch.py).
+        Index("ix_tasks_dispatch_order", "status", "user_id", "priority", "created_at"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)

@@ -16,6 +16,7 @@ from celery.signals import setup_logging, worker_process_init, worker_process_sh
 from admission.base import Admission
 from config import LOCAL_DATA_DIR, Settings, get_settings
 from errors import ConfigurationError
+from execution.dispatching import FairDispatcher
 from execution.maintenance import oldest_waiting_since
 from execution.readiness import DatabaseGate
 from execution.services import Services
@@ -47,6 +48,7 @@ def create_celery_app(settings: Settings, *, admission: Admission | None = None)
     app = AgentServiceCelery(settings, admission=admission)
     app.conf.update(celery_config(settings))
     app.steps["consumer"].add(DatabaseGate)
+    app.steps["consumer"].add(FairDispatcher)
     return app
 
 

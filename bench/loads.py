@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import redis
 from celery import Celery
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, true
 
 from bench.floor import DONE_KEY, NOOP_TASK_NAME
 from database import session_scope
@@ -31,9 +31,10 @@ class Completions:
 class AgentTaskLoad:
     """Agent tasks submitted through `tasks.create_agent_tasks`, followed through their rows."""
 
-    def __init__(self, app: Celery, *, agent_id: str) -> None:
+    def __init__(self, app: Celery, *, agent_id: str, user_id: str = "bench") -> None:
         self.app = app
         self.agent_id = agent_id
+        self.user_id = user_id
 
     def submit(self, first: int, count: int) -> None:
         items = [
@@ -41,7 +42,7 @@ class AgentTaskLoad:
                 "title": f"bench task {index}",
                 "description": "Summarise the benchmark in one line.",
                 "agent_id": self.agent_id,
-                "user_id": "bench",
+                "user_id": self.user_id,
             }
             for index in range(first, first + count)
         ]
@@ -56,15 +57,17 @@ class AgentTaskLoad:
         with session_scope(self.app.services.session_factory) as session:
             return session.scalar(select(func.count()).where(Task.status.in_(FINAL_STATUSES)))
 
-    def completions(self) -> Completions:
+    def completions(self, *, own_only: bool = False) -> Completions:
+        """Every task's completion (`own_only`: those of this load's user alone)."""
         completed = Task.status == TaskStatus.COMPLETED
+        mine = Task.user_id == self.user_id if own_only else true()
         with session_scope(self.app.services.session_factory) as session:
-            rows = session.execute(select(Task.created_at, Task.finished_at).where(completed)).all()
+            rows = session.execute(select(Task.created_at, Task.finished_at).where(completed, mine)).all()
             failed, not_once = session.execute(
                 select(
                     func.count().filter(Task.status == TaskStatus.FAILED),
                     func.count().filter(completed, Task.attempts != 1),
-                )
+                ).where(mine)
             ).one()
         return Completions(
             [row.created_at.timestamp() for row in rows],

@@ -73,6 +73,14 @@ def evaluate_targets(runs: dict[str, RunResult], bulk: BulkSubmitResult | None, 
             2.5,
             offered,
         ),
+        _target(
+            "fair share: B's p99 enqueue-to-done behind A's backlog, 1000 ms",
+            "< 2.5 s",
+            _figure(runs.get("fair-share-fair"), "latency_p99_s"),
+            operator.lt,
+            2.5,
+            runs.get("fair-share-fair"),
+        ),
         _target("ours RSS, all worker processes together (peak)", "< 300 MB", peak_rss, operator.lt, 300, *ours_runs),
         _target(
             "rate-limited: achieved / configured requests per minute",
@@ -110,6 +118,9 @@ def print_report(
             f"bulk submit: {bulk.tasks} tasks in chunks of {bulk.chunk}: {bulk.seconds:.2f} s = "
             f"[bold]{bulk.tasks_per_second:,.0f} tasks/s[/] ({bulk.published} messages published)"
         )
+    fair_share = [run for run in runs if run.config == "fair"]
+    if fair_share:
+        console.print(fair_share_line(fair_share))
     console.print("ratios: " + ", ".join(f"{name} = {_fmt(value, '.2f')}" for name, value in ratio.items()))
     for run in runs:
         if run.configured_rpm is not None:
@@ -120,6 +131,21 @@ def print_report(
         for line in ([run.error] if run.error else []) + _disturbance(run):
             console.print(f"[yellow]{run.name}[/]: {line}", highlight=False)
     console.print(targets_table(targets))
+
+
+def fair_share_line(runs: list[RunResult]) -> str:
+    """The fair-share runs side by side: the trickling user's latencies and the broker queue's peak."""
+    parts = [
+        f"{run.name}: p50/p95/p99 {_latencies(run)} s, broker queue peak {_fmt(run.peak_queue_length, 'd')}"
+        for run in runs
+    ]
+    first = runs[0]
+    trickle = f"user B's {first.tasks} tasks at {_fmt(first.offered_rate, '.0f')}/s"
+    return f"fair share ({trickle} behind user A's {first.backlog_tasks}): " + "; ".join(parts)
+
+
+def _latencies(run: RunResult) -> str:
+    return "/".join(_fmt(value, ".2f") for value in (run.latency_p50_s, run.latency_p95_s, run.latency_p99_s))
 
 
 def results_table(runs: list[RunResult]) -> Table:
@@ -137,6 +163,7 @@ def results_table(runs: list[RunResult]) -> Table:
         "PSS MB",
         "foreign CPU %",
         "LLM req/task",
+        "queue peak",
         "not once",
         "status",
     )
@@ -149,7 +176,8 @@ def results_table(runs: list[RunResult]) -> Table:
 
 def _row(run: RunResult) -> tuple[str, ...]:
     offered = f" @{run.offered_rate:.0f}/s" if run.offered_rate else ""
-    latencies = "/".join(_fmt(value, ".2f") for value in (run.latency_p50_s, run.latency_p95_s, run.latency_p99_s))
+    offered += f" behind {run.backlog_tasks}" if run.backlog_tasks else ""
+    latencies = _latencies(run)
     rss = f"{_fmt(run.peak_rss_mb, '.0f')}/{_fmt(run.peak_process_rss_mb, '.0f')}"
     return (
         run.name + offered,
@@ -164,6 +192,7 @@ def _row(run: RunResult) -> tuple[str, ...]:
         _fmt(run.peak_pss_mb, ".0f"),
         _fmt(run.foreign_cpu_percent, ".0f"),
         _fmt(run.llm_requests_per_task, ".3f"),
+        _fmt(run.peak_queue_length, "d"),
         str(run.not_exactly_once),
         _status(run.status),
     )

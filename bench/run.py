@@ -1,7 +1,8 @@
 """Benchmark the baseline design, ours and a bare-Celery floor on real Redis, PostgreSQL and the LLM server.
 
 `make bench` runs each at 0 ms and 1000 ms of simulated LLM latency (ours is started exactly as
-`make worker` starts it), then an offered-load run, ours under a rate limit below the server's own, and a
+`make worker` starts it), then an offered-load run, ours under a rate limit below the server's own, the
+fair-share pair (one user's backlog, another user's steady trickle, FIFO beside fair dispatch) and a
 bulk-submit measurement:
 
     python -m bench.run [--quick] [--only NAME ...] [--ours-env LLM_CONCURRENCY=512 ...]
@@ -32,7 +33,7 @@ from bench.scenarios import (
 )
 from config import Settings
 
-GROUPS = ("floor", "baseline", "ours", "offered", "rate-limited", "bulk")
+GROUPS = ("floor", "baseline", "ours", "offered", "rate-limited", "fair", "bulk")
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,9 @@ class Sizes:
     ours: int
     offered_rate: float
     offered_seconds: float
+    fair_backlog: int
+    fair_rate: float
+    fair_tasks: int
     bulk: int
     run_budget_seconds: float
     rate_limited: int  # tasks of the rate-limited run: RATE_LIMIT's rpm / 60 a second
@@ -57,6 +61,9 @@ FULL = Sizes(
     ours=2000,
     offered_rate=100,
     offered_seconds=20,
+    fair_backlog=5000,
+    fair_rate=10,
+    fair_tasks=100,
     bulk=2000,
     run_budget_seconds=150,
     rate_limited=330,
@@ -68,6 +75,9 @@ QUICK = Sizes(
     ours=200,
     offered_rate=100,
     offered_seconds=3,
+    fair_backlog=1000,
+    fair_rate=10,
+    fair_tasks=20,
     bulk=500,
     run_budget_seconds=40,
     rate_limited=80,
@@ -140,6 +150,21 @@ def build_plans(ours: Settings, sizes: Sizes) -> list[RunPlan]:
             rate_limit=RATE_LIMIT,
         ),
     ]
+    plans += [
+        RunPlan(
+            f"fair-share-{mode}",
+            "fair",
+            OURS_COMMAND,
+            pool,
+            concurrency,
+            1000,
+            sizes.fair_tasks,
+            rate=sizes.fair_rate,
+            backlog=sizes.fair_backlog,
+            settings=(("dispatch_mode", "direct" if mode == "fifo" else "fair"),),
+        )
+        for mode in ("fifo", "fair")
+    ]
     return plans
 
 
@@ -147,6 +172,7 @@ def _run(console: Console, plan: RunPlan, env: BenchEnvironment, sizes: Sizes):
     console.print(
         f"[bold]{plan.name}[/]: {plan.pool} x {plan.concurrency}, LLM {plan.latency_ms} ms, N={plan.tasks}"
         + (f" at {plan.rate:.0f}/s" if plan.rate else "")
+        + (f" behind another user's {plan.backlog}" if plan.backlog else "")
     )
     result = execute(plan, env, budget_seconds=sizes.run_budget_seconds)
     console.print(
@@ -157,6 +183,8 @@ def _run(console: Console, plan: RunPlan, env: BenchEnvironment, sizes: Sizes):
 
 
 def _group(plan: RunPlan) -> str:
+    if plan.config == "fair":
+        return "fair"
     return "offered" if plan.rate else plan.config
 
 

@@ -14,6 +14,7 @@ import threading
 import time
 
 import psutil
+import redis
 
 MB = 1024 * 1024
 
@@ -116,3 +117,27 @@ def _foreign_cpu() -> dict[int, float]:
             continue
         seconds[process.pid] = times.user + times.system
     return seconds
+
+
+class QueuePeak:
+    """Context manager: the longest the broker's agent-task queue (a Redis list) grew, sampled every 50 ms."""
+
+    def __init__(self, redis_url: str, queue: str, *, interval: float = 0.05) -> None:
+        self.client = redis.Redis.from_url(redis_url)
+        self.queue = queue
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample_until_stopped, daemon=True)
+
+    def __enter__(self) -> QueuePeak:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _sample_until_stopped(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, self.client.llen(self.queue))

@@ -10,16 +10,18 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import redis
 
 from bench.environment import BENCH_MODEL, BENCH_REDIS, IDLE_REDIS, BenchEnvironment, truncate_tasks
 from bench.floor import create_floor_app
 from bench.loads import AgentTaskLoad, Completions, NoopLoad
-from bench.sampling import ForeignLoad, WorkerSampler
+from bench.sampling import ForeignLoad, QueuePeak, WorkerSampler
+from config import Settings
 from devtools.processes import started, worker_env
 from messaging.routing import AGENT_QUEUE
-from worker import create_celery_app
+from worker import AgentServiceCelery, create_celery_app
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SUBMIT_CHUNK = 500
@@ -61,6 +63,10 @@ class RunPlan:
     rate: float | None = None  # tasks/s offered; None submits everything at once
     floor: bool = False  # no-op tasks counted in Redis instead of agent tasks in the database
     rate_limit: RateLimitPlan | None = None  # ours keeps a rate limit below the server's own
+    # Another user's tasks submitted at once just before the run's own: its latencies are then the run's
+    # own tasks' alone (the fair-share scenario).
+    backlog: int = 0
+    settings: tuple[tuple[str, Any], ...] = ()  # Settings fields for the worker and the submitting app
 
 
 @dataclass
@@ -74,6 +80,7 @@ class RunResult:
     latency_ms: int
     tasks: int
     offered_rate: float | None = None
+    backlog_tasks: int = 0
     warmup_tasks: int = 0
     status: str = "ok"  # ok | partial (budget ran out while still progressing) | broken
     error: str | None = None
@@ -96,6 +103,7 @@ class RunResult:
     configured_rpm: float | None = None
     achieved_rpm: float | None = None  # past the first burst, from the server's own log of answered requests
     llm_429s: int | None = None  # answered by the server because a request was over its enforced limits
+    peak_queue_length: int | None = None  # messages waiting in the broker's agent-task queue (sampled)
 
 
 def celery_command(
@@ -122,25 +130,41 @@ OURS_COMMAND = (sys.executable, "cli.py", "worker")  # exactly what `make worker
 def execute(plan: RunPlan, env: BenchEnvironment, *, budget_seconds: float, stall_seconds: float = 60) -> RunResult:
     """Run `plan` on freshly reset services; a broken run is reported in the result, never raised."""
     result = RunResult(plan.name, plan.config, plan.pool, plan.concurrency, plan.latency_ms, plan.tasks)
+    result.backlog_tasks = plan.backlog
     env.reset(latency_ms=0)
-    load = _load_for(plan, env)
+    app = create_celery_app(_plan_settings(plan, env)) if plan.settings else env.app
+    load = _load_for(plan, env, app)
     try:
         _log_path(plan).unlink(missing_ok=True)  # the banner read below must be this run's
         with started(list(plan.command), env=_worker_env(plan, env), log_path=_log_path(plan), timeout=90) as worker:
             result.pool, result.concurrency = _pool_in_banner(_log_path(plan), default=(plan.pool, plan.concurrency))
             result.warmup_tasks = _warm_up(load, worker, env, plan)
-            with WorkerSampler(worker.pid) as sampler, ForeignLoad() as foreign:
+            with (
+                WorkerSampler(worker.pid) as sampler,
+                ForeignLoad() as foreign,
+                QueuePeak(BENCH_REDIS, AGENT_QUEUE) as queue,
+            ):
+                if plan.backlog:
+                    submit_in_chunks(
+                        AgentTaskLoad(app, agent_id=env.agent_id, user_id="backlog"), first=0, count=plan.backlog
+                    )
                 result.offered_rate = _submit(load, plan)
                 result.status = _wait_for_completion(
-                    load, worker, expected=plan.tasks, budget=budget_seconds, stall=stall_seconds
+                    load, worker, expected=plan.backlog + plan.tasks, budget=budget_seconds, stall=stall_seconds
                 )
     except (RunBrokenError, RuntimeError) as exc:
         result.status, result.error = "broken", str(exc)
         return result
+    finally:
+        if app is not env.app:
+            app.services.engine.dispose()
     _fill_figures(result, load.completions(), sampler)
-    result.foreign_cpu_percent = foreign.cpu_percent
+    if plan.backlog and isinstance(load, AgentTaskLoad):
+        own = load.completions(own_only=True)
+        result.latency_p50_s, result.latency_p95_s, result.latency_p99_s = _latency_percentiles(own)
+    result.foreign_cpu_percent, result.peak_queue_length = foreign.cpu_percent, queue.peak
     if not plan.floor:
-        result.llm_requests_per_task = env.llm.request_count() / plan.tasks
+        result.llm_requests_per_task = env.llm.request_count() / (plan.tasks + plan.backlog)
     if plan.rate_limit:
         _fill_rate_figures(result, plan.rate_limit, env)
     return result
@@ -156,9 +180,13 @@ def _fill_rate_figures(result: RunResult, plan: RateLimitPlan, env: BenchEnviron
         result.achieved_rpm = (len(times) - 1 - RATE_SKIP_BURST) / (times[-1] - times[RATE_SKIP_BURST]) * 60
 
 
+def _plan_settings(plan: RunPlan, env: BenchEnvironment) -> Settings:
+    return env.settings.model_copy(update=dict(plan.settings))
+
+
 def _worker_env(plan: RunPlan, env: BenchEnvironment) -> dict[str, str]:
     limits = plan.rate_limit.worker_env() if plan.rate_limit else {}
-    return worker_env({**env.settings.as_env(), **limits}, pool=plan.pool, concurrency=plan.concurrency)
+    return worker_env({**_plan_settings(plan, env).as_env(), **limits}, pool=plan.pool, concurrency=plan.concurrency)
 
 
 def _log_path(plan: RunPlan) -> Path:
@@ -183,10 +211,10 @@ def _warm_up(load: AgentTaskLoad | NoopLoad, worker, env: BenchEnvironment, plan
     return count
 
 
-def _load_for(plan: RunPlan, env: BenchEnvironment) -> AgentTaskLoad | NoopLoad:
+def _load_for(plan: RunPlan, env: BenchEnvironment, app: AgentServiceCelery) -> AgentTaskLoad | NoopLoad:
     if plan.floor:
         return NoopLoad(create_floor_app(env.settings), redis_url=BENCH_REDIS)
-    return AgentTaskLoad(env.app, agent_id=env.agent_id)
+    return AgentTaskLoad(app, agent_id=env.agent_id)
 
 
 def _submit(load: AgentTaskLoad | NoopLoad, plan: RunPlan) -> float | None:
@@ -242,8 +270,13 @@ def _fill_figures(result: RunResult, completions: Completions, sampler: WorkerSa
     result.cpu_ms_per_task = sampler.cpu_seconds * 1000 / result.completed
     result.wall_seconds = max(completions.finished) - min(completions.enqueued)
     result.tasks_per_second = result.completed / result.wall_seconds
+    result.latency_p50_s, result.latency_p95_s, result.latency_p99_s = _latency_percentiles(completions)
+
+
+def _latency_percentiles(completions: Completions) -> tuple[float | None, ...]:
+    """p50, p95 and p99 of enqueue-to-done; None when nothing completed."""
     latencies = [done - sent for sent, done in zip(completions.enqueued, completions.finished)]
-    result.latency_p50_s, result.latency_p95_s, result.latency_p99_s = _percentiles(latencies, (50, 95, 99))
+    return _percentiles(latencies, (50, 95, 99)) if latencies else (None, None, None)
 
 
 def _percentiles(values: list[float], wanted: tuple[int, ...]) -> tuple[float, ...]:

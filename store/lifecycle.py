@@ -21,7 +21,9 @@ from llm.messages import Usage
 from models import FINAL_STATUSES, Agent, Task, TaskAttempt, TaskStatus
 from store.agents import AgentSpec, agent_spec
 
-CLAIMABLE = (TaskStatus.PENDING, TaskStatus.QUEUED)
+# A waiting task is claimable too: a message sent for it by a dispatch round that died before its commit
+# may as well run it.
+CLAIMABLE = (TaskStatus.WAITING, TaskStatus.PENDING, TaskStatus.QUEUED)
 # Whether the process that claimed a task (its `claimed_by`) is known to be gone.
 OwnerCheck = Callable[[str | None], bool]
 
@@ -179,10 +181,11 @@ class Skip:
 
 
 def mark_queued(session: Session, task_ids: list[uuid.UUID], *, now: datetime) -> int:
-    """pending -> queued for tasks whose message was published; a run that already began is left alone."""
+    """pending (or waiting) -> queued for tasks whose message was published; a run that already began is left
+    alone."""
     statement = (
         update(Task)
-        .where(Task.id.in_(task_ids), Task.status == TaskStatus.PENDING)
+        .where(Task.id.in_(task_ids), Task.status.in_((TaskStatus.PENDING, TaskStatus.WAITING)))
         .values(status=TaskStatus.QUEUED, queued_at=now, updated_at=now)
     )
     # An UPDATE gives a CursorResult, which has the row count; Session.execute is typed for any statement.
@@ -290,7 +293,7 @@ def finished_state(session: Session, task_id: uuid.UUID) -> Finished | None:
 
 
 def oldest_waiting_since(session: Session) -> datetime | None:
-    """When the task that has waited longest in the queue (pending or queued) entered it; None when none waits."""
+    """When the task that has waited longest (waiting, pending or queued) entered the queue; None when none waits."""
     entered = func.min(func.coalesce(Task.queued_at, Task.created_at))
     oldest = session.scalar(select(entered).where(Task.status.in_(CLAIMABLE)))
     return _aware(oldest) if oldest is not None else None
@@ -308,8 +311,11 @@ def failed_tasks(session: Session, *, limit: int) -> list[Task]:
     return list(session.scalars(query))
 
 
-def reset_for_replay(session: Session, task_ids: list[uuid.UUID] | None, *, now: datetime) -> list[uuid.UUID]:
-    """failed -> pending with a fresh attempt budget (None: every failed task); history is kept.
+def reset_for_replay(
+    session: Session, task_ids: list[uuid.UUID] | None, *, now: datetime, status: TaskStatus = TaskStatus.PENDING
+) -> list[uuid.UUID]:
+    """failed -> `status` (pending, or waiting for the dispatcher) with a fresh attempt budget (None: every
+    failed task); history is kept.
 
     Returns the ids that were reset; ids of tasks that are not failed are left alone.
     """
@@ -321,7 +327,7 @@ def reset_for_replay(session: Session, task_ids: list[uuid.UUID] | None, *, now:
             update(Task)
             .where(condition)
             .values(
-                status=TaskStatus.PENDING,
+                status=status,
                 attempts=0,
                 replays=Task.replays + 1,
                 error=None,
@@ -339,14 +345,16 @@ def reset_for_replay(session: Session, task_ids: list[uuid.UUID] | None, *, now:
 
 
 def tasks_to_requeue(session: Session, *, settings: Settings, now: datetime, limit: int) -> list[uuid.UUID]:
-    """Rows that may have no live message: pending too long, or queued/running past the stale threshold.
+    """Rows that may have no live message: pending too long, or queued/running past the stale threshold;
+    without fair-share dispatch, waiting ones too (left by a worker that dispatched before the switch).
 
     Their `updated_at` is bumped so the next sweep leaves them alone unless they stay stuck.
     """
     stale_before = now - timedelta(seconds=settings.stale_task_after_seconds)
+    unpublished = (TaskStatus.PENDING,) if settings.fair_dispatch else (TaskStatus.PENDING, TaskStatus.WAITING)
     stuck = or_(
         and_(
-            Task.status == TaskStatus.PENDING,
+            Task.status.in_(unpublished),
             Task.updated_at < now - timedelta(seconds=settings.requeue_pending_after_seconds),
         ),
         and_(Task.status == TaskStatus.QUEUED, Task.updated_at < stale_before),

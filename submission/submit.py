@@ -15,10 +15,11 @@ from sqlalchemy.orm import Session
 
 from config import Settings
 from database import session_scope
-from errors import TaskValidationError, item_error
+from errors import BrokerUnavailableError, TaskValidationError, item_error
 from execution.pipeline import parse_task_id
 from execution.services import Services
 from messaging.cancellation import announce_cancelled
+from messaging.dispatcher import dispatch_waiting
 from messaging.publisher import enqueue
 from models import Agent, Task, TaskStatus
 from store import lifecycle
@@ -32,16 +33,19 @@ def create_agent_tasks(items: Iterable[Any], *, app: Celery, services: Services)
     """Validate, store (one transaction) and queue many tasks; returns their ids in order. A repeated
     idempotency key returns the first task's id without queueing again.
 
+    With fair-share dispatch the rows start waiting and one dispatch round publishes what the broker has room
+    for, in fair order; the workers' dispatchers publish the rest.
+
     Raises: TaskValidationError naming the first bad item (nothing written), BrokerUnavailableError (rows
-    kept as pending; the sweeper queues them).
+    kept as pending, which the sweeper queues, or as waiting, which the dispatchers publish).
     """
     items = list(items)
     inputs = [
         _parse_item(item, index=index, count=len(items), settings=services.settings) for index, item in enumerate(items)
     ]
     with session_scope(services.session_factory) as session:
-        rows = _insert_tasks(session, inputs)
-    enqueue(app, services.session_factory, [task.id for task, created in rows if created])
+        rows = _insert_tasks(session, inputs, status=_first_status(services.settings))
+    _queue(app, services, [task.id for task, created in rows if created])
     return [str(task.id) for task, _ in rows]
 
 
@@ -50,8 +54,8 @@ def replay_failed_tasks(task_ids: list[str] | None, *, app: Celery, services: Se
     Raises: TaskValidationError for an id that is not a UUID."""
     wanted = None if task_ids is None else [parse_task_id(task_id) for task_id in task_ids]
     with session_scope(services.session_factory) as session:
-        replayed = lifecycle.reset_for_replay(session, wanted, now=utcnow())
-    enqueue(app, services.session_factory, replayed)
+        replayed = lifecycle.reset_for_replay(session, wanted, now=utcnow(), status=_first_status(services.settings))
+    _queue(app, services, replayed)
     return [str(task_id) for task_id in replayed]
 
 
@@ -70,6 +74,29 @@ def cancel_task(task_id: str, *, services: Services) -> str:
     return status.value
 
 
+def _first_status(settings: Settings) -> TaskStatus:
+    """Waiting for the dispatcher with fair-share dispatch; otherwise pending until published here."""
+    return TaskStatus.WAITING if settings.fair_dispatch else TaskStatus.PENDING
+
+
+def _queue(app: Celery, services: Services, task_ids: list[uuid.UUID]) -> None:
+    """Publish the tasks just stored: directly, or (fair-share dispatch) by one dispatch round, which publishes
+    them at once when the broker has room and leaves them waiting behind other users' backlogs otherwise.
+    Raises: BrokerUnavailableError."""
+    if not task_ids:
+        return
+    if not services.settings.fair_dispatch:
+        enqueue(app, services.session_factory, task_ids)
+        return
+    try:
+        dispatch_waiting(app, services.session_factory, services.settings, max_rounds=1)
+    except BrokerUnavailableError as exc:
+        raise BrokerUnavailableError(
+            f"{len(task_ids)} task(s) saved, waiting for the broker (unreachable: {exc.__cause__}); "
+            "the workers' dispatchers publish them once it answers"
+        ) from exc
+
+
 def _parse_item(item: Any, *, index: int, count: int, settings: Settings) -> TaskInput:
     try:
         return parse_task_input(item, settings=settings)
@@ -77,8 +104,8 @@ def _parse_item(item: Any, *, index: int, count: int, settings: Settings) -> Tas
         raise item_error(str(exc), index=index, count=count) from None
 
 
-def _insert_tasks(session: Session, items: list[TaskInput]) -> list[tuple[Task, bool]]:
-    """Insert pending tasks, or return the earlier task that has the same user and idempotency key.
+def _insert_tasks(session: Session, items: list[TaskInput], *, status: TaskStatus) -> list[tuple[Task, bool]]:
+    """Insert tasks with `status`, or return the earlier task that has the same user and idempotency key.
 
     One query for the agents and one for the keys, whatever the number of items. Returns (task, created)
     per item, in order. Raises: TaskValidationError naming the first item whose agent is unknown or inactive.
@@ -96,7 +123,7 @@ def _insert_tasks(session: Session, items: list[TaskInput]) -> list[tuple[Task, 
         problem = _agent_problem(agents.get(item.agent_id), item)
         if problem:
             raise item_error(f"invalid task input: agent_id: {problem}", index=index, count=len(items))
-        task = Task(id=uuid.uuid4(), **item.model_dump(), status=TaskStatus.PENDING, attempts=0)
+        task = Task(id=uuid.uuid4(), **item.model_dump(), status=status, attempts=0)
         session.add(task)
         if item.idempotency_key is not None:
             known[key] = task

@@ -10,6 +10,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictInt,
     StrictStr,
     StringConstraints,
     ValidationError,
@@ -41,6 +42,7 @@ Text = Annotated[StrictStr, _Storable]
 Title = Annotated[StrictStr, StringConstraints(min_length=1), _Storable]
 Name = Annotated[StrictStr, StringConstraints(min_length=1, max_length=200), _Storable]
 Prompt = Annotated[StrictStr, StringConstraints(min_length=1, max_length=50_000), _Storable]
+MAX_PRIORITY = 9
 
 
 class TaskInput(BaseModel):
@@ -53,6 +55,8 @@ class TaskInput(BaseModel):
     agent_id: uuid.UUID
     user_id: Name
     idempotency_key: Name | None = None
+    # Higher first: with fair-share dispatch, a waiting task of higher priority is published before any other.
+    priority: Annotated[StrictInt, Field(ge=0, le=MAX_PRIORITY)] = 0
 
     @field_validator("title", "description")
     @classmethod

@@ -54,7 +54,15 @@ def test_lone_surrogates_are_refused():
 
 
 def test_unknown_fields_are_refused_rather_than_ignored():
-    assert rejected_task(task(priority="high")) == "invalid task input: priority: Extra inputs are not permitted"
+    assert rejected_task(task(urgency="high")) == "invalid task input: urgency: Extra inputs are not permitted"
+
+
+def test_priority_is_a_whole_number_from_0_to_9_defaulting_to_0():
+    assert parse_task_input(task(), settings=make_settings()).priority == 0
+    assert parse_task_input(task(priority=9), settings=make_settings()).priority == 9
+    assert "priority" in rejected_task(task(priority=10))
+    assert "priority" in rejected_task(task(priority=-1))
+    assert "priority" in rejected_task(task(priority="5"))
 
 
 def test_every_bad_field_is_named_in_one_error():
