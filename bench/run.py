@@ -16,10 +16,11 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from rich.console import Console
 
-from bench.environment import BenchEnvironment, bench_environment
+from bench.environment import BENCH_MODEL, BenchEnvironment, bench_environment
 from bench.plot import plot_results
 from bench.report import evaluate_targets, print_report, ratios, write_json
 from bench.scenarios import (
@@ -33,6 +34,19 @@ from bench.scenarios import (
 )
 from config import Settings
 
+# Every shared control on, at limits this load never reaches: what the controls cost when they let all through.
+EVERY_CONTROL_GENEROUS: tuple[tuple[str, Any], ...] = (
+    ("pause_enabled", True),
+    ("breaker_enabled", True),
+    ("spend_caps", True),
+    ("user_daily_spend_cap_usd", 1_000_000.0),
+    ("agent_daily_spend_cap_usd", 1_000_000.0),
+    ("concurrency_caps_enabled", True),
+    ("user_concurrency_cap", 100_000),
+    ("agent_concurrency_cap", 100_000),
+    ("rate_limits_enabled", True),
+    ("llm_rate_limits", {BENCH_MODEL: {"rpm": 10_000_000, "tpm": 10_000_000_000}}),
+)
 GROUPS = ("floor", "baseline", "ours", "offered", "rate-limited", "fair", "bulk")
 
 
@@ -129,6 +143,16 @@ def build_plans(ours: Settings, sizes: Sizes) -> list[RunPlan]:
         RunPlan("baseline-1000ms", "baseline", baseline, "prefork", 4, 1000, sizes.baseline_1000ms),
         RunPlan("ours-0ms", "ours", OURS_COMMAND, pool, concurrency, 0, sizes.ours),
         RunPlan("ours-1000ms", "ours", OURS_COMMAND, pool, concurrency, 1000, sizes.ours),
+        RunPlan(
+            "ours-1000ms-controls",
+            "ours",
+            OURS_COMMAND,
+            pool,
+            concurrency,
+            1000,
+            sizes.ours,
+            settings=EVERY_CONTROL_GENEROUS,
+        ),
         RunPlan(
             "ours-offered",
             "ours",
