@@ -32,7 +32,7 @@ from bench.scenarios import (
     execute,
     measure_bulk_submit,
 )
-from config import Settings
+from config import ModelRateLimit, Settings
 
 # Every shared control on, at limits this load never reaches: what the controls cost when they let all through.
 EVERY_CONTROL_GENEROUS: tuple[tuple[str, Any], ...] = (
@@ -45,7 +45,7 @@ EVERY_CONTROL_GENEROUS: tuple[tuple[str, Any], ...] = (
     ("user_concurrency_cap", 100_000),
     ("agent_concurrency_cap", 100_000),
     ("rate_limits_enabled", True),
-    ("llm_rate_limits", {BENCH_MODEL: {"rpm": 10_000_000, "tpm": 10_000_000_000}}),
+    ("llm_rate_limits", {BENCH_MODEL: ModelRateLimit(rpm=10_000_000, tpm=10_000_000_000)}),
 )
 GROUPS = ("floor", "baseline", "ours", "offered", "rate-limited", "fair", "bulk")
 

@@ -46,12 +46,8 @@ def chaos_db(pg: PostgresCluster) -> str:
 @pytest.fixture(scope="module")
 def redis_server() -> Iterator[RedisServer]:
     """The module's private broker and result backend; a test that kills it starts it again."""
-    server = RedisServer()
-    server.start()
-    try:
+    with RedisServer.running() as server:
         yield server
-    finally:
-        server.kill()
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,10 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import redis
 from sqlalchemy import create_engine, text
@@ -55,6 +58,17 @@ class RedisServer:
         self.port = free_port()
         self.password = password
         self.process: subprocess.Popen | None = None
+
+    @classmethod
+    @contextmanager
+    def running(cls, **options: Any) -> Iterator[RedisServer]:
+        """A started server for the length of a with-block, killed after it."""
+        server = cls(**options)
+        server.start()
+        try:
+            yield server
+        finally:
+            server.kill()
 
     def url(self, db: int = 0) -> str:
         auth = f":{self.password}@" if self.password else ""

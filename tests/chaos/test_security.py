@@ -31,10 +31,8 @@ def canaries() -> dict[str, str]:
 
 @pytest.fixture
 def guarded_redis(canaries) -> Iterator[RedisServer]:
-    server = RedisServer(password=canaries["Redis password"])
-    server.start()
-    yield server
-    server.kill()
+    with RedisServer.running(password=canaries["Redis password"]) as server:
+        yield server
 
 
 @pytest.fixture

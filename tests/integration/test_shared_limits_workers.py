@@ -29,12 +29,8 @@ MEASURED_TASKS = 330
 @pytest.fixture
 def private_redis() -> Iterator[RedisServer]:
     """A Redis of the test's own: no other worker reads its broker, and its limits start empty."""
-    server = RedisServer()
-    server.start()
-    try:
+    with RedisServer.running() as server:
         yield server
-    finally:
-        server.kill()
 
 
 @pytest.fixture
