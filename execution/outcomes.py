@@ -11,7 +11,7 @@ from models import TaskStatus
 from store.lifecycle import Finished
 
 
-class Outcome(str, enum.Enum):
+class Outcome(enum.StrEnum):
     """How one delivery of a task ended."""
 
     COMPLETED = "completed"  # the task completed

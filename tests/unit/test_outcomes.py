@@ -45,3 +45,8 @@ def test_outcome_values_are_the_words_logs_and_metrics_use():
         "error",
     ]
     assert Outcome("deferred") is Outcome.DEFERRED
+
+
+def test_an_outcome_reads_as_its_value_in_labels_and_log_lines():
+    # Metric labels and log lines take str() of the outcome a task shell passes in.
+    assert (str(Outcome.COMPLETED), f"{Outcome.ERROR}") == ("completed", "error")
