@@ -9,6 +9,7 @@ AgentServiceError
 └── PermanentError        retrying cannot help: fail the task now
     ├── ContextLengthExceededError the task does not fit the model's context (the model's limit, not the provider's)
     ├── ContentFilteredError       the provider's content filter refused the prompt or cut the reply
+    ├── InvalidOutputError         the reply is not the structured output the task asked for (re-asked once)
     └── CallCancelledError         the task was cancelled while its LLM call ran, and the call was aborted
 
 A failed LLM call that is the provider's doing rather than the task's carries a `ProviderFault` (the
@@ -86,6 +87,10 @@ class ContextLengthExceededError(PermanentError):
 
 class ContentFilteredError(PermanentError):
     """The provider's content filter refused the prompt, or stopped the reply (finish_reason content_filter)."""
+
+
+class InvalidOutputError(PermanentError):
+    """The model's reply is not the structured output its task asked for (JSON, say); it is re-asked once."""
 
 
 class CallCancelledError(PermanentError):

@@ -94,7 +94,8 @@ ERROR_FAULTS: dict[str, tuple[int, str, str | None, str]] = {
         "The model does not exist or you do not have access to it (offline mock).",
     ),
 }
-OTHER_FAULTS = ("hang", "drop", "malformed", "empty", "slow", "filtered")
+OTHER_FAULTS = ("hang", "drop", "malformed", "empty", "slow", "filtered", "invalid_json")
+INVALID_JSON_CONTENT = '{"answer": "cut short'  # what a model asked for JSON may still send
 FAULT_KINDS = frozenset(ERROR_FAULTS) | frozenset(OTHER_FAULTS)
 RATE_LIMITED_KIND = "rate_limit"  # in the request log: refused by an enforced rate limit, not a fault rule
 MALFORMED_BODY = '{"id": "chatcmpl-broken", "choices": ['
@@ -745,8 +746,15 @@ async def stream_reply(request: web.Request, chat: ChatRequest, reply: Reply) ->
     return response
 
 
-async def answer(request: web.Request, chat: ChatRequest, *, filtered: bool = False) -> web.StreamResponse:
-    reply = build_reply(chat, cached_tokens=request.app[STATE].cached_tokens(chat), filtered=filtered)
+async def answer(
+    request: web.Request, chat: ChatRequest, *, filtered: bool = False, content: str | None = None
+) -> web.StreamResponse:
+    """The deterministic reply, or (`content`) this content in its place."""
+    cached = request.app[STATE].cached_tokens(chat)
+    if content is None:
+        reply = build_reply(chat, cached_tokens=cached, filtered=filtered)
+    else:
+        reply = Reply(content=content, tool_call=None, usage=usage(chat, content, cached_tokens=cached))
     if chat.body.get("stream"):
         return await stream_reply(request, chat, reply)
     return web.json_response(completion_json(chat, reply))
@@ -816,6 +824,8 @@ async def faulty_answer(request: web.Request, chat: ChatRequest, fault: Fault) -
         return web.json_response(EMPTY_BODY)
     if fault.kind == "filtered":
         return await answer(request, chat, filtered=True)
+    if fault.kind == "invalid_json":
+        return await answer(request, chat, content=INVALID_JSON_CONTENT)
     await asyncio.sleep(fault.delay_ms / 1000)  # "slow"
     return await answer(request, chat)
 

@@ -21,6 +21,7 @@ from errors import (
     CallCancelledError,
     ContentFilteredError,
     ContextLengthExceededError,
+    InvalidOutputError,
     PermanentError,
     RetryableError,
     TaskValidationError,
@@ -65,6 +66,7 @@ class Unusable:
 
     error: RetryableError | PermanentError
     charge: Charge | None
+    text: str = ""  # the reply, for a re-ask
 
 
 # What a claim ends with: an answer, a paid reply it cannot use, a deferral by admission, or the exception
@@ -83,6 +85,8 @@ class _Prepared:
     work: TaskWork
     candidate: Candidate
     truncated: bool = False  # sent again with its description cut to fit the model's context
+    reasked: bool = False  # sent again with its unusable reply and why (once)
+    paid_before: Charge | None = None  # what this attempt's earlier call cost (a re-ask's first reply)
 
 
 def execute_agent_task(
@@ -268,7 +272,7 @@ class _Calls:
             more, _ = wait(pending, timeout=self._settings.batch_flush_seconds)
             ended += self._arrived([(pending.pop(future), future) for future in more])
             self._admission.release([_call_ended(step, ending) for step, ending, _ in ended])
-            again = [cut for step, _, how in ended if (cut := _cut_to_fit(step, how)) is not None]
+            again = [retry for step, _, how in ended if (retry := _second_try(step, how)) is not None]
             retried = {step.claim.task_id for step in again}
             group = [(step.claim, how) for step, _, how in ended if step.claim.task_id not in retried]
             decisions = _admit(self._admission, [step.candidate for step in again], settings=self._settings)
@@ -309,6 +313,23 @@ class _Calls:
 def _with_request(step: _Prepared, request: LLMRequest | None) -> _Prepared:
     """The step with the request admission chose instead of the task's own, if it chose one."""
     return step if request is None else replace(step, candidate=replace(step.candidate, request=request))
+
+
+def _second_try(step: _Prepared, how: Settlement) -> _Prepared | None:
+    """The step to send again, once, within this attempt: cut to fit its context, or re-asked; else None."""
+    return _cut_to_fit(step, how) or _reask(step, how)
+
+
+def _reask(step: _Prepared, how: Settlement) -> _Prepared | None:
+    """The step again with its unusable reply and the reason, when the reply was not the structured output
+    asked for and it was not re-asked already; else None. The first reply stays in the books."""
+    if not (isinstance(how, Unusable) and isinstance(how.error, InvalidOutputError) and not step.reasked):
+        return None
+    request = step.candidate.request
+    correction = f"That reply cannot be used: {how.error}. Answer again with only the output asked for."
+    messages = (*request.messages, ("assistant", how.text), ("user", correction))
+    candidate = replace(step.candidate, request=replace(request, messages=messages))
+    return replace(step, candidate=candidate, reasked=True, paid_before=how.charge)
 
 
 def _cut_to_fit(step: _Prepared, how: Settlement) -> _Prepared | None:
@@ -397,21 +418,25 @@ def _interpret(step: _Prepared, ending: LLMReply | BaseException, *, prices: Pri
     if isinstance(ending, BaseException):
         classified = classify(ending)  # the LLM process classifies its errors; an in-process runner does not
         if isinstance(classified, ContextLengthExceededError):
-            return ContextLengthExceededError(str(classified).replace("the model's", f"{model}'s", 1))
-        return classified
+            classified = ContextLengthExceededError(str(classified).replace("the model's", f"{model}'s", 1))
+        # A re-ask that failed: its first reply was paid for all the same.
+        return Unusable(classified, step.paid_before) if step.paid_before else classified
     return _answered(step, ending, model=model, prices=prices)
 
 
 def _answered(step: _Prepared, reply: LLMReply, *, model: str, prices: PriceBook) -> Settlement:
     """The answer if the task's kind accepts the reply, else the paid reply with the error it raised. A reply
     with no usage (a cache hit) is charged nothing."""
-    charge = Charge(model, reply.usage, prices.cost(model, reply.usage)) if reply.usage else None
+    charge = (
+        Charge(model, reply.usage, prices.cost(model, reply.usage)).after(step.paid_before) if reply.usage else None
+    )
+    charge = charge or step.paid_before
     if reply.finish_reason == CONTENT_FILTERED:
         return Unusable(ContentFilteredError(f"the provider's content filter stopped {model}'s reply"), charge)
     try:
         return Answer(step.kind.interpret(step.work, reply), model, reply.usage, charge)
     except (PermanentError, RetryableError) as exc:
-        return Unusable(exc, charge)
+        return Unusable(exc, charge, reply.text)
 
 
 def _count_charges(settlements: Iterable[Settlement]) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+
+from errors import InvalidOutputError
 from kinds.base import KindResult, TaskWork
 from llm.messages import LLMReply, LLMRequest
 
@@ -23,4 +26,11 @@ class TextKind:
         )
 
     def interpret(self, work: TaskWork, reply: LLMReply) -> KindResult:
-        return KindResult(text=reply.text)
+        """The reply's text; for an agent that asks for JSON (`response_format` json_object), parsed as well.
+        Raises: InvalidOutputError when JSON was asked for and the reply is not JSON."""
+        if work.agent.options.response_format != "json_object":
+            return KindResult(text=reply.text)
+        try:
+            return KindResult(text=reply.text, data=json.loads(reply.text))
+        except json.JSONDecodeError as exc:
+            raise InvalidOutputError(f"the reply is not valid JSON: {exc}") from None

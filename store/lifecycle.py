@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
@@ -142,6 +142,16 @@ class Charge:
     model: str
     usage: Usage
     cost_usd: float | None
+
+    def after(self, earlier: Charge | None) -> Charge:
+        """This charge with an earlier call of the same attempt's added (a re-ask): tokens summed, the cost
+        unknown when either's is."""
+        if earlier is None:
+            return self
+        usage = Usage(*(a + b for a, b in zip(astuple(earlier.usage), astuple(self.usage), strict=True)))
+        if earlier.cost_usd is None or self.cost_usd is None:
+            return Charge(self.model, usage, None)
+        return Charge(self.model, usage, earlier.cost_usd + self.cost_usd)
 
     def params(self) -> dict[str, Any]:
         usage = self.usage

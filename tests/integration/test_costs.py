@@ -203,3 +203,42 @@ def test_stats_prints_tasks_success_durations_tokens_and_cost_per_group(settings
     assert float(cells[8]) == pytest.approx(cost, abs=1e-6)
     logged = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
     assert any(user in line["message"] and "tasks: 3" in line["message"] for line in logged)
+
+
+def test_a_reply_that_is_not_the_json_asked_for_is_re_asked_once_and_both_calls_are_charged(
+    settings, session_factory, runner, llm: LLMControl
+):
+    # Given an agent that asks for JSON, and a model whose first reply to this task is not JSON
+    agent = make_agent(session_factory, response_format="json_object")
+    task_id = make_task(session_factory, agent, description="reask-marker: list the risks")
+    llm.add_fault(fault="invalid_json", match="reask-marker", times=1)
+    # When the task runs once
+    outcome = execute_agent_task(task_id, session_factory=session_factory, settings=settings, llm=runner)
+    # Then the model was asked again, within the same attempt, with its reply and why it could not be used
+    task, _ = load(session_factory, task_id)
+    sent = llm.requests("reask-marker")
+    assert outcome.status is Outcome.COMPLETED and task.attempts == 1 and len(sent) == 2
+    assert "cannot be used: the reply is not valid JSON" in sent[1]["text"]
+    assert isinstance(json.loads(task.result), dict)
+    # And the books hold both calls
+    assert task.prompt_tokens > 0 and task.cost_usd == pytest.approx(
+        price(task.prompt_tokens, task.completion_tokens, task.cached_tokens), abs=1e-9
+    )
+    # (a task of the same length asked once: the re-asked one paid its prompt twice, and more)
+    control = make_task(session_factory, agent, description="plain-marker: list the risks")
+    execute_agent_task(control, session_factory=session_factory, settings=settings, llm=runner)
+    assert task.prompt_tokens > 2 * load(session_factory, control)[0].prompt_tokens
+
+
+def test_a_second_reply_that_is_still_not_json_fails_the_task_with_the_reason_and_both_calls_charged(
+    settings, session_factory, runner, llm: LLMControl
+):
+    agent = make_agent(session_factory, response_format="json_object")
+    task_id = make_task(session_factory, agent, description="reask-twice-marker: list the risks")
+    llm.add_fault(fault="invalid_json", match="reask-twice-marker", times=2)
+    outcome = execute_agent_task(task_id, session_factory=session_factory, settings=settings, llm=runner)
+    task, attempts = load(session_factory, task_id)
+    assert outcome.status is Outcome.FAILED and len(llm.requests("reask-twice-marker")) == 2
+    assert task.error.startswith("the reply is not valid JSON")
+    [failed] = attempts
+    assert failed.prompt_tokens == task.prompt_tokens and task.cost_usd is not None and task.cost_usd > 0

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 
 import pytest
 
-from errors import PermanentError
+from errors import InvalidOutputError, PermanentError
 from kinds import KINDS, kind_named
 from kinds.base import TaskWork
 from kinds.text import TextKind
@@ -33,8 +34,16 @@ def test_the_text_kind_asks_with_the_agents_prompt_and_settings_and_the_tasks_wo
 
 
 def test_the_text_kind_keeps_the_replys_text_as_the_result():
-    result = TextKind().interpret(WORK, LLMReply("Three incidents, all resolved.", Usage(10, 5, 15)))
+    plain = replace(WORK, agent=replace(AGENT, options=ModelOptions()))
+    result = TextKind().interpret(plain, LLMReply("Three incidents, all resolved.", Usage(10, 5, 15)))
     assert (result.text, result.data) == ("Three incidents, all resolved.", None)
+
+
+def test_an_agent_that_asks_for_json_gets_the_reply_parsed_or_an_invalid_output_error():
+    result = TextKind().interpret(WORK, LLMReply('{"incidents": 3}', Usage(10, 5, 15)))
+    assert (result.text, result.data) == ('{"incidents": 3}', {"incidents": 3})
+    with pytest.raises(InvalidOutputError, match="the reply is not valid JSON"):
+        TextKind().interpret(WORK, LLMReply('{"incidents": ', Usage(10, 5, 15)))
 
 
 def test_kinds_are_found_by_name_and_text_is_the_default_kind():
