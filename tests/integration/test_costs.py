@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import select
 
+from config import ModelPriceOverride
 from database import session_scope
 from errors import RetryableError
 from execution.outcomes import Outcome
@@ -127,9 +128,8 @@ def test_an_unknown_model_is_recorded_without_a_cost_and_counted_not_free(settin
 
 
 def test_model_prices_setting_prices_a_self_hosted_model(settings, session_factory, runner):
-    prices = {"my-self-hosted-model": {"input_per_mtok": 1.0, "output_per_mtok": 2.0}}
+    prices = {"my-self-hosted-model": ModelPriceOverride(input_per_mtok=1.0, output_per_mtok=2.0)}
     priced = settings.model_copy(update={"model_prices": prices})
-    priced = type(settings).model_validate(priced.model_dump())
     agent = make_agent(session_factory, model="my-self-hosted-model")
     task_id = make_task(session_factory, agent)
     execute_agent_task(task_id, session_factory=session_factory, settings=priced, llm=runner, prices=PriceBook(priced))
