@@ -247,6 +247,29 @@ class Settings(BaseSettings):
         secrets = {name: value.get_secret_value() for name, value in values.items() if isinstance(value, SecretStr)}
         return {name.upper(): _env_value(value) for name, value in {**values, **secrets}.items()}
 
+    @model_validator(mode="after")
+    def _shared_controls_have_redis(self) -> Settings:
+        """Every shared control keeps its state in Redis: switched on without REDIS_URL it could only fail tasks."""
+        switched_on = [name for name, on in self._shared_controls().items() if on]
+        if switched_on and not self.redis_url:
+            raise ValueError(f"REDIS_URL is required by {', '.join(switched_on)}: its state is shared through Redis")
+        return self
+
+    def _shared_controls(self) -> dict[str, bool]:
+        caps = (
+            self.user_daily_spend_cap_usd,
+            self.user_monthly_spend_cap_usd,
+            self.agent_daily_spend_cap_usd,
+            self.agent_monthly_spend_cap_usd,
+        )
+        return {
+            "PAUSE_ENABLED": self.pause_enabled,
+            "BREAKER_ENABLED": self.breaker_enabled,
+            "SPEND_CAPS": self.spend_caps or any(cap is not None for cap in caps),
+            "CONCURRENCY_CAPS_ENABLED": self.concurrency_caps_enabled,
+            "RATE_LIMITS_ENABLED": self.rate_limits_enabled,
+        }
+
     @property
     def fair_dispatch(self) -> bool:
         """Whether tasks wait in the database for the fair-share dispatcher: DISPATCH_MODE=fair on PostgreSQL

@@ -115,7 +115,8 @@ def classify(exc: BaseException) -> RetryableError | PermanentError:
         return _classify_openai(exc, openai)
     if sqlalchemy_exc and isinstance(exc, sqlalchemy_exc.DBAPIError) and _is_disconnect(exc, sqlalchemy_exc):
         return RetryableError(f"database unavailable: {_first_line(exc)}")
-    if redis_exc and isinstance(exc, (redis_exc.ConnectionError, redis_exc.TimeoutError)):
+    if redis_exc and isinstance(exc, redis_exc.RedisError):
+        # Down, failing over (READONLY) or out of memory: the shared state is out of reach for now.
         return RetryableError(f"Redis unavailable: {_first_line(exc)}")
     if isinstance(exc, json.JSONDecodeError):
         # The openai client lets a reply that is not JSON escape as a bare JSONDecodeError.

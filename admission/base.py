@@ -55,7 +55,6 @@ _RUN = Decision(Verdict.RUN)
 # A control that cannot reach its shared state (Redis) lets nothing through, as it cannot tell whether a
 # call would pass a limit; the tasks wait this long, their attempts unspent.
 UNREACHABLE_RETRY_SECONDS = 5.0
-logger = logging.getLogger("agent_service")
 
 
 def unreachable(candidates: Sequence[Candidate], control: str, error: Exception) -> list[Decision]:
@@ -116,22 +115,29 @@ class Admission:
     def admit(self, candidates: Sequence[Candidate]) -> list[Decision]:
         """One decision per candidate, in order. A check that runs a candidate with another request passes
         that request on to the later checks and to the call. What a check granted to a candidate that a
-        later check turned away is released at once."""
+        later check turned away is released at once, as is every grant when a check raises.
+        Raises: what a check raises (the pipeline defers the batch while the shared state is out of reach)."""
         current = list(candidates)
         decisions = [Decision.run()] * len(candidates)
         granted: list[tuple[AdmissionCheck, list[int]]] = []
-        for check in self.checks:
-            asked = [index for index, decision in enumerate(decisions) if decision.verdict is Verdict.RUN]
-            if not asked:
-                break
-            for index, answer in zip(asked, check.admit([current[index] for index in asked]), strict=True):
-                decisions[index] = _carried(answer, decisions[index])
-                if answer.request is not None:
-                    current[index] = replace(current[index], request=answer.request)
-            granted.append((check, [index for index in asked if decisions[index].verdict is Verdict.RUN]))
-        for check, indexes in granted:
-            if turned_away := [CallEnded(current[i]) for i in indexes if decisions[i].verdict is not Verdict.RUN]:
-                check.release(turned_away)
+        try:
+            for check in self.checks:
+                asked = [index for index, decision in enumerate(decisions) if decision.verdict is Verdict.RUN]
+                if not asked:
+                    break
+                for index, answer in zip(asked, check.admit([current[index] for index in asked]), strict=True):
+                    decisions[index] = _carried(answer, decisions[index])
+                    if answer.request is not None:
+                        current[index] = replace(current[index], request=answer.request)
+                granted.append((check, [index for index in asked if decisions[index].verdict is Verdict.RUN]))
+        except Exception:
+            # A check failed: nothing runs, so what the earlier checks granted is given back at once.
+            decisions = [Decision.defer("a check failed", retry_in=0.0)] * len(candidates)
+            raise
+        finally:
+            for check, indexes in granted:
+                if turned_away := [CallEnded(current[i]) for i in indexes if decisions[i].verdict is not Verdict.RUN]:
+                    _release_quietly(check, turned_away)
         return decisions
 
     def release(self, ended: Sequence[CallEnded]) -> None:
@@ -139,12 +145,15 @@ class Admission:
         passed over: what it holds expires on its own (every control's state does)."""
         if ended:
             for check in self.checks:
-                try:
-                    check.release(ended)
-                except Exception:
-                    logger.exception(
-                        "admission check %s could not release %d call(s)", type(check).__name__, len(ended)
-                    )
+                _release_quietly(check, ended)
+
+
+def _release_quietly(check: AdmissionCheck, ended: Sequence[CallEnded]) -> None:
+    """`check.release`, logged and passed over when it fails: what it holds expires on its own."""
+    try:
+        check.release(ended)
+    except Exception:
+        logger.exception("admission check %s could not release %d call(s)", type(check).__name__, len(ended))
 
 
 def _carried(answer: Decision, before: Decision) -> Decision:

@@ -72,7 +72,11 @@ class AgentTaskBatches(Batches):
         batch = [AgentRequest(request) for request in requests]
 
         def on_return(unsent: list[Event | None] | None) -> None:
-            for request, event in zip(requests, unsent or ()):
+            if unsent is None:  # the task raised (apply_batches_task logs it and returns None)
+                for request in requests:
+                    request.reject(requeue=True)  # redelivered now, not after the visibility timeout
+                return
+            for request, event in zip(requests, unsent, strict=True):
                 if event is not None:
                     request.send_event(event[0], **event[1])
                 request.acknowledge()

@@ -272,15 +272,15 @@ class _Calls:
             more, _ = wait(pending, timeout=self._settings.batch_flush_seconds)
             ended += self._arrived([(pending.pop(future), future) for future in more])
             self._admission.release([_call_ended(step, ending) for step, ending, _ in ended])
-            again = [retry for step, _, how in ended if (retry := _second_try(step, how)) is not None]
-            retried = {step.claim.task_id for step in again}
+            tries = [(retry, how) for step, _, how in ended if (retry := _second_try(step, how)) is not None]
+            retried = {step.claim.task_id for step, _ in tries}
             group = [(step.claim, how) for step, _, how in ended if step.claim.task_id not in retried]
-            decisions = _admit(self._admission, [step.candidate for step in again], settings=self._settings)
-            for step, decision in zip(again, decisions, strict=True):
+            decisions = _admit(self._admission, [step.candidate for step, _ in tries], settings=self._settings)
+            for (step, first_ending), decision in zip(tries, decisions, strict=True):
                 if decision.verdict is Verdict.RUN:
                     self._submit([_with_request(step, decision.request)], into=pending)
-                else:
-                    group.append((step.claim, _turned_away(decision)))
+                else:  # no second try now: the first call's outcome stands, its charge with it
+                    group.append((step.claim, first_ending))
             if group:
                 yield group
 

@@ -14,7 +14,7 @@ import json
 import logging
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 
 from redis import Redis, RedisError
 
@@ -32,12 +32,12 @@ CACHED_MODEL_PREFIX = "cache:"
 
 @dataclass(frozen=True)
 class StoredReply:
-    """A reply found in Redis, with the model that gave it, and whether it came from the reply cache (a
-    cached answer cost nothing now; a kept one was paid for by an earlier attempt of the same task)."""
+    """A reply found in Redis, with the model that gave it: a kept one (paid for by an earlier attempt of the
+    same task, so recorded with its usage), or a cached one (model `cache:<model>`, no usage: it cost
+    nothing now)."""
 
     reply: LLMReply
     model: str
-    cached: bool = False
 
 
 @dataclass(frozen=True)
@@ -148,15 +148,14 @@ def _kept_key(task_id: uuid.UUID, attempt: int) -> str:
 
 
 def _encoded(reply: LLMReply, model: str) -> str:
-    usage = reply.usage
-    tokens = [usage.prompt_tokens, usage.completion_tokens, usage.total_tokens] if usage else None
-    return json.dumps({"text": reply.text, "usage": tokens, "model": model})
+    tokens = list(astuple(reply.usage)) if reply.usage else None
+    return json.dumps({"text": reply.text, "usage": tokens, "model": model, "finish_reason": reply.finish_reason})
 
 
 def _decoded(value: bytes | str, *, cached: bool) -> StoredReply:
     stored = json.loads(value)
     usage = Usage(*stored["usage"]) if stored["usage"] else None
-    model = stored["model"]
+    model, finish_reason = stored["model"], stored.get("finish_reason")
     if cached:  # it costs nothing now, and the row says where it came from
-        return StoredReply(LLMReply(stored["text"], None), CACHED_MODEL_PREFIX + model, cached=True)
-    return StoredReply(LLMReply(stored["text"], usage), model)
+        return StoredReply(LLMReply(stored["text"], None, finish_reason), CACHED_MODEL_PREFIX + model)
+    return StoredReply(LLMReply(stored["text"], usage, finish_reason), model)

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from config import Settings
 from database import session_scope
 from messaging.publisher import publish_tasks
-from store import dispatch
+from store import dispatch, lifecycle
 from store.lifecycle import utcnow
 
 
@@ -45,5 +45,5 @@ def dispatch_round(app: Celery, session_factory: sessionmaker[Session], settings
         task_ids = dispatch.take_waiting(session, limit=min(room, settings.dispatch_round_size))
         if task_ids:
             publish_tasks(app, task_ids)
-            dispatch.mark_dispatched(session, task_ids, now=now)
+            lifecycle.mark_queued(session, task_ids, now=now)
     return len(task_ids)

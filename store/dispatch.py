@@ -3,7 +3,7 @@ Session (PostgreSQL only: they rely on advisory locks and `FOR UPDATE SKIP LOCKE
 
 A dispatch round, in one transaction: `take_dispatch_turn` (one dispatcher at a time), `in_flight`
 (how many published tasks are not finished), `take_waiting` (the next tasks in fair order, locked), then the
-caller publishes them and calls `mark_dispatched`. The rows stay locked until the commit, so a worker that
+caller publishes them and calls `lifecycle.mark_queued`. The rows stay locked until the commit, so a worker that
 receives a message early waits for it, and a dispatcher that dies before the commit leaves them waiting.
 """
 
@@ -12,13 +12,11 @@ from __future__ import annotations
 import math
 import uuid
 from datetime import datetime, timedelta
-from typing import Any, cast
 
-from sqlalchemy import CursorResult, Uuid, text, update
+from sqlalchemy import Uuid, text
 from sqlalchemy.orm import Session
 
 from config import Settings
-from models import Task, TaskStatus
 
 # Any constant identifies the lock; this one spells "dispatch" in ASCII.
 _DISPATCH_LOCK = 0x6469737061746368
@@ -84,15 +82,3 @@ def take_waiting(session: Session, *, limit: int) -> list[uuid.UUID]:
         return []
     per_user = math.ceil(limit / users)
     return list(session.scalars(_TAKE_WAITING, {"per_user": per_user, "limit": limit}))
-
-
-def mark_dispatched(session: Session, task_ids: list[uuid.UUID], *, now: datetime) -> int:
-    """waiting -> queued for tasks whose message was published; returns how many."""
-    if not task_ids:
-        return 0
-    statement = (
-        update(Task)
-        .where(Task.id.in_(task_ids), Task.status == TaskStatus.WAITING)
-        .values(status=TaskStatus.QUEUED, queued_at=now, updated_at=now)
-    )
-    return cast(CursorResult[Any], session.execute(statement)).rowcount

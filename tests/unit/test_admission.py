@@ -6,6 +6,8 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Sequence
 
+import pytest
+
 from admission.base import Admission, CallEnded, Candidate, Decision, Verdict
 from llm.messages import LLMRequest, ModelOptions
 from store.agents import AgentSpec
@@ -115,3 +117,17 @@ def test_a_check_may_run_a_candidate_with_another_request_which_later_checks_and
     # Then the second check saw the fallback for a, and the decision carries it to the call
     assert seen == ["gpt-4o", "gpt-4o-mini"]
     assert [d.request.model if d.request else None for d in decisions] == ["gpt-4o", None]
+
+
+def test_when_a_later_check_raises_what_the_earlier_ones_granted_is_given_back():
+    # Given a first check that grants everything, and a second whose shared state is out of reach
+    first = RecordingCheck()
+
+    class OutOfReach(RecordingCheck):
+        def admit(self, candidates: Sequence[Candidate]) -> list[Decision]:
+            raise ConnectionError("Redis is down")
+
+    # When a batch is asked about, Then the error reaches the caller and the first check's grants are released
+    with pytest.raises(ConnectionError):
+        Admission([first, OutOfReach()]).admit([candidate("a"), candidate("b")])
+    assert first.released == [["a", "b"]]

@@ -158,3 +158,19 @@ def test_field_errors_name_their_variable():
     with pytest.raises(ValidationError) as caught:
         settings(worker_concurrency=0)
     assert describe_invalid_settings(caught.value).startswith("WORKER_CONCURRENCY: ")
+
+
+@pytest.mark.parametrize(
+    "control",
+    [
+        {"pause_enabled": True},
+        {"breaker_enabled": True},
+        {"user_daily_spend_cap_usd": 5.0},
+        {"concurrency_caps_enabled": True},
+        {"rate_limits_enabled": True},
+    ],
+)
+def test_a_shared_control_switched_on_without_redis_is_refused_at_start(control):
+    with pytest.raises(ValidationError, match="REDIS_URL is required by"):
+        Settings(_env_file=None, **control)
+    assert Settings(_env_file=None, redis_url="redis://r:6379/0", **control).redis_url
