@@ -18,7 +18,6 @@ See docs/decisions.md, "Rate limits: one GCRA script for every limit".
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 import uuid
@@ -41,9 +40,6 @@ OVERRIDE_NAMES = {
     TPM: "LLM tokens per minute, prompt and completion (model, agent or user; all workers together)",
 }
 KEY_PREFIX = "agent_service:rate"
-CHARS_PER_TOKEN = 4  # OpenAI's rule of thumb for English; tiktoken needs its encodings from the network
-TOKENS_PER_MESSAGE = 3  # the chat format's own tokens around each message
-REPLY_PRIMING_TOKENS = 3
 MIN_RETRY_SECONDS = 0.1
 SPREAD_SECONDS = 0.1
 
@@ -250,14 +246,8 @@ class RateLimits:
         return self._scripts[name]
 
 
-def estimate_prompt_tokens(request: LLMRequest) -> int:
-    """The prompt's tokens, estimated from its characters (about 1 µs; see docs/decisions.md)."""
-    characters = sum(len(text) for _, text in request.messages)
-    return math.ceil(characters / CHARS_PER_TOKEN) + TOKENS_PER_MESSAGE * len(request.messages) + REPLY_PRIMING_TOKENS
-
-
 def _amounts(request: LLMRequest) -> tuple[int, int]:
-    return estimate_prompt_tokens(request), request.max_tokens
+    return request.estimated_prompt_tokens(), request.max_tokens
 
 
 def _taken_back(kind: str, held: _Reservation, call: CallEnded) -> float:

@@ -23,7 +23,6 @@ logger = logging.getLogger("agent_service.prices")
 
 # A prompt's tokens before the call, from its characters: about four per token in English text, the usual
 # rule of thumb; it only sizes reservations, the books use the tokens the provider reports.
-CHARS_PER_TOKEN = 4
 PER_MILLION = 1_000_000
 
 
@@ -81,7 +80,7 @@ class PriceBook:
     def estimate(self, request: LLMRequest) -> float | None:
         """The most a call can cost before it is made: its prompt (estimated from its characters) and all of
         its `max_tokens`. None when the model has no price."""
-        prompt_tokens = sum(len(text) for _, text in request.messages) // CHARS_PER_TOKEN + 1
+        prompt_tokens = request.estimated_prompt_tokens()
         usage = Usage(prompt_tokens, request.max_tokens, prompt_tokens + request.max_tokens)
         return self.cost(request.model, usage)
 

@@ -16,7 +16,7 @@ from admission import build_admission
 from admission.base import CallEnded, Candidate, Verdict
 from admission.concurrency import ConcurrencyCaps
 from admission.pause import PAUSED, PauseCheck, pause, resume
-from admission.rate_limits import MIN_RETRY_SECONDS, RateLimits, estimate_prompt_tokens
+from admission.rate_limits import MIN_RETRY_SECONDS, RateLimits
 from config import ModelRateLimit, Settings
 from database import session_scope
 from llm.messages import LLMReply, LLMRequest, ModelOptions, Usage
@@ -110,7 +110,7 @@ def test_a_candidate_is_reserved_in_every_limit_that_applies_or_in_none(settings
 def test_unused_tokens_are_given_back_once_the_reply_reports_its_usage(settings, shared, overrides):
     # Given a TPM limit whose one-second bucket holds one call's estimate (prompt + max_tokens) and 20 tokens
     request = candidate().request
-    estimate = estimate_prompt_tokens(request) + request.max_tokens
+    estimate = request.estimated_prompt_tokens() + request.max_tokens
     limits = limiter(settings, shared, overrides, llm_rate_limits={MODEL: ModelRateLimit(tpm=(estimate + 20) * 60)})
     [first] = limits.admit([running := candidate()])
     assert verdicts([first, *limits.admit([candidate()])]) == ["run", f"rate limit {MODEL} TPM"]

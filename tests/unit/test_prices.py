@@ -36,9 +36,10 @@ def test_a_model_with_no_price_costs_none_not_zero():
 
 
 def test_an_estimate_covers_the_prompt_and_all_of_max_tokens():
-    prices = PriceBook(make_settings())
-    estimate = prices.estimate(request("y" * 400, max_tokens=100))
-    assert estimate == pytest.approx(((9 + 400) // 4 + 1) * 0.15e-6 + 100 * 0.60e-6)
+    prices, asked = PriceBook(make_settings()), request("y" * 400, max_tokens=100)
+    prompt_tokens = asked.estimated_prompt_tokens()  # the same estimate the rate limits reserve
+    assert prompt_tokens > (9 + 400) / 4
+    assert prices.estimate(asked) == pytest.approx(prompt_tokens * 0.15e-6 + 100 * 0.60e-6)
 
 
 def test_a_description_is_cut_to_the_context_the_provider_stated():
