@@ -4,7 +4,6 @@ resume | worker | flower | demo` and more (`--help`)."""
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import json
 import os
 import re
@@ -21,7 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from admission import OVERRIDE_NAMES
 from admission.pause import pause, paused_since, resume
-from config import Settings, get_settings
+from config import Settings, get_settings, is_loopback_host
 from database import create_database_if_missing, session_scope
 from errors import AgentServiceError, ConfigurationError, TaskValidationError
 from execution.pipeline import parse_task_id
@@ -319,20 +318,11 @@ def flower_refusal(settings: Settings, extra: list[str]) -> str | None:
         option = arg.lstrip("-").partition("=")[0].replace("-", "_")
         if option in ("address", "port", "basic_auth"):
             return f"set FLOWER_{option.upper()} rather than passing {arg.partition('=')[0]}"
-    if settings.flower_basic_auth is None and not _is_loopback(settings.flower_address):
+    if settings.flower_basic_auth is None and not is_loopback_host(settings.flower_address):
         where = f"{settings.flower_address or 'every address'}:{settings.flower_port}"
         fix = "set FLOWER_BASIC_AUTH=user:password, or FLOWER_ADDRESS=127.0.0.1"
         return f"Flower would serve {where} with no login: {fix}"
     return None
-
-
-def _is_loopback(address: str) -> bool:
-    if address == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(address).is_loopback
-    except ValueError:  # a host name (or "", every address): only "localhost" is known to stay on this machine
-        return False
 
 
 def _cmd_flower(args: argparse.Namespace) -> int:

@@ -296,7 +296,12 @@ def _is_bundled_server(base_url: str | None) -> bool:
     None means the OpenAI client's default, api.openai.com."""
     if not base_url:
         return False
-    host = urlsplit(base_url).hostname or ""
+    return is_loopback_host(urlsplit(base_url).hostname or "")
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether `host` (an address or a name) is this machine's loopback: only the name "localhost" is known
+    to be; any other name, or "" (every address), is not."""
     if host == "localhost":
         return True
     try:
