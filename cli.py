@@ -251,25 +251,42 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
 def _cmd_limits(args: argparse.Namespace) -> int:
     scope, subject = next((s, getattr(args, s.value)) for s in LimitScope if getattr(args, s.value) is not None)
-    if args.action != "list" and args.name not in OVERRIDE_NAMES:
-        known = ", ".join(sorted(OVERRIDE_NAMES)) or "none yet"
-        raise TaskValidationError(f"no limit named {args.name!r}; known: {known}")
-    if args.action == "set" and args.value is None:
-        raise TaskValidationError(f"limits set needs a value for {args.name}")
+    name = getattr(args, "name", None)  # `list` names none
+    if name is not None:
+        _check_limit(name, scope, getattr(args, "value", None) if args.action == "set" else "0")
     with session_scope(_app().services.session_factory) as session:
         if scope is LimitScope.AGENT:  # by name or id on the command line; by id in the table
             agent = find_agent(session, subject)
             if agent is None:
                 raise TaskValidationError(f"no agent named {subject!r}")
             subject = str(agent.id)
-        if args.action != "list":
-            set_override(session, scope, subject, args.name, args.value if args.action == "set" else None)
+        if name is not None:
+            set_override(session, scope, subject, name, args.value if args.action == "set" else None)
         rows = session.scalars(
             select(LimitOverride).where(LimitOverride.scope == scope, LimitOverride.subject == subject)
         ).all()
         for row in sorted(rows, key=lambda row: row.name):
             console.print(f"{scope.value} {subject}: {row.name} = {row.value}")
     return 0
+
+
+LIMIT_ARGUMENT_HELP = {"name": "the limit's name (README, Cost and limits)", "value": "a number, 0 or more"}
+
+
+def _check_limit(name: str, scope: LimitScope, value: str | None) -> None:
+    """Raises: TaskValidationError for a limit no worker would read: an unknown name, one not read for this
+    scope, or a value that is not a number of at least 0."""
+    if name not in OVERRIDE_NAMES:
+        raise TaskValidationError(f"no limit named {name!r}; known: {', '.join(sorted(OVERRIDE_NAMES))}")
+    if scope not in OVERRIDE_NAMES[name].scopes:
+        whom = ", ".join(f"--{allowed.value}" for allowed in sorted(OVERRIDE_NAMES[name].scopes))
+        raise TaskValidationError(f"{name} is set per {whom} only; workers never read it per --{scope.value}")
+    try:
+        number = float(value) if value is not None else None
+    except ValueError:
+        number = None
+    if number is None or not number >= 0:
+        raise TaskValidationError(f"limits set {name} needs a number of at least 0, got {value!r}")
 
 
 def _cmd_cancel(args: argparse.Namespace) -> None:
@@ -378,12 +395,18 @@ def _parser() -> argparse.ArgumentParser:
     stats.add_argument("--since", type=_duration, default=timedelta(hours=24), help="e.g. 30m, 24h, 7d (default 24h)")
     add("cancel", _cmd_cancel, "cancel a queued or running task").add_argument("task_id")
     limits = add("limits", _cmd_limits, "list, set or unset an agent's, a user's or a model's own limits")
-    limits.add_argument("action", choices=["list", "set", "unset"])
-    limits.add_argument("name", nargs="?", help="the limit's name (see the README, Cost and limits)")
-    limits.add_argument("value", nargs="?")
-    whom = limits.add_mutually_exclusive_group(required=True)
-    for scope in LimitScope:
-        whom.add_argument(f"--{scope.value}", metavar=scope.value.upper(), help=f"the {scope.value} it applies to")
+    actions = limits.add_subparsers(dest="action", required=True, metavar="ACTION")
+    # Each action its own parser with required positionals: `limits set --user u1 NAME VALUE` then parses
+    # whichever way round the options come (optional positionals would be taken empty before the option).
+    for action, positionals in (("list", ()), ("set", ("name", "value")), ("unset", ("name",))):
+        sub = actions.add_parser(action, help=f"{action} a limit" if positionals else "list the limits")
+        for positional in positionals:
+            sub.add_argument(
+                positional, help="the limit's name (README, Cost and limits)" if positional == "name" else None
+            )
+        whom = sub.add_mutually_exclusive_group(required=True)
+        for scope in LimitScope:
+            whom.add_argument(f"--{scope.value}", metavar=scope.value.upper(), help=f"the {scope.value} it applies to")
     add("pause", _cmd_pause, "stop every worker's new LLM calls (tasks wait, none is lost) until resume")
     add("resume", _cmd_resume, "let the workers call the model again after a pause")
     add("failed", _cmd_failed, "list failed tasks (dead letters)").add_argument("--limit", type=int, default=50)

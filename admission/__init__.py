@@ -9,7 +9,7 @@ from redis import Redis
 from sqlalchemy.orm import Session, sessionmaker
 
 from admission import breaker, concurrency, rate_limits, spend_caps
-from admission.base import Admission, AdmissionCheck
+from admission.base import Admission, AdmissionCheck, Override
 from admission.concurrency import ConcurrencyCaps
 from admission.pause import PauseCheck
 from admission.rate_limits import RateLimits
@@ -19,7 +19,7 @@ from store.overrides import OverrideCache
 
 # The settings each control lets an agent, a user or a model override (`python cli.py limits set`), by name,
 # with what they mean; each control's module adds its own.
-OVERRIDE_NAMES: dict[str, str] = {
+OVERRIDE_NAMES: dict[str, Override] = {
     **breaker.OVERRIDE_NAMES,
     **spend_caps.OVERRIDE_NAMES,
     **concurrency.OVERRIDE_NAMES,

@@ -15,9 +15,19 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 from llm.messages import LLMReply, LLMRequest
+from models import LimitScope
 from store.agents import AgentSpec
 
 logger = logging.getLogger("agent_service")
+
+
+@dataclass(frozen=True)
+class Override:
+    """A setting of a control that an agent, a user or a model may have of its own (`cli.py limits set`):
+    what it means, and whom it may be set for. Its value is a number."""
+
+    meaning: str
+    scopes: frozenset[LimitScope]
 
 
 class Verdict(str, enum.Enum):

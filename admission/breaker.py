@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 
 from redis import Redis, RedisError
 
-from admission.base import CallEnded, Candidate, Decision
+from admission.base import CallEnded, Candidate, Decision, Override
 from config import Settings
 from errors import ProviderFault
 from models import LimitScope
@@ -43,10 +43,11 @@ DEFAULT_PROVIDER = "api.openai.com"  # the openai client's endpoint when OPENAI_
 PROBE_WAIT_SECONDS = 5.0
 REASON_CHARS = 300
 
+_PER_MODEL = frozenset({LimitScope.MODEL})
 OVERRIDE_NAMES = {
-    "breaker_min_calls": "calls within the breaker's window before failures can open a model's breaker (--model)",
-    "breaker_failure_ratio": "the share of failed calls that opens a model's breaker (--model)",
-    "breaker_cooldown_seconds": "how long a model's breaker stays open before a probe call (--model)",
+    "breaker_min_calls": Override("calls within the window before failures can open a model's breaker", _PER_MODEL),
+    "breaker_failure_ratio": Override("the share of failed calls that opens a model's breaker", _PER_MODEL),
+    "breaker_cooldown_seconds": Override("how long a model's breaker stays open before a probe call", _PER_MODEL),
 }
 
 

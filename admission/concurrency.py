@@ -17,13 +17,15 @@ from typing import cast
 from redis import Redis, RedisError
 from redis.commands.core import Script
 
-from admission.base import CallEnded, Candidate, Decision, release_failed, unreachable
+from admission.base import CallEnded, Candidate, Decision, Override, release_failed, unreachable
 from config import Settings
 from models import LimitScope
 from store.overrides import OverrideCache
 
 CAP = "concurrency_cap"
-OVERRIDE_NAMES = {CAP: "LLM calls at once (agent or user; 0: no cap)"}
+OVERRIDE_NAMES = {
+    CAP: Override("LLM calls at once (0: no cap)", frozenset({LimitScope.AGENT, LimitScope.USER})),
+}
 KEY_PREFIX = "agent_service:leases"
 # The k-th candidate of a batch turned away by a cap of N tries again after (1 + k // N) times this: the
 # waiters come back in waves of about N rather than all at once.

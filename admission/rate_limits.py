@@ -28,7 +28,7 @@ from typing import cast
 from redis import Redis, RedisError
 from redis.commands.core import Script
 
-from admission.base import CallEnded, Candidate, Decision, release_failed, unreachable
+from admission.base import CallEnded, Candidate, Decision, Override, release_failed, unreachable
 from config import Settings
 from llm.messages import LLMRequest
 from models import LimitScope
@@ -36,8 +36,8 @@ from store.overrides import OverrideCache
 
 RPM, TPM = "rpm", "tpm"
 OVERRIDE_NAMES = {
-    RPM: "LLM requests per minute (model, agent or user; all workers together)",
-    TPM: "LLM tokens per minute, prompt and completion (model, agent or user; all workers together)",
+    RPM: Override("LLM requests per minute (all workers together)", frozenset(LimitScope)),
+    TPM: Override("LLM tokens per minute, prompt and completion (all workers together)", frozenset(LimitScope)),
 }
 KEY_PREFIX = "agent_service:rate"
 MIN_RETRY_SECONDS = 0.1

@@ -26,7 +26,7 @@ from redis import Redis
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from admission.base import CallEnded, Candidate, Decision
+from admission.base import CallEnded, Candidate, Decision, Override
 from config import Settings
 from database import session_scope
 from llm.prices import PriceBook
@@ -37,9 +37,10 @@ logger = logging.getLogger("agent_service.admission")
 
 KEY_PREFIX = "agent_service:spend"
 DAILY, MONTHLY = "daily_spend_cap_usd", "monthly_spend_cap_usd"
+_AGENT_OR_USER = frozenset({LimitScope.AGENT, LimitScope.USER})
 OVERRIDE_NAMES = {
-    DAILY: "USD the agent or user may spend on LLM calls per UTC day (with --agent or --user)",
-    MONTHLY: "USD the agent or user may spend on LLM calls per UTC calendar month (with --agent or --user)",
+    DAILY: Override("USD the agent or user may spend on LLM calls per UTC day", _AGENT_OR_USER),
+    MONTHLY: Override("USD the agent or user may spend on LLM calls per UTC calendar month", _AGENT_OR_USER),
 }
 # A period's keys outlive it by a day, so that a call that ends after midnight still finds its reservation.
 KEY_GRACE_SECONDS = 24 * 60 * 60

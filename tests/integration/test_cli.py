@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import select
 
 from database import session_scope
-from models import Agent, Task, TaskStatus
+from models import Agent, LimitOverride, LimitScope, Task, TaskStatus
 from tests.integration.conftest import IDLE_REDIS
 from tests.support import run_cli
 
@@ -109,3 +109,30 @@ def test_a_database_without_the_schema_gets_a_one_line_hint_not_a_traceback(sett
     result = run_cli(empty, "list")
     assert result.returncode == 1 and "python cli.py init-db" in result.stdout
     assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_limits_are_set_listed_and_unset_per_user_and_per_agent(cli, agent, session_factory):
+    user = f"u-{uuid.uuid4().hex[:6]}"
+    assert cli("limits", "set", "--user", user, "daily_spend_cap_usd", "5").returncode == 0
+    listed = cli("limits", "list", "--user", user)
+    assert f"user {user}: daily_spend_cap_usd = 5" in listed.stdout
+    # An agent is named on the command line and kept by id
+    assert cli("limits", "set", "--agent", agent.name, "concurrency_cap", "3").returncode == 0
+    with session_scope(session_factory) as session:
+        [row] = session.scalars(select(LimitOverride).where(LimitOverride.subject == str(agent.id))).all()
+        assert (row.scope, row.name, row.value) == (LimitScope.AGENT, "concurrency_cap", "3")
+    assert cli("limits", "unset", "--user", user, "daily_spend_cap_usd").returncode == 0
+    assert "daily_spend_cap_usd" not in cli("limits", "list", "--user", user).stdout
+
+
+def test_a_limit_workers_would_never_read_is_refused_with_the_reason(cli):
+    # A breaker setting is per model; a cap must be a number; a name must be known
+    refused = {
+        "scope": cli("limits", "set", "--user", "u1", "breaker_cooldown_seconds", "60"),
+        "value": cli("limits", "set", "--user", "u1", "daily_spend_cap_usd", "five"),
+        "name": cli("limits", "set", "--user", "u1", "dayly_cap", "5"),
+    }
+    assert {why: result.returncode for why, result in refused.items()} == {"scope": 2, "value": 2, "name": 2}
+    assert "breaker_cooldown_seconds is set per --model only" in refused["scope"].stdout
+    assert "needs a number of at least 0, got 'five'" in refused["value"].stdout
+    assert "no limit named 'dayly_cap'" in refused["name"].stdout
