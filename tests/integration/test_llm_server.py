@@ -298,7 +298,9 @@ def test_hang_times_out_the_client_and_ends_when_it_disconnects(server: RunningS
         time.sleep(0.05)
     assert server.stats()["in_flight"] == 0
     [entry] = server.logged_requests()
-    assert entry["ended"] == "dropped" and entry["ended_at"] - entry["at"] >= 1
+    # Dropped when the client gave up after its 1 s timeout, not at once (the server logs the request a
+    # little after the client started its clock, hence the margin).
+    assert entry["ended"] == "dropped" and entry["ended_at"] - entry["at"] >= 0.8
 
 
 def test_drop_closes_connection_without_response(client: openai.OpenAI) -> None:
