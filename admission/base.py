@@ -89,6 +89,11 @@ class Candidate:
     agent: AgentSpec
     request: LLMRequest
 
+    @property
+    def call_id(self) -> str:
+        """This attempt's call, as the shared state of every control names it: `<task id>:<attempt>`."""
+        return f"{self.task_id}:{self.attempt}"
+
 
 @dataclass(frozen=True)
 class CallEnded:

@@ -219,7 +219,7 @@ class CircuitBreaker:
         args: list[Any] = [now_ms, self._probe_lease_ms, len(models)]
         args += [self._expiry_ms(self._policy(model)) for model in models]
         for c in candidates:
-            args += [index[c.request.model], index.get(c.agent.fallback_model or "", 0), _token(c)]
+            args += [index[c.request.model], index.get(c.agent.fallback_model or "", 0), c.call_id]
         reply = self._admit_script(keys=self._keys(models), args=args)
         picks, found = reply[: len(candidates)], reply[len(candidates) :]
         states = {
@@ -275,7 +275,7 @@ class CircuitBreaker:
         return max(0.0, (state.open_until_ms - now_ms) / 1000)
 
     def _release_args(self, policy: BreakerPolicy, ends: list[CallEnded]) -> list[Any]:
-        outcomes = [(_token(end.candidate), _outcome(end)) for end in ends]
+        outcomes = [(end.candidate.call_id, _outcome(end)) for end in ends]
         faults = [end.error for end in ends if _outcome(end) == "f"]
         denied = [error for error in faults if getattr(error, "fault", None) is ProviderFault.DENIED]
         calls = sum(outcome != "n" for _, outcome in outcomes)
@@ -340,10 +340,6 @@ def _outcome(end: CallEnded) -> str:
     if end.reply is not None:
         return "s"
     return "f" if getattr(end.error, "fault", None) is not None else "n"
-
-
-def _token(candidate: Candidate) -> str:
-    return f"{candidate.task_id}:{candidate.attempt}"
 
 
 def _text(value: bytes | str | int) -> str:

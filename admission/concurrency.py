@@ -90,7 +90,7 @@ class ConcurrencyCaps:
         caps = {cap.key: cap.limit for need in needs for cap in need}
         argv: list[str | float] = [self.lease_seconds, *(caps[key] for key in keys)]
         for candidate, need in zip(candidates, needs, strict=True):
-            argv += [_lease_id(candidate), len(need), *(keys.index(cap.key) + 1 for cap in need)]
+            argv += [candidate.call_id, len(need), *(keys.index(cap.key) + 1 for cap in need)]
         try:
             full = [int(index) for index in cast(list[int], self._script()(keys=keys, args=argv))]
         except RedisError as exc:
@@ -115,7 +115,7 @@ class ConcurrencyCaps:
             pipe = self._redis().pipeline(transaction=False)
             for call in ended:
                 for scope, subject in _subjects(call.candidate).items():
-                    pipe.zrem(_key(scope, subject), _lease_id(call.candidate))
+                    pipe.zrem(_key(scope, subject), call.candidate.call_id)
             pipe.execute()
         except RedisError as exc:
             release_failed("concurrency caps", exc)
@@ -148,7 +148,3 @@ def _subjects(candidate: Candidate) -> dict[LimitScope, str]:
 
 def _key(scope: LimitScope, subject: str) -> str:
     return f"{KEY_PREFIX}:{scope.value}:{subject}"
-
-
-def _lease_id(candidate: Candidate) -> str:
-    return f"{candidate.task_id}:{candidate.attempt}"

@@ -173,7 +173,7 @@ class SpendCaps:
             with self._lock:
                 keys = self._reserved.pop(_call_id(end.candidate), None)
             if keys:
-                args += [_member(end.candidate), self._cost(end), len(keys), *keys]
+                args += [end.candidate.call_id, self._cost(end), len(keys), *keys]
         if args:
             try:
                 self._settle(args=args)
@@ -229,7 +229,7 @@ class SpendCaps:
     ) -> list[str | float | int]:
         args: list[str | float | int] = [now.timestamp(), now.timestamp() + self._settings.spend_hold_seconds]
         for index in asked:
-            args += [_member(candidates[index]), repr(estimates[index]), len(caps[index])]
+            args += [candidates[index].call_id, repr(estimates[index]), len(caps[index])]
             for cap in caps[index]:
                 args += [cap.key, repr(cap.limit), _ttl(cap, now)]
         return args
@@ -257,10 +257,6 @@ def _usd(amount: float) -> str:
 
 def _call_id(candidate: Candidate) -> tuple[uuid.UUID, int]:
     return candidate.task_id, candidate.attempt
-
-
-def _member(candidate: Candidate) -> str:
-    return f"{candidate.task_id}:{candidate.attempt}"
 
 
 def _cap(scope: LimitScope, subject: str, period: str, limit: float, now: datetime) -> Cap:
