@@ -87,6 +87,10 @@ class Settings(BaseSettings):
     max_title_length: int = Field(500, gt=0)
     max_description_length: int = Field(20_000, gt=0)
     max_result_length: int = Field(100_000, gt=0)
+    max_payload_bytes: int = Field(64 * 1024, gt=0, description="a task's JSON payload, serialized, at most this big")
+    approval_timeout_seconds: float = Field(
+        24 * 3600, gt=0, description="a tool call awaiting approval this long fails its task"
+    )
 
     # No gevent: the LLM process's pipe reader would block its hub, and threads measured cheaper anyway.
     worker_pool: Literal["threads", "prefork", "solo"] = "threads"

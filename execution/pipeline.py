@@ -34,7 +34,7 @@ from execution.replies import Arrived, ReplyStore
 from execution.retry import backoff_delay
 from kinds import KINDS, kind_named
 from kinds.base import KindResult, TaskKind, TaskWork
-from llm.messages import LLMReply, LLMRequest, Usage
+from llm.messages import LLMReply, LLMRequest, Message, Usage
 from llm.prices import PriceBook
 from llm.runners import LLMRunner
 from models import TaskStatus
@@ -327,7 +327,7 @@ def _reask(step: _Prepared, how: Settlement) -> _Prepared | None:
         return None
     request = step.candidate.request
     correction = f"That reply cannot be used: {how.error}. Answer again with only the output asked for."
-    messages = (*request.messages, ("assistant", how.text), ("user", correction))
+    messages = (*request.messages, Message("assistant", how.text), Message("user", correction))
     candidate = replace(step.candidate, request=replace(request, messages=messages))
     return replace(step, candidate=candidate, reasked=True, paid_before=how.charge)
 
@@ -353,7 +353,7 @@ def fitted_description(description: str, error: str, *, request: LLMRequest) -> 
     if limit is None or prompt is None:
         return None
     room = limit - request.max_tokens  # what the messages may use
-    characters = sum(len(text) for _, text in request.messages)
+    characters = sum(len(message.content) for message in request.messages)
     excess_chars = (prompt - room) * characters / prompt * 1.1
     keep = int(len(description) - excess_chars)
     return description[:keep] if keep > 0 else None
@@ -394,8 +394,8 @@ def _prepare(claim: Claim, *, kinds: Mapping[str, TaskKind]) -> _Prepared | Perm
     if claim.agent is None:
         return PermanentError(f"bad agent configuration: {claim.agent_error}")
     try:
-        kind = kind_named(claim.agent.kind, kinds)
-        work = TaskWork(claim.agent, claim.title, claim.description)
+        kind = kind_named(claim.kind or claim.agent.kind, kinds)
+        work = TaskWork(claim.agent, claim.title, claim.description, claim.payload)
         request = kind.build_request(work)
     except PermanentError as exc:
         return exc
@@ -484,7 +484,9 @@ def _settle(session: Session, claim: Claim, how: Settlement, *, settings: Settin
     if isinstance(how, Unusable):
         return _record_error(session, claim, how.error, settings=settings, charge=how.charge)
     result = how.result.text[: settings.max_result_length]
-    done = lifecycle.record_success(session, claim, result=result, model=how.model, charge=how.charge, now=utcnow())
+    done = lifecycle.record_success(
+        session, claim, result=result, result_data=how.result.data, model=how.model, charge=how.charge, now=utcnow()
+    )
     if not done:
         return _superseded(session, claim)
     usage = how.usage

@@ -15,12 +15,13 @@ import logging
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import astuple, dataclass
+from typing import Any
 
 from redis import Redis, RedisError
 
 from admission.base import Candidate
 from config import Settings
-from llm.messages import LLMReply, LLMRequest, Usage
+from llm.messages import LLMReply, LLMRequest, ToolCall, Usage
 from monitoring import REPLY_CACHE
 
 logger = logging.getLogger(__name__)
@@ -133,6 +134,8 @@ def cache_key(request: LLMRequest) -> str:
         request.max_tokens,
         request.options.model_dump(mode="json", exclude_none=True),
         request.messages,
+        request.tools,
+        request.output_schema,
     ]
     digest = hashlib.sha256(json.dumps(identity, separators=(",", ":")).encode()).hexdigest()
     return CACHE_PREFIX + digest
@@ -149,13 +152,21 @@ def _kept_key(task_id: uuid.UUID, attempt: int) -> str:
 
 def _encoded(reply: LLMReply, model: str) -> str:
     tokens = list(astuple(reply.usage)) if reply.usage else None
-    return json.dumps({"text": reply.text, "usage": tokens, "model": model, "finish_reason": reply.finish_reason})
+    stored: dict[str, Any] = {"text": reply.text, "usage": tokens, "model": model, "finish_reason": reply.finish_reason}
+    if reply.tool_calls or reply.refused:
+        stored.update(tool_calls=reply.tool_calls, refused=reply.refused)
+    return json.dumps(stored)
 
 
 def _decoded(value: bytes | str, *, cached: bool) -> StoredReply:
     stored = json.loads(value)
-    usage = Usage(*stored["usage"]) if stored["usage"] else None
-    model, finish_reason = stored["model"], stored.get("finish_reason")
-    if cached:  # it costs nothing now, and the row says where it came from
-        return StoredReply(LLMReply(stored["text"], None, finish_reason), CACHED_MODEL_PREFIX + model)
-    return StoredReply(LLMReply(stored["text"], usage, finish_reason), model)
+    usage = None if cached or not stored["usage"] else Usage(*stored["usage"])  # a cached reply costs nothing now
+    reply = LLMReply(
+        stored["text"],
+        usage,
+        stored.get("finish_reason"),
+        tool_calls=tuple(ToolCall(*call) for call in stored.get("tool_calls", ())),
+        refused=stored.get("refused", False),
+    )
+    model = stored["model"]
+    return StoredReply(reply, CACHED_MODEL_PREFIX + model if cached else model)

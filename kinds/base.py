@@ -7,19 +7,31 @@ process never sees a kind: it runs the plain `LLMRequest` that `build_request` r
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, Protocol
 
 from llm.messages import LLMReply, LLMRequest
 from store.agents import AgentSpec
 
 
+class KindName(StrEnum):
+    """The kinds of agent work: text in and out, a decision among options, tool calls over HTTP, JSON data."""
+
+    TEXT = "text"
+    DECISION = "decision"
+    API = "api"
+    DATA = "data"
+
+
 @dataclass(frozen=True)
 class TaskWork:
-    """The part of a claimed task a kind reads: its agent and what the task says."""
+    """The part of a claimed task a kind reads: its agent and what the task says (its words, and its JSON
+    payload when it has one)."""
 
     agent: AgentSpec
     title: str
     description: str
+    payload: Any = None
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ import json
 
 from errors import InvalidOutputError
 from kinds.base import KindResult, TaskWork
-from llm.messages import LLMReply, LLMRequest
+from llm.messages import LLMReply, LLMRequest, Message
 
 
 class TextKind:
@@ -22,7 +22,7 @@ class TextKind:
             temperature=agent.temperature,
             max_tokens=agent.max_tokens,
             options=agent.options,
-            messages=(("system", agent.prompt), ("user", task)),
+            messages=(Message("system", agent.prompt), Message("user", task)),
         )
 
     def interpret(self, work: TaskWork, reply: LLMReply) -> KindResult:

@@ -6,15 +6,19 @@ module knows no task kind: the kinds build the messages (see `kinds`).
 
 from __future__ import annotations
 
+import json
 import threading
+from typing import Any
 
-from langchain_core.messages import AIMessage
+from langchain_core.language_models import LanguageModelInput
+from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
+from langchain_core.runnables import Runnable
 from langchain_openai import ChatOpenAI
 from openai import DefaultAioHttpClient
 
 from config import Settings
 from errors import ProviderFault, RetryableError
-from llm.messages import LLMReply, LLMRequest, Usage
+from llm.messages import LLMReply, LLMRequest, Message, ToolCall, Usage
 
 ClientKey = tuple[str, float, int, str, str | None, str, float]
 
@@ -27,12 +31,29 @@ async def run_request(request: LLMRequest, *, settings: Settings) -> LLMReply:
     """
     try:
         # Usage is read off the reply, not through a callback handler: see docs/decisions.md, "LLM calls on one loop".
-        message: AIMessage = await chat_model(request, settings).ainvoke(list(request.messages))
+        answer = await _runnable(request, settings).ainvoke([_langchain_message(m) for m in request.messages])
     except TypeError as exc:
         # ChatOpenAI raises TypeError for a 200 reply without `choices`; it is the provider's fault.
         raise RetryableError(f"LLM returned a malformed reply: {exc}", fault=ProviderFault.UNAVAILABLE) from exc
-    finish_reason = message.response_metadata.get("finish_reason")
-    return LLMReply(text=str(message.text), usage=_usage(message), finish_reason=finish_reason)
+    # Structured output (include_raw) answers {"raw": AIMessage, "parsed": ...}; the task's kind parses the
+    # text itself, with the validation it owns.
+    message: AIMessage = answer["raw"] if isinstance(answer, dict) else answer
+    return reply_of(message)
+
+
+def reply_of(message: AIMessage) -> LLMReply:
+    """The plain reply of a LangChain answer: text, tool calls (a call whose arguments are not JSON keeps
+    the text the model wrote, for the caller to refuse), usage, finish reason and refusal."""
+    calls = [ToolCall(call["id"] or "", call["name"], json.dumps(call["args"])) for call in message.tool_calls]
+    calls += [ToolCall(call["id"] or "", call["name"] or "", call["args"] or "") for call in message.invalid_tool_calls]
+    refusal = message.additional_kwargs.get("refusal")
+    return LLMReply(
+        text=str(refusal or message.text),
+        usage=_usage(message),
+        finish_reason=message.response_metadata.get("finish_reason"),
+        tool_calls=tuple(calls),
+        refused=bool(refusal),
+    )
 
 
 def chat_model(request: LLMRequest, settings: Settings) -> ChatOpenAI:
@@ -52,17 +73,65 @@ def chat_model(request: LLMRequest, settings: Settings) -> ChatOpenAI:
         return _chat_models[key]
 
 
+def _runnable(request: LLMRequest, settings: Settings) -> Runnable[LanguageModelInput, Any]:
+    """The shared client, with the request's tools bound and its structured output asked for (LangChain's
+    `bind_tools` and `with_structured_output`), kept per configuration like the client itself."""
+    model = chat_model(request, settings)
+    if not request.tools and request.output_schema is None:
+        return model
+    key = (id(model), request.tools, request.output_schema)
+    with _chat_models_lock:
+        if key not in _bound:
+            _bound[key] = _bind(model, request)
+        return _bound[key]
+
+
+def _bind(model: ChatOpenAI, request: LLMRequest) -> Runnable[LanguageModelInput, Any]:
+    tools = [
+        {
+            "type": "function",
+            "function": {"name": t.name, "description": t.description, "parameters": json.loads(t.parameters_json)},
+        }
+        for t in request.tools
+    ]
+    if request.output_schema is None:
+        return model.bind_tools(tools)
+    schema = {"name": request.output_schema.name, "schema": json.loads(request.output_schema.schema_json)}
+    return model.with_structured_output(schema, method="json_schema", include_raw=True, tools=tools or None)
+
+
+def _langchain_message(message: Message) -> BaseMessage | tuple[str, str]:
+    if message.tool_calls:
+        calls = [{"id": c.id, "name": c.name, "args": _arguments(c.arguments)} for c in message.tool_calls]
+        return AIMessage(content=message.content, tool_calls=calls)
+    if message.role == "tool":
+        return ToolMessage(content=message.content, tool_call_id=message.tool_call_id or "")
+    # A plain message as a (role, text) pair: LangChain converts it, as cheaply as building the object here.
+    return (message.role, message.content)
+
+
+def _arguments(text: str) -> dict[str, Any]:
+    """A recorded call's arguments as the model wrote them; text that is not a JSON object is sent as {}."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
 async def close_clients() -> None:
     """Close the shared clients' connections; for the end of a process."""
     with _chat_models_lock:
         models = list(_chat_models.values())
         _chat_models.clear()
+        _bound.clear()
     for model in models:
         if model.http_async_client is not None:  # always set by _new_chat_model
             await model.http_async_client.aclose()
 
 
 _chat_models: dict[ClientKey, ChatOpenAI] = {}
+_bound: dict[tuple[int, Any, Any], Runnable[LanguageModelInput, Any]] = {}
 _chat_models_lock = threading.Lock()
 
 

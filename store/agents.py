@@ -21,6 +21,16 @@ class AgentSettings(ModelOptions):
     cache_ttl_seconds: int = Field(
         0, ge=0, description="answer repeated deterministic calls (temperature 0) from Redis this long; 0: never"
     )
+    choices: list[str] | None = Field(
+        None, min_length=2, description="decision kind: the options to choose from, unless a task gives its own"
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=list, description="api kind: the hosts its tools may call (`api.example.com`, `*.example.com`)"
+    )
+    max_steps: int = Field(10, ge=1, le=100, description="api kind: the most model turns one task may take")
+    time_budget_seconds: float = Field(
+        300, gt=0, description="api kind: the longest a task's steps may take, from its first"
+    )
 
     def model_options(self) -> ModelOptions:
         return ModelOptions.model_validate(self.model_dump(include=set(ModelOptions.model_fields)))
@@ -40,6 +50,12 @@ class AgentSpec:
     fallback_model: str | None = None  # called instead of `model` while its circuit breaker is open
     truncate_to_fit: bool = False
     cache_ttl_seconds: int = 0
+    tools: tuple[dict[str, Any], ...] = ()  # api kind: the tool definitions, as stored (see `tools`)
+    output_schema: dict[str, Any] | None = None  # data kind: the JSON Schema of the result
+    choices: tuple[str, ...] | None = None
+    allowed_hosts: tuple[str, ...] = ()
+    max_steps: int = 10
+    time_budget_seconds: float = 300
 
 
 def agent_spec(agent: Any) -> tuple[AgentSpec | None, str | None]:
@@ -57,8 +73,15 @@ def agent_spec(agent: Any) -> tuple[AgentSpec | None, str | None]:
         agent.temperature,
         agent.max_tokens,
         settings.model_options(),
+        kind=agent.kind,
         fallback_model=agent.fallback_model,
         truncate_to_fit=settings.truncate_to_fit,
         cache_ttl_seconds=settings.cache_ttl_seconds,
+        tools=tuple(agent.tools or ()),
+        output_schema=agent.output_schema,
+        choices=tuple(settings.choices) if settings.choices else None,
+        allowed_hosts=tuple(settings.allowed_hosts),
+        max_steps=settings.max_steps,
+        time_budget_seconds=settings.time_budget_seconds,
     )
     return spec, None

@@ -39,6 +39,8 @@ _CLAIMED_COLUMNS = (
     _TASKS.c.agent_id,
     _TASKS.c.user_id,
     _TASKS.c.started_at,
+    _TASKS.c.kind,
+    _TASKS.c.payload,
 )
 _TAKE_VALUES = dict(
     status=TaskStatus.RUNNING,
@@ -85,6 +87,7 @@ _COMPLETE = (
     .values(
         status=TaskStatus.COMPLETED,
         result=bindparam("p_result"),
+        result_data=bindparam("p_result_data", type_=_TASKS.c.result_data.type),
         error=None,
         model=bindparam("p_model"),
         **_CHARGED,
@@ -132,6 +135,8 @@ class Claim:
     started_at: datetime
     user_id: str = ""
     agent_error: str | None = None
+    kind: str | None = None  # the task's own kind, overriding its agent's
+    payload: Any = None  # the task's JSON input
 
 
 @dataclass(frozen=True)
@@ -270,12 +275,21 @@ def _is_abandoned(task: Task, *, settings: Settings, now: datetime, owner_is_gon
 
 
 def record_success(
-    session: Session, claim: Claim, *, result: str, model: str, charge: Charge | None = None, now: datetime
+    session: Session,
+    claim: Claim,
+    *,
+    result: str,
+    model: str,
+    charge: Charge | None = None,
+    now: datetime,
+    result_data: Any = None,
 ) -> bool:
-    """running -> completed with the result and the model that answered, adding the call's `charge` to the
-    task's sums, only while this claim still owns the task. Returns whether it did."""
+    """running -> completed with the result (its text, and `result_data` for a structured kind) and the model
+    that answered, adding the call's `charge` to the task's sums, only while this claim still owns the task.
+    Returns whether it did."""
     charged = charge.params() if charge else NO_CHARGE
-    return _settle(session, _COMPLETE, claim, now=now, p_result=result, p_model=model, **charged)
+    values = dict(p_result=result, p_result_data=result_data, p_model=model, **charged)
+    return _settle(session, _COMPLETE, claim, now=now, **values)
 
 
 def record_failure(session: Session, claim: Claim, *, error: str, charge: Charge | None = None, now: datetime) -> bool:
@@ -432,6 +446,8 @@ def _claim_of(taken: Row[Any], agent: Row[Any]) -> Claim:
         user_id=taken.user_id,
         agent_error=agent_error,
         started_at=taken.started_at,
+        kind=taken.kind,
+        payload=taken.payload,
     )
 
 

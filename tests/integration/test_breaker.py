@@ -15,7 +15,7 @@ from prometheus_client import REGISTRY
 from admission.base import CallEnded, Candidate, Decision, Verdict
 from admission.breaker import KEY_PREFIX, BreakerPolicy, CircuitBreaker, build_breaker
 from errors import PermanentError, ProviderFault, RetryableError
-from llm.messages import LLMReply, LLMRequest, ModelOptions, Usage
+from llm.messages import LLMReply, LLMRequest, Message, ModelOptions, Usage
 from models import LimitScope
 from store.agents import AgentSpec
 from store.overrides import OverrideCache, set_override
@@ -59,7 +59,7 @@ def worker(client, provider, clock, *, lease: float = 60.0) -> CircuitBreaker:
 
 def candidate(model: str = "gpt-4o-mini", *, fallback: str | None = None) -> Candidate:
     agent = AgentSpec(uuid.uuid4(), "Be brief.", model, 0.1, 100, ModelOptions(), fallback_model=fallback)
-    request = LLMRequest(model, 0.1, 100, ModelOptions(), (("user", "hello"),))
+    request = LLMRequest(model, 0.1, 100, ModelOptions(), (Message("user", "hello"),))
     return Candidate(uuid.uuid4(), "u1", 1, agent, request)
 
 

@@ -8,8 +8,11 @@ import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, text
 
+from models import Base
 from tests.integration.conftest import PG_ROOT
 from tests.support import run_cli, run_in_repo
 
@@ -103,3 +106,14 @@ def test_celery_worker_reports_bad_settings_in_one_line_and_exits_1(env, message
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr.startswith("configuration error: ")
     assert message in result.stderr and "\n" not in result.stderr.strip() and "hunter2" not in result.stderr
+
+
+def test_the_migrations_build_exactly_the_schema_the_models_map(database_url: str):
+    # Given the test database, built by running every migration
+    engine = create_engine(database_url)
+    # When Alembic compares it with the ORM models
+    with engine.connect() as connection:
+        differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+    engine.dispose()
+    # Then nothing differs: a column added to a model has its migration, and the other way round
+    assert differences == []

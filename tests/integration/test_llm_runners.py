@@ -17,7 +17,7 @@ import pytest
 from devtools.processes import ROOT, celery_worker, started, worker_env
 from errors import PermanentError, RetryableError
 from llm.client import run_request
-from llm.messages import LLMRequest, ModelOptions
+from llm.messages import LLMRequest, Message, ModelOptions
 from llm.runners import BackgroundEventLoop, ChildProcessRunner
 from tests.support import make_settings, wait_until
 
@@ -35,7 +35,7 @@ def call(title: str) -> LLMRequest:
         temperature=0.0,
         max_tokens=50,
         options=ModelOptions(),
-        messages=(("system", "You are terse."), ("user", f"{title}: some description")),
+        messages=(Message("system", "You are terse."), Message("user", f"{title}: some description")),
     )
 
 

@@ -19,7 +19,7 @@ from database import session_scope
 from execution.liveness import current_owner
 from execution.pipeline import execute_agent_task, execute_agent_tasks
 from execution.replies import KEPT_PREFIX, Arrived, ReplyStore
-from llm.messages import LLMReply, LLMRequest, Usage
+from llm.messages import LLMReply, LLMRequest, Message, Usage
 from llm.runners import ChildProcessRunner
 from models import Agent, Task, TaskAttempt, TaskStatus
 from store import lifecycle
@@ -80,7 +80,7 @@ def test_the_reply_a_lost_worker_kept_is_recorded_by_the_next_claim_without_a_ca
     with session_scope(rollback_factory) as session:
         [claim] = lifecycle.claim_tasks(session, [task.id], settings=settings, now=utcnow(), owner=dead_owner())
         spec, _ = agent_spec(session.get(Agent, agent.id))
-    request = LLMRequest("gpt-4o", 0.1, 200, spec.options, (("user", title),))
+    request = LLMRequest("gpt-4o", 0.1, 200, spec.options, (Message("user", title),))
     kept = LLMReply("the answer paid for once", Usage(11, 5, 16))
     replies.keep([Arrived(Candidate(task.id, "u-kept", claim.attempt, spec, request), kept, cacheable=False)])
     # When the task is run again (its message redelivered)

@@ -19,7 +19,7 @@ from admission.pause import PAUSED, PauseCheck, pause, resume
 from admission.rate_limits import MIN_RETRY_SECONDS, RateLimits
 from config import ModelRateLimit, Settings
 from database import session_scope
-from llm.messages import LLMReply, LLMRequest, ModelOptions, Usage
+from llm.messages import LLMReply, LLMRequest, Message, ModelOptions, Usage
 from models import LimitScope
 from store.agents import AgentSpec
 from store.overrides import OverrideCache, set_override
@@ -44,7 +44,7 @@ def overrides(rollback_factory) -> OverrideCache:
 
 
 def candidate(user_id: str = "u1", *, text: str = "Summarise the report", max_tokens: int = 100) -> Candidate:
-    request = LLMRequest(MODEL, 0.1, max_tokens, ModelOptions(), (("user", text),))
+    request = LLMRequest(MODEL, 0.1, max_tokens, ModelOptions(), (Message("user", text),))
     return Candidate(uuid.uuid4(), user_id, 1, AGENT, request)
 
 

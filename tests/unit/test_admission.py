@@ -9,14 +9,14 @@ from collections.abc import Callable, Sequence
 import pytest
 
 from admission.base import Admission, CallEnded, Candidate, Decision, Verdict
-from llm.messages import LLMRequest, ModelOptions
+from llm.messages import LLMRequest, Message, ModelOptions
 from store.agents import AgentSpec
 
 AGENT = AgentSpec(uuid.uuid4(), "You are careful.", "gpt-4o-mini", 0.1, 100, ModelOptions())
 
 
 def candidate(user_id: str) -> Candidate:
-    request = LLMRequest("gpt-4o-mini", 0.1, 100, ModelOptions(), (("user", f"task of {user_id}"),))
+    request = LLMRequest("gpt-4o-mini", 0.1, 100, ModelOptions(), (Message("user", f"task of {user_id}"),))
     return Candidate(uuid.uuid4(), user_id, 1, AGENT, request)
 
 
@@ -108,7 +108,7 @@ def test_releasing_ended_calls_reaches_every_check_and_releasing_none_reaches_no
 
 def test_a_check_may_run_a_candidate_with_another_request_which_later_checks_and_the_call_see():
     # Given a first check that sends user a's task to a fallback model, and a second that records what it sees
-    fallback = LLMRequest("gpt-4o", 0.1, 100, ModelOptions(), (("user", "task of a"),))
+    fallback = LLMRequest("gpt-4o", 0.1, 100, ModelOptions(), (Message("user", "task of a"),))
     first = RecordingCheck(lambda c: Decision.run(request=fallback) if c.user_id == "a" else Decision.run())
     seen: list[str] = []
     second = RecordingCheck(lambda c: seen.append(c.request.model) or Decision.run())

@@ -11,7 +11,7 @@ from errors import InvalidOutputError, PermanentError
 from kinds import KINDS, kind_named
 from kinds.base import TaskWork
 from kinds.text import TextKind
-from llm.messages import LLMReply, ModelOptions, Usage
+from llm.messages import LLMReply, Message, ModelOptions, Usage
 from store.agents import AgentSpec
 
 OPTIONS = ModelOptions(top_p=0.9, response_format="json_object")
@@ -28,8 +28,8 @@ def test_the_text_kind_asks_with_the_agents_prompt_and_settings_and_the_tasks_wo
         OPTIONS,
     )
     assert request.messages == (
-        ("system", "You are a careful analyst."),
-        ("user", "Task: Summarise\n\nDescription: the week's incidents"),
+        Message("system", "You are a careful analyst."),
+        Message("user", "Task: Summarise\n\nDescription: the week's incidents"),
     )
 
 

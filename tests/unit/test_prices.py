@@ -6,13 +6,15 @@ from __future__ import annotations
 import pytest
 
 from execution.pipeline import fitted_description
-from llm.messages import LLMRequest, ModelOptions, Usage
+from llm.messages import LLMRequest, Message, ModelOptions, Usage
 from llm.prices import PriceBook
 from tests.support import make_settings
 
 
 def request(description: str, *, max_tokens: int = 100) -> LLMRequest:
-    return LLMRequest("gpt-4o-mini", 0.0, max_tokens, ModelOptions(), (("system", "Be brief."), ("user", description)))
+    return LLMRequest(
+        "gpt-4o-mini", 0.0, max_tokens, ModelOptions(), (Message("system", "Be brief."), Message("user", description))
+    )
 
 
 def test_a_known_model_is_priced_from_the_table_with_cached_tokens_at_the_cached_rate():
@@ -32,7 +34,9 @@ def test_model_prices_override_and_add_models():
 def test_a_model_with_no_price_costs_none_not_zero():
     prices = PriceBook(make_settings())
     assert prices.cost("no-such-model-anywhere", Usage(10, 10, 20)) is None
-    assert prices.estimate(LLMRequest("no-such-model-anywhere", 0.0, 10, ModelOptions(), (("user", "hi"),))) is None
+    assert (
+        prices.estimate(LLMRequest("no-such-model-anywhere", 0.0, 10, ModelOptions(), (Message("user", "hi"),))) is None
+    )
 
 
 def test_an_estimate_covers_the_prompt_and_all_of_max_tokens():
