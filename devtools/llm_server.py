@@ -16,6 +16,20 @@ Like OpenAI it can enforce requests and tokens per minute, per model or across
 all models (``--rpm``/``--tpm``, ``--rate-limits``, or ``rate_limits`` in
 ``/control/config``): a request over a limit gets a 429 with ``Retry-After`` and
 ``x-ratelimit-*`` headers, and ``/control/stats`` counts those 429s apart.
+
+With ``tools`` it calls the tool ``tool_choice`` names (else the first) until a
+tool result is in the conversation, then answers with text; a forced
+``tool_choice`` (a named tool, ``"required"``) always calls. Scripts replace the
+default reply: a script is a list of replies, one per model turn, and a request
+gets ``replies[turn]`` (turn = the assistant messages it carries; the last reply
+repeats), so it needs no state per conversation. A reply is one of
+``{"tool_calls": [{"name": ..., "arguments": {...}}]}``, ``{"content": TEXT}``,
+``{"json": VALUE}``, ``{"invalid_json": true}``, ``{"refusal": TEXT}`` or
+``{"fault": KIND}``. Register one with ``POST /control/scripts``
+(``{"name": ..., "replies": [...]}``), then name it in an ``X-Mock-Script``
+header or a ``[[script:NAME]]`` directive, or give a rule ``"script"`` (a name
+or the replies inline) in place of ``"fault"``. ``/control/requests`` logs each
+request's turn, tools and response_format.
 """
 
 from __future__ import annotations

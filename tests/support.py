@@ -17,13 +17,15 @@ from models import FINAL_STATUSES, Agent, Task
 
 
 class LLMControl:
-    """Drives the bundled LLM server's control API: fault rules and the log of requests received."""
+    """Drives the bundled LLM server's control API: fault and script rules, named scripts and the log of
+    requests received."""
 
     def __init__(self, base_url: str) -> None:
         self.base_url = base_url
         self.http = httpx.Client(base_url=base_url, timeout=10)
 
     def add_fault(self, **rule) -> int:
+        """A rule (`fault=KIND` or `script=NAME or [replies]`, with `match`, `model`, `times`, `rate`); its id."""
         response = self.http.post("/control/faults", json=rule)
         response.raise_for_status()
         return response.json()["id"]
@@ -31,8 +33,21 @@ class LLMControl:
     def remove_fault(self, rule_id: int) -> None:
         self.http.delete(f"/control/faults/{rule_id}").raise_for_status()
 
+    def add_script(self, name: str, replies: list[dict]) -> str:
+        """Registers a script, one reply per model turn; returns the `[[script:NAME]]` directive naming it."""
+        self.http.post("/control/scripts", json={"name": name, "replies": replies}).raise_for_status()
+        return f"[[script:{name}]]"
+
     def requests(self, match: str) -> list[dict]:
+        """The chat requests whose messages contain `match` (each with its turn, tools and response_format)."""
         return self.http.get("/control/requests", params={"match": match}).json()["requests"]
+
+    def count(self, match: str) -> int:
+        return len(self.requests(match))
+
+    def reset(self) -> None:
+        """Rules, scripts, the request log and the configuration back to the server's start."""
+        self.http.post("/control/reset").raise_for_status()
 
 
 def make_settings(**overrides) -> Settings:
