@@ -42,7 +42,6 @@ import json
 import math
 import random
 import re
-import signal
 import time
 import uuid
 from collections import Counter, deque
@@ -51,6 +50,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+
+from devtools.serving import serve
 
 MODEL_IDS = ("gpt-4o-mini", "gpt-4o")
 SYSTEM_FINGERPRINT = "fp_offline"
@@ -1254,27 +1255,6 @@ def make_app(
 # ---------------------------------------------------------------- process
 
 
-async def wait_for_stop_signal() -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for stop_signal in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(stop_signal, stop.set)
-    await stop.wait()
-
-
-async def serve(app: web.Application, *, host: str, port: int) -> None:
-    # handler_cancellation ends hanging handlers when their client goes away; a short
-    # shutdown_timeout keeps SIGTERM from waiting on them.
-    runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, host, port, backlog=4096).start()
-        print(f"llm_server listening on http://{host}:{runner.addresses[0][1]}", flush=True)
-        await wait_for_stop_signal()
-    finally:
-        await runner.cleanup()
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
@@ -1310,7 +1290,7 @@ def main(argv: list[str] | None = None) -> None:
         rate_limits=startup_rate_limits(args),
         rate_burst_seconds=args.rate_burst_seconds,
     )
-    asyncio.run(serve(app, host=args.host, port=args.port))
+    asyncio.run(serve(app, name="llm_server", host=args.host, port=args.port))
 
 
 if __name__ == "__main__":

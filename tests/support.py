@@ -1,4 +1,4 @@
-"""Helpers shared by the tests: settings for child processes, the LLM server's control API, polling."""
+"""Helpers shared by the tests: settings for child processes, the bundled servers' control APIs, polling."""
 
 from __future__ import annotations
 
@@ -47,6 +47,26 @@ class LLMControl:
 
     def reset(self) -> None:
         """Rules, scripts, the request log and the configuration back to the server's start."""
+        self.http.post("/control/reset").raise_for_status()
+
+
+class ToolServerControl:
+    """Reads the bundled tool server's record of the calls it received, and clears it."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
+        self.http = httpx.Client(base_url=base_url, timeout=10)
+
+    def calls(self, *, path: str | None = None, method: str | None = None) -> list[dict]:
+        """The calls received, oldest first (header names in lower case), optionally only to `path` / `method`."""
+        wanted = {name: value for name, value in (("path", path), ("method", method)) if value is not None}
+        return self.http.get("/control/calls", params=wanted).json()["calls"]
+
+    def count(self, *, path: str | None = None, method: str | None = None) -> int:
+        return len(self.calls(path=path, method=method))
+
+    def reset(self) -> None:
+        """Forgets the calls and the orders."""
         self.http.post("/control/reset").raise_for_status()
 
 
