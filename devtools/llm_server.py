@@ -539,7 +539,8 @@ def parse_rule(body: dict[str, Any], *, ids: Iterator[int], scripts: Mapping[str
 
 
 def rule_script(value: Any, *, scripts: Mapping[str, Script]) -> Script:
-    """A rule's script: the name of a registered one, or its replies inline."""
+    """A rule's script: the name of a registered one (as registered now), or its replies inline. Tool calls
+    need not name a tool the request offers: a test may script a model calling an unknown tool."""
     if isinstance(value, str):
         return registered_script(value, scripts=scripts, source="script")
     return parse_script(value, where="script")
