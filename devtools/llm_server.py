@@ -16,18 +16,32 @@ Like OpenAI it can enforce requests and tokens per minute, per model or across
 all models (``--rpm``/``--tpm``, ``--rate-limits``, or ``rate_limits`` in
 ``/control/config``): a request over a limit gets a 429 with ``Retry-After`` and
 ``x-ratelimit-*`` headers, and ``/control/stats`` counts those 429s apart.
+
+With ``tools`` it calls the tool ``tool_choice`` names (else the first) until a
+tool result is in the conversation, then answers with text; a forced
+``tool_choice`` (a named tool, ``"required"``) always calls. Scripts replace the
+default reply: a script is a list of replies, one per model turn, and a request
+gets ``replies[turn]`` (turn = the assistant messages it carries; the last reply
+repeats), so it needs no state per conversation. A reply is one of
+``{"tool_calls": [{"name": ..., "arguments": {...}}]}``, ``{"content": TEXT}``,
+``{"json": VALUE}``, ``{"invalid_json": true}``, ``{"refusal": TEXT}`` or
+``{"fault": KIND}``. Register one with ``POST /control/scripts``
+(``{"name": ..., "replies": [...]}``), then name it in an ``X-Mock-Script``
+header or a ``[[script:NAME]]`` directive, or give a rule ``"script"`` (a name
+or the replies inline) in place of ``"fault"``. ``/control/requests`` logs each
+request's turn, tools and response_format.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import itertools
 import json
 import math
 import random
 import re
-import signal
 import time
 import uuid
 from collections import Counter, deque
@@ -36,6 +50,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+
+from devtools.serving import serve
 
 MODEL_IDS = ("gpt-4o-mini", "gpt-4o")
 SYSTEM_FINGERPRINT = "fp_offline"
@@ -100,7 +116,13 @@ FAULT_KINDS = frozenset(ERROR_FAULTS) | frozenset(OTHER_FAULTS)
 RATE_LIMITED_KIND = "rate_limit"  # in the request log: refused by an enforced rate limit, not a fault rule
 MALFORMED_BODY = '{"id": "chatcmpl-broken", "choices": ['
 EMPTY_BODY = {"id": "chatcmpl-empty", "object": "chat.completion"}
-RULE_FIELDS = frozenset({"fault", "match", "model", "times", "rate", "retry_after", "delay_ms"})
+RULE_FIELDS = frozenset({"fault", "script", "match", "model", "times", "rate", "retry_after", "delay_ms"})
+REPLY_KINDS = ("tool_calls", "content", "json", "invalid_json", "refusal", "fault")
+REPLY_FIELDS = {kind: frozenset({kind}) for kind in REPLY_KINDS} | {
+    "fault": frozenset({"fault", "retry_after", "delay_ms"})
+}
+TOOL_CALL_FIELDS = frozenset({"name", "arguments"})
+SCRIPT_FIELDS = frozenset({"name", "replies"})
 CONFIG_FIELDS = frozenset({"latency_ms", "latency_jitter_ms", "context_window", "rate_limits", "rate_burst_seconds"})
 CONTEXT_LENGTH_MESSAGE = (
     "This model's maximum context length is {window} tokens. However, you requested {requested} tokens "
@@ -113,6 +135,8 @@ LIMIT_KINDS = {"rpm": "requests", "tpm": "tokens"}
 DEFAULT_RATE_BURST_SECONDS = 1.0
 DIRECTIVE_MARKER = "[[mock:"
 DIRECTIVE = re.compile(r"\[\[mock:(\S+?)((?:\s+\w+=[^\s\]]+)*)\s*\]\]")
+SCRIPT_MARKER = "[[script:"
+SCRIPT_DIRECTIVE = re.compile(r"\[\[script:([^\s\]]+)\]\]")
 
 
 class ApiError(Exception):
@@ -140,7 +164,7 @@ class Fault:
 @dataclass
 class Rule:
     id: int
-    fault: Fault
+    action: Fault | Script
     match: str | None = None
     times: int | None = None
     rate: float | None = None
@@ -155,16 +179,13 @@ class Rule:
         return self.rate is None or rng.random() < self.rate
 
     def as_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "fault": self.fault.kind,
-            "match": self.match,
-            "model": self.model,
-            "times": self.times,
-            "rate": self.rate,
-            "retry_after": self.fault.retry_after,
-            "delay_ms": self.fault.delay_ms,
-        }
+        what: dict[str, Any]
+        if isinstance(self.action, Script):
+            what = {"script": self.action.name or self.action.source}
+        else:
+            fault = self.action
+            what = {"fault": fault.kind, "retry_after": fault.retry_after, "delay_ms": fault.delay_ms}
+        return {"id": self.id, **what, "match": self.match, "model": self.model, "times": self.times, "rate": self.rate}
 
 
 @dataclass
@@ -234,19 +255,54 @@ class ChatRequest:
     def log_text(self) -> str:
         return "\n".join(self.texts)[:LOG_TEXT_CHARS]
 
+    @property
+    def turn(self) -> int:
+        """The model turns the conversation holds already: which reply of a script answers it."""
+        return self.roles.count("assistant")
+
+    @property
+    def conversation_key(self) -> str:
+        """The same for every request of one conversation at one turn: a retried turn gets the same ids."""
+        seed = json.dumps([self.roles, self.texts])
+        return hashlib.sha256(seed.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class ScriptedReply:
+    """One model turn of a script: text, tool calls or a refusal (or a fault, chosen before it)."""
+
+    content: str | None = None
+    tool_calls: tuple[tuple[str, str], ...] = ()  # (tool name, arguments as JSON text)
+    refusal: str | None = None
+    fault: Fault | None = None
+
+
+@dataclass(frozen=True)
+class Script:
+    """Replies one per model turn: a request gets `replies[turn]`, the last one repeating. Stateless, so
+    concurrent conversations and a conversation resumed after a crash each get the reply for their turn."""
+
+    replies: tuple[ScriptedReply, ...]
+    source: list[Any]  # as given, for listing
+    name: str | None = None
+
+    def reply_for(self, chat: ChatRequest) -> ScriptedReply:
+        return self.replies[min(chat.turn, len(self.replies) - 1)]
+
 
 @dataclass(frozen=True)
 class Reply:
     content: str | None
-    tool_call: dict[str, Any] | None
     usage: dict[str, Any]
+    tool_calls: tuple[dict[str, Any], ...] = ()
+    refusal: str | None = None
     filtered: bool = False
 
     @property
     def finish_reason(self) -> str:
         if self.filtered:
             return "content_filter"
-        return "tool_calls" if self.tool_call else "stop"
+        return "tool_calls" if self.tool_calls else "stop"
 
 
 @dataclass
@@ -259,6 +315,7 @@ class ServerState:
     context_window: float = 0.0  # 0: no limit
     seen_system_prompts: set[str] = field(default_factory=set)
     rules: dict[int, Rule] = field(default_factory=dict)
+    scripts: dict[str, Script] = field(default_factory=dict)  # by name, for rules, headers and directives
     rule_ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
     request_seq: Iterator[int] = field(default_factory=lambda: itertools.count(1))
     request_log: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=REQUEST_LOG_SIZE))
@@ -272,11 +329,11 @@ class ServerState:
     startup_burst_seconds: float = DEFAULT_RATE_BURST_SECONDS
 
     def add_rule(self, body: dict[str, Any]) -> Rule:
-        rule = parse_rule(body, ids=self.rule_ids)
+        rule = parse_rule(body, ids=self.rule_ids, scripts=self.scripts)
         self.rules[rule.id] = rule
         return rule
 
-    def take_rule_fault(self, chat: ChatRequest) -> Fault | None:
+    def take_rule_action(self, chat: ChatRequest) -> Fault | Script | None:
         rule = next((rule for rule in self.rules.values() if rule.applies_to(chat, self.rng)), None)
         if rule is None:
             return None
@@ -284,22 +341,26 @@ class ServerState:
             rule.times -= 1
             if rule.times == 0:
                 del self.rules[rule.id]
-        return rule.fault
+        return rule.action
 
     def latency_s(self) -> float:
         jitter = self.rng.uniform(0, self.latency_jitter_ms) if self.latency_jitter_ms else 0.0
         return (self.latency_ms + jitter) / 1000
 
-    def record(self, *, model: str, text: str, fault: Fault | None, status: int) -> dict[str, Any]:
-        """Log a request as it arrives (`end` adds how it ended); returns its entry."""
+    def record(self, chat: ChatRequest | None, *, fault: Fault | None, status: int) -> dict[str, Any]:
+        """Log a request as it arrives (`end` adds how it ended); returns its entry. `chat` is None for a
+        request that could not be read."""
         self.by_status[status] += 1
         entry = {
             "seq": next(self.request_seq),
             "at": time.time(),
-            "model": model,
+            "model": chat.model if chat else "",
             "fault": fault.kind if fault else None,
             "status": status,
-            "text": text,
+            "text": chat.log_text if chat else "",
+            "turn": chat.turn if chat else 0,
+            "tools": [tool["function"]["name"] for tool in chat.tools] if chat else [],
+            "response_format": chat.body.get("response_format") if chat else None,
             "ended": None,
             "ended_at": None,
         }
@@ -368,6 +429,7 @@ class ServerState:
 
     def reset(self) -> None:
         self.rules.clear()
+        self.scripts.clear()
         self.seen_system_prompts.clear()
         self.context_window = 0.0
         self.request_log.clear()
@@ -378,6 +440,7 @@ class ServerState:
 
 
 RATE_LIMITED = Fault(RATE_LIMITED_KIND)
+INVALID_JSON_REPLY = ScriptedReply(content=INVALID_JSON_CONTENT)
 STATE = web.AppKey("state", ServerState)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -419,10 +482,12 @@ def checked_kind(kind: Any, *, source: str) -> str:
     return kind
 
 
-def reject_unknown_fields(body: dict[str, Any], allowed: frozenset[str]) -> None:
+def reject_unknown_fields(body: dict[str, Any], allowed: frozenset[str], *, where: str = "") -> None:
     unknown = sorted(body.keys() - allowed)
     if unknown:
-        raise ApiError(f"unknown field(s) {unknown}; allowed: {sorted(allowed)}", param=unknown[0])
+        place = f" in '{where}'" if where else ""
+        param = f"{where}.{unknown[0]}" if where else unknown[0]
+        raise ApiError(f"unknown field(s) {unknown}{place}; allowed: {sorted(allowed)}", param=param)
 
 
 def optional_times(body: dict[str, Any]) -> int | None:
@@ -439,23 +504,104 @@ def optional_text(body: dict[str, Any], name: str) -> str | None:
     return value
 
 
-def optional_json_number(body: dict[str, Any], name: str, *, default: float, maximum: float | None = None) -> float:
+def optional_json_number(
+    body: dict[str, Any], name: str, *, default: float, maximum: float | None = None, where: str = ""
+) -> float:
     value = body.get(name)
-    return default if value is None else json_number(value, name, maximum=maximum)
+    return default if value is None else json_number(value, f"{where}.{name}" if where else name, maximum=maximum)
 
 
-def parse_rule(body: dict[str, Any], *, ids: Iterator[int]) -> Rule:
-    reject_unknown_fields(body, RULE_FIELDS)
-    fault = Fault(
-        kind=checked_kind(body.get("fault"), source="fault"),
-        retry_after=optional_json_number(body, "retry_after", default=DEFAULT_RETRY_AFTER_S),
-        delay_ms=optional_json_number(body, "delay_ms", default=DEFAULT_SLOW_DELAY_MS),
+def parse_fault(body: dict[str, Any], *, where: str = "") -> Fault:
+    prefix = f"{where}." if where else ""
+    return Fault(
+        kind=checked_kind(body.get("fault"), source=f"{prefix}fault"),
+        retry_after=optional_json_number(body, "retry_after", default=DEFAULT_RETRY_AFTER_S, where=where),
+        delay_ms=optional_json_number(body, "delay_ms", default=DEFAULT_SLOW_DELAY_MS, where=where),
     )
+
+
+def parse_rule(body: dict[str, Any], *, ids: Iterator[int], scripts: Mapping[str, Script]) -> Rule:
+    """A fault rule ({"fault": KIND, ...}) or a script rule ({"script": NAME or [replies]}), with the same
+    matching fields."""
+    reject_unknown_fields(body, RULE_FIELDS)
+    action: Fault | Script
+    if "script" in body:
+        if "fault" in body:
+            raise ApiError("a rule has either 'fault' or 'script', not both", param="script")
+        action = rule_script(body["script"], scripts=scripts)
+    else:
+        action = parse_fault(body)
     rate = body.get("rate")
     match, model, times = optional_text(body, "match"), optional_text(body, "model"), optional_times(body)
     rate = None if rate is None else json_number(rate, "rate", maximum=1.0)
     # The id is drawn last so rejected rules do not use one up.
-    return Rule(id=next(ids), fault=fault, match=match, times=times, rate=rate, model=model)
+    return Rule(id=next(ids), action=action, match=match, times=times, rate=rate, model=model)
+
+
+def rule_script(value: Any, *, scripts: Mapping[str, Script]) -> Script:
+    """A rule's script: the name of a registered one (as registered now), or its replies inline. Tool calls
+    need not name a tool the request offers: a test may script a model calling an unknown tool."""
+    if isinstance(value, str):
+        return registered_script(value, scripts=scripts, source="script")
+    return parse_script(value, where="script")
+
+
+def registered_script(name: str, *, scripts: Mapping[str, Script], source: str) -> Script:
+    script = scripts.get(name)
+    if script is None:
+        known = ", ".join(sorted(scripts)) or "none"
+        raise ApiError(f"no script named {name!r} in {source}; registered: {known}", param=source)
+    return script
+
+
+def parse_script(value: Any, *, where: str, name: str | None = None) -> Script:
+    if not isinstance(value, list) or not value:
+        raise ApiError(f"'{where}' must be a non-empty list of replies, one per model turn", param=where)
+    replies = tuple(parse_scripted_reply(reply, where=f"{where}[{index}]") for index, reply in enumerate(value))
+    return Script(replies=replies, source=value, name=name)
+
+
+def parse_scripted_reply(value: Any, *, where: str) -> ScriptedReply:
+    """One of {"tool_calls": [...]}, {"content": TEXT}, {"json": VALUE}, {"invalid_json": true},
+    {"refusal": TEXT} or {"fault": KIND, "retry_after"?: S, "delay_ms"?: MS}."""
+    kinds = [kind for kind in REPLY_KINDS if isinstance(value, dict) and kind in value]
+    if len(kinds) != 1:
+        raise ApiError(f"'{where}' must be an object with exactly one of {list(REPLY_KINDS)}", param=where)
+    kind, reply = kinds[0], value[kinds[0]]
+    reject_unknown_fields(value, REPLY_FIELDS[kind], where=where)
+    if kind == "tool_calls":
+        return ScriptedReply(tool_calls=parse_tool_calls(reply, where=f"{where}.tool_calls"))
+    if kind == "json":
+        return ScriptedReply(content=json.dumps(reply))
+    if kind == "invalid_json":
+        if reply is not True:
+            raise ApiError(f"'{where}.invalid_json' must be true", param=f"{where}.invalid_json")
+        return INVALID_JSON_REPLY
+    if kind == "fault":
+        return ScriptedReply(fault=parse_fault(value, where=where))
+    if not isinstance(reply, str) or (kind == "refusal" and not reply):
+        raise ApiError(f"'{where}.{kind}' must be a string, got {reply!r}", param=f"{where}.{kind}")
+    return ScriptedReply(content=reply) if kind == "content" else ScriptedReply(refusal=reply)
+
+
+def parse_tool_calls(value: Any, *, where: str) -> tuple[tuple[str, str], ...]:
+    """[{"name": TOOL, "arguments": {...} or a JSON text (a malformed one on purpose)}, ...]"""
+    if not isinstance(value, list) or not value:
+        raise ApiError(f"'{where}' must be a non-empty list of {{'name': ..., 'arguments': {{...}}}}", param=where)
+    calls = []
+    for index, call in enumerate(value):
+        place = f"{where}[{index}]"
+        if not isinstance(call, dict):
+            raise ApiError(f"'{place}' must be an object", param=place)
+        reject_unknown_fields(call, TOOL_CALL_FIELDS, where=place)
+        name, arguments = call.get("name"), call.get("arguments", {})
+        if not isinstance(name, str) or not name:
+            raise ApiError(f"'{place}.name' must be a non-empty string, got {name!r}", param=f"{place}.name")
+        if not isinstance(arguments, (dict, str)):
+            message = f"'{place}.arguments' must be an object (or a JSON text), got {arguments!r}"
+            raise ApiError(message, param=f"{place}.arguments")
+        calls.append((name, arguments if isinstance(arguments, str) else json.dumps(arguments)))
+    return tuple(calls)
 
 
 def parse_rate_limits(value: Any) -> dict[str, dict[str, float]]:
@@ -569,8 +715,33 @@ def fault_from_directive(directive: re.Match[str]) -> Fault:
     )
 
 
-def choose_fault(state: ServerState, request: web.Request, chat: ChatRequest) -> Fault | None:
-    return header_fault(request.headers) or state.take_rule_fault(chat) or directive_fault(chat.texts)
+def header_script(state: ServerState, headers: Mapping[str, str]) -> Script | None:
+    name = headers.get("X-Mock-Script")
+    return None if name is None else registered_script(name, scripts=state.scripts, source="X-Mock-Script")
+
+
+def directive_script(state: ServerState, texts: list[str]) -> Script | None:
+    for text in texts:
+        directive = SCRIPT_DIRECTIVE.search(text) if SCRIPT_MARKER in text else None
+        if directive:
+            return registered_script(directive.group(1), scripts=state.scripts, source="[[script:...]] directive")
+    return None
+
+
+def choose_action(state: ServerState, request: web.Request, chat: ChatRequest) -> Fault | ScriptedReply | None:
+    """What answers instead of the default reply: a header first, then the first rule that applies, then a
+    directive in a message. A script gives the reply for the conversation's turn, which may be a fault."""
+    action = (
+        header_fault(request.headers)
+        or header_script(state, request.headers)
+        or state.take_rule_action(chat)
+        or directive_fault(chat.texts)
+        or directive_script(state, chat.texts)
+    )
+    if isinstance(action, Script):
+        scripted = action.reply_for(chat)
+        return scripted.fault or scripted
+    return action
 
 
 def request_latency_s(state: ServerState, request: web.Request) -> float:
@@ -629,21 +800,32 @@ def formatted_content(response_format: Any, answer: str) -> str:
 
 
 def chosen_tool(chat: ChatRequest) -> dict[str, Any] | None:
+    """The tool the default reply calls: the one `tool_choice` names, else the first. A call that is not
+    forced (by a named tool or "required") is made only until a tool result is in the conversation, so an
+    agent that runs tools over several steps ends with a text answer."""
     choice = chat.body.get("tool_choice")
-    if not chat.tools or choice == "none":
+    forced = choice == "required" or isinstance(choice, dict)
+    if not chat.tools or choice == "none" or ("tool" in chat.roles and not forced):
         return None
     wanted = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
     return next((tool for tool in chat.tools if tool["function"]["name"] == wanted), chat.tools[0])
 
 
-def tool_call(tool: dict[str, Any], *, answer: str) -> dict[str, Any]:
+def sampled_arguments(tool: dict[str, Any], *, answer: str) -> str:
     parameters = tool["function"].get("parameters") or {"type": "object"}
-    arguments = sample_value(parameters, text=answer, root=parameters)
-    return {
-        "id": f"call_{uuid.uuid4().hex[:24]}",
-        "type": "function",
-        "function": {"name": tool["function"]["name"], "arguments": json.dumps(arguments)},
-    }
+    return json.dumps(sample_value(parameters, text=answer, root=parameters))
+
+
+def tool_calls(chat: ChatRequest, calls: tuple[tuple[str, str], ...]) -> tuple[dict[str, Any], ...]:
+    """OpenAI's tool_calls for (name, arguments) pairs, with ids derived from the conversation and turn."""
+    return tuple(
+        {
+            "id": "call_" + hashlib.sha256(f"{chat.conversation_key}:{index}".encode()).hexdigest()[:24],
+            "type": "function",
+            "function": {"name": name, "arguments": arguments},
+        }
+        for index, (name, arguments) in enumerate(calls)
+    )
 
 
 def count_tokens(text: str) -> int:
@@ -665,23 +847,35 @@ def usage(chat: ChatRequest, completion_text: str, *, cached_tokens: int) -> dic
     }
 
 
-def build_reply(chat: ChatRequest, *, cached_tokens: int, filtered: bool = False) -> Reply:
-    if filtered:
-        return Reply(content="", tool_call=None, usage=usage(chat, "", cached_tokens=cached_tokens), filtered=True)
+def default_reply(chat: ChatRequest) -> ScriptedReply:
+    """The deterministic reply: a call to the chosen tool, else the answer in the format asked for."""
     answer = ANSWER_PREFIX + chat.last_user_text[:ANSWER_SOURCE_CHARS]
     tool = chosen_tool(chat)
     if tool is not None:
-        call = tool_call(tool, answer=answer)
-        arguments = call["function"]["arguments"]
-        return Reply(content=None, tool_call=call, usage=usage(chat, arguments, cached_tokens=cached_tokens))
-    content = formatted_content(chat.body.get("response_format"), answer)
-    return Reply(content=content, tool_call=None, usage=usage(chat, content, cached_tokens=cached_tokens))
+        return ScriptedReply(tool_calls=((tool["function"]["name"], sampled_arguments(tool, answer=answer)),))
+    return ScriptedReply(content=formatted_content(chat.body.get("response_format"), answer))
+
+
+def build_reply(
+    chat: ChatRequest, *, cached_tokens: int, scripted: ScriptedReply | None = None, filtered: bool = False
+) -> Reply:
+    """The reply to send: `scripted`, or the default one; usage counts the words of what it says."""
+    if filtered:
+        return Reply(content="", usage=usage(chat, "", cached_tokens=cached_tokens), filtered=True)
+    scripted = scripted or default_reply(chat)
+    said = " ".join([scripted.content or "", scripted.refusal or "", *(args for _, args in scripted.tool_calls)])
+    return Reply(
+        content=scripted.content,
+        usage=usage(chat, said, cached_tokens=cached_tokens),
+        tool_calls=tool_calls(chat, scripted.tool_calls),
+        refusal=scripted.refusal,
+    )
 
 
 def completion_json(chat: ChatRequest, reply: Reply) -> dict[str, Any]:
-    message: dict[str, Any] = {"role": "assistant", "content": reply.content}
-    if reply.tool_call:
-        message["tool_calls"] = [reply.tool_call]
+    message: dict[str, Any] = {"role": "assistant", "content": reply.content, "refusal": reply.refusal}
+    if reply.tool_calls:
+        message["tool_calls"] = list(reply.tool_calls)
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex}",
         "object": "chat.completion",
@@ -699,20 +893,25 @@ def split_into_pieces(text: str) -> list[str]:
 
 
 def stream_deltas(reply: Reply) -> list[dict[str, Any]]:
-    if reply.tool_call is None:
+    """The deltas OpenAI streams: the role first, then content, refusal or each tool call's opening and
+    its arguments in pieces."""
+    if reply.refusal is not None:
+        pieces = split_into_pieces(reply.refusal)
+        return [{"role": "assistant", "content": None, "refusal": ""}] + [{"refusal": piece} for piece in pieces]
+    if not reply.tool_calls:
         pieces = split_into_pieces(reply.content or "")
         return [{"role": "assistant", "content": ""}] + [{"content": piece} for piece in pieces]
-    function = reply.tool_call["function"]
-    opening = {
-        "index": 0,
-        "id": reply.tool_call["id"],
-        "type": "function",
-        "function": {"name": function["name"], "arguments": ""},
-    }
-    pieces = split_into_pieces(function["arguments"])
-    return [{"role": "assistant", "content": None, "tool_calls": [opening]}] + [
-        {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]} for piece in pieces
-    ]
+    deltas: list[dict[str, Any]] = []
+    for index, call in enumerate(reply.tool_calls):
+        function = call["function"]
+        opening = {"index": index, "id": call["id"], "type": "function", "function": {**function, "arguments": ""}}
+        deltas.append({"tool_calls": [opening]})
+        deltas += [
+            {"tool_calls": [{"index": index, "function": {"arguments": piece}}]}
+            for piece in split_into_pieces(function["arguments"])
+        ]
+    deltas[0] = {"role": "assistant", "content": reply.content, **deltas[0]}
+    return deltas
 
 
 def stream_choices(reply: Reply) -> list[dict[str, Any]]:
@@ -747,14 +946,11 @@ async def stream_reply(request: web.Request, chat: ChatRequest, reply: Reply) ->
 
 
 async def answer(
-    request: web.Request, chat: ChatRequest, *, filtered: bool = False, content: str | None = None
+    request: web.Request, chat: ChatRequest, *, scripted: ScriptedReply | None = None, filtered: bool = False
 ) -> web.StreamResponse:
-    """The deterministic reply, or (`content`) this content in its place."""
+    """The `scripted` reply, or the deterministic one."""
     cached = request.app[STATE].cached_tokens(chat)
-    if content is None:
-        reply = build_reply(chat, cached_tokens=cached, filtered=filtered)
-    else:
-        reply = Reply(content=content, tool_call=None, usage=usage(chat, content, cached_tokens=cached))
+    reply = build_reply(chat, cached_tokens=cached, scripted=scripted, filtered=filtered)
     if chat.body.get("stream"):
         return await stream_reply(request, chat, reply)
     return web.json_response(completion_json(chat, reply))
@@ -825,7 +1021,7 @@ async def faulty_answer(request: web.Request, chat: ChatRequest, fault: Fault) -
     if fault.kind == "filtered":
         return await answer(request, chat, filtered=True)
     if fault.kind == "invalid_json":
-        return await answer(request, chat, content=INVALID_JSON_CONTENT)
+        return await answer(request, chat, scripted=INVALID_JSON_REPLY)
     await asyncio.sleep(fault.delay_ms / 1000)  # "slow"
     return await answer(request, chat)
 
@@ -843,22 +1039,27 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
 
 async def handle_chat(request: web.Request, state: ServerState) -> web.StreamResponse:
+    chat: ChatRequest | None = None
     try:
         chat = await parse_chat_request(request)
-        fault = choose_fault(state, request, chat)
+        action = choose_action(state, request, chat)
         latency_s = request_latency_s(state, request)
     except ApiError:
-        state.record(model="", text="", fault=None, status=400)
+        state.record(chat, fault=None, status=400)
         raise
+    fault = action if isinstance(action, Fault) else None
+    scripted = action if isinstance(action, ScriptedReply) else None
     # A request is charged the tokens its answer will report: the answer is deterministic.
-    admitted = state.admit(chat.model, lambda: build_reply(chat, cached_tokens=0).usage["total_tokens"])
+    admitted = state.admit(
+        chat.model, lambda: build_reply(chat, cached_tokens=0, scripted=scripted).usage["total_tokens"]
+    )
     if isinstance(admitted, RateLimited):
-        state.record(model=chat.model, text=chat.log_text, fault=RATE_LIMITED, status=429)
+        state.record(chat, fault=RATE_LIMITED, status=429)
         return rate_limited_error(admitted)
     too_long = context_overflow(state, chat)
     status = 400 if too_long else fault.status if fault else 200
     # Recorded before the wait so tests can see requests that are still pending or hanging.
-    entry = state.record(model=chat.model, text=chat.log_text, fault=fault, status=status)
+    entry = state.record(chat, fault=fault, status=status)
     if too_long:
         state.end(entry, "answered")
         return error_response(
@@ -867,7 +1068,7 @@ async def handle_chat(request: web.Request, state: ServerState) -> web.StreamRes
     try:
         if latency_s > 0:
             await asyncio.sleep(latency_s)
-        response = await (faulty_answer(request, chat, fault) if fault else answer(request, chat))
+        response = await (faulty_answer(request, chat, fault) if fault else answer(request, chat, scripted=scripted))
         if fault is not None and fault.kind == "drop":
             state.end(entry, "dropped")
             return response
@@ -926,6 +1127,30 @@ async def delete_fault_rule(request: web.Request) -> web.Response:
     if not rule_id.isdigit() or rules.pop(int(rule_id), None) is None:
         raise ApiError(f"no fault rule with id {rule_id!r}", status=404, param="id")
     return web.json_response({"deleted": 1})
+
+
+async def add_script(request: web.Request) -> web.Response:
+    """Registers (or replaces) a named script: {"name": NAME, "replies": [reply, ...]}."""
+    body = await read_json_object(request)
+    reject_unknown_fields(body, SCRIPT_FIELDS)
+    name = optional_text(body, "name")
+    if name is None or SCRIPT_DIRECTIVE.fullmatch(f"[[script:{name}]]") is None:
+        raise ApiError(f"'name' must be a non-empty string without spaces or ']', got {name!r}", param="name")
+    script = parse_script(body.get("replies"), where="replies", name=name)
+    request.app[STATE].scripts[name] = script
+    return web.json_response({"name": name, "replies": len(script.replies)})
+
+
+async def list_scripts(request: web.Request) -> web.Response:
+    scripts = request.app[STATE].scripts
+    return web.json_response({"scripts": {name: script.source for name, script in scripts.items()}})
+
+
+async def clear_scripts(request: web.Request) -> web.Response:
+    scripts = request.app[STATE].scripts
+    deleted = len(scripts)
+    scripts.clear()
+    return web.json_response({"deleted": deleted})
 
 
 async def get_config(request: web.Request) -> web.Response:
@@ -1014,6 +1239,9 @@ def make_app(
             web.get("/control/faults", list_fault_rules),
             web.delete("/control/faults", clear_fault_rules),
             web.delete("/control/faults/{rule_id}", delete_fault_rule),
+            web.post("/control/scripts", add_script),
+            web.get("/control/scripts", list_scripts),
+            web.delete("/control/scripts", clear_scripts),
             web.get("/control/config", get_config),
             web.post("/control/config", update_config),
             web.get("/control/requests", list_requests),
@@ -1026,27 +1254,6 @@ def make_app(
 
 
 # ---------------------------------------------------------------- process
-
-
-async def wait_for_stop_signal() -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for stop_signal in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(stop_signal, stop.set)
-    await stop.wait()
-
-
-async def serve(app: web.Application, *, host: str, port: int) -> None:
-    # handler_cancellation ends hanging handlers when their client goes away; a short
-    # shutdown_timeout keeps SIGTERM from waiting on them.
-    runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, host, port, backlog=4096).start()
-        print(f"llm_server listening on http://{host}:{runner.addresses[0][1]}", flush=True)
-        await wait_for_stop_signal()
-    finally:
-        await runner.cleanup()
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -1084,7 +1291,7 @@ def main(argv: list[str] | None = None) -> None:
         rate_limits=startup_rate_limits(args),
         rate_burst_seconds=args.rate_burst_seconds,
     )
-    asyncio.run(serve(app, host=args.host, port=args.port))
+    asyncio.run(serve(app, name="llm_server", host=args.host, port=args.port))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Start and stop the service's own processes (bundled LLM server, Celery workers) for the demo,
+"""Start and stop the service's own processes (the bundled LLM and tool servers, Celery workers) for the demo,
 tests and benchmarks, and wait until each is ready."""
 
 from __future__ import annotations
@@ -24,23 +24,28 @@ def llm_server(
 ) -> Iterator[str]:
     """Run the bundled LLM server (`devtools.llm_server`) on a free port; yields its base URL (without /v1).
     `extra_args` go to its command line (its enforced rate limits, say)."""
-    command = [
-        sys.executable,
-        "-m",
-        "devtools.llm_server",
-        "--port",
-        "0",
-        "--latency-ms",
-        str(latency_ms),
-        "--latency-jitter-ms",
-        str(jitter_ms),
-    ]
+    options = ["--latency-ms", str(latency_ms), "--latency-jitter-ms", str(jitter_ms)]
     if seed is not None:
-        command += ["--seed", str(seed)]
-    command += extra_args
+        options += ["--seed", str(seed)]
+    with bundled_server("devtools.llm_server", *options, *extra_args) as url:
+        yield url
+
+
+@contextmanager
+def tool_server() -> Iterator[str]:
+    """Run the bundled tool server (`devtools.tool_server`) on a free port; yields its base URL."""
+    with bundled_server("devtools.tool_server") as url:
+        yield url
+
+
+@contextmanager
+def bundled_server(module: str, *args: str) -> Iterator[str]:
+    """`python -m MODULE --port 0 ARGS` for the length of a with-block; yields the URL it prints once it
+    listens."""
+    command = [sys.executable, "-m", module, "--port", "0", *args]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        yield _await_url(process)
+        yield _await_url(process, module)
     finally:
         stop_process(process)
 
@@ -151,12 +156,12 @@ def _signal_group(process: subprocess.Popen, sig: int) -> None:
         process.send_signal(sig)
 
 
-def _await_url(process: subprocess.Popen) -> str:
+def _await_url(process: subprocess.Popen, module: str) -> str:
     line = process.stdout.readline()
     match = _LISTENING.search(line)
     if match is None:
         stop_process(process)
-        raise RuntimeError(f"llm_server did not start: {line!r}")
+        raise RuntimeError(f"{module} did not start: {line!r}")
     return match.group(1)
 
 

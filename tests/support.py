@@ -1,4 +1,4 @@
-"""Helpers shared by the tests: settings for child processes, the LLM server's control API, polling."""
+"""Helpers shared by the tests: settings for child processes, the bundled servers' control APIs, polling."""
 
 from __future__ import annotations
 
@@ -17,13 +17,15 @@ from models import FINAL_STATUSES, Agent, Task
 
 
 class LLMControl:
-    """Drives the bundled LLM server's control API: fault rules and the log of requests received."""
+    """Drives the bundled LLM server's control API: fault and script rules, named scripts and the log of
+    requests received."""
 
     def __init__(self, base_url: str) -> None:
         self.base_url = base_url
         self.http = httpx.Client(base_url=base_url, timeout=10)
 
     def add_fault(self, **rule) -> int:
+        """A rule (`fault=KIND` or `script=NAME or [replies]`, with `match`, `model`, `times`, `rate`); its id."""
         response = self.http.post("/control/faults", json=rule)
         response.raise_for_status()
         return response.json()["id"]
@@ -31,8 +33,41 @@ class LLMControl:
     def remove_fault(self, rule_id: int) -> None:
         self.http.delete(f"/control/faults/{rule_id}").raise_for_status()
 
+    def add_script(self, name: str, replies: list[dict]) -> str:
+        """Registers a script, one reply per model turn; returns the `[[script:NAME]]` directive naming it."""
+        self.http.post("/control/scripts", json={"name": name, "replies": replies}).raise_for_status()
+        return f"[[script:{name}]]"
+
     def requests(self, match: str) -> list[dict]:
+        """The chat requests whose messages contain `match` (each with its turn, tools and response_format)."""
         return self.http.get("/control/requests", params={"match": match}).json()["requests"]
+
+    def count(self, match: str) -> int:
+        return len(self.requests(match))
+
+    def reset(self) -> None:
+        """Rules, scripts, the request log and the configuration back to the server's start."""
+        self.http.post("/control/reset").raise_for_status()
+
+
+class ToolServerControl:
+    """Reads the bundled tool server's record of the calls it received, and clears it."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
+        self.http = httpx.Client(base_url=base_url, timeout=10)
+
+    def calls(self, *, path: str | None = None, method: str | None = None) -> list[dict]:
+        """The calls received, oldest first (header names in lower case), optionally only to `path` / `method`."""
+        wanted = {name: value for name, value in (("path", path), ("method", method)) if value is not None}
+        return self.http.get("/control/calls", params=wanted).json()["calls"]
+
+    def count(self, *, path: str | None = None, method: str | None = None) -> int:
+        return len(self.calls(path=path, method=method))
+
+    def reset(self) -> None:
+        """Forgets the calls and the orders."""
+        self.http.post("/control/reset").raise_for_status()
 
 
 def make_settings(**overrides) -> Settings:
