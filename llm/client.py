@@ -97,7 +97,9 @@ def _bind(model: ChatOpenAI, request: LLMRequest) -> Runnable[LanguageModelInput
     if request.output_schema is None:
         return model.bind_tools(tools)
     schema = {"name": request.output_schema.name, "schema": json.loads(request.output_schema.schema_json)}
-    return model.with_structured_output(schema, method="json_schema", include_raw=True, tools=tools or None)
+    if tools:  # no kind asks for both, and the SDK's structured-output parsing takes only strict tools
+        raise ValueError("a request carries tools or an output schema, not both")
+    return model.with_structured_output(schema, method="json_schema", include_raw=True)
 
 
 def _langchain_message(message: Message) -> BaseMessage | tuple[str, str]:
