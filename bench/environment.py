@@ -14,7 +14,7 @@ from sqlalchemy import text
 
 from config import Settings
 from database import create_empty_database, session_scope
-from devtools.processes import llm_server
+from devtools.processes import llm_server, tool_server
 from models import Agent
 from store.schema import init_db
 from worker import AgentServiceCelery, create_celery_app
@@ -25,6 +25,13 @@ BENCH_REDIS = "redis://127.0.0.1:6379/12"  # tests use 14 and 15; 0 is anyone's 
 IDLE_REDIS = "redis://127.0.0.1:6379/13"  # a broker nobody consumes, for the bulk-submit measurement
 BENCH_MODEL = "gpt-4o-mini"
 SERVER_BURST_SECONDS = 2.0  # the server's buckets when it enforces limits: ours (1 s by default) must fit in
+# The tool-using agent's conversation: three model turns, two tool calls (on the bundled tool server), an answer.
+TOOLS_SCRIPT = "bench-tools"
+TOOLS_SCRIPT_REPLIES = [
+    {"tool_calls": [{"name": "weather", "arguments": {"city": "Lisbon"}}]},
+    {"tool_calls": [{"name": "echo", "arguments": {"note": "weather checked"}}]},
+    {"content": "Lisbon is fine for the trip."},
+]
 
 
 class LLMControl:
@@ -37,6 +44,9 @@ class LLMControl:
         """Forget every request and rule; answer after `latency_ms`, enforcing `rate_limits` (as OpenAI would:
         429 beyond them) when given."""
         self.http.post("/control/reset").raise_for_status()
+        self.http.post(
+            "/control/scripts", json={"name": TOOLS_SCRIPT, "replies": TOOLS_SCRIPT_REPLIES}
+        ).raise_for_status()
         config: dict[str, Any] = {"latency_ms": latency_ms}
         if rate_limits:
             config |= {"rate_limits": rate_limits, "rate_burst_seconds": SERVER_BURST_SECONDS}
@@ -57,35 +67,46 @@ class LLMControl:
 
 @dataclass
 class BenchEnvironment:
-    """Settings every worker gets, the app the bench submits with, the agent, and the LLM control."""
+    """Settings every worker gets, the app the bench submits with, the agents (by kind: `agent_id` is the text
+    one), the LLM control and the tool server."""
 
     settings: Settings
     app: AgentServiceCelery
     agent_id: str
     llm: LLMControl
+    agents: dict[str, str]
+    tool_url: str
+
+    def tool_calls(self) -> int:
+        """The calls the tool server received since its last reset."""
+        return len(httpx.get(f"{self.tool_url}/control/calls", timeout=10).json()["calls"])
 
     def reset(self, *, latency_ms: float) -> None:
         """Empty the tasks table and the broker, and reset the LLM server to `latency_ms`."""
         truncate_tasks(self.app)
         redis.Redis.from_url(BENCH_REDIS).flushdb()
         self.llm.prepare(latency_ms=latency_ms)
+        httpx.post(f"{self.tool_url}/control/reset", timeout=10).raise_for_status()
 
 
 @contextmanager
 def bench_environment(*, overrides: dict[str, Any]) -> Iterator[BenchEnvironment]:
     """A freshly migrated bench database and an LLM server; `overrides` are Settings fields for ours."""
     database_url = recreate_database(BENCH_DATABASE)
-    with llm_server() as llm_url:
+    with llm_server() as llm_url, tool_server() as tool_url:
         settings = Settings(
             _env_file=None,
             database_url=database_url,
             redis_url=BENCH_REDIS,
             openai_base_url=f"{llm_url}/v1",
+            # The tool-using agent calls the bundled tool server, on loopback.
+            tool_allow_private_addresses=True,
             **overrides,
         )
         app = create_celery_app(settings)
         try:
-            yield BenchEnvironment(settings, app, _create_agent(app), LLMControl(llm_url))
+            agents = _create_agents(app, tool_url=tool_url)
+            yield BenchEnvironment(settings, app, agents["text"], LLMControl(llm_url), agents, tool_url)
         finally:
             app.services.engine.dispose()
 
@@ -102,15 +123,42 @@ def truncate_tasks(app: AgentServiceCelery) -> None:
         session.execute(text("TRUNCATE tasks CASCADE"))
 
 
-def _create_agent(app: AgentServiceCelery) -> str:
+def _create_agents(app: AgentServiceCelery, *, tool_url: str) -> dict[str, str]:
+    """One agent per kind the bench runs, by kind: the text agent, a decision agent, a tool-using agent."""
+    common = {"model": BENCH_MODEL, "temperature": 0.2, "max_tokens": 200}
+    weather = {
+        "name": "weather",
+        "description": "The weather in a city today.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        "method": "GET",
+        "url": f"{tool_url}/weather",
+    }
+    echo = {
+        "name": "echo",
+        "description": "Notes something down.",
+        "parameters": {"type": "object", "properties": {"note": {"type": "string"}}, "required": ["note"]},
+        "method": "POST",
+        "url": f"{tool_url}/echo/notes",
+    }
+    agents = {
+        "text": Agent(name="bench-agent", prompt="You are a concise analyst.", **common),
+        "decision": Agent(
+            name="bench-decision-agent",
+            prompt="You triage requests.",
+            kind="decision",
+            settings={"choices": ["approve", "escalate", "reject"]},
+            **common,
+        ),
+        "api": Agent(
+            name="bench-tools-agent",
+            prompt=f"You plan trips with your tools. [[script:{TOOLS_SCRIPT}]]",
+            kind="api",
+            tools=[weather, echo],
+            settings={"allowed_hosts": ["127.0.0.1"]},
+            **common,
+        ),
+    }
     with session_scope(app.services.session_factory) as session:
-        agent = Agent(
-            name="bench-agent",
-            prompt="You are a concise analyst.",
-            model=BENCH_MODEL,
-            temperature=0.2,
-            max_tokens=200,
-        )
-        session.add(agent)
+        session.add_all(agents.values())
         session.flush()
-        return str(agent.id)
+        return {kind: str(agent.id) for kind, agent in agents.items()}

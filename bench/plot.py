@@ -12,7 +12,7 @@ from matplotlib.ticker import FuncFormatter
 
 from bench.scenarios import RunResult
 
-CONFIG_COLOURS = {"baseline": "#c0504d", "ours": "#4f81bd", "floor": "#9bbb59"}
+CONFIG_COLOURS = {"baseline": "#c0504d", "ours": "#4f81bd", "floor": "#9bbb59", "kinds": "#4bacc6"}
 
 
 def plot_results(runs: list[RunResult], path: Path) -> None:

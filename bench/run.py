@@ -47,7 +47,7 @@ EVERY_CONTROL_GENEROUS: tuple[tuple[str, Any], ...] = (
     ("rate_limits_enabled", True),
     ("llm_rate_limits", {BENCH_MODEL: ModelRateLimit(rpm=10_000_000, tpm=10_000_000_000)}),
 )
-GROUPS = ("floor", "baseline", "ours", "offered", "rate-limited", "fair", "bulk")
+GROUPS = ("floor", "baseline", "ours", "offered", "rate-limited", "fair", "kinds", "bulk")
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,7 @@ class Sizes:
     fair_rate: float
     fair_tasks: int
     bulk: int
+    kinds: int  # tasks of each kind's run
     run_budget_seconds: float
     rate_limited: int  # tasks of the rate-limited run: RATE_LIMIT's rpm / 60 a second
 
@@ -79,6 +80,7 @@ FULL = Sizes(
     fair_rate=10,
     fair_tasks=100,
     bulk=2000,
+    kinds=1000,
     run_budget_seconds=150,
     rate_limited=330,
 )
@@ -93,6 +95,7 @@ QUICK = Sizes(
     fair_rate=10,
     fair_tasks=20,
     bulk=500,
+    kinds=100,
     run_budget_seconds=40,
     rate_limited=80,
 )
@@ -188,6 +191,12 @@ def build_plans(ours: Settings, sizes: Sizes) -> list[RunPlan]:
             settings=(("dispatch_mode", "direct" if mode == "fifo" else "fair"),),
         )
         for mode in ("fifo", "fair")
+    ]
+    # The kinds side by side, in one group so that they share the machine's state: a text task (one call), a
+    # decision (one call, structured output validated) and a tool-using task (three turns, two tool calls).
+    plans += [
+        RunPlan(f"kind-{kind}", "kinds", OURS_COMMAND, pool, concurrency, 1000, sizes.kinds, kind=kind)
+        for kind in ("text", "decision", "api")
     ]
     return plans
 

@@ -67,6 +67,7 @@ class RunPlan:
     # own tasks' alone (the fair-share scenario).
     backlog: int = 0
     settings: tuple[tuple[str, Any], ...] = ()  # Settings fields for the worker and the submitting app
+    kind: str = "text"  # the kind of agent work its tasks are (the bench has one agent per kind)
 
 
 @dataclass
@@ -100,6 +101,7 @@ class RunResult:
     box_cpu_percent: float | None = None
     foreign_cpu_percent: float | None = None
     llm_requests_per_task: float | None = None
+    tool_calls_per_task: float | None = None  # calls the bundled tool server received
     configured_rpm: float | None = None
     achieved_rpm: float | None = None  # past the first burst, from the server's own log of answered requests
     llm_429s: int | None = None  # answered by the server because a request was over its enforced limits
@@ -165,6 +167,7 @@ def execute(plan: RunPlan, env: BenchEnvironment, *, budget_seconds: float, stal
     result.foreign_cpu_percent, result.peak_queue_length = foreign.cpu_percent, queue.peak
     if not plan.floor:
         result.llm_requests_per_task = env.llm.request_count() / (plan.tasks + plan.backlog)
+        result.tool_calls_per_task = env.tool_calls() / (plan.tasks + plan.backlog)
     if plan.rate_limit:
         _fill_rate_figures(result, plan.rate_limit, env)
     return result
@@ -214,7 +217,7 @@ def _warm_up(load: AgentTaskLoad | NoopLoad, worker, env: BenchEnvironment, plan
 def _load_for(plan: RunPlan, env: BenchEnvironment, app: AgentServiceCelery) -> AgentTaskLoad | NoopLoad:
     if plan.floor:
         return NoopLoad(create_floor_app(env.settings), redis_url=BENCH_REDIS)
-    return AgentTaskLoad(app, agent_id=env.agent_id)
+    return AgentTaskLoad(app, agent_id=env.agents[plan.kind])
 
 
 def _submit(load: AgentTaskLoad | NoopLoad, plan: RunPlan) -> float | None:
