@@ -1,7 +1,8 @@
 """`make demo`: the whole job end to end on the embedded defaults, with a progress bar and a results table.
 
-Starts the bundled LLM server and a real Celery worker process, submits tasks (one of them meets a
-rate limit and is retried), follows them to the end and prints what each one produced.
+Starts the bundled LLM and tool servers and a real Celery worker process, submits text tasks (one of them
+meets a rate limit and is retried) and one task of each other kind (a decision, a tool-using api task, a
+data task), follows them to the end and prints what each one produced.
 """
 
 from __future__ import annotations
@@ -14,14 +15,16 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from sqlalchemy import func, select
+from sqlalchemy.orm import selectinload
 
 import worker
 from config import LOCAL_DATA_DIR
 from database import session_scope
-from devtools.processes import celery_worker, llm_server
+from devtools.processes import celery_worker, llm_server, tool_server
 from execution.pipeline import parse_task_id
 from models import FINAL_STATUSES, Agent, Task, TaskStatus
 from store.schema import init_db
+from submission.agents import create_agent
 from tasks import create_agent_tasks
 from terminal.tables import task_table
 
@@ -31,6 +34,54 @@ DEMO_AGENT = {
     "temperature": 0.2,
     "max_tokens": 300,
     "prompt": "You are a concise analyst. Answer the task in two sentences.",
+}
+ORDER_SCHEMA = {
+    "type": "object",
+    "properties": {"customer": {"type": "string"}, "total": {"type": "number"}, "urgent": {"type": "boolean"}},
+    "required": ["customer", "total", "urgent"],
+}
+
+
+def kind_agents(tool_url: str) -> list[dict]:
+    """The demo's agent of each kind beyond text, as `create-agent` takes them."""
+    weather = {
+        "name": "weather",
+        "description": "Today's weather in a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        "method": "GET",
+        "url": f"{tool_url}/weather",
+    }
+    common = {"model": "gpt-4o-mini", "temperature": 0, "max_tokens": 300}
+    return [
+        {"name": "demo-triage", "kind": "decision", "prompt": "You triage support requests.", **common},
+        {
+            "name": "demo-trip-planner",
+            "kind": "api",
+            "prompt": "You plan trips; check the weather with your tool first.",
+            "tools": [weather],
+            "settings": {"allowed_hosts": ["127.0.0.1"]},
+            **common,
+        },
+        {
+            "name": "demo-order-reader",
+            "kind": "data",
+            "prompt": "You read orders into structured data.",
+            "output_schema": ORDER_SCHEMA,
+            **common,
+        },
+    ]
+
+
+KIND_TASKS = {
+    "demo-triage": {
+        "title": "The checkout page times out for every customer",
+        "payload": {"options": ["page on-call", "open a ticket", "ignore"]},
+    },
+    "demo-trip-planner": {"title": "Should I pack an umbrella for Lisbon tomorrow?"},
+    "demo-order-reader": {
+        "title": "Read this order",
+        "payload": {"email": "Hi, ACME here: 3 crates at $40 each, we need them by Friday please!"},
+    },
 }
 TOPICS = (
     "Summarise last week's support tickets",
@@ -48,15 +99,24 @@ def run_demo(*, task_count: int, console: Console, timeout: float = 120) -> int:
     init_db()
     with (
         llm_server(latency_ms=300, jitter_ms=400) as llm_url,
+        tool_server() as tool_url,
         celery_worker(
-            env={"OPENAI_BASE_URL": f"{llm_url}/v1", "RETRY_BACKOFF_BASE_SECONDS": "1"},
+            env={
+                "OPENAI_BASE_URL": f"{llm_url}/v1",
+                "RETRY_BACKOFF_BASE_SECONDS": "1",
+                # The trip planner's tool is the bundled tool server, on loopback.
+                "TOOL_ALLOW_PRIVATE_ADDRESSES": "true",
+            },
             log_path=LOCAL_DATA_DIR / "demo-worker.log",
             name="demo",
         ),
     ):
-        console.print(f"worker is up; LLM server at {llm_url}; submitting {task_count} tasks")
-        agent_id = _demo_agent_id(session_factory)
+        agent_id = _demo_agent_id(session_factory, DEMO_AGENT)
         items = [_demo_task(i, agent_id) for i in range(task_count)]
+        for definition in kind_agents(tool_url):
+            task = KIND_TASKS[definition["name"]]
+            items.append({**task, "agent_id": _demo_agent_id(session_factory, definition), "user_id": "demo-user"})
+        console.print(f"worker is up; LLM server at {llm_url}; submitting {len(items)} tasks")
         _rate_limit_once(llm_url, match=items[0]["title"])
         task_ids = create_agent_tasks(items, app=worker.app)
         tasks = _follow(task_ids, session_factory=session_factory, console=console, timeout=timeout)
@@ -66,13 +126,12 @@ def run_demo(*, task_count: int, console: Console, timeout: float = 120) -> int:
     return 0 if completed == len(tasks) else 1
 
 
-def _demo_agent_id(session_factory) -> str:
+def _demo_agent_id(session_factory, definition: dict) -> str:
+    """The demo agent of that name, created from `definition` the first time."""
     with session_scope(session_factory) as session:
-        agent = session.scalar(select(Agent).where(Agent.name == DEMO_AGENT["name"]))
+        agent = session.scalar(select(Agent).where(Agent.name == definition["name"]))
         if agent is None:
-            agent = Agent(**DEMO_AGENT)
-            session.add(agent)
-            session.flush()
+            agent = create_agent(session, definition)
         return str(agent.id)
 
 
@@ -111,7 +170,8 @@ def _follow(task_ids: list[str], *, session_factory, console: Console, timeout: 
                 break
             time.sleep(0.3)
     with session_scope(session_factory) as session:
-        return list(session.scalars(select(Task).where(Task.id.in_(ids)).order_by(Task.created_at, Task.title)))
+        query = select(Task).where(Task.id.in_(ids)).options(selectinload(Task.agent))
+        return list(session.scalars(query.order_by(Task.created_at, Task.title)))
 
 
 def _count_final(session_factory, ids) -> int:

@@ -21,9 +21,9 @@ def task_table(tasks: Sequence[Task], *, console: Console, title: str = "Tasks",
     table = Table(title=title)
     # Fixed widths, and the result gets only what is left: rich otherwise squeezes the short columns
     # to nothing on a narrow terminal.
-    widths = {"id": 36 if full_ids else 8, "status": 9, "tries": 5, "tokens": 6, "ms": 7}
+    widths = {"id": 36 if full_ids else 8, "kind": 8, "status": 9, "tries": 5, "tokens": 6, "ms": 7}
     room = console.width - sum(widths.values()) - 3 * (len(widths) + 2) - 1
-    for optional in ("tokens", "tries"):  # a narrow terminal: drop what matters least, not squeeze all
+    for optional in ("tokens", "tries", "kind"):  # a narrow terminal: drop what matters least, not squeeze all
         if room >= 24:
             break
         room += widths.pop(optional) + 3
@@ -36,6 +36,7 @@ def task_table(tasks: Sequence[Task], *, console: Console, title: str = "Tasks",
         task_id = str(task.id) if full_ids else str(task.id)[:8]
         cells = {
             "id": task_id,
+            "kind": task.kind or task.agent.kind,
             "status": task.status.value,
             "tries": str(task.attempts),
             "tokens": str(task.total_tokens or ""),
