@@ -55,6 +55,8 @@ def _pattern_problem(entry: object) -> str | None:
         return "must be a host name such as api.example.com or *.example.com"
     pattern = normalise_host(entry)
     name = pattern.removeprefix("*.")
+    if pattern == "*":
+        return "'*' would allow every host; name the hosts, or a domain's names as *.example.com"
     if "*" in name:
         return f"{entry!r}: a wildcard is allowed only as the first label (*.example.com)"
     if pattern.startswith("*.") and "." not in name:

@@ -206,7 +206,7 @@ def validate_arguments(tool: ToolDefinition, arguments: object) -> str | None:
             return None
     except referencing.exceptions.Unresolvable as exc:
         return f"the tool's schema has a reference that cannot be resolved: {exc}"
-    return "; ".join(f"{error.json_path.removeprefix('$.') or 'arguments'}: {error.message}" for error in errors)
+    return "; ".join(f"{_argument_path(error.json_path)}: {error.message}" for error in errors)
 
 
 def _remote_references(schema: object) -> Iterator[str]:
@@ -220,6 +220,11 @@ def _remote_references(schema: object) -> Iterator[str]:
     elif isinstance(schema, list):
         for item in schema:
             yield from _remote_references(item)
+
+
+def _argument_path(json_path: str) -> str:
+    """`order_id` or `items[0].sku` for jsonschema's `$.order_id`; `arguments` for the whole object."""
+    return json_path.removeprefix("$").removeprefix(".") or "arguments"
 
 
 def _path_span(url: str) -> tuple[int, int]:
