@@ -225,8 +225,8 @@ async def _checked_addresses(host: str, port: int, guard: _Guard) -> list[IPAddr
     for address in addresses:
         reason = refusal_reason(address, allow_private=guard.settings.tool_allow_private_addresses)
         if reason is not None:
-            where = f"{address} is" if literal is not None else f"{host} resolves to {address}"
-            raise _CallFailed(f"refused: {where}, {reason}")
+            where = f"{address} is" if literal is not None else f"{host} resolves to {address},"
+            raise _CallFailed(f"refused: {where} {reason}")
     return addresses
 
 

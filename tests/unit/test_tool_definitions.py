@@ -85,7 +85,11 @@ def test_every_problem_of_every_tool_is_named_at_once():
     with pytest.raises(ToolDefinitionError) as refused:
         parse_tools([tool(name="a b"), tool(method="TRACE", description="")])
     problems = str(refused.value).split("; ")
-    assert [problem.split(":")[0] for problem in problems] == ["tools[0].name", "tools[1].description", "tools[1].method"]
+    assert [problem.split(":")[0] for problem in problems] == [
+        "tools[0].name",
+        "tools[1].description",
+        "tools[1].method",
+    ]
 
 
 def test_two_tools_of_one_name_are_refused():

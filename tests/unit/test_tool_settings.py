@@ -36,5 +36,8 @@ def test_a_child_process_environment_carries_the_tool_secrets_values(monkeypatch
     for name, value in settings.as_env().items():
         monkeypatch.setenv(name, value)
     rebuilt = Settings(_env_file=None)
-    assert {name: secret.get_secret_value() for name, secret in rebuilt.tool_secrets.items()} == {"A": "one", "B": "two"}
+    assert {name: secret.get_secret_value() for name, secret in rebuilt.tool_secrets.items()} == {
+        "A": "one",
+        "B": "two",
+    }
     assert rebuilt.tool_allow_private_addresses is True
