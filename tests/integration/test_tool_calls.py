@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import ssl
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -25,6 +30,7 @@ from tools.allowlist import parse_allowed_hosts
 from tools.definitions import ToolDefinition, parse_tools
 from tools.http import ToolOutcome, call_tool, call_tool_sync
 
+ROOT = Path(__file__).resolve().parents[2]
 CANARY = "Bearer tool-secret-canary-7f3a"
 RESOLVER = StaticResolver(
     {
@@ -339,3 +345,61 @@ def test_many_calls_run_at_once_on_one_event_loop(server):
     outcomes = asyncio.run(many())
     assert all(outcome.ok for outcome in outcomes)
     assert sorted(received.path for received in server.calls) == sorted(f"/orders/A-{n}" for n in range(20))
+
+
+HTTPS_CALL = """
+import json, sys
+from tests.support import make_settings
+from tools.addresses import StaticResolver
+from tools.definitions import parse_tools
+from tools.http import call_tool_sync
+
+port, host = int(sys.argv[1]), sys.argv[2]
+definition = {"name": "t", "description": "d", "parameters": {"type": "object"}, "method": "GET",
+              "url": f"https://{host}:{port}/secure"}
+[tool] = parse_tools([definition])
+resolver = StaticResolver({"api.test": ["127.0.0.1"], "other.test": ["127.0.0.1"]})
+outcome = call_tool_sync(tool, {}, settings=make_settings(tool_allow_private_addresses=True),
+                         allowed_hosts=("api.test", "other.test"), resolver=resolver)
+print(json.dumps({"ok": outcome.ok, "body": outcome.body, "error": outcome.error}))
+"""
+
+
+@pytest.fixture
+def https_server(tmp_path) -> Iterator[tuple[ToolServer, list[str], Path]]:
+    """The server over TLS with a certificate for api.test only (made here with openssl), the TLS server
+    names (SNI) it was sent, and the certificate, for a client to trust."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    request = "req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=api.test -addext subjectAltName=DNS:api.test"
+    subprocess.run(["openssl", *request.split(), "-keyout", key, "-out", cert], check=True, capture_output=True)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    names: list[str] = []
+    context.sni_callback = lambda _socket, name, _context: names.append(name)  # type: ignore[assignment,func-returns-value]
+    httpd = Server(("127.0.0.1", 0), Handler)
+    httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+    state = ToolServer(port=httpd.server_address[1])
+    httpd.tool_server = state  # type: ignore[attr-defined]
+    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    yield state, names, cert
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_https_goes_to_the_checked_address_with_the_name_for_sni_and_the_certificate(https_server):
+    # Given a TLS server on 127.0.0.1 whose certificate names api.test, trusted by the client (SSL_CERT_FILE)
+    server, names, cert = https_server
+
+    def call_over_https(host: str) -> dict:
+        env = {**os.environ, "SSL_CERT_FILE": str(cert)}
+        script = [sys.executable, "-c", HTTPS_CALL, str(server.port), host]
+        done = subprocess.run(script, cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+        return json.loads(done.stdout.splitlines()[-1])
+
+    # When api.test is called, Then the connection to 127.0.0.1 presents api.test (SNI) and verifies it
+    assert call_over_https("api.test") == {"ok": True, "body": '{"ok": true, "path": "/secure"}', "error": None}
+    assert server.calls[0].headers["Host"] == f"api.test:{server.port}"
+    # And a name the certificate does not cover fails verification although it resolves to the same address
+    refused = call_over_https("other.test")
+    assert not refused["ok"] and "certificate is not valid for 'other.test'" in refused["error"]
+    assert names == ["api.test", "other.test"] and len(server.calls) == 1
