@@ -23,7 +23,7 @@ import logging
 import ssl
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 from urllib.parse import quote
@@ -103,18 +103,25 @@ async def call_tool(
     secrets = [secret.get_secret_value() for name in tool.secret_names if (secret := settings.tool_secrets.get(name))]
     timeout = tool.timeout_seconds or settings.tool_timeout_seconds
     guard = _Guard(settings=settings, allowed_hosts=allowed_hosts, resolver=resolver, timeout=timeout)
+    status, body, truncated, error = None, "", False, None
     try:
         hop = _first_hop(tool, arguments, settings=settings, idempotency_key=idempotency_key)
         async with asyncio.timeout(timeout):
             status, body, truncated = await _follow(hop, guard)
-        outcome = ToolOutcome(200 <= status < 300, status, _redact(body, secrets), None, truncated, 0)
     except _CallFailed as exc:
-        outcome = ToolOutcome(False, None, "", _redact(str(exc), secrets), False, 0)
+        error = str(exc)
     except (TimeoutError, httpx.TimeoutException):
-        outcome = ToolOutcome(False, None, "", f"timed out after {timeout:g} s", False, 0)
+        error = f"timed out after {timeout:g} s"
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
-        outcome = ToolOutcome(False, None, "", _redact(f"request failed: {_describe(exc)}", secrets), False, 0)
-    outcome = replace(outcome, elapsed_ms=round((time.perf_counter() - started) * 1000))
+        error = f"request failed: {_describe(exc)}"
+    outcome = ToolOutcome(
+        ok=error is None and status is not None and 200 <= status < 300,
+        status=status,
+        body=_redact(body, secrets),
+        error=None if error is None else _redact(error, secrets),
+        truncated=truncated,
+        elapsed_ms=round((time.perf_counter() - started) * 1000),
+    )
     logger.info(
         "tool %s %s %s: %s in %d ms",
         tool.name,
@@ -254,7 +261,8 @@ async def _send_to(hop: _Hop, address: IPAddress, guard: _Guard) -> _Hop | tuple
 def _redirected(hop: _Hop, response: httpx.Response) -> _Hop:
     """The request a redirect asks for: GET after a 303 (and after a 301/302 of a POST, as browsers do),
     without the secret headers when it leaves the origin."""
-    target = hop.url.join(response.headers["location"])
+    # Credentials in the Location would become a Basic login (httpx sends a URL's userinfo): never the server's choice.
+    target = hop.url.join(response.headers["location"]).copy_with(userinfo=b"")
     method, content, headers = hop.method, hop.content, dict(hop.headers)
     if response.status_code == 303 or (response.status_code in (301, 302) and method == HttpMethod.POST.value):
         method, content = HttpMethod.GET.value, None

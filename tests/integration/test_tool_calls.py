@@ -250,11 +250,12 @@ def test_a_redirect_to_a_host_outside_the_allowlist_is_refused(server):
 
 def test_an_allowed_redirect_is_followed_without_the_secret_header_when_it_leaves_the_origin(server):
     tool = a_tool(server, path="/redirect", parameters={"type": "object", "properties": {"to": {"type": "string"}}})
-    outcome = call(tool, {"to": f"http://other.test:{server.port}/landing"})
+    outcome = call(tool, {"to": f"http://user:pw@other.test:{server.port}/landing"})
     first, second = server.calls
     assert first.headers["X-Api-Key"] == CANARY
     assert second.path == "/landing" and second.headers["Host"] == f"other.test:{server.port}"
     assert "X-Api-Key" not in second.headers and second.headers["Accept"] == "application/json"
+    assert "Authorization" not in second.headers  # the Location's credentials are not sent
     assert outcome.ok and '"path": "/landing"' in outcome.body
 
 
