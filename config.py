@@ -197,6 +197,15 @@ class Settings(BaseSettings):
         False, description="let tools reach loopback, private and link-local addresses (tests and demo only)"
     )
 
+    @field_validator("tool_secrets")
+    @classmethod
+    def _tool_secrets_are_header_values(cls, secrets: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        """A value that cannot be a header would fail at every call, in an error that could quote it."""
+        for name, value in secrets.items():
+            if any(character in value.get_secret_value() for character in "\r\n\0"):
+                raise ValueError(f"TOOL_SECRETS: the value of {name} must be one line (it is sent as a header)")
+        return secrets
+
     @field_validator("flower_basic_auth")
     @classmethod
     def _logins_have_user_and_password(cls, value: SecretStr | None) -> SecretStr | None:

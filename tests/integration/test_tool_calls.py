@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import ssl
 import subprocess
@@ -295,11 +296,13 @@ def test_a_server_that_does_not_answer_in_time_is_a_timeout_outcome(server):
     assert [received.path for received in server.calls] == ["/slow"]
 
 
-def test_a_secret_the_server_echoes_never_reaches_the_outcome(server):
+def test_a_secret_the_server_echoes_never_reaches_the_outcome_or_the_logs(server, caplog):
     tool = a_tool(server, path="/echo-headers", parameters={"type": "object"})
-    outcome = call(tool, {})
+    with caplog.at_level(logging.DEBUG):
+        outcome = call(tool, {})
     assert server.calls[0].headers["X-Api-Key"] == CANARY
     assert CANARY not in outcome.as_model_text() and '"X-Api-Key": "[redacted]"' in outcome.body
+    assert "tool get_order GET api.test: 200" in caplog.text and "canary" not in caplog.text
 
 
 def test_an_unknown_secret_is_an_error_outcome_and_nothing_is_sent(server):

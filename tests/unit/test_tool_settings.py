@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
-from config import Settings
+from config import Settings, describe_invalid_settings
 
 
 @pytest.fixture(autouse=True)
@@ -41,3 +42,10 @@ def test_a_child_process_environment_carries_the_tool_secrets_values(monkeypatch
         "B": "two",
     }
     assert rebuilt.tool_allow_private_addresses is True
+
+
+def test_a_tool_secret_that_cannot_be_a_header_is_refused_without_echoing_it():
+    with pytest.raises(ValidationError) as refused:
+        Settings(_env_file=None, tool_secrets={"TOKEN": "Bearer canary-x\r\nX-Evil: 1"})
+    message = describe_invalid_settings(refused.value)
+    assert "the value of TOKEN must be one line" in message and "canary-x" not in message
