@@ -65,7 +65,7 @@ class ToolDefinition(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(pattern=NAME_PATTERN)
-    description: str = Field(min_length=1)
+    description: str
     parameters: dict[str, Any]
     method: HttpMethod
     url: str
@@ -104,7 +104,7 @@ class ToolDefinition(BaseModel):
         if parts.username is not None or parts.password is not None:
             raise ValueError("must not hold credentials; send them in a secret header")
         _ = parts.port  # raises ValueError on a bad port
-        if _PLACEHOLDER.sub("", url).count("{") or _PLACEHOLDER.sub("", url).count("}"):
+        if any(brace in _PLACEHOLDER.sub("", url) for brace in "{}"):
             raise ValueError("has a brace that is not part of a {placeholder}")
         path = _path_span(url)
         if any(not path[0] <= found.start() < path[1] for found in _PLACEHOLDER.finditer(url)):

@@ -164,7 +164,10 @@ def _first_hop(
         raise _CallFailed(f"invalid arguments: {problem}")
     url = tool.url
     for name in tool.placeholders:
-        url = url.replace(f"{{{name}}}", quote(_as_text(arguments[name]), safe=""))
+        value = _as_text(arguments[name])
+        if value in ("", ".", ".."):  # a path segment that would leave or collapse the tool's path
+            raise _CallFailed(f"invalid arguments: {name} must not be {value!r}")
+        url = url.replace(f"{{{name}}}", quote(value, safe=""))
     rest = {name: value for name, value in arguments.items() if name not in tool.placeholders}
     headers, secret_headers = _headers(tool, settings)
     if idempotency_key is not None:

@@ -217,6 +217,13 @@ def test_private_and_metadata_addresses_are_refused_before_any_connection(server
     assert tried == [] and server.calls == []
 
 
+@pytest.mark.parametrize("segment", ["..", ".", ""])
+def test_a_path_argument_cannot_climb_out_of_the_tools_path(server, segment):
+    outcome = call(a_tool(server), {"order_id": segment})
+    assert outcome.error == f"invalid arguments: order_id must not be {segment!r}"
+    assert server.calls == []
+
+
 def test_a_literal_address_in_the_url_is_checked_too(server):
     allowed = parse_allowed_hosts(["169.254.169.254"])
     metadata = a_tool(server, path="/latest/meta-data/", parameters={"type": "object"})
