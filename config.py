@@ -189,6 +189,27 @@ class Settings(BaseSettings):
     )
     log_json: bool = True
 
+    # Agent tools (api kind): the outbound HTTP calls of `tools.http.call_tool` (README "Configuration").
+    tool_secrets: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description='JSON: {"NAME": "value"}; a tool header {"secret": "NAME"} is sent with the value, never stored',
+    )
+    tool_timeout_seconds: float = Field(10.0, gt=0, description="a tool call's whole time, redirects included")
+    tool_max_response_bytes: int = Field(64 * 1024, gt=0, description="a tool's reply is cut after this many bytes")
+    tool_max_redirects: int = Field(3, ge=0, description="redirects a tool call follows, each one checked again")
+    tool_allow_private_addresses: bool = Field(
+        False, description="let tools reach loopback, private and link-local addresses (tests and demo only)"
+    )
+
+    @field_validator("tool_secrets")
+    @classmethod
+    def _tool_secrets_are_header_values(cls, secrets: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        """A value that cannot be a header would fail at every call, in an error that could quote it."""
+        for name, value in secrets.items():
+            if any(character in value.get_secret_value() for character in "\r\n\0"):
+                raise ValueError(f"TOOL_SECRETS: the value of {name} must be one line (it is sent as a header)")
+        return secrets
+
     @field_validator("flower_basic_auth")
     @classmethod
     def _logins_have_user_and_password(cls, value: SecretStr | None) -> SecretStr | None:
@@ -248,8 +269,7 @@ class Settings(BaseSettings):
     def as_env(self) -> dict[str, str]:
         """Environment variables that make a child process build these same settings."""
         values = self.model_dump(exclude_none=True)
-        secrets = {name: value.get_secret_value() for name, value in values.items() if isinstance(value, SecretStr)}
-        return {name.upper(): _env_value(value) for name, value in {**values, **secrets}.items()}
+        return {name.upper(): _env_value(_reveal(value)) for name, value in values.items()}
 
     @model_validator(mode="after")
     def _shared_controls_have_redis(self) -> Settings:
@@ -288,6 +308,15 @@ class Settings(BaseSettings):
     def result_backend(self) -> str:
         default = f"db+sqlite:///{LOCAL_DATA_DIR / 'celery_results.sqlite3'}"
         return self.celery_result_backend or self.redis_url or default
+
+
+def _reveal(value: object) -> object:
+    """`value` with every SecretStr in it (TOOL_SECRETS holds a dict of them) replaced by its value."""
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, dict):
+        return {key: _reveal(item) for key, item in value.items()}
+    return value
 
 
 def _env_value(value: object) -> str:

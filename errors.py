@@ -3,6 +3,7 @@
 AgentServiceError
 ├── ConfigurationError    the settings, or the database they name, cannot be used as they are
 ├── TaskValidationError   bad input to create_agent_task; nothing was written
+├── ToolDefinitionError   an agent's HTTP tools (or its allowed hosts) are not valid; the agent is refused
 ├── TaskNotFoundError     no task row with that id
 ├── BrokerUnavailableError the row is saved as pending but could not be queued
 ├── RetryableError        transient: try again later, after `delay` seconds if given
@@ -53,6 +54,10 @@ class ConfigurationError(AgentServiceError):
 
 class TaskValidationError(AgentServiceError, ValueError):
     """The task input is invalid; nothing was written or queued."""
+
+
+class ToolDefinitionError(AgentServiceError, ValueError):
+    """An agent's tool definitions or allowed hosts are invalid; each problem names its tool and field."""
 
 
 class TaskNotFoundError(AgentServiceError, LookupError):

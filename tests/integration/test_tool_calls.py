@@ -1,0 +1,416 @@
+"""Outbound tool calls over real HTTP, to a small server on 127.0.0.1 that records what it receives.
+
+Names resolve through an injected table (api.test and other.test -> 127.0.0.1, internal.test -> 10.0.0.5,
+metadata.test -> 169.254.169.254), so the refusals are proved on the addresses themselves: a refused
+call makes no connection at all (every socket connect the process attempts is seen through Python's audit
+events, and one beyond loopback would be stopped before it left), and the server counts no request."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import ssl
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from config import Settings
+from tests.network_audit import attempts, connected_to
+from tests.support import make_settings
+from tools.addresses import StaticResolver
+from tools.allowlist import parse_allowed_hosts
+from tools.definitions import ToolDefinition, parse_tools
+from tools.http import ToolOutcome, call_tool, call_tool_sync
+
+ROOT = Path(__file__).resolve().parents[2]
+CANARY = "Bearer tool-secret-canary-7f3a"
+RESOLVER = StaticResolver(
+    {
+        "api.test": ["127.0.0.1"],
+        "other.test": ["127.0.0.1"],
+        "internal.test": ["10.0.0.5"],
+        "metadata.test": ["169.254.169.254"],
+        "dual.test": ["::1", "127.0.0.1"],  # the server listens on IPv4 only
+    }
+)
+ALLOWED = parse_allowed_hosts(["api.test", "other.test", "internal.test", "metadata.test", "dual.test"])
+
+
+@dataclass
+class Received:
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class ToolServer:
+    """What the server received, and how to make it answer slowly (until released)."""
+
+    port: int
+    calls: list[Received] = field(default_factory=list)
+    release: threading.Event = field(default_factory=threading.Event)
+
+
+class Handler(BaseHTTPRequestHandler):
+    """/redirect?to=URL&status=302, /big?bytes=N (or the same in a JSON body), /slow (until released),
+    /echo-headers; anything else: 200 with a small JSON reply."""
+
+    server: ThreadingHTTPServer
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        self._handle()
+
+    def do_POST(self) -> None:
+        self._handle()
+
+    def do_DELETE(self) -> None:
+        self._handle()
+
+    def _handle(self) -> None:
+        parts = urlsplit(self.path)
+        query = parse_qs(parts.query)
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        options = {**query, **{name: [value] for name, value in json.loads(body or b"{}").items()}}
+        tool_server: ToolServer = self.server.tool_server  # type: ignore[attr-defined]
+        tool_server.calls.append(Received(self.command, parts.path, query, dict(self.headers.items()), body))
+        if parts.path == "/redirect":
+            self._reply(int(options.get("status", ["302"])[0]), b"", location=options["to"][0])
+        elif parts.path == "/big":
+            self._reply(200, b"x" * int(options["bytes"][0]))
+        elif parts.path == "/slow":
+            tool_server.release.wait(timeout=30)
+            self._reply(200, b"late")
+        elif parts.path == "/echo-headers":
+            self._reply(200, json.dumps(dict(self.headers.items())).encode())
+        else:
+            self._reply(200, json.dumps({"ok": True, "path": parts.path}).encode())
+
+    def _reply(self, status: int, body: bytes, *, location: str | None = None) -> None:
+        self.send_response(status)
+        if location:
+            self.send_header("Location", location)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 64  # the default 5 drops simultaneous connects (retried a second later)
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        """Quiet: a client that gave up (the timeout test) leaves the server writing to a closed socket."""
+
+
+@pytest.fixture
+def server() -> Iterator[ToolServer]:
+    httpd = Server(("127.0.0.1", 0), Handler)
+    state = ToolServer(port=httpd.server_address[1])
+    httpd.tool_server = state  # type: ignore[attr-defined]
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield state
+    state.release.set()
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def settings(**overrides) -> Settings:
+    values = dict(tool_secrets={"API_KEY": CANARY}, tool_allow_private_addresses=True)
+    return make_settings(**{**values, **overrides})
+
+
+def a_tool(
+    server: ToolServer, *, host: str = "api.test", path: str = "/orders/{order_id}", **changes
+) -> ToolDefinition:
+    definition = {
+        "name": "get_order",
+        "description": "Look up an order.",
+        "parameters": {
+            "type": "object",
+            "properties": {"order_id": {"type": "string"}, "verbose": {"type": "boolean"}},
+            "required": ["order_id"] if "{order_id}" in path else [],
+        },
+        "method": "GET",
+        "url": f"http://{host}:{server.port}{path}",
+        "headers": {"X-Api-Key": {"secret": "API_KEY"}, "Accept": "application/json"},
+        **changes,
+    }
+    [tool] = parse_tools([definition], allowed_hosts=ALLOWED)
+    return tool
+
+
+def call(tool: ToolDefinition, arguments: dict, *, config: Settings | None = None, **options) -> ToolOutcome:
+    return call_tool_sync(
+        tool, arguments, settings=config or settings(), allowed_hosts=ALLOWED, resolver=RESOLVER, **options
+    )
+
+
+def test_an_allowed_loopback_call_reaches_the_server_with_the_name_and_the_secret_header(server):
+    # Given a GET tool on api.test (which resolves to 127.0.0.1), private addresses allowed
+    tool = a_tool(server)
+    # When the model calls it with an id that needs quoting and a query argument
+    with attempts() as tried:
+        outcome = call(tool, {"order_id": "A/1 b", "verbose": True})
+    # Then the server received it: path quoted, the rest in the query, the name in Host, the secret in its header
+    [received] = server.calls
+    assert (received.method, received.path, received.query) == ("GET", "/orders/A%2F1%20b", {"verbose": ["true"]})
+    assert received.headers["Host"] == f"api.test:{server.port}"
+    assert received.headers["X-Api-Key"] == CANARY
+    # And the connection went to the checked address only
+    assert connected_to(tried) == [("127.0.0.1", server.port)]
+    assert outcome.ok and outcome.status == 200 and outcome.error is None and not outcome.truncated
+    assert outcome.as_model_text() == 'HTTP 200\n{"ok": true, "path": "/orders/A%2F1%20b"}'
+
+
+def test_a_post_sends_the_other_arguments_as_json_with_the_idempotency_key(server):
+    tool = a_tool(server, method="POST", idempotent=False)
+    outcome = call(tool, {"order_id": "A-1", "verbose": False}, idempotency_key="task-9:step-3")
+    [received] = server.calls
+    assert (received.method, received.path, received.query) == ("POST", "/orders/A-1", {})
+    assert json.loads(received.body) == {"verbose": False}
+    assert received.headers["Content-Type"] == "application/json"
+    assert received.headers["Idempotency-Key"] == "task-9:step-3"
+    assert outcome.ok
+
+
+def test_loopback_is_refused_unless_private_addresses_are_allowed(server):
+    tool = a_tool(server)
+    with attempts() as tried:
+        outcome = call(tool, {"order_id": "A-1"}, config=settings(tool_allow_private_addresses=False))
+    assert outcome.error == "refused: api.test resolves to 127.0.0.1, a loopback address"
+    assert not outcome.ok and outcome.status is None
+    assert tried == [] and server.calls == []
+
+
+@pytest.mark.parametrize(
+    ("host", "allow_private", "error"),
+    [
+        ("internal.test", False, "refused: internal.test resolves to 10.0.0.5, a private address"),
+        ("metadata.test", False, "refused: metadata.test resolves to 169.254.169.254, the cloud metadata address"),
+        ("metadata.test", True, "refused: metadata.test resolves to 169.254.169.254, the cloud metadata address"),
+    ],
+)
+def test_private_and_metadata_addresses_are_refused_before_any_connection(server, host, allow_private, error):
+    tool = a_tool(server, host=host)
+    with attempts() as tried:
+        outcome = call(tool, {"order_id": "A-1"}, config=settings(tool_allow_private_addresses=allow_private))
+    assert outcome.error == error
+    assert outcome.as_model_text() == f"error: {error}"
+    assert tried == [] and server.calls == []
+
+
+@pytest.mark.parametrize("segment", ["..", ".", ""])
+def test_a_path_argument_cannot_climb_out_of_the_tools_path(server, segment):
+    outcome = call(a_tool(server), {"order_id": segment})
+    assert outcome.error == f"invalid arguments: order_id must not be {segment!r}"
+    assert server.calls == []
+
+
+def test_a_literal_address_in_the_url_is_checked_too(server):
+    allowed = parse_allowed_hosts(["169.254.169.254"])
+    metadata = a_tool(server, path="/latest/meta-data/", parameters={"type": "object"})
+    [tool] = parse_tools(
+        [{**metadata.model_dump(mode="json"), "url": "http://169.254.169.254/latest/meta-data/"}],
+        allowed_hosts=allowed,
+    )
+    with attempts() as tried:
+        outcome = call_tool_sync(tool, {}, settings=settings(), allowed_hosts=allowed, resolver=RESOLVER)
+    assert outcome.error == "refused: 169.254.169.254 is the cloud metadata address"
+    assert tried == []
+
+
+def test_a_redirect_to_a_refused_address_is_refused(server):
+    # Given an allowed tool whose server redirects to a name that resolves to the metadata address
+    tool = a_tool(server, path="/redirect", parameters={"type": "object", "properties": {"to": {"type": "string"}}})
+    # When it is called
+    with attempts() as tried:
+        outcome = call(tool, {"to": f"http://metadata.test:{server.port}/latest/meta-data/"})
+    # Then the first hop reached the server, and the redirect was refused before connecting
+    assert outcome.error == "refused: metadata.test resolves to 169.254.169.254, the cloud metadata address"
+    assert [received.path for received in server.calls] == ["/redirect"]
+    assert connected_to(tried) == [("127.0.0.1", server.port)]
+
+
+def test_a_redirect_to_a_host_outside_the_allowlist_is_refused(server):
+    tool = a_tool(server, path="/redirect", parameters={"type": "object", "properties": {"to": {"type": "string"}}})
+    outcome = call(tool, {"to": f"http://127.0.0.2:{server.port}/"})
+    assert outcome.error == "refused: 127.0.0.2 is not in the agent's allowed hosts"
+    assert len(server.calls) == 1
+
+
+def test_an_allowed_redirect_is_followed_without_the_secret_header_when_it_leaves_the_origin(server):
+    tool = a_tool(server, path="/redirect", parameters={"type": "object", "properties": {"to": {"type": "string"}}})
+    outcome = call(tool, {"to": f"http://user:pw@other.test:{server.port}/landing"})
+    first, second = server.calls
+    assert first.headers["X-Api-Key"] == CANARY
+    assert second.path == "/landing" and second.headers["Host"] == f"other.test:{server.port}"
+    assert "X-Api-Key" not in second.headers and second.headers["Accept"] == "application/json"
+    assert "Authorization" not in second.headers  # the Location's credentials are not sent
+    assert outcome.ok and '"path": "/landing"' in outcome.body
+
+
+def test_a_post_redirected_by_303_becomes_a_get(server):
+    tool = a_tool(
+        server,
+        path="/redirect",
+        method="POST",
+        parameters={"type": "object", "properties": {"to": {"type": "string"}, "status": {"type": "string"}}},
+    )
+    outcome = call(tool, {"to": "/done", "status": "303"})
+    assert [(received.method, received.path) for received in server.calls] == [("POST", "/redirect"), ("GET", "/done")]
+    assert outcome.ok
+
+
+def test_redirects_beyond_the_limit_are_an_error(server):
+    tool = a_tool(server, path="/redirect", parameters={"type": "object", "properties": {"to": {"type": "string"}}})
+    loop = "/redirect?to=/redirect%3Fto%3D/redirect"
+    outcome = call(tool, {"to": loop}, config=settings(tool_max_redirects=1))
+    assert outcome.error == "too many redirects (more than 1)"
+    assert len(server.calls) == 2
+
+
+def test_a_big_reply_is_cut_at_the_limit(server):
+    tool = a_tool(server, path="/big", parameters={"type": "object", "properties": {"bytes": {"type": "integer"}}})
+    outcome = call(tool, {"bytes": 200_000}, config=settings(tool_max_response_bytes=1024))
+    assert outcome.ok and outcome.truncated and outcome.body == "x" * 1024
+    assert outcome.as_model_text().endswith("x\n[response truncated]")
+    exact = call(tool, {"bytes": 1024}, config=settings(tool_max_response_bytes=1024))
+    assert not exact.truncated and exact.body == "x" * 1024
+
+
+def test_a_server_that_does_not_answer_in_time_is_a_timeout_outcome(server):
+    tool = a_tool(server, path="/slow", parameters={"type": "object"}, timeout_seconds=0.3)
+    outcome = call(tool, {})
+    assert outcome.error == "timed out after 0.3 s" and not outcome.ok
+    assert [received.path for received in server.calls] == ["/slow"]
+
+
+def test_a_secret_the_server_echoes_never_reaches_the_outcome_or_the_logs(server, caplog):
+    tool = a_tool(server, path="/echo-headers", parameters={"type": "object"})
+    with caplog.at_level(logging.DEBUG):
+        outcome = call(tool, {})
+    assert server.calls[0].headers["X-Api-Key"] == CANARY
+    assert CANARY not in outcome.as_model_text() and '"X-Api-Key": "[redacted]"' in outcome.body
+    assert "tool get_order GET api.test: 200" in caplog.text and "canary" not in caplog.text
+
+
+def test_an_unknown_secret_is_an_error_outcome_and_nothing_is_sent(server):
+    tool = a_tool(server, headers={"X-Api-Key": {"secret": "MISSING"}})
+    with attempts() as tried:
+        outcome = call(tool, {"order_id": "A-1"})
+    assert outcome.error == "header X-Api-Key: secret MISSING is not configured (TOOL_SECRETS)"
+    assert tried == [] and server.calls == []
+
+
+def test_bad_arguments_are_an_error_outcome_for_the_model_and_nothing_is_sent(server):
+    tool = a_tool(server)
+    with attempts() as tried:
+        outcome = call(tool, {"order_id": 7})
+    assert outcome.as_model_text() == "error: invalid arguments: order_id: 7 is not of type 'string'"
+    assert tried == [] and server.calls == []
+
+
+def test_a_refused_connection_falls_back_to_the_next_checked_address(server):
+    tool = a_tool(server, host="dual.test")
+    with attempts() as tried:
+        outcome = call(tool, {"order_id": "A-1"})
+    assert outcome.ok and server.calls[0].headers["Host"] == f"dual.test:{server.port}"
+    assert connected_to(tried)[-1] == ("127.0.0.1", server.port)
+
+
+def test_a_server_that_is_not_there_is_an_error_outcome(server):
+    tool = a_tool(server)
+    gone = ToolDefinition.model_validate({**tool.model_dump(mode="json"), "url": "http://api.test:9/orders/{order_id}"})
+    outcome = call(gone, {"order_id": "A-1"})
+    assert outcome.error is not None and outcome.error.startswith("request failed: ConnectError")
+
+
+def test_many_calls_run_at_once_on_one_event_loop(server):
+    tool = a_tool(server)
+
+    async def many() -> list[ToolOutcome]:
+        calls = [
+            call_tool(tool, {"order_id": f"A-{n}"}, settings=settings(), allowed_hosts=ALLOWED, resolver=RESOLVER)
+            for n in range(20)
+        ]
+        return await asyncio.gather(*calls)
+
+    outcomes = asyncio.run(many())
+    assert all(outcome.ok for outcome in outcomes)
+    assert sorted(received.path for received in server.calls) == sorted(f"/orders/A-{n}" for n in range(20))
+
+
+HTTPS_CALL = """
+import json, sys
+from tests.support import make_settings
+from tools.addresses import StaticResolver
+from tools.definitions import parse_tools
+from tools.http import call_tool_sync
+
+port, host = int(sys.argv[1]), sys.argv[2]
+definition = {"name": "t", "description": "d", "parameters": {"type": "object"}, "method": "GET",
+              "url": f"https://{host}:{port}/secure"}
+[tool] = parse_tools([definition])
+resolver = StaticResolver({"api.test": ["127.0.0.1"], "other.test": ["127.0.0.1"]})
+outcome = call_tool_sync(tool, {}, settings=make_settings(tool_allow_private_addresses=True),
+                         allowed_hosts=("api.test", "other.test"), resolver=resolver)
+print(json.dumps({"ok": outcome.ok, "body": outcome.body, "error": outcome.error}))
+"""
+
+
+@pytest.fixture
+def https_server(tmp_path) -> Iterator[tuple[ToolServer, list[str], Path]]:
+    """The server over TLS with a certificate for api.test only (made here with openssl), the TLS server
+    names (SNI) it was sent, and the certificate, for a client to trust."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    request = "req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=api.test -addext subjectAltName=DNS:api.test"
+    subprocess.run(["openssl", *request.split(), "-keyout", key, "-out", cert], check=True, capture_output=True)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    names: list[str] = []
+    context.sni_callback = lambda _socket, name, _context: names.append(name)  # type: ignore[assignment,func-returns-value]
+    httpd = Server(("127.0.0.1", 0), Handler)
+    httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+    state = ToolServer(port=httpd.server_address[1])
+    httpd.tool_server = state  # type: ignore[attr-defined]
+    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    yield state, names, cert
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_https_goes_to_the_checked_address_with_the_name_for_sni_and_the_certificate(https_server):
+    # Given a TLS server on 127.0.0.1 whose certificate names api.test, trusted by the client (SSL_CERT_FILE)
+    server, names, cert = https_server
+
+    def call_over_https(host: str) -> dict:
+        env = {**os.environ, "SSL_CERT_FILE": str(cert)}
+        script = [sys.executable, "-c", HTTPS_CALL, str(server.port), host]
+        done = subprocess.run(script, cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+        return json.loads(done.stdout.splitlines()[-1])
+
+    # When api.test is called, Then the connection to 127.0.0.1 presents api.test (SNI) and verifies it
+    assert call_over_https("api.test") == {"ok": True, "body": '{"ok": true, "path": "/secure"}', "error": None}
+    assert server.calls[0].headers["Host"] == f"api.test:{server.port}"
+    # And a name the certificate does not cover fails verification although it resolves to the same address
+    refused = call_over_https("other.test")
+    assert not refused["ok"] and "certificate is not valid for 'other.test'" in refused["error"]
+    assert names == ["api.test", "other.test"] and len(server.calls) == 1

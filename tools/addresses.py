@@ -1,0 +1,103 @@
+"""Which addresses a tool call may connect to, and how host names become addresses.
+
+httpx resolves and connects inside its transport with no hook in between, so a check on the URL's name
+would not bind the address it connects to (DNS can answer differently the second time). `tools.http`
+therefore resolves here, checks every address, and connects to a checked address itself (docs/decisions.md,
+"Tool calls: the address check by hand").
+
+Always refused: unspecified, link-local (169.254.0.0/16 and fe80::/10, the cloud metadata address
+169.254.169.254 among them), multicast, reserved and other non-public special ranges. Refused unless
+`Settings.tool_allow_private_addresses`: loopback, private (10/8, 172.16/12, 192.168/16, fc00::/7) and
+shared CGNAT (100.64/10). An IPv6 address that carries an IPv4 one (IPv4-mapped ::ffff:a.b.c.d, NAT64
+64:ff9b::/96, 6to4 2002::/16) is judged by the IPv4 address too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+METADATA_ADDRESSES = frozenset(map(ipaddress.ip_address, ("169.254.169.254", "fd00:ec2::254")))
+PRIVATE_NETWORKS = tuple(
+    map(ipaddress.ip_network, ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7", "fec0::/10"))
+)
+SHARED_NETWORK = ipaddress.ip_network("100.64.0.0/10")
+NAT64_NETWORK = ipaddress.ip_network("64:ff9b::/96")
+
+
+class Resolver(Protocol):
+    """Turns a host name into the addresses a connection to `port` may use (raises OSError when it cannot)."""
+
+    async def __call__(self, host: str, port: int) -> list[IPAddress]: ...
+
+
+async def system_resolver(host: str, port: int) -> list[IPAddress]:
+    """The system's resolver (`getaddrinfo`, run by asyncio on its thread pool), addresses in its order."""
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(ipaddress.ip_address(str(info[4][0]).partition("%")[0]) for info in infos))
+
+
+@dataclass(frozen=True)
+class StaticResolver:
+    """Names from a fixed table (tests, demo, a pinned deployment); a name not in it does not resolve."""
+
+    table: Mapping[str, Sequence[str]]
+
+    async def __call__(self, host: str, port: int) -> list[IPAddress]:
+        if host not in self.table:
+            raise socket.gaierror(socket.EAI_NONAME, f"{host} is not in the resolver's table")
+        return [ipaddress.ip_address(address) for address in self.table[host]]
+
+
+def refusal_reason(address: IPAddress, *, allow_private: bool) -> str | None:
+    """None when a tool may connect to `address`; otherwise what it is ("a private address")."""
+    embedded = _embedded_ipv4(address)
+    if embedded is not None:
+        reason = refusal_reason(embedded, allow_private=allow_private)
+        return f"{reason} (as {embedded})" if reason else None
+    reason = _always_refused(address)
+    if reason or allow_private:
+        return reason
+    if address.is_loopback:
+        return "a loopback address"
+    if any(address in network for network in PRIVATE_NETWORKS):
+        return "a private address"
+    if address in SHARED_NETWORK:
+        return "a shared (CGNAT) address"
+    return None
+
+
+def _always_refused(address: IPAddress) -> str | None:
+    """What makes `address` unreachable for tools whatever the settings, or None."""
+    if address.is_unspecified:
+        return "an unspecified address"
+    if address in METADATA_ADDRESSES:
+        return "the cloud metadata address"
+    if address.is_link_local:
+        return "a link-local address"
+    if address.is_multicast:
+        return "a multicast address"
+    if address.is_loopback or address in SHARED_NETWORK or any(address in net for net in PRIVATE_NETWORKS):
+        return None  # the caller's to judge, by the setting
+    if address.is_reserved:
+        return "a reserved address"
+    if not address.is_global:
+        return "not a public address"
+    return None
+
+
+def _embedded_ipv4(address: IPAddress) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one stands for (IPv4-mapped, NAT64, 6to4), if any."""
+    if not isinstance(address, ipaddress.IPv6Address):
+        return None
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address in NAT64_NETWORK:
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return address.sixtofour
