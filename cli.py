@@ -24,6 +24,7 @@ from config import Settings, get_settings, is_loopback_host
 from database import create_database_if_missing, session_scope
 from errors import AgentServiceError, ConfigurationError, TaskValidationError
 from execution.pipeline import parse_task_id
+from kinds.base import KindName
 from models import LimitOverride, LimitScope, Task, TaskStatus
 from monitoring import configure_logging, logger
 from store import lifecycle
@@ -71,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+STATUS_PAYLOAD_CHARS = 300  # of a task's payload, as JSON, shown by `status`
 _SCHEMA_HINT = "is DATABASE_URL right, and has `python cli.py init-db` been run?"
 
 
@@ -88,6 +90,9 @@ def _cmd_init_db(args: argparse.Namespace) -> None:
 
 def _cmd_create_agent(args: argparse.Namespace) -> None:
     services = _app().services
+    settings = _json(args.settings, what="--settings")
+    if args.choices is not None:
+        settings = {**settings, "choices": [choice.strip() for choice in args.choices.split(",")]}
     data = {
         "name": args.name,
         "prompt": args.prompt,
@@ -95,18 +100,24 @@ def _cmd_create_agent(args: argparse.Namespace) -> None:
         "fallback_model": args.fallback_model,
         "temperature": args.temperature,
         "max_tokens": args.max_tokens,
-        "settings": _json_object(args.settings),
+        "settings": settings,
+        "kind": args.kind,
     }
+    if args.schema:
+        data["output_schema"] = _json(_read_text(args.schema, what="--schema"), what=f"--schema {args.schema}")
+    if args.tools:
+        data["tools"] = _json(_read_text(args.tools, what="--tools"), what=f"--tools {args.tools}")
     with session_scope(services.session_factory) as session:
         agent = create_agent(session, data)
-    console.print(f"agent {agent.name} created: {agent.id}")
+    console.print(f"agent {agent.name} created: {agent.id} ({agent.kind})")
 
 
-def _json_object(raw: str) -> dict:
+def _json(raw: str, *, what: str) -> Any:
+    """The JSON value `raw` holds. Raises: TaskValidationError naming `what` when it is not JSON."""
     try:
         return json.loads(raw)
     except json.JSONDecodeError as exc:
-        raise TaskValidationError(f"--settings is not valid JSON: {exc}") from None
+        raise TaskValidationError(f"{what} is not valid JSON: {exc}") from None
 
 
 def _cmd_submit(args: argparse.Namespace) -> None:
@@ -116,24 +127,37 @@ def _cmd_submit(args: argparse.Namespace) -> None:
         raise TaskValidationError(f"no agent named {args.agent!r}")
     data = {
         "title": args.title,
-        "description": _read_text(args.description_file) if args.description_file else args.description,
+        "description": (
+            _read_text(args.description_file, what="--description-file") if args.description_file else args.description
+        ),
         "user_id": args.user,
         "agent_id": str(agent.id),
     }
     if args.idempotency_key:
         data["idempotency_key"] = args.idempotency_key
+    if args.kind:
+        data["kind"] = args.kind
+    if args.payload is not None:
+        data["payload"] = _payload(args.payload)
     console.print(create_agent_tasks([data], app=_app(), services=_app().services)[0])
 
 
-def _read_text(path: str) -> str:
-    """The UTF-8 text of file `path`, or of standard input for `-`.
+def _payload(raw: str) -> Any:
+    """`--payload`: JSON text, or `@PATH` for a file's. Raises: TaskValidationError."""
+    if raw.startswith("@"):
+        return _json(_read_text(raw[1:], what="--payload"), what=f"--payload {raw}")
+    return _json(raw, what="--payload")
+
+
+def _read_text(path: str, *, what: str) -> str:
+    """The UTF-8 text of file `path`, or of standard input for `-`, given as option `what`.
     Raises: TaskValidationError when it cannot be read or is not UTF-8."""
     try:
         return (sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()).decode("utf-8")
     except OSError as exc:
-        raise TaskValidationError(f"cannot read --description-file {path}: {exc.strerror}") from None
+        raise TaskValidationError(f"cannot read {what} {path}: {exc.strerror}") from None
     except UnicodeDecodeError:
-        raise TaskValidationError(f"--description-file {path} is not UTF-8 text") from None
+        raise TaskValidationError(f"{what} {path} is not UTF-8 text") from None
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -143,12 +167,13 @@ def _cmd_status(args: argparse.Namespace) -> int:
             _error("error", f"no task {args.task_id}")
             return 1
         fields = {c.name: getattr(task, c.name) for c in Task.__table__.columns}
+        fields["kind"] = f"{task.kind} (set on the task)" if task.kind else f"{task.agent.kind} (its agent's)"
         history = [(h.attempt, h.outcome, h.at, h.error, _charged(h)) for h in task.attempt_history]
         charged = _charged(task)
     if fields["waiting_reason"] and not fields["status"].is_final:
         console.print(Text.assemble(("waiting: ", "bold yellow"), fields["waiting_reason"]))
     for name, value in fields.items():
-        _field(name, str(value.value if isinstance(value, TaskStatus) else value))
+        _field(name, _shown(name, value))
     _field("cost", charged)
     for attempt, outcome, at, error, paid in history:
         _field(f"attempt {attempt}", f"{outcome} at {at}{f' ({paid})' if paid else ''}: {error}")
@@ -156,6 +181,16 @@ def _cmd_status(args: argparse.Namespace) -> int:
     if since is not None:
         _field("service", f"paused since {since}: no task calls the model until `python cli.py resume`")
     return 0
+
+
+def _shown(name: str, value: Any) -> str:
+    """A task's field as `status` shows it: its JSON result pretty, its payload cut short, the rest as text."""
+    if name == "result_data" and value is not None:
+        return json.dumps(value, indent=2, ensure_ascii=False)
+    if name == "payload" and value is not None:
+        text = json.dumps(value, ensure_ascii=False)
+        return text if len(text) <= STATUS_PAYLOAD_CHARS else f"{text[:STATUS_PAYLOAD_CHARS]}... ({len(text)} chars)"
+    return str(value.value if isinstance(value, TaskStatus) else value)
 
 
 def _charged(row: Any) -> str:
@@ -221,7 +256,8 @@ def _cmd_resume(args: argparse.Namespace) -> None:
 
 
 def _field(name: str, value: str) -> None:
-    console.print(Text.assemble((f"{name:>17}", "bold"), " ", value))
+    # A value of several lines (a JSON result) keeps to its column.
+    console.print(Text.assemble((f"{name:>17}", "bold"), " ", value.replace("\n", "\n" + " " * 18)))
 
 
 def _cmd_list(args: argparse.Namespace) -> None:
@@ -376,6 +412,10 @@ def _parser() -> argparse.ArgumentParser:
     agent.add_argument("--temperature", type=float, default=0.7)
     agent.add_argument("--max-tokens", type=int, default=1000)
     agent.add_argument("--settings", default="{}", help='extra model settings as JSON, e.g. {"top_p": 0.9}')
+    agent.add_argument("--kind", choices=[kind.value for kind in KindName], default=KindName.TEXT.value)
+    agent.add_argument("--schema", metavar="FILE", help="data kind: the JSON Schema of its results (a JSON file)")
+    agent.add_argument("--tools", metavar="FILE", help="api kind: its HTTP tools (a JSON file: a list of objects)")
+    agent.add_argument("--choices", metavar="A,B,C", help="decision kind: the options, unless a task gives its own")
     submit = add("submit", _cmd_submit, "validate, store and queue a task; prints its id")
     submit.add_argument("--agent", required=True, help="agent id or name")
     submit.add_argument("--title", required=True)
@@ -386,6 +426,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     submit.add_argument("--user", required=True, help="the id of the user the task belongs to")
     submit.add_argument("--idempotency-key")
+    submit.add_argument("--kind", choices=[kind.value for kind in KindName], help="instead of the agent's kind")
+    submit.add_argument("--payload", metavar="JSON|@FILE", help="the task's JSON input, or @FILE to read it from FILE")
     add("status", _cmd_status, "show one task").add_argument("task_id")
     listing = add("list", _cmd_list, "list recent tasks")
     listing.add_argument("--status", choices=[s.value for s in TaskStatus])

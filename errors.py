@@ -102,6 +102,11 @@ class CallCancelledError(PermanentError):
     """The task was cancelled while its LLM call ran, and the call was aborted."""
 
 
+def validation_problems(exc: ValidationError) -> str:
+    """Each problem pydantic found, as `field.path: message`, in one line."""
+    return "; ".join(f"{'.'.join(str(p) for p in err['loc']) or 'input'}: {err['msg']}" for err in exc.errors())
+
+
 def item_error(message: str, *, index: int, count: int) -> TaskValidationError:
     """The error for item `index` of a submission of `count` items (a single item needs no number)."""
     return TaskValidationError(f"item {index}: {message}" if count > 1 else message)

@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from errors import PermanentError
-from kinds.base import TaskKind
+from kinds.base import KindName, TaskKind
+from kinds.data import DataKind
+from kinds.decision import DecisionKind
 from kinds.text import TextKind
 
-KINDS: dict[str, TaskKind] = {kind.name: kind for kind in (TextKind(),)}
+KINDS: dict[str, TaskKind] = {KindName(kind.name): kind for kind in (TextKind(), DecisionKind(), DataKind())}
 
 
 def kind_named(name: str, kinds: Mapping[str, TaskKind] = KINDS) -> TaskKind:

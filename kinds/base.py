@@ -6,11 +6,13 @@ process never sees a kind: it runs the plain `LLMRequest` that `build_request` r
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
 
-from llm.messages import LLMReply, LLMRequest
+from errors import PermanentError
+from llm.messages import LLMReply, LLMRequest, Message, OutputSchema
 from store.agents import AgentSpec
 
 
@@ -34,6 +36,38 @@ class TaskWork:
     payload: Any = None
 
 
+def task_text(work: TaskWork, *, payload: Any = None) -> str:
+    """The task's own words, as the user message gives them, and `payload` as JSON when there is one."""
+    text = f"Task: {work.title}\n\nDescription: {work.description}"
+    if payload is None:
+        return text
+    return f"{text}\n\nInput (JSON):\n{json.dumps(payload, indent=2, ensure_ascii=False)}"
+
+
+def agent_request(work: TaskWork, user: str, *, output_schema: OutputSchema | None = None) -> LLMRequest:
+    """The request of a one-turn kind: the agent's model, settings and prompt (as the system message), and
+    `user` as the user's message; with `output_schema`, structured output in place of any JSON mode the
+    agent's options ask for (the two are one provider setting)."""
+    agent = work.agent
+    options = agent.options if output_schema is None else agent.options.model_copy(update={"response_format": "text"})
+    return LLMRequest(
+        model=agent.model,
+        temperature=agent.temperature,
+        max_tokens=agent.max_tokens,
+        options=options,
+        messages=(Message("system", agent.prompt), Message("user", user)),
+        output_schema=output_schema,
+    )
+
+
+def answered_text(reply: LLMReply) -> str:
+    """The reply's text. Raises: PermanentError when the model refused to give the structured output asked
+    for (asking again would only be refused again)."""
+    if reply.refused:
+        raise PermanentError(f"the model refused: {reply.text}")
+    return reply.text
+
+
 @dataclass(frozen=True)
 class KindResult:
     """What a task produced: the text stored as its result, and structured data when the kind has any."""
@@ -42,10 +76,30 @@ class KindResult:
     data: Any = None
 
 
+@dataclass(frozen=True)
+class AgentDefinition:
+    """The parts of an agent definition, as given when the agent is created, that a kind may need to check:
+    its HTTP tools (api), the JSON Schema of its results (data) and its options (decision)."""
+
+    kind: str
+    tools: list[dict[str, Any]] | None = None
+    output_schema: dict[str, Any] | None = None
+    choices: list[str] | None = None
+
+
 class TaskKind(Protocol):
     """One kind of agent work."""
 
     name: str
+
+    def check_agent(self, agent: AgentDefinition) -> None:
+        """Check what an agent of this kind must carry, when it is created. Raises: TaskValidationError whose
+        message starts with the bad field (`output_schema: ...`)."""
+
+    def check_task(self, work: TaskWork) -> None:
+        """Check that a task of this kind can run as given (its payload, what its agent carries): when it is
+        submitted, and again by `build_request`. Raises: PermanentError whose message starts with the bad field
+        (`payload.options: ...`)."""
 
     def build_request(self, work: TaskWork) -> LLMRequest:
         """The request to send for this task."""

@@ -5,25 +5,24 @@ from __future__ import annotations
 import json
 
 from errors import InvalidOutputError
-from kinds.base import KindResult, TaskWork
-from llm.messages import LLMReply, LLMRequest, Message
+from kinds.base import AgentDefinition, KindName, KindResult, TaskWork, agent_request, task_text
+from llm.messages import LLMReply, LLMRequest
 
 
 class TextKind:
-    """The agent's prompt as the system message, the task's title and description as the user's."""
+    """The agent's prompt as the system message, the task's title, description and payload (if any) as the
+    user's."""
 
-    name = "text"
+    name: str = KindName.TEXT
+
+    def check_agent(self, agent: AgentDefinition) -> None:
+        """A text agent needs nothing beyond its prompt."""
+
+    def check_task(self, work: TaskWork) -> None:
+        """A text task needs nothing beyond its words."""
 
     def build_request(self, work: TaskWork) -> LLMRequest:
-        agent = work.agent
-        task = f"Task: {work.title}\n\nDescription: {work.description}"
-        return LLMRequest(
-            model=agent.model,
-            temperature=agent.temperature,
-            max_tokens=agent.max_tokens,
-            options=agent.options,
-            messages=(Message("system", agent.prompt), Message("user", task)),
-        )
+        return agent_request(work, task_text(work, payload=work.payload))
 
     def interpret(self, work: TaskWork, reply: LLMReply) -> KindResult:
         """The reply's text; for an agent that asks for JSON (`response_format` json_object), parsed as well.

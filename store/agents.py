@@ -6,7 +6,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 
 from llm.messages import ModelOptions
 
@@ -31,6 +31,13 @@ class AgentSettings(ModelOptions):
     time_budget_seconds: float = Field(
         300, gt=0, description="api kind: the longest a task's steps may take, from its first"
     )
+
+    @field_validator("choices")
+    @classmethod
+    def _distinct_choices(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError("must be distinct")
+        return value
 
     def model_options(self) -> ModelOptions:
         return ModelOptions.model_validate(self.model_dump(include=set(ModelOptions.model_fields)))

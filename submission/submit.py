@@ -15,14 +15,17 @@ from sqlalchemy.orm import Session
 
 from config import Settings
 from database import session_scope
-from errors import BrokerUnavailableError, TaskValidationError, item_error
+from errors import BrokerUnavailableError, PermanentError, TaskValidationError, item_error
 from execution.pipeline import parse_task_id
 from execution.services import Services
+from kinds import kind_named
+from kinds.base import TaskWork
 from messaging.cancellation import announce_cancelled
 from messaging.dispatcher import dispatch_waiting
 from messaging.publisher import enqueue
 from models import Agent, Task, TaskStatus
 from store import lifecycle
+from store.agents import agent_spec
 from store.lifecycle import utcnow
 from submission.validation import TaskInput, parse_task_input
 
@@ -122,7 +125,7 @@ def _insert_tasks(session: Session, items: list[TaskInput], *, status: TaskStatu
             continue
         problem = _agent_problem(agents.get(item.agent_id), item)
         if problem:
-            raise item_error(f"invalid task input: agent_id: {problem}", index=index, count=len(items))
+            raise item_error(f"invalid task input: {problem}", index=index, count=len(items))
         task = Task(id=uuid.uuid4(), **item.model_dump(), status=status, attempts=0)
         session.add(task)
         if item.idempotency_key is not None:
@@ -140,8 +143,20 @@ def _tasks_by_idempotency_key(session: Session, items: list[TaskInput]) -> dict[
 
 
 def _agent_problem(agent: Agent | None, item: TaskInput) -> str | None:
+    """Why `item` cannot run on `agent`, starting with the field at fault; None when it can."""
     if agent is None:
-        return f"no agent {item.agent_id}"
+        return f"agent_id: no agent {item.agent_id}"
     if not agent.is_active:
-        return f"agent {agent.name!r} is inactive"
+        return f"agent_id: agent {agent.name!r} is inactive"
+    spec, _ = agent_spec(agent)
+    if spec is None:  # settings no run can use: the run reports them, as for the tasks already queued
+        return None
+    try:
+        kind = kind_named(item.kind or spec.kind)
+    except PermanentError as exc:
+        return f"kind: {exc}"
+    try:
+        kind.check_task(TaskWork(spec, item.title, item.description or "", item.payload))
+    except PermanentError as exc:
+        return str(exc)
     return None

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import uuid
+from collections.abc import Mapping
 from typing import Annotated, Any, TypeVar
 
 from pydantic import (
@@ -20,7 +22,10 @@ from pydantic import (
 )
 
 from config import Settings
-from errors import TaskValidationError
+from errors import TaskValidationError, validation_problems
+from kinds import KINDS
+from kinds.base import AgentDefinition, KindName, TaskKind
+from kinds.data import check_output_schema
 from store.agents import AgentSettings
 
 Model = TypeVar("Model", bound=BaseModel)
@@ -48,7 +53,7 @@ MAX_PRIORITY = 9
 class TaskInput(BaseModel):
     """A task as submitted to `create_agent_task`; sizes are bounded by Settings."""
 
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, frozen=True, use_enum_values=True)
 
     title: Title
     description: Text | None = None
@@ -57,6 +62,23 @@ class TaskInput(BaseModel):
     idempotency_key: Name | None = None
     # Higher first: with fair-share dispatch, a waiting task of higher priority is published before any other.
     priority: Annotated[StrictInt, Field(ge=0, le=MAX_PRIORITY)] = 0
+    kind: KindName | None = None  # this task's kind, instead of its agent's
+    payload: Any = None  # the task's JSON input
+
+    @field_validator("payload")
+    @classmethod
+    def _json_within_configured_size(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None:
+            return value
+        try:
+            # The JSON PostgreSQL stores: NaN and Infinity are not JSON.
+            size = len(json.dumps(value, allow_nan=False, ensure_ascii=False).encode())
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"must be JSON (objects, arrays, strings, numbers, booleans, null): {exc}") from None
+        limit = (info.context or {})["settings"].max_payload_bytes
+        if size > limit:
+            raise ValueError(f"is {size} bytes as JSON; the limit is {limit} (MAX_PAYLOAD_BYTES)")
+        return value
 
     @field_validator("title", "description")
     @classmethod
@@ -69,9 +91,10 @@ class TaskInput(BaseModel):
 
 
 class AgentInput(BaseModel):
-    """An agent definition as given to `python cli.py create-agent`."""
+    """An agent definition as given to `python cli.py create-agent`; what its kind needs is checked by the
+    kind (`TaskKind.check_agent`) once the fields are valid."""
 
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, use_enum_values=True)
 
     name: Name
     prompt: Prompt
@@ -80,6 +103,17 @@ class AgentInput(BaseModel):
     temperature: float = Field(0.7, ge=0, le=2)
     max_tokens: int = Field(1000, ge=1, le=200_000)
     settings: AgentSettings = AgentSettings()
+    kind: KindName = KindName.TEXT
+    tools: list[dict[str, Any]] | None = None  # api: the HTTP tools the model may call
+    # The JSON Schema of a data task's results; any agent may carry one, for tasks that ask for the data kind.
+    output_schema: dict[str, Any] | None = None
+
+    @field_validator("output_schema")
+    @classmethod
+    def _usable_schema(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            check_output_schema(value)
+        return value
 
     @model_validator(mode="after")
     def _fallback_is_another_model(self) -> AgentInput:
@@ -95,9 +129,26 @@ def parse_task_input(data: Any, *, settings: Settings) -> TaskInput:
     return _parse(TaskInput, data, context={"settings": settings})
 
 
-def parse_agent_input(data: Any) -> AgentInput:
-    """Validate raw agent data. Raises: TaskValidationError naming every bad field."""
-    return _parse(AgentInput, data, context=None)
+def parse_agent_input(data: Any, *, kinds: Mapping[str, TaskKind] = KINDS) -> AgentInput:
+    """Validate raw agent data, then what its kind needs (a kind not among `kinds` yet needs nothing more).
+    Raises: TaskValidationError naming every bad field, or the field its kind refuses."""
+    agent = _parse(AgentInput, data, context=None)
+    try:
+        _check_for_kind(agent, kinds=kinds)
+    except TaskValidationError as exc:
+        raise TaskValidationError(f"invalid task input: {exc}") from None
+    return agent
+
+
+def _check_for_kind(agent: AgentInput, *, kinds: Mapping[str, TaskKind]) -> None:
+    # Only an api agent has tools, and it must have some; whether they are right is the api kind's check.
+    if agent.kind == KindName.API and not agent.tools:
+        raise TaskValidationError("tools: an api agent needs a non-empty list of tool definitions")
+    if agent.kind != KindName.API and agent.tools is not None:
+        raise TaskValidationError(f"tools: only an api agent calls tools, not a {agent.kind} one")
+    kind = kinds.get(agent.kind)
+    if kind is not None:
+        kind.check_agent(AgentDefinition(agent.kind, agent.tools, agent.output_schema, agent.settings.choices))
 
 
 def _parse(model: type[Model], data: Any, *, context: dict[str, Any] | None) -> Model:
@@ -110,5 +161,4 @@ def _parse(model: type[Model], data: Any, *, context: dict[str, Any] | None) -> 
 
 
 def _describe(exc: ValidationError) -> str:
-    problems = [f"{'.'.join(str(p) for p in err['loc']) or 'input'}: {err['msg']}" for err in exc.errors()]
-    return "invalid task input: " + "; ".join(problems)
+    return "invalid task input: " + validation_problems(exc)
