@@ -1,4 +1,5 @@
-"""Task kinds: the text kind's request and result, and looking a kind up by name."""
+"""Task kinds: the text kind's request and result, and looking a kind up by name (the decision and data kinds:
+test_decision_kind.py, test_data_kind.py)."""
 
 from __future__ import annotations
 
@@ -47,7 +48,8 @@ def test_an_agent_that_asks_for_json_gets_the_reply_parsed_or_an_invalid_output_
 
 
 def test_kinds_are_found_by_name_and_text_is_the_default_kind():
-    assert AGENT.kind == "text" and isinstance(kind_named("text"), TextKind) and set(KINDS) == {"text"}
+    assert AGENT.kind == "text" and isinstance(kind_named("text"), TextKind)
+    assert set(KINDS) == {"text", "decision", "data"}
 
 
 def test_an_unknown_kind_fails_permanently_naming_the_known_ones():

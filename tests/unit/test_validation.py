@@ -100,3 +100,74 @@ def test_an_agent_may_name_a_fallback_model_other_than_its_own():
     assert "fallback_model must name a model other than model" in rejected_agent(
         {**agent, "fallback_model": "gpt-4o-mini"}
     )
+
+
+AGENT = {"name": "sorter", "prompt": "Decide.", "model": "gpt-4o-mini"}
+ORDER_SCHEMA = {"type": "object", "properties": {"total": {"type": "number"}}, "required": ["total"]}
+
+
+def test_an_agent_has_a_kind_text_by_default_and_an_unknown_one_is_named_with_the_kinds():
+    assert parse_agent_input(AGENT).kind == "text"
+    assert parse_agent_input({**AGENT, "kind": "decision"}).kind == "decision"
+    assert rejected_agent({**AGENT, "kind": "review"}) == (
+        "invalid task input: kind: Input should be 'text', 'decision', 'api' or 'data'"
+    )
+
+
+def test_a_data_agent_needs_a_usable_schema_and_the_error_names_output_schema():
+    assert parse_agent_input({**AGENT, "kind": "data", "output_schema": ORDER_SCHEMA}).output_schema == ORDER_SCHEMA
+    assert rejected_agent({**AGENT, "kind": "data"}).startswith("invalid task input: output_schema: a data agent")
+    for schema, problem in [
+        ({"type": "array"}, '"type": "object" at its root'),
+        ({"type": "object", "properties": {"a": {"minimum": "one"}}}, "not a valid JSON Schema"),
+        ({"type": "object", "properties": {"a": {"$ref": "http://169.254.169.254/s"}}}, "never fetched"),
+        ("{}", "Input should be a valid dictionary"),
+    ]:
+        message = rejected_agent({**AGENT, "kind": "data", "output_schema": schema})
+        assert message.startswith("invalid task input: output_schema: ") and problem in message
+
+
+def test_only_an_api_agent_has_tools_and_it_must_have_some():
+    tools = [{"name": "lookup", "url": "https://api.example.com/{id}"}]
+    assert parse_agent_input({**AGENT, "kind": "api", "tools": tools}).tools == tools
+    assert rejected_agent({**AGENT, "kind": "api"}) == (
+        "invalid task input: tools: an api agent needs a non-empty list of tool definitions"
+    )
+    assert rejected_agent({**AGENT, "kind": "api", "tools": []}).startswith("invalid task input: tools: ")
+    assert "tools.0: Input should be a valid dictionary" in rejected_agent({**AGENT, "kind": "api", "tools": ["x"]})
+    assert rejected_agent({**AGENT, "tools": tools}) == (
+        "invalid task input: tools: only an api agent calls tools, not a text one"
+    )
+
+
+def test_a_decision_agents_choices_are_at_least_two_distinct_options():
+    agent = parse_agent_input({**AGENT, "kind": "decision", "settings": {"choices": ["approve", "reject"]}})
+    assert agent.settings.choices == ["approve", "reject"]
+    assert "settings.choices: List should have at least 2 items" in rejected_agent(
+        {**AGENT, "kind": "decision", "settings": {"choices": ["approve"]}}
+    )
+    assert "settings.choices: Value error, must be distinct" in rejected_agent(
+        {**AGENT, "kind": "decision", "settings": {"choices": ["a", "a"]}}
+    )
+
+
+def test_a_task_may_set_its_own_kind_and_carry_any_json_payload():
+    parsed = parse_task_input(task(kind="data", payload={"rows": [1, 2.5, None, "  x  "]}), settings=SETTINGS)
+    assert (parsed.kind, parsed.payload) == ("data", {"rows": [1, 2.5, None, "  x  "]})  # kept as given
+    assert parse_task_input(task(payload=[1, 2]), settings=SETTINGS).payload == [1, 2]
+    assert "kind: Input should be 'text', 'decision', 'api' or 'data'" in rejected_task(task(kind="review"))
+
+
+def test_a_payload_over_the_configured_size_is_refused_with_its_size_and_the_limit():
+    small = make_settings(max_payload_bytes=20)
+    parse_task_input(task(payload={"a": "x" * 11}), settings=small)  # {"a": "xxxxxxxxxxx"}: 20 bytes
+    with pytest.raises(TaskValidationError) as raised:
+        parse_task_input(task(payload={"a": "é" * 11}), settings=small)  # bytes, not characters
+    assert str(raised.value) == (
+        "invalid task input: payload: Value error, is 31 bytes as JSON; the limit is 20 (MAX_PAYLOAD_BYTES)"
+    )
+
+
+@pytest.mark.parametrize("payload", [{"at": float("nan")}, {"ids": {1, 2}}, {"when": uuid.uuid4()}])
+def test_a_payload_that_is_not_json_is_refused(payload):
+    assert "payload: Value error, must be JSON" in rejected_task(task(payload=payload))
