@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from functools import partial
 
@@ -9,6 +10,8 @@ import pytest
 from sqlalchemy import select
 
 from database import session_scope
+from execution.pipeline import execute_agent_task
+from llm.runners import make_runner
 from models import Agent, LimitOverride, LimitScope, Task, TaskStatus
 from tests.integration.conftest import IDLE_REDIS
 from tests.support import run_cli
@@ -136,3 +139,88 @@ def test_a_limit_workers_would_never_read_is_refused_with_the_reason(cli):
     assert "breaker_cooldown_seconds is set per --model only" in refused["scope"].stdout
     assert "needs a number of at least 0, got 'five'" in refused["value"].stdout
     assert "no limit named 'dayly_cap'" in refused["name"].stdout
+
+
+ORDER_SCHEMA = {"type": "object", "properties": {"customer": {"type": "string"}}, "required": ["customer"]}
+
+
+def test_a_data_agent_from_a_schema_file_runs_a_task_with_a_payload_and_status_shows_its_json(
+    cli, settings, session_factory, tmp_path
+):
+    # Given a data agent created from a schema file, and a task submitted with a payload file
+    schema, payload = tmp_path / "order.schema.json", tmp_path / "email.json"
+    schema.write_text(json.dumps(ORDER_SCHEMA))
+    payload.write_text(json.dumps({"email": "Ada orders 2 × A-1", "notes": "n" * 400}))
+    name = f"cli-data-{uuid.uuid4().hex[:6]}"
+    created = cli("create-agent", "--name", name, "--prompt", "Extract.", "--kind", "data", "--schema", str(schema))
+    assert created.returncode == 0, created.stderr
+    assert created.stdout.strip().endswith("(data)")
+    submitted = cli("submit", "--agent", name, "--title", "Order", "--user", "u", "--payload", f"@{payload}")
+    assert submitted.returncode == 0, submitted.stdout
+    task_id = submitted.stdout.strip()
+    # When it runs
+    runner = make_runner(settings.model_copy(update={"llm_process": False}))
+    try:
+        execute_agent_task(task_id, session_factory=session_factory, settings=settings, llm=runner)
+    finally:
+        runner.close()
+    # Then status shows its kind, its JSON result pretty and its payload cut short
+    shown = cli("status", task_id).stdout
+    assert "completed" in shown and "data (its agent's)" in shown
+    assert '"customer": "Offline answer to:' in shown and "\n" + " " * 18 + "}" in shown
+    assert '{"email": "Ada orders 2 × A-1"' in shown and "... (" in shown and "n" * 400 not in shown
+
+
+def test_a_decision_agent_takes_its_choices_and_a_task_its_kind_and_payload_from_the_command_line(
+    cli, agent, session_factory
+):
+    name = f"cli-decide-{uuid.uuid4().hex[:6]}"
+    created = cli("create-agent", "--name", name, "--prompt", "Decide.", "--kind", "decision", "--choices", "a, b,c")
+    assert created.returncode == 0, created.stdout
+    payload = '{"options": ["ship", "hold"], "order": 7}'
+    submitted = cli(
+        "submit", "--agent", agent.name, "--title", "T", "--user", "u", "--kind", "decision", "--payload", payload
+    )
+    assert submitted.returncode == 0, submitted.stdout
+    with session_scope(session_factory) as session:
+        decider = session.scalar(select(Agent).where(Agent.name == name))
+        task = session.get(Task, uuid.UUID(submitted.stdout.strip()))
+        assert (decider.kind, decider.settings) == ("decision", {"choices": ["a", "b", "c"]})
+        assert (task.kind, task.payload) == ("decision", {"options": ["ship", "hold"], "order": 7})
+    assert "decision (set on the task)" in cli("status", str(task.id)).stdout
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ('{"type": "array"}', 'output_schema: Value error, must have "type": "object" at its root'),
+        ('{"type": "object", "properties": {"a": {"$ref": "https://example.com/a"}}}', "output_schema: Value error"),
+        ("{nope", "is not valid JSON"),
+        (None, "cannot read --schema"),
+    ],
+)
+def test_a_bad_schema_file_is_refused_naming_the_field_and_writes_nothing(
+    cli, session_factory, tmp_path, content, message
+):
+    schema = tmp_path / "schema.json"
+    if content is not None:
+        schema.write_text(content)
+    name = f"cli-bad-{uuid.uuid4().hex[:6]}"
+    result = cli("create-agent", "--name", name, "--prompt", "p", "--kind", "data", "--schema", str(schema))
+    assert result.returncode == 2 and message in result.stdout and "Traceback" not in result.stderr
+    with session_scope(session_factory) as session:
+        assert session.scalar(select(Agent).where(Agent.name == name)) is None
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("--kind", "decision", "--payload", '{"options": ["x"]}'), "payload.options: must be at least 2 distinct"),
+        (("--payload", "{nope"), "--payload is not valid JSON"),
+        (("--payload", "@/no/such/file.json"), "cannot read --payload /no/such/file.json"),
+    ],
+)
+def test_a_bad_payload_on_the_command_line_is_refused_naming_it(cli, agent, idle_redis, args, message):
+    result = cli("submit", "--agent", agent.name, "--title", "T", "--user", "u", *args)
+    assert result.returncode == 2 and message in result.stdout and "Traceback" not in result.stderr
+    assert idle_redis.llen("agent_tasks") == 0
