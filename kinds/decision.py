@@ -67,7 +67,7 @@ def options(work: TaskWork) -> tuple[str, ...]:
         return work.agent.choices
     if not (isinstance(given, list) and all(isinstance(option, str) and option.strip() for option in given)):
         raise PermanentError("payload.options: must be a list of non-empty strings")
-    if len(set(given)) < 2 or len(set(given)) != len(given):
+    if len(given) < 2 or len(set(given)) != len(given):
         raise PermanentError(f"payload.options: must be at least 2 distinct strings, got {given!r:.200}")
     return tuple(given)
 
