@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from config import Settings
 from database import create_empty_database, make_engine
 from devtools.processes import celery_worker
-from llm.runners import BackgroundEventLoop, RunRequest
+from llm.runners import BackgroundEventLoop, LLMRunner, RunRequest, make_runner
 from models import Agent
 from store.schema import init_db
 from tests.support import add_agent, make_settings
@@ -112,6 +112,15 @@ def db_session(database_url: str, settings: Settings) -> Iterator[Session]:
 def rollback_factory(db_session: Session) -> sessionmaker[Session]:
     """A session factory whose commits land in `db_session`'s rolled-back transaction."""
     return sessionmaker(bind=db_session.connection(), join_transaction_mode="create_savepoint", expire_on_commit=False)
+
+
+@pytest.fixture(scope="module")
+def runner(settings: Settings) -> Iterator[LLMRunner]:
+    """An in-process runner of real calls to the bundled LLM server, one per module: the client keeps its
+    connections on the runner's loop."""
+    llm = make_runner(settings.model_copy(update={"llm_process": False}))
+    yield llm
+    llm.close()
 
 
 @pytest.fixture

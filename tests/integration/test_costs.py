@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import select
@@ -21,7 +20,6 @@ from kinds.base import KindResult, TaskWork
 from kinds.text import TextKind
 from llm.messages import LLMReply
 from llm.prices import PriceBook
-from llm.runners import LLMRunner, make_runner
 from models import Agent, Task, TaskAttempt, TaskStatus
 from tests.support import LLMControl, run_cli
 
@@ -40,14 +38,6 @@ class RefusesFirstReply(TextKind):
         if self.replies == 1:
             raise RetryableError("reply was not valid for this kind")
         return super().interpret(work, reply)
-
-
-@pytest.fixture(scope="module")
-def runner(settings) -> Iterator[LLMRunner]:
-    """One in-process runner for the module: the client keeps its connections on the runner's loop."""
-    llm = make_runner(settings.model_copy(update={"llm_process": False}))
-    yield llm
-    llm.close()
 
 
 @pytest.fixture(autouse=True)

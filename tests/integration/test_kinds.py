@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 
 import pytest
 from jsonschema import Draft202012Validator
@@ -16,7 +15,6 @@ from errors import TaskValidationError
 from execution.outcomes import Outcome
 from execution.pipeline import execute_agent_task
 from llm.messages import LLMReply, Usage
-from llm.runners import LLMRunner, make_runner
 from models import Agent, Task, TaskAttempt, TaskStatus
 from submission.agents import create_agent
 from submission.submit import create_agent_tasks
@@ -33,14 +31,6 @@ ORDER_SCHEMA = {
     "$defs": {"line": {"type": "object", "properties": {"sku": {"type": "string"}}, "required": ["sku"]}},
     "required": ["customer", "items"],
 }
-
-
-@pytest.fixture(scope="module")
-def runner(settings) -> Iterator[LLMRunner]:
-    """One in-process runner for the module: the client keeps its connections on the runner's loop."""
-    llm = make_runner(settings.model_copy(update={"llm_process": False}))
-    yield llm
-    llm.close()
 
 
 @pytest.fixture(autouse=True)

@@ -8,7 +8,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 
 import pytest
 import redis
@@ -23,7 +22,6 @@ from execution.outcomes import Outcome
 from execution.pipeline import execute_agent_task
 from kinds.base import TaskWork
 from kinds.text import TextKind
-from llm.runners import LLMRunner, make_runner
 from models import Agent, LimitScope, Task, TaskStatus
 from store.agents import agent_spec
 from store.overrides import set_override
@@ -40,13 +38,6 @@ def cap_redis(idle_app) -> redis.Redis:
     client = redis.Redis.from_url(IDLE_REDIS)
     client.flushdb()
     return client
-
-
-@pytest.fixture(scope="module")
-def runner(settings) -> Iterator[LLMRunner]:
-    llm = make_runner(settings.model_copy(update={"llm_process": False}))
-    yield llm
-    llm.close()
 
 
 def capped(settings, **caps):
