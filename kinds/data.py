@@ -54,7 +54,7 @@ class DataKind:
         text = answered_text(reply)
         try:
             value = json.loads(text, parse_constant=_no_constant)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # nested past the parser's depth: not a result either
             raise InvalidOutputError(f"the reply is not valid JSON: {exc}") from None
         problems = [_problem(error) for error in _errors(work.agent.output_schema or {}, value)]
         if problems:

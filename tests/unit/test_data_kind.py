@@ -64,7 +64,7 @@ def test_a_reply_that_does_not_match_the_schema_is_invalid_output_naming_the_pat
     assert problem in str(raised.value)
 
 
-@pytest.mark.parametrize("text", ['{"customer": "Ada", "lines": [', '{"customer": NaN, "lines": []}'])
+@pytest.mark.parametrize("text", ['{"customer": "Ada", "lines": [', '{"customer": NaN, "lines": []}', "[" * 100_000])
 def test_a_reply_that_is_not_json_is_invalid_output(text):
     with pytest.raises(InvalidOutputError, match="the reply is not valid JSON"):
         KIND.interpret(work(), reply(text))
