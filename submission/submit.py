@@ -18,7 +18,7 @@ from database import session_scope
 from errors import BrokerUnavailableError, PermanentError, TaskValidationError, item_error
 from execution.pipeline import parse_task_id
 from execution.services import Services
-from kinds import kind_named
+from kinds import KINDS
 from kinds.base import TaskWork
 from messaging.cancellation import announce_cancelled
 from messaging.dispatcher import dispatch_waiting
@@ -151,10 +151,9 @@ def _agent_problem(agent: Agent | None, item: TaskInput) -> str | None:
     spec, _ = agent_spec(agent)
     if spec is None:  # settings no run can use: the run reports them, as for the tasks already queued
         return None
-    try:
-        kind = kind_named(item.kind or spec.kind)
-    except PermanentError as exc:
-        return f"kind: {exc}"
+    kind = KINDS.get(item.kind or spec.kind)
+    if kind is None:  # a kind named but not built yet: its run says so
+        return None
     try:
         kind.check_task(TaskWork(spec, item.title, item.description or "", item.payload))
     except PermanentError as exc:

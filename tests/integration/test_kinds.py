@@ -217,3 +217,35 @@ def test_an_agent_is_stored_with_its_kind_schema_and_choices(session_factory):
         stored = session.get(Agent, agent.id)
         assert (stored.kind, stored.output_schema, stored.tools) == ("data", ORDER_SCHEMA, None)
         assert stored.settings == {"choices": ["a", "b"]}
+
+
+def test_a_refused_decision_fails_at_once_with_the_refusal_and_is_charged(
+    settings, session_factory, idle_app, runner, llm: LLMControl
+):
+    # Given a model that refuses this task's structured output
+    agent = new_agent(session_factory, kind="decision", settings={"choices": OPTIONS})
+    directive = llm.add_script(unique("refuse"), [{"refusal": "I can't help with that"}])
+    task_id = submit(idle_app, agent, unique("refused-decision"), description=f"decide {directive}")
+    # When it runs
+    status, task, _ = run(task_id, settings=settings, session_factory=session_factory, llm=runner)
+    # Then it fails with the refusal, asked once (with the decision's schema) and paid for
+    [sent] = llm.requests(directive)
+    assert status is Outcome.FAILED and task.error == "the model refused: I can't help with that"
+    assert sent["response_format"]["json_schema"]["name"] == "decision" and task.prompt_tokens > 0
+
+
+def test_a_data_reply_against_the_schema_is_re_asked_and_the_corrected_one_is_the_result(
+    settings, session_factory, idle_app, runner, llm: LLMControl
+):
+    # Given a model whose first JSON breaks the schema and whose second one fits it
+    agent = new_agent(session_factory, kind="data", output_schema=ORDER_SCHEMA)
+    replies = [{"json": {"customer": "Ada", "items": "two"}}, {"json": {"customer": "Ada", "items": 2}}]
+    directive = llm.add_script(unique("fix-it"), replies)
+    task_id = submit(idle_app, agent, unique("data-fixed"), description=f"extract {directive}")
+    # When it runs
+    status, task, _ = run(task_id, settings=settings, session_factory=session_factory, llm=runner)
+    # Then the second call named the path and the problem, and its JSON is the result
+    first, second = llm.requests(directive)
+    assert first["response_format"]["json_schema"]["name"] == "data"
+    assert "$.items: 'two' is not of type 'integer'" in second["text"]
+    assert status is Outcome.COMPLETED and task.result_data == {"customer": "Ada", "items": 2}
