@@ -8,22 +8,17 @@ the agent is created and, should one be stored anyway, is an error at run time, 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError, ValidationError, relevance
-from referencing import Registry
 from referencing.exceptions import Unresolvable
 
 from errors import InvalidOutputError, PermanentError, TaskValidationError
+from jsonschemas import NOTHING_REMOTE, check_local_references
 from kinds.base import AgentDefinition, KindName, KindResult, TaskWork, agent_request, answered_text, task_text
 from llm.messages import LLMReply, LLMRequest, OutputSchema
 
-NOTHING_REMOTE: Registry[Any] = Registry()  # resolves no URI: nothing outside the schema is ever fetched
-REFERENCE_KEYWORDS = ("$ref", "$dynamicRef")
-# Keywords whose values are data, not schemas: a "$ref" inside them is not a reference.
-DATA_KEYWORDS = frozenset({"const", "enum", "default", "examples"})
 MAX_PROBLEMS = 5  # the problems an error names, most relevant first
 MAX_PROBLEM_CHARS = 300
 
@@ -72,24 +67,7 @@ def check_output_schema(schema: Any) -> None:
         raise ValueError(f"not a valid JSON Schema (Draft 2020-12): {exc.message:.300} at {exc.json_path}") from None
     if not isinstance(schema, dict) or schema.get("type") != "object":
         raise ValueError('must have "type": "object" at its root (a result is a JSON object)')
-    for path, reference in _references(schema, "$"):
-        if not reference.startswith("#"):
-            raise ValueError(
-                f"{path}: {reference!r} is not a reference within the schema (#/...); remote schemas are never fetched"
-            )
-
-
-def _references(node: Any, path: str) -> Iterator[tuple[str, str]]:
-    """Every reference in a schema, with where it is, leaving out data values (`const`, `enum`, ...)."""
-    if isinstance(node, list):
-        for index, item in enumerate(node):
-            yield from _references(item, f"{path}[{index}]")
-    elif isinstance(node, dict):
-        for key, value in node.items():
-            if key in REFERENCE_KEYWORDS and isinstance(value, str):
-                yield f"{path}.{key}", value
-            elif key not in DATA_KEYWORDS:
-                yield from _references(value, f"{path}.{key}")
+    check_local_references(schema)
 
 
 def _errors(schema: dict[str, Any], value: Any) -> list[ValidationError]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -24,6 +24,7 @@ import referencing.exceptions
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from errors import ToolDefinitionError
+from jsonschemas import NOTHING_REMOTE, check_local_references
 from tools.allowlist import host_allowed
 
 NAME_PATTERN = r"^[a-zA-Z0-9_-]{1,64}$"  # what OpenAI accepts as a function name
@@ -31,9 +32,6 @@ _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an RFC 9110 token
 # Headers the caller sets for each request (or that would change where and how it goes): not the tool's.
 _RESERVED_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection", "idempotency-key"})
-# A validator's references resolve within its own schema only: this registry knows no other resource and
-# retrieves none, where jsonschema's default would fetch a remote `$ref` over the network.
-EMPTY_REGISTRY: referencing.Registry[Any] = referencing.Registry()
 
 
 class HttpMethod(str, enum.Enum):
@@ -90,9 +88,7 @@ class ToolDefinition(BaseModel):
             raise ValueError(f"not a valid JSON Schema: {exc.message}") from None
         if schema.get("type") != "object":
             raise ValueError('must be a JSON Schema with "type": "object"')
-        remote = next(_remote_references(schema), None)
-        if remote is not None:
-            raise ValueError(f"$ref {remote!r} is not in the schema; only local references (#/...) are allowed")
+        check_local_references(schema)
         return schema
 
     @field_validator("url")
@@ -199,7 +195,7 @@ def validate_arguments(tool: ToolDefinition, arguments: object) -> str | None:
     (`order_id: 'abc' is not of type 'integer'; ...`). No reference outside the schema is ever fetched."""
     if not isinstance(arguments, Mapping):
         return f"arguments must be a JSON object, not {type(arguments).__name__}"
-    validator = jsonschema.Draft202012Validator(tool.parameters, registry=EMPTY_REGISTRY)
+    validator = jsonschema.Draft202012Validator(tool.parameters, registry=NOTHING_REMOTE)
     try:
         errors = sorted(validator.iter_errors(dict(arguments)), key=lambda error: list(error.absolute_path))
         if not errors:
@@ -207,19 +203,6 @@ def validate_arguments(tool: ToolDefinition, arguments: object) -> str | None:
     except referencing.exceptions.Unresolvable as exc:
         return f"the tool's schema has a reference that cannot be resolved: {exc}"
     return "; ".join(f"{_argument_path(error.json_path)}: {error.message}" for error in errors)
-
-
-def _remote_references(schema: object) -> Iterator[str]:
-    """Every `$ref`/`$dynamicRef` in `schema` that points outside it."""
-    if isinstance(schema, dict):
-        for key, value in schema.items():
-            if key in ("$ref", "$dynamicRef") and isinstance(value, str) and not value.startswith("#"):
-                yield value
-            else:
-                yield from _remote_references(value)
-    elif isinstance(schema, list):
-        for item in schema:
-            yield from _remote_references(item)
 
 
 def _argument_path(json_path: str) -> str:

@@ -104,7 +104,10 @@ def test_tools_must_be_a_list():
 
 def test_a_schema_with_a_remote_reference_is_refused_when_the_tool_is_defined():
     remote = {"type": "object", "properties": {"a": {"$ref": "https://schemas.example.com/a.json"}}}
-    with pytest.raises(ToolDefinitionError, match=r"parameters: \$ref 'https://schemas.example.com/a.json' is not in"):
+    with pytest.raises(
+        ToolDefinitionError,
+        match=r"parameters: .*'https://schemas.example.com/a.json' is not a reference within the schema",
+    ):
         parse_tools([tool(parameters=remote, url="https://api.example.com/orders")])
 
 
