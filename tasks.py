@@ -58,6 +58,8 @@ def process_agent_task(self: AgentTaskBatches, requests: list[AgentRequest]) -> 
     def on_settled(group: list[tuple[int, TaskOutcome]]) -> None:
         settled.update(group)
         self.announce(requests, group)
+        if services.live:
+            services.live.publish_many(update for _, outcome in group if (update := outcome.live_update()))
 
     try:
         execute_agent_tasks(
@@ -70,6 +72,7 @@ def process_agent_task(self: AgentTaskBatches, requests: list[AgentRequest]) -> 
             on_settled=on_settled,
             replies=services.replies,
             running=services.running_calls,
+            live=services.live,
         )
     except Exception as exc:
         error = classify(exc)

@@ -33,7 +33,7 @@ class TokenWriter:
         self._pending: list[str] = []
         self._flushing: asyncio.Task[None] | None = None
         self._last_write = float("-inf")
-        self._waiting = False  # the flush task is waiting for its interval (not writing)
+        self._writing = False  # the flush task is writing (not waiting for its interval, or not started)
         self._broken = False
 
     def add(self, text: str) -> None:
@@ -55,7 +55,7 @@ class TokenWriter:
                 self._flushing.cancel()
             return
         if self._flushing is not None:
-            if self._waiting:
+            if not self._writing:
                 self._flushing.cancel()  # the rest is written now, not at the next interval
             await asyncio.wait([self._flushing])  # a write under way ends first, so the events stay in order
         await self._write()
@@ -64,13 +64,13 @@ class TokenWriter:
         loop = asyncio.get_running_loop()
         try:
             while self._pending:
-                self._waiting = True
-                try:
-                    await asyncio.sleep(max(0.0, self._last_write + self._interval - loop.time()))
-                finally:
-                    self._waiting = False
+                await asyncio.sleep(max(0.0, self._last_write + self._interval - loop.time()))
                 self._last_write = loop.time()
-                await self._write()
+                self._writing = True
+                try:
+                    await self._write()
+                finally:
+                    self._writing = False
         finally:
             self._flushing = None
 
