@@ -4,6 +4,8 @@ its stream; a task nobody follows leaves nothing in Redis."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import subprocess
 import sys
 import threading
@@ -18,7 +20,8 @@ from live.events import EventKind, LiveEvent, follower_key, stream_key
 from live.follow import follow_task
 from live.publisher import LivePublisher
 from live.tokens import TokenWriter
-from llm.client import run_request
+from llm.client import close_clients, run_request
+from llm.messages import LLMReply, LLMRequest, Message, ModelOptions, OutputSchema, ToolSpec
 from llm.runners import BackgroundEventLoop
 from messaging.publisher import publish_tasks
 from models import Task, TaskStatus
@@ -214,3 +217,36 @@ def test_the_in_process_llm_loop_streams_a_followed_tasks_tokens(settings, share
     events = list(follow_task(task.id, redis=shared, finished=lambda: True))
     assert events[0].kind is EventKind.STARTED
     assert "".join(event.data["text"] for event in events[1:]) == outcome.finished.result
+
+
+WEATHER = ToolSpec("get_weather", "The weather in a city", json.dumps({"type": "object", "properties": {"city": {}}}))
+DECISION = OutputSchema("decision", json.dumps({"type": "object", "properties": {"choice": {"type": "string"}}}))
+
+
+@pytest.mark.parametrize(
+    "asks", [{}, {"tools": (WEATHER,)}, {"output_schema": DECISION}], ids=["text", "tools", "json"]
+)
+def test_a_streamed_call_replies_as_the_plain_call_does_and_streams_its_text(settings, shared, asks):
+    # Given the same request, plain and streamed (its task followed)
+    key = stream_key(uuid.uuid4())
+    messages = (Message("system", "Be brief."), Message("user", "Weather in Paris?"))
+    plain = LLMRequest("gpt-4o-mini", 0.0, 50, ModelOptions(), messages, **asks)
+
+    async def both():
+        try:
+            streamed = dataclasses.replace(plain, stream_key=key)
+            return [uncached(await run_request(request, settings=settings)) for request in (plain, streamed)]
+        finally:
+            await close_clients()
+
+    # When both are run through the real client against the bundled server
+    replied, streamed = asyncio.run(both())
+    # Then the streamed reply (chunks added up) is the plain one: text, tool calls, usage, finish reason
+    assert streamed == replied and streamed.usage.completion_tokens > 0
+    texts = [json.loads(fields[b"data"])["text"] for _, fields in shared.xrange(key)]
+    assert "".join(texts) == streamed.text
+
+
+def uncached(reply: LLMReply) -> LLMReply:
+    """The reply without its cached-token count, which the bundled server's prompt cache makes differ."""
+    return dataclasses.replace(reply, usage=dataclasses.replace(reply.usage, cached_tokens=0))
