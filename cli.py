@@ -26,8 +26,7 @@ from errors import AgentServiceError, ConfigurationError, TaskValidationError
 from execution.pipeline import parse_task_id
 from kinds.base import KindName
 from live.events import EventKind, LiveEvent
-from live.follow import follow_task
-from models import FINAL_STATUSES, LimitOverride, LimitScope, Task, TaskStatus
+from models import LimitOverride, LimitScope, Task, TaskStatus
 from monitoring import configure_logging, logger
 from store import lifecycle
 from store.overrides import set_override
@@ -198,16 +197,13 @@ def _shown(name: str, value: Any) -> str:
 def _cmd_follow(args: argparse.Namespace) -> int:
     """Print the task's progress live (its tokens as they come, each step on a line), then its final state;
     exits 0 when it completed, 1 otherwise."""
+    from tasks import follow_agent_task  # tasks imports the configured app; see _app
+
     services = _app().services
     task_id = parse_task_id(args.task_id)
-    status = _status_of(task_id)
-    if status is None:
-        _error("error", f"no task {args.task_id}")
-        return 1
-    printed = False
-    if not status.is_final:
-        events = follow_task(task_id, redis=services.redis, finished=lambda: _status_of(task_id) in FINAL_STATUSES)
-        printed = _print_live(events)
+    with session_scope(services.session_factory) as session:
+        status = lifecycle.task_status(session, task_id)
+    printed = False if status.is_final else _print_live(follow_agent_task(str(task_id), app=_app()))
     with session_scope(services.session_factory) as session:
         finished = lifecycle.finished_state(session, task_id)
     if finished is None:  # cannot be: the task ended, or following it would still be under way
@@ -219,12 +215,6 @@ def _cmd_follow(args: argparse.Namespace) -> int:
     style = "bold green" if finished.status is TaskStatus.COMPLETED else "bold red"
     console.print(Text.assemble((finished.status.value, style), ending))
     return 0 if finished.status is TaskStatus.COMPLETED else 1
-
-
-def _status_of(task_id: Any) -> TaskStatus | None:
-    """The task's status now; None when there is no such task."""
-    with session_scope(_app().services.session_factory) as session:
-        return session.scalar(select(Task.status).where(Task.id == task_id))
 
 
 def _print_live(events: Iterable[LiveEvent]) -> bool:

@@ -15,6 +15,7 @@ import pytest
 import redis
 
 from devtools.processes import ROOT
+from errors import TaskNotFoundError, TaskValidationError
 from execution.pipeline import execute_agent_tasks
 from live.events import EventKind, LiveEvent, follower_key, stream_key
 from live.follow import follow_task
@@ -25,7 +26,7 @@ from llm.messages import LLMReply, LLMRequest, Message, ModelOptions, OutputSche
 from llm.runners import BackgroundEventLoop
 from messaging.publisher import publish_tasks
 from models import Task, TaskStatus
-from tasks import create_agent_task
+from tasks import create_agent_task, follow_agent_task
 from tests.integration.conftest import WORKER_REDIS
 from tests.support import run_cli, wait_for_final, wait_until
 
@@ -119,9 +120,20 @@ def test_cli_follow_on_an_ended_task_prints_its_result_and_exit_status(settings,
 
 def test_cli_follow_refuses_an_unknown_or_invalid_task_id(settings):
     unknown = run_cli(settings, "follow", str(uuid.uuid4()))
-    assert unknown.returncode == 1 and "no task" in unknown.stdout
+    assert unknown.returncode == 2 and "no task" in unknown.stdout
     invalid = run_cli(settings, "follow", "not-a-task")
     assert invalid.returncode == 2 and "invalid task id" in invalid.stdout
+
+
+def test_the_apps_follower_ends_at_once_for_an_ended_task_and_refuses_an_unknown_one(app, session_factory, agent):
+    with session_factory.begin() as session:
+        done = Task(title="t", agent_id=agent.id, user_id="u", status=TaskStatus.COMPLETED, result="All done.")
+        session.add(done)
+    assert list(follow_agent_task(str(done.id), app=app)) == []  # the row holds the result
+    with pytest.raises(TaskNotFoundError):
+        follow_agent_task(str(uuid.uuid4()), app=app)
+    with pytest.raises(TaskValidationError):
+        follow_agent_task("not-a-task", app=app)
 
 
 def test_a_followed_tasks_stream_is_bounded(settings, shared):
