@@ -216,7 +216,7 @@ class _Calls:
         prices: PriceBook,
         replies: ReplyStore | None,
         running: RunningCalls | None,
-        live: LivePublisher | None = None,
+        live: LivePublisher | None,
     ) -> None:
         self._settings, self._llm, self._admission, self._prices = settings, llm, admission, prices
         self._replies, self._running, self._live = replies, running, live
