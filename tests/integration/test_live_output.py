@@ -214,6 +214,8 @@ def test_the_in_process_llm_loop_streams_a_followed_tasks_tokens(settings, share
     db_session.add(task)
     db_session.flush()
     shared.set(follower_key(task.id), 1, ex=60)
+    # Settings of its own: a process shares one client per configuration, bound to the loop it first ran on.
+    settings = settings.model_copy(update={"llm_timeout_seconds": 4.4})
     loop = BackgroundEventLoop(settings, run_request)
     try:
         [outcome] = execute_agent_tasks(
@@ -243,6 +245,8 @@ def test_a_streamed_call_replies_as_the_plain_call_does_and_streams_its_text(set
     key = stream_key(uuid.uuid4())
     messages = (Message("system", "Be brief."), Message("user", "Weather in Paris?"))
     plain = LLMRequest("gpt-4o-mini", 0.0, 50, ModelOptions(), messages, **asks)
+
+    settings = settings.model_copy(update={"llm_timeout_seconds": 4.3})  # clients of its own, closed at the end
 
     async def both():
         try:
