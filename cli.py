@@ -1,5 +1,5 @@
-"""Command line: `python cli.py init-db | create-agent | submit | status | list | stats | cancel | limits | pause |
-resume | worker | flower | demo` and more (`--help`)."""
+"""Command line: `python cli.py init-db | create-agent | submit | status | follow | list | stats | cancel | limits |
+pause | resume | worker | flower | demo` and more (`--help`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,6 +25,7 @@ from database import create_database_if_missing, session_scope
 from errors import AgentServiceError, ConfigurationError, TaskValidationError
 from execution.pipeline import parse_task_id
 from kinds.base import KindName
+from live.events import EventKind, LiveEvent
 from models import LimitOverride, LimitScope, Task, TaskStatus
 from monitoring import configure_logging, logger
 from store import lifecycle
@@ -191,6 +192,51 @@ def _shown(name: str, value: Any) -> str:
         text = json.dumps(value, ensure_ascii=False)
         return text if len(text) <= STATUS_PAYLOAD_CHARS else f"{text[:STATUS_PAYLOAD_CHARS]}... ({len(text)} chars)"
     return str(value.value if isinstance(value, TaskStatus) else value)
+
+
+def _cmd_follow(args: argparse.Namespace) -> int:
+    """Print the task's progress live (its tokens as they come, each step on a line), then its final state;
+    exits 0 when it completed, 1 otherwise."""
+    from tasks import follow_agent_task  # tasks imports the configured app; see _app
+
+    services = _app().services
+    task_id = parse_task_id(args.task_id)
+    with session_scope(services.session_factory) as session:
+        status = lifecycle.task_status(session, task_id)
+    printed = False if status.is_final else _print_live(follow_agent_task(str(task_id), app=_app()))
+    with session_scope(services.session_factory) as session:
+        finished = lifecycle.finished_state(session, task_id)
+    if finished is None:  # cannot be: the task ended, or following it would still be under way
+        _error("error", f"task {task_id} has not ended")
+        return 1
+    if finished.result is not None and not printed:
+        console.print(Text(finished.result))
+    ending = f": {finished.error}" if finished.error and finished.status is not TaskStatus.CANCELLED else ""
+    style = "bold green" if finished.status is TaskStatus.COMPLETED else "bold red"
+    console.print(Text.assemble((finished.status.value, style), ending))
+    return 0 if finished.status is TaskStatus.COMPLETED else 1
+
+
+def _print_live(events: Iterable[LiveEvent]) -> bool:
+    """Print the events: tokens as they come, anything else on a line of its own (the `ended` event is left
+    to the caller). Returns whether any token was printed."""
+    printed = mid_line = False
+    for event in events:
+        if event.kind is EventKind.TOKEN:
+            text = str(event.data.get("text", ""))
+            console.print(Text(text), end="", soft_wrap=True)
+            printed, mid_line = True, not text.endswith("\n")
+            continue
+        if mid_line:
+            console.print()
+            mid_line = False
+        if event.kind is not EventKind.ENDED:
+            details = json.dumps(event.data, ensure_ascii=False)
+            console.print(Text.assemble((f"[{event.kind.value}]", "dim"), " ", details[:_DETAILS_CHARS]))
+    return printed
+
+
+_DETAILS_CHARS = 300  # of an event's details, on its line
 
 
 def _charged(row: Any) -> str:
@@ -429,6 +475,9 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--kind", choices=[kind.value for kind in KindName], help="instead of the agent's kind")
     submit.add_argument("--payload", metavar="JSON|@FILE", help="the task's JSON input, or @FILE to read it from FILE")
     add("status", _cmd_status, "show one task").add_argument("task_id")
+    add("follow", _cmd_follow, "print a task's progress live until it ends; exit 0 if it completed").add_argument(
+        "task_id"
+    )
     listing = add("list", _cmd_list, "list recent tasks")
     listing.add_argument("--status", choices=[s.value for s in TaskStatus])
     listing.add_argument("--limit", type=int, default=20)

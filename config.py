@@ -201,6 +201,16 @@ class Settings(BaseSettings):
         False, description="let tools reach loopback, private and link-local addresses (tests and demo only)"
     )
 
+    # Live output (`live`, `python cli.py follow`): one Redis stream per followed task, written only while
+    # someone follows it (needs REDIS_URL; without it nothing is published).
+    live_stream_max_events: int = Field(1000, ge=1, description="a task's stream keeps about its last this many events")
+    live_stream_ttl_seconds: int = Field(
+        3600, ge=1, description="a task's stream expires this long after its last event"
+    )
+    live_token_flush_ms: float = Field(
+        50.0, gt=0, description="a streamed call writes its new tokens at most this often"
+    )
+
     @field_validator("tool_secrets")
     @classmethod
     def _tool_secrets_are_header_values(cls, secrets: dict[str, SecretStr]) -> dict[str, SecretStr]:

@@ -8,22 +8,27 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from celery import Celery, Task, shared_task
 
 import worker
+from database import session_scope
 from errors import PermanentError, RetryableError, classify
 from execution.batching import AgentRequest, AgentTaskBatches
 from execution.maintenance import check_health, requeue_stuck_tasks
 from execution.outcomes import Outcome, TaskOutcome
-from execution.pipeline import execute_agent_tasks
+from execution.pipeline import execute_agent_tasks, parse_task_id
 from execution.retry import backoff_delay
-from execution.services import services_of
+from execution.services import Services, services_of
+from live import follow
+from live.events import LiveEvent
 from messaging.publisher import publish_tasks
 from messaging.routing import HEALTH_TASK_NAME, PROCESS_TASK_NAME, SWEEP_TASK_NAME
+from models import TaskStatus
 from monitoring import monitor_task_execution
+from store import lifecycle
 from submission import submit
 
 
@@ -45,6 +50,32 @@ def create_agent_tasks(items: Iterable[dict[str, Any]], *, app: Celery | None = 
     return submit.create_agent_tasks(items, app=app, services=services_of(app))
 
 
+def follow_agent_task(
+    task_id: str, *, last_event_id: str = "0", timeout: float | None = None, app: Celery | None = None
+) -> Iterator[LiveEvent]:
+    """The task's live events (`live.follow.follow_task`) as they come, until its `ended` event; none when it
+    ended before being followed (its row then holds the result). Each event's `sse()` is a server-sent event
+    whose id a reconnecting client sends back as Last-Event-ID: pass it as `last_event_id`.
+
+    Raises: TaskValidationError (not a UUID), TaskNotFoundError, ConfigurationError without REDIS_URL.
+    """
+    services = services_of(app or worker.app)
+    task_uuid = parse_task_id(task_id)
+    _task_status(services, task_uuid)  # an unknown task raises here, before any event is awaited
+    return follow.follow_task(
+        task_uuid,
+        redis=services.redis,
+        last_event_id=last_event_id,
+        timeout=timeout,
+        finished=lambda: _task_status(services, task_uuid).is_final,
+    )
+
+
+def _task_status(services: Services, task_id: uuid.UUID) -> TaskStatus:
+    with session_scope(services.session_factory) as session:
+        return lifecycle.task_status(session, task_id)
+
+
 @shared_task(bind=True, base=AgentTaskBatches, name=PROCESS_TASK_NAME, acks_late=True)
 def process_agent_task(self: AgentTaskBatches, requests: list[AgentRequest]) -> list:
     """Process a batch of tasks using their AI agents; each message carries one task id, and each message's
@@ -58,6 +89,8 @@ def process_agent_task(self: AgentTaskBatches, requests: list[AgentRequest]) -> 
     def on_settled(group: list[tuple[int, TaskOutcome]]) -> None:
         settled.update(group)
         self.announce(requests, group)
+        if services.live:
+            services.live.publish_many(update for _, outcome in group if (update := outcome.live_update()))
 
     try:
         execute_agent_tasks(
@@ -70,6 +103,7 @@ def process_agent_task(self: AgentTaskBatches, requests: list[AgentRequest]) -> 
             on_settled=on_settled,
             replies=services.replies,
             running=services.running_calls,
+            live=services.live,
         )
     except Exception as exc:
         error = classify(exc)

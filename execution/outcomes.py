@@ -7,6 +7,8 @@ import enum
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from live.events import EventKind
+from live.publisher import Update, ended_update
 from models import TaskStatus
 from store.lifecycle import Finished
 
@@ -61,6 +63,19 @@ class TaskOutcome:
             return _final_state(self.task_id, self.finished)
         if self.status in (Outcome.REJECTED, Outcome.ERROR):
             return {"status": "error", "error": self.error}
+        return None
+
+    def live_update(self) -> Update | None:
+        """What this delivery tells the task's followers (`live`): that the task ended, that another attempt
+        follows, or that it waits; None for a delivery that changed nothing (rejected, run elsewhere)."""
+        if self.finished is not None:
+            finished = self.finished
+            return ended_update(self.task_id, finished.status, result=finished.result, error=finished.error)
+        if self.status is Outcome.RETRYING:
+            details = {"attempt": self.attempt, "error": self.error, "retry_in": self.retry_in}
+            return Update(self.task_id, EventKind.RETRYING, details)
+        if self.status is Outcome.DEFERRED:
+            return Update(self.task_id, EventKind.DEFERRED, {"reason": self.error, "retry_in": self.retry_in})
         return None
 
 

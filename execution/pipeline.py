@@ -34,6 +34,8 @@ from execution.replies import Arrived, ReplyStore
 from execution.retry import backoff_delay
 from kinds import KINDS, kind_named
 from kinds.base import KindResult, TaskKind, TaskWork
+from live.events import EventKind, stream_key
+from live.publisher import LivePublisher, Update
 from llm.messages import LLMReply, LLMRequest, Message, Usage
 from llm.prices import PriceBook
 from llm.runners import LLMRunner
@@ -123,6 +125,7 @@ def execute_agent_tasks(
     prices: PriceBook | None = None,
     replies: ReplyStore | None = None,
     running: RunningCalls | None = None,
+    live: LivePublisher | None = None,
 ) -> list[TaskOutcome]:
     """Run one attempt of each task: claim them all in one transaction, ask `admission` which may run,
     call the LLM for those (concurrently, on `llm`) with no connection held, and record the outcomes as
@@ -135,7 +138,9 @@ def execute_agent_tasks(
     With `replies`, a task whose earlier attempt was lost after its reply arrived is settled with that
     reply, and a cacheable call with a cached one, before admission and with no call; each reply that
     arrives is kept until its outcome is recorded. With `running`, the calls under way are listed there so
-    that cancelling a task aborts its call.
+    that cancelling a task aborts its call. With `live`, the calls of the tasks someone follows stream their
+    tokens to the task's stream, after a `started` event (the outcomes' events are the caller's, through
+    `on_settled`).
 
     `on_settled` is called with each group of outcomes once it is recorded (the deliveries that are not to
     run come first, right after the claim), each outcome with the position of its id in `task_ids`; it must
@@ -163,7 +168,9 @@ def execute_agent_tasks(
     if not_run and on_settled:
         on_settled(not_run)
     settled: dict[uuid.UUID, TaskOutcome] = {}
-    calls = _Calls(settings=settings, llm=llm, admission=admission, prices=prices, replies=replies, running=running)
+    calls = _Calls(
+        settings=settings, llm=llm, admission=admission, prices=prices, replies=replies, running=running, live=live
+    )
 
     def record(group: list[tuple[Claim, Settlement]]) -> None:
         _count_charges(how for _, how in group)
@@ -209,9 +216,10 @@ class _Calls:
         prices: PriceBook,
         replies: ReplyStore | None,
         running: RunningCalls | None,
+        live: LivePublisher | None,
     ) -> None:
         self._settings, self._llm, self._admission, self._prices = settings, llm, admission, prices
-        self._replies, self._running = replies, running
+        self._replies, self._running, self._live = replies, running, live
         self.replied: set[uuid.UUID] = set()  # the claims settled from a reply, which is kept until recorded
 
     def settlements(
@@ -265,7 +273,7 @@ class _Calls:
 
     def _calls(self, admitted: list[_Prepared]) -> Iterator[list[tuple[Claim, Settlement]]]:
         pending: dict[Future[LLMReply], _Prepared] = {}
-        self._submit(admitted, into=pending)
+        self._submit(_streamed(self._live, admitted) if self._live else admitted, into=pending)
         while pending:
             first, _ = wait(pending, return_when=FIRST_COMPLETED)
             ended = self._arrived([(pending.pop(future), future) for future in first])
@@ -308,6 +316,23 @@ class _Calls:
             self._replies.keep(arrived)
             self.replied.update(item.candidate.task_id for item in arrived)
         return settled
+
+
+def _streamed(live: LivePublisher, steps: list[_Prepared]) -> list[_Prepared]:
+    """The steps, those of followed tasks with their request streaming its tokens (a re-ask keeps it), after
+    a `started` event: one round trip to ask, one more only when some are followed."""
+    followed = live.followed([step.claim.task_id for step in steps])
+    if not followed:
+        return steps
+    started = [step for step in steps if str(step.claim.task_id) in followed]
+    details = ({"attempt": step.claim.attempt, "model": step.candidate.request.model} for step in started)
+    live.publish_many(Update(step.claim.task_id, EventKind.STARTED, data) for step, data in zip(started, details))
+    return [
+        _with_request(step, replace(step.candidate.request, stream_key=stream_key(step.claim.task_id)))
+        if str(step.claim.task_id) in followed
+        else step
+        for step in steps
+    ]
 
 
 def _with_request(step: _Prepared, request: LLMRequest | None) -> _Prepared:

@@ -1,6 +1,6 @@
 """The services a task needs, in one typed object: settings, database sessions, Redis, the LLM runner, the
-admission checks, the replies kept in Redis and the calls under way. The Celery app carries one
-(`worker.AgentServiceCelery.services`)."""
+admission checks, the replies kept in Redis, the live output publisher and the calls under way. The Celery
+app carries one (`worker.AgentServiceCelery.services`)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from database import make_engine, make_session_factory
 from errors import ConfigurationError
 from execution.aborts import RunningCalls
 from execution.replies import ReplyStore
+from live.publisher import LivePublisher
 from llm.prices import PriceBook
 from llm.runners import LLMRunner, make_runner
 from messaging.cancellation import CancelListener
@@ -63,6 +64,11 @@ class Services:
     def replies(self) -> ReplyStore | None:
         """The replies kept until recorded (KEEP_REPLIES) and the agents' reply caches; None without Redis."""
         return ReplyStore.for_settings(self.settings, self.redis) if self.settings.redis_url else None
+
+    @cached_property
+    def live(self) -> LivePublisher | None:
+        """Publishes the progress of the tasks someone follows (`live`); None without Redis."""
+        return LivePublisher(self.redis, settings=self.settings) if self.settings.redis_url else None
 
     @cached_property
     def running_calls(self) -> RunningCalls:

@@ -1,23 +1,29 @@
 """Runs plain LLM requests through LangChain's ChatOpenAI, with one reused client per model configuration.
 
 Calls are async: a worker runs hundreds of them at once on one event loop (see `llm.runners`). This
-module knows no task kind: the kinds build the messages (see `kinds`).
+module knows no task kind: the kinds build the messages (see `kinds`). A request with a `stream_key` (its
+task is followed) is streamed, its tokens written to that Redis stream as they come (`live.tokens`); any
+other is one plain call.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
+import weakref
 from typing import Any
 
 from langchain_core.language_models import LanguageModelInput
-from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, ToolMessage
 from langchain_core.runnables import Runnable
 from langchain_openai import ChatOpenAI
 from openai import DefaultAioHttpClient
+from redis.asyncio import Redis as AsyncRedis
 
 from config import Settings
 from errors import ProviderFault, RetryableError
+from live.tokens import TokenWriter
 from llm.messages import LLMReply, LLMRequest, Message, ToolCall, Usage
 
 ClientKey = tuple[str, float, int, str, str | None, str, float]
@@ -30,14 +36,19 @@ async def run_request(request: LLMRequest, *, settings: Settings) -> LLMReply:
     choices.
     """
     try:
-        # Usage is read off the reply, not through a callback handler: see docs/decisions.md, "LLM calls on one loop".
-        answer = await _runnable(request, settings).ainvoke([_langchain_message(m) for m in request.messages])
+        runnable = _runnable(request, settings)
+        messages = [_langchain_message(m) for m in request.messages]
+        if request.stream_key and settings.redis_url:
+            message = await _streamed(runnable, messages, request.stream_key, settings=settings)
+        else:
+            # Usage is read off the reply, not through a callback handler: see docs/decisions.md, "LLM calls on
+            # one loop". Structured output (include_raw) answers {"raw": AIMessage, "parsed": ...}; the task's
+            # kind parses the text itself, with the validation it owns.
+            answer = await runnable.ainvoke(messages)
+            message = answer["raw"] if isinstance(answer, dict) else answer
     except TypeError as exc:
         # ChatOpenAI raises TypeError for a 200 reply without `choices`; it is the provider's fault.
         raise RetryableError(f"LLM returned a malformed reply: {exc}", fault=ProviderFault.UNAVAILABLE) from exc
-    # Structured output (include_raw) answers {"raw": AIMessage, "parsed": ...}; the task's kind parses the
-    # text itself, with the validation it owns.
-    message: AIMessage = answer["raw"] if isinstance(answer, dict) else answer
     return reply_of(message)
 
 
@@ -54,6 +65,36 @@ def reply_of(message: AIMessage) -> LLMReply:
         tool_calls=tuple(calls),
         refused=bool(refusal),
     )
+
+
+async def _streamed(
+    runnable: Runnable[LanguageModelInput, Any], messages: list[Any], stream_key: str, *, settings: Settings
+) -> AIMessage:
+    """The reply of a streamed call (its chunks added up: text, tool calls, usage, finish reason), its text
+    written to `stream_key` on the way. Raises: what `run_request` raises, RetryableError for a stream with
+    no chunk."""
+    assert settings.redis_url  # the caller's condition
+    reply: AIMessageChunk | None = None
+    async with TokenWriter(_live_redis(settings.redis_url), stream_key, settings=settings) as tokens:
+        async for part in runnable.astream(messages):
+            # Structured output streams {"raw": chunk} parts, then its parser's {"parsed": ...}: only the raw
+            # chunks make the reply, as `answer["raw"]` does for a plain call.
+            chunk = part.get("raw") if isinstance(part, dict) else part
+            if not isinstance(chunk, AIMessageChunk):
+                continue
+            tokens.add(chunk.text)
+            reply = chunk if reply is None else reply + chunk
+    if reply is None:
+        raise RetryableError("LLM stream ended without a reply", fault=ProviderFault.UNAVAILABLE)
+    return reply
+
+
+def _live_redis(url: str) -> AsyncRedis:
+    """This event loop's Redis client for live output (an asyncio client belongs to the loop it runs on)."""
+    clients = _live_clients.setdefault(asyncio.get_running_loop(), {})
+    if url not in clients:
+        clients[url] = AsyncRedis.from_url(url)
+    return clients[url]
 
 
 def chat_model(request: LLMRequest, settings: Settings) -> ChatOpenAI:
@@ -130,11 +171,15 @@ async def close_clients() -> None:
     for model in models:
         if model.http_async_client is not None:  # always set by _new_chat_model
             await model.http_async_client.aclose()
+    for client in _live_clients.pop(asyncio.get_running_loop(), {}).values():
+        await client.aclose()
 
 
 _chat_models: dict[ClientKey, ChatOpenAI] = {}
 _bound: dict[tuple[int, Any, Any], Runnable[LanguageModelInput, Any]] = {}
 _chat_models_lock = threading.Lock()
+# Only the loop's own thread reads or adds its entry.
+_live_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, AsyncRedis]] = weakref.WeakKeyDictionary()
 
 
 def _new_chat_model(request: LLMRequest, settings: Settings) -> ChatOpenAI:
@@ -144,6 +189,7 @@ def _new_chat_model(request: LLMRequest, settings: Settings) -> ChatOpenAI:
     # max_retries=0: retries are the task's job (backoff, Retry-After, attempts in the row), not the client's.
     # timeout is explicit because langchain-openai otherwise waits forever on a silent server.
     # The aiohttp transport: see docs/decisions.md, "LLM calls on one loop".
+    # stream_usage: a streamed call (a followed task's) reports its usage too; a plain call is not affected.
     return ChatOpenAI(
         model=request.model,
         temperature=request.temperature,
@@ -154,6 +200,7 @@ def _new_chat_model(request: LLMRequest, settings: Settings) -> ChatOpenAI:
         max_retries=0,
         http_async_client=DefaultAioHttpClient(),
         model_kwargs=model_kwargs,
+        stream_usage=True,
         **options,
     )
 

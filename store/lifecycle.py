@@ -316,6 +316,14 @@ def finished_state(session: Session, task_id: uuid.UUID) -> Finished | None:
     return _finished_of(task) if task is not None else None
 
 
+def task_status(session: Session, task_id: uuid.UUID) -> TaskStatus:
+    """The task's status now. Raises: TaskNotFoundError."""
+    status = session.scalar(select(Task.status).where(Task.id == task_id))
+    if status is None:
+        raise TaskNotFoundError(f"no task {task_id}")
+    return status
+
+
 def oldest_waiting_since(session: Session) -> datetime | None:
     """When the task that has waited longest (waiting, pending or queued) entered the queue; None when none waits."""
     entered = func.min(func.coalesce(Task.queued_at, Task.created_at))
