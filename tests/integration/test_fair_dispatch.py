@@ -207,8 +207,8 @@ def test_the_sweeper_recovers_a_dispatched_task_whose_message_was_lost(
     with session_scope(session_factory) as session:
         session.execute(update(Task).where(Task.id == uuid.UUID(task_id)).values(updated_at=long_ago))
     requeue_stuck_tasks(app=fair_app, services=fair_app.services)
-    # Then its message is in the broker again
-    assert _published_ids(broker) == [task_id]
+    # Then its message is in the broker again, once (a row another test left pending may be requeued with it)
+    assert _published_ids(broker).count(task_id) == 1
 
 
 DIE_MID_ROUND = """
