@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     sweep_batch_size: int = Field(1000, ge=1)
     worker_soft_shutdown_seconds: float = Field(60.0, ge=0, description="on SIGQUIT, wait this long for running tasks")
     health_check_interval_seconds: float = Field(60.0, gt=0)
+    group_callback_queue: str = Field(
+        "celery", min_length=1, description="the queue a group's on_complete task is sent to (Celery's default)"
+    )
 
     max_title_length: int = Field(500, gt=0)
     max_description_length: int = Field(20_000, gt=0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterable, Iterator
+from functools import partial
 from typing import Any
 
 from celery import Celery, Task, shared_task
@@ -17,19 +18,21 @@ import worker
 from database import session_scope
 from errors import PermanentError, RetryableError, classify
 from execution.batching import AgentRequest, AgentTaskBatches
-from execution.maintenance import check_health, requeue_stuck_tasks
+from execution.maintenance import check_health, requeue_stuck_tasks, send_lost_group_callbacks
 from execution.outcomes import Outcome, TaskOutcome
 from execution.pipeline import execute_agent_tasks, parse_task_id
 from execution.retry import backoff_delay
 from execution.services import Services, services_of
 from live import follow
 from live.events import LiveEvent
+from messaging.group_callbacks import send_callbacks_quietly
 from messaging.publisher import publish_tasks
 from messaging.routing import HEALTH_TASK_NAME, PROCESS_TASK_NAME, SWEEP_TASK_NAME
 from models import TaskStatus
 from monitoring import monitor_task_execution
 from store import lifecycle
-from submission import submit
+from store.groups import GroupProgress
+from submission import groups, submit
 
 
 def create_agent_task(task_data: dict[str, Any], *, app: Celery | None = None) -> str:
@@ -41,13 +44,29 @@ def create_agent_task(task_data: dict[str, Any], *, app: Celery | None = None) -
     return create_agent_tasks([task_data], app=app)[0]
 
 
-def create_agent_tasks(items: Iterable[dict[str, Any]], *, app: Celery | None = None) -> list[str]:
+def create_agent_tasks(
+    items: Iterable[dict[str, Any]],
+    *,
+    app: Celery | None = None,
+    group: str | None = None,
+    on_complete: str | None = None,
+) -> list[str]:
     """Validate, store (one transaction) and queue many tasks; returns their ids in order.
 
-    Raises: TaskValidationError naming the first bad item (nothing written), BrokerUnavailableError.
+    With `group`, the tasks join that group of their user's (created if new); `on_complete` names a Celery
+    task sent once, with `(group_id, outcomes)`, when every task of the group has ended (README, "Groups").
+
+    Raises: TaskValidationError naming the first bad item, or the group's problem (nothing written),
+    BrokerUnavailableError.
     """
     app = app or worker.app
-    return submit.create_agent_tasks(items, app=app, services=services_of(app))
+    return submit.create_agent_tasks(items, app=app, services=services_of(app), group=group, on_complete=on_complete)
+
+
+def group_progress(group_id: str, *, app: Celery | None = None) -> GroupProgress:
+    """Where the group's tasks are: counts by status, tokens, cost, when it ended, its callback.
+    Raises: TaskNotFoundError for an unknown group."""
+    return groups.group_progress(group_id, services=services_of(app or worker.app))
 
 
 def follow_agent_task(
@@ -104,6 +123,7 @@ def process_agent_task(self: AgentTaskBatches, requests: list[AgentRequest]) -> 
             replies=services.replies,
             running=services.running_calls,
             live=services.live,
+            on_groups_ended=partial(send_callbacks_quietly, self.app, services.session_factory, services.settings),
         )
     except Exception as exc:
         error = classify(exc)
@@ -121,7 +141,13 @@ def process_agent_task(self: AgentTaskBatches, requests: list[AgentRequest]) -> 
 @monitor_task_execution("sweep_stale_tasks", ok=Outcome.COMPLETED, error=Outcome.ERROR)
 def sweep_stale_tasks(self: Task) -> dict[str, Any]:
     """Re-queue rows stuck without a live message (broker down at submit, lost with Redis, dead worker)."""
-    return {"status": "ok", "requeued": requeue_stuck_tasks(app=self.app, services=services_of(self.app))}
+    services = services_of(self.app)
+    requeued = requeue_stuck_tasks(app=self.app, services=services)
+    return {
+        "status": "ok",
+        "requeued": requeued,
+        "callbacks": send_lost_group_callbacks(app=self.app, services=services),
+    }
 
 
 @shared_task(bind=True, name=HEALTH_TASK_NAME)

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from database import session_scope
 from execution.services import Services
+from messaging.group_callbacks import send_overdue_callbacks
 from messaging.publisher import enqueue
 from store import lifecycle
 from store.lifecycle import utcnow
@@ -24,6 +25,12 @@ def requeue_stuck_tasks(*, app: Celery, services: Services) -> int:
         stuck = lifecycle.tasks_to_requeue(session, settings=settings, now=utcnow(), limit=settings.sweep_batch_size)
     enqueue(app, services.session_factory, stuck)
     return len(stuck)
+
+
+def send_lost_group_callbacks(*, app: Celery, services: Services) -> int:
+    """Send the callbacks of ended groups whose sender was lost before sending them; returns how many.
+    Raises: BrokerUnavailableError."""
+    return send_overdue_callbacks(app, services.session_factory, services.settings, now=utcnow())
 
 
 def oldest_waiting_since(session_factory: sessionmaker[Session]) -> datetime | None:

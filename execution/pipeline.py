@@ -42,6 +42,7 @@ from llm.runners import LLMRunner
 from models import TaskStatus
 from monitoring import count_llm_usage, time_llm_calls
 from store import lifecycle
+from store.groups import note_tasks_ended
 from store.lifecycle import Charge, Claim, Finished, Skip, utcnow
 
 RECORD_ATTEMPTS = 5
@@ -76,6 +77,10 @@ class Unusable:
 Settlement = Answer | Unusable | Decision | BaseException
 # Told of each group of outcomes as it is recorded, each with its position in the batch.
 OnSettled = Callable[[list[tuple[int, TaskOutcome]]], None] | None
+# Told, after the commit, of the groups whose last task that commit ended.
+OnGroupsEnded = Callable[[list[str]], None] | None
+# The outcomes that end a task (a superseded claim's task was ended by whoever superseded it).
+_ENDING = (Outcome.COMPLETED, Outcome.FAILED)
 
 
 @dataclass(frozen=True)
@@ -126,6 +131,7 @@ def execute_agent_tasks(
     replies: ReplyStore | None = None,
     running: RunningCalls | None = None,
     live: LivePublisher | None = None,
+    on_groups_ended: OnGroupsEnded = None,
 ) -> list[TaskOutcome]:
     """Run one attempt of each task: claim them all in one transaction, ask `admission` which may run,
     call the LLM for those (concurrently, on `llm`) with no connection held, and record the outcomes as
@@ -144,7 +150,7 @@ def execute_agent_tasks(
 
     `on_settled` is called with each group of outcomes once it is recorded (the deliveries that are not to
     run come first, right after the claim), each outcome with the position of its id in `task_ids`; it must
-    not raise.
+    not raise. `on_groups_ended` is called likewise with the ids of the groups whose last task ended.
 
     Returns one outcome per id, in order. Raises: what the database raises (the caller classifies it);
     LLM errors are classified and recorded in the rows.
@@ -174,8 +180,10 @@ def execute_agent_tasks(
 
     def record(group: list[tuple[Claim, Settlement]]) -> None:
         _count_charges(how for _, how in group)
-        outcomes = _record(group, session_factory=session_factory, settings=settings, started=started)
+        outcomes, ended = _record(group, session_factory=session_factory, settings=settings, started=started)
         settled.update(outcomes)
+        if ended and on_groups_ended:
+            on_groups_ended(ended)
         if on_settled:
             on_settled([(positions[task_id], outcome) for task_id, outcome in outcomes.items()])
         if replies:
@@ -482,16 +490,22 @@ def _record(
     session_factory: sessionmaker[Session],
     settings: Settings,
     started: float,
-) -> dict[uuid.UUID, TaskOutcome]:
-    """Record a group of outcomes in one transaction, each timed from `started` (the claim) to the commit.
-    The replies are paid for, so a database that is briefly unreachable (a restart, a failover) is waited
-    for here rather than by a new attempt."""
+) -> tuple[dict[uuid.UUID, TaskOutcome], list[str]]:
+    """Record a group of outcomes in one transaction, each timed from `started` (the claim) to the commit,
+    with the groups (of tasks) that this ends; returns the outcomes and the ids of those groups. The replies
+    are paid for, so a database that is briefly unreachable (a restart, a failover) is waited for here rather
+    than by a new attempt."""
     for attempt in itertools.count(1):
         try:
             with session_scope(session_factory) as session:
                 outcomes = {claim.task_id: _settle(session, claim, how, settings=settings) for claim, how in group}
+                # Only grouped tasks: an ungrouped one costs no query here.
+                ended = [
+                    claim.task_id for claim, _ in group if claim.group_id and outcomes[claim.task_id].status in _ENDING
+                ]
+                groups_ended = note_tasks_ended(session, ended, now=utcnow())
             seconds = time.monotonic() - started
-            return {task_id: replace(outcome, seconds=seconds) for task_id, outcome in outcomes.items()}
+            return {task_id: replace(outcome, seconds=seconds) for task_id, outcome in outcomes.items()}, groups_ended
         except Exception as exc:
             if attempt == RECORD_ATTEMPTS or not isinstance(classify(exc), RetryableError):
                 raise

@@ -41,6 +41,7 @@ _CLAIMED_COLUMNS = (
     _TASKS.c.started_at,
     _TASKS.c.kind,
     _TASKS.c.payload,
+    _TASKS.c.group_id,
 )
 _TAKE_VALUES = dict(
     status=TaskStatus.RUNNING,
@@ -137,6 +138,7 @@ class Claim:
     agent_error: str | None = None
     kind: str | None = None  # the task's own kind, overriding its agent's
     payload: Any = None  # the task's JSON input
+    group_id: str | None = None  # the group it belongs to, whose end its own end may be (store.groups)
 
 
 @dataclass(frozen=True)
@@ -456,6 +458,7 @@ def _claim_of(taken: Row[Any], agent: Row[Any]) -> Claim:
         started_at=taken.started_at,
         kind=taken.kind,
         payload=taken.payload,
+        group_id=taken.group_id,
     )
 
 

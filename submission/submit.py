@@ -22,32 +22,51 @@ from kinds import KINDS
 from kinds.base import TaskWork
 from messaging.cancellation import announce_cancelled
 from messaging.dispatcher import dispatch_waiting
+from messaging.group_callbacks import send_callbacks_quietly
 from messaging.publisher import enqueue
 from models import Agent, Task, TaskStatus
 from store import lifecycle
 from store.agents import agent_spec
+from store.groups import join_group, note_tasks_ended
 from store.lifecycle import utcnow
+from submission.groups import parse_group
 from submission.validation import TaskInput, parse_task_input
 
 logger = logging.getLogger(__name__)
 
 
-def create_agent_tasks(items: Iterable[Any], *, app: Celery, services: Services) -> list[str]:
+def create_agent_tasks(
+    items: Iterable[Any],
+    *,
+    app: Celery,
+    services: Services,
+    group: str | None = None,
+    on_complete: str | None = None,
+) -> list[str]:
     """Validate, store (one transaction) and queue many tasks; returns their ids in order. A repeated
-    idempotency key returns the first task's id without queueing again.
+    idempotency key returns the first task's id without queueing again (and without moving it to `group`).
+
+    With `group`, the new tasks join that group of their user's, created with them (with the Celery task
+    `on_complete` to send when all have ended), or an existing one that has not ended yet.
 
     With fair-share dispatch the rows start waiting and one dispatch round publishes what the broker has room
     for, in fair order; the workers' dispatchers publish the rest.
 
-    Raises: TaskValidationError naming the first bad item (nothing written), BrokerUnavailableError (rows
-    kept as pending, which the sweeper queues, or as waiting, which the dispatchers publish).
+    Raises: TaskValidationError naming the first bad item or the group's problem (another user's, ended,
+    another on_complete; nothing written), BrokerUnavailableError (rows kept as pending, which the sweeper
+    queues, or as waiting, which the dispatchers publish).
     """
     items = list(items)
     inputs = [
         _parse_item(item, index=index, count=len(items), settings=services.settings) for index, item in enumerate(items)
     ]
+    wanted = parse_group(group, on_complete, tasks=inputs)
     with session_scope(services.session_factory) as session:
-        rows = _insert_tasks(session, inputs, status=_first_status(services.settings))
+        if wanted:
+            join_group(session, wanted.group, user_id=inputs[0].user_id, callback=wanted.on_complete)
+        rows = _insert_tasks(
+            session, inputs, status=_first_status(services.settings), group_id=wanted.group if wanted else None
+        )
     _queue(app, services, [task.id for task, created in rows if created])
     return [str(task.id) for task, _ in rows]
 
@@ -62,13 +81,17 @@ def replay_failed_tasks(task_ids: list[str] | None, *, app: Celery, services: Se
     return [str(task_id) for task_id in replayed]
 
 
-def cancel_task(task_id: str, *, services: Services) -> str:
+def cancel_task(task_id: str, *, services: Services, app: Celery | None = None) -> str:
     """Cancel a queued or running task; returns the status it ends with. A worker running its LLM call is
-    told (through Redis, when there is one) and aborts the call.
+    told (through Redis, when there is one) and aborts the call. When this ends the task's group, its
+    callback is sent on `app` (without one, by the sweeper).
     Raises: TaskValidationError (not a UUID), TaskNotFoundError."""
     parsed = parse_task_id(task_id)
     with session_scope(services.session_factory) as session:
         status = lifecycle.cancel_task(session, parsed, now=utcnow())
+        ended = note_tasks_ended(session, [parsed], now=utcnow()) if status is TaskStatus.CANCELLED else []
+    if ended and app is not None:
+        send_callbacks_quietly(app, services.session_factory, services.settings, ended)
     if status is TaskStatus.CANCELLED and services.settings.redis_url:
         try:
             announce_cancelled(services.redis, parsed)
@@ -107,7 +130,9 @@ def _parse_item(item: Any, *, index: int, count: int, settings: Settings) -> Tas
         raise item_error(str(exc), index=index, count=count) from None
 
 
-def _insert_tasks(session: Session, items: list[TaskInput], *, status: TaskStatus) -> list[tuple[Task, bool]]:
+def _insert_tasks(
+    session: Session, items: list[TaskInput], *, status: TaskStatus, group_id: str | None = None
+) -> list[tuple[Task, bool]]:
     """Insert tasks with `status`, or return the earlier task that has the same user and idempotency key.
 
     One query for the agents and one for the keys, whatever the number of items. Returns (task, created)
@@ -126,7 +151,7 @@ def _insert_tasks(session: Session, items: list[TaskInput], *, status: TaskStatu
         problem = _agent_problem(agents.get(item.agent_id), item)
         if problem:
             raise item_error(f"invalid task input: {problem}", index=index, count=len(items))
-        task = Task(id=uuid.uuid4(), **item.model_dump(), status=status, attempts=0)
+        task = Task(id=uuid.uuid4(), **item.model_dump(), status=status, attempts=0, group_id=group_id)
         session.add(task)
         if item.idempotency_key is not None:
             known[key] = task

@@ -151,6 +151,11 @@ def _check_for_kind(agent: AgentInput, *, kinds: Mapping[str, TaskKind]) -> None
         kind.check_agent(AgentDefinition(agent.kind, agent.tools, agent.output_schema, agent.settings.choices))
 
 
+def parse_model(model: type[Model], data: Any) -> Model:
+    """Validate raw data as `model`. Raises: TaskValidationError naming every bad field."""
+    return _parse(model, data, context=None)
+
+
 def _parse(model: type[Model], data: Any, *, context: dict[str, Any] | None) -> Model:
     if not isinstance(data, dict):
         raise TaskValidationError(f"{model.__name__} must be a mapping, not {type(data).__name__}")
