@@ -1,5 +1,5 @@
-"""Command line: `python cli.py init-db | create-agent | submit | status | follow | list | stats | cancel | limits |
-pause | resume | worker | flower | demo` and more (`--help`)."""
+"""Command line: `python cli.py init-db | create-agent | submit | status | follow | list | group | stats | cancel |
+limits | pause | resume | worker | flower | demo` and more (`--help`)."""
 
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ from store.overrides import set_override
 from store.schema import init_db
 from store.stats import GroupBy, TaskStats, task_stats
 from submission.agents import create_agent, find_agent
+from submission.groups import group_progress
 from submission.submit import cancel_task, create_agent_tasks, replay_failed_tasks
 from terminal.tables import stats_table, task_table
 
@@ -140,7 +141,10 @@ def _cmd_submit(args: argparse.Namespace) -> None:
         data["kind"] = args.kind
     if args.payload is not None:
         data["payload"] = _payload(args.payload)
-    console.print(create_agent_tasks([data], app=_app(), services=_app().services)[0])
+    ids = create_agent_tasks(
+        [data], app=_app(), services=_app().services, group=args.group, on_complete=args.on_complete
+    )
+    console.print(ids[0])
 
 
 def _payload(raw: str) -> Any:
@@ -372,7 +376,26 @@ def _check_limit(name: str, scope: LimitScope, value: str | None) -> None:
 
 
 def _cmd_cancel(args: argparse.Namespace) -> None:
-    console.print(f"{args.task_id}: {cancel_task(args.task_id, services=_app().services)}")
+    console.print(f"{args.task_id}: {cancel_task(args.task_id, services=_app().services, app=_app())}")
+
+
+def _cmd_group(args: argparse.Namespace) -> None:
+    progress = group_progress(args.group_id, services=_app().services)
+    _field("group", progress.group_id)
+    _field("user", progress.user_id)
+    _field("tasks", f"{progress.tasks}, {progress.unfinished} not finished")
+    for status, count in progress.counts.items():
+        if count or status.is_final:
+            _field(status.value, str(count))
+    _field("tokens", f"{progress.prompt_tokens} prompt + {progress.completion_tokens} completion")
+    cost = "-" if progress.cost_usd is None else f"${progress.cost_usd:.6f}"
+    unpriced = f" ({progress.unpriced_tasks} task(s) with no price for their model)" if progress.unpriced_tasks else ""
+    _field("cost", cost + unpriced)
+    _field("created", str(progress.created_at))
+    _field("ended", str(progress.ended_at) if progress.ended_at else "not yet")
+    if progress.callback:
+        sent = f"sent at {progress.callback_sent_at}" if progress.callback_sent_at else "not sent"
+        _field("on_complete", f"{progress.callback} ({sent})")
 
 
 def worker_argv(settings: Settings, extra: list[str]) -> list[str]:
@@ -474,6 +497,10 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--idempotency-key")
     submit.add_argument("--kind", choices=[kind.value for kind in KindName], help="instead of the agent's kind")
     submit.add_argument("--payload", metavar="JSON|@FILE", help="the task's JSON input, or @FILE to read it from FILE")
+    submit.add_argument("--group", help="add the task to this group of the user's (created if new)")
+    submit.add_argument(
+        "--on-complete", metavar="CELERY_TASK", help="with a new --group: the Celery task to send once it has ended"
+    )
     add("status", _cmd_status, "show one task").add_argument("task_id")
     add("follow", _cmd_follow, "print a task's progress live until it ends; exit 0 if it completed").add_argument(
         "task_id"
@@ -485,6 +512,9 @@ def _parser() -> argparse.ArgumentParser:
     stats.add_argument("--by", choices=[group.value for group in GroupBy], help="one line per agent, user or model")
     stats.add_argument("--since", type=_duration, default=timedelta(hours=24), help="e.g. 30m, 24h, 7d (default 24h)")
     add("cancel", _cmd_cancel, "cancel a queued or running task").add_argument("task_id")
+    add("group", _cmd_group, "a group's progress: tasks by status, tokens, cost, its end and callback").add_argument(
+        "group_id"
+    )
     limits = add("limits", _cmd_limits, "list, set or unset an agent's, a user's or a model's own limits")
     actions = limits.add_subparsers(dest="action", required=True, metavar="ACTION")
     # Each action its own parser with required positionals: `limits set --user u1 NAME VALUE` then parses
