@@ -182,12 +182,12 @@ def execute_agent_tasks(
         _count_charges(how for _, how in group)
         outcomes, ended = _record(group, session_factory=session_factory, settings=settings, started=started)
         settled.update(outcomes)
-        if ended and on_groups_ended:
-            on_groups_ended(ended)
         if on_settled:
             on_settled([(positions[task_id], outcome) for task_id, outcome in outcomes.items()])
         if replies:
             replies.forget((claim.task_id, claim.attempt) for claim, _ in group if claim.task_id in calls.replied)
+        if ended and on_groups_ended:
+            on_groups_ended(ended)
 
     runs = [step for step in steps if isinstance(step, Claim)]
     try:
