@@ -12,7 +12,7 @@ from functools import partial
 
 import pytest
 import redis
-from sqlalchemy import event
+from sqlalchemy import event, update
 
 from database import session_scope
 from devtools.processes import started
@@ -20,6 +20,7 @@ from errors import PermanentError, TaskValidationError
 from execution.pipeline import execute_agent_tasks
 from llm.messages import LLMReply, LLMRequest, Usage
 from messaging.group_callbacks import CALLBACK_GRACE, callback_task_id, send_callbacks_quietly, send_overdue_callbacks
+from messaging.routing import SWEEP_TASK_NAME
 from models import Task, TaskGroup, TaskStatus
 from store import lifecycle
 from store.groups import note_tasks_ended
@@ -148,7 +149,7 @@ def test_two_transactions_ending_the_last_two_tasks_at_once_end_the_group_once(i
 
 
 def test_the_sweeper_sends_the_callback_a_lost_worker_left_unsent_once(
-    callback_worker, app, idle_app, agent, session_factory, llm_with
+    worker, callback_worker, app, idle_app, agent, session_factory, llm_with
 ):
     # Given a group whose last task's worker was lost right after the commit that ended the group
     group = new_group()
@@ -156,12 +157,14 @@ def test_the_sweeper_sends_the_callback_a_lost_worker_left_unsent_once(
     run_in_process(app, llm_with, ids, send_callbacks=False)
     row = group_row(session_factory, group)
     assert row.ended_at is not None and row.callback_sent_at is None
-    settings = app.services.settings
-    # When the sweeper runs: within the grace left to the sender, then later, twice
-    assert send_overdue_callbacks(app, session_factory, settings, now=utcnow()) == 0
-    later = utcnow() + 2 * CALLBACK_GRACE
-    assert send_overdue_callbacks(app, session_factory, settings, now=later) == 1
-    assert send_overdue_callbacks(app, session_factory, settings, now=later) == 0
+    # When the sweeper runs within the grace left to the sender: it leaves the group to it
+    assert send_overdue_callbacks(app, session_factory, app.services.settings, now=utcnow()) == 0
+    # And when the worker's sweep task runs twice, after the grace
+    with session_scope(session_factory) as session:
+        ended_earlier = utcnow() - 2 * CALLBACK_GRACE
+        session.execute(update(TaskGroup).where(TaskGroup.id == group).values(ended_at=ended_earlier))
+    for _ in range(2):
+        assert app.send_task(SWEEP_TASK_NAME).get(timeout=30)["status"] == "ok"
     # Then the callback ran once
     wait_until(lambda: callback_runs(callback_worker, group), what="group callback")
     [run] = callback_runs(callback_worker, group)
