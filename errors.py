@@ -5,6 +5,7 @@ AgentServiceError
 ├── TaskValidationError   bad input to create_agent_task; nothing was written
 ├── ToolDefinitionError   an agent's HTTP tools (or its allowed hosts) are not valid; the agent is refused
 ├── TaskNotFoundError     no task row with that id
+├── ApprovalError         a decision on a task that awaits no approval, or whose approval expired
 ├── BrokerUnavailableError the row is saved as pending but could not be queued
 ├── RetryableError        transient: try again later, after `delay` seconds if given
 └── PermanentError        retrying cannot help: fail the task now
@@ -62,6 +63,10 @@ class ToolDefinitionError(AgentServiceError, ValueError):
 
 class TaskNotFoundError(AgentServiceError, LookupError):
     """No task row has the given id."""
+
+
+class ApprovalError(AgentServiceError, ValueError):
+    """An approval or rejection of a task that awaits none, or whose approval expired; nothing was changed."""
 
 
 class BrokerUnavailableError(AgentServiceError):

@@ -20,6 +20,7 @@ class Outcome(enum.StrEnum):
     FAILED = "failed"  # the task failed for good
     RETRYING = "retrying"  # this attempt failed; another is due after `retry_in`
     DEFERRED = "deferred"  # admission said not yet; the attempt was given back, to run after `retry_in`
+    PAUSED = "paused"  # a tool call awaits a reviewer: the attempt was given back until approve or reject
     SUPERSEDED = "superseded"  # the claim was lost (cancelled, or taken over) before the outcome was recorded
     SKIPPED = "skipped"  # not run: finished already, or running elsewhere
     REJECTED = "rejected"  # not run: the message named no task (no task id, or no such task)

@@ -9,7 +9,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -32,8 +32,21 @@ from execution.liveness import current_owner, owner_is_gone
 from execution.outcomes import Outcome, TaskOutcome
 from execution.replies import Arrived, ReplyStore
 from execution.retry import backoff_delay
+from execution.steps import (
+    ApiRun,
+    AskModel,
+    AwaitTools,
+    Event,
+    OnStep,
+    Paused,
+    Replied,
+    RunEnded,
+    StepRuns,
+    ToolDone,
+)
+from execution.tool_calls import ToolCaller
 from kinds import KINDS, kind_named
-from kinds.base import KindResult, TaskKind, TaskWork
+from kinds.base import KindName, KindResult, TaskKind, TaskWork
 from live.events import EventKind, stream_key
 from live.publisher import LivePublisher, Update
 from llm.messages import LLMReply, LLMRequest, Message, Usage
@@ -72,9 +85,9 @@ class Unusable:
     text: str = ""  # the reply, for a re-ask
 
 
-# What a claim ends with: an answer, a paid reply it cannot use, a deferral by admission, or the exception
-# that stopped it.
-Settlement = Answer | Unusable | Decision | BaseException
+# What a claim ends with: an answer, a paid reply it cannot use, a deferral by admission, a pause for a
+# reviewer (multi-step runs), or the exception that stopped it.
+Settlement = Answer | Unusable | Decision | Paused | BaseException
 # Told of each group of outcomes as it is recorded, each with its position in the batch.
 OnSettled = Callable[[list[tuple[int, TaskOutcome]]], None] | None
 # Told, after the commit, of the groups whose last task that commit ended.
@@ -94,6 +107,16 @@ class _Prepared:
     truncated: bool = False  # sent again with its description cut to fit the model's context
     reasked: bool = False  # sent again with its unusable reply and why (once)
     paid_before: Charge | None = None  # what this attempt's earlier call cost (a re-ask's first reply)
+    run: ApiRun | None = None  # a multi-step run (the api kind): its turns and tool calls are steps
+
+
+@dataclass
+class _Routed:
+    """Where multi-step runs go after their events: a model turn to admit, tool calls to wait on, or the end."""
+
+    ask: list[_Prepared] = field(default_factory=list)
+    tools: list[tuple[_Prepared, tuple[Future[Any], ...]]] = field(default_factory=list)
+    ended: list[tuple[Claim, Settlement]] = field(default_factory=list)
 
 
 def execute_agent_task(
@@ -105,6 +128,7 @@ def execute_agent_task(
     admission: Admission = NO_ADMISSION_CHECKS,
     prices: PriceBook | None = None,
     replies: ReplyStore | None = None,
+    tool_caller: ToolCaller | None = None,
 ) -> TaskOutcome:
     """Run one attempt of one task; see `execute_agent_tasks`."""
     return execute_agent_tasks(
@@ -115,6 +139,7 @@ def execute_agent_task(
         admission=admission,
         prices=prices,
         replies=replies,
+        tool_caller=tool_caller,
     )[0]
 
 
@@ -132,6 +157,8 @@ def execute_agent_tasks(
     running: RunningCalls | None = None,
     live: LivePublisher | None = None,
     on_groups_ended: OnGroupsEnded = None,
+    tool_caller: ToolCaller | None = None,
+    on_step: OnStep = None,
 ) -> list[TaskOutcome]:
     """Run one attempt of each task: claim them all in one transaction, ask `admission` which may run,
     call the LLM for those (concurrently, on `llm`) with no connection held, and record the outcomes as
@@ -147,6 +174,10 @@ def execute_agent_tasks(
     that cancelling a task aborts its call. With `live`, the calls of the tasks someone follows stream their
     tokens to the task's stream, after a `started` event (the outcomes' events are the caller's, through
     `on_settled`).
+
+    A multi-step run (the api kind) resumes after its last recorded step, records each model turn and tool
+    call as it happens (`execution.steps`), makes its tool calls on `tool_caller` (by default one of its own),
+    and tells `on_step` of each step recorded.
 
     `on_settled` is called with each group of outcomes once it is recorded (the deliveries that are not to
     run come first, right after the claim), each outcome with the position of its id in `task_ids`; it must
@@ -174,8 +205,17 @@ def execute_agent_tasks(
     if not_run and on_settled:
         on_settled(not_run)
     settled: dict[uuid.UUID, TaskOutcome] = {}
+    caller = tool_caller or ToolCaller(settings)  # its loop thread starts with the first tool call, if any
+    step_runs = StepRuns(session_factory=session_factory, settings=settings, caller=caller, on_step=on_step)
     calls = _Calls(
-        settings=settings, llm=llm, admission=admission, prices=prices, replies=replies, running=running, live=live
+        settings=settings,
+        llm=llm,
+        admission=admission,
+        prices=prices,
+        replies=replies,
+        running=running,
+        live=live,
+        runs=step_runs,
     )
 
     def record(group: list[tuple[Claim, Settlement]]) -> None:
@@ -198,6 +238,9 @@ def execute_agent_tasks(
         # a row left running under a live owner would wait for the stale threshold.
         calls.abandon(runs)
         record([(claim, exc) for claim in runs if claim.task_id not in settled])
+    finally:
+        if tool_caller is None:
+            caller.close()
     not_run_at = dict(not_run)
     return [settled[step.task_id] if isinstance(step, Claim) else not_run_at[at] for at, step in enumerate(steps)]
 
@@ -225,9 +268,10 @@ class _Calls:
         replies: ReplyStore | None,
         running: RunningCalls | None,
         live: LivePublisher | None,
+        runs: StepRuns,
     ) -> None:
         self._settings, self._llm, self._admission, self._prices = settings, llm, admission, prices
-        self._replies, self._running, self._live = replies, running, live
+        self._replies, self._running, self._live, self._runs = replies, running, live, runs
         self.replied: set[uuid.UUID] = set()  # the claims settled from a reply, which is kept until recorded
 
     def settlements(
@@ -246,17 +290,31 @@ class _Calls:
                 prepared.append(step)
             else:
                 stopped.append((claim, step))
+        resumed = self._resume(prepared)
+        stopped += resumed.ended
+        prepared = [step for step in prepared if step.run is None] + resumed.ask
         stored = self._replies.lookup([step.candidate for step in prepared]) if self._replies else {}
         to_admit: list[_Prepared] = []
+        kept_turns: list[tuple[_Prepared, Event]] = []
         for step in prepared:
-            if (found := stored.get(step.claim.task_id)) is not None:
+            found = stored.get(step.claim.task_id)
+            if found is not None and step.run is not None and found.position != step.run.position:
+                found = None  # a turn recorded already
+            if found is not None:
                 self.replied.add(step.claim.task_id)
-                stopped.append((step.claim, _answered(step, found.reply, model=found.model, prices=self._prices)))
+                how = _answered(step, found.reply, model=found.model, prices=self._prices)
+                if step.run is not None and isinstance(how, Answer):
+                    kept_turns.append((step, Replied(found.reply, how.model, how.charge)))
+                else:
+                    stopped.append((step.claim, how))
             elif step.claim.attempt > self._settings.task_max_attempts:
                 # Only a run whose worker died gets here: the row was claimed but never settled.
                 stopped.append((step.claim, _gave_up(step.claim)))
             else:
                 to_admit.append(step)
+        after_kept = self._advance(kept_turns)
+        stopped += after_kept.ended
+        to_admit += after_kept.ask
         decisions = _admit(self._admission, [step.candidate for step in to_admit], settings=self._settings)
         stopped += [
             (step.claim, _turned_away(decision))
@@ -270,7 +328,7 @@ class _Calls:
             for step, decision in zip(to_admit, decisions, strict=True)
             if decision.verdict is Verdict.RUN
         ]
-        yield from self._calls(admitted)
+        yield from self._calls(admitted, tooling=resumed.tools + after_kept.tools)
 
     def abandon(self, claims: list[Claim]) -> None:
         """These claims are settled otherwise (cut short): their calls are no longer ours to abort, and their
@@ -279,28 +337,86 @@ class _Calls:
             self._running.discard(claim.task_id for claim in claims)
         self.replied.clear()
 
-    def _calls(self, admitted: list[_Prepared]) -> Iterator[list[tuple[Claim, Settlement]]]:
-        pending: dict[Future[LLMReply], _Prepared] = {}
+    def _calls(
+        self, admitted: list[_Prepared], *, tooling: list[tuple[_Prepared, tuple[Future[Any], ...]]]
+    ) -> Iterator[list[tuple[Claim, Settlement]]]:
+        """The calls' outcomes, in groups as they arrive. A multi-step run's turn that arrives is recorded and
+        followed by its tool calls (waited on here too) and its next turn (admitted again), until it ends."""
+        pending: dict[Future[Any], _Prepared] = {}
+        tool_calls: set[Future[Any]] = set()
         self._submit(_streamed(self._live, admitted) if self._live else admitted, into=pending)
+        self._await_tools(tooling, into=pending, tool_calls=tool_calls)
         while pending:
             first, _ = wait(pending, return_when=FIRST_COMPLETED)
-            ended = self._arrived([(pending.pop(future), future) for future in first])
+            done = [(pending.pop(future), future) for future in first]
             more, _ = wait(pending, timeout=self._settings.batch_flush_seconds)
-            ended += self._arrived([(pending.pop(future), future) for future in more])
+            done += [(pending.pop(future), future) for future in more]
+            ended = self._arrived([(step, future) for step, future in done if future not in tool_calls])
             self._admission.release([_call_ended(step, ending) for step, ending, _ in ended])
-            tries = [(retry, how) for step, _, how in ended if (retry := _second_try(step, how)) is not None]
-            retried = {step.claim.task_id for step, _ in tries}
-            group = [(step.claim, how) for step, _, how in ended if step.claim.task_id not in retried]
+            events: list[tuple[_Prepared, Event]] = [(s, ToolDone(f)) for s, f in done if f in tool_calls]
+            tool_calls.difference_update(future for _, future in done)
+            group: list[tuple[Claim, Settlement]] = []
+            tries: list[tuple[_Prepared, Settlement | None]] = []
+            for step, ending, how in ended:
+                if step.run is not None and isinstance(how, Answer) and isinstance(ending, LLMReply):
+                    events.append((step, Replied(ending, how.model, how.charge)))
+                elif (retry := _second_try(step, how)) is not None:
+                    tries.append((retry, how))
+                else:
+                    group.append((step.claim, how))
+            routed = self._advance(events)
+            group += routed.ended
+            self._await_tools(routed.tools, into=pending, tool_calls=tool_calls)
+            tries += [(step, None) for step in routed.ask]
             decisions = _admit(self._admission, [step.candidate for step, _ in tries], settings=self._settings)
             for (step, first_ending), decision in zip(tries, decisions, strict=True):
                 if decision.verdict is Verdict.RUN:
                     self._submit([_with_request(step, decision.request)], into=pending)
-                else:  # no second try now: the first call's outcome stands, its charge with it
+                elif first_ending is not None:  # no second try now: the first call's outcome stands, its charge
                     group.append((step.claim, first_ending))
+                else:  # a run's next turn turned away: its steps so far are recorded, it resumes after them
+                    group.append((step.claim, _turned_away(decision)))
             if group:
                 yield group
 
-    def _submit(self, steps: list[_Prepared], *, into: dict[Future[LLMReply], _Prepared]) -> None:
+    def _resume(self, prepared: list[_Prepared]) -> _Routed:
+        """The multi-step runs among `prepared`, rebuilt from their steps (one query, none without any) and
+        routed to what each does first."""
+        api = [step for step in prepared if step.kind.name == KindName.API]
+        if not api:
+            return _Routed()
+        runs = self._runs.resume([(step.claim, step.work, step.candidate.request) for step in api])
+        return self._advance([(replace(step, run=run), None) for step, run in zip(api, runs, strict=True)])
+
+    def _advance(self, events: list[tuple[_Prepared, Event]]) -> _Routed:
+        """Take in the runs' events (their steps recorded in one transaction) and route each to what follows."""
+        routed = _Routed()
+        if not events:
+            return routed
+        nexts = self._runs.advance([(step.run, event) for step, event in events if step.run is not None])
+        for (step, _), after in zip(events, nexts, strict=True):
+            if isinstance(after, AskModel):
+                routed.ask.append(replace(step, candidate=replace(step.candidate, request=after.request)))
+            elif isinstance(after, AwaitTools):
+                routed.tools.append((step, after.futures))
+            elif isinstance(after, RunEnded):
+                routed.ended.append((step.claim, _run_ended(after)))
+            elif isinstance(after, Paused):
+                routed.ended.append((step.claim, after))
+        return routed
+
+    def _await_tools(
+        self,
+        tooling: list[tuple[_Prepared, tuple[Future[Any], ...]]],
+        *,
+        into: dict[Future[Any], _Prepared],
+        tool_calls: set[Future[Any]],
+    ) -> None:
+        for step, futures in tooling:
+            into.update((future, step) for future in futures)
+            tool_calls.update(futures)
+
+    def _submit(self, steps: list[_Prepared], *, into: dict[Future[Any], _Prepared]) -> None:
         futures = self._llm.submit([step.candidate.request for step in steps])
         time_llm_calls(futures, [step.candidate.request.model for step in steps])
         into.update(zip(futures, steps, strict=True))
@@ -316,7 +432,12 @@ class _Calls:
         endings = [(step, _ending(future)) for step, future in ended]
         settled = [(step, ending, _interpret(step, ending, prices=self._prices)) for step, ending in endings]
         arrived = [
-            Arrived(step.candidate, ending, cacheable=isinstance(how, Answer))
+            Arrived(
+                step.candidate,
+                ending,
+                cacheable=isinstance(how, Answer) and step.run is None,
+                position=step.run.position if step.run else None,
+            )
             for step, ending, how in settled
             if isinstance(ending, LLMReply)
         ]
@@ -349,8 +470,18 @@ def _with_request(step: _Prepared, request: LLMRequest | None) -> _Prepared:
 
 
 def _second_try(step: _Prepared, how: Settlement) -> _Prepared | None:
-    """The step to send again, once, within this attempt: cut to fit its context, or re-asked; else None."""
+    """The step to send again, once, within this attempt: cut to fit its context, or re-asked; else None (and
+    never a multi-step run's turn, whose conversation is its steps)."""
+    if step.run is not None:
+        return None
     return _cut_to_fit(step, how) or _reask(step, how)
+
+
+def _run_ended(ended: RunEnded) -> Settlement:
+    """A run's end as the claim's settlement: its answer (each turn charged when recorded, so none here)."""
+    if ended.result is None:
+        return ended.error or PermanentError("the run ended without a result")
+    return Answer(ended.result, ended.model, ended.usage, charge=None)
 
 
 def _reask(step: _Prepared, how: Settlement) -> _Prepared | None:
@@ -514,6 +645,8 @@ def _record(
 
 
 def _settle(session: Session, claim: Claim, how: Settlement, *, settings: Settings) -> TaskOutcome:
+    if isinstance(how, Paused):  # recorded with its steps: the task awaits a reviewer, its claim given back
+        return _outcome(claim, Outcome.PAUSED, error=how.reason)
     if isinstance(how, Decision):
         if not lifecycle.record_deferral(session, claim, reason=how.reason, now=utcnow()):
             return _superseded(session, claim)

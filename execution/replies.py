@@ -39,15 +39,18 @@ class StoredReply:
 
     reply: LLMReply
     model: str
+    position: int | None = None  # the step a multi-step run's turn was asked for
 
 
 @dataclass(frozen=True)
 class Arrived:
-    """A reply that has just arrived for `candidate`; `cacheable` once its kind accepted it."""
+    """A reply that has just arrived for `candidate`; `cacheable` once its kind accepted it; `position`, the
+    step it answers, for a turn of a multi-step run (whose earlier turns the same key kept before)."""
 
     candidate: Candidate
     reply: LLMReply
     cacheable: bool
+    position: int | None = None
 
 
 class ReplyStore:
@@ -103,7 +106,7 @@ class ReplyStore:
             return
         pipeline = self._redis.pipeline(transaction=False)
         for key, seconds, item in writes:
-            pipeline.set(key, _encoded(item.reply, item.candidate.request.model), ex=seconds)
+            pipeline.set(key, _encoded(item.reply, item.candidate.request.model, item.position), ex=seconds)
         try:
             pipeline.execute()
         except RedisError as exc:
@@ -150,11 +153,13 @@ def _kept_key(task_id: uuid.UUID, attempt: int) -> str:
     return f"{KEPT_PREFIX}{task_id}:{attempt}"
 
 
-def _encoded(reply: LLMReply, model: str) -> str:
+def _encoded(reply: LLMReply, model: str, position: int | None) -> str:
     tokens = list(astuple(reply.usage)) if reply.usage else None
     stored: dict[str, Any] = {"text": reply.text, "usage": tokens, "model": model, "finish_reason": reply.finish_reason}
     if reply.tool_calls or reply.refused:
         stored.update(tool_calls=reply.tool_calls, refused=reply.refused)
+    if position is not None:
+        stored["position"] = position
     return json.dumps(stored)
 
 
@@ -169,4 +174,4 @@ def _decoded(value: bytes | str, *, cached: bool) -> StoredReply:
         refused=stored.get("refused", False),
     )
     model = stored["model"]
-    return StoredReply(reply, CACHED_MODEL_PREFIX + model if cached else model)
+    return StoredReply(reply, CACHED_MODEL_PREFIX + model if cached else model, stored.get("position"))

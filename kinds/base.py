@@ -79,12 +79,14 @@ class KindResult:
 @dataclass(frozen=True)
 class AgentDefinition:
     """The parts of an agent definition, as given when the agent is created, that a kind may need to check:
-    its HTTP tools (api), the JSON Schema of its results (data) and its options (decision)."""
+    its HTTP tools and the hosts they may call (api), the JSON Schema of its results (data) and its options
+    (decision)."""
 
     kind: str
     tools: list[dict[str, Any]] | None = None
     output_schema: dict[str, Any] | None = None
     choices: list[str] | None = None
+    allowed_hosts: list[str] | None = None  # api: the only hosts its tools may call
 
 
 class TaskKind(Protocol):

@@ -119,6 +119,22 @@ _DEFER = (
     )
 )
 
+# A step of a multi-step run adds its call's cost at once (store/steps.py), only while the claim owns the task.
+_CHARGE_STEP = update(_TASKS).where(*_OWNED).values(updated_at=_NOW, **_CHARGED)
+# A run that waits for a reviewer gives its attempt and its claim back, like a deferral, until the decision.
+_PAUSE = (
+    update(_TASKS)
+    .where(*_OWNED)
+    .values(
+        status=TaskStatus.AWAITING_APPROVAL,
+        attempts=_TASKS.c.attempts - 1,
+        waiting_reason=bindparam("p_reason"),
+        claimed_at=None,
+        claimed_by=None,
+        updated_at=_NOW,
+    )
+)
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -272,7 +288,7 @@ def _is_abandoned(task: Task, *, settings: Settings, now: datetime, owner_is_gon
         return False
     # A running row without a claim time (written before claims were timed) has no owner to wait for.
     claimed_at = task.claimed_at
-    stale = claimed_at is None or _aware(claimed_at) < now - timedelta(seconds=settings.stale_task_after_seconds)
+    stale = claimed_at is None or aware(claimed_at) < now - timedelta(seconds=settings.stale_task_after_seconds)
     return stale or owner_is_gone(task.claimed_by)
 
 
@@ -312,6 +328,21 @@ def record_deferral(session: Session, claim: Claim, *, reason: str, now: datetim
     return session.connection().execute(_DEFER, params).rowcount == 1
 
 
+def charge_step(session: Session, claim: Claim, *, charge: Charge | None, now: datetime) -> bool:
+    """Add one step's `charge` to the task's sums (nothing to add: just check the claim). Returns whether this
+    claim still owns the task; a step may be recorded only when it does."""
+    params = {"p_id": claim.task_id, "p_attempt": claim.attempt, "p_now": now}
+    params.update(charge.params() if charge else NO_CHARGE)
+    return session.connection().execute(_CHARGE_STEP, params).rowcount == 1
+
+
+def record_pause(session: Session, claim: Claim, *, reason: str, now: datetime) -> bool:
+    """running -> awaiting_approval, giving the attempt and the claim back (no worker holds the task while a
+    person decides), with `reason` shown until then. Returns whether this claim still owned the task."""
+    params = {"p_id": claim.task_id, "p_attempt": claim.attempt, "p_now": now, "p_reason": reason}
+    return session.connection().execute(_PAUSE, params).rowcount == 1
+
+
 def finished_state(session: Session, task_id: uuid.UUID) -> Finished | None:
     """The task's final state, or None while it is not finished (or does not exist)."""
     task = session.get(Task, task_id, populate_existing=True)
@@ -330,7 +361,7 @@ def oldest_waiting_since(session: Session) -> datetime | None:
     """When the task that has waited longest (waiting, pending or queued) entered the queue; None when none waits."""
     entered = func.min(func.coalesce(Task.queued_at, Task.created_at))
     oldest = session.scalar(select(entered).where(Task.status.in_(CLAIMABLE)))
-    return _aware(oldest) if oldest is not None else None
+    return aware(oldest) if oldest is not None else None
 
 
 def failed_tasks(session: Session, *, limit: int) -> list[Task]:
@@ -407,7 +438,7 @@ def cancel_task(session: Session, task_id: uuid.UUID, *, now: datetime) -> TaskS
     """
     session.execute(
         update(Task)
-        .where(Task.id == task_id, Task.status.in_((*CLAIMABLE, TaskStatus.RUNNING)))
+        .where(Task.id == task_id, Task.status.in_((*CLAIMABLE, TaskStatus.RUNNING, TaskStatus.AWAITING_APPROVAL)))
         .values(status=TaskStatus.CANCELLED, finished_at=now, updated_at=now, error="cancelled")
     )
     task = session.get(Task, task_id, populate_existing=True)
@@ -417,7 +448,7 @@ def cancel_task(session: Session, task_id: uuid.UUID, *, now: datetime) -> TaskS
 
 
 def _settle(session: Session, statement: Update, claim: Claim, *, now: datetime, **values: Any) -> bool:
-    duration_ms = int((now - _aware(claim.started_at)).total_seconds() * 1000)
+    duration_ms = int((now - aware(claim.started_at)).total_seconds() * 1000)
     params = {"p_id": claim.task_id, "p_attempt": claim.attempt, "p_now": now, "p_duration": duration_ms, **values}
     return session.connection().execute(statement, params).rowcount == 1
 
@@ -480,6 +511,7 @@ def _why_not_claimed(task: Task) -> str:
     return f"already {task.status.value}"
 
 
-def _aware(moment: datetime) -> datetime:
+def aware(moment: datetime) -> datetime:
+    """`moment` with its zone: UTC when it has none."""
     # SQLite hands timestamps back without a zone; they were written in UTC.
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

@@ -148,7 +148,11 @@ def _check_for_kind(agent: AgentInput, *, kinds: Mapping[str, TaskKind]) -> None
         raise TaskValidationError(f"tools: only an api agent calls tools, not a {agent.kind} one")
     kind = kinds.get(agent.kind)
     if kind is not None:
-        kind.check_agent(AgentDefinition(agent.kind, agent.tools, agent.output_schema, agent.settings.choices))
+        settings = agent.settings
+        definition = AgentDefinition(
+            agent.kind, agent.tools, agent.output_schema, settings.choices, allowed_hosts=settings.allowed_hosts
+        )
+        kind.check_agent(definition)
 
 
 def parse_model(model: type[Model], data: Any) -> Model:

@@ -39,6 +39,7 @@ def test_outcome_values_are_the_words_logs_and_metrics_use():
         "failed",
         "retrying",
         "deferred",
+        "paused",
         "superseded",
         "skipped",
         "rejected",

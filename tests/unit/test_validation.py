@@ -128,8 +128,11 @@ def test_a_data_agent_needs_a_usable_schema_and_the_error_names_output_schema():
 
 
 def test_only_an_api_agent_has_tools_and_it_must_have_some():
-    tools = [{"name": "lookup", "url": "https://api.example.com/{id}"}]
-    assert parse_agent_input({**AGENT, "kind": "api", "tools": tools}).tools == tools
+    schema = {"type": "object", "properties": {"id": {"type": "string"}}, "required": ["id"]}
+    lookup = {"name": "lookup", "description": "d", "parameters": schema, "method": "GET"}
+    tools = [{**lookup, "url": "https://api.example.com/{id}"}]
+    hosts = {"allowed_hosts": ["api.example.com"]}
+    assert parse_agent_input({**AGENT, "kind": "api", "tools": tools, "settings": hosts}).tools == tools
     assert rejected_agent({**AGENT, "kind": "api"}) == (
         "invalid task input: tools: an api agent needs a non-empty list of tool definitions"
     )
@@ -137,6 +140,20 @@ def test_only_an_api_agent_has_tools_and_it_must_have_some():
     assert "tools.0: Input should be a valid dictionary" in rejected_agent({**AGENT, "kind": "api", "tools": ["x"]})
     assert rejected_agent({**AGENT, "tools": tools}) == (
         "invalid task input: tools: only an api agent calls tools, not a text one"
+    )
+
+
+def test_an_api_agents_tools_are_checked_naming_the_bad_tool_field_or_host():
+    schema = {"type": "object", "properties": {"id": {"type": "string"}}, "required": ["id"]}
+    lookup = {"name": "lookup", "description": "d", "parameters": schema, "method": "GET"}
+    elsewhere = [{**lookup, "url": "https://evil.example.net/{id}"}]
+    hosts = {"allowed_hosts": ["api.example.com"]}
+    assert rejected_agent({**AGENT, "kind": "api", "tools": elsewhere, "settings": hosts}) == (
+        "invalid task input: tools[0].url: host evil.example.net is not in the agent's allowed_hosts"
+    )
+    unnamed = [{**lookup, "url": "https://api.example.com/{nope}"}]
+    assert rejected_agent({**AGENT, "kind": "api", "tools": unnamed, "settings": hosts}) == (
+        "invalid task input: tools[0].url: placeholder {nope} is not a parameter"
     )
 
 
