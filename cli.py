@@ -1,5 +1,5 @@
 """Command line: `python cli.py init-db | create-agent | submit | status | follow | list | group | stats | cancel |
-limits | pause | resume | worker | flower | demo` and more (`--help`)."""
+approve | reject | limits | pause | resume | worker | flower | demo` and more (`--help`)."""
 
 from __future__ import annotations
 
@@ -26,13 +26,14 @@ from errors import AgentServiceError, ConfigurationError, TaskValidationError
 from execution.pipeline import parse_task_id
 from kinds.base import KindName
 from live.events import EventKind, LiveEvent
-from models import LimitOverride, LimitScope, Task, TaskStatus
+from models import LimitOverride, LimitScope, StepType, Task, TaskStatus, TaskStep
 from monitoring import configure_logging, logger
-from store import lifecycle
+from store import lifecycle, steps
 from store.overrides import set_override
 from store.schema import init_db
 from store.stats import GroupBy, TaskStats, task_stats
 from submission.agents import create_agent, find_agent
+from submission.approvals import approve_task, reject_task
 from submission.groups import group_progress
 from submission.submit import cancel_task, create_agent_tasks, replay_failed_tasks
 from terminal.tables import stats_table, task_table
@@ -175,6 +176,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
         fields["kind"] = f"{task.kind} (set on the task)" if task.kind else f"{task.agent.kind} (its agent's)"
         history = [(h.attempt, h.outcome, h.at, h.error, _charged(h)) for h in task.attempt_history]
         charged = _charged(task)
+        step_lines = [_step_line(step) for step in steps.step_rows(session, task.id)]
     if fields["waiting_reason"] and not fields["status"].is_final:
         console.print(Text.assemble(("waiting: ", "bold yellow"), fields["waiting_reason"]))
     for name, value in fields.items():
@@ -182,6 +184,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
     _field("cost", charged)
     for attempt, outcome, at, error, paid in history:
         _field(f"attempt {attempt}", f"{outcome} at {at}{f' ({paid})' if paid else ''}: {error}")
+    for position, line in step_lines:
+        _field(f"step {position}", line)
     since = _paused_since()
     if since is not None:
         _field("service", f"paused since {since}: no task calls the model until `python cli.py resume`")
@@ -241,6 +245,27 @@ def _print_live(events: Iterable[LiveEvent]) -> bool:
 
 
 _DETAILS_CHARS = 300  # of an event's details, on its line
+
+
+STEP_TEXT_CHARS = 120  # of a step's arguments and result, on its status line
+
+
+def _step_line(step: TaskStep) -> tuple[int, str]:
+    """One step as `status` shows it: a model turn's model, status, cost and the tools it asked for; a tool
+    call's tool, status, arguments and the start of its result (no header is ever stored, secrets included)."""
+    if step.step_type is StepType.MODEL_TURN:
+        asked = ", ".join(call["name"] for call in step.tool_calls or ()) or "final answer"
+        return step.position, f"model turn {step.model}: {step.status.value} ({_charged(step) or 'no usage'}); {asked}"
+    line = f"tool call {step.tool_name}: {step.status.value} {_short(json.dumps(step.arguments))}"
+    if step.approval_expires_at is not None:
+        decided = f", decided {step.decided_at}" if step.decided_at else f", expires {step.approval_expires_at}"
+        line += f" (approval{decided}{f': {step.approval_note}' if step.approval_note else ''})"
+    return step.position, line + (f" -> {_short(step.content)}" if step.content else "")
+
+
+def _short(text: str) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= STEP_TEXT_CHARS else flat[: STEP_TEXT_CHARS - 1] + "…"
 
 
 def _charged(row: Any) -> str:
@@ -373,6 +398,16 @@ def _check_limit(name: str, scope: LimitScope, value: str | None) -> None:
         number = None
     if number is None or not number >= 0:
         raise TaskValidationError(f"limits set {name} needs a number of at least 0, got {value!r}")
+
+
+def _cmd_approve(args: argparse.Namespace) -> None:
+    tools = approve_task(args.task_id, app=_app(), services=_app().services, note=args.note)
+    console.print(f"approved: {', '.join(tools)}; task {args.task_id} queued to go on")
+
+
+def _cmd_reject(args: argparse.Namespace) -> None:
+    tools = reject_task(args.task_id, app=_app(), services=_app().services, note=args.note)
+    console.print(f"rejected: {', '.join(tools)}; task {args.task_id} queued to go on without them")
 
 
 def _cmd_cancel(args: argparse.Namespace) -> None:
@@ -515,6 +550,13 @@ def _parser() -> argparse.ArgumentParser:
     add("group", _cmd_group, "a group's progress: tasks by status, tokens, cost, its end and callback").add_argument(
         "group_id"
     )
+    for name, handler, what in (
+        ("approve", _cmd_approve, "approve the tool calls a task awaits approval for; it goes on"),
+        ("reject", _cmd_reject, "reject them: never made, the model is told; the task goes on"),
+    ):
+        decision = add(name, handler, what)
+        decision.add_argument("task_id")
+        decision.add_argument("--note", help="why, kept with the decision (a rejection's note reaches the model)")
     limits = add("limits", _cmd_limits, "list, set or unset an agent's, a user's or a model's own limits")
     actions = limits.add_subparsers(dest="action", required=True, metavar="ACTION")
     # Each action its own parser with required positionals: `limits set --user u1 NAME VALUE` then parses

@@ -18,7 +18,12 @@ import worker
 from database import session_scope
 from errors import PermanentError, RetryableError, classify
 from execution.batching import AgentRequest, AgentTaskBatches
-from execution.maintenance import check_health, requeue_stuck_tasks, send_lost_group_callbacks
+from execution.maintenance import (
+    check_health,
+    fail_expired_approvals,
+    requeue_stuck_tasks,
+    send_lost_group_callbacks,
+)
 from execution.outcomes import Outcome, TaskOutcome
 from execution.pipeline import execute_agent_tasks, parse_task_id
 from execution.retry import backoff_delay
@@ -32,7 +37,7 @@ from models import TaskStatus
 from monitoring import monitor_task_execution
 from store import lifecycle
 from store.groups import GroupProgress
-from submission import groups, submit
+from submission import approvals, groups, submit
 
 
 def create_agent_task(task_data: dict[str, Any], *, app: Celery | None = None) -> str:
@@ -95,6 +100,20 @@ def _task_status(services: Services, task_id: uuid.UUID) -> TaskStatus:
         return lifecycle.task_status(session, task_id)
 
 
+def approve_task(task_id: str, note: str | None = None, *, app: Celery | None = None) -> list[str]:
+    """Approve the tool calls a task awaits approval for, and queue it on `app` (default: `worker.app`);
+    returns the tools approved. Raises: TaskValidationError, TaskNotFoundError, ApprovalError."""
+    app = app or worker.app
+    return approvals.approve_task(task_id, app=app, services=services_of(app), note=note)
+
+
+def reject_task(task_id: str, note: str | None = None, *, app: Celery | None = None) -> list[str]:
+    """Reject them: never made, their result for the model is "rejected by a reviewer: <note>"; the task is
+    queued and goes on. Raises: as `approve_task`."""
+    app = app or worker.app
+    return approvals.reject_task(task_id, app=app, services=services_of(app), note=note)
+
+
 @shared_task(bind=True, base=AgentTaskBatches, name=PROCESS_TASK_NAME, acks_late=True)
 def process_agent_task(self: AgentTaskBatches, requests: list[AgentRequest]) -> list:
     """Process a batch of tasks using their AI agents; each message carries one task id, and each message's
@@ -124,6 +143,7 @@ def process_agent_task(self: AgentTaskBatches, requests: list[AgentRequest]) -> 
             running=services.running_calls,
             live=services.live,
             on_groups_ended=partial(send_callbacks_quietly, self.app, services.session_factory, services.settings),
+            tool_caller=services.tool_caller,
         )
     except Exception as exc:
         error = classify(exc)
@@ -140,12 +160,15 @@ def process_agent_task(self: AgentTaskBatches, requests: list[AgentRequest]) -> 
 @shared_task(bind=True, name=SWEEP_TASK_NAME)
 @monitor_task_execution("sweep_stale_tasks", ok=Outcome.COMPLETED, error=Outcome.ERROR)
 def sweep_stale_tasks(self: Task) -> dict[str, Any]:
-    """Re-queue rows stuck without a live message (broker down at submit, lost with Redis, dead worker)."""
+    """Re-queue rows stuck without a live message (broker down at submit, lost with Redis, dead worker), fail
+    the tasks whose pending approval expired, and send the callbacks of groups whose sender was lost."""
     services = services_of(self.app)
+    expired = fail_expired_approvals(app=self.app, services=services)
     requeued = requeue_stuck_tasks(app=self.app, services=services)
     return {
         "status": "ok",
         "requeued": requeued,
+        "expired": expired,
         "callbacks": send_lost_group_callbacks(app=self.app, services=services),
     }
 

@@ -1,5 +1,5 @@
-"""The periodic jobs beat runs on the `system` queue (the health check and the stale-task sweeper), and the
-backlog a metrics scrape reads."""
+"""The periodic jobs beat runs on the `system` queue (the health check, and the sweeper of stale tasks and
+expired approvals), and the backlog a metrics scrape reads."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from database import session_scope
 from execution.services import Services
-from messaging.group_callbacks import send_overdue_callbacks
+from messaging.group_callbacks import send_callbacks_quietly, send_overdue_callbacks
 from messaging.publisher import enqueue
-from store import lifecycle
+from store import lifecycle, steps
+from store.groups import note_tasks_ended
 from store.lifecycle import utcnow
 
 
@@ -31,6 +32,17 @@ def send_lost_group_callbacks(*, app: Celery, services: Services) -> int:
     """Send the callbacks of ended groups whose sender was lost before sending them; returns how many.
     Raises: BrokerUnavailableError."""
     return send_overdue_callbacks(app, services.session_factory, services.settings, now=utcnow())
+
+
+def fail_expired_approvals(*, app: Celery, services: Services) -> int:
+    """Fail every task whose tool call waited for a reviewer past APPROVAL_TIMEOUT_SECONDS (ending their
+    groups, whose callbacks are sent); returns how many."""
+    with session_scope(services.session_factory) as session:
+        failed = steps.fail_expired_approvals(session, now=utcnow(), limit=services.settings.sweep_batch_size)
+        ended = note_tasks_ended(session, failed, now=utcnow())
+    if ended:
+        send_callbacks_quietly(app, services.session_factory, services.settings, ended)
+    return len(failed)
 
 
 def oldest_waiting_since(session_factory: sessionmaker[Session]) -> datetime | None:

@@ -1,6 +1,6 @@
 """The services a task needs, in one typed object: settings, database sessions, Redis, the LLM runner, the
-admission checks, the replies kept in Redis, the live output publisher and the calls under way. The Celery
-app carries one (`worker.AgentServiceCelery.services`)."""
+tool caller, the admission checks, the replies kept in Redis, the live output publisher and the calls under
+way. The Celery app carries one (`worker.AgentServiceCelery.services`)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from database import make_engine, make_session_factory
 from errors import ConfigurationError
 from execution.aborts import RunningCalls
 from execution.replies import ReplyStore
+from execution.tool_calls import ToolCaller
 from live.publisher import LivePublisher
 from llm.prices import PriceBook
 from llm.runners import LLMRunner, make_runner
@@ -59,6 +60,11 @@ class Services:
     def llm_runner(self) -> LLMRunner:
         """Where this process's LLM requests run, all batches together."""
         return make_runner(self.settings)
+
+    @cached_property
+    def tool_caller(self) -> ToolCaller:
+        """Where this process's agents' tool calls run (the api kind), all batches together."""
+        return ToolCaller(self.settings)
 
     @cached_property
     def replies(self) -> ReplyStore | None:

@@ -65,9 +65,9 @@ def create_agent_tasks(
         if wanted:
             join_group(session, wanted.group, user_id=inputs[0].user_id, callback=wanted.on_complete)
         rows = _insert_tasks(
-            session, inputs, status=_first_status(services.settings), group_id=wanted.group if wanted else None
+            session, inputs, status=first_status(services.settings), group_id=wanted.group if wanted else None
         )
-    _queue(app, services, [task.id for task, created in rows if created])
+    queue(app, services, [task.id for task, created in rows if created])
     return [str(task.id) for task, _ in rows]
 
 
@@ -76,8 +76,8 @@ def replay_failed_tasks(task_ids: list[str] | None, *, app: Celery, services: Se
     Raises: TaskValidationError for an id that is not a UUID."""
     wanted = None if task_ids is None else [parse_task_id(task_id) for task_id in task_ids]
     with session_scope(services.session_factory) as session:
-        replayed = lifecycle.reset_for_replay(session, wanted, now=utcnow(), status=_first_status(services.settings))
-    _queue(app, services, replayed)
+        replayed = lifecycle.reset_for_replay(session, wanted, now=utcnow(), status=first_status(services.settings))
+    queue(app, services, replayed)
     return [str(task_id) for task_id in replayed]
 
 
@@ -100,12 +100,12 @@ def cancel_task(task_id: str, *, services: Services, app: Celery | None = None) 
     return status.value
 
 
-def _first_status(settings: Settings) -> TaskStatus:
+def first_status(settings: Settings) -> TaskStatus:
     """Waiting for the dispatcher with fair-share dispatch; otherwise pending until published here."""
     return TaskStatus.WAITING if settings.fair_dispatch else TaskStatus.PENDING
 
 
-def _queue(app: Celery, services: Services, task_ids: list[uuid.UUID]) -> None:
+def queue(app: Celery, services: Services, task_ids: list[uuid.UUID]) -> None:
     """Publish the tasks just stored: directly, or (fair-share dispatch) by one dispatch round, which publishes
     them at once when the broker has room and leaves them waiting behind other users' backlogs otherwise.
     Raises: BrokerUnavailableError."""
