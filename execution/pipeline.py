@@ -292,7 +292,7 @@ class _Calls:
                 stopped.append((claim, step))
         resumed = self._resume(prepared)
         stopped += resumed.ended
-        prepared = [step for step in prepared if step.run is None] + resumed.ask
+        prepared = [step for step in prepared if step.kind.name != KindName.API] + resumed.ask
         stored = self._replies.lookup([step.candidate for step in prepared]) if self._replies else {}
         to_admit: list[_Prepared] = []
         kept_turns: list[tuple[_Prepared, Event]] = []
