@@ -17,7 +17,7 @@ import pytest
 from pydantic import SecretStr
 
 from admission.base import Candidate
-from errors import ApprovalError
+from errors import ApprovalError, RetryableError
 from execution.pipeline import execute_agent_task
 from execution.replies import Arrived, ReplyStore
 from execution.tool_calls import ToolCaller
@@ -384,6 +384,29 @@ def test_a_turn_kept_in_redis_but_not_recorded_is_recorded_without_a_call(
         (2, StepType.MODEL_TURN, None),
     ]
     assert len(script.requests) == 1 and reload(db_session, api_task).prompt_tokens == 22
+
+
+def test_a_transient_llm_error_mid_run_retries_and_the_retry_resumes_after_the_recorded_steps(
+    run, db_session, api_task, tool_calls
+):
+    # Given a model whose second turn fails once with a rate limit
+    script = Script([("weather", {"city": "Oslo"})], "Sunny.")
+    failures = iter([RetryableError("LLM rate limited (429)")])
+
+    async def flaky(request, *, settings):
+        second_turn = sum(message.role == "assistant" for message in request.messages) == 1
+        if second_turn and (error := next(failures, None)) is not None:
+            raise error
+        return await script(request, settings=settings)
+
+    # When the task runs twice (the retry after the backoff)
+    assert run(api_task, flaky).status == "retrying"
+    assert reload(db_session, api_task).status == TaskStatus.QUEUED
+    assert run(api_task, flaky).status == "completed"
+    # Then the first turn and its tool call were made once; the retry went on from them
+    assert [sum(m.role == "assistant" for m in r.messages) for r in script.requests] == [0, 1]
+    assert len(tool_calls.to("/weather")) == 1
+    assert [s.attempt for s in recorded(db_session, api_task)] == [1, 1, 2]
 
 
 def test_a_tool_that_needs_approval_pauses_the_task_holding_no_claim(run, db_session, api_task, tool_calls):
