@@ -110,7 +110,7 @@ class _Call:
 
 
 @dataclass
-class _Plan:
+class Plan:
     """What one event leads to: the steps to write (with a model turn's charge), the calls to start once they
     are committed, and what comes next; `pause` to give the claim back for a reviewer."""
 
@@ -151,7 +151,7 @@ class ApiRun:
         for step in steps:
             self._replay(step)
 
-    def step(self, event: Event, *, now: datetime) -> _Plan:
+    def step(self, event: Event, *, now: datetime) -> Plan:
         """Take in `event` and decide what comes next (changing this run's state as if the plan's writes were
         committed: the caller drops the run if they are not)."""
         writes: list[StepWrite] = []
@@ -248,14 +248,14 @@ class ApiRun:
             step_type=StepType.TOOL_CALL, tool_call_id=call.call.id, tool_name=call.call.name, arguments=arguments
         )
 
-    def _plan(self, writes: list[StepWrite], charge: Charge | None, *, now: datetime) -> _Plan:
+    def _plan(self, writes: list[StepWrite], charge: Charge | None, *, now: datetime) -> Plan:
         if self._in_flight:
-            return _Plan(writes, charge)  # the turn's other calls are still under way
+            return Plan(writes, charge)  # the turn's other calls are still under way
         open_calls = [call for call in self._calls if call.result is None]
         if not open_calls:
-            return _Plan(writes, charge, next=self._ask(now))
+            return Plan(writes, charge, next=self._ask(now))
         if (over := self._over_budget(now)) is not None:
-            return _Plan(writes, charge, next=over)
+            return Plan(writes, charge, next=over)
         start: list[_Call] = []
         approvals: list[_Call] = []
         for call in open_calls:
@@ -263,7 +263,7 @@ class ApiRun:
                 call.result = UNKNOWN_OUTCOME
                 writes.append(self._result_write(call, StepStatus.FAILED))
             elif call.status is StepStatus.EXPIRED:
-                return _Plan(writes, charge, next=RunEnded(error=PermanentError("its tool call's approval expired")))
+                return Plan(writes, charge, next=RunEnded(error=PermanentError("its tool call's approval expired")))
             elif call.status is StepStatus.AWAITING_APPROVAL:
                 approvals.append(call)
             elif (problem := self._problem(call)) is not None:
@@ -277,19 +277,19 @@ class ApiRun:
                     key = self.idempotency_key(call.call)
                     writes.append(self._result_write(call, StepStatus.STARTED, idempotency_key=key))
         if start:  # the calls that need no approval run first
-            return _Plan(writes, charge, start=start)
+            return Plan(writes, charge, start=start)
         if approvals:
             return self._pause(writes, charge, approvals, now=now)
-        return _Plan(writes, charge, next=self._ask(now))
+        return Plan(writes, charge, next=self._ask(now))
 
-    def _pause(self, writes: list[StepWrite], charge: Charge | None, calls: list[_Call], *, now: datetime) -> _Plan:
+    def _pause(self, writes: list[StepWrite], charge: Charge | None, calls: list[_Call], *, now: datetime) -> Plan:
         expires = now + timedelta(seconds=self._settings.approval_timeout_seconds)
         for call in calls:
             if call.status is not StepStatus.AWAITING_APPROVAL:
                 writes.append(self._result_write(call, StepStatus.AWAITING_APPROVAL, approval_expires_at=expires))
         names = ", ".join(dict.fromkeys(call.call.name for call in calls))
         reason = f"awaiting approval of tool {names} (python cli.py approve|reject {self.claim.task_id})"
-        return _Plan(writes, charge, next=Paused(reason), pause=reason)
+        return Plan(writes, charge, next=Paused(reason), pause=reason)
 
     def _problem(self, call: _Call) -> str | None:
         """Why this call cannot be made as the model wrote it (its result then says so), else None."""
@@ -359,7 +359,9 @@ class StepRuns:
         owned = [True] * len(plans)
         if any(plan.writes or plan.charge or plan.pause for plan in plans):  # a fresh run asks before it writes
             with session_scope(self._session_factory) as session:
-                owned = [self._write(session, run.claim, plan, now=now) for (run, _), plan in zip(events, plans)]
+                owned = [
+                    self._write(session, run.claim, plan, now=now) for (run, _), plan in zip(events, plans, strict=True)
+                ]
         nexts: list[Next] = []
         for (run, _), plan, kept in zip(events, plans, owned, strict=True):
             if not kept:
@@ -370,14 +372,14 @@ class StepRuns:
             nexts.append(AwaitTools(run.start(self._caller, plan.start)) if plan.start else plan.next)
         return nexts
 
-    def _write(self, session: Session, claim: Claim, plan: _Plan, *, now: datetime) -> bool:
+    def _write(self, session: Session, claim: Claim, plan: Plan, *, now: datetime) -> bool:
         if not (plan.writes or plan.charge or plan.pause):
             return True
         if not write_steps(session, claim, plan.writes, charge=plan.charge, now=now):
             return False
         return plan.pause is None or lifecycle.record_pause(session, claim, reason=plan.pause, now=now)
 
-    def _count(self, plan: _Plan) -> None:
+    def _count(self, plan: Plan) -> None:
         if plan.charge is not None:
             usage = plan.charge.usage
             tokens = {
