@@ -606,13 +606,7 @@ def _answered(step: _Prepared, reply: LLMReply, *, model: str, prices: PriceBook
 def _count_charges(settlements: Iterable[Settlement]) -> None:
     for how in settlements:
         if isinstance(how, Answer | Unusable) and how.charge is not None:
-            usage = how.charge.usage
-            tokens = {
-                "prompt": usage.prompt_tokens,
-                "completion": usage.completion_tokens,
-                "cached": usage.cached_tokens,
-            }
-            count_llm_usage(how.charge.model, tokens=tokens, cost_usd=how.charge.cost_usd)
+            count_llm_usage(how.charge.model, tokens=how.charge.token_counts(), cost_usd=how.charge.cost_usd)
 
 
 def _record(

@@ -381,13 +381,7 @@ class StepRuns:
 
     def _count(self, plan: Plan) -> None:
         if plan.charge is not None:
-            usage = plan.charge.usage
-            tokens = {
-                "prompt": usage.prompt_tokens,
-                "completion": usage.completion_tokens,
-                "cached": usage.cached_tokens,
-            }
-            count_llm_usage(plan.charge.model, tokens=tokens, cost_usd=plan.charge.cost_usd)
+            count_llm_usage(plan.charge.model, tokens=plan.charge.token_counts(), cost_usd=plan.charge.cost_usd)
 
     def _announce(self, run: ApiRun, writes: list[StepWrite]) -> None:
         if self._on_step is None:

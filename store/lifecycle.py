@@ -176,6 +176,11 @@ class Charge:
             return Charge(self.model, usage, None)
         return Charge(self.model, usage, earlier.cost_usd + self.cost_usd)
 
+    def token_counts(self) -> dict[str, int]:
+        """The tokens by kind, as the usage metrics label them."""
+        usage = self.usage
+        return {"prompt": usage.prompt_tokens, "completion": usage.completion_tokens, "cached": usage.cached_tokens}
+
     def params(self) -> dict[str, Any]:
         usage = self.usage
         return {

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any, cast
 
@@ -52,7 +52,7 @@ class StepWrite:
     exists: bool = False
 
 
-_RECORDED_COLUMNS = [getattr(TaskStep, name) for name in RecordedStep.__dataclass_fields__] + [TaskStep.task_id]
+_RECORDED_COLUMNS = [getattr(TaskStep, column.name) for column in fields(RecordedStep)] + [TaskStep.task_id]
 
 
 def load_steps(session: Session, task_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, list[RecordedStep]]:
