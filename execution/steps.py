@@ -166,7 +166,7 @@ class ApiRun:
     def start(self, caller: ToolCaller, calls: list[_Call]) -> tuple[Future[ToolOutcome], ...]:
         """Send these calls (their `started` steps, if any, are committed)."""
         for call in calls:
-            tool, arguments = self._tools[call.call.name], json.loads(call.call.arguments)
+            tool, arguments = self._tools[call.call.name], _arguments(call.call)
             key = None if tool.idempotent else self.idempotency_key(call.call)
             future = caller.submit(tool, arguments, allowed_hosts=self._hosts, idempotency_key=key)
             self._in_flight[future] = call
@@ -202,8 +202,7 @@ class ApiRun:
 
     def _turn(self, event: Replied) -> StepWrite:
         reply, at = event.reply, self.position
-        calls = tuple(ToolCall(c.id or f"call_{at}_{i}", c.name, c.arguments) for i, c in enumerate(reply.tool_calls))
-        usage = event.charge.usage if event.charge else None
+        calls = _with_unique_ids(reply.tool_calls, position=at)
         values: dict[str, Any] = dict(
             step_type=StepType.MODEL_TURN,
             status=StepStatus.SUCCEEDED,
@@ -212,7 +211,8 @@ class ApiRun:
             model=event.model,
             duration_ms=round((time.monotonic() - self._asked_at) * 1000),
         )
-        if usage is not None and event.charge is not None:
+        if event.charge is not None:
+            usage = event.charge.usage
             values.update(
                 prompt_tokens=usage.prompt_tokens,
                 completion_tokens=usage.completion_tokens,
@@ -241,7 +241,7 @@ class ApiRun:
 
     def _call_values(self, call: _Call) -> dict[str, Any]:
         try:
-            arguments = json.loads(call.call.arguments)
+            arguments = _arguments(call.call)
         except ValueError:
             arguments = call.call.arguments  # kept as the model wrote it
         return dict(
@@ -297,7 +297,7 @@ class ApiRun:
         if tool is None:
             return f"unknown tool {call.call.name!r}; the tools are: {', '.join(self._tools)}"
         try:
-            arguments = json.loads(call.call.arguments or "{}")
+            arguments = _arguments(call.call)
         except ValueError as exc:
             return f"the arguments are not valid JSON: {exc}"
         problem = validate_arguments(tool, arguments)
@@ -325,6 +325,23 @@ class ApiRun:
         if (now - self._started).total_seconds() - self._waited <= budget:
             return None
         return RunEnded(error=PermanentError(f"time budget of {budget:g} s spent after {self.turns} model turns"))
+
+
+def _arguments(call: ToolCall) -> Any:
+    """The arguments the model wrote, parsed (none written: no arguments). Raises: ValueError (not JSON)."""
+    return json.loads(call.arguments or "{}")
+
+
+def _with_unique_ids(calls: Sequence[ToolCall], *, position: int) -> tuple[ToolCall, ...]:
+    """The turn's calls, each with an id of its own (the provider's, unless it gave none or gave one twice):
+    tool results answer calls by id, and a call's idempotency key is made from it."""
+    seen: set[str] = set()
+    unique = []
+    for index, call in enumerate(calls):
+        call_id = call.id if call.id and call.id not in seen else f"call_{position}_{index}"
+        seen.add(call_id)
+        unique.append(call._replace(id=call_id))
+    return tuple(unique)
 
 
 class StepRuns:

@@ -137,3 +137,14 @@ def test_the_time_budget_runs_from_the_first_step_less_the_time_spent_waiting_fo
     steps = [turn(0, pay, at=start), result(1, "rejected by a reviewer", StepStatus.REJECTED, start, **decided)]
     plan = run_of(*steps).step(None, now=NOW)
     assert isinstance(plan.next, RunEnded if over else AskModel)
+
+
+def test_calls_without_an_id_or_with_one_given_twice_get_ids_of_their_own():
+    # Given a provider that gave one id twice and another call none
+    calls = (WEATHER, WEATHER._replace(arguments='{"city": "Rome"}'), ToolCall("", "weather", ""))
+    reply = LLMReply("", Usage(1, 1, 2), "tool_calls", tool_calls=calls)
+    plan = run_of().step(Replied(reply, "gpt-4o-mini", None), now=NOW)
+    # Then each call has an id of its own, which the model's tool messages and the idempotency keys use
+    assert [call["id"] for call in plan.writes[0].values["tool_calls"]] == ["c1", "call_0_1", "call_0_2"]
+    assert [call.call.id for call in plan.start] == ["c1", "call_0_1"]  # no arguments: the city is missing
+    assert "invalid arguments" in (plan.writes[1].values["content"] or "")
