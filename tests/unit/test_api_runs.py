@@ -81,7 +81,7 @@ def test_the_first_request_offers_the_agents_tools_and_carries_the_payload():
     request = ApiKind().build_request(WORK)
     assert [tool.name for tool in request.tools] == ["weather", "pay"]
     assert json.loads(request.tools[0].parameters_json) == SCHEMA
-    assert request.messages[1].content.endswith('Input (JSON): {"days": 2}')
+    assert request.messages[1].content.endswith('Input (JSON):\n{\n  "days": 2\n}')
 
 
 def test_a_run_is_rebuilt_from_its_steps_and_asks_its_next_turn():
