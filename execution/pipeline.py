@@ -37,7 +37,6 @@ from execution.steps import (
     AskModel,
     AwaitTools,
     Event,
-    OnStep,
     Paused,
     Replied,
     RunEnded,
@@ -158,7 +157,6 @@ def execute_agent_tasks(
     live: LivePublisher | None = None,
     on_groups_ended: OnGroupsEnded = None,
     tool_caller: ToolCaller | None = None,
-    on_step: OnStep = None,
 ) -> list[TaskOutcome]:
     """Run one attempt of each task: claim them all in one transaction, ask `admission` which may run,
     call the LLM for those (concurrently, on `llm`) with no connection held, and record the outcomes as
@@ -177,7 +175,7 @@ def execute_agent_tasks(
 
     A multi-step run (the api kind) resumes after its last recorded step, records each model turn and tool
     call as it happens (`execution.steps`), makes its tool calls on `tool_caller` (by default one of its own),
-    and tells `on_step` of each step recorded.
+    and (with `live`) publishes each step for the task's followers.
 
     `on_settled` is called with each group of outcomes once it is recorded (the deliveries that are not to
     run come first, right after the claim), each outcome with the position of its id in `task_ids`; it must
@@ -206,7 +204,7 @@ def execute_agent_tasks(
         on_settled(not_run)
     settled: dict[uuid.UUID, TaskOutcome] = {}
     caller = tool_caller or ToolCaller(settings)  # its loop thread starts with the first tool call, if any
-    step_runs = StepRuns(session_factory=session_factory, settings=settings, caller=caller, on_step=on_step)
+    step_runs = StepRuns(session_factory=session_factory, settings=settings, caller=caller, live=live)
     calls = _Calls(
         settings=settings,
         llm=llm,
@@ -395,8 +393,9 @@ class _Calls:
             return routed
         nexts = self._runs.advance([(step.run, event) for step, event in events if step.run is not None])
         for (step, _), after in zip(events, nexts, strict=True):
-            if isinstance(after, AskModel):
-                routed.ask.append(replace(step, candidate=replace(step.candidate, request=after.request)))
+            if isinstance(after, AskModel):  # a followed task's turns go on streaming to its followers
+                request = replace(after.request, stream_key=step.candidate.request.stream_key)
+                routed.ask.append(replace(step, candidate=replace(step.candidate, request=request)))
             elif isinstance(after, AwaitTools):
                 routed.tools.append((step, after.futures))
             elif isinstance(after, RunEnded):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -27,6 +27,8 @@ from errors import PermanentError
 from execution.tool_calls import ToolCaller
 from kinds.api import agent_tools, allowed_hosts
 from kinds.base import KindResult, TaskWork
+from live.events import EventKind
+from live.publisher import LivePublisher, Update
 from llm.messages import LLMReply, LLMRequest, Message, ToolCall, Usage
 from models import StepStatus, StepType
 from monitoring import count_llm_usage
@@ -42,8 +44,7 @@ UNKNOWN_OUTCOME = (
 )
 LOST_CLAIM = "the run lost its claim on the task (cancelled, or taken over) before its step was recorded"
 _ANSWERED = (StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.REJECTED)
-# Told of each step as it is recorded (a small JSON-ready dict); must not raise.
-OnStep = Callable[[dict[str, Any]], None] | None
+LIVE_TEXT_CHARS = 500  # of a step's text or a tool's result, in a live event
 
 
 @dataclass(frozen=True)
@@ -353,9 +354,9 @@ class StepRuns:
         session_factory: sessionmaker[Session],
         settings: Settings,
         caller: ToolCaller | None,
-        on_step: OnStep = None,
+        live: LivePublisher | None = None,
     ) -> None:
-        self._session_factory, self._settings, self._on_step = session_factory, settings, on_step
+        self._session_factory, self._settings, self._live = session_factory, settings, live
         self._caller = caller or ToolCaller(settings)
 
     def resume(self, runs: Sequence[tuple[Claim, TaskWork, LLMRequest]]) -> list[ApiRun]:
@@ -380,13 +381,16 @@ class StepRuns:
                     self._write(session, run.claim, plan, now=now) for (run, _), plan in zip(events, plans, strict=True)
                 ]
         nexts: list[Next] = []
+        updates: list[Update] = []
         for (run, _), plan, kept in zip(events, plans, owned, strict=True):
             if not kept:
                 nexts.append(RunEnded(error=PermanentError(LOST_CLAIM)))
                 continue
             self._count(plan)
-            self._announce(run, plan.writes)
+            updates += _live_updates(run, plan)
             nexts.append(AwaitTools(run.start(self._caller, plan.start)) if plan.start else plan.next)
+        if self._live is not None and updates:
+            self._live.publish_many(updates)  # for the followed tasks only, in one round trip
         return nexts
 
     def _write(self, session: Session, claim: Claim, plan: Plan, *, now: datetime) -> bool:
@@ -400,21 +404,29 @@ class StepRuns:
         if plan.charge is not None:
             count_llm_usage(plan.charge.model, tokens=plan.charge.token_counts(), cost_usd=plan.charge.cost_usd)
 
-    def _announce(self, run: ApiRun, writes: list[StepWrite]) -> None:
-        if self._on_step is None:
-            return
-        for write in writes:
-            values = write.values
-            self._on_step(
-                {
-                    "task_id": str(run.claim.task_id),
-                    "position": write.position,
-                    "type": str(getattr(values.get("step_type"), "value", "")),
-                    "status": str(getattr(values.get("status"), "value", "")),
-                    "model": values.get("model"),
-                    "tool": values.get("tool_name"),
-                    "content": (values.get("content") or "")[:200],
-                    "prompt_tokens": values.get("prompt_tokens"),
-                    "completion_tokens": values.get("completion_tokens"),
-                }
-            )
+
+def _live_updates(run: ApiRun, plan: Plan) -> list[Update]:
+    """What followers of the run see of this plan: each model turn (`step`), each call as it is sent
+    (`tool_call`), each result (`tool_result`) and each call left for a reviewer (`awaiting_approval`)."""
+    task_id, updates = run.claim.task_id, []
+    for write in plan.writes:
+        values, status = write.values, write.values.get("status")
+        text = (values.get("content") or "")[:LIVE_TEXT_CHARS]
+        if values.get("step_type") is StepType.MODEL_TURN:
+            calls = [call["name"] for call in values.get("tool_calls") or ()]
+            tokens = {
+                "prompt_tokens": values.get("prompt_tokens"),
+                "completion_tokens": values.get("completion_tokens"),
+            }
+            data = {"position": write.position, "model": values.get("model"), "text": text, "tools": calls, **tokens}
+            updates.append(Update(task_id, EventKind.STEP, data))
+        elif status is StepStatus.AWAITING_APPROVAL:
+            data = {"position": write.position, "name": values.get("tool_name"), "arguments": values.get("arguments")}
+            updates.append(Update(task_id, EventKind.AWAITING_APPROVAL, data))
+        elif status in _ANSWERED:
+            data = {"position": write.position, "name": values.get("tool_name"), "status": status.value, "result": text}
+            updates.append(Update(task_id, EventKind.TOOL_RESULT, data))
+    for call in plan.start:
+        data = {"position": call.position, "name": call.call.name, "arguments": call.call.arguments}
+        updates.append(Update(task_id, EventKind.TOOL_CALL, data))
+    return updates

@@ -18,11 +18,13 @@ from pydantic import SecretStr
 
 from admission.base import Candidate
 from errors import ApprovalError, RetryableError
-from execution.pipeline import execute_agent_task
+from execution.pipeline import execute_agent_tasks
 from execution.replies import Arrived, ReplyStore
 from execution.tool_calls import ToolCaller
 from kinds.api import ApiKind, check_tools
 from kinds.base import TaskWork
+from live.events import EventKind, decode, follower_key, stream_key
+from live.publisher import LivePublisher
 from llm.messages import LLMReply, ToolCall, Usage
 from models import Agent, StepStatus, StepType, Task, TaskStatus, TaskStep
 from store import steps
@@ -212,14 +214,15 @@ class Script:
 @pytest.fixture
 def run(rollback_factory, api_settings, llm_with, caller):
     def run_task(task: Task, script: Script, **options):
-        return execute_agent_task(
-            str(task.id),
+        [outcome] = execute_agent_tasks(
+            [str(task.id)],
             session_factory=rollback_factory,
             settings=api_settings,
             llm=llm_with(script),
             tool_caller=caller,
             **options,
         )
+        return outcome
 
     return run_task
 
@@ -407,6 +410,30 @@ def test_a_transient_llm_error_mid_run_retries_and_the_retry_resumes_after_the_r
     assert [sum(m.role == "assistant" for m in r.messages) for r in script.requests] == [0, 1]
     assert len(tool_calls.to("/weather")) == 1
     assert [s.attempt for s in recorded(db_session, api_task)] == [1, 1, 2]
+
+
+def test_a_followed_run_publishes_each_turn_call_result_and_pause_for_its_followers(
+    run, db_session, api_task, idle_redis, api_settings
+):
+    # Given someone following the task
+    idle_redis.set(follower_key(api_task.id), 1, ex=60)
+    live = LivePublisher(idle_redis, settings=api_settings)
+    # When it checks the weather, then wants to pay (which needs a reviewer)
+    run(api_task, Script([("weather", {"city": "Oslo"})], [("pay", {"item": "tickets"})]), live=live)
+    # Then its stream shows each step in order, ending with the pause
+    events = [decode(entry_id, fields) for entry_id, fields in idle_redis.xrange(stream_key(api_task.id))]
+    kinds = [event.kind for event in events]
+    assert kinds == [
+        EventKind.STARTED,
+        EventKind.STEP,
+        EventKind.TOOL_CALL,
+        EventKind.TOOL_RESULT,
+        EventKind.STEP,
+        EventKind.AWAITING_APPROVAL,
+    ]
+    assert events[1].data["tools"] == ["weather"] and events[1].data["prompt_tokens"] == 11
+    assert events[3].data["name"] == "weather" and events[3].data["result"].startswith("HTTP 200")
+    assert events[5].data == {"position": 3, "name": "pay", "arguments": {"item": "tickets"}}
 
 
 def test_a_tool_that_needs_approval_pauses_the_task_holding_no_claim(run, db_session, api_task, tool_calls):
