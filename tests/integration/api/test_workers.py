@@ -127,7 +127,7 @@ def test_an_expired_approval_is_failed_by_the_sweeper_with_the_reason(api_app, s
             .values(approval_expires_at=utcnow() - timedelta(seconds=1))
         )
     # When the sweeper runs, Then the task fails with the reason, and the call is never made
-    assert fail_expired_approvals(services=api_app.services) >= 1
+    assert fail_expired_approvals(app=api_app, services=api_app.services) >= 1
     task = task_row(session_factory, task_id)
     assert task.status == TaskStatus.FAILED and task.error.startswith("approval for tool pay expired after")
     assert step_rows(session_factory, task_id)[1].status == StepStatus.EXPIRED
