@@ -86,6 +86,9 @@ class BenchEnvironment:
         truncate_tasks(self.app)
         redis.Redis.from_url(BENCH_REDIS).flushdb()
         self.llm.prepare(latency_ms=latency_ms)
+        self.forget_tool_calls()
+
+    def forget_tool_calls(self) -> None:
         httpx.post(f"{self.tool_url}/control/reset", timeout=10).raise_for_status()
 
 

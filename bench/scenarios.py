@@ -210,6 +210,7 @@ def _warm_up(load: AgentTaskLoad | NoopLoad, worker, env: BenchEnvironment, plan
     if _wait_for_completion(load, worker, expected=count, budget=60, stall=30) != "ok":
         raise RunBrokenError(f"the {count} warm-up tasks did not finish within 60 s")
     load.forget()
+    env.forget_tool_calls()
     env.llm.prepare(latency_ms=plan.latency_ms, rate_limits=plan.rate_limit and plan.rate_limit.server_limits())
     return count
 
