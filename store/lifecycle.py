@@ -103,37 +103,31 @@ _REQUEUE = (
     .where(*_OWNED)
     .values(status=TaskStatus.QUEUED, error=bindparam("p_error"), queued_at=_NOW, updated_at=_NOW, **_CHARGED)
 )
-# A deferred attempt gives its attempt back, and its start time if it was the first.
+# A run that stops before its end without failing (deferred by admission, or paused for a reviewer) gives
+# its attempt and its claim back, saying why it waits.
+_GIVE_BACK = dict(
+    attempts=_TASKS.c.attempts - 1,
+    waiting_reason=bindparam("p_reason"),
+    claimed_at=None,
+    claimed_by=None,
+    updated_at=_NOW,
+)
+# A deferred attempt gives its start time back too, if it was the first.
 _DEFER = (
     update(_TASKS)
     .where(*_OWNED)
     .values(
         status=TaskStatus.QUEUED,
-        attempts=_TASKS.c.attempts - 1,
-        waiting_reason=bindparam("p_reason"),
         started_at=case((_TASKS.c.attempts == 1, None), else_=_TASKS.c.started_at),
-        claimed_at=None,
-        claimed_by=None,
         queued_at=_NOW,
-        updated_at=_NOW,
+        **_GIVE_BACK,
     )
 )
 
 # A step of a multi-step run adds its call's cost at once (store/steps.py), only while the claim owns the task.
 _CHARGE_STEP = update(_TASKS).where(*_OWNED).values(updated_at=_NOW, **_CHARGED)
-# A run that waits for a reviewer gives its attempt and its claim back, like a deferral, until the decision.
-_PAUSE = (
-    update(_TASKS)
-    .where(*_OWNED)
-    .values(
-        status=TaskStatus.AWAITING_APPROVAL,
-        attempts=_TASKS.c.attempts - 1,
-        waiting_reason=bindparam("p_reason"),
-        claimed_at=None,
-        claimed_by=None,
-        updated_at=_NOW,
-    )
-)
+# A run that waits for a reviewer gives its attempt and its claim back until the decision.
+_PAUSE = update(_TASKS).where(*_OWNED).values(status=TaskStatus.AWAITING_APPROVAL, **_GIVE_BACK)
 
 
 def utcnow() -> datetime:
