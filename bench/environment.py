@@ -15,6 +15,7 @@ from sqlalchemy import text
 from config import Settings
 from database import create_empty_database, session_scope
 from devtools.processes import llm_server, tool_server
+from devtools.tool_server import weather_tool
 from models import Agent
 from store.schema import init_db
 from worker import AgentServiceCelery, create_celery_app
@@ -129,13 +130,6 @@ def truncate_tasks(app: AgentServiceCelery) -> None:
 def _create_agents(app: AgentServiceCelery, *, tool_url: str) -> dict[str, str]:
     """One agent per kind the bench runs, by kind: the text agent, a decision agent, a tool-using agent."""
     common = {"model": BENCH_MODEL, "temperature": 0.2, "max_tokens": 200}
-    weather = {
-        "name": "weather",
-        "description": "The weather in a city today.",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-        "method": "GET",
-        "url": f"{tool_url}/weather",
-    }
     echo = {
         "name": "echo",
         "description": "Notes something down.",
@@ -156,7 +150,7 @@ def _create_agents(app: AgentServiceCelery, *, tool_url: str) -> dict[str, str]:
             name="bench-tools-agent",
             prompt=f"You plan trips with your tools. [[script:{TOOLS_SCRIPT}]]",
             kind="api",
-            tools=[weather, echo],
+            tools=[weather_tool(tool_url), echo],
             settings={"allowed_hosts": ["127.0.0.1"]},
             **common,
         ),

@@ -21,6 +21,7 @@ import worker
 from config import LOCAL_DATA_DIR
 from database import session_scope
 from devtools.processes import celery_worker, llm_server, tool_server
+from devtools.tool_server import weather_tool
 from execution.pipeline import parse_task_id
 from models import FINAL_STATUSES, Agent, Task, TaskStatus
 from store.schema import init_db
@@ -44,13 +45,6 @@ ORDER_SCHEMA = {
 
 def kind_agents(tool_url: str) -> list[dict]:
     """The demo's agent of each kind beyond text, as `create-agent` takes them."""
-    weather = {
-        "name": "weather",
-        "description": "Today's weather in a city.",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-        "method": "GET",
-        "url": f"{tool_url}/weather",
-    }
     common = {"model": "gpt-4o-mini", "temperature": 0, "max_tokens": 300}
     return [
         {"name": "demo-triage", "kind": "decision", "prompt": "You triage support requests.", **common},
@@ -58,7 +52,7 @@ def kind_agents(tool_url: str) -> list[dict]:
             "name": "demo-trip-planner",
             "kind": "api",
             "prompt": "You plan trips; check the weather with your tool first.",
-            "tools": [weather],
+            "tools": [weather_tool(tool_url)],
             "settings": {"allowed_hosts": ["127.0.0.1"]},
             **common,
         },

@@ -93,6 +93,17 @@ def query_int(request: web.Request, name: str) -> int | None:
 # ---------------------------------------------------------------- the API tools call
 
 
+def weather_tool(base_url: str) -> dict[str, Any]:
+    """The definition of an agent's tool for `GET /weather` on this server at `base_url` (demo and bench)."""
+    return {
+        "name": "weather",
+        "description": "Today's weather in a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        "method": "GET",
+        "url": f"{base_url}/weather",
+    }
+
+
 async def weather(request: web.Request) -> web.Response:
     city = request.query.get("city")
     if not city:
