@@ -9,6 +9,8 @@ COPY requirements.txt .
 RUN pip install -r requirements.txt
 
 COPY . .
+# The package itself, for the `agent-service` console script; its dependencies came from requirements.txt above.
+RUN pip install --no-deps .
 RUN useradd --create-home --uid 10001 agent && chown -R agent /app
 USER agent
 

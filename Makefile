@@ -56,7 +56,7 @@ flower: install
 	$(BIN)/python cli.py flower
 
 llm-server: install
-	$(BIN)/python -m devtools.llm_server --port 8099
+	$(BIN)/python -m agent_service.devtools.llm_server --port 8099
 
 clean:
 	rm -rf .local .pytest_cache

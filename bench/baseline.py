@@ -19,8 +19,8 @@ from langchain_openai import ChatOpenAI
 from sqlalchemy import create_engine
 from sqlalchemy.orm import sessionmaker
 
-from config import get_settings
-from models import Task, TaskStatus
+from agent_service.config import get_settings
+from agent_service.models import Task, TaskStatus
 
 settings = get_settings()
 celery_app = Celery("agentic_worker", broker=settings.broker_url, backend=settings.result_backend)

@@ -12,13 +12,13 @@ import httpx
 import redis
 from sqlalchemy import text
 
-from config import Settings
-from database import create_empty_database, session_scope
-from devtools.processes import llm_server, tool_server
-from devtools.tool_server import weather_tool
-from models import Agent
-from store.schema import init_db
-from worker import AgentServiceCelery, create_celery_app
+from agent_service.config import Settings
+from agent_service.database import create_empty_database, session_scope
+from agent_service.devtools.processes import llm_server, tool_server
+from agent_service.devtools.tool_server import weather_tool
+from agent_service.models import Agent
+from agent_service.store.schema import init_db
+from agent_service.worker import AgentServiceCelery, create_celery_app
 
 PG_ROOT = "postgresql+psycopg2://postgres@127.0.0.1:5432"
 BENCH_DATABASE = "agent_service_bench"

@@ -15,8 +15,8 @@ from functools import cache
 import redis
 from celery import Celery
 
-from config import Settings, get_settings
-from worker import celery_config
+from agent_service.config import Settings, get_settings
+from agent_service.worker import celery_config
 
 NOOP_TASK_NAME = "bench.floor.noop"
 DONE_KEY = "bench:floor:done"

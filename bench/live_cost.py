@@ -25,17 +25,17 @@ import redis
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
+from agent_service.config import Settings
+from agent_service.database import create_empty_database, make_engine, make_session_factory, session_scope
+from agent_service.devtools.processes import llm_server
+from agent_service.execution.outcomes import TaskOutcome
+from agent_service.execution.pipeline import execute_agent_tasks
+from agent_service.live.events import follower_key, stream_key
+from agent_service.live.publisher import LivePublisher
+from agent_service.llm.runners import ChildProcessRunner
+from agent_service.models import Agent, Task, TaskStatus
+from agent_service.store.schema import init_db
 from bench.environment import PG_ROOT
-from config import Settings
-from database import create_empty_database, make_engine, make_session_factory, session_scope
-from devtools.processes import llm_server
-from execution.outcomes import TaskOutcome
-from execution.pipeline import execute_agent_tasks
-from live.events import follower_key, stream_key
-from live.publisher import LivePublisher
-from llm.runners import ChildProcessRunner
-from models import Agent, Task, TaskStatus
-from store.schema import init_db
 
 BATCH = 64
 SETUPS = ("off", "nobody follows", "all followed")
@@ -131,7 +131,7 @@ def _per_task(runs: list[tuple[float, float]], tasks: int) -> tuple[float, float
 
 def _cpu_seconds() -> tuple[float, float]:
     """CPU seconds so far of this process and of its LLM process (not the bundled server, also a child)."""
-    llm = sum(sum(child.cpu_times()[:2]) for child in psutil.Process().children() if "llm.process" in child.cmdline())
+    llm = sum(sum(child.cpu_times()[:2]) for child in psutil.Process().children() if "agent_service.llm.process" in child.cmdline())
     return time.process_time(), llm
 
 

@@ -11,10 +11,10 @@ import redis
 from celery import Celery
 from sqlalchemy import delete, func, select, true
 
+from agent_service.database import session_scope
+from agent_service.models import FINAL_STATUSES, Task, TaskStatus
+from agent_service.tasks import create_agent_tasks
 from bench.floor import DONE_KEY, NOOP_TASK_NAME
-from database import session_scope
-from models import FINAL_STATUSES, Task, TaskStatus
-from tasks import create_agent_tasks
 
 
 @dataclass(frozen=True)

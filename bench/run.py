@@ -20,6 +20,7 @@ from typing import Any
 
 from rich.console import Console
 
+from agent_service.config import ModelRateLimit, Settings
 from bench.environment import BENCH_MODEL, BenchEnvironment, bench_environment
 from bench.plot import plot_results
 from bench.report import evaluate_targets, print_report, ratios, write_json
@@ -32,7 +33,6 @@ from bench.scenarios import (
     execute,
     measure_bulk_submit,
 )
-from config import ModelRateLimit, Settings
 
 # Every shared control on, at limits this load never reaches: what the controls cost when they let all through.
 EVERY_CONTROL_GENEROUS: tuple[tuple[str, Any], ...] = (

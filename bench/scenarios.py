@@ -14,14 +14,14 @@ from typing import Any
 
 import redis
 
+from agent_service.config import Settings
+from agent_service.devtools.processes import started, worker_env
+from agent_service.messaging.routing import AGENT_QUEUE
+from agent_service.worker import AgentServiceCelery, create_celery_app
 from bench.environment import BENCH_MODEL, BENCH_REDIS, IDLE_REDIS, BenchEnvironment, truncate_tasks
 from bench.floor import create_floor_app
 from bench.loads import AgentTaskLoad, Completions, NoopLoad
 from bench.sampling import ForeignLoad, QueuePeak, WorkerSampler
-from config import Settings
-from devtools.processes import started, worker_env
-from messaging.routing import AGENT_QUEUE
-from worker import AgentServiceCelery, create_celery_app
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SUBMIT_CHUNK = 500

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from devtools import processes
+from agent_service.devtools import processes
 from tests.support import LLMControl, ToolServerControl
 
 

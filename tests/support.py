@@ -10,10 +10,10 @@ import uuid
 
 import httpx
 
-from config import Settings
-from database import session_scope
-from devtools.processes import ROOT
-from models import FINAL_STATUSES, Agent, Task
+from agent_service.config import Settings
+from agent_service.database import session_scope
+from agent_service.devtools.processes import ROOT
+from agent_service.models import FINAL_STATUSES, Agent, Task
 
 
 class LLMControl:

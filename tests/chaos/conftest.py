@@ -11,7 +11,7 @@ import pytest
 from rich.console import Console
 from rich.table import Table
 
-from store.schema import init_db
+from agent_service.store.schema import init_db
 from tests.chaos.harness import RESULTS_JSON, SCALE, Scenario, chaos_settings, load_results
 from tests.chaos.services import PostgresCluster, RedisServer
 

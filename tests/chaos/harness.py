@@ -20,13 +20,13 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from config import Settings
-from database import session_scope
-from devtools.processes import ROOT, start_worker, stop_process
-from models import Agent, Task, TaskAttempt, TaskStatus
-from tasks import create_agent_tasks
+from agent_service.config import Settings
+from agent_service.database import session_scope
+from agent_service.devtools.processes import ROOT, start_worker, stop_process
+from agent_service.models import Agent, Task, TaskAttempt, TaskStatus
+from agent_service.tasks import create_agent_tasks
+from agent_service.worker import create_celery_app
 from tests.support import LLMControl, add_agent, make_settings, wait_for_final, wait_until
-from worker import create_celery_app
 
 SCALE = os.environ.get("CHAOS_SCALE", "short")
 FULL = SCALE == "full"

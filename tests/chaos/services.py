@@ -20,7 +20,7 @@ from typing import Any
 import redis
 from sqlalchemy import create_engine, text
 
-from devtools.processes import stop_process
+from agent_service.devtools.processes import stop_process
 
 PG_USER = "postgres"
 

@@ -9,10 +9,10 @@ import uuid
 import pytest
 from sqlalchemy import func, select
 
-from database import session_scope
-from errors import TaskValidationError
-from models import Task
-from tasks import create_agent_task
+from agent_service.database import session_scope
+from agent_service.errors import TaskValidationError
+from agent_service.models import Task
+from agent_service.tasks import create_agent_task
 from tests.support import run_cli
 
 BAD_FIELDS = {

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from errors import BrokerUnavailableError
-from models import TaskStatus
+from agent_service.errors import BrokerUnavailableError
+from agent_service.models import TaskStatus
 from tests.chaos.harness import sized
 
 TASKS = sized(30, 150)

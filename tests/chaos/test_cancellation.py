@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import time
 
-from models import TaskStatus
-from submission.submit import cancel_task
+from agent_service.models import TaskStatus
+from agent_service.submission.submit import cancel_task
 from tests.support import run_cli, wait_until
 
 SLOW_MS = 4000  # longer than a CLI process takes to start and cancel

@@ -8,11 +8,11 @@ import itertools
 import pytest
 from pydantic import ValidationError
 
-from config import Settings
-from llm.client import chat_model
-from llm.messages import LLMRequest, ModelOptions
+from agent_service.config import Settings
+from agent_service.llm.client import chat_model
+from agent_service.llm.messages import LLMRequest, ModelOptions
+from agent_service.worker import create_celery_app
 from tests.chaos.harness import LIMITS
-from worker import create_celery_app
 
 ORDER = (
     "llm_timeout_seconds",

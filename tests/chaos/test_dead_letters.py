@@ -4,7 +4,7 @@ kept, and complete once the fault is gone."""
 
 from __future__ import annotations
 
-from models import TaskStatus
+from agent_service.models import TaskStatus
 from tests.chaos.harness import sized
 from tests.support import run_cli
 

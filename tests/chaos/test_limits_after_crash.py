@@ -9,11 +9,11 @@ import time
 
 import redis
 
-from admission.concurrency import KEY_PREFIX as LEASES
-from admission.concurrency import ConcurrencyCaps
-from admission.rate_limits import KEY_PREFIX as RATES
-from models import TaskStatus
-from store.overrides import OverrideCache
+from agent_service.admission.concurrency import KEY_PREFIX as LEASES
+from agent_service.admission.concurrency import ConcurrencyCaps
+from agent_service.admission.rate_limits import KEY_PREFIX as RATES
+from agent_service.models import TaskStatus
+from agent_service.store.overrides import OverrideCache
 from tests.chaos.harness import sized
 
 TASKS = sized(40, 200)

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from models import TaskStatus
+from agent_service.models import TaskStatus
 from tests.chaos.harness import LIMITS, sized
 
 MAX_ATTEMPTS = 4

@@ -8,8 +8,8 @@ import pickle
 import uuid
 from pathlib import Path
 
-from messaging.routing import AGENT_QUEUE, HEALTH_TASK_NAME, PROCESS_TASK_NAME
-from models import TaskStatus
+from agent_service.messaging.routing import AGENT_QUEUE, HEALTH_TASK_NAME, PROCESS_TASK_NAME
+from agent_service.models import TaskStatus
 from tests.support import wait_until
 
 HUGE = 5 * 1024 * 1024

@@ -12,8 +12,8 @@ import pytest
 import redis
 from sqlalchemy import select
 
-from database import session_scope
-from models import Task, TaskAttempt, TaskStatus
+from agent_service.database import session_scope
+from agent_service.models import Task, TaskAttempt, TaskStatus
 from tests.chaos.harness import Scenario, chaos_settings
 from tests.chaos.services import RedisServer
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import redis
 
-from execution.replies import KEPT_PREFIX
-from models import TaskStatus
+from agent_service.execution.replies import KEPT_PREFIX
+from agent_service.models import TaskStatus
 from tests.chaos.harness import sized
 from tests.support import wait_until
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import signal
 
-from models import TaskStatus
+from agent_service.models import TaskStatus
 from tests.chaos.harness import sized
 from tests.support import wait_until
 

@@ -13,14 +13,14 @@ import pytest
 import redis
 from sqlalchemy.orm import Session, sessionmaker
 
-from config import Settings
-from database import create_empty_database, make_engine
-from devtools.processes import celery_worker
-from llm.runners import BackgroundEventLoop, LLMRunner, RunRequest, make_runner
-from models import Agent
-from store.schema import init_db
+from agent_service.config import Settings
+from agent_service.database import create_empty_database, make_engine
+from agent_service.devtools.processes import celery_worker
+from agent_service.llm.runners import BackgroundEventLoop, LLMRunner, RunRequest, make_runner
+from agent_service.models import Agent
+from agent_service.store.schema import init_db
+from agent_service.worker import create_celery_app
 from tests.support import add_agent, make_settings
-from worker import create_celery_app
 
 # Overridable so that two test runs on one machine do not share a database or a broker.
 PG_ROOT = os.environ.get("TEST_PG_ROOT", "postgresql+psycopg2://postgres@127.0.0.1:5432")

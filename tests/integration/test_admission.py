@@ -15,16 +15,16 @@ import redis
 from celery_batches import SimpleRequest
 from sqlalchemy.orm import selectinload
 
-from admission.base import Admission, CallEnded, Candidate, Decision
-from database import session_scope
-from execution.batching import AgentRequest
-from execution.pipeline import execute_agent_task
-from llm.messages import LLMReply, Usage
-from messaging.routing import AGENT_QUEUE, PROCESS_TASK_NAME
-from models import Agent, Task, TaskStatus
+from agent_service.admission.base import Admission, CallEnded, Candidate, Decision
+from agent_service.database import session_scope
+from agent_service.execution.batching import AgentRequest
+from agent_service.execution.pipeline import execute_agent_task
+from agent_service.llm.messages import LLMReply, Usage
+from agent_service.messaging.routing import AGENT_QUEUE, PROCESS_TASK_NAME
+from agent_service.models import Agent, Task, TaskStatus
+from agent_service.worker import create_celery_app
 from tests.integration.conftest import IDLE_REDIS
 from tests.support import run_cli
-from worker import create_celery_app
 
 REASON = "user u1 is over its rate limit"
 

@@ -12,13 +12,13 @@ import pytest
 import redis
 from prometheus_client import REGISTRY
 
-from admission.base import CallEnded, Candidate, Decision, Verdict
-from admission.breaker import KEY_PREFIX, BreakerPolicy, CircuitBreaker, build_breaker
-from errors import PermanentError, ProviderFault, RetryableError
-from llm.messages import LLMReply, LLMRequest, Message, ModelOptions, Usage
-from models import LimitScope
-from store.agents import AgentSpec
-from store.overrides import OverrideCache, set_override
+from agent_service.admission.base import CallEnded, Candidate, Decision, Verdict
+from agent_service.admission.breaker import KEY_PREFIX, BreakerPolicy, CircuitBreaker, build_breaker
+from agent_service.errors import PermanentError, ProviderFault, RetryableError
+from agent_service.llm.messages import LLMReply, LLMRequest, Message, ModelOptions, Usage
+from agent_service.models import LimitScope
+from agent_service.store.agents import AgentSpec
+from agent_service.store.overrides import OverrideCache, set_override
 from tests.integration.conftest import IDLE_REDIS
 
 POLICY = BreakerPolicy(window_seconds=60, min_calls=4, failure_ratio=0.5, cooldown_seconds=10)

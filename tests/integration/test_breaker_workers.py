@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import redis
 
-from admission.breaker import KEY_PREFIX
-from database import session_scope
-from devtools.processes import celery_worker
-from models import Agent, Task, TaskStatus
-from tasks import create_agent_tasks
+from agent_service.admission.breaker import KEY_PREFIX
+from agent_service.database import session_scope
+from agent_service.devtools.processes import celery_worker
+from agent_service.models import Agent, Task, TaskStatus
+from agent_service.tasks import create_agent_tasks
 from tests.integration.conftest import IDLE_REDIS, LOG_DIR
 from tests.support import run_cli, wait_for_final, wait_until
 

@@ -11,8 +11,8 @@ import pytest
 import redis
 from celery.result import AsyncResult
 
-from messaging.routing import PROCESS_TASK_NAME
-from submission.submit import cancel_task
+from agent_service.messaging.routing import PROCESS_TASK_NAME
+from agent_service.submission.submit import cancel_task
 from tests.integration.conftest import WORKER_REDIS
 from tests.integration.test_worker import submit, unique
 from tests.support import wait_until

@@ -9,10 +9,10 @@ from functools import partial
 import pytest
 from sqlalchemy import select
 
-from database import session_scope
-from execution.pipeline import execute_agent_task
-from llm.runners import make_runner
-from models import Agent, LimitOverride, LimitScope, Task, TaskStatus
+from agent_service.database import session_scope
+from agent_service.execution.pipeline import execute_agent_task
+from agent_service.llm.runners import make_runner
+from agent_service.models import Agent, LimitOverride, LimitScope, Task, TaskStatus
 from tests.integration.conftest import IDLE_REDIS
 from tests.support import run_cli
 

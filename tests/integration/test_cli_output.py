@@ -8,8 +8,8 @@ from functools import partial
 
 import pytest
 
-from database import session_scope
-from models import Task, TaskStatus
+from agent_service.database import session_scope
+from agent_service.models import Task, TaskStatus
 from tests.integration.conftest import IDLE_REDIS
 from tests.support import run_cli
 

@@ -11,16 +11,16 @@ import uuid
 import pytest
 from sqlalchemy import select
 
-from config import ModelPriceOverride
-from database import session_scope
-from errors import RetryableError
-from execution.outcomes import Outcome
-from execution.pipeline import execute_agent_task, execute_agent_tasks
-from kinds.base import KindResult, TaskWork
-from kinds.text import TextKind
-from llm.messages import LLMReply
-from llm.prices import PriceBook
-from models import Agent, Task, TaskAttempt, TaskStatus
+from agent_service.config import ModelPriceOverride
+from agent_service.database import session_scope
+from agent_service.errors import RetryableError
+from agent_service.execution.outcomes import Outcome
+from agent_service.execution.pipeline import execute_agent_task, execute_agent_tasks
+from agent_service.kinds.base import KindResult, TaskWork
+from agent_service.kinds.text import TextKind
+from agent_service.llm.messages import LLMReply
+from agent_service.llm.prices import PriceBook
+from agent_service.models import Agent, Task, TaskAttempt, TaskStatus
 from tests.support import LLMControl, run_cli
 
 # gpt-4o-mini in genai-prices: $0.15 input, $0.075 cached input, $0.60 output per million tokens.

@@ -9,11 +9,11 @@ import uuid
 import pytest
 from sqlalchemy import func, select
 
-from database import session_scope
-from errors import BrokerUnavailableError, TaskValidationError
-from models import Agent, Task, TaskStatus
-from tasks import create_agent_task, create_agent_tasks
-from worker import create_celery_app
+from agent_service.database import session_scope
+from agent_service.errors import BrokerUnavailableError, TaskValidationError
+from agent_service.models import Agent, Task, TaskStatus
+from agent_service.tasks import create_agent_task, create_agent_tasks
+from agent_service.worker import create_celery_app
 
 
 def task_count(session_factory) -> int:

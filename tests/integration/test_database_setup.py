@@ -12,7 +12,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, text
 
-from models import Base
+from agent_service.models import Base
 from tests.integration.conftest import PG_ROOT
 from tests.support import run_cli, run_in_repo
 

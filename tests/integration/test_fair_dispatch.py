@@ -15,18 +15,18 @@ import pytest
 import redis
 from sqlalchemy import delete, select, update
 
-from config import Settings
-from database import session_scope
-from errors import TaskValidationError
-from execution.maintenance import requeue_stuck_tasks
-from messaging.dispatcher import dispatch_waiting
-from messaging.routing import AGENT_QUEUE
-from models import Task, TaskStatus
-from store import dispatch
-from store.lifecycle import utcnow
-from tasks import create_agent_tasks
+from agent_service.config import Settings
+from agent_service.database import session_scope
+from agent_service.errors import TaskValidationError
+from agent_service.execution.maintenance import requeue_stuck_tasks
+from agent_service.messaging.dispatcher import dispatch_waiting
+from agent_service.messaging.routing import AGENT_QUEUE
+from agent_service.models import Task, TaskStatus
+from agent_service.store import dispatch
+from agent_service.store.lifecycle import utcnow
+from agent_service.tasks import create_agent_tasks
+from agent_service.worker import create_celery_app
 from tests.integration.conftest import IDLE_REDIS, ROOT
-from worker import create_celery_app
 
 TARGET = 20
 
@@ -213,11 +213,11 @@ def test_the_sweeper_recovers_a_dispatched_task_whose_message_was_lost(
 
 DIE_MID_ROUND = """
 import os, signal, sys
-from database import session_scope
-from messaging.publisher import publish_tasks
-from store import dispatch
+from agent_service.database import session_scope
+from agent_service.messaging.publisher import publish_tasks
+from agent_service.store import dispatch
 from tests.support import make_settings
-from worker import create_celery_app
+from agent_service.worker import create_celery_app
 
 app = create_celery_app(make_settings(database_url=sys.argv[1], redis_url=sys.argv[2], dispatch_mode="fair"))
 with session_scope(app.services.session_factory) as session:

@@ -9,14 +9,14 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import func, select
 
-from config import Settings
-from database import session_scope
-from devtools.processes import celery_worker
-from models import FINAL_STATUSES, Task
-from tasks import create_agent_tasks
+from agent_service.config import Settings
+from agent_service.database import session_scope
+from agent_service.devtools.processes import celery_worker
+from agent_service.models import FINAL_STATUSES, Task
+from agent_service.tasks import create_agent_tasks
+from agent_service.worker import create_celery_app
 from tests.integration.conftest import LOG_DIR
 from tests.support import wait_for_final
-from worker import create_celery_app
 
 BACKLOG = 200
 SLOW_MS = 300  # each backlog call; 20 at once, so the backlog takes about 3 s to drain

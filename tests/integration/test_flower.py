@@ -8,7 +8,7 @@ import sys
 import httpx
 import psutil
 
-from devtools.processes import started
+from agent_service.devtools.processes import started
 from tests.integration.conftest import IDLE_REDIS, LOG_DIR
 from tests.support import free_port, run_cli
 

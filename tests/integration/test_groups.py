@@ -14,19 +14,24 @@ import pytest
 import redis
 from sqlalchemy import event, update
 
-from database import session_scope
-from devtools.processes import started
-from errors import PermanentError, TaskValidationError
-from execution.pipeline import execute_agent_tasks
-from llm.messages import LLMReply, LLMRequest, Usage
-from messaging.group_callbacks import CALLBACK_GRACE, callback_task_id, send_callbacks_quietly, send_overdue_callbacks
-from messaging.routing import SWEEP_TASK_NAME
-from models import Task, TaskGroup, TaskStatus
-from store import lifecycle
-from store.groups import note_tasks_ended
-from store.lifecycle import utcnow
-from submission.submit import cancel_task
-from tasks import create_agent_tasks, group_progress
+from agent_service.database import session_scope
+from agent_service.devtools.processes import started
+from agent_service.errors import PermanentError, TaskValidationError
+from agent_service.execution.pipeline import execute_agent_tasks
+from agent_service.llm.messages import LLMReply, LLMRequest, Usage
+from agent_service.messaging.group_callbacks import (
+    CALLBACK_GRACE,
+    callback_task_id,
+    send_callbacks_quietly,
+    send_overdue_callbacks,
+)
+from agent_service.messaging.routing import SWEEP_TASK_NAME
+from agent_service.models import Task, TaskGroup, TaskStatus
+from agent_service.store import lifecycle
+from agent_service.store.groups import note_tasks_ended
+from agent_service.store.lifecycle import utcnow
+from agent_service.submission.submit import cancel_task
+from agent_service.tasks import create_agent_tasks, group_progress
 from tests.group_callback_app import CALLBACK_NAME, runs_key
 from tests.integration.conftest import LOG_DIR, WORKER_REDIS
 from tests.support import run_cli, wait_for_final, wait_until

@@ -10,14 +10,14 @@ import uuid
 import pytest
 from jsonschema import Draft202012Validator
 
-from database import session_scope
-from errors import TaskValidationError
-from execution.outcomes import Outcome
-from execution.pipeline import execute_agent_task
-from llm.messages import LLMReply, Usage
-from models import Agent, Task, TaskAttempt, TaskStatus
-from submission.agents import create_agent
-from submission.submit import create_agent_tasks
+from agent_service.database import session_scope
+from agent_service.errors import TaskValidationError
+from agent_service.execution.outcomes import Outcome
+from agent_service.execution.pipeline import execute_agent_task
+from agent_service.llm.messages import LLMReply, Usage
+from agent_service.models import Agent, Task, TaskAttempt, TaskStatus
+from agent_service.submission.agents import create_agent
+from agent_service.submission.submit import create_agent_tasks
 from tests.support import LLMControl
 
 OPTIONS = ["approve", "escalate", "reject"]

@@ -8,10 +8,10 @@ import uuid
 import pytest
 from jsonschema import Draft202012Validator
 
-from database import session_scope
-from models import TaskStatus
-from submission.agents import create_agent
-from tasks import create_agent_task
+from agent_service.database import session_scope
+from agent_service.models import TaskStatus
+from agent_service.submission.agents import create_agent
+from agent_service.tasks import create_agent_task
 from tests.support import wait_for_final
 
 pytestmark = [pytest.mark.worker, pytest.mark.usefixtures("worker")]

@@ -14,19 +14,19 @@ import uuid
 import pytest
 import redis
 
-from devtools.processes import ROOT
-from errors import TaskNotFoundError, TaskValidationError
-from execution.pipeline import execute_agent_tasks
-from live.events import EventKind, LiveEvent, follower_key, stream_key
-from live.follow import follow_task
-from live.publisher import LivePublisher
-from live.tokens import TokenWriter
-from llm.client import close_clients, run_request
-from llm.messages import LLMReply, LLMRequest, Message, ModelOptions, OutputSchema, ToolSpec
-from llm.runners import BackgroundEventLoop
-from messaging.publisher import publish_tasks
-from models import Task, TaskStatus
-from tasks import create_agent_task, follow_agent_task
+from agent_service.devtools.processes import ROOT
+from agent_service.errors import TaskNotFoundError, TaskValidationError
+from agent_service.execution.pipeline import execute_agent_tasks
+from agent_service.live.events import EventKind, LiveEvent, follower_key, stream_key
+from agent_service.live.follow import follow_task
+from agent_service.live.publisher import LivePublisher
+from agent_service.live.tokens import TokenWriter
+from agent_service.llm.client import close_clients, run_request
+from agent_service.llm.messages import LLMReply, LLMRequest, Message, ModelOptions, OutputSchema, ToolSpec
+from agent_service.llm.runners import BackgroundEventLoop
+from agent_service.messaging.publisher import publish_tasks
+from agent_service.models import Task, TaskStatus
+from agent_service.tasks import create_agent_task, follow_agent_task
 from tests.integration.conftest import WORKER_REDIS
 from tests.support import run_cli, wait_for_final, wait_until
 
@@ -151,7 +151,7 @@ def test_a_followed_tasks_stream_is_bounded(settings, shared):
 
 
 def publisher_update(task_id, n: int):
-    from live.publisher import Update
+    from agent_service.live.publisher import Update
 
     return Update(task_id, EventKind.STEP, {"n": n})
 

@@ -14,11 +14,11 @@ from concurrent.futures import wait
 import psutil
 import pytest
 
-from devtools.processes import ROOT, celery_worker, started, worker_env
-from errors import PermanentError, RetryableError
-from llm.client import run_request
-from llm.messages import LLMRequest, Message, ModelOptions
-from llm.runners import BackgroundEventLoop, ChildProcessRunner
+from agent_service.devtools.processes import ROOT, celery_worker, started, worker_env
+from agent_service.errors import PermanentError, RetryableError
+from agent_service.llm.client import run_request
+from agent_service.llm.messages import LLMRequest, Message, ModelOptions
+from agent_service.llm.runners import BackgroundEventLoop, ChildProcessRunner
 from tests.support import make_settings, wait_until
 
 
@@ -186,7 +186,7 @@ def test_the_worker_process_never_loads_the_llm_client_and_the_llm_process_no_da
             text=True,
             check=True,
         ).stdout.strip()
-        for side, modules in (("worker", "worker, tasks"), ("llm process", "llm.process"))
+        for side, modules in (("worker", "worker, tasks"), ("llm process", "agent_service.llm.process"))
     }
     assert loaded == {"worker": "['celery', 'kombu', 'sqlalchemy']", "llm process": "['langchain_core', 'openai']"}
 
@@ -236,5 +236,5 @@ def _llm_processes_under(pid: int) -> list[psutil.Process]:
     return [
         process
         for process in psutil.Process(pid).children(recursive=True)
-        if process.cmdline()[1:3] == ["-m", "llm.process"]
+        if process.cmdline()[1:3] == ["-m", "agent_service.llm.process"]
     ]

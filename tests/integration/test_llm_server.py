@@ -50,7 +50,7 @@ class RunningServer:
 def start_server(stderr_path: Path, *extra_args: str) -> tuple[subprocess.Popen[str], str]:
     with stderr_path.open("w") as stderr:
         process = subprocess.Popen(
-            [sys.executable, "-m", "devtools.llm_server", "--port", "0", *extra_args],
+            [sys.executable, "-m", "agent_service.devtools.llm_server", "--port", "0", *extra_args],
             cwd=PROJECT_DIR,
             stdout=subprocess.PIPE,
             stderr=stderr,

@@ -12,13 +12,13 @@ import httpx
 import pytest
 from sqlalchemy import delete
 
-from database import session_scope
-from execution.outcomes import Outcome
-from messaging.queues import queue_lengths
-from messaging.routing import HEALTH_TASK_NAME, PROCESS_TASK_NAME
-from models import Task, TaskStatus
-from store.lifecycle import utcnow
-from tasks import create_agent_tasks
+from agent_service.database import session_scope
+from agent_service.execution.outcomes import Outcome
+from agent_service.messaging.queues import queue_lengths
+from agent_service.messaging.routing import HEALTH_TASK_NAME, PROCESS_TASK_NAME
+from agent_service.models import Task, TaskStatus
+from agent_service.store.lifecycle import utcnow
+from agent_service.tasks import create_agent_tasks
 from tests.integration.test_worker import unique
 from tests.support import wait_for_final
 

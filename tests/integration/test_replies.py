@@ -14,19 +14,19 @@ import pytest
 import redis
 from celery.result import AsyncResult
 
-from admission.base import Candidate
-from database import session_scope
-from execution.liveness import current_owner
-from execution.pipeline import execute_agent_task, execute_agent_tasks
-from execution.replies import KEPT_PREFIX, Arrived, ReplyStore
-from llm.messages import LLMReply, LLMRequest, Message, Usage
-from llm.runners import ChildProcessRunner
-from models import Agent, Task, TaskAttempt, TaskStatus
-from store import lifecycle
-from store.agents import agent_spec
-from store.lifecycle import utcnow
-from submission.submit import cancel_task
-from tasks import create_agent_task
+from agent_service.admission.base import Candidate
+from agent_service.database import session_scope
+from agent_service.execution.liveness import current_owner
+from agent_service.execution.pipeline import execute_agent_task, execute_agent_tasks
+from agent_service.execution.replies import KEPT_PREFIX, Arrived, ReplyStore
+from agent_service.llm.messages import LLMReply, LLMRequest, Message, Usage
+from agent_service.llm.runners import ChildProcessRunner
+from agent_service.models import Agent, Task, TaskAttempt, TaskStatus
+from agent_service.store import lifecycle
+from agent_service.store.agents import agent_spec
+from agent_service.store.lifecycle import utcnow
+from agent_service.submission.submit import cancel_task
+from agent_service.tasks import create_agent_task
 from tests.integration.test_metrics import sample, scrape
 from tests.integration.test_worker import unique
 from tests.support import wait_for_final, wait_until

@@ -8,8 +8,8 @@ import uuid
 import pytest
 from celery.result import AsyncResult
 
-from messaging.results import store_results
-from worker import create_celery_app
+from agent_service.messaging.results import store_results
+from agent_service.worker import create_celery_app
 
 
 @pytest.fixture(params=["redis", "sqlite"])

@@ -12,17 +12,17 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from admission import build_admission
-from admission.base import CallEnded, Candidate, Verdict
-from admission.concurrency import ConcurrencyCaps
-from admission.pause import PAUSED, PauseCheck, pause, resume
-from admission.rate_limits import MIN_RETRY_SECONDS, RateLimits
-from config import ModelRateLimit, Settings
-from database import session_scope
-from llm.messages import LLMReply, LLMRequest, Message, ModelOptions, Usage
-from models import LimitScope
-from store.agents import AgentSpec
-from store.overrides import OverrideCache, set_override
+from agent_service.admission import build_admission
+from agent_service.admission.base import CallEnded, Candidate, Verdict
+from agent_service.admission.concurrency import ConcurrencyCaps
+from agent_service.admission.pause import PAUSED, PauseCheck, pause, resume
+from agent_service.admission.rate_limits import MIN_RETRY_SECONDS, RateLimits
+from agent_service.config import ModelRateLimit, Settings
+from agent_service.database import session_scope
+from agent_service.llm.messages import LLMReply, LLMRequest, Message, ModelOptions, Usage
+from agent_service.models import LimitScope
+from agent_service.store.agents import AgentSpec
+from agent_service.store.overrides import OverrideCache, set_override
 from tests.integration.conftest import IDLE_REDIS
 from tests.support import free_port
 

@@ -12,14 +12,14 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from database import session_scope
-from devtools.processes import celery_worker, llm_server
-from models import Task, TaskStatus
-from tasks import create_agent_tasks
+from agent_service.database import session_scope
+from agent_service.devtools.processes import celery_worker, llm_server
+from agent_service.models import Task, TaskStatus
+from agent_service.tasks import create_agent_tasks
+from agent_service.worker import create_celery_app
 from tests.chaos.services import RedisServer
 from tests.integration.conftest import LOG_DIR
 from tests.support import run_cli, wait_for_final, wait_until
-from worker import create_celery_app
 
 CONFIGURED_RPM = 600  # ours: 10 calls a second
 SERVER_RPM = 700  # the provider's (the bundled server's), with a bucket of two seconds

@@ -13,19 +13,19 @@ import pytest
 import redis
 from sqlalchemy import func, select
 
-from admission import build_admission
-from admission.base import Candidate, Verdict
-from admission.spend_caps import KEY_PREFIX
-from database import session_scope
-from devtools.processes import ROOT, start_worker, stop_process
-from execution.outcomes import Outcome
-from execution.pipeline import execute_agent_task
-from kinds.base import TaskWork
-from kinds.text import TextKind
-from models import Agent, LimitScope, Task, TaskStatus
-from store.agents import agent_spec
-from store.overrides import set_override
-from tasks import create_agent_tasks
+from agent_service.admission import build_admission
+from agent_service.admission.base import Candidate, Verdict
+from agent_service.admission.spend_caps import KEY_PREFIX
+from agent_service.database import session_scope
+from agent_service.devtools.processes import ROOT, start_worker, stop_process
+from agent_service.execution.outcomes import Outcome
+from agent_service.execution.pipeline import execute_agent_task
+from agent_service.kinds.base import TaskWork
+from agent_service.kinds.text import TextKind
+from agent_service.models import Agent, LimitScope, Task, TaskStatus
+from agent_service.store.agents import agent_spec
+from agent_service.store.overrides import set_override
+from agent_service.tasks import create_agent_tasks
 from tests.integration.conftest import IDLE_REDIS, LOG_DIR
 from tests.support import LLMControl, run_cli, wait_until
 
@@ -151,17 +151,17 @@ def test_a_reservation_left_by_a_killed_process_expires(settings, session_factor
     on = capped(settings, user_daily_spend_cap_usd=0.00005)
     reserve_and_die = f"""
 import os, signal, uuid, redis
-from admission import build_admission
-from admission.base import Candidate
-from config import Settings
-from database import make_engine, make_session_factory
-from kinds.base import TaskWork
-from kinds.text import TextKind
-from models import Agent
+from agent_service.admission import build_admission
+from agent_service.admission.base import Candidate
+from agent_service.config import Settings
+from agent_service.database import make_engine, make_session_factory
+from agent_service.kinds.base import TaskWork
+from agent_service.kinds.text import TextKind
+from agent_service.models import Agent
 settings = Settings()
 factory = make_session_factory(make_engine(settings))
 with factory() as session:
-    from store.agents import agent_spec
+    from agent_service.store.agents import agent_spec
     spec, _ = agent_spec(session.get(Agent, uuid.UUID("{agent.id}")))
 request = TextKind().build_request(TaskWork(spec, "Capped", "Summarise the report."))
 admission = build_admission(settings, redis=lambda: redis.Redis.from_url(settings.redis_url), session_factory=factory)

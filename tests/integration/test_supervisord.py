@@ -18,9 +18,9 @@ import psutil
 import pytest
 import redis
 
-from devtools.processes import ROOT
-from models import TaskStatus
-from tasks import create_agent_tasks
+from agent_service.devtools.processes import ROOT
+from agent_service.models import TaskStatus
+from agent_service.tasks import create_agent_tasks
 from tests.integration.conftest import IDLE_REDIS, LOG_DIR
 from tests.support import free_port, wait_for_final, wait_until
 

@@ -12,8 +12,8 @@ from contextlib import contextmanager
 import pytest
 from celery.result import AsyncResult
 
-from devtools.processes import celery_worker
-from tasks import create_agent_tasks
+from agent_service.devtools.processes import celery_worker
+from agent_service.tasks import create_agent_tasks
 from tests.integration.conftest import IDLE_REDIS
 from tests.integration.test_worker import unique
 from tests.support import wait_for_final, wait_until

@@ -23,13 +23,13 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from config import Settings
+from agent_service.config import Settings
+from agent_service.tools.addresses import StaticResolver
+from agent_service.tools.allowlist import parse_allowed_hosts
+from agent_service.tools.definitions import ToolDefinition, parse_tools
+from agent_service.tools.http import ToolOutcome, call_tool, call_tool_sync
 from tests.network_audit import attempts, connected_to
 from tests.support import make_settings
-from tools.addresses import StaticResolver
-from tools.allowlist import parse_allowed_hosts
-from tools.definitions import ToolDefinition, parse_tools
-from tools.http import ToolOutcome, call_tool, call_tool_sync
 
 ROOT = Path(__file__).resolve().parents[2]
 CANARY = "Bearer tool-secret-canary-7f3a"
@@ -361,9 +361,9 @@ def test_many_calls_run_at_once_on_one_event_loop(server):
 HTTPS_CALL = """
 import json, sys
 from tests.support import make_settings
-from tools.addresses import StaticResolver
-from tools.definitions import parse_tools
-from tools.http import call_tool_sync
+from agent_service.tools.addresses import StaticResolver
+from agent_service.tools.definitions import parse_tools
+from agent_service.tools.http import call_tool_sync
 
 port, host = int(sys.argv[1]), sys.argv[2]
 definition = {"name": "t", "description": "d", "parameters": {"type": "object"}, "method": "GET",

@@ -13,10 +13,10 @@ import psutil
 import pytest
 from sqlalchemy import update
 
-from database import session_scope
-from messaging.routing import HEALTH_TASK_NAME, PROCESS_TASK_NAME
-from models import Agent, TaskStatus
-from tasks import create_agent_task, create_agent_tasks
+from agent_service.database import session_scope
+from agent_service.messaging.routing import HEALTH_TASK_NAME, PROCESS_TASK_NAME
+from agent_service.models import Agent, TaskStatus
+from agent_service.tasks import create_agent_task, create_agent_tasks
 from tests.support import wait_for_final
 
 pytestmark = [pytest.mark.worker, pytest.mark.usefixtures("worker")]

@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from database import create_empty_database, session_scope
-from devtools.processes import celery_worker
-from messaging.publisher import publish_tasks
-from models import Agent, Task, TaskStatus
-from store.schema import init_db
+from agent_service.database import create_empty_database, session_scope
+from agent_service.devtools.processes import celery_worker
+from agent_service.messaging.publisher import publish_tasks
+from agent_service.models import Agent, Task, TaskStatus
+from agent_service.store.schema import init_db
+from agent_service.worker import create_celery_app
 from tests.integration.conftest import IDLE_REDIS, LOG_DIR, PG_ROOT
 from tests.support import make_settings, wait_for_final, wait_until
-from worker import create_celery_app
 
 pytestmark = pytest.mark.worker
 

@@ -8,9 +8,9 @@ from collections.abc import Callable, Sequence
 
 import pytest
 
-from admission.base import Admission, CallEnded, Candidate, Decision, Verdict
-from llm.messages import LLMRequest, Message, ModelOptions
-from store.agents import AgentSpec
+from agent_service.admission.base import Admission, CallEnded, Candidate, Decision, Verdict
+from agent_service.llm.messages import LLMRequest, Message, ModelOptions
+from agent_service.store.agents import AgentSpec
 
 AGENT = AgentSpec(uuid.uuid4(), "You are careful.", "gpt-4o-mini", 0.1, 100, ModelOptions())
 

@@ -9,16 +9,16 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from config import Settings
-from errors import PermanentError
-from execution.steps import ApiRun, AskModel, Paused, Replied, RunEnded
-from kinds.api import ApiKind
-from kinds.base import TaskWork
-from llm.messages import LLMReply, Message, ModelOptions, ToolCall, Usage
-from models import StepStatus, StepType
-from store.agents import AgentSpec
-from store.lifecycle import Charge, Claim
-from store.steps import RecordedStep
+from agent_service.config import Settings
+from agent_service.errors import PermanentError
+from agent_service.execution.steps import ApiRun, AskModel, Paused, Replied, RunEnded
+from agent_service.kinds.api import ApiKind
+from agent_service.kinds.base import TaskWork
+from agent_service.llm.messages import LLMReply, Message, ModelOptions, ToolCall, Usage
+from agent_service.models import StepStatus, StepType
+from agent_service.store.agents import AgentSpec
+from agent_service.store.lifecycle import Charge, Claim
+from agent_service.store.steps import RecordedStep
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from monitoring import BacklogCollector
+from agent_service.monitoring import BacklogCollector
 
 
 def scrape(collector: BacklogCollector) -> str:

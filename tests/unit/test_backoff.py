@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from execution.retry import backoff_delay
+from agent_service.execution.retry import backoff_delay
 from tests.support import make_settings
 
 SETTINGS = make_settings(retry_backoff_base_seconds=0.2, retry_backoff_max_seconds=2.0, retry_jitter_ratio=0.25)

@@ -6,9 +6,9 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from messaging.routing import PROCESS_TASK_NAME
+from agent_service.messaging.routing import PROCESS_TASK_NAME
+from agent_service.worker import create_celery_app
 from tests.support import make_settings
-from worker import create_celery_app
 
 
 @dataclass

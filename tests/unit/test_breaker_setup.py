@@ -5,8 +5,8 @@ from __future__ import annotations
 import redis
 from sqlalchemy.orm import sessionmaker
 
-from admission import build_admission
-from admission.breaker import CircuitBreaker, provider_of
+from agent_service.admission import build_admission
+from agent_service.admission.breaker import CircuitBreaker, provider_of
 from tests.support import make_settings
 
 

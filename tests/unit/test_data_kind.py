@@ -13,11 +13,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from errors import InvalidOutputError, PermanentError, TaskValidationError
-from kinds.base import AgentDefinition, TaskWork
-from kinds.data import DataKind, check_output_schema
-from llm.messages import LLMReply, ModelOptions, Usage
-from store.agents import AgentSpec
+from agent_service.errors import InvalidOutputError, PermanentError, TaskValidationError
+from agent_service.kinds.base import AgentDefinition, TaskWork
+from agent_service.kinds.data import DataKind, check_output_schema
+from agent_service.llm.messages import LLMReply, ModelOptions, Usage
+from agent_service.store.agents import AgentSpec
 
 SCHEMA = {
     "type": "object",

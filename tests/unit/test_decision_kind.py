@@ -10,11 +10,11 @@ from dataclasses import replace
 import pytest
 from jsonschema import Draft202012Validator
 
-from errors import InvalidOutputError, PermanentError
-from kinds.base import TaskWork
-from kinds.decision import DecisionKind
-from llm.messages import LLMReply, ModelOptions, Usage
-from store.agents import AgentSpec
+from agent_service.errors import InvalidOutputError, PermanentError
+from agent_service.kinds.base import TaskWork
+from agent_service.kinds.decision import DecisionKind
+from agent_service.llm.messages import LLMReply, ModelOptions, Usage
+from agent_service.store.agents import AgentSpec
 
 AGENT = AgentSpec(
     uuid.uuid4(),

@@ -7,7 +7,7 @@ import pickle
 import openai
 import pytest
 
-from errors import (
+from agent_service.errors import (
     ContentFilteredError,
     ContextLengthExceededError,
     PermanentError,

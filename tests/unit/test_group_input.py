@@ -6,9 +6,9 @@ import uuid
 
 import pytest
 
-from errors import TaskValidationError
-from submission.groups import parse_group
-from submission.validation import parse_task_input
+from agent_service.errors import TaskValidationError
+from agent_service.submission.groups import parse_group
+from agent_service.submission.validation import parse_task_input
 from tests.support import make_settings
 
 SETTINGS = make_settings()

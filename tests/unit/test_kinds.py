@@ -8,12 +8,12 @@ from dataclasses import replace
 
 import pytest
 
-from errors import InvalidOutputError, PermanentError
-from kinds import KINDS, kind_named
-from kinds.base import TaskWork
-from kinds.text import TextKind
-from llm.messages import LLMReply, Message, ModelOptions, Usage
-from store.agents import AgentSpec
+from agent_service.errors import InvalidOutputError, PermanentError
+from agent_service.kinds import KINDS, kind_named
+from agent_service.kinds.base import TaskWork
+from agent_service.kinds.text import TextKind
+from agent_service.llm.messages import LLMReply, Message, ModelOptions, Usage
+from agent_service.store.agents import AgentSpec
 
 OPTIONS = ModelOptions(top_p=0.9, response_format="json_object")
 AGENT = AgentSpec(uuid.uuid4(), "You are a careful analyst.", "gpt-4o-mini", 0.2, 300, OPTIONS)

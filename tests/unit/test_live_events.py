@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 
-from execution.outcomes import Outcome, TaskOutcome
-from live.events import EventKind, LiveEvent, decode, encode, stream_key
-from live.publisher import Update
-from models import TaskStatus
-from store.lifecycle import Finished
+from agent_service.execution.outcomes import Outcome, TaskOutcome
+from agent_service.live.events import EventKind, LiveEvent, decode, encode, stream_key
+from agent_service.live.publisher import Update
+from agent_service.models import TaskStatus
+from agent_service.store.lifecycle import Finished
 
 
 def test_an_event_reads_back_as_it_was_written_from_bytes_or_text():

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from execution.outcomes import Outcome, TaskOutcome
+from agent_service.execution.outcomes import Outcome, TaskOutcome
 
 
 def test_an_outcome_as_a_dict_is_json_ready_and_leaves_out_what_is_not_set():

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from execution.pipeline import fitted_description
-from llm.messages import LLMRequest, Message, ModelOptions, Usage
-from llm.prices import PriceBook
+from agent_service.execution.pipeline import fitted_description
+from agent_service.llm.messages import LLMRequest, Message, ModelOptions, Usage
+from agent_service.llm.prices import PriceBook
 from tests.support import make_settings
 
 

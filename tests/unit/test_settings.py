@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from pydantic import SecretStr, ValidationError
 
-from config import OFFLINE_API_KEY, Settings, describe_invalid_settings
+from agent_service.config import OFFLINE_API_KEY, Settings, describe_invalid_settings
 from tests.support import make_settings
 
 

@@ -6,8 +6,8 @@ from datetime import timedelta
 
 from rich.console import Console
 
-from store.stats import TaskStats
-from terminal.tables import stats_table
+from agent_service.store.stats import TaskStats
+from agent_service.terminal.tables import stats_table
 
 
 def test_figures_are_never_cut_on_an_80_column_terminal_the_group_name_folds_instead():

@@ -9,7 +9,7 @@ import socket
 
 import pytest
 
-from tools.addresses import StaticResolver, refusal_reason
+from agent_service.tools.addresses import StaticResolver, refusal_reason
 
 # address, its refusal with the setting off, and with it on (None: allowed)
 TABLE = [

@@ -8,10 +8,10 @@ import copy
 
 import pytest
 
-from errors import ToolDefinitionError
+from agent_service.errors import ToolDefinitionError
+from agent_service.tools.allowlist import host_allowed, parse_allowed_hosts
+from agent_service.tools.definitions import ToolDefinition, openai_tool, parse_tools, validate_arguments
 from tests.network_audit import attempts
-from tools.allowlist import host_allowed, parse_allowed_hosts
-from tools.definitions import ToolDefinition, openai_tool, parse_tools, validate_arguments
 
 ORDER = {
     "name": "get_order",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from config import Settings, describe_invalid_settings
+from agent_service.config import Settings, describe_invalid_settings
 
 
 @pytest.fixture(autouse=True)

@@ -6,8 +6,8 @@ import uuid
 
 import pytest
 
-from errors import TaskValidationError
-from submission.validation import parse_agent_input, parse_task_input
+from agent_service.errors import TaskValidationError
+from agent_service.submission.validation import parse_agent_input, parse_task_input
 from tests.support import make_settings
 
 SETTINGS = make_settings(max_title_length=50, max_description_length=100)

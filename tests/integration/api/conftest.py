@@ -9,15 +9,15 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from config import Settings
-from database import session_scope
-from devtools.processes import celery_worker
-from models import Agent, Task, TaskStep
-from store import steps
-from tasks import create_agent_task
+from agent_service.config import Settings
+from agent_service.database import session_scope
+from agent_service.devtools.processes import celery_worker
+from agent_service.models import Agent, Task, TaskStep
+from agent_service.store import steps
+from agent_service.tasks import create_agent_task
+from agent_service.worker import create_celery_app
 from tests.integration.conftest import IDLE_REDIS, LOG_DIR
 from tests.support import add_agent
-from worker import create_celery_app
 
 SECRET = "tool-secret-7f3a"
 SLOW_MS = 4000  # a tool call still under way when its worker is killed

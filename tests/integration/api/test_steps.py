@@ -16,20 +16,20 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from pydantic import SecretStr
 
-from admission.base import Candidate
-from errors import ApprovalError, RetryableError
-from execution.pipeline import execute_agent_tasks
-from execution.replies import Arrived, ReplyStore
-from execution.tool_calls import ToolCaller
-from kinds.api import ApiKind, check_tools
-from kinds.base import TaskWork
-from live.events import EventKind, decode, follower_key, stream_key
-from live.publisher import LivePublisher
-from llm.messages import LLMReply, ToolCall, Usage
-from models import Agent, StepStatus, StepType, Task, TaskStatus, TaskStep
-from store import steps
-from store.agents import agent_spec
-from store.lifecycle import utcnow
+from agent_service.admission.base import Candidate
+from agent_service.errors import ApprovalError, RetryableError
+from agent_service.execution.pipeline import execute_agent_tasks
+from agent_service.execution.replies import Arrived, ReplyStore
+from agent_service.execution.tool_calls import ToolCaller
+from agent_service.kinds.api import ApiKind, check_tools
+from agent_service.kinds.base import TaskWork
+from agent_service.live.events import EventKind, decode, follower_key, stream_key
+from agent_service.live.publisher import LivePublisher
+from agent_service.llm.messages import LLMReply, ToolCall, Usage
+from agent_service.models import Agent, StepStatus, StepType, Task, TaskStatus, TaskStep
+from agent_service.store import steps
+from agent_service.store.agents import agent_spec
+from agent_service.store.lifecycle import utcnow
 
 SECRET = "s3cr3t-weather-token"
 USAGE = Usage(11, 4, 15)

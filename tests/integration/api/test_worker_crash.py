@@ -6,10 +6,10 @@ from __future__ import annotations
 import signal
 import uuid
 
-from database import session_scope
-from devtools.processes import celery_worker, start_worker, stop_process
-from messaging.publisher import publish_tasks
-from models import StepStatus, Task, TaskStatus
+from agent_service.database import session_scope
+from agent_service.devtools.processes import celery_worker, start_worker, stop_process
+from agent_service.messaging.publisher import publish_tasks
+from agent_service.models import StepStatus, Task, TaskStatus
 from tests.integration.api.conftest import SLOW_MS, calls, step_rows, task_row, turns_asked
 from tests.integration.conftest import LOG_DIR
 from tests.support import wait_for_final, wait_until

@@ -11,11 +11,11 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import update
 
-from database import session_scope
-from execution.maintenance import fail_expired_approvals
-from models import Agent, StepStatus, StepType, Task, TaskStatus, TaskStep
-from store.lifecycle import utcnow
-from tasks import approve_task, reject_task
+from agent_service.database import session_scope
+from agent_service.execution.maintenance import fail_expired_approvals
+from agent_service.models import Agent, StepStatus, StepType, Task, TaskStatus, TaskStep
+from agent_service.store.lifecycle import utcnow
+from agent_service.tasks import approve_task, reject_task
 from tests.integration.api.conftest import SECRET, calls, step_rows, task_row, turns_asked
 from tests.support import run_cli, wait_for_final, wait_until
 

@@ -1,0 +1,181 @@
+"""Start and stop the service's own processes (the bundled LLM and tool servers, Celery workers) for the demo,
+tests and benchmarks, and wait until each is ready."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+# The folder that holds the package: a checkout's root, or site-packages when installed.
+ROOT = Path(__file__).resolve().parents[2]
+_LISTENING = re.compile(r"listening on (http://\S+)")
+
+
+@contextmanager
+def llm_server(
+    *, latency_ms: float = 0, jitter_ms: float = 0, seed: int | None = None, extra_args: tuple[str, ...] = ()
+) -> Iterator[str]:
+    """Run the bundled LLM server (`devtools.llm_server`) on a free port; yields its base URL (without /v1).
+    `extra_args` go to its command line (its enforced rate limits, say)."""
+    options = ["--latency-ms", str(latency_ms), "--latency-jitter-ms", str(jitter_ms)]
+    if seed is not None:
+        options += ["--seed", str(seed)]
+    with bundled_server("agent_service.devtools.llm_server", *options, *extra_args) as url:
+        yield url
+
+
+@contextmanager
+def tool_server() -> Iterator[str]:
+    """Run the bundled tool server (`devtools.tool_server`) on a free port; yields its base URL."""
+    with bundled_server("agent_service.devtools.tool_server") as url:
+        yield url
+
+
+@contextmanager
+def bundled_server(module: str, *args: str) -> Iterator[str]:
+    """`python -m MODULE --port 0 ARGS` for the length of a with-block; yields the URL it prints once it
+    listens."""
+    command = [sys.executable, "-m", module, "--port", "0", *args]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        yield _await_url(process, module)
+    finally:
+        stop_process(process)
+
+
+CELERY_READY = " ready."
+
+
+def start_process(
+    command: list[str],
+    *,
+    env: dict[str, str],
+    log_path: Path,
+    ready_marker: str = CELERY_READY,
+    timeout: float = 60,
+    cwd: Path = ROOT,
+) -> subprocess.Popen:
+    """Run `command` from `cwd` (the repo root) with `env` on top of ours, output appended to `log_path`, and
+    return once it printed `ready_marker`. Raises: RuntimeError when it exits or is not ready in time."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        log_start = log.tell()
+        process = subprocess.Popen(
+            command, cwd=cwd, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    _await_log_line(process, log_path, ready_marker, after=log_start, timeout=timeout)
+    return process
+
+
+@contextmanager
+def started(command: list[str], **options) -> Iterator[subprocess.Popen]:
+    """`start_process` for the length of a with-block."""
+    process = start_process(command, **options)
+    try:
+        yield process
+    finally:
+        stop_process(process)
+
+
+def worker_command(*, name: str, queues: str = "agent_tasks,system", extra_args: tuple[str, ...] = ()) -> list[str]:
+    """`celery -A worker worker` for the service's own app."""
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "agent_service.worker",
+        "worker",
+        "--loglevel=INFO",
+        "-Q",
+        queues,
+        "-n",
+        f"{name}@%h",
+        *extra_args,
+    ]
+
+
+def worker_env(env: dict[str, str], *, pool: str | None = None, concurrency: int | None = None) -> dict[str, str]:
+    """`env` with the pool settings: Celery's CLI cannot tell an explicit `--pool=prefork` from its default,
+    so the configured pool would win over the flag."""
+    overrides = {"WORKER_POOL": pool, "WORKER_CONCURRENCY": str(concurrency) if concurrency else None}
+    return {**env, **{name: value for name, value in overrides.items() if value}}
+
+
+def start_worker(
+    *,
+    env: dict[str, str],
+    log_path: Path,
+    name: str,
+    concurrency: int | None = None,
+    pool: str | None = None,
+    queues: str = "agent_tasks,system",
+    extra_args: tuple[str, ...] = (),
+    ready_timeout: float = 60,
+) -> subprocess.Popen:
+    """Start a worker (pool and concurrency default to the settings) and return once it is ready."""
+    return start_process(
+        worker_command(name=name, queues=queues, extra_args=extra_args),
+        env=worker_env(env, pool=pool, concurrency=concurrency),
+        log_path=log_path,
+        timeout=ready_timeout,
+    )
+
+
+@contextmanager
+def celery_worker(**options) -> Iterator[subprocess.Popen]:
+    """`start_worker` for the length of a with-block."""
+    process = start_worker(**options)
+    try:
+        yield process
+    finally:
+        stop_process(process)
+
+
+def stop_process(process: subprocess.Popen, *, sig: int = signal.SIGTERM, timeout: float = 30) -> None:
+    """Signal the process group and wait; then SIGKILL whatever is left of the group, including members
+    that outlived its leader (a worker's embedded beat outlives a main process stopped on its own)."""
+    if process.poll() is None:
+        _signal_group(process, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=timeout)
+    _signal_group(process, signal.SIGKILL)
+    process.wait(timeout=10)
+
+
+def _signal_group(process: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(process.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        process.send_signal(sig)
+
+
+def _await_url(process: subprocess.Popen, module: str) -> str:
+    line = process.stdout.readline()
+    match = _LISTENING.search(line)
+    if match is None:
+        stop_process(process)
+        raise RuntimeError(f"{module} did not start: {line!r}")
+    return match.group(1)
+
+
+def _await_log_line(process: subprocess.Popen, log_path: Path, marker: str, *, after: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"worker exited with {process.returncode}; see {log_path}")
+        with log_path.open("rb") as log:
+            log.seek(after)
+            if marker.encode() in log.read():
+                return
+        time.sleep(0.2)
+    stop_process(process)
+    raise RuntimeError(f"worker not ready after {timeout}s; see {log_path}")

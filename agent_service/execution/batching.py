@@ -1,0 +1,170 @@
+"""The celery-batches adapter: agent-task messages are buffered and handed to the task as one batch, and
+each message is then made known one by one, as Celery does for a message it runs alone: its task events
+(received, started, then succeeded, failed, retried or revoked) and its result.
+
+Two behaviours of `celery_batches.Batches` are changed here, each for a bug it had under this service's
+load (see docs/decisions.md, "Batches after a reconnection" and "A lost batch's messages").
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from celery import Celery
+from celery.utils.saferepr import saferepr
+from celery.worker.request import Request
+from celery_batches import Batches, SimpleRequest
+from celery_batches.trace import apply_batches_task
+
+from agent_service.execution.outcomes import Outcome, TaskOutcome
+from agent_service.execution.services import services_of
+from agent_service.messaging.results import store_results
+from agent_service.models import TaskStatus
+from agent_service.monitoring import record_task_run
+
+logger = logging.getLogger("agent_service")
+
+# A task event: its type and fields, as `Request.send_event` takes them.
+Event = tuple[str, dict[str, Any]]
+
+
+class AgentRequest(SimpleRequest):
+    """One message of a batch. In the process that received it, it keeps the worker's `Request`, through
+    which its task events go; a prefork pool child gets it without (its events wait in `unsent_event`)."""
+
+    def __init__(self, request: Request) -> None:
+        self.__dict__.update(vars(SimpleRequest.from_request(request)))
+        self.worker_request: Request | None = request
+        self.unsent_event: Event | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "worker_request": None}
+
+
+class AgentTaskBatches(Batches):
+    """Buffers agent-task messages and hands them over as one batch; the batch size and flush interval
+    come from the app's settings. This task is always acks_late."""
+
+    _eventer: Any = None  # the worker's event dispatcher, in the process that consumes the messages
+
+    @property
+    def flush_every(self) -> int:
+        return services_of(self.app).settings.batch_max_size
+
+    @property
+    def flush_interval(self) -> float:
+        return services_of(self.app).settings.batch_flush_seconds
+
+    def Strategy(self, task: Any, app: Celery, consumer: Any) -> Callable:  # noqa: N802 (Celery's name)
+        """Batches.Strategy, with the flush timer armed anew: Celery clears the event loop's timers on a
+        broker reconnection, and a stale timer entry would flush only full batches from then on."""
+        self._tref = None
+        self._eventer = consumer.event_dispatcher
+        return super().Strategy(task, app, consumer)
+
+    def flush(self, requests: list) -> Any:
+        """Batches.flush, plus: when the pool loses the batch (its prefork child died, or hit the hard time
+        limit), its messages go back to the queue at once instead of holding their prefetch slots for good;
+        and the task events of its messages, from the worker's process."""
+        self._send_received(requests)
+        batch = [AgentRequest(request) for request in requests]
+
+        def on_return(unsent: list[Event | None] | None) -> None:
+            if unsent is None:  # the task raised (apply_batches_task logs it and returns None)
+                for request in requests:
+                    request.reject(requeue=True)  # redelivered now, not after the visibility timeout
+                return
+            for request, event in zip(requests, unsent, strict=True):
+                if event is not None:
+                    request.send_event(event[0], **event[1])
+                request.acknowledge()
+
+        return self._pool.apply_async(
+            apply_batches_task,
+            (self, (batch,), 0, None),
+            accept_callback=lambda _pid, _time: self._send_started(requests),
+            callback=on_return,
+            error_callback=lambda _error: [request.reject(requeue=True) for request in requests],
+        )
+
+    def announce(self, requests: list[AgentRequest], settled: list[tuple[int, TaskOutcome]]) -> None:
+        """Make each settled delivery known as soon as it is recorded (`settled` pairs an outcome with the
+        position of its request): its message's Celery result, its metrics and log line, and its task
+        event. Never raises: the task rows are the record, and these only report them."""
+        results = [(requests[at], outcome, outcome.message_result()) for at, outcome in settled]
+        try:
+            store_results(self.app, [(request.id, result) for request, _, result in results if result is not None])
+        except Exception as exc:
+            logger.warning("could not store the results of %d message(s): %s", len(results), exc)
+        try:
+            for _, outcome, _ in results:
+                record_task_run(
+                    "agent_task", outcome.as_dict(), outcome.seconds or 0.0, is_error=outcome.status.is_error
+                )
+            self._send_outcome_events(results)
+        except Exception:
+            logger.exception("could not report the outcomes of %d message(s)", len(results))
+
+    def _send_outcome_events(self, results: list[tuple[AgentRequest, TaskOutcome, dict[str, Any] | None]]) -> None:
+        """Send each outcome's task event, or (in a prefork pool child, which cannot) leave it to the worker."""
+        in_worker = all(request.worker_request is not None for request, _, _ in results)
+        if in_worker and not self._events_on():
+            return
+        for request, outcome, result in results:
+            event = _outcome_event(outcome, result, maxsize=self.resultrepr_maxsize)
+            if event is None:
+                continue
+            if request.worker_request is not None:
+                request.worker_request.send_event(event[0], **event[1])
+            else:
+                request.unsent_event = event
+
+    def _events_on(self) -> bool:
+        """Whether task events are wanted now: the worker runs with -E, or a monitor such as Flower has
+        switched them on (`enable_events`). Without them the dispatcher still sends the worker's heartbeats,
+        filtering task events out one by one; this check spares building them."""
+        eventer = self._eventer
+        if eventer is None or not eventer.enabled or not self.send_events:
+            return False
+        return not eventer.groups or "task" in eventer.groups
+
+    def _send_received(self, requests: list[Request]) -> None:
+        if not self._events_on():
+            return
+        for request in requests:
+            request.send_event(
+                "task-received",
+                name=request.name,
+                args=request.argsrepr,
+                kwargs=request.kwargsrepr,
+                root_id=request.root_id,
+                parent_id=request.parent_id,
+                retries=request.request_dict.get("retries", 0),
+                eta=request.eta and request.eta.isoformat(),
+                expires=request.expires and request.expires.isoformat(),
+            )
+
+    def _send_started(self, requests: list[Request]) -> None:
+        if self._events_on():
+            for request in requests:
+                request.send_event("task-started")
+
+
+def _outcome_event(outcome: TaskOutcome, result: dict[str, Any] | None, *, maxsize: int) -> Event | None:
+    """The event that reports a delivery's outcome: none for a delivery that did not run because another
+    is running the task (that one reports it)."""
+    if result is None:
+        if outcome.status in (Outcome.RETRYING, Outcome.DEFERRED):
+            return "task-retried", {
+                "exception": f"{outcome.error}; next attempt in {outcome.retry_in} s",
+                "traceback": "",
+            }
+        return None
+    finished = outcome.finished.status if outcome.finished else None
+    if finished is TaskStatus.COMPLETED:
+        return "task-succeeded", {"result": saferepr(result, maxsize), "runtime": outcome.seconds}
+    if finished is TaskStatus.CANCELLED:
+        return "task-revoked", {"terminated": False, "signum": None, "expired": False}
+    return "task-failed", {"exception": result.get("error", ""), "traceback": ""}

@@ -1,0 +1,59 @@
+"""The periodic jobs beat runs on the `system` queue (the health check, and the sweeper of stale tasks and
+expired approvals), and the backlog a metrics scrape reads."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from celery import Celery
+from sqlalchemy import text
+from sqlalchemy.orm import Session, sessionmaker
+
+from agent_service.database import session_scope
+from agent_service.execution.services import Services
+from agent_service.messaging.group_callbacks import send_callbacks_quietly, send_overdue_callbacks
+from agent_service.messaging.publisher import enqueue
+from agent_service.store import lifecycle, steps
+from agent_service.store.groups import note_tasks_ended
+from agent_service.store.lifecycle import utcnow
+
+
+def requeue_stuck_tasks(*, app: Celery, services: Services) -> int:
+    """Publish a message again for every row that may have lost its own (broker down at submit, lost with
+    Redis, dead worker); returns how many. Raises: BrokerUnavailableError."""
+    settings = services.settings
+    with session_scope(services.session_factory) as session:
+        stuck = lifecycle.tasks_to_requeue(session, settings=settings, now=utcnow(), limit=settings.sweep_batch_size)
+    enqueue(app, services.session_factory, stuck)
+    return len(stuck)
+
+
+def send_lost_group_callbacks(*, app: Celery, services: Services) -> int:
+    """Send the callbacks of ended groups whose sender was lost before sending them; returns how many.
+    Raises: BrokerUnavailableError."""
+    return send_overdue_callbacks(app, services.session_factory, services.settings, now=utcnow())
+
+
+def fail_expired_approvals(*, app: Celery, services: Services) -> int:
+    """Fail every task whose tool call waited for a reviewer past APPROVAL_TIMEOUT_SECONDS (ending their
+    groups, whose callbacks are sent); returns how many."""
+    with session_scope(services.session_factory) as session:
+        failed = steps.fail_expired_approvals(session, now=utcnow(), limit=services.settings.sweep_batch_size)
+        ended = note_tasks_ended(session, failed, now=utcnow())
+    if ended:
+        send_callbacks_quietly(app, services.session_factory, services.settings, ended)
+    return len(failed)
+
+
+def oldest_waiting_since(session_factory: sessionmaker[Session]) -> datetime | None:
+    """When the task waiting longest (pending or queued) was queued; None when no task waits.
+    Raises: what the database raises."""
+    with session_scope(session_factory) as session:
+        return lifecycle.oldest_waiting_since(session)
+
+
+def check_health(*, session_factory: sessionmaker[Session]) -> dict[str, str]:
+    """Prove the worker can reach its database. Raises: what the database raises."""
+    with session_scope(session_factory) as session:
+        session.execute(text("SELECT 1"))
+    return {"status": "ok", "database": "ok", "checked_at": utcnow().isoformat()}

@@ -1,0 +1,97 @@
+"""The services a task needs, in one typed object: settings, database sessions, Redis, the LLM runner, the
+tool caller, the admission checks, the replies kept in Redis, the live output publisher and the calls under
+way. The Celery app carries one (`worker.AgentServiceCelery.services`)."""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+import redis
+from celery import Celery
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from agent_service.admission import build_admission
+from agent_service.admission.base import Admission
+from agent_service.config import Settings
+from agent_service.database import make_engine, make_session_factory
+from agent_service.errors import ConfigurationError
+from agent_service.execution.aborts import RunningCalls
+from agent_service.execution.replies import ReplyStore
+from agent_service.execution.tool_calls import ToolCaller
+from agent_service.live.publisher import LivePublisher
+from agent_service.llm.prices import PriceBook
+from agent_service.llm.runners import LLMRunner, make_runner
+from agent_service.messaging.cancellation import CancelListener
+
+
+class Services:
+    """Built once per process from settings; Redis, the admission checks and the LLM runner are made on
+    first use, so after any fork."""
+
+    def __init__(self, settings: Settings, *, admission: Admission | None = None) -> None:
+        self.settings = settings
+        self.engine: Engine = make_engine(settings)
+        self.session_factory: sessionmaker[Session] = make_session_factory(self.engine)
+        if admission is not None:
+            self.admission = admission
+
+    @cached_property
+    def redis(self) -> redis.Redis:
+        """The Redis that shares state between workers (limits, leases, caps, breakers, replies).
+        Raises: ConfigurationError when no REDIS_URL is set (the embedded set-up has no Redis)."""
+        if not self.settings.redis_url:
+            raise ConfigurationError("REDIS_URL is required for the admission controls that are switched on")
+        return redis.Redis.from_url(self.settings.redis_url)
+
+    @cached_property
+    def prices(self) -> PriceBook:
+        """Each model's prices, looked up once per process."""
+        return PriceBook(self.settings)
+
+    @cached_property
+    def admission(self) -> Admission:
+        """The admission controls the settings switch on (none by default)."""
+        return build_admission(
+            self.settings, redis=lambda: self.redis, session_factory=self.session_factory, prices=self.prices
+        )
+
+    @cached_property
+    def llm_runner(self) -> LLMRunner:
+        """Where this process's LLM requests run, all batches together."""
+        return make_runner(self.settings)
+
+    @cached_property
+    def tool_caller(self) -> ToolCaller:
+        """Where this process's agents' tool calls run (the api kind), all batches together."""
+        return ToolCaller(self.settings)
+
+    @cached_property
+    def replies(self) -> ReplyStore | None:
+        """The replies kept until recorded (KEEP_REPLIES) and the agents' reply caches; None without Redis."""
+        return ReplyStore.for_settings(self.settings, self.redis) if self.settings.redis_url else None
+
+    @cached_property
+    def live(self) -> LivePublisher | None:
+        """Publishes the progress of the tasks someone follows (`live`); None without Redis."""
+        return LivePublisher(self.redis, settings=self.settings) if self.settings.redis_url else None
+
+    @cached_property
+    def running_calls(self) -> RunningCalls:
+        """This process's LLM calls under way, by task, so that a cancelled task's call can be aborted."""
+        return RunningCalls(self.llm_runner)
+
+    def listen_for_cancellations(self) -> None:
+        """Abort the call of each task cancelled anywhere (announced through Redis) if this process runs it.
+        Without Redis, a cancelled task's call runs to its end and its reply is discarded."""
+        if self.settings.redis_url:
+            CancelListener(self.redis, self.running_calls.abort).start()
+
+
+def services_of(app: Celery) -> Services:
+    """The services carried by an app that `worker.create_celery_app` built.
+    Raises: TypeError for any other Celery app."""
+    services = getattr(app, "services", None)
+    if not isinstance(services, Services):
+        raise TypeError(f"Celery app {app.main!r} carries no agent-service Services")
+    return services

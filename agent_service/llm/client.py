@@ -1,0 +1,217 @@
+"""Runs plain LLM requests through LangChain's ChatOpenAI, with one reused client per model configuration.
+
+Calls are async: a worker runs hundreds of them at once on one event loop (see `llm.runners`). This
+module knows no task kind: the kinds build the messages (see `kinds`). A request with a `stream_key` (its
+task is followed) is streamed, its tokens written to that Redis stream as they come (`live.tokens`); any
+other is one plain call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import weakref
+from typing import Any
+
+from langchain_core.language_models import LanguageModelInput
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, ToolMessage
+from langchain_core.runnables import Runnable
+from langchain_openai import ChatOpenAI
+from openai import DefaultAioHttpClient
+from redis.asyncio import Redis as AsyncRedis
+
+from agent_service.config import Settings
+from agent_service.errors import ProviderFault, RetryableError
+from agent_service.live.tokens import TokenWriter
+from agent_service.llm.messages import LLMReply, LLMRequest, Message, ToolCall, Usage
+
+ClientKey = tuple[str, float, int, str, str | None, str, float]
+
+
+async def run_request(request: LLMRequest, *, settings: Settings) -> LLMReply:
+    """Send `request` and report the text and token usage.
+
+    Raises: what the openai client raises (the caller classifies it), RetryableError for a reply without
+    choices.
+    """
+    try:
+        runnable = _runnable(request, settings)
+        messages = [_langchain_message(m) for m in request.messages]
+        if request.stream_key and settings.redis_url:
+            message = await _streamed(runnable, messages, request.stream_key, settings=settings)
+        else:
+            # Usage is read off the reply, not through a callback handler: see docs/decisions.md, "LLM calls on
+            # one loop". Structured output (include_raw) answers {"raw": AIMessage, "parsed": ...}; the task's
+            # kind parses the text itself, with the validation it owns.
+            answer = await runnable.ainvoke(messages)
+            message = answer["raw"] if isinstance(answer, dict) else answer
+    except TypeError as exc:
+        # ChatOpenAI raises TypeError for a 200 reply without `choices`; it is the provider's fault.
+        raise RetryableError(f"LLM returned a malformed reply: {exc}", fault=ProviderFault.UNAVAILABLE) from exc
+    return reply_of(message)
+
+
+def reply_of(message: AIMessage) -> LLMReply:
+    """The plain reply of a LangChain answer: text, tool calls (a call whose arguments are not JSON keeps
+    the text the model wrote, for the caller to refuse), usage, finish reason and refusal."""
+    calls = [ToolCall(call["id"] or "", call["name"], json.dumps(call["args"])) for call in message.tool_calls]
+    calls += [ToolCall(call["id"] or "", call["name"] or "", call["args"] or "") for call in message.invalid_tool_calls]
+    refusal = message.additional_kwargs.get("refusal")
+    return LLMReply(
+        text=str(refusal or message.text),
+        usage=_usage(message),
+        finish_reason=message.response_metadata.get("finish_reason"),
+        tool_calls=tuple(calls),
+        refused=bool(refusal),
+    )
+
+
+async def _streamed(
+    runnable: Runnable[LanguageModelInput, Any], messages: list[Any], stream_key: str, *, settings: Settings
+) -> AIMessage:
+    """The reply of a streamed call (its chunks added up: text, tool calls, usage, finish reason), its text
+    written to `stream_key` on the way. Raises: what `run_request` raises, RetryableError for a stream with
+    no chunk."""
+    assert settings.redis_url  # the caller's condition
+    reply: AIMessageChunk | None = None
+    async with TokenWriter(_live_redis(settings.redis_url), stream_key, settings=settings) as tokens:
+        async for part in runnable.astream(messages):
+            # Structured output streams {"raw": chunk} parts, then its parser's {"parsed": ...}: only the raw
+            # chunks make the reply, as `answer["raw"]` does for a plain call.
+            chunk = part.get("raw") if isinstance(part, dict) else part
+            if not isinstance(chunk, AIMessageChunk):
+                continue
+            tokens.add(chunk.text)
+            reply = chunk if reply is None else reply + chunk
+    if reply is None:
+        raise RetryableError("LLM stream ended without a reply", fault=ProviderFault.UNAVAILABLE)
+    return reply
+
+
+def _live_redis(url: str) -> AsyncRedis:
+    """This event loop's Redis client for live output (an asyncio client belongs to the loop it runs on)."""
+    clients = _live_clients.setdefault(asyncio.get_running_loop(), {})
+    if url not in clients:
+        clients[url] = AsyncRedis.from_url(url)
+    return clients[url]
+
+
+def chat_model(request: LLMRequest, settings: Settings) -> ChatOpenAI:
+    """The shared ChatOpenAI client (and its connection pool) for this request's model configuration."""
+    key: ClientKey = (
+        request.model,
+        request.temperature,
+        request.max_tokens,
+        request.options.model_dump_json(exclude_none=True),
+        settings.openai_base_url,
+        settings.openai_api_key.get_secret_value(),
+        settings.llm_timeout_seconds,
+    )
+    with _chat_models_lock:
+        if key not in _chat_models:
+            _chat_models[key] = _new_chat_model(request, settings)
+        return _chat_models[key]
+
+
+def _runnable(request: LLMRequest, settings: Settings) -> Runnable[LanguageModelInput, Any]:
+    """The shared client, with the request's tools bound and its structured output asked for (LangChain's
+    `bind_tools` and `with_structured_output`), kept per configuration like the client itself."""
+    model = chat_model(request, settings)
+    if not request.tools and request.output_schema is None:
+        return model
+    key = (id(model), request.tools, request.output_schema)
+    with _chat_models_lock:
+        if key not in _bound:
+            _bound[key] = _bind(model, request)
+        return _bound[key]
+
+
+def _bind(model: ChatOpenAI, request: LLMRequest) -> Runnable[LanguageModelInput, Any]:
+    tools = [
+        {
+            "type": "function",
+            "function": {"name": t.name, "description": t.description, "parameters": json.loads(t.parameters_json)},
+        }
+        for t in request.tools
+    ]
+    if request.output_schema is None:
+        return model.bind_tools(tools)
+    schema = {"name": request.output_schema.name, "schema": json.loads(request.output_schema.schema_json)}
+    if tools:  # no kind asks for both, and the SDK's structured-output parsing takes only strict tools
+        raise ValueError("a request carries tools or an output schema, not both")
+    return model.with_structured_output(schema, method="json_schema", include_raw=True)
+
+
+def _langchain_message(message: Message) -> BaseMessage | tuple[str, str]:
+    if message.tool_calls:
+        calls = [{"id": c.id, "name": c.name, "args": _arguments(c.arguments)} for c in message.tool_calls]
+        return AIMessage(content=message.content, tool_calls=calls)
+    if message.role == "tool":
+        return ToolMessage(content=message.content, tool_call_id=message.tool_call_id or "")
+    # A plain message as a (role, text) pair: LangChain converts it, as cheaply as building the object here.
+    return (message.role, message.content)
+
+
+def _arguments(text: str) -> dict[str, Any]:
+    """A recorded call's arguments as the model wrote them; text that is not a JSON object is sent as {}."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+async def close_clients() -> None:
+    """Close the shared clients' connections; for the end of a process."""
+    with _chat_models_lock:
+        models = list(_chat_models.values())
+        _chat_models.clear()
+        _bound.clear()
+    for model in models:
+        if model.http_async_client is not None:  # always set by _new_chat_model
+            await model.http_async_client.aclose()
+    for client in _live_clients.pop(asyncio.get_running_loop(), {}).values():
+        await client.aclose()
+
+
+_chat_models: dict[ClientKey, ChatOpenAI] = {}
+_bound: dict[tuple[int, Any, Any], Runnable[LanguageModelInput, Any]] = {}
+_chat_models_lock = threading.Lock()
+# Only the loop's own thread reads or adds its entry.
+_live_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, AsyncRedis]] = weakref.WeakKeyDictionary()
+
+
+def _new_chat_model(request: LLMRequest, settings: Settings) -> ChatOpenAI:
+    options = request.options.model_dump(exclude_none=True)
+    json_mode = options.pop("response_format") == "json_object"
+    model_kwargs = {"response_format": {"type": "json_object"}} if json_mode else {}
+    # max_retries=0: retries are the task's job (backoff, Retry-After, attempts in the row), not the client's.
+    # timeout is explicit because langchain-openai otherwise waits forever on a silent server.
+    # The aiohttp transport: see docs/decisions.md, "LLM calls on one loop".
+    # stream_usage: a streamed call (a followed task's) reports its usage too; a plain call is not affected.
+    return ChatOpenAI(
+        model=request.model,
+        temperature=request.temperature,
+        max_tokens=request.max_tokens,
+        base_url=settings.openai_base_url,
+        api_key=settings.openai_api_key,
+        timeout=settings.llm_timeout_seconds,
+        max_retries=0,
+        http_async_client=DefaultAioHttpClient(),
+        model_kwargs=model_kwargs,
+        stream_usage=True,
+        **options,
+    )
+
+
+def _usage(message: AIMessage) -> Usage | None:
+    usage = message.usage_metadata
+    if not usage:
+        return None
+    return Usage(
+        prompt_tokens=usage.get("input_tokens", 0),
+        completion_tokens=usage.get("output_tokens", 0),
+        total_tokens=usage.get("total_tokens", 0),
+        cached_tokens=usage.get("input_token_details", {}).get("cache_read", 0) or 0,
+    )

@@ -1,0 +1,49 @@
+"""Publishing agent-task messages: one message per task, carrying only the task's id."""
+
+from __future__ import annotations
+
+import uuid
+
+from celery import Celery
+from kombu.exceptions import OperationalError as BrokerOperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from agent_service.database import session_scope
+from agent_service.errors import BrokerUnavailableError
+from agent_service.messaging.routing import PROCESS_TASK_NAME
+from agent_service.store import lifecycle
+from agent_service.store.lifecycle import utcnow
+
+
+def enqueue(app: Celery, session_factory: sessionmaker[Session], task_ids: list[uuid.UUID]) -> None:
+    """Publish one message per task, then mark the still-pending ones queued.
+    Raises: BrokerUnavailableError (the rows stay pending; the sweeper queues them later)."""
+    if not task_ids:
+        return
+    publish_tasks(app, task_ids)
+    with session_scope(session_factory) as session:
+        lifecycle.mark_queued(session, task_ids, now=utcnow())
+
+
+def publish_tasks(app: Celery, task_ids: list[uuid.UUID], *, countdown: float | None = None) -> None:
+    """Send one `process_agent_task` message per id (the message id is the task id), in one connection.
+
+    Raises: BrokerUnavailableError when the broker cannot be reached.
+    """
+    try:
+        with app.producer_or_acquire() as producer:
+            for task_id in task_ids:
+                # ignore_result: the outcome lives in the task row, so neither side touches the result backend.
+                app.send_task(
+                    PROCESS_TASK_NAME,
+                    args=[str(task_id)],
+                    task_id=str(task_id),
+                    producer=producer,
+                    ignore_result=True,
+                    countdown=countdown,
+                )
+    except (BrokerOperationalError, ConnectionError, OSError) as exc:
+        raise BrokerUnavailableError(
+            f"{len(task_ids)} task(s) saved as pending but not queued (broker unreachable: {exc}); "
+            "the sweeper re-queues them"
+        ) from exc

@@ -1,0 +1,516 @@
+"""Task state transitions in the database: plain functions on a caller-owned Session, no commits.
+
+Every transition is a conditional UPDATE (compare-and-set), so two workers holding the same
+message can never both run a task, and a run that lost its claim can never complete it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import astuple, dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
+
+from sqlalchemy import BindParameter, CursorResult, Row, Table, Update, and_, bindparam, case, func, or_, select, update
+from sqlalchemy.orm import Session, selectinload
+
+from agent_service.config import Settings
+from agent_service.errors import TaskNotFoundError
+from agent_service.llm.messages import Usage
+from agent_service.models import FINAL_STATUSES, Agent, Task, TaskAttempt, TaskStatus
+from agent_service.store.agents import AgentSpec, agent_spec
+
+# A waiting task is claimable too: a message sent for it by a dispatch round that died before its commit
+# may as well run it.
+CLAIMABLE = (TaskStatus.WAITING, TaskStatus.PENDING, TaskStatus.QUEUED)
+# Whether the process that claimed a task (its `claimed_by`) is known to be gone.
+OwnerCheck = Callable[[str | None], bool]
+
+# The per-task statements are built once: constructing a statement costs more CPU than running it.
+# Declarative classes map Tables; SQLAlchemy types `__table__` as any FromClause.
+_TASKS, _AGENTS = cast(Table, Task.__table__), cast(Table, Agent.__table__)
+_NOW: BindParameter[datetime] = bindparam("p_now")
+_CLAIMED_COLUMNS = (
+    _TASKS.c.id,
+    _TASKS.c.attempts,
+    _TASKS.c.title,
+    _TASKS.c.description,
+    _TASKS.c.agent_id,
+    _TASKS.c.user_id,
+    _TASKS.c.started_at,
+    _TASKS.c.kind,
+    _TASKS.c.payload,
+    _TASKS.c.group_id,
+)
+_TAKE_VALUES = dict(
+    status=TaskStatus.RUNNING,
+    attempts=_TASKS.c.attempts + 1,
+    claimed_at=_NOW,
+    waiting_reason=None,
+    claimed_by=bindparam("p_owner"),
+    updated_at=_NOW,
+    started_at=func.coalesce(_TASKS.c.started_at, _NOW),
+)
+_THIS_TASK = _TASKS.c.id == bindparam("p_id")
+_TAKE_QUEUED = (
+    update(_TASKS)
+    .where(_TASKS.c.id.in_(bindparam("p_ids", expanding=True)), _TASKS.c.status.in_(CLAIMABLE))
+    .values(**_TAKE_VALUES)
+    .returning(*_CLAIMED_COLUMNS)
+)
+_OWNED = (_THIS_TASK, _TASKS.c.status == TaskStatus.RUNNING, _TASKS.c.attempts == bindparam("p_attempt"))
+_TAKE_ABANDONED = update(_TASKS).where(*_OWNED).values(**_TAKE_VALUES).returning(*_CLAIMED_COLUMNS)
+_AGENTS_OF = select(_AGENTS).where(_AGENTS.c.id.in_(bindparam("p_agents", expanding=True)))
+_FINISHED = dict(finished_at=_NOW, updated_at=_NOW, duration_ms=bindparam("p_duration"))
+
+
+def _plus(column: Any, name: str) -> Any:
+    """The task's sum with one call's figure added; a call that reported nothing leaves it as it is."""
+    figure = bindparam(name, type_=column.type)
+    return case((figure.is_(None), column), else_=func.coalesce(column, 0) + figure)
+
+
+_UNPRICED_SO_FAR = _TASKS.c.unpriced_calls + bindparam("p_unpriced")
+# Every settled attempt adds what its call cost to the task's sums (nothing when no provider answered).
+_CHARGED = dict(
+    prompt_tokens=_plus(_TASKS.c.prompt_tokens, "p_prompt_tokens"),
+    completion_tokens=_plus(_TASKS.c.completion_tokens, "p_completion_tokens"),
+    total_tokens=_plus(_TASKS.c.total_tokens, "p_total_tokens"),
+    cached_tokens=_plus(_TASKS.c.cached_tokens, "p_cached_tokens"),
+    unpriced_calls=_UNPRICED_SO_FAR,
+    # A task with any call of unknown price has no known cost: NULL, never an understated sum.
+    cost_usd=case((_UNPRICED_SO_FAR > 0, None), else_=_plus(_TASKS.c.cost_usd, "p_cost")),
+)
+_COMPLETE = (
+    update(_TASKS)
+    .where(*_OWNED)
+    .values(
+        status=TaskStatus.COMPLETED,
+        result=bindparam("p_result"),
+        result_data=bindparam("p_result_data", type_=_TASKS.c.result_data.type),
+        error=None,
+        model=bindparam("p_model"),
+        **_CHARGED,
+        **_FINISHED,
+    )
+)
+_FAIL = (
+    update(_TASKS).where(*_OWNED).values(status=TaskStatus.FAILED, error=bindparam("p_error"), **_CHARGED, **_FINISHED)
+)
+_REQUEUE = (
+    update(_TASKS)
+    .where(*_OWNED)
+    .values(status=TaskStatus.QUEUED, error=bindparam("p_error"), queued_at=_NOW, updated_at=_NOW, **_CHARGED)
+)
+# A run that stops before its end without failing (deferred by admission, or paused for a reviewer) gives
+# its attempt and its claim back, saying why it waits.
+_GIVE_BACK = dict(
+    attempts=_TASKS.c.attempts - 1,
+    waiting_reason=bindparam("p_reason"),
+    claimed_at=None,
+    claimed_by=None,
+    updated_at=_NOW,
+)
+# A deferred attempt gives its start time back too, if it was the first.
+_DEFER = (
+    update(_TASKS)
+    .where(*_OWNED)
+    .values(
+        status=TaskStatus.QUEUED,
+        started_at=case((_TASKS.c.attempts == 1, None), else_=_TASKS.c.started_at),
+        queued_at=_NOW,
+        **_GIVE_BACK,
+    )
+)
+
+# A step of a multi-step run adds its call's cost at once (store/steps.py), only while the claim owns the task.
+_CHARGE_STEP = update(_TASKS).where(*_OWNED).values(updated_at=_NOW, **_CHARGED)
+# A run that waits for a reviewer gives its attempt and its claim back until the decision.
+_PAUSE = update(_TASKS).where(*_OWNED).values(status=TaskStatus.AWAITING_APPROVAL, **_GIVE_BACK)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """This worker owns attempt `attempt` of the task until it records an outcome."""
+
+    task_id: uuid.UUID
+    attempt: int
+    title: str
+    description: str
+    agent: AgentSpec | None
+    started_at: datetime
+    user_id: str = ""
+    agent_error: str | None = None
+    kind: str | None = None  # the task's own kind, overriding its agent's
+    payload: Any = None  # the task's JSON input
+    group_id: str | None = None  # the group it belongs to, whose end its own end may be (store.groups)
+
+
+@dataclass(frozen=True)
+class Charge:
+    """What one attempt's call cost: the model that answered, the tokens it reported and their price in USD
+    (None when the model has no price)."""
+
+    model: str
+    usage: Usage
+    cost_usd: float | None
+
+    def after(self, earlier: Charge | None) -> Charge:
+        """This charge with an earlier call of the same attempt's added (a re-ask): tokens summed, the cost
+        unknown when either's is."""
+        if earlier is None:
+            return self
+        usage = Usage(*(a + b for a, b in zip(astuple(earlier.usage), astuple(self.usage), strict=True)))
+        if earlier.cost_usd is None or self.cost_usd is None:
+            return Charge(self.model, usage, None)
+        return Charge(self.model, usage, earlier.cost_usd + self.cost_usd)
+
+    def token_counts(self) -> dict[str, int]:
+        """The tokens by kind, as the usage metrics label them."""
+        usage = self.usage
+        return {"prompt": usage.prompt_tokens, "completion": usage.completion_tokens, "cached": usage.cached_tokens}
+
+    def params(self) -> dict[str, Any]:
+        usage = self.usage
+        return {
+            "p_prompt_tokens": usage.prompt_tokens,
+            "p_completion_tokens": usage.completion_tokens,
+            "p_total_tokens": usage.total_tokens,
+            "p_cached_tokens": usage.cached_tokens,
+            "p_cost": self.cost_usd,
+            "p_unpriced": int(self.cost_usd is None),
+        }
+
+
+NO_CHARGE = {
+    name: None for name in ("p_prompt_tokens", "p_completion_tokens", "p_total_tokens", "p_cached_tokens", "p_cost")
+} | {"p_unpriced": 0}
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A finished task as its row records it."""
+
+    status: TaskStatus
+    result: str | None = None
+    error: str | None = None
+    usage: Usage | None = None
+
+
+@dataclass(frozen=True)
+class Skip:
+    """The task is not to be run by this delivery, and why; `finished` when it has finished already."""
+
+    task_id: uuid.UUID
+    status: TaskStatus | None
+    reason: str
+    finished: Finished | None = None
+
+
+def mark_queued(session: Session, task_ids: list[uuid.UUID], *, now: datetime) -> int:
+    """pending (or waiting) -> queued for tasks whose message was published; a run that already began is left
+    alone."""
+    statement = (
+        update(Task)
+        .where(Task.id.in_(task_ids), Task.status.in_((TaskStatus.PENDING, TaskStatus.WAITING)))
+        .values(status=TaskStatus.QUEUED, queued_at=now, updated_at=now)
+    )
+    # An UPDATE gives a CursorResult, which has the row count; Session.execute is typed for any statement.
+    return cast(CursorResult[Any], session.execute(statement)).rowcount
+
+
+def claim_tasks(
+    session: Session,
+    task_ids: list[uuid.UUID],
+    *,
+    settings: Settings,
+    now: datetime,
+    owner: str,
+    owner_is_gone: OwnerCheck = lambda _owner: False,
+) -> list[Claim | Skip]:
+    """Take the next attempt of each task, in order: pending or queued ones in one statement, then any
+    abandoned running one (claim older than the stale threshold, or `owner_is_gone` says its process
+    no longer exists). A task that is missing, finished or running elsewhere comes back as a Skip.
+    """
+    connection = session.connection()
+    unique_ids = list(dict.fromkeys(task_ids))
+    params = {"p_ids": unique_ids, "p_now": now, "p_owner": owner}
+    taken: dict[uuid.UUID, Row[Any] | Skip] = {row.id: row for row in connection.execute(_TAKE_QUEUED, params)}
+    for task_id in unique_ids:
+        if task_id not in taken:
+            taken[task_id] = _take_abandoned(
+                session, task_id, settings=settings, now=now, owner=owner, owner_is_gone=owner_is_gone
+            )
+    agent_ids = list({row.agent_id for row in taken.values() if not isinstance(row, Skip)})
+    agents = {agent.id: agent for agent in connection.execute(_AGENTS_OF, {"p_agents": agent_ids})} if agent_ids else {}
+    claims = {
+        task_id: row if isinstance(row, Skip) else _claim_of(row, agents[row.agent_id])
+        for task_id, row in taken.items()
+    }
+    return [
+        claims.pop(task_id) if task_id in claims else Skip(task_id, TaskStatus.RUNNING, "delivered twice in one batch")
+        for task_id in task_ids
+    ]
+
+
+def _take_abandoned(
+    session: Session, task_id: uuid.UUID, *, settings: Settings, now: datetime, owner: str, owner_is_gone: OwnerCheck
+) -> Row[Any] | Skip:
+    task = session.get(Task, task_id, populate_existing=True)
+    if task is None:
+        return Skip(task_id, None, "no such task")
+    if not _is_abandoned(task, settings=settings, now=now, owner_is_gone=owner_is_gone):
+        return Skip(task_id, task.status, _why_not_claimed(task), _finished_of(task))
+    params = {"p_id": task_id, "p_now": now, "p_owner": owner, "p_attempt": task.attempts}
+    taken = session.connection().execute(_TAKE_ABANDONED, params).first()
+    if taken is None:
+        return Skip(task_id, task.status, "another worker took it over first")
+    session.add(
+        TaskAttempt(
+            task_id=task_id,
+            attempt=task.attempts,
+            outcome="lost",
+            at=now,
+            error=f"the worker running it ({task.claimed_by}) was lost",
+        )
+    )
+    return taken
+
+
+def _is_abandoned(task: Task, *, settings: Settings, now: datetime, owner_is_gone: OwnerCheck) -> bool:
+    if task.status != TaskStatus.RUNNING:
+        return False
+    # A running row without a claim time (written before claims were timed) has no owner to wait for.
+    claimed_at = task.claimed_at
+    stale = claimed_at is None or aware(claimed_at) < now - timedelta(seconds=settings.stale_task_after_seconds)
+    return stale or owner_is_gone(task.claimed_by)
+
+
+def record_success(
+    session: Session,
+    claim: Claim,
+    *,
+    result: str,
+    model: str,
+    charge: Charge | None = None,
+    now: datetime,
+    result_data: Any = None,
+) -> bool:
+    """running -> completed with the result (its text, and `result_data` for a structured kind) and the model
+    that answered, adding the call's `charge` to the task's sums, only while this claim still owns the task.
+    Returns whether it did."""
+    charged = charge.params() if charge else NO_CHARGE
+    values = dict(p_result=result, p_result_data=result_data, p_model=model, **charged)
+    return _settle(session, _COMPLETE, claim, now=now, **values)
+
+
+def record_failure(session: Session, claim: Claim, *, error: str, charge: Charge | None = None, now: datetime) -> bool:
+    """running -> failed with `error` (and the call's `charge`, when a reply was paid for), only while this
+    claim still owns the task."""
+    return _settle_unfinished(session, _FAIL, claim, outcome="failed", error=error, charge=charge, now=now)
+
+
+def record_retry(session: Session, claim: Claim, *, error: str, charge: Charge | None = None, now: datetime) -> bool:
+    """running -> queued for another attempt, keeping the last error and adding the call's `charge`."""
+    return _settle_unfinished(session, _REQUEUE, claim, outcome="retried", error=error, charge=charge, now=now)
+
+
+def record_deferral(session: Session, claim: Claim, *, reason: str, now: datetime) -> bool:
+    """running -> queued without spending the attempt, with `reason` shown until the next claim. Returns
+    whether this claim still owned the task."""
+    params = {"p_id": claim.task_id, "p_attempt": claim.attempt, "p_now": now, "p_reason": reason}
+    return session.connection().execute(_DEFER, params).rowcount == 1
+
+
+def charge_step(session: Session, claim: Claim, *, charge: Charge | None, now: datetime) -> bool:
+    """Add one step's `charge` to the task's sums (nothing to add: just check the claim). Returns whether this
+    claim still owns the task; a step may be recorded only when it does."""
+    params = {"p_id": claim.task_id, "p_attempt": claim.attempt, "p_now": now}
+    params.update(charge.params() if charge else NO_CHARGE)
+    return session.connection().execute(_CHARGE_STEP, params).rowcount == 1
+
+
+def record_pause(session: Session, claim: Claim, *, reason: str, now: datetime) -> bool:
+    """running -> awaiting_approval, giving the attempt and the claim back (no worker holds the task while a
+    person decides), with `reason` shown until then. Returns whether this claim still owned the task."""
+    params = {"p_id": claim.task_id, "p_attempt": claim.attempt, "p_now": now, "p_reason": reason}
+    return session.connection().execute(_PAUSE, params).rowcount == 1
+
+
+def finished_state(session: Session, task_id: uuid.UUID) -> Finished | None:
+    """The task's final state, or None while it is not finished (or does not exist)."""
+    task = session.get(Task, task_id, populate_existing=True)
+    return _finished_of(task) if task is not None else None
+
+
+def task_status(session: Session, task_id: uuid.UUID) -> TaskStatus:
+    """The task's status now. Raises: TaskNotFoundError."""
+    status = session.scalar(select(Task.status).where(Task.id == task_id))
+    if status is None:
+        raise TaskNotFoundError(f"no task {task_id}")
+    return status
+
+
+def oldest_waiting_since(session: Session) -> datetime | None:
+    """When the task that has waited longest (waiting, pending or queued) entered the queue; None when none waits."""
+    entered = func.min(func.coalesce(Task.queued_at, Task.created_at))
+    oldest = session.scalar(select(entered).where(Task.status.in_(CLAIMABLE)))
+    return aware(oldest) if oldest is not None else None
+
+
+def failed_tasks(session: Session, *, limit: int) -> list[Task]:
+    """The dead letters: failed tasks, newest first, with their attempt history loaded."""
+    query = (
+        select(Task)
+        .where(Task.status == TaskStatus.FAILED)
+        .order_by(Task.finished_at.desc())
+        .limit(limit)
+        .options(selectinload(Task.attempt_history))
+    )
+    return list(session.scalars(query))
+
+
+def reset_for_replay(
+    session: Session, task_ids: list[uuid.UUID] | None, *, now: datetime, status: TaskStatus = TaskStatus.PENDING
+) -> list[uuid.UUID]:
+    """failed -> `status` (pending, or waiting for the dispatcher) with a fresh attempt budget (None: every
+    failed task); history is kept.
+
+    Returns the ids that were reset; ids of tasks that are not failed are left alone.
+    """
+    condition = Task.status == TaskStatus.FAILED
+    if task_ids is not None:
+        condition = and_(condition, Task.id.in_(task_ids))
+    return list(
+        session.scalars(
+            update(Task)
+            .where(condition)
+            .values(
+                status=status,
+                attempts=0,
+                replays=Task.replays + 1,
+                error=None,
+                result=None,
+                started_at=None,
+                finished_at=None,
+                claimed_at=None,
+                claimed_by=None,
+                duration_ms=None,
+                updated_at=now,
+            )
+            .returning(Task.id)
+        )
+    )
+
+
+def tasks_to_requeue(session: Session, *, settings: Settings, now: datetime, limit: int) -> list[uuid.UUID]:
+    """Rows that may have no live message: pending too long, or queued/running past the stale threshold;
+    without fair-share dispatch, waiting ones too (left by a worker that dispatched before the switch).
+
+    Their `updated_at` is bumped so the next sweep leaves them alone unless they stay stuck.
+    """
+    stale_before = now - timedelta(seconds=settings.stale_task_after_seconds)
+    unpublished = (TaskStatus.PENDING,) if settings.fair_dispatch else (TaskStatus.PENDING, TaskStatus.WAITING)
+    stuck = or_(
+        and_(
+            Task.status.in_(unpublished),
+            Task.updated_at < now - timedelta(seconds=settings.requeue_pending_after_seconds),
+        ),
+        and_(Task.status == TaskStatus.QUEUED, Task.updated_at < stale_before),
+        and_(Task.status == TaskStatus.RUNNING, Task.claimed_at < stale_before, Task.updated_at < stale_before),
+    )
+    ids = list(session.scalars(select(Task.id).where(stuck).order_by(Task.updated_at).limit(limit)))
+    if ids:
+        session.execute(update(Task).where(Task.id.in_(ids)).values(updated_at=now))
+    return ids
+
+
+def cancel_task(session: Session, task_id: uuid.UUID, *, now: datetime) -> TaskStatus:
+    """Cancel a task that has not finished; a running attempt then cannot complete it.
+
+    Returns the status the task ends with. Raises: TaskNotFoundError.
+    """
+    session.execute(
+        update(Task)
+        .where(Task.id == task_id, Task.status.in_((*CLAIMABLE, TaskStatus.RUNNING, TaskStatus.AWAITING_APPROVAL)))
+        .values(status=TaskStatus.CANCELLED, finished_at=now, updated_at=now, error="cancelled")
+    )
+    task = session.get(Task, task_id, populate_existing=True)
+    if task is None:
+        raise TaskNotFoundError(f"no task {task_id}")
+    return task.status
+
+
+def _settle(session: Session, statement: Update, claim: Claim, *, now: datetime, **values: Any) -> bool:
+    duration_ms = int((now - aware(claim.started_at)).total_seconds() * 1000)
+    params = {"p_id": claim.task_id, "p_attempt": claim.attempt, "p_now": now, "p_duration": duration_ms, **values}
+    return session.connection().execute(statement, params).rowcount == 1
+
+
+def _settle_unfinished(
+    session: Session, statement: Update, claim: Claim, *, outcome: str, error: str, charge: Charge | None, now: datetime
+) -> bool:
+    """Settle an attempt that did not complete its task, and keep it in the task's history with its charge."""
+    owned = _settle(session, statement, claim, now=now, p_error=error, **(charge.params() if charge else NO_CHARGE))
+    if owned:
+        paid = (
+            dict(
+                model=charge.model,
+                prompt_tokens=charge.usage.prompt_tokens,
+                completion_tokens=charge.usage.completion_tokens,
+                cached_tokens=charge.usage.cached_tokens,
+                cost_usd=charge.cost_usd,
+            )
+            if charge
+            else {}
+        )
+        session.add(
+            TaskAttempt(task_id=claim.task_id, attempt=claim.attempt, outcome=outcome, error=error, at=now, **paid)
+        )
+    return owned
+
+
+def _claim_of(taken: Row[Any], agent: Row[Any]) -> Claim:
+    spec, agent_error = agent_spec(agent)
+    return Claim(
+        taken.id,
+        taken.attempts,
+        taken.title,
+        taken.description or "",
+        spec,
+        user_id=taken.user_id,
+        agent_error=agent_error,
+        started_at=taken.started_at,
+        kind=taken.kind,
+        payload=taken.payload,
+        group_id=taken.group_id,
+    )
+
+
+def _finished_of(task: Task) -> Finished | None:
+    if task.status not in FINAL_STATUSES:
+        return None
+    prompt, completion, total = task.prompt_tokens, task.completion_tokens, task.total_tokens
+    usage = (
+        Usage(prompt, completion, total, task.cached_tokens or 0)
+        if prompt is not None and completion is not None and total is not None
+        else None
+    )
+    return Finished(task.status, task.result, task.error, usage)
+
+
+def _why_not_claimed(task: Task) -> str:
+    if task.status == TaskStatus.RUNNING:
+        return f"attempt {task.attempts} is running elsewhere"
+    return f"already {task.status.value}"
+
+
+def aware(moment: datetime) -> datetime:
+    """`moment` with its zone: UTC when it has none."""
+    # SQLite hands timestamps back without a zone; they were written in UTC.
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

@@ -1,0 +1,181 @@
+"""The durable steps of multi-step runs (the api kind) and their approvals: plain functions on a caller-owned
+Session, no commits.
+
+A step is written only while the claim that took it still owns the task (the same compare-and-set as every
+transition in `store.lifecycle`), so a run that lost its claim can add nothing; the unique (task, position)
+index keeps two runs from writing one position.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+from datetime import datetime
+from typing import Any, cast
+
+from sqlalchemy import CursorResult, insert, select, update
+from sqlalchemy.orm import Session
+
+from agent_service.errors import ApprovalError, TaskNotFoundError
+from agent_service.models import StepStatus, StepType, Task, TaskStatus, TaskStep
+from agent_service.store import lifecycle
+from agent_service.store.lifecycle import Charge, Claim
+
+REJECTED_BY_REVIEWER = "rejected by a reviewer"
+
+
+@dataclass(frozen=True)
+class RecordedStep:
+    """A step as its row records it, detached from the session."""
+
+    position: int
+    step_type: StepType
+    status: StepStatus
+    created_at: datetime
+    content: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    model: str | None = None
+    tool_call_id: str | None = None
+    tool_name: str | None = None
+    arguments: Any = None
+    idempotency_key: str | None = None
+    decided_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class StepWrite:
+    """One step row to insert, or (`exists`) to update in place, found by its task and position."""
+
+    position: int
+    values: dict[str, Any] = field(default_factory=dict)
+    exists: bool = False
+
+
+_RECORDED_COLUMNS = [getattr(TaskStep, column.name) for column in fields(RecordedStep)] + [TaskStep.task_id]
+
+
+def load_steps(session: Session, task_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, list[RecordedStep]]:
+    """The recorded steps of each task, in position order (one query for them all)."""
+    steps: dict[uuid.UUID, list[RecordedStep]] = {task_id: [] for task_id in task_ids}
+    query = select(*_RECORDED_COLUMNS).where(TaskStep.task_id.in_(list(task_ids))).order_by(TaskStep.position)
+    for row in session.execute(query):
+        values = row._asdict()
+        steps[values.pop("task_id")].append(RecordedStep(**values))
+    return steps
+
+
+def write_steps(
+    session: Session, claim: Claim, writes: Sequence[StepWrite], *, charge: Charge | None = None, now: datetime
+) -> bool:
+    """Write these steps of the claimed task, adding `charge` (a model turn's cost) to the task's sums, only
+    while the claim still owns the task. Returns whether it did (nothing is written otherwise)."""
+    if not lifecycle.charge_step(session, claim, charge=charge, now=now):
+        return False
+    inserts = [
+        {"task_id": claim.task_id, "position": w.position, "attempt": claim.attempt, "created_at": now, **w.values}
+        for w in writes
+        if not w.exists
+    ]
+    if inserts:
+        session.execute(insert(TaskStep), inserts)
+    for write in writes:
+        if write.exists:
+            session.execute(
+                update(TaskStep)
+                .where(TaskStep.task_id == claim.task_id, TaskStep.position == write.position)
+                .values(attempt=claim.attempt, updated_at=now, **write.values)
+            )
+    return True
+
+
+def decide_approval(
+    session: Session, task_id: uuid.UUID, *, approved: bool, note: str | None, now: datetime, status: TaskStatus
+) -> list[str]:
+    """Record a reviewer's decision on every tool call the task awaits approval for, and move the task to
+    `status` (pending, or waiting for the dispatcher) for its run to go on. A rejected call's result, which its
+    model reads, is "rejected by a reviewer: <note>". Returns the names of the tools decided on.
+
+    Raises: TaskNotFoundError; ApprovalError when the task does not await approval, or its approval expired
+    (the sweeper then fails it)."""
+    task = session.get(Task, task_id, with_for_update=True, populate_existing=True)
+    if task is None:
+        raise TaskNotFoundError(f"no task {task_id}")
+    if task.status != TaskStatus.AWAITING_APPROVAL:
+        raise ApprovalError(f"task {task_id} is not awaiting approval: it is {task.status.value}")
+    waiting = list(
+        session.scalars(
+            select(TaskStep)
+            .where(TaskStep.task_id == task_id, TaskStep.status == StepStatus.AWAITING_APPROVAL)
+            .order_by(TaskStep.position)
+        )
+    )
+    expired = [
+        step for step in waiting if step.approval_expires_at and lifecycle.aware(step.approval_expires_at) <= now
+    ]
+    if expired:
+        raise ApprovalError(
+            f"the approval of task {task_id} expired at {lifecycle.aware(expired[0].approval_expires_at or now)}"
+            " (its tool call is not made; the task fails)"
+        )
+    decided: dict[str, Any] = dict(approval_note=note, decided_at=now, updated_at=now)
+    if approved:
+        decided.update(status=StepStatus.APPROVED)
+    else:
+        decided.update(status=StepStatus.REJECTED, content=rejection(note))
+    session.execute(
+        update(TaskStep).where(TaskStep.id.in_([step.id for step in waiting])).values(**decided),
+        execution_options={"synchronize_session": False},
+    )
+    session.execute(
+        update(Task)
+        .where(Task.id == task_id, Task.status == TaskStatus.AWAITING_APPROVAL)
+        .values(status=status, waiting_reason=None, updated_at=now)
+    )
+    return [step.tool_name or "" for step in waiting]
+
+
+def rejection(note: str | None) -> str:
+    """What the model reads as the result of a call a reviewer rejected."""
+    return f"{REJECTED_BY_REVIEWER}: {note}" if note else REJECTED_BY_REVIEWER
+
+
+def fail_expired_approvals(session: Session, *, now: datetime, limit: int) -> list[uuid.UUID]:
+    """Fail the tasks (at most `limit`) whose pending approval expired, each with "approval for tool X expired
+    after N s", and mark those steps expired. Returns the ids of the tasks failed here (ended: a group's
+    bookkeeping may count them)."""
+    query = (
+        select(TaskStep.task_id, TaskStep.tool_name, TaskStep.created_at, TaskStep.approval_expires_at)
+        .join(Task, Task.id == TaskStep.task_id)
+        .where(
+            TaskStep.status == StepStatus.AWAITING_APPROVAL,
+            TaskStep.approval_expires_at <= now,
+            Task.status == TaskStatus.AWAITING_APPROVAL,
+        )
+        .order_by(TaskStep.approval_expires_at)
+        .limit(limit)
+    )
+    failed: list[uuid.UUID] = []
+    for task_id, tool_name, created_at, expires_at in session.execute(query):
+        if task_id in failed:
+            continue
+        waited = (lifecycle.aware(expires_at or now) - lifecycle.aware(created_at)).total_seconds()
+        error = f"approval for tool {tool_name} expired after {waited:g} s"
+        ended = session.execute(
+            update(Task)
+            .where(Task.id == task_id, Task.status == TaskStatus.AWAITING_APPROVAL)
+            .values(status=TaskStatus.FAILED, error=error, waiting_reason=None, finished_at=now, updated_at=now)
+        )
+        if cast(CursorResult[Any], ended).rowcount == 1:
+            session.execute(
+                update(TaskStep)
+                .where(TaskStep.task_id == task_id, TaskStep.status == StepStatus.AWAITING_APPROVAL)
+                .values(status=StepStatus.EXPIRED, updated_at=now)
+            )
+            failed.append(task_id)
+    return failed
+
+
+def step_rows(session: Session, task_id: uuid.UUID) -> list[TaskStep]:
+    """The task's steps, in position order (for `python cli.py status`)."""
+    return list(session.scalars(select(TaskStep).where(TaskStep.task_id == task_id).order_by(TaskStep.position)))

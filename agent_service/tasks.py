@@ -1,0 +1,202 @@
+"""The Celery task shells, and `create_agent_task`, the application's way to submit work.
+
+Each shell decodes its message, calls a plain function (`execution`, `submission`) with the app's
+services, and turns the outcome into a retry or a result; nothing else happens here.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from functools import partial
+from typing import Any
+
+from celery import Celery, Task, shared_task
+
+from agent_service import worker
+from agent_service.database import session_scope
+from agent_service.errors import PermanentError, RetryableError, classify
+from agent_service.execution.batching import AgentRequest, AgentTaskBatches
+from agent_service.execution.maintenance import (
+    check_health,
+    fail_expired_approvals,
+    requeue_stuck_tasks,
+    send_lost_group_callbacks,
+)
+from agent_service.execution.outcomes import Outcome, TaskOutcome
+from agent_service.execution.pipeline import execute_agent_tasks, parse_task_id
+from agent_service.execution.retry import backoff_delay
+from agent_service.execution.services import Services, services_of
+from agent_service.live import follow
+from agent_service.live.events import LiveEvent
+from agent_service.messaging.group_callbacks import send_callbacks_quietly
+from agent_service.messaging.publisher import publish_tasks
+from agent_service.messaging.routing import HEALTH_TASK_NAME, PROCESS_TASK_NAME, SWEEP_TASK_NAME
+from agent_service.models import TaskStatus
+from agent_service.monitoring import monitor_task_execution
+from agent_service.store import lifecycle
+from agent_service.store.groups import GroupProgress
+from agent_service.submission import approvals, groups, submit
+
+
+def create_agent_task(task_data: dict[str, Any], *, app: Celery | None = None) -> str:
+    """Validate, store and queue one task on `app` (default: the configured `worker.app`); returns its id.
+
+    A repeated idempotency key returns the first task's id without queueing again.
+    Raises: TaskValidationError (nothing written), BrokerUnavailableError (row kept as pending).
+    """
+    return create_agent_tasks([task_data], app=app)[0]
+
+
+def create_agent_tasks(
+    items: Iterable[dict[str, Any]],
+    *,
+    app: Celery | None = None,
+    group: str | None = None,
+    on_complete: str | None = None,
+) -> list[str]:
+    """Validate, store (one transaction) and queue many tasks; returns their ids in order.
+
+    With `group`, the tasks join that group of their user's (created if new); `on_complete` names a Celery
+    task sent once, with `(group_id, outcomes)`, when every task of the group has ended (README, "Groups").
+
+    Raises: TaskValidationError naming the first bad item, or the group's problem (nothing written),
+    BrokerUnavailableError.
+    """
+    app = app or worker.app
+    return submit.create_agent_tasks(items, app=app, services=services_of(app), group=group, on_complete=on_complete)
+
+
+def group_progress(group_id: str, *, app: Celery | None = None) -> GroupProgress:
+    """Where the group's tasks are: counts by status, tokens, cost, when it ended, its callback.
+    Raises: TaskNotFoundError for an unknown group."""
+    return groups.group_progress(group_id, services=services_of(app or worker.app))
+
+
+def follow_agent_task(
+    task_id: str, *, last_event_id: str = "0", timeout: float | None = None, app: Celery | None = None
+) -> Iterator[LiveEvent]:
+    """The task's live events (`live.follow.follow_task`) as they come, until its `ended` event; none when it
+    ended before being followed (its row then holds the result). Each event's `sse()` is a server-sent event
+    whose id a reconnecting client sends back as Last-Event-ID: pass it as `last_event_id`.
+
+    Raises: TaskValidationError (not a UUID), TaskNotFoundError, ConfigurationError without REDIS_URL.
+    """
+    services = services_of(app or worker.app)
+    task_uuid = parse_task_id(task_id)
+    _task_status(services, task_uuid)  # an unknown task raises here, before any event is awaited
+    return follow.follow_task(
+        task_uuid,
+        redis=services.redis,
+        last_event_id=last_event_id,
+        timeout=timeout,
+        finished=lambda: _task_status(services, task_uuid).is_final,
+    )
+
+
+def _task_status(services: Services, task_id: uuid.UUID) -> TaskStatus:
+    with session_scope(services.session_factory) as session:
+        return lifecycle.task_status(session, task_id)
+
+
+def approve_task(task_id: str, note: str | None = None, *, app: Celery | None = None) -> list[str]:
+    """Approve the tool calls a task awaits approval for, and queue it on `app` (default: `worker.app`);
+    returns the tools approved. Raises: TaskValidationError, TaskNotFoundError, ApprovalError."""
+    app = app or worker.app
+    return approvals.approve_task(task_id, app=app, services=services_of(app), note=note)
+
+
+def reject_task(task_id: str, note: str | None = None, *, app: Celery | None = None) -> list[str]:
+    """Reject them: never made, their result for the model is "rejected by a reviewer: <note>"; the task is
+    queued and goes on. Raises: as `approve_task`."""
+    app = app or worker.app
+    return approvals.reject_task(task_id, app=app, services=services_of(app), note=note)
+
+
+@shared_task(bind=True, base=AgentTaskBatches, name=PROCESS_TASK_NAME, acks_late=True)
+def process_agent_task(self: AgentTaskBatches, requests: list[AgentRequest]) -> list:
+    """Process a batch of tasks using their AI agents; each message carries one task id, and each message's
+    outcome is made known (result, metrics, log line, task event) as soon as it is recorded.
+
+    Returns the task events a prefork pool child could not send itself (see `AgentTaskBatches.flush`)."""
+    services = services_of(self.app)
+    started = time.monotonic()
+    settled: dict[int, TaskOutcome] = {}
+
+    def on_settled(group: list[tuple[int, TaskOutcome]]) -> None:
+        settled.update(group)
+        self.announce(requests, group)
+        if services.live:
+            services.live.publish_many(update for _, outcome in group if (update := outcome.live_update()))
+
+    try:
+        execute_agent_tasks(
+            [_task_id_argument(request) for request in requests],
+            session_factory=services.session_factory,
+            settings=services.settings,
+            llm=services.llm_runner,
+            admission=services.admission,
+            prices=services.prices,
+            on_settled=on_settled,
+            replies=services.replies,
+            running=services.running_calls,
+            live=services.live,
+            on_groups_ended=partial(send_callbacks_quietly, self.app, services.session_factory, services.settings),
+            tool_caller=services.tool_caller,
+        )
+    except Exception as exc:
+        error = classify(exc)
+        unsettled = [at for at in range(len(requests)) if at not in settled]
+        self.announce(
+            requests, [(at, _retry_later(self.app, requests[at], error, started=started)) for at in unsettled]
+        )
+    retries = [outcome for outcome in settled.values() if outcome.retry_in is not None]
+    for outcome in retries:
+        publish_tasks(self.app, [uuid.UUID(outcome.task_id)], countdown=outcome.retry_in)
+    return [request.unsent_event for request in requests]
+
+
+@shared_task(bind=True, name=SWEEP_TASK_NAME)
+@monitor_task_execution("sweep_stale_tasks", ok=Outcome.COMPLETED, error=Outcome.ERROR)
+def sweep_stale_tasks(self: Task) -> dict[str, Any]:
+    """Re-queue rows stuck without a live message (broker down at submit, lost with Redis, dead worker), fail
+    the tasks whose pending approval expired, and send the callbacks of groups whose sender was lost."""
+    services = services_of(self.app)
+    expired = fail_expired_approvals(app=self.app, services=services)
+    requeued = requeue_stuck_tasks(app=self.app, services=services)
+    return {
+        "status": "ok",
+        "requeued": requeued,
+        "expired": expired,
+        "callbacks": send_lost_group_callbacks(app=self.app, services=services),
+    }
+
+
+@shared_task(bind=True, name=HEALTH_TASK_NAME)
+@monitor_task_execution("health_check", ok=Outcome.COMPLETED, error=Outcome.ERROR)
+def health_check(self: Task) -> dict[str, str]:
+    """Report that this worker and its database are reachable."""
+    return check_health(session_factory=services_of(self.app).session_factory)
+
+
+def _retry_later(
+    app: Celery, request: AgentRequest, error: RetryableError | PermanentError, *, started: float
+) -> TaskOutcome:
+    """The whole attempt failed before any row changed (the database is down): send the message again later,
+    with its retry count; Celery's own per-message retry does not fit a batch."""
+    task_id, retries = _task_id_argument(request), request.request_dict.get("retries") or 0
+    seconds = time.monotonic() - started
+    if isinstance(error, PermanentError) or retries >= services_of(app).settings.db_unavailable_max_retries:
+        # The row, if any, keeps its status; the sweeper re-queues it once it looks stuck.
+        return TaskOutcome(str(task_id), Outcome.ERROR, error=str(error), seconds=seconds)
+    delay = backoff_delay(retries + 1, settings=services_of(app).settings, requested=error.delay)
+    app.send_task(
+        PROCESS_TASK_NAME, args=[task_id], task_id=request.id, countdown=delay, retries=retries + 1, ignore_result=True
+    )
+    return TaskOutcome(str(task_id), Outcome.RETRYING, error=str(error), retry_in=delay, seconds=seconds)
+
+
+def _task_id_argument(request: Any) -> Any:
+    """The one positional argument a process_agent_task message must carry (anything else is rejected later)."""
+    return request.args[0] if len(request.args) == 1 and not request.kwargs else request.args

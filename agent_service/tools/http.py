@@ -1,0 +1,341 @@
+"""One guarded outbound call of an agent's HTTP tool: `call_tool` (async; `call_tool_sync` for callers
+without an event loop).
+
+Async, with httpx.AsyncClient: the agent loop runs many calls at once on one event loop, each costing a
+coroutine rather than a thread. Every hop (the first request and each redirect, followed by hand) is checked
+before anything is sent: the host against the agent's allowlist, then every address the host resolves to
+(`tools.addresses`). The connection goes to a checked address itself: the URL carries the IP, the `Host`
+header the name, and for https the TLS server name (SNI) and certificate check use the name
+(httpcore's `sni_hostname` extension). Each hop has a client of its own, so no pooled connection opened for
+one name ever carries a request for another.
+
+A tool's own failures (bad arguments, refusals, timeouts, lost connections, unknown secrets) are outcomes,
+never exceptions: the model sees them as the tool's result. Secret header values never appear in an
+outcome or a log line: they are replaced by "[redacted]" wherever a reply or an error echoes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import logging
+import ssl
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from agent_service.config import Settings
+from agent_service.tools.addresses import IPAddress, Resolver, refusal_reason, system_resolver
+from agent_service.tools.allowlist import host_allowed
+from agent_service.tools.definitions import HttpMethod, SecretHeader, ToolDefinition, validate_arguments
+
+logger = logging.getLogger("agent_service.tools")
+
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+REDACTED = "[redacted]"
+
+
+@dataclass(frozen=True, slots=True)
+class ToolOutcome:
+    """What one tool call came to. `ok`: a 2xx reply arrived. `error`: why there is no usable reply (then the
+    model sees only that). `truncated`: the reply was longer than TOOL_MAX_RESPONSE_BYTES and was cut there."""
+
+    ok: bool
+    status: int | None
+    body: str
+    error: str | None
+    truncated: bool
+    elapsed_ms: int
+
+    def as_model_text(self) -> str:
+        """The tool result as the model reads it: the status and the body, or the error."""
+        if self.error is not None:
+            return f"error: {self.error}"
+        cut = "\n[response truncated]" if self.truncated else ""
+        return f"HTTP {self.status}\n{self.body}{cut}"
+
+
+@dataclass(frozen=True)
+class _Hop:
+    """One request to send: the URL names the host (the connection goes to a checked address of it)."""
+
+    method: str
+    url: httpx.URL
+    headers: dict[str, str]
+    content: bytes | None
+    secret_headers: frozenset[str] = field(default_factory=frozenset)
+
+
+@dataclass(frozen=True)
+class _Guard:
+    """What every hop of one call is checked and bounded by."""
+
+    settings: Settings
+    allowed_hosts: Sequence[str]
+    resolver: Resolver
+    timeout: float
+
+
+class _CallFailed(Exception):  # noqa: N818  (internal: always turned into an outcome, never raised to a caller)
+    """The call cannot go on; the message is the outcome's error."""
+
+
+async def call_tool(
+    tool: ToolDefinition,
+    arguments: Mapping[str, Any],
+    *,
+    settings: Settings,
+    allowed_hosts: Sequence[str],
+    resolver: Resolver = system_resolver,
+    idempotency_key: str | None = None,
+) -> ToolOutcome:
+    """Call `tool` with the model's `arguments`, following up to TOOL_MAX_REDIRECTS redirects, within
+    `tool.timeout_seconds` (else TOOL_TIMEOUT_SECONDS) for the whole call. `allowed_hosts` are the agent's
+    (normalised, `tools.allowlist.parse_allowed_hosts`); `idempotency_key` is sent as `Idempotency-Key`.
+    Never raises for the tool's own problems: see ToolOutcome."""
+    started = time.perf_counter()
+    secrets = [secret.get_secret_value() for name in tool.secret_names if (secret := settings.tool_secrets.get(name))]
+    timeout = tool.timeout_seconds or settings.tool_timeout_seconds
+    guard = _Guard(settings=settings, allowed_hosts=allowed_hosts, resolver=resolver, timeout=timeout)
+    status, body, truncated, error = None, "", False, None
+    try:
+        hop = _first_hop(tool, arguments, settings=settings, idempotency_key=idempotency_key)
+        async with asyncio.timeout(timeout):
+            status, body, truncated = await _follow(hop, guard)
+    except _CallFailed as exc:
+        error = str(exc)
+    except (TimeoutError, httpx.TimeoutException):
+        error = f"timed out after {timeout:g} s"
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        error = f"request failed: {_describe(exc)}"
+    outcome = ToolOutcome(
+        ok=error is None and status is not None and 200 <= status < 300,
+        status=status,
+        body=_redact(body, secrets),
+        error=None if error is None else _redact(error, secrets),
+        truncated=truncated,
+        elapsed_ms=round((time.perf_counter() - started) * 1000),
+    )
+    logger.info(
+        "tool %s %s %s: %s in %d ms",
+        tool.name,
+        tool.method.value,
+        tool.host,
+        outcome.status if outcome.error is None else outcome.error,
+        outcome.elapsed_ms,
+    )
+    return outcome
+
+
+def call_tool_sync(
+    tool: ToolDefinition,
+    arguments: Mapping[str, Any],
+    *,
+    settings: Settings,
+    allowed_hosts: Sequence[str],
+    resolver: Resolver = system_resolver,
+    idempotency_key: str | None = None,
+) -> ToolOutcome:
+    """`call_tool` on an event loop of its own, for a caller that has none (a worker thread, the CLI)."""
+    return asyncio.run(
+        call_tool(
+            tool,
+            arguments,
+            settings=settings,
+            allowed_hosts=allowed_hosts,
+            resolver=resolver,
+            idempotency_key=idempotency_key,
+        )
+    )
+
+
+def _first_hop(
+    tool: ToolDefinition, arguments: Mapping[str, Any], *, settings: Settings, idempotency_key: str | None
+) -> _Hop:
+    """The request the arguments make: path placeholders substituted, the rest as query or JSON body."""
+    problem = validate_arguments(tool, arguments)
+    if problem is not None:
+        raise _CallFailed(f"invalid arguments: {problem}")
+    url = tool.url
+    for name in tool.placeholders:
+        value = _as_text(arguments[name])
+        if value in ("", ".", ".."):  # a path segment that would leave or collapse the tool's path
+            raise _CallFailed(f"invalid arguments: {name} must not be {value!r}")
+        url = url.replace(f"{{{name}}}", quote(value, safe=""))
+    rest = {name: value for name, value in arguments.items() if name not in tool.placeholders}
+    headers, secret_headers = _headers(tool, settings)
+    if idempotency_key is not None:
+        headers["Idempotency-Key"] = idempotency_key
+    if tool.method.sends_body:
+        headers["Content-Type"] = "application/json"
+        return _Hop(tool.method.value, httpx.URL(url), headers, json.dumps(rest).encode(), secret_headers)
+    params = {name: _query_value(value) for name, value in rest.items() if value is not None}
+    return _Hop(tool.method.value, httpx.URL(url).copy_merge_params(params), headers, None, secret_headers)
+
+
+def _headers(tool: ToolDefinition, settings: Settings) -> tuple[dict[str, str], frozenset[str]]:
+    """The tool's headers with their secret values filled in, and the names of those that hold a secret."""
+    headers = {}
+    for name, value in tool.headers.items():
+        if isinstance(value, SecretHeader):
+            secret = settings.tool_secrets.get(value.secret)
+            if secret is None:
+                raise _CallFailed(f"header {name}: secret {value.secret} is not configured (TOOL_SECRETS)")
+            headers[name] = secret.get_secret_value()
+        else:
+            headers[name] = value
+    return headers, frozenset(name for name, value in tool.headers.items() if isinstance(value, SecretHeader))
+
+
+async def _follow(hop: _Hop, guard: _Guard) -> tuple[int, str, bool]:
+    """Send `hop` and each redirect after it, every one checked; the final status, body and truncation."""
+    for _ in range(guard.settings.tool_max_redirects + 1):
+        reply = await _send_checked(hop, guard)
+        if not isinstance(reply, _Hop):
+            return reply
+        hop = reply
+    raise _CallFailed(f"too many redirects (more than {guard.settings.tool_max_redirects})")
+
+
+async def _send_checked(hop: _Hop, guard: _Guard) -> _Hop | tuple[int, str, bool]:
+    """Check `hop`'s host and addresses, then send it to the first checked address that accepts a
+    connection. Returns the redirect to follow, or the status, body and truncation of the final reply."""
+    host = _host(hop.url)
+    if hop.url.scheme not in ("http", "https"):
+        raise _CallFailed(f"refused: {hop.url.scheme}:// is not http or https")
+    if not host_allowed(host, guard.allowed_hosts):
+        raise _CallFailed(f"refused: {host or 'a URL without a host'} is not in the agent's allowed hosts")
+    *others, last = await _checked_addresses(host, _port(hop.url), guard)
+    for address in others:
+        try:
+            return await _send_to(hop, address, guard)
+        except httpx.ConnectError:
+            continue  # the next checked address, as a browser would
+    return await _send_to(hop, last, guard)
+
+
+async def _checked_addresses(host: str, port: int, guard: _Guard) -> list[IPAddress]:
+    """Every address `host` stands for, each one allowed. Raises: _CallFailed naming the first refused one."""
+    literal = _literal_address(host)
+    if literal is not None:
+        addresses = [literal]
+    else:
+        try:
+            addresses = await guard.resolver(host, port)
+        except OSError as exc:
+            raise _CallFailed(f"cannot resolve {host}: {exc}") from None
+    if not addresses:
+        raise _CallFailed(f"cannot resolve {host}: no address")
+    for address in addresses:
+        reason = refusal_reason(address, allow_private=guard.settings.tool_allow_private_addresses)
+        if reason is not None:
+            where = f"{address} is" if literal is not None else f"{host} resolves to {address},"
+            raise _CallFailed(f"refused: {where} {reason}")
+    return addresses
+
+
+async def _send_to(hop: _Hop, address: IPAddress, guard: _Guard) -> _Hop | tuple[int, str, bool]:
+    """Send `hop` over a connection to `address`, keeping the name for the Host header and TLS."""
+    name = _host(hop.url)
+    named_tls = hop.url.scheme == "https" and _literal_address(name) is None
+    extensions = {"sni_hostname": name} if named_tls else {}
+    headers = {**hop.headers, "Host": _host_header(hop.url)}
+    async with (
+        httpx.AsyncClient(verify=_tls_context(), trust_env=False, timeout=guard.timeout) as client,
+        client.stream(
+            hop.method,
+            hop.url.copy_with(host=str(address)),
+            headers=headers,
+            content=hop.content,
+            extensions=extensions,
+        ) as response,
+    ):
+        if response.status_code in REDIRECT_STATUSES and "location" in response.headers:
+            return _redirected(hop, response)
+        return response.status_code, *await _read_capped(response, guard.settings.tool_max_response_bytes)
+
+
+def _redirected(hop: _Hop, response: httpx.Response) -> _Hop:
+    """The request a redirect asks for: GET after a 303 (and after a 301/302 of a POST, as browsers do),
+    without the secret headers when it leaves the origin."""
+    # Credentials in the Location would become a Basic login (httpx sends a URL's userinfo): never the server's choice.
+    target = hop.url.join(response.headers["location"]).copy_with(userinfo=b"")
+    method, content, headers = hop.method, hop.content, dict(hop.headers)
+    if response.status_code == 303 or (response.status_code in (301, 302) and method == HttpMethod.POST.value):
+        method, content = HttpMethod.GET.value, None
+        headers.pop("Content-Type", None)
+    if (target.scheme, _host(target), _port(target)) != (hop.url.scheme, _host(hop.url), _port(hop.url)):
+        headers = {name: value for name, value in headers.items() if name not in hop.secret_headers}
+    return _Hop(method, target, headers, content, hop.secret_headers)
+
+
+async def _read_capped(response: httpx.Response, limit: int) -> tuple[str, bool]:
+    """The body's first `limit` bytes as text, and whether there was more (which is never read)."""
+    chunks, size = [], 0
+    async for chunk in response.aiter_bytes():
+        if size + len(chunk) > limit:
+            chunks.append(chunk[: limit - size])
+            return _decode(b"".join(chunks), response.encoding), True
+        chunks.append(chunk)
+        size += len(chunk)
+    return _decode(b"".join(chunks), response.encoding), False
+
+
+def _decode(raw: bytes, encoding: str | None) -> str:
+    try:
+        return raw.decode(encoding or "utf-8", errors="replace")
+    except LookupError:  # a charset Python does not know
+        return raw.decode("utf-8", errors="replace")
+
+
+def _host(url: httpx.URL) -> str:
+    """The URL's host as it goes on the wire: ASCII (an IDN as punycode), an IPv6 address without brackets."""
+    return url.raw_host.decode("ascii").lower()
+
+
+def _literal_address(host: str) -> IPAddress | None:
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
+
+
+def _host_header(url: httpx.URL) -> str:
+    host = f"[{_host(url)}]" if ":" in _host(url) else _host(url)
+    return host if url.port is None else f"{host}:{url.port}"
+
+
+def _port(url: httpx.URL) -> int:
+    return url.port or (443 if url.scheme == "https" else 80)
+
+
+@lru_cache(maxsize=1)
+def _tls_context() -> ssl.SSLContext:
+    """One verifying TLS context for every call (loading the CA store takes milliseconds)."""
+    return httpx.create_ssl_context()
+
+
+def _as_text(value: object) -> str:
+    """An argument as it goes into a URL: strings as they are, other JSON values as JSON (true, 3, [1])."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _query_value(value: object) -> str | list[str]:
+    """A query argument: a list repeats its name, anything else is one value."""
+    return [_as_text(item) for item in value] if isinstance(value, list) else _as_text(value)
+
+
+def _redact(text: str, secrets: Sequence[str]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, REDACTED)
+    return text
+
+
+def _describe(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
