@@ -20,10 +20,11 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from agent_service.admission import OVERRIDE_NAMES
 from agent_service.admission.pause import pause, paused_since, resume
+from agent_service.clock import utcnow
 from agent_service.config import Settings, get_settings, is_loopback_host
 from agent_service.database import create_database_if_missing, session_scope
 from agent_service.errors import AgentServiceError, ConfigurationError, TaskValidationError
-from agent_service.execution.pipeline import parse_task_id
+from agent_service.ids import parse_task_id
 from agent_service.kinds.base import KindName
 from agent_service.live.events import EventKind, LiveEvent
 from agent_service.models import LimitOverride, LimitScope, StepType, Task, TaskStatus, TaskStep
@@ -280,7 +281,7 @@ def _charged(row: Any) -> str:
 def _cmd_stats(args: argparse.Namespace) -> None:
     configure_logging(json_lines=get_settings().log_json)  # the per-group lines go to stderr, the table to stdout
     with session_scope(_app().services.session_factory) as session:
-        figures = task_stats(session, by=args.by and GroupBy(args.by), since=lifecycle.utcnow() - args.since)
+        figures = task_stats(session, by=args.by and GroupBy(args.by), since=utcnow() - args.since)
     console.print(stats_table(figures, by=args.by or "all", since=args.since))
     for group in figures:
         _log_performance(args.by or "all", group)

@@ -15,9 +15,9 @@ from typing import Any
 from celery import Celery, Task, shared_task
 
 from agent_service import worker
+from agent_service.consumer.batching import AgentRequest, AgentTaskBatches
 from agent_service.database import session_scope
 from agent_service.errors import PermanentError, RetryableError, classify
-from agent_service.execution.batching import AgentRequest, AgentTaskBatches
 from agent_service.execution.maintenance import (
     check_health,
     fail_expired_approvals,
@@ -25,16 +25,17 @@ from agent_service.execution.maintenance import (
     send_lost_group_callbacks,
 )
 from agent_service.execution.outcomes import Outcome, TaskOutcome
-from agent_service.execution.pipeline import execute_agent_tasks, parse_task_id
+from agent_service.execution.pipeline import execute_agent_tasks
 from agent_service.execution.retry import backoff_delay
-from agent_service.execution.services import Services, services_of
+from agent_service.ids import parse_task_id
 from agent_service.live import follow
 from agent_service.live.events import LiveEvent
-from agent_service.messaging.group_callbacks import send_callbacks_quietly
+from agent_service.messaging.groups import send_callbacks_quietly
 from agent_service.messaging.publisher import publish_tasks
 from agent_service.messaging.routing import HEALTH_TASK_NAME, PROCESS_TASK_NAME, SWEEP_TASK_NAME
 from agent_service.models import TaskStatus
 from agent_service.monitoring import monitor_task_execution
+from agent_service.services import Services, services_of
 from agent_service.store import lifecycle
 from agent_service.store.groups import GroupProgress
 from agent_service.submission import approvals, groups, submit
@@ -163,13 +164,14 @@ def sweep_stale_tasks(self: Task) -> dict[str, Any]:
     """Re-queue rows stuck without a live message (broker down at submit, lost with Redis, dead worker), fail
     the tasks whose pending approval expired, and send the callbacks of groups whose sender was lost."""
     services = services_of(self.app)
-    expired = fail_expired_approvals(app=self.app, services=services)
-    requeued = requeue_stuck_tasks(app=self.app, services=services)
+    collaborators = {"app": self.app, "session_factory": services.session_factory, "settings": services.settings}
+    expired = fail_expired_approvals(**collaborators)
+    requeued = requeue_stuck_tasks(**collaborators)
     return {
         "status": "ok",
         "requeued": requeued,
         "expired": expired,
-        "callbacks": send_lost_group_callbacks(app=self.app, services=services),
+        "callbacks": send_lost_group_callbacks(**collaborators),
     }
 
 

@@ -15,11 +15,10 @@ from celery.signals import setup_logging, worker_process_init, worker_process_sh
 
 from agent_service.admission.base import Admission
 from agent_service.config import LOCAL_DATA_DIR, Settings, get_settings
+from agent_service.consumer.dispatch import FairDispatcher
+from agent_service.consumer.readiness import DatabaseGate
 from agent_service.errors import ConfigurationError
-from agent_service.execution.dispatching import FairDispatcher
 from agent_service.execution.maintenance import oldest_waiting_since
-from agent_service.execution.readiness import DatabaseGate
-from agent_service.execution.services import Services
 from agent_service.llm.runners import LLM_PROCESS_START_SECONDS, settle_heap
 from agent_service.messaging.queues import queue_lengths
 from agent_service.messaging.routing import (
@@ -31,10 +30,11 @@ from agent_service.messaging.routing import (
     TASK_ROUTES,
 )
 from agent_service.monitoring import configure_logging, start_metrics_exporter
+from agent_service.services import Services
 
 
 class AgentServiceCelery(Celery):
-    """A Celery app that carries the services its tasks need (`execution.services.Services`)."""
+    """A Celery app that carries the services its tasks need (`services.Services`)."""
 
     def __init__(self, settings: Settings, *, admission: Admission | None = None) -> None:
         super().__init__(
@@ -86,7 +86,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         },
         "worker_soft_shutdown_timeout": settings.worker_soft_shutdown_seconds,
         # Task events cost a Redis message each; Flower switches them on in the workers when it starts (agent
-        # tasks send theirs through execution.batching, as Celery's own requests do).
+        # tasks send theirs through consumer.batching, as Celery's own requests do).
         "worker_send_task_events": False,
         "task_send_sent_event": False,
         "broker_connection_retry_on_startup": True,

@@ -131,7 +131,11 @@ def _per_task(runs: list[tuple[float, float]], tasks: int) -> tuple[float, float
 
 def _cpu_seconds() -> tuple[float, float]:
     """CPU seconds so far of this process and of its LLM process (not the bundled server, also a child)."""
-    llm = sum(sum(child.cpu_times()[:2]) for child in psutil.Process().children() if "agent_service.llm.process" in child.cmdline())
+    llm = sum(
+        sum(child.cpu_times()[:2])
+        for child in psutil.Process().children()
+        if "agent_service.llm.process" in child.cmdline()
+    )
     return time.process_time(), llm
 
 

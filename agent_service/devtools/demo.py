@@ -22,7 +22,7 @@ from agent_service.config import LOCAL_DATA_DIR
 from agent_service.database import session_scope
 from agent_service.devtools.processes import celery_worker, llm_server, tool_server
 from agent_service.devtools.tool_server import weather_tool
-from agent_service.execution.pipeline import parse_task_id
+from agent_service.ids import parse_task_id
 from agent_service.models import FINAL_STATUSES, Agent, Task, TaskStatus
 from agent_service.store.schema import init_db
 from agent_service.submission.agents import create_agent

@@ -9,39 +9,38 @@ from celery import Celery
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
+from agent_service.clock import utcnow
+from agent_service.config import Settings
 from agent_service.database import session_scope
-from agent_service.execution.services import Services
-from agent_service.messaging.group_callbacks import send_callbacks_quietly, send_overdue_callbacks
+from agent_service.messaging.groups import send_callbacks_quietly, send_overdue_callbacks
 from agent_service.messaging.publisher import enqueue
 from agent_service.store import lifecycle, steps
 from agent_service.store.groups import note_tasks_ended
-from agent_service.store.lifecycle import utcnow
 
 
-def requeue_stuck_tasks(*, app: Celery, services: Services) -> int:
+def requeue_stuck_tasks(*, app: Celery, session_factory: sessionmaker[Session], settings: Settings) -> int:
     """Publish a message again for every row that may have lost its own (broker down at submit, lost with
     Redis, dead worker); returns how many. Raises: BrokerUnavailableError."""
-    settings = services.settings
-    with session_scope(services.session_factory) as session:
+    with session_scope(session_factory) as session:
         stuck = lifecycle.tasks_to_requeue(session, settings=settings, now=utcnow(), limit=settings.sweep_batch_size)
-    enqueue(app, services.session_factory, stuck)
+    enqueue(app, session_factory, stuck)
     return len(stuck)
 
 
-def send_lost_group_callbacks(*, app: Celery, services: Services) -> int:
+def send_lost_group_callbacks(*, app: Celery, session_factory: sessionmaker[Session], settings: Settings) -> int:
     """Send the callbacks of ended groups whose sender was lost before sending them; returns how many.
     Raises: BrokerUnavailableError."""
-    return send_overdue_callbacks(app, services.session_factory, services.settings, now=utcnow())
+    return send_overdue_callbacks(app, session_factory, settings, now=utcnow())
 
 
-def fail_expired_approvals(*, app: Celery, services: Services) -> int:
+def fail_expired_approvals(*, app: Celery, session_factory: sessionmaker[Session], settings: Settings) -> int:
     """Fail every task whose tool call waited for a reviewer past APPROVAL_TIMEOUT_SECONDS (ending their
     groups, whose callbacks are sent); returns how many."""
-    with session_scope(services.session_factory) as session:
-        failed = steps.fail_expired_approvals(session, now=utcnow(), limit=services.settings.sweep_batch_size)
+    with session_scope(session_factory) as session:
+        failed = steps.fail_expired_approvals(session, now=utcnow(), limit=settings.sweep_batch_size)
         ended = note_tasks_ended(session, failed, now=utcnow())
     if ended:
-        send_callbacks_quietly(app, services.session_factory, services.settings, ended)
+        send_callbacks_quietly(app, session_factory, settings, ended)
     return len(failed)
 
 

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from agent_service.admission.base import Admission, CallEnded, Candidate, Decision, Verdict
+from agent_service.clock import utcnow
 from agent_service.config import Settings
 from agent_service.database import session_scope
 from agent_service.errors import (
@@ -27,7 +28,7 @@ from agent_service.errors import (
     TaskValidationError,
     classify,
 )
-from agent_service.execution.aborts import RunningCalls
+from agent_service.execution.cancellation import RunningCalls
 from agent_service.execution.liveness import current_owner, owner_is_gone
 from agent_service.execution.outcomes import Outcome, TaskOutcome
 from agent_service.execution.replies import Arrived, ReplyStore
@@ -44,6 +45,7 @@ from agent_service.execution.steps import (
     ToolDone,
 )
 from agent_service.execution.tool_calls import ToolCaller
+from agent_service.ids import parse_task_id
 from agent_service.kinds import KINDS, kind_named
 from agent_service.kinds.base import KindName, KindResult, TaskKind, TaskWork
 from agent_service.live.events import EventKind, stream_key
@@ -55,7 +57,7 @@ from agent_service.models import TaskStatus
 from agent_service.monitoring import count_llm_usage, time_llm_calls
 from agent_service.store import lifecycle
 from agent_service.store.groups import note_tasks_ended
-from agent_service.store.lifecycle import Charge, Claim, Finished, Skip, utcnow
+from agent_service.store.lifecycle import Charge, Claim, Finished, Skip
 
 RECORD_ATTEMPTS = 5
 CONTENT_FILTERED = "content_filter"  # the finish_reason of a reply the provider's filter stopped
@@ -241,16 +243,6 @@ def execute_agent_tasks(
             caller.close()
     not_run_at = dict(not_run)
     return [settled[step.task_id] if isinstance(step, Claim) else not_run_at[at] for at, step in enumerate(steps)]
-
-
-def parse_task_id(task_id: Any) -> uuid.UUID:
-    """Raises: TaskValidationError when `task_id` is not a UUID (or its string)."""
-    if isinstance(task_id, uuid.UUID):
-        return task_id
-    try:
-        return uuid.UUID(task_id)
-    except (TypeError, ValueError, AttributeError):
-        raise TaskValidationError(f"invalid task id: a task id must be a UUID string, got {task_id!r:.80}") from None
 
 
 class _Calls:

@@ -21,6 +21,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from agent_service.clock import utcnow
 from agent_service.config import Settings
 from agent_service.database import session_scope
 from agent_service.errors import PermanentError
@@ -33,7 +34,7 @@ from agent_service.llm.messages import LLMReply, LLMRequest, Message, ToolCall, 
 from agent_service.models import StepStatus, StepType
 from agent_service.monitoring import count_llm_usage
 from agent_service.store import lifecycle
-from agent_service.store.lifecycle import Charge, Claim, utcnow
+from agent_service.store.lifecycle import Charge, Claim
 from agent_service.store.steps import RecordedStep, StepWrite, load_steps, write_steps
 from agent_service.tools.definitions import ToolDefinition, validate_arguments
 from agent_service.tools.http import ToolOutcome

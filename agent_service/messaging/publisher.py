@@ -8,11 +8,11 @@ from celery import Celery
 from kombu.exceptions import OperationalError as BrokerOperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from agent_service.clock import utcnow
 from agent_service.database import session_scope
 from agent_service.errors import BrokerUnavailableError
 from agent_service.messaging.routing import PROCESS_TASK_NAME
 from agent_service.store import lifecycle
-from agent_service.store.lifecycle import utcnow
 
 
 def enqueue(app: Celery, session_factory: sessionmaker[Session], task_ids: list[uuid.UUID]) -> None:

@@ -130,10 +130,6 @@ _CHARGE_STEP = update(_TASKS).where(*_OWNED).values(updated_at=_NOW, **_CHARGED)
 _PAUSE = update(_TASKS).where(*_OWNED).values(status=TaskStatus.AWAITING_APPROVAL, **_GIVE_BACK)
 
 
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
 @dataclass(frozen=True)
 class Claim:
     """This worker owns attempt `attempt` of the task until it records an outcome."""

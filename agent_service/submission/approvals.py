@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from celery import Celery
 
+from agent_service.clock import utcnow
 from agent_service.database import session_scope
-from agent_service.execution.pipeline import parse_task_id
-from agent_service.execution.services import Services
+from agent_service.ids import parse_task_id
+from agent_service.services import Services
 from agent_service.store import steps
-from agent_service.store.lifecycle import utcnow
 from agent_service.submission.submit import first_status, queue
 
 

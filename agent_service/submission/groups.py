@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, StrictStr, StringConstraints
 
 from agent_service.database import session_scope
 from agent_service.errors import TaskNotFoundError, TaskValidationError
-from agent_service.execution.services import Services
+from agent_service.services import Services
 from agent_service.store import groups
 from agent_service.store.groups import GroupProgress
 from agent_service.submission.validation import Name, TaskInput, parse_model

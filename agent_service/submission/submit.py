@@ -13,22 +13,22 @@ from redis import RedisError
 from sqlalchemy import select, tuple_
 from sqlalchemy.orm import Session
 
+from agent_service.clock import utcnow
 from agent_service.config import Settings
 from agent_service.database import session_scope
 from agent_service.errors import BrokerUnavailableError, PermanentError, TaskValidationError, item_error
-from agent_service.execution.pipeline import parse_task_id
-from agent_service.execution.services import Services
+from agent_service.ids import parse_task_id
 from agent_service.kinds import KINDS
 from agent_service.kinds.base import TaskWork
 from agent_service.messaging.cancellation import announce_cancelled
-from agent_service.messaging.dispatcher import dispatch_waiting
-from agent_service.messaging.group_callbacks import send_callbacks_quietly
+from agent_service.messaging.dispatch import dispatch_waiting
+from agent_service.messaging.groups import send_callbacks_quietly
 from agent_service.messaging.publisher import enqueue
 from agent_service.models import Agent, Task, TaskStatus
+from agent_service.services import Services
 from agent_service.store import lifecycle
 from agent_service.store.agents import agent_spec
 from agent_service.store.groups import join_group, note_tasks_ended
-from agent_service.store.lifecycle import utcnow
 from agent_service.submission.groups import parse_group
 from agent_service.submission.validation import TaskInput, parse_task_input
 

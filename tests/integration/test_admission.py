@@ -16,8 +16,8 @@ from celery_batches import SimpleRequest
 from sqlalchemy.orm import selectinload
 
 from agent_service.admission.base import Admission, CallEnded, Candidate, Decision
+from agent_service.consumer.batching import AgentRequest
 from agent_service.database import session_scope
-from agent_service.execution.batching import AgentRequest
 from agent_service.execution.pipeline import execute_agent_task
 from agent_service.llm.messages import LLMReply, Usage
 from agent_service.messaging.routing import AGENT_QUEUE, PROCESS_TASK_NAME

@@ -15,15 +15,15 @@ import pytest
 import redis
 from sqlalchemy import delete, select, update
 
+from agent_service.clock import utcnow
 from agent_service.config import Settings
 from agent_service.database import session_scope
 from agent_service.errors import TaskValidationError
 from agent_service.execution.maintenance import requeue_stuck_tasks
-from agent_service.messaging.dispatcher import dispatch_waiting
+from agent_service.messaging.dispatch import dispatch_waiting
 from agent_service.messaging.routing import AGENT_QUEUE
 from agent_service.models import Task, TaskStatus
 from agent_service.store import dispatch
-from agent_service.store.lifecycle import utcnow
 from agent_service.tasks import create_agent_tasks
 from agent_service.worker import create_celery_app
 from tests.integration.conftest import IDLE_REDIS, ROOT
@@ -206,7 +206,9 @@ def test_the_sweeper_recovers_a_dispatched_task_whose_message_was_lost(
     long_ago = utcnow() - timedelta(seconds=fair_app.services.settings.stale_task_after_seconds + 60)
     with session_scope(session_factory) as session:
         session.execute(update(Task).where(Task.id == uuid.UUID(task_id)).values(updated_at=long_ago))
-    requeue_stuck_tasks(app=fair_app, services=fair_app.services)
+    requeue_stuck_tasks(
+        app=fair_app, session_factory=fair_app.services.session_factory, settings=fair_app.services.settings
+    )
     # Then its message is in the broker again, once (a row another test left pending may be requeued with it)
     assert _published_ids(broker).count(task_id) == 1
 

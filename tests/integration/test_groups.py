@@ -14,12 +14,13 @@ import pytest
 import redis
 from sqlalchemy import event, update
 
+from agent_service.clock import utcnow
 from agent_service.database import session_scope
 from agent_service.devtools.processes import started
 from agent_service.errors import PermanentError, TaskValidationError
 from agent_service.execution.pipeline import execute_agent_tasks
 from agent_service.llm.messages import LLMReply, LLMRequest, Usage
-from agent_service.messaging.group_callbacks import (
+from agent_service.messaging.groups import (
     CALLBACK_GRACE,
     callback_task_id,
     send_callbacks_quietly,
@@ -29,7 +30,6 @@ from agent_service.messaging.routing import SWEEP_TASK_NAME
 from agent_service.models import Task, TaskGroup, TaskStatus
 from agent_service.store import lifecycle
 from agent_service.store.groups import note_tasks_ended
-from agent_service.store.lifecycle import utcnow
 from agent_service.submission.submit import cancel_task
 from agent_service.tasks import create_agent_tasks, group_progress
 from tests.group_callback_app import CALLBACK_NAME, runs_key

@@ -12,12 +12,12 @@ import httpx
 import pytest
 from sqlalchemy import delete
 
+from agent_service.clock import utcnow
 from agent_service.database import session_scope
 from agent_service.execution.outcomes import Outcome
 from agent_service.messaging.queues import queue_lengths
 from agent_service.messaging.routing import HEALTH_TASK_NAME, PROCESS_TASK_NAME
 from agent_service.models import Task, TaskStatus
-from agent_service.store.lifecycle import utcnow
 from agent_service.tasks import create_agent_tasks
 from tests.integration.test_worker import unique
 from tests.support import wait_for_final

@@ -15,6 +15,7 @@ import redis
 from celery.result import AsyncResult
 
 from agent_service.admission.base import Candidate
+from agent_service.clock import utcnow
 from agent_service.database import session_scope
 from agent_service.execution.liveness import current_owner
 from agent_service.execution.pipeline import execute_agent_task, execute_agent_tasks
@@ -24,7 +25,6 @@ from agent_service.llm.runners import ChildProcessRunner
 from agent_service.models import Agent, Task, TaskAttempt, TaskStatus
 from agent_service.store import lifecycle
 from agent_service.store.agents import agent_spec
-from agent_service.store.lifecycle import utcnow
 from agent_service.submission.submit import cancel_task
 from agent_service.tasks import create_agent_task
 from tests.integration.test_metrics import sample, scrape

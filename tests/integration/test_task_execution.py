@@ -11,13 +11,14 @@ from datetime import timedelta
 import pytest
 from billiard.exceptions import SoftTimeLimitExceeded
 
+from agent_service.clock import utcnow
 from agent_service.database import make_engine
 from agent_service.errors import PermanentError, RetryableError
 from agent_service.execution.pipeline import execute_agent_task, execute_agent_tasks
 from agent_service.llm.messages import LLMReply, LLMRequest, Usage
 from agent_service.models import Agent, Task, TaskStatus
 from agent_service.store import lifecycle
-from agent_service.store.lifecycle import Claim, Skip, utcnow
+from agent_service.store.lifecycle import Claim, Skip
 
 
 @pytest.fixture

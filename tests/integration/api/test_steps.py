@@ -17,6 +17,7 @@ import pytest
 from pydantic import SecretStr
 
 from agent_service.admission.base import Candidate
+from agent_service.clock import utcnow
 from agent_service.errors import ApprovalError, RetryableError
 from agent_service.execution.pipeline import execute_agent_tasks
 from agent_service.execution.replies import Arrived, ReplyStore
@@ -29,7 +30,6 @@ from agent_service.llm.messages import LLMReply, ToolCall, Usage
 from agent_service.models import Agent, StepStatus, StepType, Task, TaskStatus, TaskStep
 from agent_service.store import steps
 from agent_service.store.agents import agent_spec
-from agent_service.store.lifecycle import utcnow
 
 SECRET = "s3cr3t-weather-token"
 USAGE = Usage(11, 4, 15)

@@ -11,10 +11,10 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import update
 
+from agent_service.clock import utcnow
 from agent_service.database import session_scope
 from agent_service.execution.maintenance import fail_expired_approvals
 from agent_service.models import Agent, StepStatus, StepType, Task, TaskStatus, TaskStep
-from agent_service.store.lifecycle import utcnow
 from agent_service.tasks import approve_task, reject_task
 from tests.integration.api.conftest import SECRET, calls, step_rows, task_row, turns_asked
 from tests.support import run_cli, wait_for_final, wait_until
@@ -127,7 +127,12 @@ def test_an_expired_approval_is_failed_by_the_sweeper_with_the_reason(api_app, s
             .values(approval_expires_at=utcnow() - timedelta(seconds=1))
         )
     # When the sweeper runs, Then the task fails with the reason, and the call is never made
-    assert fail_expired_approvals(app=api_app, services=api_app.services) >= 1
+    assert (
+        fail_expired_approvals(
+            app=api_app, session_factory=api_app.services.session_factory, settings=api_app.services.settings
+        )
+        >= 1
+    )
     task = task_row(session_factory, task_id)
     assert task.status == TaskStatus.FAILED and task.error.startswith("approval for tool pay expired after")
     assert step_rows(session_factory, task_id)[1].status == StepStatus.EXPIRED

@@ -19,11 +19,11 @@ from celery import Celery
 from kombu.exceptions import OperationalError as BrokerOperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from agent_service.clock import utcnow
 from agent_service.config import Settings
 from agent_service.database import session_scope
 from agent_service.errors import BrokerUnavailableError
 from agent_service.store import groups
-from agent_service.store.lifecycle import utcnow
 
 logger = logging.getLogger(__name__)
 

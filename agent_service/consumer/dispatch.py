@@ -1,5 +1,5 @@
 """The fair-share dispatcher each worker runs (DISPATCH_MODE=fair): a thread of the worker's main process
-that runs dispatch rounds (`messaging.dispatcher`) back to back while they publish, then every
+that runs dispatch rounds (`messaging.dispatch`) back to back while they publish, then every
 DISPATCH_INTERVAL_SECONDS. Several workers' dispatchers take turns through a PostgreSQL advisory lock, so
 any number of workers may run one, and a worker that dies mid-round leaves its tasks waiting.
 """
@@ -12,9 +12,9 @@ from typing import Any
 
 from celery import Celery, bootsteps
 
-from agent_service.execution.services import services_of
-from agent_service.messaging.dispatcher import dispatch_waiting
+from agent_service.messaging.dispatch import dispatch_waiting
 from agent_service.messaging.routing import AGENT_QUEUE
+from agent_service.services import services_of
 
 logger = logging.getLogger("agent_service")
 

@@ -12,11 +12,11 @@ from __future__ import annotations
 from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
+from agent_service.clock import utcnow
 from agent_service.config import Settings
 from agent_service.database import session_scope
 from agent_service.messaging.publisher import publish_tasks
 from agent_service.store import dispatch, lifecycle
-from agent_service.store.lifecycle import utcnow
 
 
 def dispatch_waiting(

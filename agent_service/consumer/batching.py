@@ -19,10 +19,10 @@ from celery_batches import Batches, SimpleRequest
 from celery_batches.trace import apply_batches_task
 
 from agent_service.execution.outcomes import Outcome, TaskOutcome
-from agent_service.execution.services import services_of
 from agent_service.messaging.results import store_results
 from agent_service.models import TaskStatus
 from agent_service.monitoring import record_task_run
+from agent_service.services import services_of
 
 logger = logging.getLogger("agent_service")
 

@@ -16,7 +16,7 @@ from agent_service.admission.base import Admission
 from agent_service.config import Settings
 from agent_service.database import make_engine, make_session_factory
 from agent_service.errors import ConfigurationError
-from agent_service.execution.aborts import RunningCalls
+from agent_service.execution.cancellation import RunningCalls
 from agent_service.execution.replies import ReplyStore
 from agent_service.execution.tool_calls import ToolCaller
 from agent_service.live.publisher import LivePublisher

@@ -16,9 +16,9 @@ from celery import bootsteps
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from agent_service.execution.services import services_of
 from agent_service.messaging.routing import AGENT_QUEUE
 from agent_service.models import Task
+from agent_service.services import services_of
 
 logger = logging.getLogger("agent_service")
 
