@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -29,14 +30,18 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     come from the test run's own environment through a .pth file, so nothing is downloaded; `pip check` then
     proves that the package's declared requirements are all met by them (pip too comes from there: a pip of
     the new environment's own would bring an older setuptools with it, ahead of the pinned build backend)."""
-    venv = tmp_path_factory.mktemp("consumer") / "venv"
+    folder = tmp_path_factory.mktemp("consumer")
+    # A copy of the checkout to build from: setuptools writes build/ and *.egg-info beside the sources it builds.
+    source = folder / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".venv", ".git", ".local", "build", "*.egg-info"))
+    venv = folder / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     python = venv / "bin" / "python"
     site = subprocess.run(
         [python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"], capture_output=True, text=True
     ).stdout.strip()
     Path(site, "dependencies.pth").write_text(sysconfig.get_path("purelib") + "\n")
-    pip = [python, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index", str(ROOT)]
+    pip = [python, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index", str(source)]
     subprocess.run(pip, check=True, capture_output=True)
     subprocess.run([python, "-m", "pip", "check"], check=True, capture_output=True)
     return venv
