@@ -22,7 +22,7 @@ from agent_service.worker import AgentServiceCelery, create_celery_app
 
 PG_ROOT = "postgresql+psycopg2://postgres@127.0.0.1:5432"
 BENCH_DATABASE = "agent_service_bench"
-BENCH_REDIS = "redis://127.0.0.1:6379/12"  # tests use 14 and 15; 0 is anyone's default
+BENCH_REDIS = "redis://127.0.0.1:6379/12"  # tests use 10, 14 and 15; 0 is anyone's default
 IDLE_REDIS = "redis://127.0.0.1:6379/13"  # a broker nobody consumes, for the bulk-submit measurement
 BENCH_MODEL = "gpt-4o-mini"
 SERVER_BURST_SECONDS = 2.0  # the server's buckets when it enforces limits: ours (1 s by default) must fit in
