@@ -1,0 +1,132 @@
+"""The ``/control`` API that tests and benchmarks drive the server with: fault and script rules
+(``/control/faults``), named scripts (``/control/scripts``), settings (``/control/config``: latency, jitter,
+``context_window``, rate limits), the request log (``/control/requests``: each request's turn, tools,
+response_format and how it ended), counts (``/control/stats``) and ``/control/reset``."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from agent_service.devtools.llm_server.errors import ApiError
+from agent_service.devtools.llm_server.rate_limits import parse_rate_limits
+from agent_service.devtools.llm_server.scripts import parse_named_script
+from agent_service.devtools.llm_server.state import STATE
+from agent_service.devtools.llm_server.validation import (
+    non_zero,
+    optional_json_number,
+    read_json_object,
+    reject_unknown_fields,
+)
+
+CONFIG_FIELDS = frozenset({"latency_ms", "latency_jitter_ms", "context_window", "rate_limits", "rate_burst_seconds"})
+
+
+async def add_fault_rule(request: web.Request) -> web.Response:
+    rule = request.app[STATE].add_rule(await read_json_object(request))
+    return web.json_response({"id": rule.id})
+
+
+async def list_fault_rules(request: web.Request) -> web.Response:
+    return web.json_response([rule.as_json() for rule in request.app[STATE].rules.values()])
+
+
+async def clear_fault_rules(request: web.Request) -> web.Response:
+    rules = request.app[STATE].rules
+    deleted = len(rules)
+    rules.clear()
+    return web.json_response({"deleted": deleted})
+
+
+async def delete_fault_rule(request: web.Request) -> web.Response:
+    rule_id = request.match_info["rule_id"]
+    rules = request.app[STATE].rules
+    if not rule_id.isdigit() or rules.pop(int(rule_id), None) is None:
+        raise ApiError(f"no fault rule with id {rule_id!r}", status=404, param="id")
+    return web.json_response({"deleted": 1})
+
+
+async def add_script(request: web.Request) -> web.Response:
+    """Registers (or replaces) a named script: {"name": NAME, "replies": [reply, ...]}."""
+    script = parse_named_script(await read_json_object(request))
+    request.app[STATE].scripts[script.name] = script
+    return web.json_response({"name": script.name, "replies": len(script.replies)})
+
+
+async def list_scripts(request: web.Request) -> web.Response:
+    scripts = request.app[STATE].scripts
+    return web.json_response({"scripts": {name: script.source for name, script in scripts.items()}})
+
+
+async def clear_scripts(request: web.Request) -> web.Response:
+    scripts = request.app[STATE].scripts
+    deleted = len(scripts)
+    scripts.clear()
+    return web.json_response({"deleted": deleted})
+
+
+async def get_config(request: web.Request) -> web.Response:
+    return web.json_response(request.app[STATE].config())
+
+
+async def update_config(request: web.Request) -> web.Response:
+    body = await read_json_object(request)
+    reject_unknown_fields(body, CONFIG_FIELDS)
+    state = request.app[STATE]
+    state.latency_ms = optional_json_number(body, "latency_ms", default=state.latency_ms)
+    state.latency_jitter_ms = optional_json_number(body, "latency_jitter_ms", default=state.latency_jitter_ms)
+    state.context_window = optional_json_number(body, "context_window", default=state.context_window)
+    if "rate_limits" in body or "rate_burst_seconds" in body:
+        limiter = state.limiter
+        limits = parse_rate_limits(body["rate_limits"]) if "rate_limits" in body else limiter.limits
+        burst = optional_json_number(body, "rate_burst_seconds", default=limiter.burst_seconds)
+        limiter.configure(limits, burst_seconds=non_zero(burst, "rate_burst_seconds"))
+    return web.json_response(state.config())
+
+
+async def list_requests(request: web.Request) -> web.Response:
+    match = request.query.get("match")
+    log = request.app[STATE].request_log
+    entries = [entry for entry in log if match is None or match in entry["text"]]
+    return web.json_response({"requests": entries})
+
+
+async def clear_requests(request: web.Request) -> web.Response:
+    log = request.app[STATE].request_log
+    deleted = len(log)
+    log.clear()
+    return web.json_response({"deleted": deleted})
+
+
+async def stats(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    by_status = {str(status): count for status, count in sorted(state.by_status.items())}
+    totals = {
+        "requests": state.by_status.total(),
+        "by_status": by_status,
+        "in_flight": state.in_flight,
+        "rate_limited": state.limiter.refused,
+    }
+    return web.json_response(totals)
+
+
+async def reset(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    state.reset()
+    return web.json_response({"status": "reset", **state.config()})
+
+
+ROUTES = [
+    web.post("/control/faults", add_fault_rule),
+    web.get("/control/faults", list_fault_rules),
+    web.delete("/control/faults", clear_fault_rules),
+    web.delete("/control/faults/{rule_id}", delete_fault_rule),
+    web.post("/control/scripts", add_script),
+    web.get("/control/scripts", list_scripts),
+    web.delete("/control/scripts", clear_scripts),
+    web.get("/control/config", get_config),
+    web.post("/control/config", update_config),
+    web.get("/control/requests", list_requests),
+    web.delete("/control/requests", clear_requests),
+    web.get("/control/stats", stats),
+    web.post("/control/reset", reset),
+]
