@@ -49,7 +49,7 @@ def make_app(
             web.post("/v1/chat/completions", chat_completions),
             web.get("/v1/models", list_models),
             web.get("/health", health),
-            *control.ROUTES,
         ]
     )
+    app.add_routes(control.routes)
     return app

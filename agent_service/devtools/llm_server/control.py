@@ -5,6 +5,9 @@ response_format and how it ended), counts (``/control/stats``) and ``/control/re
 
 from __future__ import annotations
 
+from collections import deque
+from typing import Any
+
 from aiohttp import web
 
 from agent_service.devtools.llm_server.errors import ApiError
@@ -18,25 +21,35 @@ from agent_service.devtools.llm_server.validation import (
     reject_unknown_fields,
 )
 
+routes = web.RouteTableDef()
+
 CONFIG_FIELDS = frozenset({"latency_ms", "latency_jitter_ms", "context_window", "rate_limits", "rate_burst_seconds"})
 
 
+def deleted_all(items: dict[Any, Any] | deque[Any]) -> web.Response:
+    """Empties `items`; the answer says how many there were."""
+    deleted = len(items)
+    items.clear()
+    return web.json_response({"deleted": deleted})
+
+
+@routes.post("/control/faults")
 async def add_fault_rule(request: web.Request) -> web.Response:
     rule = request.app[STATE].add_rule(await read_json_object(request))
     return web.json_response({"id": rule.id})
 
 
+@routes.get("/control/faults")
 async def list_fault_rules(request: web.Request) -> web.Response:
     return web.json_response([rule.as_json() for rule in request.app[STATE].rules.values()])
 
 
+@routes.delete("/control/faults")
 async def clear_fault_rules(request: web.Request) -> web.Response:
-    rules = request.app[STATE].rules
-    deleted = len(rules)
-    rules.clear()
-    return web.json_response({"deleted": deleted})
+    return deleted_all(request.app[STATE].rules)
 
 
+@routes.delete("/control/faults/{rule_id}")
 async def delete_fault_rule(request: web.Request) -> web.Response:
     rule_id = request.match_info["rule_id"]
     rules = request.app[STATE].rules
@@ -45,29 +58,31 @@ async def delete_fault_rule(request: web.Request) -> web.Response:
     return web.json_response({"deleted": 1})
 
 
+@routes.post("/control/scripts")
 async def add_script(request: web.Request) -> web.Response:
     """Registers (or replaces) a named script: {"name": NAME, "replies": [reply, ...]}."""
-    script = parse_named_script(await read_json_object(request))
-    request.app[STATE].scripts[script.name] = script
-    return web.json_response({"name": script.name, "replies": len(script.replies)})
+    name, script = parse_named_script(await read_json_object(request))
+    request.app[STATE].scripts[name] = script
+    return web.json_response({"name": name, "replies": len(script.replies)})
 
 
+@routes.get("/control/scripts")
 async def list_scripts(request: web.Request) -> web.Response:
     scripts = request.app[STATE].scripts
     return web.json_response({"scripts": {name: script.source for name, script in scripts.items()}})
 
 
+@routes.delete("/control/scripts")
 async def clear_scripts(request: web.Request) -> web.Response:
-    scripts = request.app[STATE].scripts
-    deleted = len(scripts)
-    scripts.clear()
-    return web.json_response({"deleted": deleted})
+    return deleted_all(request.app[STATE].scripts)
 
 
+@routes.get("/control/config")
 async def get_config(request: web.Request) -> web.Response:
     return web.json_response(request.app[STATE].config())
 
 
+@routes.post("/control/config")
 async def update_config(request: web.Request) -> web.Response:
     body = await read_json_object(request)
     reject_unknown_fields(body, CONFIG_FIELDS)
@@ -83,6 +98,7 @@ async def update_config(request: web.Request) -> web.Response:
     return web.json_response(state.config())
 
 
+@routes.get("/control/requests")
 async def list_requests(request: web.Request) -> web.Response:
     match = request.query.get("match")
     log = request.app[STATE].request_log
@@ -90,13 +106,12 @@ async def list_requests(request: web.Request) -> web.Response:
     return web.json_response({"requests": entries})
 
 
+@routes.delete("/control/requests")
 async def clear_requests(request: web.Request) -> web.Response:
-    log = request.app[STATE].request_log
-    deleted = len(log)
-    log.clear()
-    return web.json_response({"deleted": deleted})
+    return deleted_all(request.app[STATE].request_log)
 
 
+@routes.get("/control/stats")
 async def stats(request: web.Request) -> web.Response:
     state = request.app[STATE]
     by_status = {str(status): count for status, count in sorted(state.by_status.items())}
@@ -109,24 +124,8 @@ async def stats(request: web.Request) -> web.Response:
     return web.json_response(totals)
 
 
+@routes.post("/control/reset")
 async def reset(request: web.Request) -> web.Response:
     state = request.app[STATE]
     state.reset()
     return web.json_response({"status": "reset", **state.config()})
-
-
-ROUTES = [
-    web.post("/control/faults", add_fault_rule),
-    web.get("/control/faults", list_fault_rules),
-    web.delete("/control/faults", clear_fault_rules),
-    web.delete("/control/faults/{rule_id}", delete_fault_rule),
-    web.post("/control/scripts", add_script),
-    web.get("/control/scripts", list_scripts),
-    web.delete("/control/scripts", clear_scripts),
-    web.get("/control/config", get_config),
-    web.post("/control/config", update_config),
-    web.get("/control/requests", list_requests),
-    web.delete("/control/requests", clear_requests),
-    web.get("/control/stats", stats),
-    web.post("/control/reset", reset),
-]

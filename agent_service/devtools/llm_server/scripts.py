@@ -79,11 +79,11 @@ def directive_script(scripts: Mapping[str, Script], texts: list[str]) -> Script 
     return None
 
 
-def parse_named_script(body: dict[str, Any]) -> Script:
-    """A script to register: {"name": NAME, "replies": [reply, ...]}."""
+def parse_named_script(body: dict[str, Any]) -> tuple[str, Script]:
+    """A script to register, and its name: {"name": NAME, "replies": [reply, ...]}."""
     reject_unknown_fields(body, SCRIPT_FIELDS)
     name = script_name(body)
-    return parse_script(body.get("replies"), where="replies", name=name)
+    return name, parse_script(body.get("replies"), where="replies", name=name)
 
 
 def script_name(body: dict[str, Any]) -> str:
