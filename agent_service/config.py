@@ -26,7 +26,7 @@ LOCAL_DATA_DIR = Path.cwd().resolve() / ".local"
 POSTGRES_DRIVER = "postgresql+psycopg2"
 POSTGRES_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg2", "postgresql+psycopg")
 SQLITE_SCHEMES = ("sqlite", "sqlite+pysqlite")
-# Only the bundled offline server (`devtools/llm_server.py`), which runs on loopback, takes this key.
+# Only the bundled offline server (`devtools/llm_server/`), which runs on loopback, takes this key.
 OFFLINE_API_KEY = "offline-key"
 
 

@@ -1,4 +1,4 @@
-"""The bundled LLM server (devtools/llm_server.py) as a real subprocess, driven by the real openai and
+"""The bundled LLM server (devtools/llm_server/) as a real subprocess, driven by the real openai and
 langchain_openai clients."""
 
 from __future__ import annotations

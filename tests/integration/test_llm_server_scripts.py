@@ -1,4 +1,4 @@
-"""The bundled LLM server's scripts (devtools/llm_server.py): replies one per model turn, chosen by a rule, a
+"""The bundled LLM server's scripts (devtools/llm_server/): replies one per model turn, chosen by a rule, a
 header or a directive, read through the real openai and langchain_openai clients over HTTP."""
 
 from __future__ import annotations
