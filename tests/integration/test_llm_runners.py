@@ -155,7 +155,7 @@ def test_child_exits_when_its_worker_process_is_killed(settings, llm):
     # A worker process that starts an LLM child, prints the child's pid, then waits to be killed.
     script = (
         "import sys, time, uuid\n"
-        "from llm.runners import ChildProcessRunner\n"
+        "from agent_service.llm.runners import ChildProcessRunner\n"
         "from tests.support import make_settings\n"
         "from tests.integration.test_llm_runners import call\n"
         f"runner = ChildProcessRunner(make_settings(openai_base_url={settings.openai_base_url!r}))\n"
