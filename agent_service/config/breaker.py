@@ -6,8 +6,8 @@ from pydantic import BaseModel, Field
 
 
 class BreakerSettings(BaseModel):
-    """Circuit breaker (an admission control) per provider (OPENAI_BASE_URL's host) and model, shared by every
-    worker through Redis."""
+    """Circuit breaker (an admission control): per provider (OPENAI_BASE_URL's host) and model, shared by
+    every worker through Redis."""
 
     breaker_enabled: bool = Field(False, description="stop calling a model that keeps failing; needs REDIS_URL")
     breaker_window_seconds: float = Field(60.0, gt=0, description="the breaker counts calls that ended this recently")

@@ -6,7 +6,7 @@ from pydantic import BaseModel, Field, SecretStr, field_validator
 
 
 class FlowerSettings(BaseModel):
-    """Flower, Celery's web monitor. These names are Flower's own environment options too, so Flower reads the
+    """Flower: Celery's web monitor. These names are Flower's own environment options too, so Flower reads the
     same values."""
 
     flower_address: str = Field("127.0.0.1", description="beyond loopback, Flower requires FLOWER_BASIC_AUTH")

@@ -60,7 +60,13 @@ class Settings(
     FlowerSettings,
     BaseSettings,
 ):
-    """Everything the service can be configured with; business code takes it as a parameter."""
+    """Everything the service can be configured with; business code takes it as a parameter.
+
+    Checked across groups: the time limits keep their order (LLM_TIMEOUT_SECONDS < TASK_SOFT_TIME_LIMIT_SECONDS <
+    TASK_TIME_LIMIT_SECONDS < BROKER_VISIBILITY_TIMEOUT_SECONDS < STALE_TASK_AFTER_SECONDS, and LLM_TIMEOUT_SECONDS <
+    SPEND_HOLD_SECONDS), and each shared control switched on (PAUSE_ENABLED, BREAKER_ENABLED, spend caps,
+    CONCURRENCY_CAPS_ENABLED, RATE_LIMITS_ENABLED) needs REDIS_URL.
+    """
 
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
 
