@@ -1,0 +1,36 @@
+"""Broker: where Celery's messages and results go."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from agent_service.config.database import LOCAL_DATA_DIR
+
+
+class BrokerSettings(BaseModel):
+    """Broker and result backend: Redis (REDIS_URL) for both unless each is given its own URL."""
+
+    redis_url: str | None = Field(
+        None, description="redis:// or rediss:// URL: the broker, the result backend and the shared controls' state"
+    )
+    celery_broker_url: str | None = Field(
+        None, description="the broker when it is not REDIS_URL (unset and no REDIS_URL: kombu's filesystem transport)"
+    )
+    celery_result_backend: str | None = Field(
+        None, description="the result backend when it is not REDIS_URL (unset and no REDIS_URL: a SQLite file)"
+    )
+    broker_visibility_timeout_seconds: int = Field(
+        60 * 60, gt=0, description="Redis redelivers a message not acknowledged this long after it was taken"
+    )
+    result_expires_seconds: int = Field(
+        24 * 60 * 60, gt=0, description="how long a task's Celery result is kept in the result backend"
+    )
+
+    @property
+    def broker_url(self) -> str:
+        return self.celery_broker_url or self.redis_url or "filesystem://"
+
+    @property
+    def result_backend(self) -> str:
+        default = f"db+sqlite:///{LOCAL_DATA_DIR / 'celery_results.sqlite3'}"
+        return self.celery_result_backend or self.redis_url or default

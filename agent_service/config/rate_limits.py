@@ -1,0 +1,29 @@
+"""Rate limits: requests and tokens per minute per model, reserved before each call."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ModelRateLimit(BaseModel):
+    """Requests and tokens per minute for one model (either may be absent: no limit)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rpm: float | None = Field(None, gt=0)
+    tpm: float | None = Field(None, gt=0)
+
+
+class RateLimitSettings(BaseModel):
+    """Rate limits (an admission control): each model's requests and tokens per minute, across every worker."""
+
+    rate_limits_enabled: bool = Field(False, description="reserve requests and tokens per minute before each call")
+    llm_rate_limits: dict[str, ModelRateLimit] = Field(
+        default_factory=dict, description='per model, as JSON: {"gpt-4o-mini": {"rpm": 500, "tpm": 200000}}'
+    )
+    rate_limit_burst_seconds: float = Field(
+        1.0, gt=0, description="a rate limit lets through at most this many seconds of its rate at once"
+    )
+    rate_limit_max_wait_seconds: float = Field(
+        1.0, ge=0, description="a call waits in the worker this long at most for its rate; beyond, it is deferred"
+    )
