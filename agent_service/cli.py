@@ -382,7 +382,7 @@ def _cmd_limits(args: argparse.Namespace) -> int:
     return 0
 
 
-LIMIT_ARGUMENT_HELP = {"name": "the limit's name (README, Cost and limits)", "value": "a number, 0 or more"}
+LIMIT_ARGUMENT_HELP = {"name": "the limit's name (docs/reference/cli.md#limits)", "value": "a number, 0 or more"}
 
 
 def _check_limit(name: str, scope: LimitScope, value: str | None) -> None:
@@ -566,7 +566,7 @@ def _parser() -> argparse.ArgumentParser:
         sub = actions.add_parser(action, help=f"{action} a limit" if positionals else "list the limits")
         for positional in positionals:
             sub.add_argument(
-                positional, help="the limit's name (README, Cost and limits)" if positional == "name" else None
+                positional, help="the limit's name (docs/reference/cli.md#limits)" if positional == "name" else None
             )
         whom = sub.add_mutually_exclusive_group(required=True)
         for scope in LimitScope:

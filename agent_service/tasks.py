@@ -60,7 +60,7 @@ def create_agent_tasks(
     """Validate, store (one transaction) and queue many tasks; returns their ids in order.
 
     With `group`, the tasks join that group of their user's (created if new); `on_complete` names a Celery
-    task sent once, with `(group_id, outcomes)`, when every task of the group has ended (README, "Groups").
+    task sent once, with `(group_id, outcomes)`, when every task of the group has ended (docs/guides/groups.md).
 
     Raises: TaskValidationError naming the first bad item, or the group's problem (nothing written),
     BrokerUnavailableError.

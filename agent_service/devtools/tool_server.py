@@ -1,6 +1,6 @@
 """Offline HTTP API for agents' tools in tests, demos and benchmarks; it records every call it receives.
 
-``python -m devtools.tool_server --port N`` (0 picks a free port) serves, deterministically:
+``python -m agent_service.devtools.tool_server --port N`` (0 picks a free port) serves, deterministically:
 
 - ``GET /weather?city=X``: ``{"city": X, "temperature_c": ..., "conditions": ...}`` (the same for the same
   city); 400 ``{"error": ...}`` without ``city``.

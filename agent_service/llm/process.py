@@ -1,4 +1,5 @@
-"""The LLM process: `python -m llm.process CALLS_FD OUTCOMES_FD`, started by `llm.runners.ChildProcessRunner`.
+"""The LLM process: `python -m agent_service.llm.process CALLS_FD OUTCOMES_FD`, started by
+`llm.runners.ChildProcessRunner`.
 
 It runs every request it is sent, concurrently on one event loop, and sends each outcome back as it ends.
 It imports only the LLM stack (no database, no Celery). It stops only when its worker closes the pipe, and

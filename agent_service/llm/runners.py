@@ -105,7 +105,7 @@ class BackgroundEventLoop:
 
 
 class ChildProcessRunner:
-    """Runs requests in a child process (`python -m llm.process`), started on first use and again after
+    """Runs requests in a child process (`python -m agent_service.llm.process`), started on first use and again after
     it dies; the requests it was running when it died fail as retryable. It exits when this process does,
     or when closed, once the calls under way have ended."""
 
