@@ -4,6 +4,7 @@ committed, and each step published to the task's followers after the commit."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
@@ -21,7 +22,7 @@ from agent_service.models import StepStatus, StepType
 from agent_service.monitoring import count_llm_usage
 from agent_service.store import lifecycle
 from agent_service.store.lifecycle import Claim
-from agent_service.store.steps import load_steps, write_steps
+from agent_service.store.steps import RecordedStep, load_steps, write_steps
 
 LOST_CLAIM = "the run lost its claim on the task (cancelled, or taken over) before its step was recorded"
 LIVE_TEXT_CHARS = 500  # of a step's text or a tool's result, in a live event
@@ -45,8 +46,7 @@ class StepRuns:
     def resume(self, runs: Sequence[tuple[Claim, TaskWork, Run]]) -> list[StepLog]:
         """Each claimed task's run, its recorded steps replayed into it (one query for them all)."""
         now = self._clock()
-        with session_scope(self._session_factory) as session:
-            recorded = load_steps(session, [claim.task_id for claim, _, _ in runs])
+        recorded = self.load([claim.task_id for claim, _, _ in runs])
         return [
             StepLog(claim, run, recorded[claim.task_id], agent=work.agent, settings=self._settings, now=now)
             for claim, work, run in runs
@@ -59,10 +59,7 @@ class StepRuns:
         plans = [run.step(event, now=now) for run, event in events]
         owned = [True] * len(plans)
         if any(plan.writes or plan.charge or plan.pause for plan in plans):  # a fresh run asks before it writes
-            with session_scope(self._session_factory) as session:
-                owned = [
-                    self._write(session, run.claim, plan, now=now) for (run, _), plan in zip(events, plans, strict=True)
-                ]
+            owned = self.record([(run.claim, plan) for (run, _), plan in zip(events, plans, strict=True)], now=now)
         nexts: list[Next] = []
         updates: list[Update] = []
         for (run, _), plan, kept in zip(events, plans, owned, strict=True):
@@ -76,6 +73,16 @@ class StepRuns:
         if self._live is not None and updates:
             self._live.publish_many(updates)  # for the followed tasks only, in one round trip
         return nexts
+
+    def load(self, task_ids: list[uuid.UUID]) -> dict[uuid.UUID, list[RecordedStep]]:
+        """The recorded steps of each task, in position order (one query)."""
+        with session_scope(self._session_factory) as session:
+            return load_steps(session, task_ids)
+
+    def record(self, plans: list[tuple[Claim, Plan]], *, now: datetime) -> list[bool]:
+        """Write the plans' steps, charges and pauses (one transaction); whether each claim still owned its task."""
+        with session_scope(self._session_factory) as session:
+            return [self._write(session, claim, plan, now=now) for claim, plan in plans]
 
     def _write(self, session: Session, claim: Claim, plan: Plan, *, now: datetime) -> bool:
         if not (plan.writes or plan.charge or plan.pause):
