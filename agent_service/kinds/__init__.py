@@ -17,7 +17,7 @@ KINDS: dict[str, TaskKind] = {}
 def register(kind: TaskKind) -> TaskKind:
     """Make `kind` known by its name, to submission and to the worker alike (a kind registered again under the
     same name replaces the first). Returns the kind."""
-    KINDS[kind.name] = kind
+    KINDS[str(kind.name)] = kind
     return kind
 
 
