@@ -2,7 +2,7 @@
 task shells in `tasks.py` call them.
 
 Who does what: `scheduling` drives each claim's run of turns (`turns`, the kind's run deciding), with its
-model calls (`calls`) and, for a durable kind, its steps (`steps`, `step_runs`); `truncation` is the second
+model calls (`calls`) and, for a durable kind, its steps (`steps`, `durable`); `truncation` is the second
 try of a call too long for its model; `settling` records how each claim ends.
 """
 
@@ -17,11 +17,11 @@ from agent_service.database import session_scope
 from agent_service.errors import TaskValidationError
 from agent_service.execution.calls import Calls
 from agent_service.execution.context import RunContext
+from agent_service.execution.durable import DurableRuns
 from agent_service.execution.liveness import current_owner, owner_is_gone
 from agent_service.execution.outcomes import TaskOutcome
 from agent_service.execution.scheduling import Scheduler
 from agent_service.execution.settling import Settlement, count_charges, not_run, record
-from agent_service.execution.step_runs import StepRuns
 from agent_service.execution.tool_calls import ToolCaller
 from agent_service.ids import parse_task_id
 from agent_service.llm.prices import PriceBook
@@ -88,7 +88,7 @@ def execute_agent_tasks(task_ids: Sequence[Any], context: RunContext) -> list[Ta
     scheduler = Scheduler(
         settings=settings,
         calls=calls,
-        runs=StepRuns(
+        runs=DurableRuns(
             session_factory=context.session_factory,
             settings=settings,
             caller=caller,

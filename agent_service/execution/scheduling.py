@@ -13,10 +13,11 @@ from typing import Any
 from agent_service.admission.base import Decision, Verdict
 from agent_service.config import Settings
 from agent_service.execution.calls import Calls, with_request
+from agent_service.execution.durable import DurableRuns
+from agent_service.execution.plans import AwaitTools, Event, Paused, Replied, RunEnded, ToolDone
 from agent_service.execution.replies import ReplyStore
 from agent_service.execution.settling import Settlement
-from agent_service.execution.step_runs import StepRuns
-from agent_service.execution.steps import AwaitTools, Event, Paused, Replied, RunEnded, StepLog, ToolDone
+from agent_service.execution.steps import StepLog
 from agent_service.execution.truncation import cut_to_fit
 from agent_service.execution.turns import Taken, Turning, gave_up, prepare, run_ended, taken, turned_away
 from agent_service.kinds.base import AskModel, TaskKind
@@ -49,7 +50,7 @@ class Scheduler:
         *,
         settings: Settings,
         calls: Calls,
-        runs: StepRuns,
+        runs: DurableRuns,
         prices: PriceBook,
         replies: ReplyStore | None,
         kinds: Mapping[str, TaskKind],

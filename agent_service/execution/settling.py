@@ -18,8 +18,8 @@ from agent_service.config import Settings
 from agent_service.database import session_scope
 from agent_service.errors import PermanentError, RetryableError, TaskValidationError, classify
 from agent_service.execution.outcomes import Outcome, TaskOutcome
+from agent_service.execution.plans import Paused
 from agent_service.execution.retry import backoff_delay
-from agent_service.execution.steps import Paused
 from agent_service.kinds.base import KindResult
 from agent_service.llm.messages import Usage
 from agent_service.models import TaskStatus

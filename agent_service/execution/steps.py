@@ -7,7 +7,7 @@ replies and results it was told, so it stands where it stood), deciding from eac
 arrived, a tool call ended) what comes next and which steps to write. Steps take positions in order: a
 model turn one, each call of a `CallTools` turn one (a turn at p asking k calls: the calls at p+1..p+k, the
 next turn at p+k+1). A call of a tool that is not idempotent is recorded `started` before it is sent and
-never sent again; a call that needs approval pauses the run. `StepRuns` (`execution.step_runs`) loads,
+never sent again; a call that needs approval pauses the run. `DurableRuns` (`execution.durable`) loads,
 records and starts the batch's runs together. See docs/decisions.md, "Durable steps".
 """
 
@@ -17,22 +17,21 @@ import json
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
 from agent_service.config import Settings
 from agent_service.errors import PermanentError, RetryableError
+from agent_service.execution.plans import Call, Event, Next, Paused, Plan, Replied, RunEnded, ToolDone
 from agent_service.execution.tool_calls import ToolCaller
 from agent_service.kinds.base import (
     AskModel,
     CallTools,
     Done,
     End,
-    KindResult,
     ModelReplied,
     Run,
-    ToolRequest,
     ToolsAnswered,
     Turn,
 )
@@ -49,78 +48,6 @@ UNKNOWN_OUTCOME = (
     " reply was recorded; the tool is not idempotent, so it is not called again"
 )
 ANSWERED = (StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.REJECTED)
-
-
-@dataclass(frozen=True)
-class Replied:
-    """A model turn's reply arrived (or was found kept in Redis), with the model that gave it and its cost."""
-
-    reply: LLMReply
-    model: str
-    charge: Charge | None
-
-
-@dataclass(frozen=True)
-class ToolDone:
-    """A tool call of the run ended."""
-
-    future: Future[ToolOutcome]
-
-
-@dataclass(frozen=True)
-class AwaitTools:
-    """Next: these tool calls, started, end."""
-
-    futures: tuple[Future[ToolOutcome], ...]
-
-
-@dataclass(frozen=True)
-class RunEnded:
-    """The run is over: its result (charged step by step, so nothing here) or why it failed."""
-
-    result: KindResult | None = None
-    model: str = ""
-    usage: Usage | None = None
-    error: PermanentError | RetryableError | None = None
-
-
-@dataclass(frozen=True)
-class Paused:
-    """The run waits for a reviewer (recorded): the task is `awaiting_approval`, its claim given back."""
-
-    reason: str
-
-
-# What comes after an event; None: other tool calls of the turn are still under way.
-Next = AskModel | AwaitTools | RunEnded | Paused | None
-Event = Replied | ToolDone | None  # None: the run is resumed
-
-
-@dataclass
-class Call:
-    """A tool call the run asked for, at its step position; `result` once the run may be told it."""
-
-    position: int
-    request: ToolRequest
-    status: StepStatus | None = None
-    result: str | None = None
-    recorded: bool = False
-
-    @property
-    def call(self) -> ToolCall:
-        return self.request.call
-
-
-@dataclass
-class Plan:
-    """What one event leads to: the steps to write (with a model turn's charge), the calls to start once they
-    are committed, and what comes next; `pause` to give the claim back for a reviewer."""
-
-    writes: list[StepWrite]
-    charge: Charge | None = None
-    start: list[Call] = field(default_factory=list)
-    next: Next = None
-    pause: str | None = None
 
 
 class StepLog:

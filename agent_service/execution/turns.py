@@ -15,8 +15,9 @@ from agent_service.errors import (
     RetryableError,
     classify,
 )
+from agent_service.execution.plans import Replied, RunEnded
 from agent_service.execution.settling import Answer, Settlement, Unusable
-from agent_service.execution.steps import Replied, RunEnded, StepLog
+from agent_service.execution.steps import StepLog
 from agent_service.kinds import kind_named
 from agent_service.kinds.base import AskModel, End, ModelReplied, Run, TaskKind, TaskWork, Turn
 from agent_service.llm.messages import LLMReply, LLMRequest

@@ -12,7 +12,8 @@ import pytest
 
 from agent_service.config import Settings
 from agent_service.errors import PermanentError
-from agent_service.execution.steps import Paused, Replied, RunEnded, StepLog
+from agent_service.execution.plans import Paused, Replied, RunEnded
+from agent_service.execution.steps import StepLog
 from agent_service.kinds.api import ApiKind
 from agent_service.kinds.base import AskModel, TaskWork
 from agent_service.llm.messages import LLMReply, Message, ModelOptions, ToolCall, Usage

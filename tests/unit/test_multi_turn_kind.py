@@ -13,10 +13,10 @@ from datetime import UTC, datetime
 from agent_service.admission.base import Admission
 from agent_service.config import Settings
 from agent_service.execution.calls import Calls
+from agent_service.execution.durable import DurableRuns
+from agent_service.execution.plans import Plan
 from agent_service.execution.scheduling import Scheduler
 from agent_service.execution.settling import Answer
-from agent_service.execution.step_runs import StepRuns
-from agent_service.execution.steps import Plan
 from agent_service.llm.messages import LLMReply, LLMRequest, ModelOptions, Usage
 from agent_service.llm.prices import PriceBook
 from agent_service.models import StepStatus, StepType
@@ -55,7 +55,7 @@ class FakeTools:
         return _done(ToolOutcome(True, 200, "refunds: 5 working days", None, False, 3))
 
 
-class StepsInMemory(StepRuns):
+class StepsInMemory(DurableRuns):
     """The step log's two database operations, on a dict: the steps outlive a scheduler as rows would."""
 
     def __init__(self, caller: FakeTools, steps: dict[uuid.UUID, dict[int, dict]]) -> None:

@@ -13,7 +13,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from agent_service.config import Settings
 from agent_service.database import session_scope
 from agent_service.errors import PermanentError
-from agent_service.execution.steps import ANSWERED, AwaitTools, Event, Next, Plan, RunEnded, StepLog
+from agent_service.execution.plans import AwaitTools, Event, Next, Plan, RunEnded
+from agent_service.execution.steps import ANSWERED, StepLog
 from agent_service.execution.tool_calls import ToolCaller
 from agent_service.kinds.base import Run, TaskWork
 from agent_service.live.events import EventKind
@@ -28,7 +29,7 @@ LOST_CLAIM = "the run lost its claim on the task (cancelled, or taken over) befo
 LIVE_TEXT_CHARS = 500  # of a step's text or a tool's result, in a live event
 
 
-class StepRuns:
+class DurableRuns:
     """The durable runs of the batches of one worker: their steps loaded, recorded, and their tool calls made."""
 
     def __init__(
