@@ -17,6 +17,7 @@ from agent_service.config import Settings
 from agent_service.database import make_engine, make_session_factory
 from agent_service.errors import ConfigurationError
 from agent_service.execution.cancellation import RunningCalls
+from agent_service.execution.context import OnGroupsEnded, OnSettled, RunContext
 from agent_service.execution.replies import ReplyStore
 from agent_service.execution.tool_calls import ToolCaller
 from agent_service.live.publisher import LivePublisher
@@ -63,7 +64,7 @@ class Services:
 
     @cached_property
     def tool_caller(self) -> ToolCaller:
-        """Where this process's agents' tool calls run (the api kind), all batches together."""
+        """Where this process's agents' tool calls run, all batches together."""
         return ToolCaller(self.settings)
 
     @cached_property
@@ -80,6 +81,25 @@ class Services:
     def running_calls(self) -> RunningCalls:
         """This process's LLM calls under way, by task, so that a cancelled task's call can be aborted."""
         return RunningCalls(self.llm_runner)
+
+    def run_context(
+        self, *, on_settled: OnSettled | None = None, on_groups_ended: OnGroupsEnded | None = None
+    ) -> RunContext:
+        """What `execution.pipeline.execute_agent_tasks` runs a batch with: this process's services, and the
+        batch's own hooks."""
+        return RunContext(
+            settings=self.settings,
+            session_factory=self.session_factory,
+            llm=self.llm_runner,
+            admission=self.admission,
+            prices=self.prices,
+            replies=self.replies,
+            running=self.running_calls,
+            live=self.live,
+            tool_caller=self.tool_caller,
+            on_settled=on_settled,
+            on_groups_ended=on_groups_ended,
+        )
 
     def listen_for_cancellations(self) -> None:
         """Abort the call of each task cancelled anywhere (announced through Redis) if this process runs it.

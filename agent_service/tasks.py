@@ -132,20 +132,9 @@ def process_agent_task(self: AgentTaskBatches, requests: list[AgentRequest]) -> 
             services.live.publish_many(update for _, outcome in group if (update := outcome.live_update()))
 
     try:
-        execute_agent_tasks(
-            [_task_id_argument(request) for request in requests],
-            session_factory=services.session_factory,
-            settings=services.settings,
-            llm=services.llm_runner,
-            admission=services.admission,
-            prices=services.prices,
-            on_settled=on_settled,
-            replies=services.replies,
-            running=services.running_calls,
-            live=services.live,
-            on_groups_ended=partial(send_callbacks_quietly, self.app, services.session_factory, services.settings),
-            tool_caller=services.tool_caller,
-        )
+        on_groups_ended = partial(send_callbacks_quietly, self.app, services.session_factory, services.settings)
+        context = services.run_context(on_settled=on_settled, on_groups_ended=on_groups_ended)
+        execute_agent_tasks([_task_id_argument(request) for request in requests], context)
     except Exception as exc:
         error = classify(exc)
         unsettled = [at for at in range(len(requests)) if at not in settled]

@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from agent_service.config import Settings
 from agent_service.database import create_empty_database, make_engine, make_session_factory, session_scope
 from agent_service.devtools.processes import llm_server
+from agent_service.execution.context import RunContext
 from agent_service.execution.outcomes import TaskOutcome
 from agent_service.execution.pipeline import execute_agent_tasks
 from agent_service.live.events import follower_key, stream_key
@@ -70,11 +71,13 @@ class LiveCostBench:
         for at in range(0, tasks, BATCH):
             outcomes = execute_agent_tasks(
                 ids[at : at + BATCH],
-                session_factory=self.session_factory,
-                settings=self.settings,
-                llm=self.runner,
-                live=live,
-                on_settled=on_settled if live else None,
+                RunContext(
+                    session_factory=self.session_factory,
+                    settings=self.settings,
+                    llm=self.runner,
+                    live=live,
+                    on_settled=on_settled if live else None,
+                ),
             )
             assert all(outcome.finished and outcome.finished.status is TaskStatus.COMPLETED for outcome in outcomes)
         ended = _cpu_seconds()

@@ -39,13 +39,13 @@ class StoredReply:
 
     reply: LLMReply
     model: str
-    position: int | None = None  # the step a multi-step run's turn was asked for
+    position: int | None = None  # the step a durable run's turn was asked for
 
 
 @dataclass(frozen=True)
 class Arrived:
     """A reply that has just arrived for `candidate`; `cacheable` once its kind accepted it; `position`, the
-    step it answers, for a turn of a multi-step run (whose earlier turns the same key kept before)."""
+    step it answers, for a turn of a durable run (whose earlier turns the same key kept before)."""
 
     candidate: Candidate
     reply: LLMReply

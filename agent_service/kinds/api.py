@@ -1,8 +1,9 @@
 """The `api` kind: the model calls the agent's HTTP tools over several turns, then answers in text.
 
 This file says what the first request is (the agent's prompt, the task's words and payload, the agent's
-tools) and what the final turn makes (its text). The turns between, each recorded as a step, are run by
-`execution.steps`; the calls themselves by `tools.http`.
+tools), what each reply leads to (its tool calls, or, with none, the end: its text) and what the model is
+asked next (the conversation with the calls' results). The pipeline records each turn and call as a step
+(`execution.steps`, for any durable kind); the calls themselves are made by `tools.http`.
 """
 
 from __future__ import annotations
@@ -13,11 +14,26 @@ from dataclasses import replace
 from functools import lru_cache
 
 from agent_service.errors import PermanentError, TaskValidationError, ToolDefinitionError
-from agent_service.kinds.base import AgentDefinition, KindName, KindResult, TaskWork, agent_request, task_text
-from agent_service.llm.messages import LLMReply, LLMRequest, ToolSpec
+from agent_service.kinds.base import (
+    AgentDefinition,
+    AskModel,
+    CallTools,
+    Done,
+    End,
+    KindName,
+    KindResult,
+    ModelReplied,
+    TaskWork,
+    ToolRequest,
+    ToolsAnswered,
+    Turn,
+    agent_request,
+    task_text,
+)
+from agent_service.llm.messages import LLMRequest, Message, ToolCall, ToolSpec
 from agent_service.store.agents import AgentSpec
 from agent_service.tools.allowlist import parse_allowed_hosts
-from agent_service.tools.definitions import ToolDefinition, parse_tools
+from agent_service.tools.definitions import ToolDefinition, parse_tools, validate_arguments
 
 
 class ApiKind:
@@ -25,6 +41,7 @@ class ApiKind:
     the agent's tools offered to the model."""
 
     name: str = KindName.API
+    durable = True
 
     def check_agent(self, agent: AgentDefinition) -> None:
         """Raises: TaskValidationError naming each bad tool and field, or a host outside `allowed_hosts`."""
@@ -41,9 +58,51 @@ class ApiKind:
         tools = tuple(tool_spec(tool) for tool in agent_tools(work.agent))
         return replace(agent_request(work, task_text(work, payload=work.payload)), tools=tools)
 
-    def interpret(self, work: TaskWork, reply: LLMReply) -> KindResult:
-        """The final turn (one that calls no tool): its text is the result."""
-        return KindResult(text=reply.text)
+    def start(self, work: TaskWork) -> ToolLoop:
+        return ToolLoop(work, self.build_request(work))
+
+
+class ToolLoop:
+    """An api task's run: the model's turns, each followed by the tool calls it asks for (their results added
+    to the conversation), until a turn that calls none, whose text is the result."""
+
+    def __init__(self, work: TaskWork, first: LLMRequest) -> None:
+        self._first, self._messages = first, list(first.messages)
+        self._tools = {tool.name: tool for tool in agent_tools(work.agent)}
+        self._hosts = allowed_hosts(work.agent)
+        self._calls: tuple[ToolCall, ...] = ()
+
+    def next(self, done: Done | None) -> Turn:
+        if isinstance(done, ModelReplied):
+            reply = done.reply
+            self._messages.append(Message("assistant", reply.text, reply.tool_calls))
+            self._calls = reply.tool_calls
+            if not reply.tool_calls:
+                return End(KindResult(text=reply.text))
+            return CallTools(tuple(self._request(call) for call in reply.tool_calls))
+        if isinstance(done, ToolsAnswered):  # the tool messages, in the order the model asked for the calls
+            self._messages += [
+                Message("tool", result, tool_call_id=call.id)
+                for call, result in zip(self._calls, done.results, strict=True)
+            ]
+        return AskModel(replace(self._first, messages=tuple(self._messages)))
+
+    def _request(self, call: ToolCall) -> ToolRequest:
+        tool = self._tools.get(call.name)
+        if tool is None:
+            problem = f"unknown tool {call.name!r}; the tools are: {', '.join(self._tools)}"
+            return ToolRequest(call, None, problem=problem)
+        return ToolRequest(call, tool, self._hosts, _problem(tool, call), needs_approval=tool.requires_approval)
+
+
+def _problem(tool: ToolDefinition, call: ToolCall) -> str | None:
+    """Why this call cannot be made as the model wrote it (its result then says so), else None."""
+    try:
+        arguments = json.loads(call.arguments or "{}")
+    except ValueError as exc:
+        return f"the arguments are not valid JSON: {exc}"
+    problem = validate_arguments(tool, arguments)
+    return None if problem is None else f"invalid arguments: {problem}"
 
 
 def check_tools(raw_tools: object, allowed_hosts: object) -> tuple[ToolDefinition, ...]:

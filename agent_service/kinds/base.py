@@ -1,19 +1,40 @@
-"""The task-kind seam: what a kind of agent work asks the model, and what it makes of the answer.
+"""The task-kind seam: a kind decides the turns of a task's run, and what their replies make.
 
-A kind is one file in this package implementing `TaskKind`, registered in `kinds.KINDS`. The LLM
-process never sees a kind: it runs the plain `LLMRequest` that `build_request` returns.
+A kind is one file in this package implementing `TaskKind`, registered with `kinds.register`. Its `start`
+returns a `Run` for one task, which the pipeline drives as a loop of turns (think of a Temporal workflow,
+or LangGraph's loop of nodes): `run.next(None)` gives the first turn, and `run.next(done)` (what the last
+turn came to: `ModelReplied`, or `ToolsAnswered` with each call's result in order) the next one:
+
+- `AskModel(request)`: a model call, through admission like any call;
+- `CallTools(calls)`: tool calls, made concurrently; a call asked with `needs_approval` pauses the run for a
+  reviewer first (the task gives its claim back and waits, holding no slot; a rejected call is never made
+  and its result says so);
+- `End(result)` or `End(error=...)`: the task's result, or why it fails.
+
+A run is plain, deterministic code over what it is told: no I/O, no clock. That is what makes a run of a
+`durable` kind resumable: the pipeline records each model turn and tool call as a step before the next one
+starts, and after a crash, a retry, a deferral or an approval it replays the recorded replies and results
+into a fresh run and goes on after the last step (`execution.steps`), never calling twice what was
+recorded. A one-shot kind (`durable = False`: text, decision, data) records no steps: its run is asked
+again from its start on each attempt, and its extra turn (a re-ask of a reply that was not the output asked
+for) stays within one attempt. `OneShot` is such a run for a kind that builds one request and interprets
+its reply. A kind raises PermanentError (or RetryableError) from `next` for a task that cannot run.
+
+The LLM process never sees a kind: it runs the plain `LLMRequest` of each `AskModel`.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any, Protocol
 
-from agent_service.errors import PermanentError
-from agent_service.llm.messages import LLMReply, LLMRequest, Message, OutputSchema
+from agent_service.errors import InvalidOutputError, PermanentError, RetryableError
+from agent_service.llm.messages import LLMReply, LLMRequest, Message, OutputSchema, ToolCall
 from agent_service.store.agents import AgentSpec
+from agent_service.tools.definitions import ToolDefinition
 
 
 class KindName(StrEnum):
@@ -89,10 +110,76 @@ class AgentDefinition:
     allowed_hosts: list[str] | None = None  # api: the only hosts its tools may call
 
 
+@dataclass(frozen=True)
+class AskModel:
+    """Next: this model call. `after`: what was wrong with the reply this call asks again about (the task's
+    error, its reply paid for, when this call cannot be made now)."""
+
+    request: LLMRequest
+    after: PermanentError | RetryableError | None = None
+
+
+@dataclass(frozen=True)
+class ToolRequest:
+    """One tool call of a `CallTools` turn: the call as written (its id answers it in the conversation), the
+    tool that makes it and the hosts it may reach; `problem`, why it cannot be made as written (never made,
+    its result is the problem); `needs_approval`, a reviewer decides first."""
+
+    call: ToolCall
+    tool: ToolDefinition | None
+    allowed_hosts: tuple[str, ...] = ()
+    problem: str | None = None
+    needs_approval: bool = False
+
+
+@dataclass(frozen=True)
+class CallTools:
+    """Next: these tool calls, concurrently; the run is told their results together."""
+
+    calls: tuple[ToolRequest, ...]
+
+
+@dataclass(frozen=True)
+class End:
+    """The run is over: the task's result, or why it fails."""
+
+    result: KindResult | None = None
+    error: PermanentError | RetryableError | None = None
+
+
+Turn = AskModel | CallTools | End
+
+
+@dataclass(frozen=True)
+class ModelReplied:
+    """The model call's reply (its tool calls, if any, each with an id of its own)."""
+
+    reply: LLMReply
+
+
+@dataclass(frozen=True)
+class ToolsAnswered:
+    """The tool calls' results as a model reads them, in the order they were asked for."""
+
+    results: tuple[str, ...]
+
+
+Done = ModelReplied | ToolsAnswered
+
+
+class Run(Protocol):
+    """One task's run of turns."""
+
+    def next(self, done: Done | None) -> Turn:
+        """The next turn, after what the last one came to (None: the first turn). Raises: PermanentError or
+        RetryableError when the task cannot go on (a reply that cannot be used, say)."""
+
+
 class TaskKind(Protocol):
     """One kind of agent work."""
 
     name: str
+    durable: bool  # each turn recorded as a step, a run resumed after its last one (multi-turn kinds)
 
     def check_agent(self, agent: AgentDefinition) -> None:
         """Check what an agent of this kind must carry, when it is created. Raises: TaskValidationError whose
@@ -100,12 +187,54 @@ class TaskKind(Protocol):
 
     def check_task(self, work: TaskWork) -> None:
         """Check that a task of this kind can run as given (its payload, what its agent carries): when it is
-        submitted, and again by `build_request`. Raises: PermanentError whose message starts with the bad field
-        (`payload.options: ...`)."""
+        submitted, and again when its run starts. Raises: PermanentError whose message starts with the bad
+        field (`payload.options: ...`)."""
 
+    def start(self, work: TaskWork) -> Run:
+        """A run of this task, at its beginning."""
+
+
+class OneShot:
+    """The run of a one-turn kind: its request, then its reply's result; a reply that is not the output asked
+    for is asked about again, once, with the reply and what is wrong with it."""
+
+    def __init__(self, kind: OneShotKind, work: TaskWork) -> None:
+        self._kind, self._work = kind, work
+        self._request: LLMRequest | None = None
+        self._reasked = False
+
+    def next(self, done: Done | None) -> Turn:
+        if not isinstance(done, ModelReplied):
+            self._request = self._kind.build_request(self._work)
+            return AskModel(self._request)
+        try:
+            return End(self._kind.interpret(self._work, done.reply))
+        except InvalidOutputError as exc:
+            if self._reasked or self._request is None:
+                raise
+            self._reasked = True
+            return AskModel(_reasked(self._request, done.reply.text, exc), after=exc)
+
+
+def _reasked(request: LLMRequest, text: str, error: InvalidOutputError) -> LLMRequest:
+    correction = f"That reply cannot be used: {error}. Answer again with only the output asked for."
+    return replace(request, messages=(*request.messages, Message("assistant", text), Message("user", correction)))
+
+
+class OneShotKind(ABC):
+    """A kind that asks the model once and makes the task's result from the reply: no steps, `OneShot` runs."""
+
+    name: str
+    durable = False
+
+    @abstractmethod
     def build_request(self, work: TaskWork) -> LLMRequest:
         """The request to send for this task."""
 
+    @abstractmethod
     def interpret(self, work: TaskWork, reply: LLMReply) -> KindResult:
         """The task's result from the model's reply. Raises: PermanentError or RetryableError when the
-        reply cannot be used."""
+        reply cannot be used; InvalidOutputError when it is not the output asked for (asked again, once)."""
+
+    def start(self, work: TaskWork) -> Run:
+        return OneShot(self, work)

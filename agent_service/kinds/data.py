@@ -20,6 +20,7 @@ from agent_service.kinds.base import (
     AgentDefinition,
     KindName,
     KindResult,
+    OneShotKind,
     TaskWork,
     agent_request,
     answered_text,
@@ -31,7 +32,7 @@ MAX_PROBLEMS = 5  # the problems an error names, most relevant first
 MAX_PROBLEM_CHARS = 300
 
 
-class DataKind:
+class DataKind(OneShotKind):
     """The agent's prompt as the system message; the task's words and its payload (as JSON) as the user's.
     The result is the JSON the model answered, stored as JSON, and its serialization as the text."""
 

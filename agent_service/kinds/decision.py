@@ -14,6 +14,7 @@ from agent_service.kinds.base import (
     AgentDefinition,
     KindName,
     KindResult,
+    OneShotKind,
     TaskWork,
     agent_request,
     answered_text,
@@ -34,7 +35,7 @@ class Decision(BaseModel):
     confidence: float = Field(ge=0, le=1)
 
 
-class DecisionKind:
+class DecisionKind(OneShotKind):
     """The agent's prompt as the system message; the task's words, its options and the rest of its payload
     as the user's. The result is the choice, with the rationale and confidence as its data."""
 

@@ -5,11 +5,19 @@ from __future__ import annotations
 import json
 
 from agent_service.errors import InvalidOutputError
-from agent_service.kinds.base import AgentDefinition, KindName, KindResult, TaskWork, agent_request, task_text
+from agent_service.kinds.base import (
+    AgentDefinition,
+    KindName,
+    KindResult,
+    OneShotKind,
+    TaskWork,
+    agent_request,
+    task_text,
+)
 from agent_service.llm.messages import LLMReply, LLMRequest
 
 
-class TextKind:
+class TextKind(OneShotKind):
     """The agent's prompt as the system message, the task's title, description and payload (if any) as the
     user's."""
 

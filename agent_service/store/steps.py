@@ -1,5 +1,5 @@
-"""The durable steps of multi-step runs (the api kind) and their approvals: plain functions on a caller-owned
-Session, no commits.
+"""The durable steps of multi-turn runs (any durable kind's, the api kind's among them) and their approvals:
+plain functions on a caller-owned Session, no commits.
 
 A step is written only while the claim that took it still owns the task (the same compare-and-set as every
 transition in `store.lifecycle`), so a run that lost its claim can add nothing; the unique (task, position)

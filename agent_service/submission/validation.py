@@ -20,6 +20,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from agent_service.config import Settings
 from agent_service.errors import TaskValidationError, validation_problems
@@ -50,6 +51,18 @@ Prompt = Annotated[StrictStr, StringConstraints(min_length=1, max_length=50_000)
 MAX_PRIORITY = 9
 
 
+def _known_kind(value: str) -> str:
+    """A kind registered in `kinds.KINDS` (a kind added as a file of `kinds/` registers itself)."""
+    if value not in KINDS:
+        names = [repr(name) for name in KINDS]
+        expected = f"{', '.join(names[:-1])} or {names[-1]}" if len(names) > 1 else "".join(names)
+        raise PydanticCustomError("enum", "Input should be {expected}", {"expected": expected})
+    return value
+
+
+KnownKind = Annotated[str, AfterValidator(_known_kind)]
+
+
 class TaskInput(BaseModel):
     """A task as submitted to `create_agent_task`; sizes are bounded by Settings."""
 
@@ -62,7 +75,7 @@ class TaskInput(BaseModel):
     idempotency_key: Name | None = None
     # Higher first: with fair-share dispatch, a waiting task of higher priority is published before any other.
     priority: Annotated[StrictInt, Field(ge=0, le=MAX_PRIORITY)] = 0
-    kind: KindName | None = None  # this task's kind, instead of its agent's
+    kind: KnownKind | None = None  # this task's kind, instead of its agent's
     payload: Any = None  # the task's JSON input
 
     @field_validator("payload")
@@ -103,7 +116,7 @@ class AgentInput(BaseModel):
     temperature: float = Field(0.7, ge=0, le=2)
     max_tokens: int = Field(1000, ge=1, le=200_000)
     settings: AgentSettings = AgentSettings()
-    kind: KindName = KindName.TEXT
+    kind: KnownKind = KindName.TEXT
     tools: list[dict[str, Any]] | None = None  # api: the HTTP tools the model may call
     # The JSON Schema of a data task's results; any agent may carry one, for tasks that ask for the data kind.
     output_schema: dict[str, Any] | None = None

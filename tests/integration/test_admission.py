@@ -18,6 +18,7 @@ from sqlalchemy.orm import selectinload
 from agent_service.admission.base import Admission, CallEnded, Candidate, Decision
 from agent_service.consumer.batching import AgentRequest
 from agent_service.database import session_scope
+from agent_service.execution.context import RunContext
 from agent_service.execution.pipeline import execute_agent_task
 from agent_service.llm.messages import LLMReply, Usage
 from agent_service.messaging.routing import AGENT_QUEUE, PROCESS_TASK_NAME
@@ -101,7 +102,7 @@ def test_a_deferred_task_keeps_its_attempts_says_why_it_waits_and_runs_later(
     check = DeferFirstAsk()
     run = dict(session_factory=session_factory, settings=settings, llm=stand_in_llm, admission=Admission([check]))
     # When it is delivered
-    first = execute_agent_task(str(task_id), **run)
+    first = execute_agent_task(str(task_id), RunContext(**run))
     # Then it is deferred, not run: queued again with its attempt given back and the reason recorded
     assert (first.status, first.error, first.retry_in, first.attempt) == ("deferred", REASON, 1.5, 1)
     waiting = row(session_factory, task_id)
@@ -112,7 +113,7 @@ def test_a_deferred_task_keeps_its_attempts_says_why_it_waits_and_runs_later(
     assert status.returncode == 0, status.stderr
     assert f"waiting_reason {REASON}" in " ".join(status.stdout.split())
     # When it is delivered again, Then it runs as its first attempt, and the reason is gone
-    second = execute_agent_task(str(task_id), **run)
+    second = execute_agent_task(str(task_id), RunContext(**run))
     done = row(session_factory, task_id)
     assert (second.status, done.status, done.attempts, done.waiting_reason) == (
         "completed",
@@ -129,10 +130,9 @@ def test_a_refused_task_fails_with_the_reason_before_any_llm_call(
     task_id = stored_task(session_factory, agent)
     outcome = execute_agent_task(
         str(task_id),
-        session_factory=session_factory,
-        settings=settings,
-        llm=stand_in_llm,
-        admission=Admission([RefuseAll()]),
+        RunContext(
+            session_factory=session_factory, settings=settings, llm=stand_in_llm, admission=Admission([RefuseAll()])
+        ),
     )
     failed = row(session_factory, task_id)
     assert outcome.status == "failed" and outcome.retry_in is None
@@ -193,7 +193,8 @@ def test_while_the_controls_state_is_out_of_reach_tasks_wait_with_their_attempts
     admission = Admission([SharedStateOutOfReach()])
     # When the task is delivered
     outcome = execute_agent_task(
-        str(task_id), session_factory=session_factory, settings=settings, llm=stand_in_llm, admission=admission
+        str(task_id),
+        RunContext(session_factory=session_factory, settings=settings, llm=stand_in_llm, admission=admission),
     )
     # Then it neither runs unchecked nor fails: it waits, its attempt given back, saying why
     waiting = row(session_factory, task_id)
@@ -214,6 +215,7 @@ def test_a_check_that_cannot_release_does_not_stop_the_recording_of_outcomes(
     admission = Admission([AdmitsThenLosesRedis()])
     # When the task runs, Then its reply is recorded all the same
     outcome = execute_agent_task(
-        str(task_id), session_factory=session_factory, settings=settings, llm=stand_in_llm, admission=admission
+        str(task_id),
+        RunContext(session_factory=session_factory, settings=settings, llm=stand_in_llm, admission=admission),
     )
     assert outcome.status == "completed" and row(session_factory, task_id).status == TaskStatus.COMPLETED

@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import select
 
 from agent_service.database import session_scope
+from agent_service.execution.context import RunContext
 from agent_service.execution.pipeline import execute_agent_task
 from agent_service.llm.runners import make_runner
 from agent_service.models import Agent, LimitOverride, LimitScope, Task, TaskStatus
@@ -161,7 +162,7 @@ def test_a_data_agent_from_a_schema_file_runs_a_task_with_a_payload_and_status_s
     # When it runs
     runner = make_runner(settings.model_copy(update={"llm_process": False}))
     try:
-        execute_agent_task(task_id, session_factory=session_factory, settings=settings, llm=runner)
+        execute_agent_task(task_id, RunContext(session_factory=session_factory, settings=settings, llm=runner))
     finally:
         runner.close()
     # Then status shows its kind, its JSON result pretty and its payload cut short

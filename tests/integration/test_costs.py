@@ -14,6 +14,7 @@ from sqlalchemy import select
 from agent_service.config import ModelPriceOverride
 from agent_service.database import session_scope
 from agent_service.errors import RetryableError
+from agent_service.execution.context import RunContext
 from agent_service.execution.outcomes import Outcome
 from agent_service.execution.pipeline import execute_agent_task, execute_agent_tasks
 from agent_service.kinds.base import KindResult, TaskWork
@@ -84,11 +85,11 @@ def test_a_paid_reply_its_kind_refused_is_charged_and_the_task_sums_both_attempt
     agent, kinds = make_agent(session_factory), {"text": RefusesFirstReply()}
     task_id = make_task(session_factory, agent)
     # When the task runs twice: the refused reply, then a good one
-    first = execute_agent_tasks([task_id], session_factory=session_factory, settings=settings, llm=runner, kinds=kinds)[
-        0
-    ]
+    first = execute_agent_tasks(
+        [task_id], RunContext(session_factory=session_factory, settings=settings, llm=runner, kinds=kinds)
+    )[0]
     second = execute_agent_tasks(
-        [task_id], session_factory=session_factory, settings=settings, llm=runner, kinds=kinds
+        [task_id], RunContext(session_factory=session_factory, settings=settings, llm=runner, kinds=kinds)
     )[0]
     # Then the retried attempt is in the books with its tokens and cost, and the task sums both
     assert (first.status, second.status) == (Outcome.RETRYING, Outcome.COMPLETED)
@@ -111,7 +112,7 @@ def test_a_paid_reply_its_kind_refused_is_charged_and_the_task_sums_both_attempt
 def test_an_unknown_model_is_recorded_without_a_cost_and_counted_not_free(settings, session_factory, runner):
     agent = make_agent(session_factory, model="my-self-hosted-model")
     task_id = make_task(session_factory, agent)
-    outcome = execute_agent_task(task_id, session_factory=session_factory, settings=settings, llm=runner)
+    outcome = execute_agent_task(task_id, RunContext(session_factory=session_factory, settings=settings, llm=runner))
     task, _ = load(session_factory, task_id)
     assert outcome.status is Outcome.COMPLETED and task.prompt_tokens > 0
     assert task.cost_usd is None and task.unpriced_calls == 1
@@ -122,7 +123,9 @@ def test_model_prices_setting_prices_a_self_hosted_model(settings, session_facto
     priced = settings.model_copy(update={"model_prices": prices})
     agent = make_agent(session_factory, model="my-self-hosted-model")
     task_id = make_task(session_factory, agent)
-    execute_agent_task(task_id, session_factory=session_factory, settings=priced, llm=runner, prices=PriceBook(priced))
+    execute_agent_task(
+        task_id, RunContext(session_factory=session_factory, settings=priced, llm=runner, prices=PriceBook(priced))
+    )
     task, _ = load(session_factory, task_id)
     assert task.cost_usd == pytest.approx((task.prompt_tokens * 1.0 + task.completion_tokens * 2.0) / 1e6)
 
@@ -130,7 +133,7 @@ def test_model_prices_setting_prices_a_self_hosted_model(settings, session_facto
 def test_a_filtered_reply_fails_clearly_and_is_charged(settings, session_factory, runner, llm: LLMControl):
     agent = make_agent(session_factory)
     task_id = make_task(session_factory, agent, description="[[mock:filtered]] something the filter stops")
-    outcome = execute_agent_task(task_id, session_factory=session_factory, settings=settings, llm=runner)
+    outcome = execute_agent_task(task_id, RunContext(session_factory=session_factory, settings=settings, llm=runner))
     task, [failed] = load(session_factory, task_id)
     assert outcome.status is Outcome.FAILED and task.status is TaskStatus.FAILED
     assert "content filter" in task.error and failed.prompt_tokens == task.prompt_tokens > 0
@@ -141,7 +144,7 @@ def test_a_filtered_reply_fails_clearly_and_is_charged(settings, session_factory
 def test_a_prompt_the_content_filter_refuses_fails_at_once(settings, session_factory, runner, llm: LLMControl):
     agent = make_agent(session_factory)
     task_id = make_task(session_factory, agent, description="[[mock:content_filter]] refused prompt")
-    outcome = execute_agent_task(task_id, session_factory=session_factory, settings=settings, llm=runner)
+    outcome = execute_agent_task(task_id, RunContext(session_factory=session_factory, settings=settings, llm=runner))
     task, _ = load(session_factory, task_id)
     assert outcome.status is Outcome.FAILED and "content filter refused the task" in task.error
     assert task.attempts == 1 and len(llm.requests("refused prompt")) == 1
@@ -151,7 +154,7 @@ def test_a_task_too_long_for_the_context_fails_naming_the_model(settings, sessio
     llm.http.post("/control/config", json={"context_window": 120})
     agent = make_agent(session_factory)
     task_id = make_task(session_factory, agent, description="word " * 200)
-    outcome = execute_agent_task(task_id, session_factory=session_factory, settings=settings, llm=runner)
+    outcome = execute_agent_task(task_id, RunContext(session_factory=session_factory, settings=settings, llm=runner))
     task, _ = load(session_factory, task_id)
     assert outcome.status is Outcome.FAILED and task.attempts == 1
     assert task.error.startswith("the task is too long for gpt-4o-mini's context")
@@ -164,7 +167,7 @@ def test_an_agent_that_allows_it_has_a_too_long_description_cut_to_fit_once(
     llm.http.post("/control/config", json={"context_window": 120})
     agent = make_agent(session_factory, truncate_to_fit=True)
     task_id = make_task(session_factory, agent, description="fit-marker " + "word " * 200)
-    outcome = execute_agent_task(task_id, session_factory=session_factory, settings=settings, llm=runner)
+    outcome = execute_agent_task(task_id, RunContext(session_factory=session_factory, settings=settings, llm=runner))
     task, _ = load(session_factory, task_id)
     sent = llm.requests("fit-marker")
     assert outcome.status is Outcome.COMPLETED and task.attempts == 1
@@ -180,7 +183,7 @@ def test_stats_prints_tasks_success_durations_tokens_and_cost_per_group(settings
         for task_id in ids:
             session.get(Task, task_id).user_id = user
     for task_id in ids:
-        execute_agent_task(task_id, session_factory=session_factory, settings=settings, llm=runner)
+        execute_agent_task(task_id, RunContext(session_factory=session_factory, settings=settings, llm=runner))
     with session_scope(session_factory) as session:
         tasks = [session.get(Task, task_id) for task_id in ids]
         cost = sum(task.cost_usd for task in tasks)
@@ -203,7 +206,7 @@ def test_a_reply_that_is_not_the_json_asked_for_is_re_asked_once_and_both_calls_
     task_id = make_task(session_factory, agent, description="reask-marker: list the risks")
     llm.add_fault(fault="invalid_json", match="reask-marker", times=1)
     # When the task runs once
-    outcome = execute_agent_task(task_id, session_factory=session_factory, settings=settings, llm=runner)
+    outcome = execute_agent_task(task_id, RunContext(session_factory=session_factory, settings=settings, llm=runner))
     # Then the model was asked again, within the same attempt, with its reply and why it could not be used
     task, _ = load(session_factory, task_id)
     sent = llm.requests("reask-marker")
@@ -216,7 +219,7 @@ def test_a_reply_that_is_not_the_json_asked_for_is_re_asked_once_and_both_calls_
     )
     # (a task of the same length asked once: the re-asked one paid its prompt twice, and more)
     control = make_task(session_factory, agent, description="plain-marker: list the risks")
-    execute_agent_task(control, session_factory=session_factory, settings=settings, llm=runner)
+    execute_agent_task(control, RunContext(session_factory=session_factory, settings=settings, llm=runner))
     assert task.prompt_tokens > 2 * load(session_factory, control)[0].prompt_tokens
 
 
@@ -226,7 +229,7 @@ def test_a_second_reply_that_is_still_not_json_fails_the_task_with_the_reason_an
     agent = make_agent(session_factory, response_format="json_object")
     task_id = make_task(session_factory, agent, description="reask-twice-marker: list the risks")
     llm.add_fault(fault="invalid_json", match="reask-twice-marker", times=2)
-    outcome = execute_agent_task(task_id, session_factory=session_factory, settings=settings, llm=runner)
+    outcome = execute_agent_task(task_id, RunContext(session_factory=session_factory, settings=settings, llm=runner))
     task, attempts = load(session_factory, task_id)
     assert outcome.status is Outcome.FAILED and len(llm.requests("reask-twice-marker")) == 2
     assert task.error.startswith("the reply is not valid JSON")

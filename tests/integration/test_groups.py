@@ -18,6 +18,7 @@ from agent_service.clock import utcnow
 from agent_service.database import session_scope
 from agent_service.devtools.processes import started
 from agent_service.errors import PermanentError, TaskValidationError
+from agent_service.execution.context import RunContext
 from agent_service.execution.pipeline import execute_agent_tasks
 from agent_service.llm.messages import LLMReply, LLMRequest, Usage
 from agent_service.messaging.groups import (
@@ -96,10 +97,12 @@ def run_in_process(app, llm_with, task_ids: list[str], *, run_llm=None, send_cal
     sender = partial(send_callbacks_quietly, app, services.session_factory, services.settings)
     return execute_agent_tasks(
         task_ids,
-        session_factory=services.session_factory,
-        settings=services.settings,
-        llm=llm_with(run_llm or answering()),
-        on_groups_ended=sender if send_callbacks else None,
+        RunContext(
+            session_factory=services.session_factory,
+            settings=services.settings,
+            llm=llm_with(run_llm or answering()),
+            on_groups_ended=sender if send_callbacks else None,
+        ),
     )
 
 

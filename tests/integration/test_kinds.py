@@ -12,6 +12,7 @@ from jsonschema import Draft202012Validator
 
 from agent_service.database import session_scope
 from agent_service.errors import TaskValidationError
+from agent_service.execution.context import RunContext
 from agent_service.execution.outcomes import Outcome
 from agent_service.execution.pipeline import execute_agent_task
 from agent_service.llm.messages import LLMReply, Usage
@@ -52,7 +53,7 @@ def submit(idle_app, agent: Agent, title: str, **fields) -> uuid.UUID:
 
 
 def run(task_id, *, settings, session_factory, llm) -> tuple[Outcome, Task, list[TaskAttempt]]:
-    outcome = execute_agent_task(task_id, session_factory=session_factory, settings=settings, llm=llm)
+    outcome = execute_agent_task(task_id, RunContext(session_factory=session_factory, settings=settings, llm=llm))
     with session_scope(session_factory) as session:
         task = session.get(Task, task_id)
         attempts = list(task.attempt_history)

@@ -16,6 +16,7 @@ import redis
 
 from agent_service.devtools.processes import ROOT
 from agent_service.errors import TaskNotFoundError, TaskValidationError
+from agent_service.execution.context import RunContext
 from agent_service.execution.pipeline import execute_agent_tasks
 from agent_service.live.events import EventKind, LiveEvent, follower_key, stream_key
 from agent_service.live.follow import follow_task
@@ -220,10 +221,12 @@ def test_the_in_process_llm_loop_streams_a_followed_tasks_tokens(settings, share
     try:
         [outcome] = execute_agent_tasks(
             [str(task.id)],
-            session_factory=rollback_factory,
-            settings=settings,
-            llm=loop,
-            live=LivePublisher(shared, settings=settings),
+            RunContext(
+                session_factory=rollback_factory,
+                settings=settings,
+                llm=loop,
+                live=LivePublisher(shared, settings=settings),
+            ),
         )
     finally:
         loop.close()

@@ -17,6 +17,7 @@ from celery.result import AsyncResult
 from agent_service.admission.base import Candidate
 from agent_service.clock import utcnow
 from agent_service.database import session_scope
+from agent_service.execution.context import RunContext
 from agent_service.execution.liveness import current_owner
 from agent_service.execution.pipeline import execute_agent_task, execute_agent_tasks
 from agent_service.execution.replies import KEPT_PREFIX, Arrived, ReplyStore
@@ -85,7 +86,7 @@ def test_the_reply_a_lost_worker_kept_is_recorded_by_the_next_claim_without_a_ca
     replies.keep([Arrived(Candidate(task.id, "u-kept", claim.attempt, spec, request), kept, cacheable=False)])
     # When the task is run again (its message redelivered)
     outcome = execute_agent_task(
-        task.id, session_factory=rollback_factory, settings=settings, llm=child_runner, replies=replies
+        task.id, RunContext(session_factory=rollback_factory, settings=settings, llm=child_runner, replies=replies)
     )
     # Then attempt 2 records the kept reply, as the model that gave it, and the LLM is not called again
     assert outcome.status == "completed" and outcome.attempt == 2
@@ -114,11 +115,13 @@ def test_a_reply_is_kept_until_its_outcome_is_recorded_then_dropped(
     # When it runs, Redis looked at as its outcome is recorded
     outcome = execute_agent_tasks(
         [task.id],
-        session_factory=rollback_factory,
-        settings=settings,
-        llm=child_runner,
-        replies=replies,
-        on_settled=lambda group: in_redis_when_recorded.append((idle_redis.get(key), idle_redis.ttl(key))),
+        RunContext(
+            session_factory=rollback_factory,
+            settings=settings,
+            llm=child_runner,
+            replies=replies,
+            on_settled=lambda group: in_redis_when_recorded.append((idle_redis.get(key), idle_redis.ttl(key))),
+        ),
     )[0]
     # Then the reply was in Redis, with an expiry, when the outcome was recorded, and is gone after
     assert outcome.status == "completed" and len(llm.requests(title)) == 1

@@ -18,6 +18,7 @@ from agent_service.admission.base import Candidate, Verdict
 from agent_service.admission.spend_caps import KEY_PREFIX
 from agent_service.database import session_scope
 from agent_service.devtools.processes import ROOT, start_worker, stop_process
+from agent_service.execution.context import RunContext
 from agent_service.execution.outcomes import Outcome
 from agent_service.execution.pipeline import execute_agent_task
 from agent_service.kinds.base import TaskWork
@@ -117,7 +118,9 @@ def test_a_held_task_waits_with_its_reason_shown_by_cli_status(
     task_id = new_task(session_factory, agent, user)
     before = len(llm.requests(""))
     # When it runs
-    outcome = execute_agent_task(task_id, session_factory=session_factory, settings=on, llm=runner, admission=admission)
+    outcome = execute_agent_task(
+        task_id, RunContext(session_factory=session_factory, settings=on, llm=runner, admission=admission)
+    )
     # Then it is deferred before any call, keeps its attempt, and cli status says why it waits
     assert outcome.status is Outcome.DEFERRED and outcome.retry_in <= 1.0
     with session_scope(session_factory) as session:
@@ -136,7 +139,7 @@ def test_a_hard_cap_fails_the_task_before_any_call(settings, session_factory, ru
     task_id = new_task(session_factory, agent, user)
     before = len(llm.requests(""))
     outcome = execute_agent_task(
-        task_id, session_factory=session_factory, settings=hard, llm=runner, admission=admission
+        task_id, RunContext(session_factory=session_factory, settings=hard, llm=runner, admission=admission)
     )
     with session_scope(session_factory) as session:
         task = session.get(Task, task_id)

@@ -14,6 +14,7 @@ from billiard.exceptions import SoftTimeLimitExceeded
 from agent_service.clock import utcnow
 from agent_service.database import make_engine
 from agent_service.errors import PermanentError, RetryableError
+from agent_service.execution.context import RunContext
 from agent_service.execution.pipeline import execute_agent_task, execute_agent_tasks
 from agent_service.llm.messages import LLMReply, LLMRequest, Usage
 from agent_service.models import Agent, Task, TaskStatus
@@ -73,7 +74,7 @@ def run_once(rollback_factory, settings, llm_with):
 
     def run(task: Task, run_llm):
         return execute_agent_task(
-            str(task.id), session_factory=rollback_factory, settings=settings, llm=llm_with(run_llm)
+            str(task.id), RunContext(session_factory=rollback_factory, settings=settings, llm=llm_with(run_llm))
         )
 
     return run
@@ -294,7 +295,8 @@ def test_a_slow_reply_does_not_hold_back_the_rest_of_its_batch(
 
     # When the batch runs
     outcomes = execute_agent_tasks(
-        [str(t.id) for t in tasks], session_factory=rollback_factory, settings=settings, llm=llm_with(run_llm)
+        [str(t.id) for t in tasks],
+        RunContext(session_factory=rollback_factory, settings=settings, llm=llm_with(run_llm)),
     )
     # Then every task completed, and the fast ones were recorded long before the slow one
     rows = [reload(db_session, task) for task in tasks]
@@ -311,7 +313,8 @@ def test_a_task_delivered_twice_in_one_batch_is_run_once(llm_with, rollback_fact
         return LLMReply(text="once", usage=None)
 
     first, second = execute_agent_tasks(
-        [str(queued_task.id)] * 2, session_factory=rollback_factory, settings=settings, llm=llm_with(run_llm)
+        [str(queued_task.id)] * 2,
+        RunContext(session_factory=rollback_factory, settings=settings, llm=llm_with(run_llm)),
     )
     assert (first.status, second.status) == ("completed", "skipped") and len(calls) == 1
     assert reload(db_session, queued_task).attempts == 1
@@ -329,7 +332,8 @@ def test_a_batch_cut_short_by_the_soft_time_limit_leaves_no_row_running(
     signal.setitimer(signal.ITIMER_REAL, 0.5)
     try:
         [outcome] = execute_agent_tasks(
-            [str(queued_task.id)], session_factory=rollback_factory, settings=settings, llm=llm_with(never_answers)
+            [str(queued_task.id)],
+            RunContext(session_factory=rollback_factory, settings=settings, llm=llm_with(never_answers)),
         )
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)

@@ -1,5 +1,6 @@
-"""The api kind's runs without services: the first request, a run rebuilt from its recorded steps, and what
-comes next (ask the model, call tools, pause, end) including the step limit and the time budget."""
+"""The api kind's runs without services: the first request, a run rebuilt from its recorded steps (the
+durable step log of `execution.steps` replaying them into the kind's run), and what comes next (ask the
+model, call tools, pause, end) including the step limit and the time budget."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ import pytest
 
 from agent_service.config import Settings
 from agent_service.errors import PermanentError
-from agent_service.execution.steps import ApiRun, AskModel, Paused, Replied, RunEnded
+from agent_service.execution.plans import Paused, Replied, RunEnded
+from agent_service.execution.steps import StepLog
 from agent_service.kinds.api import ApiKind
-from agent_service.kinds.base import TaskWork
+from agent_service.kinds.base import AskModel, TaskWork
 from agent_service.llm.messages import LLMReply, Message, ModelOptions, ToolCall, Usage
 from agent_service.models import StepStatus, StepType
 from agent_service.store.agents import AgentSpec
@@ -52,8 +54,8 @@ CLAIM = Claim(uuid.uuid4(), 1, "Trip", "to Oslo", AGENT, NOW)
 SETTINGS = Settings(_env_file=None, approval_timeout_seconds=600)
 
 
-def run_of(*steps: RecordedStep) -> ApiRun:
-    return ApiRun(CLAIM, WORK, ApiKind().build_request(WORK), steps, settings=SETTINGS, now=NOW)
+def run_of(*steps: RecordedStep) -> StepLog:
+    return StepLog(CLAIM, ApiKind().start(WORK), steps, agent=AGENT, settings=SETTINGS, now=NOW)
 
 
 def turn(position: int, *calls: ToolCall, text: str = "", at: datetime = NOW) -> RecordedStep:

@@ -49,7 +49,7 @@ def test_an_agent_that_asks_for_json_gets_the_reply_parsed_or_an_invalid_output_
 
 def test_kinds_are_found_by_name_and_text_is_the_default_kind():
     assert AGENT.kind == "text" and isinstance(kind_named("text"), TextKind)
-    assert set(KINDS) == {"text", "decision", "api", "data"}
+    assert {"text", "decision", "api", "data"} <= set(KINDS)
 
 
 def test_an_unknown_kind_fails_permanently_naming_the_known_ones():

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent_service.execution.pipeline import fitted_description
+from agent_service.execution.truncation import fitted_description
 from agent_service.llm.messages import LLMRequest, Message, ModelOptions, Usage
 from agent_service.llm.prices import PriceBook
 from tests.support import make_settings

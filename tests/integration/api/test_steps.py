@@ -19,6 +19,7 @@ from pydantic import SecretStr
 from agent_service.admission.base import Candidate
 from agent_service.clock import utcnow
 from agent_service.errors import ApprovalError, RetryableError
+from agent_service.execution.context import RunContext
 from agent_service.execution.pipeline import execute_agent_tasks
 from agent_service.execution.replies import Arrived, ReplyStore
 from agent_service.execution.tool_calls import ToolCaller
@@ -216,11 +217,13 @@ def run(rollback_factory, api_settings, llm_with, caller):
     def run_task(task: Task, script: Script, **options):
         [outcome] = execute_agent_tasks(
             [str(task.id)],
-            session_factory=rollback_factory,
-            settings=api_settings,
-            llm=llm_with(script),
-            tool_caller=caller,
-            **options,
+            RunContext(
+                session_factory=rollback_factory,
+                settings=api_settings,
+                llm=llm_with(script),
+                tool_caller=caller,
+                **options,
+            ),
         )
         return outcome
 

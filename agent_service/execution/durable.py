@@ -1,0 +1,120 @@
+"""The durable runs of a batch together (`execution.steps`): their steps loaded in one query, each group of
+events recorded in one short transaction, the tool calls started once the steps that must precede them are
+committed, and each step published to the task's followers after the commit."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import datetime
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from agent_service.config import Settings
+from agent_service.database import session_scope
+from agent_service.errors import PermanentError
+from agent_service.execution.plans import AwaitTools, Event, Next, Plan, RunEnded
+from agent_service.execution.steps import ANSWERED, StepLog
+from agent_service.execution.tool_calls import ToolCaller
+from agent_service.kinds.base import Run, TaskWork
+from agent_service.live.events import EventKind
+from agent_service.live.publisher import LivePublisher, Update
+from agent_service.models import StepStatus, StepType
+from agent_service.monitoring import count_llm_usage
+from agent_service.store import lifecycle
+from agent_service.store.lifecycle import Claim
+from agent_service.store.steps import RecordedStep, load_steps, write_steps
+
+LOST_CLAIM = "the run lost its claim on the task (cancelled, or taken over) before its step was recorded"
+LIVE_TEXT_CHARS = 500  # of a step's text or a tool's result, in a live event
+
+
+class DurableRuns:
+    """The durable runs of the batches of one worker: their steps loaded, recorded, and their tool calls made."""
+
+    def __init__(
+        self,
+        *,
+        session_factory: sessionmaker[Session],
+        settings: Settings,
+        caller: ToolCaller,
+        clock: Callable[[], datetime],
+        live: LivePublisher | None = None,
+    ) -> None:
+        self._session_factory, self._settings, self._caller = session_factory, settings, caller
+        self._clock, self._live = clock, live
+
+    def resume(self, runs: Sequence[tuple[Claim, TaskWork, Run]]) -> list[StepLog]:
+        """Each claimed task's run, its recorded steps replayed into it (one query for them all)."""
+        now = self._clock()
+        recorded = self.load([claim.task_id for claim, _, _ in runs])
+        return [
+            StepLog(claim, run, recorded[claim.task_id], agent=work.agent, settings=self._settings, now=now)
+            for claim, work, run in runs
+        ]
+
+    def advance(self, events: Sequence[tuple[StepLog, Event]]) -> list[Next]:
+        """What comes next for each run after its event, the steps the events make recorded in one transaction
+        first (a run whose claim was lost records nothing and ends)."""
+        now = self._clock()
+        plans = [run.step(event, now=now) for run, event in events]
+        owned = [True] * len(plans)
+        if any(plan.writes or plan.charge or plan.pause for plan in plans):  # a fresh run asks before it writes
+            owned = self.record([(run.claim, plan) for (run, _), plan in zip(events, plans, strict=True)], now=now)
+        nexts: list[Next] = []
+        updates: list[Update] = []
+        for (run, _), plan, kept in zip(events, plans, owned, strict=True):
+            if not kept:
+                nexts.append(RunEnded(error=PermanentError(LOST_CLAIM)))
+                continue
+            if plan.charge is not None:
+                count_llm_usage(plan.charge.model, tokens=plan.charge.token_counts(), cost_usd=plan.charge.cost_usd)
+            updates += _live_updates(run, plan)
+            nexts.append(AwaitTools(run.start(self._caller, plan.start)) if plan.start else plan.next)
+        if self._live is not None and updates:
+            self._live.publish_many(updates)  # for the followed tasks only, in one round trip
+        return nexts
+
+    def load(self, task_ids: list[uuid.UUID]) -> dict[uuid.UUID, list[RecordedStep]]:
+        """The recorded steps of each task, in position order (one query)."""
+        with session_scope(self._session_factory) as session:
+            return load_steps(session, task_ids)
+
+    def record(self, plans: list[tuple[Claim, Plan]], *, now: datetime) -> list[bool]:
+        """Write the plans' steps, charges and pauses (one transaction); whether each claim still owned its task."""
+        with session_scope(self._session_factory) as session:
+            return [self._write(session, claim, plan, now=now) for claim, plan in plans]
+
+    def _write(self, session: Session, claim: Claim, plan: Plan, *, now: datetime) -> bool:
+        if not (plan.writes or plan.charge or plan.pause):
+            return True
+        if not write_steps(session, claim, plan.writes, charge=plan.charge, now=now):
+            return False
+        return plan.pause is None or lifecycle.record_pause(session, claim, reason=plan.pause, now=now)
+
+
+def _live_updates(run: StepLog, plan: Plan) -> list[Update]:
+    """What followers of the run see of this plan: each model turn (`step`), each call as it is sent
+    (`tool_call`), each result (`tool_result`) and each call left for a reviewer (`awaiting_approval`)."""
+    task_id, updates = run.claim.task_id, []
+    for write in plan.writes:
+        values, status = write.values, write.values.get("status")
+        text = (values.get("content") or "")[:LIVE_TEXT_CHARS]
+        if values.get("step_type") is StepType.MODEL_TURN:
+            calls = [call["name"] for call in values.get("tool_calls") or ()]
+            tokens = {
+                "prompt_tokens": values.get("prompt_tokens"),
+                "completion_tokens": values.get("completion_tokens"),
+            }
+            data = {"position": write.position, "model": values.get("model"), "text": text, "tools": calls, **tokens}
+            updates.append(Update(task_id, EventKind.STEP, data))
+        elif status is StepStatus.AWAITING_APPROVAL:
+            data = {"position": write.position, "name": values.get("tool_name"), "arguments": values.get("arguments")}
+            updates.append(Update(task_id, EventKind.AWAITING_APPROVAL, data))
+        elif status in ANSWERED:
+            data = {"position": write.position, "name": values.get("tool_name"), "status": status.value, "result": text}
+            updates.append(Update(task_id, EventKind.TOOL_RESULT, data))
+    for call in plan.start:
+        data = {"position": call.position, "name": call.call.name, "arguments": call.call.arguments}
+        updates.append(Update(task_id, EventKind.TOOL_CALL, data))
+    return updates

@@ -1,0 +1,191 @@
+"""Scheduling a batch's turns: each claim's run started (a durable one's steps loaded and replayed), its
+model calls answered from Redis when a reply is kept or cached, admitted and sent, its tool calls waited on
+beside them, and each ending handed back to its run, until every claim is settled. Nothing here names a
+kind: a kind's run decides its turns (`kinds.base`)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from agent_service.admission.base import Decision, Verdict
+from agent_service.config import Settings
+from agent_service.execution.calls import Calls, with_request
+from agent_service.execution.durable import DurableRuns
+from agent_service.execution.plans import AwaitTools, Event, Paused, Replied, RunEnded, ToolDone
+from agent_service.execution.replies import ReplyStore
+from agent_service.execution.settling import Settlement
+from agent_service.execution.steps import StepLog
+from agent_service.execution.truncation import cut_to_fit
+from agent_service.execution.turns import Taken, Turning, gave_up, prepare, run_ended, taken, turned_away
+from agent_service.kinds.base import AskModel, TaskKind
+from agent_service.llm.messages import LLMReply
+from agent_service.llm.prices import PriceBook
+from agent_service.store.lifecycle import Claim
+
+Tooling = tuple[Turning, tuple[Future[Any], ...]]
+
+
+@dataclass
+class Routed:
+    """Where claims go next: a model call to admit, tool calls to wait on, or their settlement."""
+
+    ask: list[Turning] = field(default_factory=list)
+    tools: list[Tooling] = field(default_factory=list)
+    ended: list[tuple[Claim, Settlement]] = field(default_factory=list)
+
+    def add(self, other: Routed) -> None:
+        self.ask += other.ask
+        self.tools += other.tools
+        self.ended += other.ended
+
+
+class Scheduler:
+    """How a batch's claims end: settled before any call (stored replies, admission), or by their turns."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        calls: Calls,
+        runs: DurableRuns,
+        prices: PriceBook,
+        replies: ReplyStore | None,
+        kinds: Mapping[str, TaskKind],
+    ) -> None:
+        self._settings, self._calls, self._runs, self._prices = settings, calls, runs, prices
+        self._replies, self._kinds = replies, kinds
+
+    def settlements(self, claims: list[Claim]) -> Iterator[list[tuple[Claim, Settlement]]]:
+        """Each claim with how it ends, in groups: first those settled without a call (stored replies, the
+        claims that must not run, those admission turned away), then as their calls end, the first to end
+        with every other one that ends within the next `batch_flush_seconds`."""
+        routed, durable = Routed(), list[Turning]()
+        for claim in claims:
+            how = prepare(claim, kinds=self._kinds)
+            if isinstance(how, Turning):
+                (durable if how.kind.durable else routed.ask).append(how)
+            else:
+                routed.ended.append((claim, how))
+        routed.add(self._resume(durable))
+        asking = self._unstored(routed)
+        decisions = self._calls.admit(asking)
+        routed.ended += [(t.claim, _not_now(t, d)) for t, d in zip(asking, decisions, strict=True) if not _runs(d)]
+        if routed.ended:
+            yield routed.ended
+        admitted = [with_request(t, d.request) for t, d in zip(asking, decisions, strict=True) if _runs(d)]
+        yield from self._turns(admitted, tooling=routed.tools)
+
+    def _unstored(self, routed: Routed) -> list[Turning]:
+        """The calls `routed` asks that are to be made: the others answered by a reply kept by an earlier
+        attempt or cached (and routed on from there), or given up (a claim whose worker was lost each time)."""
+        asking, routed.ask = routed.ask, []
+        stored = self._replies.lookup([turning.asked for turning in asking]) if self._replies else {}
+        to_make: list[Turning] = []
+        answered: list[tuple[Turning, Taken]] = []
+        for turning in asking:
+            found = stored.get(turning.claim.task_id)
+            if found is not None and turning.log is not None and found.position != turning.log.position:
+                found = None  # a turn recorded already
+            if found is not None:
+                self._calls.replied.add(turning.claim.task_id)
+                answered.append((turning, taken(turning, found.reply, model=found.model, prices=self._prices)))
+            elif turning.claim.attempt > self._settings.task_max_attempts:
+                # Only a run whose worker died gets here: the row was claimed but never settled.
+                routed.ended.append((turning.claim, gave_up(turning.claim)))
+            else:
+                to_make.append(turning)
+        after = self._route(answered)
+        routed.ended += after.ended
+        routed.tools += after.tools
+        return to_make + after.ask
+
+    def _turns(self, admitted: list[Turning], *, tooling: list[Tooling]) -> Iterator[list[tuple[Claim, Settlement]]]:
+        """The claims' settlements, in groups as their calls end. Each call's ending goes back to its run:
+        a next turn is admitted again, tool calls are waited on here too, a durable run's steps recorded."""
+        pending: dict[Future[Any], Turning] = {}
+        tool_calls: set[Future[Any]] = set()
+        self._calls.submit(admitted, into=pending, first=True)
+        _await_tools(tooling, into=pending, tool_calls=tool_calls)
+        while pending:
+            first, _ = wait(pending, return_when=FIRST_COMPLETED)
+            done = [(pending.pop(future), future) for future in first]
+            more, _ = wait(pending, timeout=self._settings.batch_flush_seconds)
+            done += [(pending.pop(future), future) for future in more]
+            endings = self._calls.ended([(turning, future) for turning, future in done if future not in tool_calls])
+            arrivals = [(turning, ending, self._taken(turning, ending)) for turning, ending in endings]
+            self._calls.keep(arrivals)
+            events: list[tuple[Turning, Event]] = [(t, ToolDone(f)) for t, f in done if f in tool_calls]
+            tool_calls.difference_update(future for _, future in done)
+            routed = self._route([(turning, how) for turning, _, how in arrivals], events)
+            _await_tools(routed.tools, into=pending, tool_calls=tool_calls)
+            decisions = self._calls.admit(routed.ask)
+            asked = zip(routed.ask, decisions, strict=True)
+            self._calls.submit([with_request(t, d.request) for t, d in asked if _runs(d)], into=pending)
+            group = routed.ended + [
+                (t.claim, _not_now(t, d)) for t, d in zip(routed.ask, decisions, strict=True) if not _runs(d)
+            ]
+            if group:
+                yield group
+
+    def _taken(self, turning: Turning, ending: LLMReply | BaseException) -> Taken:
+        how = taken(turning, ending, model=turning.request.model, prices=self._prices)
+        if isinstance(how, BaseException):
+            return cut_to_fit(turning, how) or how
+        return how
+
+    def _resume(self, durable: list[Turning]) -> Routed:
+        """The durable runs, their recorded steps replayed (one query, none without any) and routed to what
+        each does first."""
+        if not durable:
+            return Routed()
+        logs = self._runs.resume([(turning.claim, turning.work, turning.run) for turning in durable])
+        return self._route([], [(replace(turning, log=log), None) for turning, log in zip(durable, logs, strict=True)])
+
+    def _route(self, items: list[tuple[Turning, Taken]], events: list[tuple[Turning, Event]] | None = None) -> Routed:
+        """Where each claim goes after what its call came to: a durable run's events recorded (one transaction
+        for them all) and routed to what follows."""
+        routed, events = Routed(), list(events or ())
+        for turning, how in items:
+            if isinstance(how, Turning):
+                routed.ask.append(how)
+            elif isinstance(how, Replied):
+                events.append((turning, how))
+            else:
+                routed.ended.append((turning.claim, how))
+        if not events:
+            return routed
+        nexts = self._runs.advance([(_log(turning), event) for turning, event in events])
+        for (turning, _), after in zip(events, nexts, strict=True):
+            if isinstance(after, AskModel):
+                routed.ask.append(turning.asking(after.request))
+            elif isinstance(after, AwaitTools):
+                routed.tools.append((turning, after.futures))
+            elif isinstance(after, RunEnded):
+                routed.ended.append((turning.claim, run_ended(after)))
+            elif isinstance(after, Paused):
+                routed.ended.append((turning.claim, after))
+        return routed
+
+
+def _await_tools(tooling: list[Tooling], *, into: dict[Future[Any], Turning], tool_calls: set[Future[Any]]) -> None:
+    for turning, futures in tooling:
+        into.update((future, turning) for future in futures)
+        tool_calls.update(futures)
+
+
+def _runs(decision: Decision) -> bool:
+    return decision.verdict is Verdict.RUN
+
+
+def _not_now(turning: Turning, decision: Decision) -> Settlement:
+    """A call admission turned away: a second call's first outcome stands (its charge with it); else the
+    claim is deferred or refused (a durable run's steps so far are recorded: it resumes after them)."""
+    return turning.after if turning.after is not None else turned_away(decision)
+
+
+def _log(turning: Turning) -> StepLog:
+    assert turning.log is not None  # only durable runs have events
+    return turning.log
