@@ -1,0 +1,76 @@
+"""Commands that become another process: worker and flower (`celery worker|flower` with the settings' options,
+in place of this one), and demo."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from agent_service.cli.output import console
+from agent_service.config import Settings, get_settings, is_loopback_host
+
+
+def worker_argv(settings: Settings, extra: list[str]) -> list[str]:
+    """The `celery worker` command line for these settings."""
+    return [
+        "celery",
+        "-A",
+        "agent_service.worker",
+        "worker",
+        f"--pool={settings.worker_pool}",
+        f"--concurrency={settings.worker_concurrency}",
+        "-Q",
+        settings.worker_queues,
+        "--loglevel=INFO",
+        *extra,
+    ]
+
+
+def cmd_worker(args: argparse.Namespace) -> None:
+    argv = worker_argv(get_settings(), args.celery_args)
+    os.execv(sys.executable, [sys.executable, "-m", *argv])
+
+
+def flower_argv(settings: Settings, extra: list[str]) -> list[str]:
+    """The `celery flower` command line for these settings. The logins stay off it, and so out of `ps`:
+    Flower reads FLOWER_BASIC_AUTH from its environment."""
+    return [
+        "celery",
+        "-A",
+        "agent_service.worker",
+        "flower",
+        f"--address={settings.flower_address}",
+        f"--port={settings.flower_port}",
+        *extra,
+    ]
+
+
+def flower_refusal(settings: Settings, extra: list[str]) -> str | None:
+    """Why Flower must not start with these settings and extra options, or None. It shows every task's
+    arguments and results, so beyond loopback it needs a login."""
+    for arg in extra:
+        option = arg.lstrip("-").partition("=")[0].replace("-", "_")
+        if option in ("address", "port", "basic_auth"):
+            return f"set FLOWER_{option.upper()} rather than passing {arg.partition('=')[0]}"
+    if settings.flower_basic_auth is None and not is_loopback_host(settings.flower_address):
+        where = f"{settings.flower_address or 'every address'}:{settings.flower_port}"
+        fix = "set FLOWER_BASIC_AUTH=user:password, or FLOWER_ADDRESS=127.0.0.1"
+        return f"Flower would serve {where} with no login: {fix}"
+    return None
+
+
+def cmd_flower(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    refusal = flower_refusal(settings, args.celery_args)
+    if refusal:
+        print(f"error: {refusal}", file=sys.stderr)
+        return 1
+    env = {**os.environ, **{name: value for name, value in settings.as_env().items() if name.startswith("FLOWER_")}}
+    os.execve(sys.executable, [sys.executable, "-m", *flower_argv(settings, args.celery_args)], env)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from agent_service.devtools.demo import run_demo  # demo imports the configured app; see configured_app
+
+    return run_demo(task_count=args.tasks, console=console)
