@@ -36,7 +36,7 @@ from agent_service.messaging.routing import HEALTH_TASK_NAME, PROCESS_TASK_NAME,
 from agent_service.models import TaskStatus
 from agent_service.monitoring import monitor_task_execution
 from agent_service.services import Services, services_of
-from agent_service.store import lifecycle
+from agent_service.store import tasks as store_tasks
 from agent_service.store.groups import GroupProgress
 from agent_service.submission import approvals, groups, submit
 
@@ -98,7 +98,7 @@ def follow_agent_task(
 
 def _task_status(services: Services, task_id: uuid.UUID) -> TaskStatus:
     with session_scope(services.session_factory) as session:
-        return lifecycle.task_status(session, task_id)
+        return store_tasks.task_status(session, task_id)
 
 
 def approve_task(task_id: str, note: str | None = None, *, app: Celery | None = None) -> list[str]:

@@ -20,6 +20,7 @@ from agent_service.live.events import EventKind, LiveEvent
 from agent_service.models import StepType, Task, TaskStatus, TaskStep
 from agent_service.monitoring import configure_logging, logger
 from agent_service.store import lifecycle, steps
+from agent_service.store import tasks as store_tasks
 from agent_service.store.stats import GroupBy, TaskStats, task_stats
 from agent_service.terminal.tables import stats_table
 
@@ -105,7 +106,7 @@ def cmd_follow(args: argparse.Namespace) -> int:
     app = configured_app()
     task_id = parse_task_id(args.task_id)
     with session_scope(app.services.session_factory) as session:
-        status = lifecycle.task_status(session, task_id)
+        status = store_tasks.task_status(session, task_id)
     printed = False if status.is_final else _print_live(follow_agent_task(str(task_id), app=app))
     with session_scope(app.services.session_factory) as session:
         finished = lifecycle.finished_state(session, task_id)

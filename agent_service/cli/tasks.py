@@ -13,7 +13,7 @@ from agent_service.cli.output import console, print_error, print_field
 from agent_service.database import session_scope
 from agent_service.errors import TaskValidationError
 from agent_service.models import Task, TaskStatus
-from agent_service.store import lifecycle
+from agent_service.store import tasks as store_tasks
 from agent_service.submission.agents import find_agent
 from agent_service.submission.approvals import approve_task, reject_task
 from agent_service.submission.groups import group_progress
@@ -62,7 +62,7 @@ def cmd_list(args: argparse.Namespace) -> None:
 
 def cmd_failed(args: argparse.Namespace) -> None:
     with session_scope(configured_app().services.session_factory) as session:
-        tasks = lifecycle.failed_tasks(session, limit=args.limit)
+        tasks = store_tasks.failed_tasks(session, limit=args.limit)
         console.print(task_table(tasks, console=console, title="Failed tasks (dead letters)"))
 
 

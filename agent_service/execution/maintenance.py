@@ -14,7 +14,8 @@ from agent_service.config import Settings
 from agent_service.database import session_scope
 from agent_service.messaging.groups import send_callbacks_quietly, send_overdue_callbacks
 from agent_service.messaging.publisher import enqueue
-from agent_service.store import lifecycle, steps
+from agent_service.store import steps
+from agent_service.store import tasks as store_tasks
 from agent_service.store.groups import note_tasks_ended
 
 
@@ -22,7 +23,7 @@ def requeue_stuck_tasks(*, app: Celery, session_factory: sessionmaker[Session], 
     """Publish a message again for every row that may have lost its own (broker down at submit, lost with
     Redis, dead worker); returns how many. Raises: BrokerUnavailableError."""
     with session_scope(session_factory) as session:
-        stuck = lifecycle.tasks_to_requeue(session, settings=settings, now=utcnow(), limit=settings.sweep_batch_size)
+        stuck = store_tasks.tasks_to_requeue(session, settings=settings, now=utcnow(), limit=settings.sweep_batch_size)
     enqueue(app, session_factory, stuck)
     return len(stuck)
 
@@ -48,7 +49,7 @@ def oldest_waiting_since(session_factory: sessionmaker[Session]) -> datetime | N
     """When the task waiting longest (pending or queued) was queued; None when no task waits.
     Raises: what the database raises."""
     with session_scope(session_factory) as session:
-        return lifecycle.oldest_waiting_since(session)
+        return store_tasks.oldest_waiting_since(session)
 
 
 def check_health(*, session_factory: sessionmaker[Session]) -> dict[str, str]:

@@ -21,6 +21,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
+from agent_service.clock import aware
 from agent_service.config import Settings
 from agent_service.errors import PermanentError, RetryableError
 from agent_service.execution.plans import Call, Event, Next, Paused, Plan, Replied, RunEnded, ToolDone
@@ -37,7 +38,6 @@ from agent_service.kinds.base import (
 )
 from agent_service.llm.messages import LLMReply, ToolCall, Usage
 from agent_service.models import StepStatus, StepType
-from agent_service.store import lifecycle
 from agent_service.store.agents import AgentSpec
 from agent_service.store.lifecycle import Charge, Claim
 from agent_service.store.steps import RecordedStep, StepWrite
@@ -66,9 +66,9 @@ class StepLog:
         self.claim, self._run, self._agent, self._settings = claim, run, agent, settings
         self.position = 0  # where the next step goes
         self.turns = 0  # model turns
-        self._started = lifecycle.aware(steps[0].created_at) if steps else now
+        self._started = aware(steps[0].created_at) if steps else now
         decisions = {(step.created_at, step.decided_at) for step in steps if step.decided_at is not None}
-        self._waited = sum((lifecycle.aware(d) - lifecycle.aware(c)).total_seconds() for c, d in decisions)
+        self._waited = sum((aware(d) - aware(c)).total_seconds() for c, d in decisions)
         self._last: tuple[str, Usage | None] = (agent.model, None)
         self._calls: list[Call] = []
         self._in_flight: dict[Future[ToolOutcome], Call] = {}

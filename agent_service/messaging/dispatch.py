@@ -16,7 +16,8 @@ from agent_service.clock import utcnow
 from agent_service.config import Settings
 from agent_service.database import session_scope
 from agent_service.messaging.publisher import publish_tasks
-from agent_service.store import dispatch, lifecycle
+from agent_service.store import dispatch
+from agent_service.store import tasks as store_tasks
 
 
 def dispatch_waiting(
@@ -45,5 +46,5 @@ def dispatch_round(app: Celery, session_factory: sessionmaker[Session], settings
         task_ids = dispatch.take_waiting(session, limit=min(room, settings.dispatch_round_size))
         if task_ids:
             publish_tasks(app, task_ids)
-            lifecycle.mark_queued(session, task_ids, now=now)
+            store_tasks.mark_queued(session, task_ids, now=now)
     return len(task_ids)

@@ -12,7 +12,7 @@ from agent_service.clock import utcnow
 from agent_service.database import session_scope
 from agent_service.errors import BrokerUnavailableError
 from agent_service.messaging.routing import PROCESS_TASK_NAME
-from agent_service.store import lifecycle
+from agent_service.store import tasks as store_tasks
 
 
 def enqueue(app: Celery, session_factory: sessionmaker[Session], task_ids: list[uuid.UUID]) -> None:
@@ -22,7 +22,7 @@ def enqueue(app: Celery, session_factory: sessionmaker[Session], task_ids: list[
         return
     publish_tasks(app, task_ids)
     with session_scope(session_factory) as session:
-        lifecycle.mark_queued(session, task_ids, now=utcnow())
+        store_tasks.mark_queued(session, task_ids, now=utcnow())
 
 
 def publish_tasks(app: Celery, task_ids: list[uuid.UUID], *, countdown: float | None = None) -> None:

@@ -3,7 +3,7 @@ Session (PostgreSQL only: they rely on advisory locks and `FOR UPDATE SKIP LOCKE
 
 A dispatch round, in one transaction: `take_dispatch_turn` (one dispatcher at a time), `in_flight`
 (how many published tasks are not finished), `take_waiting` (the next tasks in fair order, locked), then the
-caller publishes them and calls `lifecycle.mark_queued`. The rows stay locked until the commit, so a worker that
+caller publishes them and calls `tasks.mark_queued`. The rows stay locked until the commit, so a worker that
 receives a message early waits for it, and a dispatcher that dies before the commit leaves them waiting.
 """
 

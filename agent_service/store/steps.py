@@ -17,6 +17,7 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, insert, select, update
 from sqlalchemy.orm import Session
 
+from agent_service.clock import aware
 from agent_service.errors import ApprovalError, TaskNotFoundError
 from agent_service.models import StepStatus, StepType, Task, TaskStatus, TaskStep
 from agent_service.store import lifecycle
@@ -110,12 +111,10 @@ def decide_approval(
             .order_by(TaskStep.position)
         )
     )
-    expired = [
-        step for step in waiting if step.approval_expires_at and lifecycle.aware(step.approval_expires_at) <= now
-    ]
+    expired = [step for step in waiting if step.approval_expires_at and aware(step.approval_expires_at) <= now]
     if expired:
         raise ApprovalError(
-            f"the approval of task {task_id} expired at {lifecycle.aware(expired[0].approval_expires_at or now)}"
+            f"the approval of task {task_id} expired at {aware(expired[0].approval_expires_at or now)}"
             " (its tool call is not made; the task fails)"
         )
     decided: dict[str, Any] = dict(approval_note=note, decided_at=now, updated_at=now)
@@ -159,7 +158,7 @@ def fail_expired_approvals(session: Session, *, now: datetime, limit: int) -> li
     for task_id, tool_name, created_at, expires_at in session.execute(query):
         if task_id in failed:
             continue
-        waited = (lifecycle.aware(expires_at or now) - lifecycle.aware(created_at)).total_seconds()
+        waited = (aware(expires_at or now) - aware(created_at)).total_seconds()
         error = f"approval for tool {tool_name} expired after {waited:g} s"
         ended = session.execute(
             update(Task)

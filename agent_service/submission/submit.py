@@ -26,7 +26,7 @@ from agent_service.messaging.groups import send_callbacks_quietly
 from agent_service.messaging.publisher import enqueue
 from agent_service.models import Agent, Task, TaskStatus
 from agent_service.services import Services
-from agent_service.store import lifecycle
+from agent_service.store import tasks as store_tasks
 from agent_service.store.agents import agent_spec
 from agent_service.store.groups import join_group, note_tasks_ended
 from agent_service.submission.groups import parse_group
@@ -76,7 +76,7 @@ def replay_failed_tasks(task_ids: list[str] | None, *, app: Celery, services: Se
     Raises: TaskValidationError for an id that is not a UUID."""
     wanted = None if task_ids is None else [parse_task_id(task_id) for task_id in task_ids]
     with session_scope(services.session_factory) as session:
-        replayed = lifecycle.reset_for_replay(session, wanted, now=utcnow(), status=first_status(services.settings))
+        replayed = store_tasks.reset_for_replay(session, wanted, now=utcnow(), status=first_status(services.settings))
     queue(app, services, replayed)
     return [str(task_id) for task_id in replayed]
 
@@ -88,7 +88,7 @@ def cancel_task(task_id: str, *, services: Services, app: Celery | None = None) 
     Raises: TaskValidationError (not a UUID), TaskNotFoundError."""
     parsed = parse_task_id(task_id)
     with session_scope(services.session_factory) as session:
-        status = lifecycle.cancel_task(session, parsed, now=utcnow())
+        status = store_tasks.cancel_task(session, parsed, now=utcnow())
         ended = note_tasks_ended(session, [parsed], now=utcnow()) if status is TaskStatus.CANCELLED else []
     if ended and app is not None:
         send_callbacks_quietly(app, services.session_factory, services.settings, ended)

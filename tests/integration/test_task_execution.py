@@ -19,6 +19,7 @@ from agent_service.execution.pipeline import execute_agent_task, execute_agent_t
 from agent_service.llm.messages import LLMReply, LLMRequest, Usage
 from agent_service.models import Agent, Task, TaskStatus
 from agent_service.store import lifecycle
+from agent_service.store import tasks as store_tasks
 from agent_service.store.lifecycle import Claim, Skip
 
 
@@ -134,7 +135,7 @@ def test_stale_claim_cannot_complete_after_the_task_was_reclaimed(db_session, qu
 
 def test_cancelled_running_task_never_becomes_completed(db_session, queued_task, settings):
     claim = claim_as(db_session, queued_task, settings, now=utcnow())
-    assert lifecycle.cancel_task(db_session, queued_task.id, now=utcnow()) == TaskStatus.CANCELLED
+    assert store_tasks.cancel_task(db_session, queued_task.id, now=utcnow()) == TaskStatus.CANCELLED
     assert lifecycle.record_success(db_session, claim, result="x", model="gpt-4o-mini", now=utcnow()) is False
     assert reload(db_session, queued_task).status == TaskStatus.CANCELLED
 
@@ -218,7 +219,7 @@ def test_failed_attempts_are_kept_in_the_history(run_once, db_session, queued_ta
 
 def test_replayed_failed_task_gets_a_fresh_budget_and_keeps_its_history(run_once, db_session, queued_task):
     run_once(queued_task, failing(PermanentError("LLM request failed (401): bad key")))
-    assert lifecycle.reset_for_replay(db_session, [queued_task.id], now=utcnow()) == [queued_task.id]
+    assert store_tasks.reset_for_replay(db_session, [queued_task.id], now=utcnow()) == [queued_task.id]
     db_session.execute(lifecycle.update(Task).where(Task.id == queued_task.id).values(status=TaskStatus.QUEUED))
     outcome = run_once(queued_task, answer())
     row = reload(db_session, queued_task)
@@ -227,7 +228,7 @@ def test_replayed_failed_task_gets_a_fresh_budget_and_keeps_its_history(run_once
 
 
 def test_replay_leaves_tasks_that_did_not_fail_alone(db_session, queued_task):
-    assert lifecycle.reset_for_replay(db_session, [queued_task.id], now=utcnow()) == []
+    assert store_tasks.reset_for_replay(db_session, [queued_task.id], now=utcnow()) == []
     assert reload(db_session, queued_task).status == TaskStatus.QUEUED
 
 
@@ -259,9 +260,9 @@ def test_sweep_finds_rows_stuck_without_a_message_and_only_those(db_session, sto
     db_session.flush()
     # (Among these rows only: rows other tests committed earlier in the session may be due too.)
     ours = stuck | fresh | settled
-    assert set(lifecycle.tasks_to_requeue(db_session, settings=settings, now=now, limit=100)) & ours == stuck
+    assert set(store_tasks.tasks_to_requeue(db_session, settings=settings, now=now, limit=100)) & ours == stuck
     # and the next sweep, straight after, leaves them alone
-    assert set(lifecycle.tasks_to_requeue(db_session, settings=settings, now=now, limit=100)) & ours == set()
+    assert set(store_tasks.tasks_to_requeue(db_session, settings=settings, now=now, limit=100)) & ours == set()
 
 
 def test_postgres_sessions_carry_the_configured_statement_timeout(settings):
