@@ -4,6 +4,7 @@ no row in PostgreSQL and no message in Redis."""
 from __future__ import annotations
 
 import json
+import sys
 import uuid
 
 import pytest
@@ -14,6 +15,7 @@ from agent_service.errors import BrokerUnavailableError, TaskValidationError
 from agent_service.models import Agent, Task, TaskStatus
 from agent_service.tasks import create_agent_task, create_agent_tasks
 from agent_service.worker import create_celery_app
+from tests.support import run_in_repo
 
 
 def task_count(session_factory) -> int:
@@ -45,6 +47,29 @@ def test_valid_task_is_stored_queued_and_published_once(idle_app, idle_redis, ag
         ("worker.process_agent_task", repr([task_id]))
     ]
     assert messages[0]["content-type"] == "application/json"
+
+
+def test_the_designs_root_modules_submit_and_queue_from_the_checkout(idle_app, idle_redis, agent, settings):
+    # Given the design's own names, imported from the checkout's root as its README shows them
+    script = (
+        "import json, sys\n"
+        "from tasks import create_agent_task\n"
+        "from worker import process_agent_task\n"
+        "task_id = create_agent_task(json.loads(sys.argv[1]))\n"
+        "process_agent_task.delay(task_id)\n"
+        "print(task_id)\n"
+    )
+    env = settings.model_copy(update={"redis_url": idle_app.conf.broker_url}).as_env()
+    # When a script submits a task with them, then hands its id to process_agent_task.delay
+    ran = run_in_repo([sys.executable, "-c", script, json.dumps(valid(agent))], env)
+    assert ran.returncode == 0, ran.stderr
+    task_id = ran.stdout.strip()
+    # Then the task is stored and its message published twice under the design's task name
+    messages = queued_messages(idle_redis)
+    assert [(m["headers"]["task"], m["headers"]["argsrepr"]) for m in messages] == [
+        ("worker.process_agent_task", repr([task_id])),
+        ("worker.process_agent_task", repr([task_id])),
+    ]
 
 
 BAD_INPUTS = {
