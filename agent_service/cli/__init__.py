@@ -85,13 +85,16 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument(
         "--on-complete", metavar="CELERY_TASK", help="with a new --group: the Celery task to send once it has ended"
     )
-    add("status", status.cmd_status, "show one task").add_argument("task_id")
+    shown = add("status", status.cmd_status, "show one task")
+    shown.add_argument("task_id")
+    _add_json(shown)
     add("follow", status.cmd_follow, "print a task's progress live until it ends; exit 0 if it completed").add_argument(
         "task_id"
     )
     listing = add("list", tasks.cmd_list, "list recent tasks")
     listing.add_argument("--status", choices=[s.value for s in TaskStatus])
     listing.add_argument("--limit", type=int, default=20)
+    _add_json(listing)
     stats = add(
         "stats", status.cmd_stats, "tasks, success rate, durations, tokens and cost of the tasks finished lately"
     )
@@ -99,10 +102,11 @@ def _parser() -> argparse.ArgumentParser:
     stats.add_argument(
         "--since", type=parse_duration, default=timedelta(hours=24), help="e.g. 30m, 24h, 7d (default 24h)"
     )
+    _add_json(stats)
     add("cancel", tasks.cmd_cancel, "cancel a queued or running task").add_argument("task_id")
-    add(
-        "group", tasks.cmd_group, "a group's progress: tasks by status, tokens, cost, its end and callback"
-    ).add_argument("group_id")
+    group = add("group", tasks.cmd_group, "a group's progress: tasks by status, tokens, cost, its end and callback")
+    group.add_argument("group_id")
+    _add_json(group)
     for name, handler, what in (
         ("approve", tasks.cmd_approve, "approve the tool calls a task awaits approval for; it goes on"),
         ("reject", tasks.cmd_reject, "reject them: never made, the model is told; the task goes on"),
@@ -125,7 +129,9 @@ def _parser() -> argparse.ArgumentParser:
             whom.add_argument(f"--{scope.value}", metavar=scope.value.upper(), help=f"the {scope.value} it applies to")
     add("pause", admin.cmd_pause, "stop every worker's new LLM calls (tasks wait, none is lost) until resume")
     add("resume", admin.cmd_resume, "let the workers call the model again after a pause")
-    add("failed", tasks.cmd_failed, "list failed tasks (dead letters)").add_argument("--limit", type=int, default=50)
+    failed = add("failed", tasks.cmd_failed, "list failed tasks (dead letters)")
+    failed.add_argument("--limit", type=int, default=50)
+    _add_json(failed)
     replay = add("replay", tasks.cmd_replay, "queue failed tasks again with a fresh attempt budget")
     replay.add_argument("task_ids", nargs="*")
     replay.add_argument("--all", action="store_true", help="every failed task")
@@ -142,3 +148,12 @@ def _parser() -> argparse.ArgumentParser:
     demo = add("demo", processes.cmd_demo, "run the whole job end to end on the embedded defaults")
     demo.add_argument("--tasks", type=int, default=12)
     return parser
+
+
+def _add_json(command: argparse.ArgumentParser) -> None:
+    """`--json`: records for scripts. Without it, output to a pipe or a file is plain rows, never cut."""
+    command.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON object per line for scripts (fields: docs/reference/cli.md#output-for-scripts)",
+    )

@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Iterable
+from functools import partial
 from typing import Any
 
 from rich.text import Text
 
 from agent_service.admission.pause import paused_since
 from agent_service.cli.app import configured_app
-from agent_service.cli.output import console, print_error, print_field
+from agent_service.cli.output import console, print_error, print_field, print_json, print_records
 from agent_service.clock import utcnow
 from agent_service.config import get_settings
 from agent_service.database import session_scope
@@ -22,6 +23,7 @@ from agent_service.monitoring import configure_logging, logger
 from agent_service.store import lifecycle, steps
 from agent_service.store import tasks as store_tasks
 from agent_service.store.stats import GroupBy, TaskStats, task_stats
+from agent_service.terminal.records import STATS_FIELDS, stats_record, task_details
 from agent_service.terminal.tables import stats_table
 
 STATUS_PAYLOAD_CHARS = 300  # of a task's payload, as JSON, shown by `status`
@@ -37,9 +39,13 @@ def cmd_status(args: argparse.Namespace) -> int:
             return 1
         fields = {c.name: getattr(task, c.name) for c in Task.__table__.columns}
         fields["kind"] = f"{task.kind} (set on the task)" if task.kind else f"{task.agent.kind} (its agent's)"
+        task_steps = steps.step_rows(session, task.id)
+        if args.json:
+            print_json(task_details(task, steps=task_steps))
+            return 0
         history = [(h.attempt, h.outcome, h.at, h.error, _charged(h)) for h in task.attempt_history]
         charged = _charged(task)
-        step_lines = [_step_line(step) for step in steps.step_rows(session, task.id)]
+        step_lines = [_step_line(step) for step in task_steps]
     if fields["waiting_reason"] and not fields["status"].is_final:
         console.print(Text.assemble(("waiting: ", "bold yellow"), fields["waiting_reason"]))
     for name, value in fields.items():
@@ -144,7 +150,10 @@ def cmd_stats(args: argparse.Namespace) -> None:
     configure_logging(json_lines=get_settings().log_json)  # the per-group lines go to stderr, the table to stdout
     with session_scope(configured_app().services.session_factory) as session:
         figures = task_stats(session, by=args.by and GroupBy(args.by), since=utcnow() - args.since)
-    console.print(stats_table(figures, by=args.by or "all", since=args.since))
+    by = args.by or "all"
+    records = [stats_record(group, by=by) for group in figures]
+    table = partial(stats_table, figures, by=by, since=args.since)
+    print_records(records, fields=STATS_FIELDS, as_json=args.json, table=table)
     for group in figures:
         _log_performance(args.by or "all", group)
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 from sqlalchemy import select
 
 from agent_service.cli.app import configured_app
 from agent_service.cli.arguments import parse_json, read_text
-from agent_service.cli.output import console, print_error, print_field
+from agent_service.cli.output import console, print_error, print_field, print_json, print_records
 from agent_service.database import session_scope
 from agent_service.errors import TaskValidationError
 from agent_service.models import Task, TaskStatus
@@ -18,6 +20,7 @@ from agent_service.submission.agents import find_agent
 from agent_service.submission.approvals import approve_task, reject_task
 from agent_service.submission.groups import group_progress
 from agent_service.submission.submit import cancel_task, create_agent_tasks, replay_failed_tasks
+from agent_service.terminal.records import TASK_FIELDS, group_record, task_record
 from agent_service.terminal.tables import task_table
 
 
@@ -57,13 +60,20 @@ def cmd_list(args: argparse.Namespace) -> None:
     if args.status:
         query = query.where(Task.status == TaskStatus(args.status))
     with session_scope(configured_app().services.session_factory) as session:
-        console.print(task_table(session.scalars(query).all(), console=console))
+        _print_tasks(session.scalars(query).all(), as_json=args.json, title="Tasks")
 
 
 def cmd_failed(args: argparse.Namespace) -> None:
     with session_scope(configured_app().services.session_factory) as session:
         tasks = store_tasks.failed_tasks(session, limit=args.limit)
-        console.print(task_table(tasks, console=console, title="Failed tasks (dead letters)"))
+        _print_tasks(tasks, as_json=args.json, title="Failed tasks (dead letters)")
+
+
+def _print_tasks(tasks: Sequence[Task], *, as_json: bool, title: str) -> None:
+    """A table on a terminal; for scripts, whole records (`records.TASK_FIELDS`)."""
+    records = [task_record(task) for task in tasks]
+    table = partial(task_table, tasks, console=console, title=title)
+    print_records(records, fields=TASK_FIELDS, as_json=as_json, table=table)
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -97,6 +107,9 @@ def cmd_cancel(args: argparse.Namespace) -> None:
 
 def cmd_group(args: argparse.Namespace) -> None:
     progress = group_progress(args.group_id, services=configured_app().services)
+    if args.json:
+        print_json(group_record(progress))
+        return
     print_field("group", progress.group_id)
     print_field("user", progress.user_id)
     print_field("tasks", f"{progress.tasks}, {progress.unfinished} not finished")

@@ -14,6 +14,7 @@ from agent_service.execution.context import RunContext
 from agent_service.execution.pipeline import execute_agent_task
 from agent_service.llm.runners import make_runner
 from agent_service.models import Agent, LimitOverride, LimitScope, Task, TaskStatus
+from agent_service.terminal.records import TASK_FIELDS
 from tests.integration.conftest import IDLE_REDIS
 from tests.support import run_cli
 
@@ -105,7 +106,8 @@ def test_init_db_creates_a_sqlite_database_in_a_folder_that_does_not_exist_yet(s
     local = settings.model_copy(update={"database_url": f"sqlite:///{database}"})
     assert run_cli(local, "init-db").returncode == 0
     listed = run_cli(local, "list")
-    assert database.exists() and listed.returncode == 0 and "Tasks" in listed.stdout
+    assert database.exists() and listed.returncode == 0
+    assert listed.stdout.splitlines() == ["\t".join(TASK_FIELDS)]  # the header of an empty listing
 
 
 def test_a_database_without_the_schema_gets_a_one_line_hint_not_a_traceback(settings, tmp_path):

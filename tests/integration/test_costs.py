@@ -22,6 +22,7 @@ from agent_service.kinds.text import TextKind
 from agent_service.llm.messages import LLMReply
 from agent_service.llm.prices import PriceBook
 from agent_service.models import Agent, Task, TaskAttempt, TaskStatus
+from agent_service.terminal.records import STATS_FIELDS
 from tests.support import LLMControl, run_cli
 
 # gpt-4o-mini in genai-prices: $0.15 input, $0.075 cached input, $0.60 output per million tokens.
@@ -191,9 +192,9 @@ def test_stats_prints_tasks_success_durations_tokens_and_cost_per_group(settings
     result = run_cli(settings.model_copy(update={"log_json": True}), "stats", "--by", "user", "--since", "1h")
     assert result.returncode == 0, result.stderr
     row = next(line for line in result.stdout.splitlines() if user in line)
-    cells = row.split()  # user, tasks, ok, avg ms, p95 ms, prompt, cached, output, USD
-    assert cells[1:3] == ["3", "100%"] and cells[5] == str(tokens)
-    assert float(cells[8]) == pytest.approx(cost, abs=1e-6)
+    cells = dict(zip(STATS_FIELDS, row.split("\t"), strict=True))  # piped: tab-separated, every figure whole
+    assert (cells["tasks"], cells["success_rate"], cells["prompt_tokens"]) == ("3", "1.0", str(tokens))
+    assert float(cells["cost_usd"]) == pytest.approx(cost, abs=1e-6)
     logged = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
     assert any(user in line["message"] and "tasks: 3" in line["message"] for line in logged)
 
