@@ -11,6 +11,7 @@ import re
 from collections.abc import Iterable, Sequence
 
 from agent_service.errors import ToolDefinitionError
+from agent_service.tools.addresses import ipv4_spelling_problem
 
 # A DNS name's labels (letters, digits, hyphens; no leading or trailing hyphen), or an IP address literal.
 _LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
@@ -63,4 +64,4 @@ def _pattern_problem(entry: object) -> str | None:
         return f"{entry!r}: a wildcard must stand below a domain of two labels at least (*.example.com)"
     if not (_NAME.match(name) or (":" in name and _IPV6.match(name))):
         return f"{entry!r} is not a host name (no scheme, port or path: api.example.com)"
-    return None
+    return ipv4_spelling_problem(name)

@@ -175,9 +175,57 @@ def test_allowed_hosts_match_exact_names_and_wildcard_subdomains():
         ("api.*.example.com", "a wildcard is allowed only as the first label"),
         ("https://api.example.com", "is not a host name"),
         ("api.example.com:443", "is not a host name"),
+        ("0177.0.0.1", "0177.0.0.1 is the IPv4 address 127.0.0.1 written in another form; write 127.0.0.1"),
         ("", "must be a host name"),
     ],
 )
 def test_a_bad_allowed_host_is_refused_by_its_index(pattern, message):
     with pytest.raises(ToolDefinitionError, match=rf"allowed_hosts\[1\]: .*{message}"):
         parse_allowed_hosts(["api.example.com", pattern])
+
+
+# Every spelling the C resolver (inet_aton) reads as an address: one number, octal or hex parts, fewer parts.
+@pytest.mark.parametrize(
+    ("host", "address"),
+    [
+        ("0177.0.0.1", "127.0.0.1"),
+        ("2130706433", "127.0.0.1"),
+        ("0x7f000001", "127.0.0.1"),
+        ("0x7F.0.0.1", "127.0.0.1"),
+        ("0177.0x0.0.01", "127.0.0.1"),
+        ("127.1", "127.0.0.1"),
+        ("127.0.1", "127.0.0.1"),
+        ("0x7f.1", "127.0.0.1"),
+        ("0177.1", "127.0.0.1"),
+        ("10.0.0.010", "10.0.0.8"),
+        ("0251.0376.0251.0376", "169.254.169.254"),
+    ],
+)
+def test_a_tool_url_with_an_ipv4_address_in_another_form_is_refused_when_the_tool_is_defined(host, address):
+    # Given a tool whose URL names an address as the resolver would read it, but not as four decimal numbers
+    definition = tool(url=f"http://{host}:8080/orders/{{order_id}}")
+    # When it is defined, its host allowed as written
+    with pytest.raises(ToolDefinitionError) as refused:
+        parse_tools([definition], allowed_hosts=(host.lower(),))
+    # Then it is refused, naming the address it stands for (not left to fail at every call)
+    assert (
+        str(refused.value)
+        == f"tools[0].url: host {host.lower()} is the IPv4 address {address} written in another form; write {address}"
+    )
+
+
+@pytest.mark.parametrize("host", ["1.2.3.08", "1.2.3.4.5", "api.example.0x1"])
+def test_a_tool_url_whose_host_ends_in_a_number_must_be_an_ipv4_address(host):
+    with pytest.raises(ToolDefinitionError, match=rf"tools\[0\].url: host {host} ends in a number but is not an IPv4"):
+        parse_tools([tool(url=f"http://{host}/orders/{{order_id}}")])
+
+
+def test_dotted_quads_and_names_with_digits_are_accepted():
+    for url in ("http://127.0.0.1:8080/orders/{order_id}", "https://v2.api.example.com/{order_id}"):
+        [parsed] = parse_tools([tool(url=url)])
+        assert parsed.url == url
+
+
+def test_a_tool_url_the_http_client_cannot_send_is_refused_when_the_tool_is_defined():
+    with pytest.raises(ToolDefinitionError, match=r"tools\[0\].url: the HTTP client cannot send to it: Invalid IDNA"):
+        parse_tools([tool(url="https://a\u200b.example.com/orders/{order_id}")])
