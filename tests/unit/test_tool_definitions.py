@@ -9,7 +9,7 @@ import copy
 import pytest
 
 from agent_service.errors import ToolDefinitionError
-from agent_service.tools.allowlist import host_allowed, parse_allowed_hosts
+from agent_service.tools.allowlist import host_allowed, origin_allowed, parse_allowed_hosts
 from agent_service.tools.definitions import ToolDefinition, openai_tool, parse_tools, validate_arguments
 from tests.network_audit import attempts
 
@@ -158,13 +158,37 @@ def test_a_remote_reference_is_never_fetched_while_validating():
 def test_allowed_hosts_match_exact_names_and_wildcard_subdomains():
     allowed = parse_allowed_hosts(["API.example.com.", "*.tools.example.org", "127.0.0.1", "[::1]"])
     assert allowed == ("api.example.com", "*.tools.example.org", "127.0.0.1", "::1")
-    assert host_allowed("api.example.com", allowed) and host_allowed("API.EXAMPLE.COM", allowed)
-    assert host_allowed("a.tools.example.org", allowed) and host_allowed("a.b.tools.example.org", allowed)
-    assert host_allowed("127.0.0.1", allowed) and host_allowed("::1", allowed)
-    assert not host_allowed("tools.example.org", allowed)  # the wildcard covers names below it only
-    assert not host_allowed("eviltools.example.org", allowed)
-    assert not host_allowed("api.example.com.evil.net", allowed)
-    assert not host_allowed("example.com", allowed)
+
+    def matches(host: str) -> bool:
+        return host_allowed(host, allowed, port=443)
+
+    assert matches("api.example.com") and matches("API.EXAMPLE.COM")
+    assert matches("a.tools.example.org") and matches("a.b.tools.example.org")
+    assert matches("127.0.0.1") and matches("::1")
+    assert not matches("tools.example.org")  # the wildcard covers names below it only
+    assert not matches("eviltools.example.org")
+    assert not matches("api.example.com.evil.net")
+    assert not matches("example.com")
+
+
+def test_an_allowed_host_may_carry_a_port():
+    allowed = parse_allowed_hosts(["api.example.com:8443", "*.tools.example.org:9000", "[::1]:8080", "other.example"])
+    assert allowed == ("api.example.com:8443", "*.tools.example.org:9000", "[::1]:8080", "other.example")
+    # A tool's own URL: the host, and the port when the entry names one
+    assert host_allowed("api.example.com", allowed, port=8443) and not host_allowed(
+        "api.example.com", allowed, port=443
+    )
+    assert host_allowed("a.tools.example.org", allowed, port=9000) and host_allowed("::1", allowed, port=8080)
+    assert host_allowed("other.example", allowed, port=8443)  # an entry without a port: the tool's URL at any port
+    # A redirect to another origin: host and port, an entry without a port meaning the scheme's default port
+    assert origin_allowed("https", "api.example.com", 8443, allowed)
+    assert not origin_allowed("https", "api.example.com", 443, allowed)
+    assert origin_allowed("https", "other.example", 443, allowed) and origin_allowed(
+        "http", "other.example", 80, allowed
+    )
+    assert not origin_allowed("https", "other.example", 8443, allowed)
+    assert not origin_allowed("http", "other.example", 443, allowed)
+    assert not origin_allowed("http", "::1", 80, allowed) and origin_allowed("http", "::1", 8080, allowed)
 
 
 @pytest.mark.parametrize(
@@ -174,7 +198,12 @@ def test_allowed_hosts_match_exact_names_and_wildcard_subdomains():
         ("*.com", "a wildcard must stand below a domain of two labels"),
         ("api.*.example.com", "a wildcard is allowed only as the first label"),
         ("https://api.example.com", "is not a host name"),
-        ("api.example.com:443", "is not a host name"),
+        ("api.example.com/v1", "is not a host name"),
+        ("api.example.com:0", "the port must be a number from 1 to 65535"),
+        ("api.example.com:65536", "the port must be a number from 1 to 65535"),
+        ("api.example.com:https", "the port must be a number from 1 to 65535"),
+        ("[::1]:", "the port must be a number from 1 to 65535"),
+        ("a:b:c", "is not a host name"),
         ("0177.0.0.1", "0177.0.0.1 is the IPv4 address 127.0.0.1 written in another form; write 127.0.0.1"),
         ("", "must be a host name"),
     ],
