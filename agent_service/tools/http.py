@@ -3,11 +3,12 @@ without an event loop).
 
 Async, with httpx.AsyncClient: the agent loop runs many calls at once on one event loop, each costing a
 coroutine rather than a thread. Every hop (the first request and each redirect, followed by hand) is checked
-before anything is sent: the host against the agent's allowlist, then every address the host resolves to
-(`tools.addresses`). The connection goes to a checked address itself: the URL carries the IP, the `Host`
-header the name, and for https the TLS server name (SNI) and certificate check use the name
-(httpcore's `sni_hostname` extension). Each hop has a client of its own, so no pooled connection opened for
-one name ever carries a request for another.
+before anything is sent: the first request's host against the agent's allowlist, a redirect's origin
+(scheme, host, port) against the tool's own or one the allowlist names (`tools.allowlist.origin_allowed`),
+then every address the host resolves to (`tools.addresses`). The connection goes to a checked address
+itself: the URL carries the IP, the `Host` header the name, and for https the TLS server name (SNI) and
+certificate check use the name (httpcore's `sni_hostname` extension). Each hop has a client of its own, so
+no pooled connection opened for one name ever carries a request for another.
 
 A tool's own failures (bad arguments, refusals, timeouts, lost connections, unknown secrets) are outcomes,
 never exceptions: the model sees them as the tool's result. Secret header values never appear in an
