@@ -49,6 +49,9 @@ Title = Annotated[StrictStr, StringConstraints(min_length=1), _Storable]
 Name = Annotated[StrictStr, StringConstraints(min_length=1, max_length=200), _Storable]
 Prompt = Annotated[StrictStr, StringConstraints(min_length=1, max_length=50_000), _Storable]
 MAX_PRIORITY = 9
+# What an error's first words say was refused: "invalid task input: title: ...".
+TASK_INPUT = "task input"
+AGENT_DEFINITION = "agent definition"
 
 
 def _known_kind(value: str) -> str:
@@ -144,12 +147,13 @@ def parse_task_input(data: Any, *, settings: Settings) -> TaskInput:
 
 def parse_agent_input(data: Any, *, kinds: Mapping[str, TaskKind] = KINDS) -> AgentInput:
     """Validate raw agent data, then what its kind needs (a kind not among `kinds` yet needs nothing more).
-    Raises: TaskValidationError naming every bad field, or the field its kind refuses."""
-    agent = _parse(AgentInput, data, context=None)
+    Raises: TaskValidationError naming every bad field, or the field its kind refuses
+    (`invalid agent definition: tools[0].url: ...`)."""
+    agent = _parse(AgentInput, data, context=None, what=AGENT_DEFINITION)
     try:
         _check_for_kind(agent, kinds=kinds)
     except TaskValidationError as exc:
-        raise TaskValidationError(f"invalid task input: {exc}") from None
+        raise TaskValidationError(f"invalid {AGENT_DEFINITION}: {exc}") from None
     return agent
 
 
@@ -173,14 +177,10 @@ def parse_model(model: type[Model], data: Any) -> Model:
     return _parse(model, data, context=None)
 
 
-def _parse(model: type[Model], data: Any, *, context: dict[str, Any] | None) -> Model:
+def _parse(model: type[Model], data: Any, *, context: dict[str, Any] | None, what: str = TASK_INPUT) -> Model:
     if not isinstance(data, dict):
         raise TaskValidationError(f"{model.__name__} must be a mapping, not {type(data).__name__}")
     try:
         return model.model_validate(data, context=context)
     except ValidationError as exc:
-        raise TaskValidationError(_describe(exc)) from None
-
-
-def _describe(exc: ValidationError) -> str:
-    return "invalid task input: " + validation_problems(exc)
+        raise TaskValidationError(f"invalid {what}: {validation_problems(exc)}") from None

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import re
 import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ PRIVATE_NETWORKS = tuple(
     map(ipaddress.ip_network, ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7", "fec0::/10"))
 )
 SHARED_NETWORK = ipaddress.ip_network("100.64.0.0/10")
+# A host whose last label is a number (decimal, or 0x hex) is an IPv4 address to URL parsers (WHATWG, httpx).
+_NUMERIC_LABEL = re.compile(r"^([0-9]+|0x[0-9a-f]*)$", re.IGNORECASE)
 NAT64_NETWORK = ipaddress.ip_network("64:ff9b::/96")
 
 
@@ -53,6 +56,25 @@ class StaticResolver:
         if host not in self.table:
             raise socket.gaierror(socket.EAI_NONAME, f"{host} is not in the resolver's table")
         return [ipaddress.ip_address(address) for address in self.table[host]]
+
+
+def ipv4_spelling_problem(host: str) -> str | None:
+    """None unless `host` is an IPv4 address written other than as four decimal parts (`0177.0.0.1`,
+    `2130706433`, `0x7f.1`, `127.1`), or a number that is no address (`1.2.3.08`); then what to write instead.
+
+    The C resolver (`inet_aton`) reads such forms as addresses while `ipaddress` and httpx refuse them, so a
+    check and a call would disagree on what the host is: only the dotted-quad form is accepted."""
+    try:
+        address = ipaddress.IPv4Address(socket.inet_aton(host))
+    except OSError:
+        address = None
+    if address is None and not _NUMERIC_LABEL.match(host.rpartition(".")[2]):
+        return None  # a name
+    if address is not None and str(address) == host:
+        return None
+    if address is None:
+        return f"{host} ends in a number but is not an IPv4 address (four decimal numbers, 0-255)"
+    return f"{host} is the IPv4 address {address} written in another form; write {address}"
 
 
 def refusal_reason(address: IPAddress, *, allow_private: bool) -> str | None:

@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 import jsonschema
 import referencing
 import referencing.exceptions
@@ -25,7 +26,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from agent_service.errors import ToolDefinitionError
 from agent_service.jsonschemas import NOTHING_REMOTE, check_local_references
-from agent_service.tools.allowlist import host_allowed
+from agent_service.tools.addresses import ipv4_spelling_problem
+from agent_service.tools.allowlist import DEFAULT_PORTS, host_allowed
 
 NAME_PATTERN = r"^[a-zA-Z0-9_-]{1,64}$"  # what OpenAI accepts as a function name
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
@@ -100,6 +102,13 @@ class ToolDefinition(BaseModel):
         if parts.username is not None or parts.password is not None:
             raise ValueError("must not hold credentials; send them in a secret header")
         _ = parts.port  # raises ValueError on a bad port
+        problem = ipv4_spelling_problem(parts.hostname)
+        if problem:
+            raise ValueError(f"host {problem}")
+        try:
+            httpx.URL(_PLACEHOLDER.sub("x", url))
+        except httpx.InvalidURL as exc:
+            raise ValueError(f"the HTTP client cannot send to it: {exc}") from None
         if any(brace in _PLACEHOLDER.sub("", url) for brace in "{}"):
             raise ValueError("has a brace that is not part of a {placeholder}")
         path = _path_span(url)
@@ -147,6 +156,12 @@ class ToolDefinition(BaseModel):
         return urlsplit(_PLACEHOLDER.sub("x", self.url)).hostname or ""
 
     @property
+    def port(self) -> int:
+        """The port the URL template names, else its scheme's default."""
+        parts = urlsplit(_PLACEHOLDER.sub("x", self.url))
+        return parts.port or DEFAULT_PORTS[parts.scheme]
+
+    @property
     def placeholders(self) -> tuple[str, ...]:
         """The parameters substituted into the URL, in order."""
         return tuple(_PLACEHOLDER.findall(self.url))
@@ -174,7 +189,7 @@ def parse_tools(raw: Sequence[object], *, allowed_hosts: Sequence[str] | None = 
             continue
         if any(tool.name == seen.name for seen in tools):
             problems.append(f"tools[{index}].name: {tool.name!r} is defined twice")
-        if allowed_hosts is not None and not host_allowed(tool.host, allowed_hosts):
+        if allowed_hosts is not None and not host_allowed(tool.host, allowed_hosts, port=tool.port):
             problems.append(f"tools[{index}].url: host {tool.host} is not in the agent's allowed_hosts")
         tools.append(tool)
     if problems:

@@ -3,11 +3,12 @@ without an event loop).
 
 Async, with httpx.AsyncClient: the agent loop runs many calls at once on one event loop, each costing a
 coroutine rather than a thread. Every hop (the first request and each redirect, followed by hand) is checked
-before anything is sent: the host against the agent's allowlist, then every address the host resolves to
-(`tools.addresses`). The connection goes to a checked address itself: the URL carries the IP, the `Host`
-header the name, and for https the TLS server name (SNI) and certificate check use the name
-(httpcore's `sni_hostname` extension). Each hop has a client of its own, so no pooled connection opened for
-one name ever carries a request for another.
+before anything is sent: the first request's host against the agent's allowlist, a redirect's origin
+(scheme, host, port) against the tool's own or one the allowlist names (`tools.allowlist.origin_allowed`),
+then every address the host resolves to (`tools.addresses`). The connection goes to a checked address
+itself: the URL carries the IP, the `Host` header the name, and for https the TLS server name (SNI) and
+certificate check use the name (httpcore's `sni_hostname` extension). Each hop has a client of its own, so
+no pooled connection opened for one name ever carries a request for another.
 
 A tool's own failures (bad arguments, refusals, timeouts, lost connections, unknown secrets) are outcomes,
 never exceptions: the model sees them as the tool's result. Secret header values never appear in an
@@ -32,7 +33,7 @@ import httpx
 
 from agent_service.config import Settings
 from agent_service.tools.addresses import IPAddress, Resolver, refusal_reason, system_resolver
-from agent_service.tools.allowlist import host_allowed
+from agent_service.tools.allowlist import DEFAULT_PORTS, host_allowed, origin_allowed
 from agent_service.tools.definitions import HttpMethod, SecretHeader, ToolDefinition, validate_arguments
 
 logger = logging.getLogger("agent_service.tools")
@@ -195,22 +196,31 @@ def _headers(tool: ToolDefinition, settings: Settings) -> tuple[dict[str, str], 
 
 async def _follow(hop: _Hop, guard: _Guard) -> tuple[int, str, bool]:
     """Send `hop` and each redirect after it, every one checked; the final status, body and truncation."""
+    host = _host(hop.url)
+    if not host_allowed(host, guard.allowed_hosts, port=_port(hop.url)):
+        raise _CallFailed(f"refused: {host or 'a URL without a host'} is not in the agent's allowed hosts")
+    origin = _origin(hop.url)
     for _ in range(guard.settings.tool_max_redirects + 1):
         reply = await _send_checked(hop, guard)
         if not isinstance(reply, _Hop):
             return reply
         hop = reply
+        if hop.url.scheme not in ("http", "https"):
+            raise _CallFailed(f"refused: {hop.url.scheme}:// is not http or https")
+        if _origin(hop.url) != origin and not origin_allowed(*_origin(hop.url), guard.allowed_hosts):
+            scheme, host, port = _origin(hop.url)
+            raise _CallFailed(
+                f"refused: a redirect to {scheme}://{_host_header(hop.url, port=port)} leaves the tool's origin,"
+                " and the agent's allowed hosts do not name that host and port"
+            )
     raise _CallFailed(f"too many redirects (more than {guard.settings.tool_max_redirects})")
 
 
 async def _send_checked(hop: _Hop, guard: _Guard) -> _Hop | tuple[int, str, bool]:
-    """Check `hop`'s host and addresses, then send it to the first checked address that accepts a
-    connection. Returns the redirect to follow, or the status, body and truncation of the final reply."""
+    """Check `hop`'s addresses (its origin was checked by `_follow`), then send it to the first checked
+    address that accepts a connection. Returns the redirect to follow, or the status, body and truncation of
+    the final reply."""
     host = _host(hop.url)
-    if hop.url.scheme not in ("http", "https"):
-        raise _CallFailed(f"refused: {hop.url.scheme}:// is not http or https")
-    if not host_allowed(host, guard.allowed_hosts):
-        raise _CallFailed(f"refused: {host or 'a URL without a host'} is not in the agent's allowed hosts")
     *others, last = await _checked_addresses(host, _port(hop.url), guard)
     for address in others:
         try:
@@ -270,7 +280,7 @@ def _redirected(hop: _Hop, response: httpx.Response) -> _Hop:
     if response.status_code == 303 or (response.status_code in (301, 302) and method == HttpMethod.POST.value):
         method, content = HttpMethod.GET.value, None
         headers.pop("Content-Type", None)
-    if (target.scheme, _host(target), _port(target)) != (hop.url.scheme, _host(hop.url), _port(hop.url)):
+    if _origin(target) != _origin(hop.url):
         headers = {name: value for name, value in headers.items() if name not in hop.secret_headers}
     return _Hop(method, target, headers, content, hop.secret_headers)
 
@@ -306,13 +316,20 @@ def _literal_address(host: str) -> IPAddress | None:
         return None
 
 
-def _host_header(url: httpx.URL) -> str:
+def _host_header(url: httpx.URL, *, port: int | None = None) -> str:
+    """`host[:port]` as the Host header writes it (the URL's own port, else `port` when given)."""
     host = f"[{_host(url)}]" if ":" in _host(url) else _host(url)
-    return host if url.port is None else f"{host}:{url.port}"
+    port = url.port or port
+    return host if port is None else f"{host}:{port}"
 
 
 def _port(url: httpx.URL) -> int:
-    return url.port or (443 if url.scheme == "https" else 80)
+    return url.port or DEFAULT_PORTS.get(url.scheme, 80)
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int]:
+    """Scheme, host and port: what a redirect must keep, unless the allowlist names where it goes."""
+    return url.scheme, _host(url), _port(url)
 
 
 @lru_cache(maxsize=1)

@@ -21,15 +21,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+import httpx
 import pytest
 
 from agent_service.config import Settings
+from agent_service.devtools import processes
 from agent_service.tools.addresses import StaticResolver
 from agent_service.tools.allowlist import parse_allowed_hosts
 from agent_service.tools.definitions import ToolDefinition, parse_tools
 from agent_service.tools.http import ToolOutcome, call_tool, call_tool_sync
 from tests.network_audit import attempts, connected_to
-from tests.support import make_settings
+from tests.support import ToolServerControl, make_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 CANARY = "Bearer tool-secret-canary-7f3a"
@@ -157,9 +159,11 @@ def a_tool(
     return tool
 
 
-def call(tool: ToolDefinition, arguments: dict, *, config: Settings | None = None, **options) -> ToolOutcome:
+def call(
+    tool: ToolDefinition, arguments: dict, *, config: Settings | None = None, allowed=ALLOWED, **options
+) -> ToolOutcome:
     return call_tool_sync(
-        tool, arguments, settings=config or settings(), allowed_hosts=ALLOWED, resolver=RESOLVER, **options
+        tool, arguments, settings=config or settings(), allowed_hosts=allowed, resolver=RESOLVER, **options
     )
 
 
@@ -240,25 +244,88 @@ def test_a_literal_address_in_the_url_is_checked_too(server):
 def test_a_redirect_to_a_refused_address_is_refused(server):
     # Given an allowed tool whose server redirects to a name that resolves to the metadata address
     tool = a_tool(server, path="/redirect", parameters={"type": "object", "properties": {"to": {"type": "string"}}})
+    # (its origin allowed, so that the address check is what refuses it)
+    allowed = (*ALLOWED, f"metadata.test:{server.port}")
     # When it is called
     with attempts() as tried:
-        outcome = call(tool, {"to": f"http://metadata.test:{server.port}/latest/meta-data/"})
+        outcome = call(tool, {"to": f"http://metadata.test:{server.port}/latest/meta-data/"}, allowed=allowed)
     # Then the first hop reached the server, and the redirect was refused before connecting
     assert outcome.error == "refused: metadata.test resolves to 169.254.169.254, the cloud metadata address"
     assert [received.path for received in server.calls] == ["/redirect"]
     assert connected_to(tried) == [("127.0.0.1", server.port)]
 
 
+@pytest.fixture
+def second_tool_server() -> Iterator[ToolServerControl]:
+    """Another bundled tool server, on another port of 127.0.0.1: a service a redirect must not reach."""
+    with processes.tool_server() as url:
+        yield ToolServerControl(url)
+
+
+def bundled_redirect_tool(tool_url: str) -> ToolDefinition:
+    """The bundled tool server's `GET /redirect?to=URL`, named api.test (which resolves to 127.0.0.1)."""
+    url = f"http://api.test:{httpx.URL(tool_url).port}/redirect"
+    schema = {"type": "object", "properties": {"to": {"type": "string"}}, "required": ["to"]}
+    definition = {"name": "redirect", "description": "d", "parameters": schema, "method": "GET", "url": url}
+    [tool] = parse_tools([definition], allowed_hosts=ALLOWED)
+    return tool
+
+
+def test_a_redirect_to_another_port_of_an_allowed_host_is_refused_before_connecting(tool_server, second_tool_server):
+    # Given an allowed tool (api.test, a bare entry) on one bundled tool server, which redirects to another
+    # service on the same host: a second bundled tool server on another port
+    tool_server.reset()
+    tool = bundled_redirect_tool(tool_server.base_url)
+    other_port = httpx.URL(second_tool_server.base_url).port
+    # When the tool is called
+    with attempts() as tried:
+        outcome = call(tool, {"to": f"http://api.test:{other_port}/weather?city=Oslo"})
+    # Then the redirect is refused: the other port is another origin, and the allowlist does not name it
+    assert outcome.error == (
+        f"refused: a redirect to http://api.test:{other_port} leaves the tool's origin, and the agent's"
+        " allowed hosts do not name that host and port"
+    )
+    # And only the first server was called: no connection to the other port was even attempted
+    assert [call["path"] for call in tool_server.calls()] == ["/redirect"]
+    assert second_tool_server.count() == 0
+    assert connected_to(tried) == [("127.0.0.1", httpx.URL(tool_server.base_url).port)]
+
+
+def test_a_redirect_to_another_port_is_followed_when_the_allowlist_names_that_port(tool_server, second_tool_server):
+    # Given the same redirect, and an allowlist that names the other service's host and port
+    tool_server.reset()
+    tool = bundled_redirect_tool(tool_server.base_url)
+    other_port = httpx.URL(second_tool_server.base_url).port
+    allowed = (*ALLOWED, f"api.test:{other_port}")
+    # When the tool is called
+    outcome = call(tool, {"to": f"http://api.test:{other_port}/weather?city=Oslo"}, allowed=allowed)
+    # Then the redirect reached the other service and its reply is the outcome
+    assert outcome.ok and json.loads(outcome.body)["city"] == "Oslo"
+    assert [call["path"] for call in second_tool_server.calls()] == ["/weather"]
+
+
+def test_a_redirect_within_the_tools_origin_is_followed(tool_server):
+    tool_server.reset()
+    tool = bundled_redirect_tool(tool_server.base_url)
+    outcome = call(tool, {"to": "/weather?city=Oslo"})
+    assert outcome.ok and json.loads(outcome.body)["city"] == "Oslo"
+    assert [call["path"] for call in tool_server.calls()] == ["/redirect", "/weather"]
+
+
 def test_a_redirect_to_a_host_outside_the_allowlist_is_refused(server):
     tool = a_tool(server, path="/redirect", parameters={"type": "object", "properties": {"to": {"type": "string"}}})
     outcome = call(tool, {"to": f"http://127.0.0.2:{server.port}/"})
-    assert outcome.error == "refused: 127.0.0.2 is not in the agent's allowed hosts"
+    assert outcome.error == (
+        f"refused: a redirect to http://127.0.0.2:{server.port} leaves the tool's origin, and the agent's"
+        " allowed hosts do not name that host and port"
+    )
     assert len(server.calls) == 1
 
 
 def test_an_allowed_redirect_is_followed_without_the_secret_header_when_it_leaves_the_origin(server):
     tool = a_tool(server, path="/redirect", parameters={"type": "object", "properties": {"to": {"type": "string"}}})
-    outcome = call(tool, {"to": f"http://user:pw@other.test:{server.port}/landing"})
+    allowed = (*ALLOWED, f"other.test:{server.port}")
+    outcome = call(tool, {"to": f"http://user:pw@other.test:{server.port}/landing"}, allowed=allowed)
     first, second = server.calls
     assert first.headers["X-Api-Key"] == CANARY
     assert second.path == "/landing" and second.headers["Host"] == f"other.test:{server.port}"

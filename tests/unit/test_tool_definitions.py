@@ -9,7 +9,7 @@ import copy
 import pytest
 
 from agent_service.errors import ToolDefinitionError
-from agent_service.tools.allowlist import host_allowed, parse_allowed_hosts
+from agent_service.tools.allowlist import host_allowed, origin_allowed, parse_allowed_hosts
 from agent_service.tools.definitions import ToolDefinition, openai_tool, parse_tools, validate_arguments
 from tests.network_audit import attempts
 
@@ -158,13 +158,37 @@ def test_a_remote_reference_is_never_fetched_while_validating():
 def test_allowed_hosts_match_exact_names_and_wildcard_subdomains():
     allowed = parse_allowed_hosts(["API.example.com.", "*.tools.example.org", "127.0.0.1", "[::1]"])
     assert allowed == ("api.example.com", "*.tools.example.org", "127.0.0.1", "::1")
-    assert host_allowed("api.example.com", allowed) and host_allowed("API.EXAMPLE.COM", allowed)
-    assert host_allowed("a.tools.example.org", allowed) and host_allowed("a.b.tools.example.org", allowed)
-    assert host_allowed("127.0.0.1", allowed) and host_allowed("::1", allowed)
-    assert not host_allowed("tools.example.org", allowed)  # the wildcard covers names below it only
-    assert not host_allowed("eviltools.example.org", allowed)
-    assert not host_allowed("api.example.com.evil.net", allowed)
-    assert not host_allowed("example.com", allowed)
+
+    def matches(host: str) -> bool:
+        return host_allowed(host, allowed, port=443)
+
+    assert matches("api.example.com") and matches("API.EXAMPLE.COM")
+    assert matches("a.tools.example.org") and matches("a.b.tools.example.org")
+    assert matches("127.0.0.1") and matches("::1")
+    assert not matches("tools.example.org")  # the wildcard covers names below it only
+    assert not matches("eviltools.example.org")
+    assert not matches("api.example.com.evil.net")
+    assert not matches("example.com")
+
+
+def test_an_allowed_host_may_carry_a_port():
+    allowed = parse_allowed_hosts(["api.example.com:8443", "*.tools.example.org:9000", "[::1]:8080", "other.example"])
+    assert allowed == ("api.example.com:8443", "*.tools.example.org:9000", "[::1]:8080", "other.example")
+    # A tool's own URL: the host, and the port when the entry names one
+    assert host_allowed("api.example.com", allowed, port=8443) and not host_allowed(
+        "api.example.com", allowed, port=443
+    )
+    assert host_allowed("a.tools.example.org", allowed, port=9000) and host_allowed("::1", allowed, port=8080)
+    assert host_allowed("other.example", allowed, port=8443)  # an entry without a port: the tool's URL at any port
+    # A redirect to another origin: host and port, an entry without a port meaning the scheme's default port
+    assert origin_allowed("https", "api.example.com", 8443, allowed)
+    assert not origin_allowed("https", "api.example.com", 443, allowed)
+    assert origin_allowed("https", "other.example", 443, allowed) and origin_allowed(
+        "http", "other.example", 80, allowed
+    )
+    assert not origin_allowed("https", "other.example", 8443, allowed)
+    assert not origin_allowed("http", "other.example", 443, allowed)
+    assert not origin_allowed("http", "::1", 80, allowed) and origin_allowed("http", "::1", 8080, allowed)
 
 
 @pytest.mark.parametrize(
@@ -174,10 +198,63 @@ def test_allowed_hosts_match_exact_names_and_wildcard_subdomains():
         ("*.com", "a wildcard must stand below a domain of two labels"),
         ("api.*.example.com", "a wildcard is allowed only as the first label"),
         ("https://api.example.com", "is not a host name"),
-        ("api.example.com:443", "is not a host name"),
+        ("api.example.com/v1", "is not a host name"),
+        ("api.example.com:0", "the port must be a number from 1 to 65535"),
+        ("api.example.com:65536", "the port must be a number from 1 to 65535"),
+        ("api.example.com:https", "the port must be a number from 1 to 65535"),
+        ("[::1]:", "the port must be a number from 1 to 65535"),
+        ("a:b:c", "is not a host name"),
+        ("0177.0.0.1", "0177.0.0.1 is the IPv4 address 127.0.0.1 written in another form; write 127.0.0.1"),
         ("", "must be a host name"),
     ],
 )
 def test_a_bad_allowed_host_is_refused_by_its_index(pattern, message):
     with pytest.raises(ToolDefinitionError, match=rf"allowed_hosts\[1\]: .*{message}"):
         parse_allowed_hosts(["api.example.com", pattern])
+
+
+# Every spelling the C resolver (inet_aton) reads as an address: one number, octal or hex parts, fewer parts.
+@pytest.mark.parametrize(
+    ("host", "address"),
+    [
+        ("0177.0.0.1", "127.0.0.1"),
+        ("2130706433", "127.0.0.1"),
+        ("0x7f000001", "127.0.0.1"),
+        ("0x7F.0.0.1", "127.0.0.1"),
+        ("0177.0x0.0.01", "127.0.0.1"),
+        ("127.1", "127.0.0.1"),
+        ("127.0.1", "127.0.0.1"),
+        ("0x7f.1", "127.0.0.1"),
+        ("0177.1", "127.0.0.1"),
+        ("10.0.0.010", "10.0.0.8"),
+        ("0251.0376.0251.0376", "169.254.169.254"),
+    ],
+)
+def test_a_tool_url_with_an_ipv4_address_in_another_form_is_refused_when_the_tool_is_defined(host, address):
+    # Given a tool whose URL names an address as the resolver would read it, but not as four decimal numbers
+    definition = tool(url=f"http://{host}:8080/orders/{{order_id}}")
+    # When it is defined, its host allowed as written
+    with pytest.raises(ToolDefinitionError) as refused:
+        parse_tools([definition], allowed_hosts=(host.lower(),))
+    # Then it is refused, naming the address it stands for (not left to fail at every call)
+    assert (
+        str(refused.value)
+        == f"tools[0].url: host {host.lower()} is the IPv4 address {address} written in another form; write {address}"
+    )
+
+
+@pytest.mark.parametrize("host", ["1.2.3.08", "1.2.3.4.5", "api.example.0x1"])
+def test_a_tool_url_whose_host_ends_in_a_number_must_be_an_ipv4_address(host):
+    with pytest.raises(ToolDefinitionError, match=rf"tools\[0\].url: host {host} ends in a number but is not an IPv4"):
+        parse_tools([tool(url=f"http://{host}/orders/{{order_id}}")])
+
+
+def test_dotted_quads_and_names_with_digits_are_accepted():
+    for url in ("http://127.0.0.1:8080/orders/{order_id}", "https://v2.api.example.com/{order_id}"):
+        [parsed] = parse_tools([tool(url=url)])
+        assert parsed.url == url
+
+
+def test_a_tool_url_the_http_client_cannot_send_is_refused_when_the_tool_is_defined():
+    with pytest.raises(ToolDefinitionError, match=r"tools\[0\].url: the HTTP client cannot send to it: Invalid IDNA"):
+        parse_tools([tool(url="https://a\u200b.example.com/orders/{order_id}")])

@@ -90,7 +90,7 @@ def test_an_agent_gets_defaults_and_bounded_settings():
 
 def test_an_unknown_model_option_is_named_with_its_path():
     message = rejected_agent({"name": "writer", "prompt": "p", "model": "m", "settings": {"top_k": 3}})
-    assert message == "invalid task input: settings.top_k: Extra inputs are not permitted"
+    assert message == "invalid agent definition: settings.top_k: Extra inputs are not permitted"
 
 
 def test_an_agent_may_name_a_fallback_model_other_than_its_own():
@@ -110,13 +110,13 @@ def test_an_agent_has_a_kind_text_by_default_and_an_unknown_one_is_named_with_th
     assert parse_agent_input(AGENT).kind == "text"
     assert parse_agent_input({**AGENT, "kind": "decision"}).kind == "decision"
     assert rejected_agent({**AGENT, "kind": "review"}) == (
-        "invalid task input: kind: Input should be 'text', 'decision', 'api' or 'data'"
+        "invalid agent definition: kind: Input should be 'text', 'decision', 'api' or 'data'"
     )
 
 
 def test_a_data_agent_needs_a_usable_schema_and_the_error_names_output_schema():
     assert parse_agent_input({**AGENT, "kind": "data", "output_schema": ORDER_SCHEMA}).output_schema == ORDER_SCHEMA
-    assert rejected_agent({**AGENT, "kind": "data"}).startswith("invalid task input: output_schema: a data agent")
+    assert rejected_agent({**AGENT, "kind": "data"}).startswith("invalid agent definition: output_schema: a data agent")
     for schema, problem in [
         ({"type": "array"}, '"type": "object" at its root'),
         ({"type": "object", "properties": {"a": {"minimum": "one"}}}, "not a valid JSON Schema"),
@@ -124,7 +124,7 @@ def test_a_data_agent_needs_a_usable_schema_and_the_error_names_output_schema():
         ("{}", "Input should be a valid dictionary"),
     ]:
         message = rejected_agent({**AGENT, "kind": "data", "output_schema": schema})
-        assert message.startswith("invalid task input: output_schema: ") and problem in message
+        assert message.startswith("invalid agent definition: output_schema: ") and problem in message
 
 
 def test_only_an_api_agent_has_tools_and_it_must_have_some():
@@ -134,12 +134,12 @@ def test_only_an_api_agent_has_tools_and_it_must_have_some():
     hosts = {"allowed_hosts": ["api.example.com"]}
     assert parse_agent_input({**AGENT, "kind": "api", "tools": tools, "settings": hosts}).tools == tools
     assert rejected_agent({**AGENT, "kind": "api"}) == (
-        "invalid task input: tools: an api agent needs a non-empty list of tool definitions"
+        "invalid agent definition: tools: an api agent needs a non-empty list of tool definitions"
     )
-    assert rejected_agent({**AGENT, "kind": "api", "tools": []}).startswith("invalid task input: tools: ")
+    assert rejected_agent({**AGENT, "kind": "api", "tools": []}).startswith("invalid agent definition: tools: ")
     assert "tools.0: Input should be a valid dictionary" in rejected_agent({**AGENT, "kind": "api", "tools": ["x"]})
     assert rejected_agent({**AGENT, "tools": tools}) == (
-        "invalid task input: tools: only an api agent calls tools, not a text one"
+        "invalid agent definition: tools: only an api agent calls tools, not a text one"
     )
 
 
@@ -149,12 +149,24 @@ def test_an_api_agents_tools_are_checked_naming_the_bad_tool_field_or_host():
     elsewhere = [{**lookup, "url": "https://evil.example.net/{id}"}]
     hosts = {"allowed_hosts": ["api.example.com"]}
     assert rejected_agent({**AGENT, "kind": "api", "tools": elsewhere, "settings": hosts}) == (
-        "invalid task input: tools[0].url: host evil.example.net is not in the agent's allowed_hosts"
+        "invalid agent definition: tools[0].url: host evil.example.net is not in the agent's allowed_hosts"
     )
     unnamed = [{**lookup, "url": "https://api.example.com/{nope}"}]
     assert rejected_agent({**AGENT, "kind": "api", "tools": unnamed, "settings": hosts}) == (
-        "invalid task input: tools[0].url: placeholder {nope} is not a parameter"
+        "invalid agent definition: tools[0].url: placeholder {nope} is not a parameter"
     )
+    octal = [{**lookup, "url": "http://0177.0.0.1/{id}"}]
+    assert rejected_agent({**AGENT, "kind": "api", "tools": octal, "settings": {"allowed_hosts": ["127.0.0.1"]}}) == (
+        "invalid agent definition: tools[0].url: host 0177.0.0.1 is the IPv4 address 127.0.0.1 written in another"
+        " form; write 127.0.0.1"
+    )
+
+
+def test_an_agents_errors_say_agent_definition_and_a_tasks_say_task_input():
+    assert rejected_agent({"name": "writer", "prompt": "", "model": "m"}).startswith(
+        "invalid agent definition: prompt:"
+    )
+    assert rejected_task(task(title="")).startswith("invalid task input: title:")
 
 
 def test_a_decision_agents_choices_are_at_least_two_distinct_options():

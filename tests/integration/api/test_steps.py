@@ -313,7 +313,10 @@ def test_a_redirect_to_a_host_outside_the_allowlist_reaches_the_model_as_a_refus
     script = Script([("hop", {"city": "x"})], "Refused.")
     assert run(api_task, script).status == "completed"
     [result] = tool_messages(script.requests[1])
-    assert result == "error: refused: 169.254.169.254 is not in the agent's allowed hosts"
+    assert result == (
+        "error: refused: a redirect to http://169.254.169.254:80 leaves the tool's origin, and the agent's"
+        " allowed hosts do not name that host and port"
+    )
 
 
 def test_a_resumed_run_repeats_no_recorded_step_and_never_resends_a_started_non_idempotent_call(
