@@ -72,7 +72,8 @@ def test_a_redirect_off_the_allowlist_reaches_the_model_as_a_refusal(submit, ses
     hop = step_rows(session_factory, task_id)[1]
     assert (hop.status, hop.content) == (
         StepStatus.FAILED,
-        "error: refused: 169.254.169.254 is not in the agent's allowed hosts",
+        "error: refused: a redirect to http://169.254.169.254:80 leaves the tool's origin, and the agent's allowed"
+        " hosts do not name that host and port",
     )
 
 
