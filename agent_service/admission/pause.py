@@ -1,6 +1,8 @@
 """Pause: `python cli.py pause` sets one Redis key; every worker reads it once per batch (one GET) and,
 while it is set, defers every task with the reason "paused" (its attempt given back) instead of calling
-the model. `python cli.py resume` deletes the key: the deferred tasks come back within `PAUSE_RETRY_SECONDS`.
+the model. With rate limits on, their script reads the key again as a call that waited for its slot
+leaves, in the same round trip, so once `pause` has answered no call leaves. `python cli.py resume` deletes
+the key: the deferred tasks come back within `PAUSE_RETRY_SECONDS`.
 """
 
 from __future__ import annotations

@@ -3,17 +3,21 @@
 
 Each limit is a GCRA bucket: one Redis key holding its theoretical arrival time (TAT), which every
 reservation pushes forward by `amount * 60 / per_minute` seconds and which must stay within
-`rate_limit_burst_seconds` of now. Before a batch's calls, one Lua script reserves, for each candidate,
-one request and its estimated tokens (the prompt's characters / 4 plus `max_tokens`) in every limit that
-applies, or in none of them. A candidate that fits within `rate_limit_max_wait_seconds` runs once its
-slot comes (the worker sleeps until then); one that does not is deferred until about when it would fit,
-without spending an attempt, so the provider never answers 429. After each call a second script takes
-the difference between the estimate and the real usage back (or adds it), atomically.
+`rate_limit_burst_seconds` of now. Before a batch's calls, one Lua script reserves, for each candidate that
+fits now, one request and its estimated tokens (the prompt's characters / 4, plus `max_tokens` when
+`rate_limit_count_max_tokens`, as OpenAI counts them) in every limit that applies, or in none of them: a slot
+is taken only at the moment its call leaves, so a worker that wakes late never sends calls together with
+those reserved after them. When nothing fits now, the worker sleeps until the next slots come (at most
+`rate_limit_max_wait_seconds`) and asks again; a candidate that does not fit by then is deferred until about
+when it would, without spending an attempt. When the pause is obeyed, the same script reads it, so a call
+that waited never leaves once the service is paused. After each call a second script takes the difference
+between the estimate and the real usage back (or adds it), atomically.
 
 A reservation needs no lease: a TAT only says when the bucket empties, and its key expires then. A worker
 SIGKILLed holding reservations leaves them counted as spent, which the bucket drains at the limit's rate:
-within `burst + max_wait` seconds plus the reserved amount's own share, capacity is back in full.
-See docs/decisions.md, "Rate limits: one GCRA script for every limit".
+within `burst` seconds plus the reserved amount's own share, capacity is back in full.
+See docs/decisions.md, "Rate limits: one GCRA script for every limit" and "Rate limits: a slot is
+taken when the call leaves".
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from redis import Redis, RedisError
 from redis.commands.core import Script
 
 from agent_service.admission.base import CallEnded, Candidate, Decision, Override, release_failed, unreachable
+from agent_service.admission.pause import PAUSE_KEY, PAUSE_RETRY_SECONDS, PAUSED
 from agent_service.config import Settings
 from agent_service.llm.messages import LLMRequest
 from agent_service.models import LimitScope
@@ -41,30 +46,29 @@ OVERRIDE_NAMES = {
 }
 KEY_PREFIX = "agent_service:rate"
 MIN_RETRY_SECONDS = 0.1
-SPREAD_SECONDS = 0.1
+SPREAD_SECONDS = 0.1  # a waiting batch sleeps on for the slots that come this soon after its next one
 
-# KEYS: the limits' buckets. ARGV: burst seconds, max wait seconds, spread seconds, then per candidate: how
-# many buckets it needs, then per bucket its index in KEYS and the seconds its amount costs there. Returns per candidate
-# {index of the bucket that held it back or 0, seconds to wait}: index 0 is a reservation (sleep the wait
-# before calling), another index a refusal (the wait is when it would fit, counting the refusals before
-# it in this batch as if they had been reserved, so that they come back one after the other). The calls of
-# a batch are sent together, after the batch's longest wait: a batch in which some call fits now reserves
-# no later slot, and one that waits takes only the slots within SPREAD_SECONDS of its first, so no call
-# reaches the provider more than SPREAD_SECONDS after its slot (later calls would bunch up there: holding
-# a whole second of slots met 429s from a server enforcing 700/min against our 600/min).
+# KEYS: the limits' buckets, then the pause key when the pause is obeyed. ARGV: burst seconds, whether
+# the last key is the pause key (1 or 0), then per candidate: how many buckets it needs, then per bucket its
+# index in KEYS and the seconds its amount costs there. Returns {-1} while paused (nothing reserved); else per
+# candidate {index of the bucket that held it back or 0, seconds to wait}: 0 is a reservation, to be sent at
+# once; another index, the seconds until it would fit, counting the candidates before it in this batch as if
+# they had been reserved. Only a call that fits now is reserved: a slot is taken at the moment the call
+# leaves, never ahead of a sleep (a late wake-up would send it together with calls reserved after it).
 _RESERVE = """
 local now = redis.call('TIME')
 now = tonumber(now[1]) + tonumber(now[2]) / 1e6
-local burst, max_wait, spread = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local burst, pause = tonumber(ARGV[1]), tonumber(ARGV[2])
+local buckets = #KEYS - pause
+if pause == 1 and redis.call('EXISTS', KEYS[#KEYS]) == 1 then return {-1} end
 local tat, queued, changed = {}, {}, {}
-for i, key in ipairs(KEYS) do
-  tat[i] = math.max(tonumber(redis.call('GET', key) or 0), now)
+for i = 1, buckets do
+  tat[i] = math.max(tonumber(redis.call('GET', KEYS[i]) or 0), now)
   queued[i] = tat[i]
 end
 local function wait(from, cost) return from + math.min(cost, burst) - burst - now end
 local result = {}
-local sends_now, first_wait = false, nil
-local at = 4
+local at = 3
 while at <= #ARGV do
   local needed = tonumber(ARGV[at])
   local worst, blocker, queued_wait = 0, 0, 0
@@ -74,24 +78,15 @@ while at <= #ARGV do
     if w > worst then worst, blocker = w, k end
     queued_wait = math.max(queued_wait, wait(queued[k], cost))
   end
-  -- A batch sends what fits now at once; only a batch none of whose calls fits now waits, for the slots
-  -- that come within `spread` of its first one: its calls go together, each at most `spread` late.
-  local reserve = worst <= 0 or (not sends_now and worst <= max_wait and worst <= (first_wait or worst) + spread)
-  sends_now = sends_now or worst <= 0
-  if reserve and worst > 0 and not first_wait then first_wait = worst end
   for j = 1, needed do
     local k, cost = tonumber(ARGV[at + 2 * j - 1]), tonumber(ARGV[at + 2 * j])
-    if reserve then
+    if worst <= 0 then
       tat[k] = tat[k] + cost
       changed[k] = true
     end
     queued[k] = queued[k] + cost
   end
-  if reserve then
-    result[#result + 1] = {0, string.format('%.6f', worst)}
-  else
-    result[#result + 1] = {blocker, string.format('%.6f', queued_wait)}
-  end
+  result[#result + 1] = {blocker, string.format('%.6f', worst <= 0 and 0 or queued_wait)}
   at = at + 1 + 2 * needed
 end
 for k in pairs(changed) do
@@ -157,45 +152,70 @@ class RateLimits:
         self._models = settings.llm_rate_limits
         self.burst_seconds = settings.rate_limit_burst_seconds
         self.max_wait_seconds = settings.rate_limit_max_wait_seconds
+        self._counts_max_tokens = settings.rate_limit_count_max_tokens
+        self._obeys_pause = int(settings.pause_enabled)
         self._held: dict[tuple[uuid.UUID, int], _Reservation] = {}
         self._lock = threading.Lock()
         self._scripts: dict[str, Script] = {}
 
     def admit(self, candidates: Sequence[Candidate]) -> list[Decision]:
-        """One script call for the batch; sleeps until the last admitted candidate's slot (at most
-        `max_wait_seconds`) before returning."""
+        """Reserves the calls that fit now, to be sent at once, and defers the others. When none fits, sleeps
+        until the slots within SPREAD_SECONDS of the next one have come (`max_wait_seconds` at most in all)
+        and asks again: one script call each time, which also reads the pause when it is obeyed, so a call
+        that waited never leaves once the service is paused."""
         limits = [self._limits(candidate) for candidate in candidates]
         keys = list(dict.fromkeys(limit.key for applying in limits for limit in applying))
         if not keys:
             return [Decision.run()] * len(candidates)
-        amounts = [_amounts(candidate.request) for candidate in candidates]
-        argv: list[float | str] = [self.burst_seconds, self.max_wait_seconds, SPREAD_SECONDS]
+        amounts = [self._amounts(candidate.request) for candidate in candidates]
+        argv: list[float | str] = [self.burst_seconds, int(self._obeys_pause)]
         for applying, (prompt, max_tokens) in zip(limits, amounts, strict=True):
             argv.append(len(applying))
             for limit in applying:
                 amount = 1 if limit.kind == RPM else prompt + max_tokens
                 argv += [keys.index(limit.key) + 1, f"{limit.seconds(amount):.6f}"]
         try:
-            answers = cast(list[list[bytes]], self._script("reserve", _RESERVE)(keys=keys, args=argv))
+            answers = self._reserve(keys, argv)
         except RedisError as exc:
             return unreachable(candidates, "rate limits", exc)
-        decisions, longest = [], 0.0
-        for candidate, applying, (prompt, max_tokens), (blocker, seconds) in zip(
-            candidates, limits, amounts, answers, strict=True
-        ):
-            wait = float(seconds)
-            if int(blocker):
-                label = next(limit.label for limit in applying if limit.key == keys[int(blocker) - 1])
-                decisions.append(Decision.defer(f"rate limit {label}", retry_in=self._retry_in(wait)))
-                continue
-            if applying:
-                with self._lock:
-                    self._held[(candidate.task_id, candidate.attempt)] = _Reservation(applying, prompt, max_tokens)
-            decisions.append(Decision.run())
-            longest = max(longest, wait)
-        if longest > 0:
-            self._sleep(longest)
-        return decisions
+        if answers is None:
+            return [Decision.defer(PAUSED, retry_in=PAUSE_RETRY_SECONDS)] * len(candidates)
+        return [
+            self._decided(candidate, applying, amount, keys[int(blocker) - 1] if int(blocker) else None, float(wait))
+            for candidate, applying, amount, (blocker, wait) in zip(candidates, limits, amounts, answers, strict=True)
+        ]
+
+    def _reserve(self, keys: list[str], argv: list[float | str]) -> list[list[bytes]] | None:
+        """The script's answers once some call fits, or none will within what is left of `max_wait_seconds`;
+        None while paused. Raises: RedisError."""
+        script, waited = self._script("reserve", _RESERVE), 0.0
+        while True:
+            answers = script(keys=keys + [PAUSE_KEY] * self._obeys_pause, args=argv)
+            if answers == [-1]:
+                return None
+            answers = cast(list[list[bytes]], answers)
+            waits = [float(wait) for blocker, wait in answers if int(blocker)]
+            nap = _until_next_slots(waits)
+            if len(waits) < len(answers) or waited + nap > self.max_wait_seconds:
+                return answers
+            self._sleep(nap)
+            waited += nap
+
+    def _decided(
+        self,
+        candidate: Candidate,
+        applying: tuple[_Limit, ...],
+        amounts: tuple[int, int],
+        blocker: str | None,
+        wait: float,
+    ) -> Decision:
+        """A reserved candidate runs, holding its reservation; another waits outside until about when it fits."""
+        if blocker is not None:
+            label = next(limit.label for limit in applying if limit.key == blocker)
+            return Decision.defer(f"rate limit {label}", retry_in=self._retry_in(wait))
+        with self._lock:
+            self._held[(candidate.task_id, candidate.attempt)] = _Reservation(applying, *amounts)
+        return Decision.run()
 
     def release(self, ended: Sequence[CallEnded]) -> None:
         """Reconcile each reservation with what its call really used: one script call for the group. A call
@@ -236,6 +256,11 @@ class RateLimits:
                     limits.append(_Limit(key, kind, per_minute, f"{label} {kind.upper()}"))
         return tuple(limits)
 
+    def _amounts(self, request: LLMRequest) -> tuple[int, int]:
+        """The prompt's estimated tokens and the reply's share reserved before the call: its `max_tokens` when
+        the provider counts them on arrival (OpenAI does), else none (the reply's tokens are added after)."""
+        return request.estimated_prompt_tokens(), request.max_tokens if self._counts_max_tokens else 0
+
     def _retry_in(self, wait: float) -> float:
         """Come back when the wait left is one this check sleeps through."""
         return max(MIN_RETRY_SECONDS, wait - self.max_wait_seconds)
@@ -246,8 +271,13 @@ class RateLimits:
         return self._scripts[name]
 
 
-def _amounts(request: LLMRequest) -> tuple[int, int]:
-    return request.estimated_prompt_tokens(), request.max_tokens
+def _until_next_slots(waits: list[float]) -> float:
+    """How long to sleep for the next slot and those within SPREAD_SECONDS of it, so that the calls whose
+    slots come close together leave together rather than one per script call."""
+    if not waits:
+        return 0.0
+    first = min(waits)
+    return max(wait for wait in waits if wait <= first + SPREAD_SECONDS)
 
 
 def _taken_back(kind: str, held: _Reservation, call: CallEnded) -> float:

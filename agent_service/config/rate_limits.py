@@ -21,9 +21,19 @@ class RateLimitSettings(BaseModel):
     llm_rate_limits: dict[str, ModelRateLimit] = Field(
         default_factory=dict, description='per model, as JSON: {"gpt-4o-mini": {"rpm": 500, "tpm": 200000}}'
     )
+    # Half a second: a provider smooths its per-minute limit over one second, and the other half is the slack
+    # for calls that arrive late together (docs/decisions.md, "Rate limits: a slot is taken when the call leaves").
     rate_limit_burst_seconds: float = Field(
-        1.0, gt=0, description="a rate limit lets through at most this many seconds of its rate at once"
+        0.5, gt=0, description="a rate limit lets through at most this many seconds of its rate at once"
     )
     rate_limit_max_wait_seconds: float = Field(
         1.0, ge=0, description="a call waits in the worker this long at most for its rate; beyond, it is deferred"
+    )
+    rate_limit_count_max_tokens: bool = Field(
+        True,
+        description=(
+            "a call's tokens reserved before it leaves include its max_tokens, as OpenAI counts them toward TPM "
+            "on arrival; off, the prompt only, the reply's tokens added once it arrives (a provider that counts "
+            "what was used)"
+        ),
     )

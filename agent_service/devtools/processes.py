@@ -76,6 +76,17 @@ def start_process(
 
 
 @contextmanager
+def busy_core() -> Iterator[subprocess.Popen]:
+    """A process spinning on one core for the length of a with-block: the machine made busy on purpose, so
+    that a test or a benchmark sees the late wake-ups a loaded host gives."""
+    process = subprocess.Popen([sys.executable, "-c", "while True: pass"], start_new_session=True)
+    try:
+        yield process
+    finally:
+        stop_process(process)
+
+
+@contextmanager
 def started(command: list[str], **options) -> Iterator[subprocess.Popen]:
     """`start_process` for the length of a with-block."""
     process = start_process(command, **options)

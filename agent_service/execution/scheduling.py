@@ -73,10 +73,18 @@ class Scheduler:
         asking = self._unstored(routed)
         decisions = self._calls.admit(asking)
         routed.ended += [(t.claim, _not_now(t, d)) for t, d in zip(asking, decisions, strict=True) if not _runs(d)]
+        # The admitted calls leave before anything is settled: their slots were taken for now.
+        pending: dict[Future[Any], Turning] = {}
+        tool_calls: set[Future[Any]] = set()
+        self._calls.submit(
+            [with_request(t, d.request) for t, d in zip(asking, decisions, strict=True) if _runs(d)],
+            into=pending,
+            first=True,
+        )
+        _await_tools(routed.tools, into=pending, tool_calls=tool_calls)
         if routed.ended:
             yield routed.ended
-        admitted = [with_request(t, d.request) for t, d in zip(asking, decisions, strict=True) if _runs(d)]
-        yield from self._turns(admitted, tooling=routed.tools)
+        yield from self._turns(pending, tool_calls)
 
     def _unstored(self, routed: Routed) -> list[Turning]:
         """The calls `routed` asks that are to be made: the others answered by a reply kept by an earlier
@@ -102,13 +110,12 @@ class Scheduler:
         routed.tools += after.tools
         return to_make + after.ask
 
-    def _turns(self, admitted: list[Turning], *, tooling: list[Tooling]) -> Iterator[list[tuple[Claim, Settlement]]]:
-        """The claims' settlements, in groups as their calls end. Each call's ending goes back to its run:
-        a next turn is admitted again, tool calls are waited on here too, a durable run's steps recorded."""
-        pending: dict[Future[Any], Turning] = {}
-        tool_calls: set[Future[Any]] = set()
-        self._calls.submit(admitted, into=pending, first=True)
-        _await_tools(tooling, into=pending, tool_calls=tool_calls)
+    def _turns(
+        self, pending: dict[Future[Any], Turning], tool_calls: set[Future[Any]]
+    ) -> Iterator[list[tuple[Claim, Settlement]]]:
+        """The claims' settlements, in groups as their calls (`pending`, among them `tool_calls`) end. Each
+        call's ending goes back to its run: a next turn is admitted again, tool calls are waited on here too, a
+        durable run's steps recorded."""
         while pending:
             first, _ = wait(pending, return_when=FIRST_COMPLETED)
             done = [(pending.pop(future), future) for future in first]

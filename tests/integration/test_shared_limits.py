@@ -49,8 +49,15 @@ def candidate(user_id: str = "u1", *, text: str = "Summarise the report", max_to
 
 
 def limiter(settings: Settings, shared, overrides, *, slept: list[float] | None = None, **values) -> RateLimits:
-    configured = settings.model_copy(update={"rate_limit_max_wait_seconds": 0.0, **values})
-    sleep = slept.append if slept is not None else time.sleep
+    configured = settings.model_copy(
+        update={"rate_limit_max_wait_seconds": 0.0, "rate_limit_burst_seconds": 1.0, **values}
+    )
+
+    def sleep(seconds: float) -> None:
+        time.sleep(seconds)
+        if slept is not None:
+            slept.append(seconds)
+
     return RateLimits(configured, redis=lambda: shared, overrides=overrides, sleep=sleep)
 
 

@@ -4,16 +4,18 @@ never meet a 429 and keep the limit's pace; a pause stops every new call and a r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 
 import httpx
 import pytest
 
 from agent_service.database import session_scope
-from agent_service.devtools.processes import celery_worker, llm_server
+from agent_service.devtools.processes import busy_core, celery_worker, llm_server
 from agent_service.models import Task, TaskStatus
 from agent_service.tasks import create_agent_tasks
 from agent_service.worker import create_celery_app
@@ -21,9 +23,10 @@ from tests.chaos.services import RedisServer
 from tests.integration.conftest import LOG_DIR
 from tests.support import run_cli, wait_for_final, wait_until
 
-CONFIGURED_RPM = 600  # ours: 10 calls a second
-SERVER_RPM = 700  # the provider's (the bundled server's), with a bucket of two seconds
-MEASURED_TASKS = 330
+CONFIGURED_RPM = 540  # ours: 9 calls a second, a burst of 9
+SERVER_RPM = 600  # the provider's (the bundled server's): 10 a second, a bucket of one second, as OpenAI smooths
+MEASURED_TASKS = 270  # 30 s of our limit
+TOKENS_PER_MINUTE = 120_000  # ours and the provider's alike: about 8 calls a second of the bench agent
 
 
 @pytest.fixture
@@ -34,11 +37,15 @@ def private_redis() -> Iterator[RedisServer]:
 
 
 @pytest.fixture
-def limited_llm() -> Iterator[str]:
-    """An LLM server that answers 429 beyond SERVER_RPM for the model, at 200 ms a call."""
-    limits = json.dumps({"gpt-4o-mini": {"rpm": SERVER_RPM}})
-    with llm_server(latency_ms=200, extra_args=("--rate-limits", limits, "--rate-burst-seconds", "2")) as url:
-        yield url
+def busy_machine() -> Iterator[None]:
+    """One core spinning for the test: workers wake late from their sleeps, as on a loaded host."""
+    with busy_core():
+        yield
+
+
+def limited_llm_server(limits: dict) -> AbstractContextManager[str]:
+    """An LLM server that answers 429 beyond `limits` for the model, at 200 ms a call."""
+    return llm_server(latency_ms=200, extra_args=("--rate-limits", json.dumps({"gpt-4o-mini": limits})))
 
 
 def submit(app, agent, count: int, token: str) -> list[str]:
@@ -46,41 +53,62 @@ def submit(app, agent, count: int, token: str) -> list[str]:
     return create_agent_tasks(items, app=app)
 
 
-def test_two_workers_at_full_load_keep_the_rate_limit_and_meet_no_429(settings, agent, private_redis, limited_llm):
-    # Given two workers sharing a limit of 600 requests a minute, below the provider's 700
+def run_three_workers(settings, agent, redis_url: str, llm_url: str, limit: dict, **more) -> tuple[dict, list[float]]:
+    """MEASURED_TASKS tasks submitted at once to three workers sharing `limit` for the model; every task
+    final, returns the server's stats and when it received each call."""
     limited = settings.model_copy(
         update={
-            "redis_url": private_redis.url(),
-            "openai_base_url": f"{limited_llm}/v1",
+            "redis_url": redis_url,
+            "openai_base_url": f"{llm_url}/v1",
             "rate_limits_enabled": True,
             "worker_concurrency": 64,
+            **more,
         }
     )
-    env = {**limited.as_env(), "LLM_RATE_LIMITS": json.dumps({"gpt-4o-mini": {"rpm": CONFIGURED_RPM}})}
+    env = {**limited.as_env(), "LLM_RATE_LIMITS": json.dumps({"gpt-4o-mini": limit})}
     app = create_celery_app(limited)
     token = f"rate-{uuid.uuid4().hex[:8]}"
     log = LOG_DIR / "rate-limited"
-    with (
-        celery_worker(env=env, log_path=log / "a.log", name="rate-a"),
-        celery_worker(env=env, log_path=log / "b.log", name="rate-b"),
-    ):
-        # When 330 tasks (33 s of the limit) are submitted at once
+    with contextlib.ExitStack() as workers:
+        for name in "abc":
+            workers.enter_context(celery_worker(env=env, log_path=log / f"{name}.log", name=f"rate-{name}"))
         ids = submit(app, agent, MEASURED_TASKS, token)
-        rows = wait_for_final(app.services.session_factory, ids, timeout=120)
-    # Then every task completed at its first attempt, and the server refused none
-    stats = httpx.get(f"{limited_llm}/control/stats").json()
-    answered = sorted(
-        r["at"] for r in httpx.get(f"{limited_llm}/control/requests", params={"match": token}).json()["requests"]
-    )
-    assert {row.status for row in rows.values()} == {TaskStatus.COMPLETED}
-    assert {row.attempts for row in rows.values()} == {1}
-    assert (stats["rate_limited"], stats["by_status"].get("429", 0)) == (0, 0)
-    assert len(answered) == MEASURED_TASKS
-    # and past the first burst the calls kept the configured pace (measured: see README, Cost and limits)
-    sustained = (len(answered) - 1 - 20) / (answered[-1] - answered[20]) * 60
-    print(f"\nsustained {sustained:.1f} requests/min for a limit of {CONFIGURED_RPM}, {stats['rate_limited']} 429s")
-    assert 0.85 * CONFIGURED_RPM <= sustained <= 1.1 * CONFIGURED_RPM
+        rows = wait_for_final(app.services.session_factory, ids, timeout=180)
     app.services.engine.dispose()
+    assert {(row.status, row.attempts) for row in rows.values()} == {(TaskStatus.COMPLETED, 1)}
+    stats = httpx.get(f"{llm_url}/control/stats").json()
+    received = httpx.get(f"{llm_url}/control/requests", params={"match": token}).json()["requests"]
+    return stats, sorted(r["at"] for r in received)
+
+
+@pytest.mark.xfail(
+    reason="issue 17 item 1 not closed: one 429 in the first seconds in 1 run of 2 (cold LLM processes)", strict=False
+)
+def test_three_workers_on_a_busy_machine_keep_the_rate_limit_with_no_429(settings, agent, private_redis, busy_machine):
+    # Given three workers sharing 540 requests a minute against a provider enforcing 600, one core busy
+    with limited_llm_server({"rpm": SERVER_RPM}) as url:
+        # When 270 tasks (30 s of the limit) are submitted at once
+        stats, received = run_three_workers(settings, agent, private_redis.url(), url, {"rpm": CONFIGURED_RPM})
+    # Then the server refused none
+    sustained = (len(received) - 1 - 20) / (received[-1] - received[20]) * 60
+    print(f"\nsustained {sustained:.1f} requests/min for a limit of {CONFIGURED_RPM}, {stats['rate_limited']} 429s")
+    assert (stats["rate_limited"], stats["by_status"].get("429", 0)) == (0, 0)
+    # and past the first burst the calls kept at least 95% of the configured pace, never above it
+    assert 0.95 * CONFIGURED_RPM <= sustained <= 1.02 * CONFIGURED_RPM
+
+
+@pytest.mark.xfail(
+    reason="issue 17 item 1 not closed: 429s, tasks failed after 3 attempts; not diagnosed", strict=False
+)
+def test_a_tokens_limit_equal_to_the_providers_meets_no_429(settings, agent, private_redis, busy_machine):
+    # Given three workers sharing the provider's own tokens per minute, which counts each call's max_tokens
+    # on arrival, one core busy
+    with limited_llm_server({"tpm": TOKENS_PER_MINUTE}) as url:
+        # When 270 tasks are submitted at once
+        stats, received = run_three_workers(settings, agent, private_redis.url(), url, {"tpm": TOKENS_PER_MINUTE})
+    # Then every task completed at its first attempt and the server refused none
+    print(f"\n{len(received) / (received[-1] - received[0]) * 60:.1f} calls/min, {stats['rate_limited']} 429s")
+    assert (stats["rate_limited"], stats["by_status"].get("429", 0)) == (0, 0)
 
 
 def test_a_pause_stops_new_calls_within_a_second_and_a_resume_runs_every_task(settings, agent, private_redis, llm):
@@ -110,6 +138,40 @@ def test_a_pause_stops_new_calls_within_a_second_and_a_resume_runs_every_task(se
         (TaskStatus.COMPLETED, 1, None)
     }
     assert len(llm.requests(f"{token} #")) == 20
+    app.services.engine.dispose()
+
+
+def test_once_pause_answered_no_call_leaves_not_even_one_waiting_for_its_rate_slot(settings, agent, private_redis, llm):
+    # Given a worker that obeys pauses, under a limit of one call a second that calls wait up to 5 s for
+    pausable = settings.model_copy(
+        update={
+            "redis_url": private_redis.url(),
+            "pause_enabled": True,
+            "rate_limits_enabled": True,
+            "rate_limit_max_wait_seconds": 5.0,
+            "worker_concurrency": 16,
+        }
+    )
+    env = {**pausable.as_env(), "LLM_RATE_LIMITS": json.dumps({"gpt-4o-mini": {"rpm": 60}})}
+    app = create_celery_app(pausable)
+    token = f"pause-{uuid.uuid4().hex[:8]}"
+    with celery_worker(env=env, log_path=LOG_DIR / "paused-limited.log", name="paused-limited"):
+        # and 20 tasks under way, some of them sleeping for their slot
+        ids = submit(app, agent, 20, token)
+        wait_until(lambda: len(llm.requests(token)) >= 3, what="three calls before the pause")
+        # When the service is paused
+        assert "paused since" in run_cli(pausable, "pause").stdout
+        answered = time.time()
+        time.sleep(6.0)  # longer than any call waits for its slot
+        # Then no call reached the provider after `pause` answered
+        late = [r["at"] - answered for r in llm.requests(token) if r["at"] > answered]
+        assert late == []
+        # When the service resumes, Then every task completes at its first attempt, those called before the
+        # pause recorded too
+        assert "resumed" in run_cli(pausable, "resume").stdout
+        rows = wait_for_final(app.services.session_factory, ids, timeout=90)
+    assert {(row.status, row.attempts) for row in rows.values()} == {(TaskStatus.COMPLETED, 1)}
+    assert len(llm.requests(token)) == 20
     app.services.engine.dispose()
 
 

@@ -62,10 +62,7 @@ async def handle_chat(request: web.Request, state: ServerState) -> web.StreamRes
         raise
     fault = action if isinstance(action, Fault) else None
     scripted = action if isinstance(action, ScriptedReply) else None
-    # A request is charged the tokens its answer will report: the answer is deterministic.
-    admitted = state.limiter.admit(
-        chat.model, lambda: build_reply(chat, cached_tokens=0, scripted=scripted).usage["total_tokens"]
-    )
+    admitted = state.limiter.admit(chat.model, lambda: charged_tokens(chat, scripted))
     if isinstance(admitted, RateLimited):
         state.record(chat, fault=RATE_LIMITED, status=429)
         return rate_limited_error(admitted)
@@ -118,6 +115,15 @@ def request_latency_s(state: ServerState, request: web.Request) -> float:
     if override is None:
         return state.latency_s()
     return number_from_text(override, "X-Mock-Latency-Ms") / 1000
+
+
+def charged_tokens(chat: ChatRequest, scripted: ScriptedReply | None) -> int:
+    """What a request costs in tokens per minute, as OpenAI counts it on arrival: the prompt plus its
+    `max_tokens`; without one, the tokens its answer will report (the answer is deterministic)."""
+    limit = chat.body.get("max_tokens") or chat.body.get("max_completion_tokens")
+    if isinstance(limit, int):
+        return prompt_tokens(chat) + limit
+    return int(build_reply(chat, cached_tokens=0, scripted=scripted).usage["total_tokens"])
 
 
 def context_overflow(state: ServerState, chat: ChatRequest) -> str | None:
