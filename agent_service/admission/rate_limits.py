@@ -286,7 +286,9 @@ def _taken_back(kind: str, held: _Reservation, call: CallEnded) -> float:
         return 1 if kind == RPM else held.prompt_tokens + held.max_tokens
     if kind == RPM:
         return 0
-    if call.error is not None:
-        return held.max_tokens
     usage = call.reply.usage if call.reply is not None else None
-    return held.prompt_tokens + held.max_tokens - usage.total_tokens if usage is not None else 0
+    if held.max_tokens:
+        # Reserved as the provider counts on arrival (prompt and max_tokens), which it keeps whatever the reply
+        # used: only the prompt's estimate is corrected.
+        return held.prompt_tokens - usage.prompt_tokens if usage is not None else 0
+    return held.prompt_tokens - usage.total_tokens if usage is not None else 0

@@ -114,15 +114,35 @@ def test_a_candidate_is_reserved_in_every_limit_that_applies_or_in_none(settings
     assert verdicts(second) == ["run"] * 3 + [f"rate limit {MODEL} RPM"]
 
 
-def test_unused_tokens_are_given_back_once_the_reply_reports_its_usage(settings, shared, overrides):
+def test_a_replys_unused_max_tokens_stay_counted_as_the_provider_counts_them_on_arrival(settings, shared, overrides):
     # Given a TPM limit whose one-second bucket holds one call's estimate (prompt + max_tokens) and 20 tokens
     request = candidate().request
     estimate = request.estimated_prompt_tokens() + request.max_tokens
     limits = limiter(settings, shared, overrides, llm_rate_limits={MODEL: ModelRateLimit(tpm=(estimate + 20) * 60)})
     [first] = limits.admit([running := candidate()])
     assert verdicts([first, *limits.admit([candidate()])]) == ["run", f"rate limit {MODEL} TPM"]
-    # When the call ends having used 10 tokens, then the unused ones come back and a second call fits now
-    limits.release([CallEnded(running, LLMReply("answer", Usage(6, 4, 10)))])
+    # When the call ends having used 4 of its max_tokens (its prompt as estimated), then nothing comes back:
+    # OpenAI keeps the max_tokens it counted when the request arrived, so a second call still does not fit
+    prompt = request.estimated_prompt_tokens()
+    limits.release([CallEnded(running, LLMReply("answer", Usage(prompt, 4, prompt + 4)))])
+    assert verdicts(limits.admit([candidate()])) == [f"rate limit {MODEL} TPM"]
+
+
+def test_without_max_tokens_counted_a_call_is_charged_what_its_reply_reports(settings, shared, overrides):
+    # Given a provider that counts what was used: the estimate is the prompt alone, and the bucket holds it and 10
+    request = candidate().request
+    prompt = request.estimated_prompt_tokens()
+    limits = limiter(
+        settings,
+        shared,
+        overrides,
+        rate_limit_count_max_tokens=False,
+        llm_rate_limits={MODEL: ModelRateLimit(tpm=(prompt + 10) * 60)},
+    )
+    [first] = limits.admit([running := candidate()])
+    assert verdicts([first, *limits.admit([candidate()])]) == ["run", f"rate limit {MODEL} TPM"]
+    # When the call ends having used 5 tokens in all, then the rest of the estimate comes back: a second fits now
+    limits.release([CallEnded(running, LLMReply("answer", Usage(2, 3, 5)))])
     assert verdicts(limits.admit([candidate()])) == ["run"]
 
 
