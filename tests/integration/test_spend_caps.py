@@ -1,7 +1,7 @@
 """Spend caps on real Redis, PostgreSQL, worker processes and the bundled LLM server: two workers never
 spend past a user's daily cap and use it up to within one call's estimate, a held task waits with its reason
-and a hard cap fails it before any call, a per-user override applies, and a reservation left by a SIGKILLed
-process expires."""
+and a hard cap fails it before any call (once no call in flight can make room), a per-user override applies,
+and a reservation left by a SIGKILLed process expires."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import redis
 from sqlalchemy import func, select
 
 from agent_service.admission import build_admission
-from agent_service.admission.base import Candidate, Verdict
+from agent_service.admission.base import CallEnded, Candidate, Verdict
 from agent_service.admission.spend_caps import KEY_PREFIX
 from agent_service.database import session_scope
 from agent_service.devtools.processes import ROOT, start_worker, stop_process
@@ -24,6 +24,7 @@ from agent_service.execution.outcomes import Outcome
 from agent_service.execution.pipeline import execute_agent_task
 from agent_service.kinds.base import TaskWork
 from agent_service.kinds.text import TextKind
+from agent_service.llm.messages import LLMReply, Usage
 from agent_service.llm.prices import PriceBook
 from agent_service.models import Agent, LimitScope, Task, TaskStatus
 from agent_service.store.agents import agent_spec
@@ -210,6 +211,30 @@ def test_a_hard_cap_fails_the_task_before_any_call(settings, session_factory, ru
     assert outcome.status is Outcome.FAILED and len(llm.requests("")) == before
 
 
+def test_a_hard_cap_holds_a_task_that_fits_once_calls_in_flight_settle_and_fails_it_once_spending_fills_it(
+    settings, session_factory, cap_redis
+):
+    # Given a hard user cap worth one and a half calls' highest possible cost
+    agent, user = new_agent(session_factory), f"u-settle-{uuid.uuid4().hex[:6]}"
+    with session_scope(session_factory) as session:
+        spec, _ = agent_spec(session.get(Agent, agent.id))
+    request = TextKind().build_request(TaskWork(spec, "Capped", "Summarise the report."))
+    estimate = PriceBook(settings).estimate(request)
+    hard = capped(settings, user_daily_spend_cap_usd=round(1.5 * estimate, 8), spend_cap_mode="hard")
+    admission = build_admission(hard, redis=lambda: cap_redis, session_factory=session_factory)
+    first, second = (Candidate(uuid.uuid4(), user, 1, spec, request) for _ in range(2))
+    # When two calls ask at once, the second is held while the first is in flight: it may still fit
+    run, held = admission.admit([first, second])
+    assert (run.verdict, held.verdict) == (Verdict.RUN, Verdict.DEFER)
+    assert "held while calls in flight settle" in held.reason
+    # And once the first used all of its max_tokens, nothing in flight can make room: the second fails
+    prompt = request.estimated_prompt_tokens()
+    spent_all = Usage(prompt, request.max_tokens, prompt + request.max_tokens)
+    admission.release([CallEnded(first, reply=LLMReply("long", spent_all))])
+    [refused] = admission.admit([second])
+    assert refused.verdict is Verdict.REFUSE and refused.reason.startswith(f"user {user} daily cap $")
+
+
 def test_a_reservation_left_by_a_killed_process_expires(settings, session_factory, cap_redis):
     # Given a process that reserved a call's estimate against a cap and was SIGKILLed before settling it
     agent, user = new_agent(session_factory), f"u-kill-{uuid.uuid4().hex[:6]}"
@@ -222,6 +247,7 @@ from agent_service.config import Settings
 from agent_service.database import make_engine, make_session_factory
 from agent_service.kinds.base import TaskWork
 from agent_service.kinds.text import TextKind
+from agent_service.llm.messages import LLMReply, Usage
 from agent_service.llm.prices import PriceBook
 from agent_service.models import Agent
 settings = Settings()
