@@ -38,6 +38,10 @@ class LLMControl:
         self.http.post("/control/scripts", json={"name": name, "replies": replies}).raise_for_status()
         return f"[[script:{name}]]"
 
+    def configure(self, **config) -> None:
+        """Changes the server's configuration (`latency_ms`, `rate_limits`, ...) until changed back or reset."""
+        self.http.post("/control/config", json=config).raise_for_status()
+
     def requests(self, match: str) -> list[dict]:
         """The chat requests whose messages contain `match` (each with its turn, tools and response_format)."""
         return self.http.get("/control/requests", params={"match": match}).json()["requests"]

@@ -3,9 +3,11 @@
 Before a call, its most possible cost (its prompt estimate and all of its max_tokens, at its model's price)
 is reserved against every cap that applies, in one Lua script for the whole batch, so two workers cannot
 both take the last dollar: a call runs only if what is spent, plus what is reserved, plus its estimate fits
-every cap. When the call ends its reservation is replaced by what it really cost. A task that does not fit
-is held (deferred until the period rolls over or the next re-check) or, with SPEND_CAP_MODE=hard, failed;
-either way before any call.
+every cap. When the call ends its reservation is replaced by what it really cost, so the part of its
+max_tokens it did not use is room again. A task that does not fit is held, before any call: checked again after
+SPEND_CAP_RELEASE_RECHECK_SECONDS while it would fit once the calls in flight gave back what they reserved, else
+after SPEND_CAP_RECHECK_SECONDS (or when the period rolls over); with SPEND_CAP_MODE=hard the latter fails
+instead (decisions.md, "Spend caps used up to the cap").
 
 State, in Redis for every worker, per cap (`agent_service:spend:<user|agent>:<id>:<day|month>`):
 `:spent` the real costs (seeded from PostgreSQL when missing), `:reserved` the sum of the reservations,
@@ -47,7 +49,8 @@ KEY_GRACE_SECONDS = 24 * 60 * 60
 
 # ARGV: now, deadline, then per candidate: id, estimate, cap count, and per cap: key, limit, ttl.
 # Returns per candidate: 0 when every cap had room (and reserves the estimate on each), else the 1-based index
-# of the first cap without room and what it had spent and reserved.
+# of the cap without room (the first that its spending alone fills, else the first that its reservations fill),
+# what it had spent and reserved, and 1 when only reservations fill it (it may fit once they are settled).
 _RESERVE = """
 local now, deadline = tonumber(ARGV[1]), ARGV[2]
 local function purge(base)
@@ -65,13 +68,17 @@ local out, i = {}, 3
 while i <= #ARGV do
   local id, estimate, caps = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
   i = i + 3
-  local over, used = 0, 0
+  local over, used, settling = 0, 0, 0
   for c = 0, caps - 1 do
     local base, limit = ARGV[i + 3 * c], tonumber(ARGV[i + 3 * c + 1])
     purge(base)
-    local total = tonumber(redis.call('GET', base .. ':spent') or '0')
-      + tonumber(redis.call('GET', base .. ':reserved') or '0')
-    if over == 0 and total + estimate > limit then over, used = c + 1, total end
+    local spent = tonumber(redis.call('GET', base .. ':spent') or '0')
+    local total = spent + tonumber(redis.call('GET', base .. ':reserved') or '0')
+    if spent + estimate > limit and (over == 0 or settling == 1) then
+      over, used, settling = c + 1, total, 0
+    elseif over == 0 and total + estimate > limit then
+      over, used, settling = c + 1, total, 1
+    end
   end
   if over == 0 then
     for c = 0, caps - 1 do
@@ -84,6 +91,7 @@ while i <= #ARGV do
   end
   out[#out + 1] = over
   out[#out + 1] = tostring(used)
+  out[#out + 1] = settling
   i = i + 3 * caps
 end
 return out
@@ -159,9 +167,10 @@ class SpendCaps:
         answers = self._reserve(args=self._reserve_args(candidates, caps, estimates, asked, now))
         decisions = [Decision.run()] * len(candidates)
         for position, index in enumerate(asked):
-            over, used = int(answers[2 * position]), float(answers[2 * position + 1])
-            if over:
-                decisions[index] = self._turned_away(caps[index][over - 1], used, estimates[index], now)
+            over, used, settling = answers[3 * position : 3 * position + 3]
+            if int(over):
+                cap = caps[index][int(over) - 1]
+                decisions[index] = self._turned_away(cap, float(used), estimates[index], now, settling=bool(settling))
             else:
                 with self._lock:
                     self._reserved[_call_id(candidates[index])] = [cap.key for cap in caps[index]]
@@ -234,9 +243,16 @@ class SpendCaps:
                 args += [cap.key, repr(cap.limit), _ttl(cap, now)]
         return args
 
-    def _turned_away(self, cap: Cap, used: float, estimate: float, now: datetime) -> Decision:
+    def _turned_away(self, cap: Cap, used: float, estimate: float, now: datetime, *, settling: bool) -> Decision:
+        """Held (or refused, with a hard cap); while the calls in flight may leave room as they settle (replies
+        seldom use all their max_tokens), checked again soon rather than after the long re-check."""
         reason = f"{cap.label} {_usd(cap.limit)}: ${used:.6f} spent or reserved, this call may cost up to "
         reason += f"${estimate:.6f}"
+        if settling:
+            retry_in = self._settings.spend_cap_release_recheck_seconds
+            return Decision.defer(
+                f"{reason} (held while calls in flight settle; checked again in {retry_in:g} s)", retry_in=retry_in
+            )
         if self._settings.spend_cap_mode == "hard":
             return Decision.refuse(reason)
         until_rollover = (cap.ends - now).total_seconds() + 1

@@ -29,7 +29,15 @@ class SpendCapSettings(BaseModel):
     spend_cap_mode: Literal["hold", "hard"] = Field(
         "hold", description="hold: a task that would pass its cap waits; hard: it fails"
     )
-    spend_cap_recheck_seconds: float = Field(300.0, gt=0, description="a held task is looked at again this often")
+    spend_cap_recheck_seconds: float = Field(
+        300.0, gt=0, description="a held task is looked at again this often while what is spent leaves it no room"
+    )
+    spend_cap_release_recheck_seconds: float = Field(
+        2.0,
+        gt=0,
+        description="a held task that would fit once the calls in flight settle (their unused max_tokens given back)"
+        " is looked at again this soon",
+    )
     spend_hold_seconds: float = Field(
         300.0, gt=0, description="a call's reserved estimate is dropped after this long if its worker never settles it"
     )
