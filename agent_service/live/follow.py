@@ -83,12 +83,8 @@ def follow_task(
         after, seen = caught_up.after, caught_up.seen
     over = record is not None and last_event_id != "0" and record.ended() is not None
     while True:
-        wait = POLL_SECONDS if deadline is None else min(POLL_SECONDS, deadline - time.monotonic())
-        block = None if over else max(1, int(wait * 1000))  # None: a read that does not wait
-        read: Any = redis.xread({stream: after}, count=_READ_COUNT, block=block) if over or wait > 0 else []
-        entries = read[0][1] if read else []
-        for entry_id, fields in entries:
-            event = decode(entry_id, fields)
+        entries = _read(redis, stream, after, wait=not over, deadline=deadline)
+        for event in entries:
             after = event.id
             if covered(event.kind, event.data) in seen:
                 continue
@@ -106,6 +102,16 @@ def follow_task(
             marked = time.monotonic()
         if not entries and record is not None:
             over = record.ended() is not None
+
+
+def _read(redis: Redis, stream: str, after: str, *, wait: bool, deadline: float | None) -> list[LiveEvent]:
+    """The stream's next events after `after`, waiting up to `POLL_SECONDS` (not past `deadline`) if `wait`."""
+    left = POLL_SECONDS if deadline is None else min(POLL_SECONDS, deadline - time.monotonic())
+    if wait and left <= 0:
+        return []
+    block = max(1, int(left * 1000)) if wait else None  # None: a read that does not wait
+    read: Any = redis.xread({stream: after}, count=_READ_COUNT, block=block)
+    return [decode(entry_id, fields) for entry_id, fields in (read[0][1] if read else [])]
 
 
 @dataclass
