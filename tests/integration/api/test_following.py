@@ -10,7 +10,7 @@ from agent_service.live.events import EventKind, LiveEvent
 from agent_service.models import TaskStatus
 from agent_service.tasks import follow_agent_task
 from tests.integration.api.conftest import calls, step_rows
-from tests.support import wait_for_final, wait_until
+from tests.support import run_cli, wait_for_final, wait_until
 
 ANSWER = "Packed for Oslo: an umbrella, rain boots and a warm coat, since it will rain all week."
 
@@ -77,3 +77,20 @@ def test_a_follower_of_a_finished_api_task_sees_its_steps_then_its_end(api_app, 
     assert events[2].data["name"] == "weather" and events[2].data["status"] == "succeeded"
     assert events[3].data["text"] == "Sunny."
     assert events[-1].data == {"status": "completed", "result": "Sunny."}
+
+
+@pytest.mark.usefixtures("api_worker")
+def test_cli_follow_joining_a_running_api_task_prints_its_first_turn_then_the_rest(
+    api_settings, submit, session_factory
+):
+    # Given an api run under way, its first turn recorded and its tool still running
+    task_id, _ = submit([calls(("wait", {"ms": 3000})), {"content": ANSWER}])
+    wait_until(lambda: step_rows(session_factory, task_id), what="the first turn recorded", timeout=30)
+    # When someone runs `python cli.py follow`
+    followed = run_cli(api_settings, "follow", task_id)
+    # Then it prints the first turn, the tool's result, the answer as it came, its step, and the end
+    assert followed.returncode == 0, followed.stderr
+    out = followed.stdout
+    printed = [out.find(text) for text in ('[step] {"position": 0', '[tool_result] {"position": 1', ANSWER)]
+    printed.append(out.find('[step] {"position": 2'))
+    assert printed[0] == 0 and printed == sorted(printed) and out.endswith("completed\n")
