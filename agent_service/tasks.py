@@ -16,7 +16,6 @@ from celery import Celery, Task, shared_task
 
 from agent_service import worker
 from agent_service.consumer.batching import AgentRequest, AgentTaskBatches
-from agent_service.database import session_scope
 from agent_service.errors import PermanentError, RetryableError, classify
 from agent_service.execution.maintenance import (
     check_health,
@@ -33,12 +32,11 @@ from agent_service.live.events import LiveEvent
 from agent_service.messaging.groups import send_callbacks_quietly
 from agent_service.messaging.publisher import publish_tasks
 from agent_service.messaging.routing import HEALTH_TASK_NAME, PROCESS_TASK_NAME, SWEEP_TASK_NAME
-from agent_service.models import TaskStatus
 from agent_service.monitoring import monitor_task_execution
-from agent_service.services import Services, services_of
-from agent_service.store import tasks as store_tasks
+from agent_service.services import services_of
 from agent_service.store.groups import GroupProgress
 from agent_service.submission import approvals, groups, submit
+from agent_service.submission.follow import FollowedTask
 
 
 def create_agent_task(task_data: dict[str, Any], *, app: Celery | None = None) -> str:
@@ -78,27 +76,19 @@ def group_progress(group_id: str, *, app: Celery | None = None) -> GroupProgress
 def follow_agent_task(
     task_id: str, *, last_event_id: str = "0", timeout: float | None = None, app: Celery | None = None
 ) -> Iterator[LiveEvent]:
-    """The task's live events (`live.follow.follow_task`) as they come, until its `ended` event; none when it
-    ended before being followed (its row then holds the result). Each event's `sse()` is a server-sent event
-    whose id a reconnecting client sends back as Last-Event-ID: pass it as `last_event_id`.
+    """The task's events (`live.follow.follow_task`) until its `ended` event: first what already happened (its
+    recorded steps, as the events they made, and its end if it has ended), then each event as it comes. Each
+    event's `sse()` is a server-sent event whose id a reconnecting client sends back as Last-Event-ID: pass it
+    as `last_event_id`.
 
     Raises: TaskValidationError (not a UUID), TaskNotFoundError, ConfigurationError without REDIS_URL.
     """
     services = services_of(app or worker.app)
     task_uuid = parse_task_id(task_id)
-    _task_status(services, task_uuid)  # an unknown task raises here, before any event is awaited
+    record = FollowedTask(task_uuid, services=services)  # an unknown task raises here, before any event is awaited
     return follow.follow_task(
-        task_uuid,
-        redis=services.redis,
-        last_event_id=last_event_id,
-        timeout=timeout,
-        finished=lambda: _task_status(services, task_uuid).is_final,
+        task_uuid, redis=services.redis, last_event_id=last_event_id, timeout=timeout, record=record
     )
-
-
-def _task_status(services: Services, task_id: uuid.UUID) -> TaskStatus:
-    with session_scope(services.session_factory) as session:
-        return store_tasks.task_status(session, task_id)
 
 
 def approve_task(task_id: str, note: str | None = None, *, app: Celery | None = None) -> list[str]:

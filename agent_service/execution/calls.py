@@ -56,9 +56,11 @@ class Calls:
             return [Decision.defer(f"admission controls unavailable: {error}", retry_in=wait_for)] * len(candidates)
 
     def submit(self, turnings: list[Turning], *, into: dict[Future[Any], Turning], first: bool = False) -> None:
-        """Send these claims' calls (the `first` of the batch: a followed task's told it started, and streams)."""
-        if first and self._live:
-            turnings = _streamed(self._live, turnings)
+        """Send these claims' calls, a followed task's streaming its tokens: which are followed is asked now, for
+        the calls leaving together, so a follower who came since gets this call's tokens (the `first` of the
+        batch: a followed task's followers are told it started)."""
+        if self._live:
+            turnings = _streamed(self._live, turnings, first=first)
         requests = [turning.request for turning in turnings]
         futures = self._llm.submit(requests)
         time_llm_calls(futures, [request.model for request in requests])
@@ -108,21 +110,25 @@ def with_request(turning: Turning, request: LLMRequest | None) -> Turning:
     return replace(turning, candidate=replace(turning.candidate, request=request))
 
 
-def _streamed(live: LivePublisher, turnings: list[Turning]) -> list[Turning]:
-    """The claims, those of followed tasks with their request streaming its tokens (their later calls keep
-    it), after a `started` event: one round trip to ask, one more only when some are followed."""
+def _streamed(live: LivePublisher, turnings: list[Turning], *, first: bool) -> list[Turning]:
+    """The claims, those of followed tasks with their request streaming its tokens (the others' not), after a
+    `started` event when `first`: one round trip to ask for them all, one more only when some are followed."""
     followed = live.followed([turning.claim.task_id for turning in turnings])
-    if not followed:
-        return turnings
-    started = [turning for turning in turnings if str(turning.claim.task_id) in followed]
-    details = ({"attempt": turning.claim.attempt, "model": turning.request.model} for turning in started)
-    live.publish_many(Update(turning.claim.task_id, EventKind.STARTED, data) for turning, data in zip(started, details))
-    return [
-        with_request(turning, replace(turning.request, stream_key=stream_key(turning.claim.task_id)))
-        if str(turning.claim.task_id) in followed
-        else turning
-        for turning in turnings
-    ]
+    if first and followed:
+        started = [turning for turning in turnings if str(turning.claim.task_id) in followed]
+        details = ({"attempt": turning.claim.attempt, "model": turning.request.model} for turning in started)
+        updates = (Update(turning.claim.task_id, EventKind.STARTED, data) for turning, data in zip(started, details))
+        live.publish_many(updates)
+    return [_streaming(turning, str(turning.claim.task_id) in followed) for turning in turnings]
+
+
+def _streaming(turning: Turning, followed: bool) -> Turning:
+    key = stream_key(turning.claim.task_id) if followed else None
+    return (
+        turning
+        if turning.request.stream_key == key
+        else with_request(turning, replace(turning.request, stream_key=key))
+    )
 
 
 def _ending(future: Future[LLMReply]) -> LLMReply | BaseException:

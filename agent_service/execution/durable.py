@@ -14,19 +14,17 @@ from agent_service.config import Settings
 from agent_service.database import session_scope
 from agent_service.errors import PermanentError
 from agent_service.execution.plans import AwaitTools, Event, Next, Plan, RunEnded
-from agent_service.execution.steps import ANSWERED, StepLog
+from agent_service.execution.steps import StepLog, call_values
 from agent_service.execution.tool_calls import ToolCaller
 from agent_service.kinds.base import Run, TaskWork
-from agent_service.live.events import EventKind
+from agent_service.live import steps as live_steps
 from agent_service.live.publisher import LivePublisher, Update
-from agent_service.models import StepStatus, StepType
 from agent_service.monitoring import count_llm_usage
 from agent_service.store import lifecycle
 from agent_service.store.lifecycle import Claim
 from agent_service.store.steps import RecordedStep, load_steps, write_steps
 
 LOST_CLAIM = "the run lost its claim on the task (cancelled, or taken over) before its step was recorded"
-LIVE_TEXT_CHARS = 500  # of a step's text or a tool's result, in a live event
 
 
 class DurableRuns:
@@ -94,27 +92,7 @@ class DurableRuns:
 
 
 def _live_updates(run: StepLog, plan: Plan) -> list[Update]:
-    """What followers of the run see of this plan: each model turn (`step`), each call as it is sent
-    (`tool_call`), each result (`tool_result`) and each call left for a reviewer (`awaiting_approval`)."""
-    task_id, updates = run.claim.task_id, []
-    for write in plan.writes:
-        values, status = write.values, write.values.get("status")
-        text = (values.get("content") or "")[:LIVE_TEXT_CHARS]
-        if values.get("step_type") is StepType.MODEL_TURN:
-            calls = [call["name"] for call in values.get("tool_calls") or ()]
-            tokens = {
-                "prompt_tokens": values.get("prompt_tokens"),
-                "completion_tokens": values.get("completion_tokens"),
-            }
-            data = {"position": write.position, "model": values.get("model"), "text": text, "tools": calls, **tokens}
-            updates.append(Update(task_id, EventKind.STEP, data))
-        elif status is StepStatus.AWAITING_APPROVAL:
-            data = {"position": write.position, "name": values.get("tool_name"), "arguments": values.get("arguments")}
-            updates.append(Update(task_id, EventKind.AWAITING_APPROVAL, data))
-        elif status in ANSWERED:
-            data = {"position": write.position, "name": values.get("tool_name"), "status": status.value, "result": text}
-            updates.append(Update(task_id, EventKind.TOOL_RESULT, data))
-    for call in plan.start:
-        data = {"position": call.position, "name": call.call.name, "arguments": call.call.arguments}
-        updates.append(Update(task_id, EventKind.TOOL_CALL, data))
-    return updates
+    """What followers of the run see of this plan (`live.steps`): each step written, then each call sent."""
+    events = [event for write in plan.writes for event in live_steps.written(write.position, write.values)]
+    events += [live_steps.called(call.position, call.call.name, call_values(call)["arguments"]) for call in plan.start]
+    return [Update(run.claim.task_id, kind, data) for kind, data in events]

@@ -178,7 +178,7 @@ class StepLog:
 
     def _result_write(self, call: Call, status: StepStatus, **values: Any) -> StepWrite:
         write = StepWrite(
-            call.position, _call_values(call) | dict(status=status, content=call.result, **values), call.recorded
+            call.position, call_values(call) | dict(status=status, content=call.result, **values), call.recorded
         )
         call.status, call.recorded = status, True
         return write
@@ -250,7 +250,8 @@ class StepLog:
         return RunEnded(error=PermanentError(f"time budget of {budget:g} s spent after {self.turns} model turns"))
 
 
-def _call_values(call: Call) -> dict[str, Any]:
+def call_values(call: Call) -> dict[str, Any]:
+    """A tool call's step columns: its arguments parsed, or as the model wrote them when they are not JSON."""
     try:
         arguments = _arguments(call.call)
     except ValueError:

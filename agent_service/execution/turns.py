@@ -52,9 +52,7 @@ class Turning:
         return self.asked.request
 
     def asking(self, request: LLMRequest) -> Turning:
-        """This claim asking `request` next (a followed task's calls go on streaming to its followers)."""
-        if self.candidate is not None:
-            request = replace(request, stream_key=self.candidate.request.stream_key)
+        """This claim asking `request` next (whether it streams is decided as it is sent: `Calls.submit`)."""
         claim = self.claim
         return replace(self, candidate=Candidate(claim.task_id, claim.user_id, claim.attempt, self.work.agent, request))
 

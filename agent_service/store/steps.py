@@ -42,6 +42,8 @@ class RecordedStep:
     arguments: Any = None
     idempotency_key: str | None = None
     decided_at: datetime | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,8 @@ from agent_service.devtools.processes import ROOT
 from agent_service.errors import TaskNotFoundError, TaskValidationError
 from agent_service.execution.context import RunContext
 from agent_service.execution.pipeline import execute_agent_tasks
-from agent_service.live.events import EventKind, LiveEvent, follower_key, stream_key
-from agent_service.live.follow import follow_task
+from agent_service.live.events import EventKind, LiveEvent, decode, follower_key, stream_key
+from agent_service.live.follow import Recorded, follow_task
 from agent_service.live.publisher import LivePublisher
 from agent_service.live.tokens import TokenWriter
 from agent_service.llm.client import close_clients, run_request
@@ -130,7 +130,8 @@ def test_the_apps_follower_ends_at_once_for_an_ended_task_and_refuses_an_unknown
     with session_factory.begin() as session:
         done = Task(title="t", agent_id=agent.id, user_id="u", status=TaskStatus.COMPLETED, result="All done.")
         session.add(done)
-    assert list(follow_agent_task(str(done.id), app=app)) == []  # the row holds the result
+    [ended] = follow_agent_task(str(done.id), app=app)  # from the row: it has no steps
+    assert (ended.kind, ended.data) == (EventKind.ENDED, {"status": "completed", "result": "All done."})
     with pytest.raises(TaskNotFoundError):
         follow_agent_task(str(uuid.uuid4()), app=app)
     with pytest.raises(TaskValidationError):
@@ -177,9 +178,21 @@ def test_a_follower_resumes_after_the_last_event_it_saw(settings, shared):
     assert resumed[-1].data == {"status": "completed", "result": "ok"}
 
 
-def test_following_a_task_that_ended_unfollowed_ends_at_once(shared):
+class Ended:
+    """The record of a task that ended, with no steps."""
+
+    def recorded(self) -> Recorded:
+        return Recorded([], self.ended())
+
+    def ended(self) -> dict:
+        return {"status": "completed", "result": "ok"}
+
+
+def test_following_a_task_that_ended_unfollowed_ends_at_once_with_its_end_from_the_row(shared):
     # No stream (it expired, or nobody followed the task while it ran): the row says it is over
-    assert list(follow_task(uuid.uuid4(), redis=shared, finished=lambda: True)) == []
+    [fresh] = follow_task(uuid.uuid4(), redis=shared, record=Ended())
+    [resumed] = follow_task(uuid.uuid4(), redis=shared, last_event_id="1-0", record=Ended())
+    assert fresh.kind is resumed.kind is EventKind.ENDED and fresh.data == resumed.data == Ended().ended()
 
 
 def test_token_writer_writes_the_first_tokens_at_once_and_the_rest_together_at_the_end(settings, shared):
@@ -231,7 +244,7 @@ def test_the_in_process_llm_loop_streams_a_followed_tasks_tokens(settings, share
     finally:
         loop.close()
     # Then its stream has its start and its reply's tokens (its end is published by the task shell)
-    events = list(follow_task(task.id, redis=shared, finished=lambda: True))
+    events = [decode(entry_id, fields) for entry_id, fields in shared.xrange(stream_key(task.id))]
     assert events[0].kind is EventKind.STARTED
     assert "".join(event.data["text"] for event in events[1:]) == outcome.finished.result
 

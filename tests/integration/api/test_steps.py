@@ -12,8 +12,10 @@ import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
 
 import pytest
+import redis
 from pydantic import SecretStr
 
 from agent_service.admission.base import Candidate
@@ -31,6 +33,7 @@ from agent_service.llm.messages import LLMReply, ToolCall, Usage
 from agent_service.models import Agent, StepStatus, StepType, Task, TaskStatus, TaskStep
 from agent_service.store import steps
 from agent_service.store.agents import agent_spec
+from tests.integration.conftest import IDLE_REDIS
 
 SECRET = "s3cr3t-weather-token"
 USAGE = Usage(11, 4, 15)
@@ -440,6 +443,35 @@ def test_a_followed_run_publishes_each_turn_call_result_and_pause_for_its_follow
     assert events[1].data["tools"] == ["weather"] and events[1].data["prompt_tokens"] == 11
     assert events[3].data["name"] == "weather" and events[3].data["result"].startswith("HTTP 200")
     assert events[5].data == {"position": 3, "name": "pay", "arguments": {"item": "tickets"}}
+
+
+class CountingConnection(redis.Connection):
+    """A connection that keeps each round trip it makes (the commands it sends together, as sent)."""
+
+    sent: ClassVar[list[bytes]] = []
+
+    def send_packed_command(self, command, check_health=True) -> None:
+        CountingConnection.sent.append(command if isinstance(command, bytes) else b"".join(command))
+        super().send_packed_command(command, check_health)
+
+
+def test_a_run_nobody_follows_costs_one_check_per_model_call_and_writes_nothing(run, api_task, api_settings):
+    # Given live output on, nobody following, its Redis commands kept as they are sent
+    CountingConnection.sent = []
+    counted = redis.Redis(
+        connection_pool=redis.ConnectionPool.from_url(IDLE_REDIS, connection_class=CountingConnection)
+    )
+    live = LivePublisher(counted, settings=api_settings)
+    # When a run of three model turns (each sent alone) and two tool calls completes
+    outcome = run(
+        api_task, Script([("weather", {"city": "Oslo"})], [("order", {"item": "umbrella"})], "Done."), live=live
+    )
+    assert outcome.status == "completed"
+    # Then whether it is followed was asked once per model call, in one round trip each, and nothing was written
+    checks = [sent for sent in CountingConnection.sent if b"\r\nEXISTS\r\n" in sent]
+    assert [sent.count(b"\r\nEXISTS\r\n") for sent in checks] == [1, 1, 1]
+    assert not any(b"\r\nXADD\r\n" in sent for sent in CountingConnection.sent)
+    assert counted.exists(stream_key(api_task.id)) == 0
 
 
 def test_a_tool_that_needs_approval_pauses_the_task_holding_no_claim(run, db_session, api_task, tool_calls):
