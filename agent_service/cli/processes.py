@@ -6,9 +6,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import Any
 
 from agent_service.cli.output import console
 from agent_service.config import Settings, get_settings, is_loopback_host
+from agent_service.errors import ConfigurationError
+
+FLOWER_DEFAULT_PORT = 5555  # Flower's own, when no port is given to it
 
 
 def worker_argv(settings: Settings, extra: list[str]) -> list[str]:
@@ -53,11 +57,33 @@ def flower_refusal(settings: Settings, extra: list[str]) -> str | None:
         option = arg.lstrip("-").partition("=")[0].replace("-", "_")
         if option in ("address", "port", "basic_auth"):
             return f"set FLOWER_{option.upper()} rather than passing {arg.partition('=')[0]}"
-    if settings.flower_basic_auth is None and not is_loopback_host(settings.flower_address):
-        where = f"{settings.flower_address or 'every address'}:{settings.flower_port}"
-        fix = "set FLOWER_BASIC_AUTH=user:password, or FLOWER_ADDRESS=127.0.0.1"
-        return f"Flower would serve {where} with no login: {fix}"
-    return None
+    return _open_flower(settings.flower_address, settings.flower_port, logins=settings.flower_basic_auth is not None)
+
+
+def flower_config(settings: Settings, *, address: str, port: int, logins: list[str]) -> dict[str, Any]:
+    """What `flowerconfig.py` gives Flower when it is started as `celery -A worker flower`: the address, port and
+    logins Flower was given (environment, command line), else those of the settings (`.env` too), under the same
+    rule as `python cli.py flower`. Flower's own defaults (every interface, port 5555) count as not given.
+    Raises: ConfigurationError when it would serve beyond loopback with no login."""
+    chosen_logins = logins or (
+        settings.flower_basic_auth.get_secret_value().split(",") if settings.flower_basic_auth else []
+    )
+    config: dict[str, Any] = {
+        "address": address or settings.flower_address,
+        "port": port if port != FLOWER_DEFAULT_PORT else settings.flower_port,
+    }
+    problem = _open_flower(config["address"], config["port"], logins=bool(chosen_logins))
+    if problem:
+        raise ConfigurationError(problem)
+    return {**config, "basic_auth": chosen_logins} if chosen_logins else config
+
+
+def _open_flower(address: str, port: int, *, logins: bool) -> str | None:
+    """Why Flower must not serve `address`: beyond loopback, it shows every task's arguments and results."""
+    if logins or is_loopback_host(address):
+        return None
+    fix = "set FLOWER_BASIC_AUTH=user:password, or FLOWER_ADDRESS=127.0.0.1"
+    return f"Flower would serve {address or 'every address'}:{port} with no login: {fix}"
 
 
 def cmd_flower(args: argparse.Namespace) -> int:

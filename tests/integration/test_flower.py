@@ -7,10 +7,11 @@ import sys
 
 import httpx
 import psutil
+import pytest
 
 from agent_service.devtools.processes import started
 from tests.integration.conftest import IDLE_REDIS, LOG_DIR
-from tests.support import free_port, run_cli
+from tests.support import free_port, run_cli, run_in_repo
 
 LOGIN = ("flower-admin", "s3cret-for-the-test")
 
@@ -52,3 +53,42 @@ def test_flower_pages_ask_for_the_login_from_settings(settings):
         assert httpx.get(base + "/metrics", timeout=10).status_code == 200
         # and the password is not on its command line, for any local user to read in `ps`
         assert LOGIN[1] not in " ".join(psutil.Process(flower.pid).cmdline())
+
+
+def design_flower_env(settings, **flower) -> dict[str, str]:
+    """The environment of the design's `celery -A worker flower`, with only the FLOWER_* settings given here."""
+    env = settings.model_copy(update={"redis_url": IDLE_REDIS}).as_env()
+    return {**{name: value for name, value in env.items() if not name.startswith("FLOWER_")}, **flower}
+
+
+def design_flower(*args: str) -> list[str]:
+    return [sys.executable, "-m", "celery", "-A", "worker", "flower", *args]
+
+
+@pytest.mark.parametrize(
+    ("flower", "args"), [({"FLOWER_ADDRESS": "0.0.0.0"}, ()), ({}, ("--address=0.0.0.0",))], ids=["env", "option"]
+)
+def test_the_designs_flower_command_beyond_loopback_without_a_login_refuses_to_start(settings, flower, args):
+    # Given the design's own command, asked (by its environment or its options) to serve every interface
+    refused = run_in_repo(design_flower(*args), design_flower_env(settings, **flower))
+    # Then it exits with the same one line as `python cli.py flower` (flowerconfig.py)
+    assert refused.returncode == 1
+    assert refused.stderr.strip().splitlines()[-1] == (
+        "error: Flower would serve 0.0.0.0:5555 with no login: "
+        "set FLOWER_BASIC_AUTH=user:password, or FLOWER_ADDRESS=127.0.0.1"
+    )
+
+
+def test_the_designs_flower_command_serves_loopback_by_default_and_asks_for_the_login(settings):
+    # Given the design's command with no address given (Flower's own default is every interface) and a login
+    port = free_port()
+    env = design_flower_env(settings, FLOWER_PORT=str(port), FLOWER_BASIC_AUTH=":".join(LOGIN))
+    with started(
+        design_flower(), env=env, log_path=LOG_DIR / "flower-design.log", ready_marker="Visit me at"
+    ) as flower:
+        # Then it listens on loopback only, at the configured port, and its pages ask for the login
+        listening = {c.laddr for c in psutil.Process(flower.pid).net_connections() if c.status == psutil.CONN_LISTEN}
+        assert {(address.ip, address.port) for address in listening} == {("127.0.0.1", port)}
+        base = f"http://127.0.0.1:{port}"
+        assert httpx.get(base + "/tasks", timeout=10).status_code == 401
+        assert httpx.get(base + "/tasks", auth=LOGIN, timeout=10).status_code == 200
