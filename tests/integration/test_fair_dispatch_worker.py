@@ -19,7 +19,7 @@ from tests.integration.conftest import LOG_DIR
 from tests.support import wait_for_final
 
 BACKLOG = 200
-SLOW_MS = 300  # each backlog call; 20 at once, so the backlog takes about 3 s to drain
+SLOW_MS = 1000  # each backlog call; 20 at once, so the backlog takes about 10 s to drain (room for a slow start)
 CONCURRENCY = 20
 
 
