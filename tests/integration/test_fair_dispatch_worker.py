@@ -10,30 +10,40 @@ import pytest
 from sqlalchemy import func, select
 
 from agent_service.config import Settings
-from agent_service.database import session_scope
+from agent_service.database import create_empty_database, session_scope
 from agent_service.devtools.processes import celery_worker
 from agent_service.models import FINAL_STATUSES, Task
+from agent_service.store.schema import init_db
 from agent_service.tasks import create_agent_tasks
 from agent_service.worker import create_celery_app
-from tests.integration.conftest import LOG_DIR
-from tests.support import wait_for_final
+from tests.chaos.services import RedisServer
+from tests.integration.conftest import LOG_DIR, PG_ROOT, TEST_DB
+from tests.support import add_agent, wait_for_final
 
 BACKLOG = 200
-SLOW_MS = 1000  # each backlog call; 20 at once, so the backlog takes about 10 s to drain (room for a slow start)
+SLOW_MS = 300  # each backlog call; 20 at once, so the backlog takes about 3 s to drain
 CONCURRENCY = 20
 
 
 @pytest.fixture(scope="module")
-def fair_settings(settings: Settings) -> Settings:
-    return settings.model_copy(
-        update={
-            "dispatch_mode": "fair",
-            "dispatch_target_in_flight": 10,
-            "worker_concurrency": CONCURRENCY,
-            "llm_concurrency": CONCURRENCY,
-            "batch_max_size": 10,
-        }
-    )
+def fair_settings(settings: Settings) -> Iterator[Settings]:
+    """A database and a broker of the module's own: tasks other tests leave queued (on a broker no worker reads)
+    count as in flight for a minute and would hold the dispatcher back, and the session's worker would take
+    this module's messages for tasks its database does not have."""
+    database_url = create_empty_database(PG_ROOT, f"{TEST_DB}_fair")
+    init_db(database_url)
+    with RedisServer.running() as broker:
+        yield settings.model_copy(
+            update={
+                "database_url": database_url,
+                "redis_url": broker.url(),
+                "dispatch_mode": "fair",
+                "dispatch_target_in_flight": 10,
+                "worker_concurrency": CONCURRENCY,
+                "llm_concurrency": CONCURRENCY,
+                "batch_max_size": 10,
+            }
+        )
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +60,9 @@ def fair_worker(fair_settings: Settings) -> Iterator[None]:
 
 
 @pytest.fixture
-def slow_backlog(fair_worker, fair_app, agent, llm) -> Iterator[tuple[list[str], object]]:
+def slow_backlog(fair_worker, fair_app, llm) -> Iterator[tuple[list[str], object]]:
     """User "hog" submits BACKLOG slow tasks at once; the test waits for all of them at the end."""
+    agent = add_agent(fair_app.services.session_factory)
     token = uuid.uuid4().hex
     llm.add_fault(fault="slow", match=token, delay_ms=SLOW_MS)
     items = [{"title": f"hog {token} {n}", "agent_id": str(agent.id), "user_id": "hog"} for n in range(BACKLOG)]
