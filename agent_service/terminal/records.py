@@ -43,10 +43,10 @@ def task_record(task: Task) -> dict[str, Any]:
 
 def task_details(task: Task, *, steps: list[TaskStep]) -> dict[str, Any]:
     """Everything `status` shows of a task: every column, its kind, its attempt history and its steps."""
-    record = {column.name: json_value(getattr(task, column.name)) for column in Task.__table__.columns}
+    record = _columns(task)
     record["kind"] = task.kind or task.agent.kind
-    record["attempt_history"] = [_row(attempt, TaskAttempt) for attempt in task.attempt_history]
-    record["steps"] = [_row(step, TaskStep) for step in steps]
+    record["attempt_history"] = [_columns(attempt) for attempt in task.attempt_history]
+    record["steps"] = [_columns(step) for step in steps]
     return record
 
 
@@ -99,5 +99,6 @@ def json_value(value: Any) -> Any:
     return str(value)  # uuid.UUID
 
 
-def _row(row: Any, mapped: Any) -> dict[str, Any]:
-    return {column.name: json_value(getattr(row, column.name)) for column in mapped.__table__.columns}
+def _columns(row: Task | TaskAttempt | TaskStep) -> dict[str, Any]:
+    """Every column of a mapped row, as JSON has it."""
+    return {column.name: json_value(getattr(row, column.name)) for column in type(row).__table__.columns}
