@@ -25,8 +25,10 @@ from tests.support import add_agent, make_settings
 # Overridable so that two test runs on one machine do not share a database or a broker.
 PG_ROOT = os.environ.get("TEST_PG_ROOT", "postgresql+psycopg2://postgres@127.0.0.1:5432")
 TEST_DB = os.environ.get("TEST_DB_NAME", "agent_service_test")
-WORKER_REDIS = f"redis://127.0.0.1:6379/{os.environ.get('TEST_REDIS_DB', '15')}"
-IDLE_REDIS = f"redis://127.0.0.1:6379/{os.environ.get('TEST_IDLE_REDIS_DB', '14')}"  # no worker reads it
+# Parallel runs on one machine each take their own Redis port or databases.
+REDIS_SERVER = f"redis://127.0.0.1:{os.environ.get('TEST_REDIS_PORT', '6379')}"
+WORKER_REDIS = f"{REDIS_SERVER}/{os.environ.get('TEST_REDIS_DB', '15')}"
+IDLE_REDIS = f"{REDIS_SERVER}/{os.environ.get('TEST_IDLE_REDIS_DB', '14')}"  # no worker reads it
 ROOT = Path(__file__).resolve().parents[2]
 LOG_DIR = ROOT / ".local" / "test-logs"
 

@@ -19,9 +19,10 @@ import redis
 from agent_service.config import Settings
 from agent_service.devtools.processes import ROOT, started
 from agent_service.models import TaskStatus
+from tests.integration.conftest import REDIS_SERVER
 from tests.support import add_agent, wait_for_final
 
-INSTALLED_REDIS = f"redis://127.0.0.1:6379/{os.environ.get('TEST_INSTALLED_REDIS_DB', '10')}"
+INSTALLED_REDIS = f"{REDIS_SERVER}/{os.environ.get('TEST_INSTALLED_REDIS_DB', '10')}"
 
 
 @pytest.fixture(scope="module")
