@@ -12,7 +12,7 @@ from typing import Any
 
 from agent_service.admission.base import Admission, CallEnded, Decision
 from agent_service.config import Settings
-from agent_service.errors import CallCancelledError, PermanentError, classify
+from agent_service.errors import CallCancelledError, CallNotSentError, PermanentError, classify
 from agent_service.execution.cancellation import RunningCalls
 from agent_service.execution.replies import Arrived, ReplyStore
 from agent_service.execution.retry import backoff_delay
@@ -139,6 +139,8 @@ def _ending(future: Future[LLMReply]) -> LLMReply | BaseException:
 
 
 def _call_ended(turning: Turning, ending: LLMReply | BaseException) -> CallEnded:
+    if isinstance(ending, CallNotSentError):
+        return CallEnded(turning.asked)  # never sent: what admission reserved for it is given back
     if isinstance(ending, BaseException):
         return CallEnded(turning.asked, error=ending)
     return CallEnded(turning.asked, reply=ending)
