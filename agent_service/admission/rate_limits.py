@@ -1,24 +1,23 @@
-"""Global rate limits: requests and tokens per minute per model (LLM_RATE_LIMITS, or a model's own
-`rpm`/`tpm` override), and per agent and per user (overrides), shared by every worker through Redis.
+"""Global rate limits: requests and tokens per minute per model (LLM_RATE_LIMITS, or a model's own `rpm`/`tpm`
+override), and per agent and per user (overrides), shared by every worker through Redis.
 
-Each limit is a GCRA bucket: one Redis key holding its theoretical arrival time (TAT), which every
-reservation pushes forward by `amount * 60 / per_minute` seconds and which must stay within
-`rate_limit_burst_seconds` of now. Before a batch's calls, one Lua script reserves, for each candidate that
-fits now, one request and its estimated tokens (the prompt's characters / 4, plus `max_tokens` when
-`rate_limit_count_max_tokens`, as OpenAI counts them) in every limit that applies, or in none of them: a slot
-is taken only for a call sent at once, and the request carries it (`llm.send_slots.SendSlot`): a call that
-reaches the LLM process more than `rate_limit_late_seconds` after its slot (a busy host) takes a new one as
-it leaves, so calls reserved apart never leave together. When nothing fits now, the worker sleeps until the next slots come (at most
+Each limit is a GCRA bucket: one Redis key holding its theoretical arrival time (TAT), which every reservation
+pushes forward by `amount * 60 / per_minute` seconds and which must stay within `rate_limit_burst_seconds` of
+now. Before a batch's calls, one Lua script reserves, for each candidate that fits now, one request and its
+estimated tokens (the prompt's characters / 4, plus `max_tokens` when `rate_limit_count_max_tokens`, as OpenAI
+counts them) in every limit that applies, or in none of them: a slot is taken only for a call sent at once,
+and the request carries it (`llm.send_slots.SendSlot`): a call that reaches the LLM process more than
+`rate_limit_late_seconds` after its slot (a busy host) takes a new one as it leaves, so calls reserved apart
+never leave together. When nothing fits now, the worker sleeps until the next slots come (at most
 `rate_limit_max_wait_seconds`) and asks again; a candidate that does not fit by then is deferred until about
-when it would, without spending an attempt. When the pause is obeyed, the same script reads it, so a call
-that waited never leaves once the service is paused. After each call a second script takes the difference
-between the estimate and the real usage back (or adds it), atomically.
+when it would, without spending an attempt. When the pause is obeyed, the same script reads it, so a call that
+waited never leaves once the service is paused. After each call a second script takes the difference between
+the estimate and the real usage back (or adds it), atomically.
 
 A reservation needs no lease: a TAT only says when the bucket empties, and its key expires then. A worker
 SIGKILLed holding reservations leaves them counted as spent, which the bucket drains at the limit's rate:
-within `burst` seconds plus the reserved amount's own share, capacity is back in full.
-See docs/decisions.md, "Rate limits: one GCRA script for every limit" and "Rate limits: a slot is
-taken when the call leaves".
+within `burst` seconds plus the reserved amount's own share, capacity is back in full. See docs/decisions.md,
+"Rate limits: one GCRA script for every limit" and "Rate limits: a slot is taken when the call leaves".
 """
 
 from __future__ import annotations

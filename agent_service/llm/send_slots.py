@@ -1,14 +1,14 @@
-"""The rate-limit slot a call takes as it leaves: the GCRA reservation script that admission runs for a
-batch before its calls (`admission.rate_limits`), and the check the LLM process makes as each call leaves.
+"""The rate-limit slot a call takes as it leaves: the GCRA reservation script that admission runs for a batch
+before its calls (`admission.rate_limits`), and the check the LLM process makes as each call leaves.
 
-Admission reserves a slot only for a call that fits now, to be sent at once; the call then crosses to the
-LLM process and waits its turn on that process's event loop. On a busy host that can take long enough for
-calls reserved apart to leave together (the provider answers 429 to the bunch). So a reserved request
-carries a `SendSlot`: the time it must leave by (its slot, plus `RATE_LIMIT_LATE_SECONDS`), and what a new
-slot costs in each of its limits. A call past that time takes a new slot in the same script, waiting for it
-on the loop, and leaves only then: whatever the delay, a call leaves within that lateness of the slot it
-holds, so the provider sees at most the burst plus the lateness of the rate at once. See docs/decisions.md, "Rate limits: a slot is taken
-when the call leaves".
+Admission reserves a slot only for a call that fits now, to be sent at once; the call then crosses to the LLM
+process and waits its turn on that process's event loop. On a busy host that can take long enough for calls
+reserved apart to leave together (the provider answers 429 to the bunch). So a reserved request carries a
+`SendSlot`: the time it must leave by (its slot, plus `RATE_LIMIT_LATE_SECONDS`), and what a new slot costs in
+each of its limits. A call past that time takes a new slot in the same script, waiting for it on the loop, and
+leaves only then: whatever the delay, a call leaves within that lateness of the slot it holds, so the provider
+sees at most the burst plus the lateness of the rate at once. See docs/decisions.md, "Rate limits: a slot is
+taken when the call leaves".
 """
 
 from __future__ import annotations
