@@ -154,6 +154,7 @@ def _start_metrics_and_llm_runner(**_: Any) -> None:
 def _stop_pool_process(**_: Any) -> None:
     if _runs_this_app():
         app.services.llm_runner.close()
+        app.services.tracing.shutdown()  # a pool process exits without running atexit hooks
 
 
 @worker_shutdown.connect
@@ -162,11 +163,16 @@ def _stop_llm_runner(**_: Any) -> None:
     the worker does (prefork: each pool process closes its own)."""
     if _runs_this_app() and app.conf.worker_pool != "prefork":
         app.services.llm_runner.close()
+        app.services.tracing.shutdown()
 
 
 def _prepare_to_run_tasks() -> None:
-    """In the process that runs the tasks, once started: settle its heap, start its LLM process and listen
-    for cancellations."""
+    """In the process that runs the tasks, once started: trace its task runs (with tracing on), settle its heap,
+    start its LLM process and listen for cancellations."""
+    if app.services.tracing.enabled:
+        from agent_service.tracing.instrumentation import instrument_celery  # only here: off loads no OpenTelemetry
+
+        instrument_celery(app.services.tracing)
     settle_heap()
     app.services.llm_runner.start()
     app.services.listen_for_cancellations()

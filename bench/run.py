@@ -22,6 +22,7 @@ from rich.console import Console
 
 from agent_service.config import ModelRateLimit, Settings
 from bench.environment import BENCH_MODEL, BenchEnvironment, bench_environment
+from bench.otlp_sink import otlp_sink
 from bench.plot import plot_results
 from bench.report import evaluate_targets, print_report, ratios, write_json
 from bench.scenarios import (
@@ -47,7 +48,7 @@ EVERY_CONTROL_GENEROUS: tuple[tuple[str, Any], ...] = (
     ("rate_limits_enabled", True),
     ("llm_rate_limits", {BENCH_MODEL: ModelRateLimit(rpm=10_000_000, tpm=10_000_000_000)}),
 )
-GROUPS = ("floor", "baseline", "ours", "offered", "rate-limited", "fair", "kinds", "bulk")
+GROUPS = ("floor", "baseline", "ours", "offered", "rate-limited", "fair", "kinds", "tracing", "bulk")
 
 
 @dataclass(frozen=True)
@@ -107,8 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     sizes, wanted = (QUICK if args.quick else FULL), set(args.only or GROUPS)
     console = Console(width=None if sys.stdout.isatty() else 200)
-    with bench_environment(overrides=dict(args.ours_env)) as env:
-        plans = [plan for plan in build_plans(env.settings, sizes) if _group(plan) in wanted]
+    with bench_environment(overrides=dict(args.ours_env)) as env, otlp_sink() as otlp_url:
+        plans = [plan for plan in build_plans(env.settings, sizes, otlp_url=otlp_url) if _group(plan) in wanted]
         runs = [_run(console, plan, env, sizes) for plan in plans]
         bulk = measure_bulk_submit(env, count=sizes.bulk) if "bulk" in wanted else None
     ratio = ratios({run.name: run for run in runs})
@@ -130,8 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if any(run.status == "broken" for run in runs) else 0
 
 
-def build_plans(ours: Settings, sizes: Sizes) -> list[RunPlan]:
-    """Every run in order; the floor runs once (it calls no LLM) and again on ours' pool when that differs."""
+def build_plans(ours: Settings, sizes: Sizes, *, otlp_url: str) -> list[RunPlan]:
+    """Every run in order; the floor runs once (it calls no LLM) and again on ours' pool when that differs. The
+    tracing runs export their spans to `otlp_url`."""
     pool, concurrency = ours.worker_pool, ours.worker_concurrency
     floor = celery_command("bench.floor", pool="prefork", concurrency=4, queues="agent_tasks")
     baseline = celery_command("bench.baseline", pool="prefork", concurrency=4)
@@ -197,6 +199,13 @@ def build_plans(ours: Settings, sizes: Sizes) -> list[RunPlan]:
     plans += [
         RunPlan(f"kind-{kind}", "kinds", OURS_COMMAND, pool, concurrency, 1000, sizes.kinds, kind=kind)
         for kind in ("text", "decision", "api")
+    ]
+    # Tracing's cost per task: the same run off and on (every span exported to a loopback receiver), at 0 ms so
+    # that nothing hides it; the submitting app traces too.
+    traced = (("otel_exporter_otlp_endpoint", otlp_url),)
+    plans += [
+        RunPlan(f"tracing-{state}-0ms", "tracing", OURS_COMMAND, pool, concurrency, 0, sizes.ours, settings=settings)
+        for state, settings in (("off", ()), ("on", traced))
     ]
     return plans
 

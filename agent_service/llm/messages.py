@@ -73,8 +73,9 @@ REPLY_PRIMING_TOKENS = 3
 class LLMRequest:
     """One chat completion to run: the model, its settings and the messages, in order; the tools the model
     may call and the structured output asked for, if any; for a task someone follows live, the Redis
-    stream its tokens are published to as they arrive; and for a call admitted by the rate limits, the slot it
-    holds, which it must leave within."""
+    stream its tokens are published to as they arrive; for a call admitted by the rate limits, the slot it
+    holds, which it must leave within; and, when traced, the W3C traceparent of the task's span that the call's
+    span hangs under."""
 
     model: str
     temperature: float
@@ -85,6 +86,7 @@ class LLMRequest:
     output_schema: OutputSchema | None = None
     stream_key: str | None = None
     send_slot: SendSlot | None = None
+    traceparent: str | None = None
 
     def estimated_prompt_tokens(self) -> int:
         """The prompt's tokens, estimated from its characters (about 1 µs), for reservations before the call."""
