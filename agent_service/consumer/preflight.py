@@ -3,8 +3,9 @@
 A TLS connection that fails because of how it is configured (a CA that did not sign the server's certificate,
 a certificate for another name, a server without TLS where the URL requires it) fails the same way on every
 retry, so the worker stops at start with one line naming the setting, instead of retrying (Celery's broker
-connection; a plain-text Redis never ends the handshake) or holding its agent tasks back (`readiness.DatabaseGate`). A server that is down or
-unreachable is not this check's business: the worker waits for it as before.
+connection; a plain-text Redis never ends the handshake) or holding its agent tasks back
+(`readiness.DatabaseGate`). A server that is down or unreachable is not this check's business: the worker
+waits for it as before.
 
 Checked: each `rediss://` URL among REDIS_URL, CELERY_BROKER_URL and CELERY_RESULT_BACKEND (their query's
 `ssl_cert_reqs` and `ssl_ca_certs` are honoured by every client built from them: Celery's broker and result
