@@ -11,11 +11,19 @@ from functools import partial
 from typing import Any
 
 from celery import Celery, current_app
-from celery.signals import setup_logging, worker_process_init, worker_process_shutdown, worker_ready, worker_shutdown
+from celery.signals import (
+    setup_logging,
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_ready,
+    worker_shutdown,
+)
 
 from agent_service.admission.base import Admission
 from agent_service.config import LOCAL_DATA_DIR, Settings, get_settings
 from agent_service.consumer.dispatch import FairDispatcher
+from agent_service.consumer.preflight import tls_refusal
 from agent_service.consumer.readiness import DatabaseGate
 from agent_service.errors import ConfigurationError
 from agent_service.execution.maintenance import oldest_waiting_since
@@ -124,6 +132,17 @@ process_agent_task = app.signature(PROCESS_TASK_NAME)
 @setup_logging.connect
 def _configure_logging(loglevel: int | str | None = None, **_: Any) -> None:
     configure_logging(level=loglevel or "INFO", json_lines=app.services.settings.log_json)
+
+
+@worker_init.connect
+def _stop_on_a_tls_failure(**_: Any) -> None:
+    """Before the worker connects to anything: a connection that must be encrypted and cannot be stops it,
+    with one line on standard error naming the setting (`consumer.preflight`), as a configuration error does."""
+    if not _runs_this_app():
+        return
+    refusal = tls_refusal(app.services.settings, app.services.engine)
+    if refusal:
+        raise SystemExit(refusal)
 
 
 @worker_process_init.connect

@@ -43,6 +43,12 @@ ensure_redis() {
   echo "Redis did not come up on 127.0.0.1:6379" >&2; exit 1
 }
 
+ensure_openssl() {
+  # The TLS tests make their certificates with it.
+  command -v openssl >/dev/null || apt_install openssl
+}
+
 ensure_postgres
 ensure_redis
+ensure_openssl
 echo "PostgreSQL and Redis are up"
