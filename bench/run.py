@@ -14,6 +14,7 @@ Exits 0 whatever the figures; 1 only when a run broke (its worker died or its ta
 from __future__ import annotations
 
 import argparse
+import socket
 import sys
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -48,7 +49,7 @@ EVERY_CONTROL_GENEROUS: tuple[tuple[str, Any], ...] = (
     ("rate_limits_enabled", True),
     ("llm_rate_limits", {BENCH_MODEL: ModelRateLimit(rpm=10_000_000, tpm=10_000_000_000)}),
 )
-GROUPS = ("floor", "baseline", "ours", "offered", "rate-limited", "fair", "kinds", "tracing", "bulk")
+GROUPS = ("floor", "baseline", "ours", "offered", "rate-limited", "fair", "kinds", "tracing", "metrics", "bulk")
 
 
 @dataclass(frozen=True)
@@ -207,7 +208,23 @@ def build_plans(ours: Settings, sizes: Sizes, *, otlp_url: str) -> list[RunPlan]
         RunPlan(f"tracing-{state}-0ms", "tracing", OURS_COMMAND, pool, concurrency, 0, sizes.ours, settings=settings)
         for state, settings in (("off", ()), ("on", traced))
     ]
+    # What metrics cost per task at 0 ms (where the worker's own CPU is all there is): the exporter off, on
+    # with each process's metrics in memory, and on with every process's metrics in files (multiprocess mode).
+    plans += [
+        RunPlan(f"metrics-{name}", "metrics", OURS_COMMAND, pool, concurrency, 0, sizes.ours, settings=metrics)
+        for name, metrics in (
+            ("off", (("metrics_port", 0),)),
+            ("in-memory", (("metrics_port", _free_port()), ("metrics_multiprocess", False))),
+            ("multiprocess", (("metrics_port", _free_port()), ("metrics_multiprocess", True))),
+        )
+    ]
     return plans
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def _run(console: Console, plan: RunPlan, env: BenchEnvironment, sizes: Sizes):
@@ -225,8 +242,8 @@ def _run(console: Console, plan: RunPlan, env: BenchEnvironment, sizes: Sizes):
 
 
 def _group(plan: RunPlan) -> str:
-    if plan.config == "fair":
-        return "fair"
+    if plan.config in ("fair", "metrics"):
+        return plan.config
     return "offered" if plan.rate else plan.config
 
 

@@ -38,6 +38,7 @@ from agent_service.config import Settings
 from agent_service.llm.messages import LLMRequest
 from agent_service.llm.send_slots import RESERVE, SendSlot
 from agent_service.models import LimitScope
+from agent_service.monitoring import RATE_LIMIT_WAIT
 from agent_service.store.overrides import OverrideCache
 
 RPM, TPM = "rpm", "tpm"
@@ -92,6 +93,8 @@ class _Reservation:
 class RateLimits:
     """Reserves requests and tokens per minute in every limit that applies, all or none, before each call."""
 
+    name = "rate_limits"
+
     def __init__(
         self,
         settings: Settings,
@@ -129,11 +132,15 @@ class RateLimits:
             for limit in applying:
                 argv += [keys.index(limit.key) + 1, f"{_cost(limit, amount):.6f}"]
         try:
-            answers = self._reserve(keys, argv)
+            answers, waited = self._reserve(keys, argv)
         except RedisError as exc:
             return unreachable(candidates, "rate limits", exc)
         if answers is None:
             return [Decision.defer(PAUSED, retry_in=PAUSE_RETRY_SECONDS)] * len(candidates)
+        if waited:
+            for candidate, (blocker, _) in zip(candidates, answers, strict=True):
+                if not int(blocker):
+                    RATE_LIMIT_WAIT.labels(candidate.request.model).observe(waited)
         leave_by = time.time() + self._late_seconds
         return [
             self._deferred(applying, keys[int(blocker) - 1], float(wait))
@@ -142,19 +149,19 @@ class RateLimits:
             for candidate, applying, amount, (blocker, wait) in zip(candidates, limits, amounts, answers, strict=True)
         ]
 
-    def _reserve(self, keys: list[str], argv: list[float | str]) -> list[list[bytes]] | None:
-        """The script's answers once some call fits, or none will within what is left of `max_wait_seconds`;
-        None while paused. Raises: RedisError."""
+    def _reserve(self, keys: list[str], argv: list[float | str]) -> tuple[list[list[bytes]] | None, float]:
+        """The script's answers once some call fits, or none will within what is left of `max_wait_seconds`
+        (None while paused), and how long it slept for them. Raises: RedisError."""
         script, waited = self._script("reserve", RESERVE), 0.0
         while True:
             answers = script(keys=keys + [PAUSE_KEY] * self._obeys_pause, args=argv)
             if answers == [-1]:
-                return None
+                return None, waited
             answers = cast(list[list[bytes]], answers)
             waits = [float(wait) for blocker, wait in answers if int(blocker)]
             nap = _until_next_slots(waits)
             if len(waits) < len(answers) or waited + nap > self.max_wait_seconds:
-                return answers
+                return answers, waited
             self._sleep(nap)
             waited += nap
 

@@ -21,6 +21,7 @@ from agent_service.errors import classify
 from agent_service.llm.client import close_clients, run_request
 from agent_service.llm.messages import LLMRequest
 from agent_service.llm.runners import CancelCalls, settle_heap, traced_call
+from agent_service.monitoring import use_metric_files
 from agent_service.tracing import tracing_for
 
 
@@ -31,6 +32,7 @@ def serve(*, from_parent: Connection, to_parent: Connection) -> None:
         signal.signal(stop_signal, signal.SIG_IGN)
     settings = Settings()
     tracing = tracing_for(settings)  # the worker's settings: traced when the worker is
+    use_metric_files(settings.metrics_files)  # its worker's folder, which the worker's exporter serves
     settle_heap()
     to_parent.send([])  # ready: its imports are done (an empty batch of outcomes)
     loop = asyncio.new_event_loop()
