@@ -30,7 +30,15 @@ class PreforkWorker:
         self.process, self.port, self.files = process, port, files
 
     def pool_children(self) -> list[psutil.Process]:
-        return [child for child in self.process.children() if "llm.process" not in " ".join(child.cmdline())]
+        """The pool's live children (a child just killed may linger as a zombie, without a command line)."""
+        children = []
+        for child in self.process.children():
+            try:
+                if "llm.process" not in " ".join(child.cmdline()):
+                    children.append(child)
+            except (psutil.ZombieProcess, psutil.NoSuchProcess):
+                continue
+        return children
 
 
 @pytest.fixture(scope="module")
