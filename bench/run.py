@@ -25,7 +25,7 @@ from agent_service.config import ModelRateLimit, Settings
 from bench.environment import BENCH_MODEL, BenchEnvironment, bench_environment
 from bench.otlp_sink import otlp_sink
 from bench.plot import plot_results
-from bench.report import evaluate_targets, print_report, ratios, write_json
+from bench.report import RATE_LIMITED_BUSY, evaluate_targets, print_report, ratios, write_json
 from bench.scenarios import (
     OURS_COMMAND,
     RESULTS_DIR,
@@ -178,6 +178,19 @@ def build_plans(ours: Settings, sizes: Sizes, *, otlp_url: str) -> list[RunPlan]
             1000,
             sizes.rate_limited,
             rate_limit=RATE_LIMIT,
+        ),
+        # The same limit shared by three workers while one core spins: late wake-ups must not bunch calls.
+        RunPlan(
+            RATE_LIMITED_BUSY,
+            "rate-limited",
+            OURS_COMMAND,
+            pool,
+            concurrency,
+            1000,
+            sizes.rate_limited,
+            rate_limit=RATE_LIMIT,
+            workers=3,
+            busy=True,
         ),
     ]
     plans += [
