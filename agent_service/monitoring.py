@@ -53,6 +53,13 @@ REPLY_CACHE = Counter(
     "Deterministic calls of agents with a reply cache, by whether Redis answered them (hit) or the model (miss)",
     ["result"],
 )
+NOTIFICATIONS = Counter(
+    "agent_service_notifications_total",
+    "Webhook notifications (ALERT_WEBHOOK_URL) by event type and result: sent; collapsed (a repeat within the "
+    "collapse window, sent later as a count); failed (the receiver refused it, or every attempt failed); refused "
+    "(the URL's address is not allowed); dropped (the process's buffer was full)",
+    ["event", "result"],
+)
 
 # Attributes a log line may carry beyond the message; anything else on the record is stdlib noise.
 _LOG_FIELDS = ("task", "task_id", "agent_id", "status", "attempt", "duration_ms", "error", "retry_in")

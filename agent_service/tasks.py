@@ -16,7 +16,8 @@ from celery import Celery, Task, shared_task
 
 from agent_service import worker
 from agent_service.consumer.batching import AgentRequest, AgentTaskBatches
-from agent_service.errors import PermanentError, RetryableError, classify
+from agent_service.consumer.readiness import unreachable_event
+from agent_service.errors import PermanentError, RetryableError, classify, database_unreachable
 from agent_service.execution.maintenance import (
     check_health,
     fail_expired_approvals,
@@ -127,6 +128,8 @@ def process_agent_task(self: AgentTaskBatches, requests: list[AgentRequest]) -> 
         execute_agent_tasks([_task_id_argument(request) for request in requests], context)
     except Exception as exc:
         error = classify(exc)
+        if database_unreachable(exc):
+            services.notifier.notify(unreachable_event(f"{error}; this worker's tasks are sent again later"))
         unsettled = [at for at in range(len(requests)) if at not in settled]
         self.announce(
             requests, [(at, _retry_later(self.app, requests[at], error, started=started)) for at in unsettled]

@@ -22,6 +22,8 @@ from agent_service.execution.outcomes import Outcome, TaskOutcome
 from agent_service.messaging.results import store_results
 from agent_service.models import TaskStatus
 from agent_service.monitoring import record_task_run
+from agent_service.notifications import Event as Notification
+from agent_service.notifications import EventType
 from agent_service.services import services_of
 
 logger = logging.getLogger("agent_service")
@@ -91,8 +93,9 @@ class AgentTaskBatches(Batches):
 
     def announce(self, requests: list[AgentRequest], settled: list[tuple[int, TaskOutcome]]) -> None:
         """Make each settled delivery known as soon as it is recorded (`settled` pairs an outcome with the
-        position of its request): its message's Celery result, its metrics and log line, and its task
-        event. Never raises: the task rows are the record, and these only report them."""
+        position of its request): its message's Celery result, its metrics and log line, its task event and,
+        for a task that failed for good, a notification. Never raises: the task rows are the record, and these
+        only report them."""
         results = [(requests[at], outcome, outcome.message_result()) for at, outcome in settled]
         try:
             store_results(self.app, [(request.id, result) for request, _, result in results if result is not None])
@@ -104,6 +107,10 @@ class AgentTaskBatches(Batches):
                     "agent_task", outcome.as_dict(), outcome.seconds or 0.0, is_error=outcome.status.is_error
                 )
             self._send_outcome_events(results)
+            notifier = services_of(self.app).notifier
+            for _, outcome, _ in results:
+                if outcome.status is Outcome.FAILED:
+                    notifier.notify(dead_letter_event(outcome))
         except Exception:
             logger.exception("could not report the outcomes of %d message(s)", len(results))
 
@@ -150,6 +157,16 @@ class AgentTaskBatches(Batches):
         if self._events_on():
             for request in requests:
                 request.send_event("task-started")
+
+
+def dead_letter_event(outcome: TaskOutcome) -> Notification:
+    """The notification of a task that failed for good: its ids and attempts, never its error (a provider's
+    message, or the reply that could not be used)."""
+    summary = f"task {outcome.task_id} failed for good after {outcome.attempt} attempt(s)"
+    summary += f" (agent {outcome.agent_id}); python cli.py status {outcome.task_id} shows why"
+    labels = {"agent_id": outcome.agent_id or "-"}
+    details = {"task_id": outcome.task_id, "attempts": outcome.attempt}
+    return Notification(EventType.TASK_DEAD_LETTERED, summary, labels, details)
 
 
 def _outcome_event(outcome: TaskOutcome, result: dict[str, Any] | None, *, maxsize: int) -> Event | None:
