@@ -2,7 +2,7 @@
 is signed and verifies, one notification per event, repeats collapsed into one summary, a storm bounded, a
 receiver that fails or is down retried a bounded number of times, a slow one costing `notify` nothing, an
 address the tools' check refuses never contacted, and no secret in a body. Repeats across processes are
-collapsed through Redis."""
+collapsed through Redis; `python cli.py pause` and `resume` send theirs before they exit."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from agent_service.notifications.sender import WebhookSender
 from agent_service.notifications.signing import SIGNATURE_HEADER, verify
 from agent_service.tools.addresses import StaticResolver
 from tests.integration.conftest import IDLE_REDIS
-from tests.support import make_settings
+from tests.support import make_settings, run_cli
 from tests.webhook_receiver import WebhookReceiver
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -216,3 +216,19 @@ def test_processes_sharing_redis_send_an_event_once_between_them(receiver):
         sender.notify(Event(EventType.SPEND_CAP_REACHED, "agent a1 monthly cap reached", cap))
         sender.close(timeout=10)
     assert len(receiver.events("spend_cap_reached")) == 1
+
+
+def test_pause_and_resume_on_the_command_line_are_each_notified_once(receiver, settings):
+    redis.Redis.from_url(IDLE_REDIS).flushdb()
+    configured = make_settings(
+        database_url=settings.database_url,
+        redis_url=IDLE_REDIS,
+        alert_webhook_url=receiver.url,
+        alert_webhook_secret=SECRET,
+        tool_allow_private_addresses=True,
+    )
+    # When an operator pauses (twice: the second changes nothing), then resumes
+    for command in ("pause", "pause", "resume"):
+        assert run_cli(configured, command).returncode == 0
+    # Then the command itself sent each change before it exited: one paused, one resumed
+    assert [event["event"] for event in receiver.events()] == ["paused", "resumed"]

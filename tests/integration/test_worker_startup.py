@@ -1,6 +1,7 @@
 """A worker started before its database: it says what is wrong (in its log and in a notification), takes no
-agent task while the database does not answer, and takes them once it does (and notifies that). Real `celery
-worker` processes on Redis and PostgreSQL, a webhook receiver on loopback."""
+agent task while the database does not answer, and takes them once it does (and notifies that); a worker that
+cannot get ready is notified too. Real `celery worker` processes on Redis and PostgreSQL, a webhook receiver on
+loopback."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 from sqlalchemy import create_engine, text
 
 from agent_service.database import create_empty_database, session_scope
@@ -127,3 +129,25 @@ def rename_database(old: str, new: str) -> None:
     with admin.connect() as connection:
         connection.execute(text(f'ALTER DATABASE "{old}" RENAME TO "{new}"'))
     admin.dispose()
+
+
+def test_a_worker_process_that_cannot_get_ready_is_notified(idle_redis, llm_url, settings, receiver):
+    # Given the metrics port taken by another process
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        configured = settings.model_copy(
+            update={
+                "redis_url": IDLE_REDIS,
+                "metrics_port": taken.getsockname()[1],
+                "alert_webhook_url": SecretStr(receiver.url),
+                "alert_webhook_secret": SecretStr("whsec-startup"),
+                "tool_allow_private_addresses": True,
+            }
+        )
+        # When a worker starts on it
+        with celery_worker(env=configured.as_env(), log_path=fresh_log("worker-port-taken"), name="port-taken"):
+            # Then a critical notification names the failure, from this host
+            receiver.wait_for(lambda: receiver.events("worker_start_failed") != [], timeout=60)
+    [failed] = receiver.events("worker_start_failed")
+    assert failed["severity"] == "critical" and "Address already in use" in failed["summary"]
