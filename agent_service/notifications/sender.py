@@ -159,6 +159,8 @@ class WebhookSender:
             _count(event, result)
 
     def close(self, *, timeout: float) -> bool:
+        """Send what is buffered and the open windows' summaries, for at most `timeout` seconds; returns
+        whether all of it was sent. The sender stays usable (a process that goes on notifies as before)."""
         deadline = time.monotonic() + timeout
         with self._lock:
             self._closing = True  # the windows end now: their summaries are sent at once
