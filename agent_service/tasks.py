@@ -16,7 +16,8 @@ from celery import Celery, Task, shared_task
 
 from agent_service import worker
 from agent_service.consumer.batching import AgentRequest, AgentTaskBatches, delivery_trace
-from agent_service.errors import PermanentError, RetryableError, classify
+from agent_service.consumer.readiness import unreachable_event
+from agent_service.errors import PermanentError, RetryableError, classify, database_unreachable
 from agent_service.execution.maintenance import (
     check_health,
     fail_expired_approvals,
@@ -33,6 +34,7 @@ from agent_service.messaging.groups import send_callbacks_quietly
 from agent_service.messaging.publisher import publish_tasks
 from agent_service.messaging.routing import AGENT_QUEUE, HEALTH_TASK_NAME, PROCESS_TASK_NAME, SWEEP_TASK_NAME
 from agent_service.monitoring import monitor_task_execution
+from agent_service.notifications import Event, EventType
 from agent_service.services import services_of
 from agent_service.store.groups import GroupProgress
 from agent_service.submission import approvals, groups, submit
@@ -129,6 +131,8 @@ def process_agent_task(self: AgentTaskBatches, requests: list[AgentRequest]) -> 
         execute_agent_tasks([_task_id_argument(request) for request in requests], context)
     except Exception as exc:
         error = classify(exc)
+        if database_unreachable(exc):
+            services.notifier.notify(unreachable_event(f"{error}; this worker's tasks are sent again later"))
         unsettled = [at for at in range(len(requests)) if at not in settled]
         retrying = [
             (at, _retry_later(self.app, requests[at], error, started=started, trace=traces.at(at))) for at in unsettled
@@ -144,10 +148,15 @@ def process_agent_task(self: AgentTaskBatches, requests: list[AgentRequest]) -> 
 @monitor_task_execution("sweep_stale_tasks", ok=Outcome.COMPLETED, error=Outcome.ERROR)
 def sweep_stale_tasks(self: Task) -> dict[str, Any]:
     """Re-queue rows stuck without a live message (broker down at submit, lost with Redis, dead worker), fail
-    the tasks whose pending approval expired, and send the callbacks of groups whose sender was lost."""
+    the tasks whose pending approval expired (notified as dead letters), and send the callbacks of groups whose
+    sender was lost."""
     services = services_of(self.app)
     collaborators = {"app": self.app, "session_factory": services.session_factory, "settings": services.settings}
     expired = fail_expired_approvals(**collaborators)
+    if expired:
+        summary = f"{expired} task(s) failed for good: a tool call's approval expired; python cli.py failed lists them"
+        labels = {"cause": "approval expired"}
+        services.notifier.notify(Event(EventType.TASK_DEAD_LETTERED, summary, labels, {"tasks": expired}))
     requeued = requeue_stuck_tasks(**collaborators)
     return {
         "status": "ok",

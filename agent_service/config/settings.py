@@ -24,6 +24,7 @@ from agent_service.config.live import LiveSettings
 from agent_service.config.llm import LLMSettings
 from agent_service.config.maintenance import MaintenanceSettings
 from agent_service.config.monitoring import MonitoringSettings
+from agent_service.config.notifications import NotificationSettings
 from agent_service.config.pause import PauseSettings
 from agent_service.config.rate_limits import RateLimitSettings
 from agent_service.config.replies import ReplySettings
@@ -59,6 +60,7 @@ class Settings(
     GroupSettings,
     MonitoringSettings,
     TracingSettings,
+    NotificationSettings,
     FlowerSettings,
     BaseSettings,
 ):
