@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Make sure PostgreSQL and Redis answer on 127.0.0.1: start them when down, install them
-# from Debian's packages when missing. Used by `make test`, `make chaos` and `make bench`.
+# from Debian's packages when missing; and that Chromium and its driver are installed (the Flower browser test).
+# Used by `make test`, `make chaos` and `make bench`.
 set -euo pipefail
 
 SUDO=""
@@ -43,6 +44,14 @@ ensure_redis() {
   echo "Redis did not come up on 127.0.0.1:6379" >&2; exit 1
 }
 
+ensure_chromium() {
+  # Debian's own builds: tests/integration/test_flower_browser.py drives them, and nothing is downloaded at run time.
+  if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then return; fi
+  echo "installing Chromium and chromedriver from Debian's packages"
+  apt_install chromium chromium-driver
+}
+
 ensure_postgres
 ensure_redis
-echo "PostgreSQL and Redis are up"
+ensure_chromium
+echo "PostgreSQL and Redis are up; Chromium is installed"
