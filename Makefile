@@ -50,7 +50,7 @@ worker: install
 	$(BIN)/python cli.py worker
 
 beat: install
-	$(BIN)/celery -A worker beat --loglevel=info --schedule .local/celerybeat-schedule
+	$(BIN)/python cli.py beat
 
 flower: install
 	$(BIN)/python cli.py flower
