@@ -47,10 +47,12 @@ class Probe(StrEnum):
 def worker_problem(settings: Settings, *, node: str, timeout: float) -> str | None:
     """Why the worker `node` is not taking tasks now, in one line; None when it answers on the broker and
     consumes every queue of WORKER_QUEUES."""
+    if settings.broker_url.startswith("filesystem"):
+        return "the embedded filesystem broker carries no control messages: set REDIS_URL or CELERY_BROKER_URL"
     client = Celery(broker=settings.broker_url, set_as_current=False)
     try:
         replies = client.control.inspect(destination=[node], timeout=timeout).active_queues() or {}
-    except OperationalError as exc:
+    except (OperationalError, OSError) as exc:
         return f"the broker does not answer: {exc}"
     finally:
         client.close()

@@ -37,6 +37,12 @@ def test_a_consuming_worker_is_healthy_and_a_node_that_does_not_answer_is_not(se
     assert silent.stderr == "unhealthy: worker nobody@nowhere did not answer within 1 s\n"
 
 
+def test_a_worker_is_unhealthy_while_its_broker_does_not_answer(settings):
+    unreachable = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{closed_port()}/0"})
+    answered = probe(unreachable, "worker", "--timeout", "1")
+    assert answered.returncode == 1 and answered.stderr.startswith("unhealthy: the broker does not answer: ")
+
+
 def test_a_worker_whose_database_does_not_answer_is_alive_but_unhealthy(llm_url):
     # Given a worker whose database does not answer: it holds back the agent-task queue (consumer/readiness.py)
     url = f"postgresql://agent:pw@127.0.0.1:{closed_port()}/agents"
