@@ -200,6 +200,29 @@ def test_the_secrets_given_to_the_image_are_settings_it_reads_from_run_secrets(p
     assert services()["flower"]["secrets"] == [*load(COMPOSE)["x-agent-service"]["secrets"], "flower_basic_auth"]
 
 
+def test_a_secret_file_named_for_a_setting_gives_the_setting_and_the_environment_wins(tmp_path, monkeypatch):
+    # Given the secrets the deployment mounts, as files (the settings read /run/secrets in a container)
+    values = {
+        "database_url": "postgresql://agent:from-a-file@postgres:5432/agent_service",
+        "openai_api_key": "key-from-a-file",
+        "flower_basic_auth": "admin:from-a-file",
+        "celery_broker_url": "amqp://agent:from-a-file@rabbitmq:5672//",
+    }
+    for name, value in values.items():
+        (tmp_path / name).write_text(value + "\n")
+        monkeypatch.delenv(name.upper(), raising=False)
+    settings = Settings(_env_file=None, _secrets_dir=tmp_path)
+    assert settings.database_url == "postgresql+psycopg2://agent:from-a-file@postgres:5432/agent_service"
+    assert settings.openai_api_key.get_secret_value() == "key-from-a-file"
+    assert settings.flower_basic_auth.get_secret_value() == "admin:from-a-file"
+    assert settings.broker_url == values["celery_broker_url"]
+    # And a variable set in the environment wins over the file
+    monkeypatch.setenv("OPENAI_API_KEY", "key-from-the-environment")
+    assert Settings(_env_file=None, _secrets_dir=tmp_path).openai_api_key.get_secret_value() == (
+        "key-from-the-environment"
+    )
+
+
 def test_prometheus_scrapes_the_services_and_loads_the_shipped_rules():
     config = load(PROMETHEUS)
     assert config["rule_files"] == ["alerts.yml"] and (PROMETHEUS.parent / "alerts.yml").is_file()
