@@ -32,12 +32,15 @@ class Target:
 
 
 def ratios(runs: dict[str, RunResult]) -> dict[str, float | None]:
-    """ours / baseline throughput and CPU per task, at each latency."""
+    """ours / baseline throughput and CPU per task, at each latency; tracing on / off, at 0 ms."""
     figures = {}
     for latency in LATENCIES_MS:
         ours, baseline = runs.get(f"ours-{latency}ms"), runs.get(f"baseline-{latency}ms")
         figures[f"throughput_ours_over_baseline_{latency}ms"] = _ratio(ours, baseline, "tasks_per_second")
         figures[f"cpu_ours_over_baseline_{latency}ms"] = _ratio(ours, baseline, "cpu_ms_per_task")
+    traced, untraced = runs.get("tracing-on-0ms"), runs.get("tracing-off-0ms")
+    figures["cpu_tracing_on_over_off_0ms"] = _ratio(traced, untraced, "cpu_ms_per_task")
+    figures["throughput_tracing_on_over_off_0ms"] = _ratio(traced, untraced, "tasks_per_second")
     return figures
 
 

@@ -14,6 +14,7 @@ Exits 0 whatever the figures; 1 only when a run broke (its worker died or its ta
 from __future__ import annotations
 
 import argparse
+import socket
 import sys
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -22,6 +23,7 @@ from rich.console import Console
 
 from agent_service.config import ModelRateLimit, Settings
 from bench.environment import BENCH_MODEL, BenchEnvironment, bench_environment
+from bench.otlp_sink import otlp_sink
 from bench.plot import plot_results
 from bench.report import evaluate_targets, print_report, ratios, write_json
 from bench.scenarios import (
@@ -47,7 +49,7 @@ EVERY_CONTROL_GENEROUS: tuple[tuple[str, Any], ...] = (
     ("rate_limits_enabled", True),
     ("llm_rate_limits", {BENCH_MODEL: ModelRateLimit(rpm=10_000_000, tpm=10_000_000_000)}),
 )
-GROUPS = ("floor", "baseline", "ours", "offered", "rate-limited", "fair", "kinds", "bulk")
+GROUPS = ("floor", "baseline", "ours", "offered", "rate-limited", "fair", "kinds", "tracing", "metrics", "bulk")
 
 
 @dataclass(frozen=True)
@@ -107,8 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     sizes, wanted = (QUICK if args.quick else FULL), set(args.only or GROUPS)
     console = Console(width=None if sys.stdout.isatty() else 200)
-    with bench_environment(overrides=dict(args.ours_env)) as env:
-        plans = [plan for plan in build_plans(env.settings, sizes) if _group(plan) in wanted]
+    with bench_environment(overrides=dict(args.ours_env)) as env, otlp_sink() as otlp_url:
+        plans = [plan for plan in build_plans(env.settings, sizes, otlp_url=otlp_url) if _group(plan) in wanted]
         runs = [_run(console, plan, env, sizes) for plan in plans]
         bulk = measure_bulk_submit(env, count=sizes.bulk) if "bulk" in wanted else None
     ratio = ratios({run.name: run for run in runs})
@@ -130,8 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if any(run.status == "broken" for run in runs) else 0
 
 
-def build_plans(ours: Settings, sizes: Sizes) -> list[RunPlan]:
-    """Every run in order; the floor runs once (it calls no LLM) and again on ours' pool when that differs."""
+def build_plans(ours: Settings, sizes: Sizes, *, otlp_url: str) -> list[RunPlan]:
+    """Every run in order; the floor runs once (it calls no LLM) and again on ours' pool when that differs. The
+    tracing runs export their spans to `otlp_url`."""
     pool, concurrency = ours.worker_pool, ours.worker_concurrency
     floor = celery_command("bench.floor", pool="prefork", concurrency=4, queues="agent_tasks")
     baseline = celery_command("bench.baseline", pool="prefork", concurrency=4)
@@ -198,7 +201,30 @@ def build_plans(ours: Settings, sizes: Sizes) -> list[RunPlan]:
         RunPlan(f"kind-{kind}", "kinds", OURS_COMMAND, pool, concurrency, 1000, sizes.kinds, kind=kind)
         for kind in ("text", "decision", "api")
     ]
+    # Tracing's cost per task: the same run off and on (every span exported to a loopback receiver), at 0 ms so
+    # that nothing hides it; the submitting app traces too.
+    traced = (("otel_exporter_otlp_endpoint", otlp_url),)
+    plans += [
+        RunPlan(f"tracing-{state}-0ms", "tracing", OURS_COMMAND, pool, concurrency, 0, sizes.ours, settings=settings)
+        for state, settings in (("off", ()), ("on", traced))
+    ]
+    # What metrics cost per task at 0 ms (where the worker's own CPU is all there is): the exporter off, on
+    # with each process's metrics in memory, and on with every process's metrics in files (multiprocess mode).
+    plans += [
+        RunPlan(f"metrics-{name}", "metrics", OURS_COMMAND, pool, concurrency, 0, sizes.ours, settings=metrics)
+        for name, metrics in (
+            ("off", (("metrics_port", 0),)),
+            ("in-memory", (("metrics_port", _free_port()), ("metrics_multiprocess", False))),
+            ("multiprocess", (("metrics_port", _free_port()), ("metrics_multiprocess", True))),
+        )
+    ]
     return plans
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def _run(console: Console, plan: RunPlan, env: BenchEnvironment, sizes: Sizes):
@@ -216,8 +242,8 @@ def _run(console: Console, plan: RunPlan, env: BenchEnvironment, sizes: Sizes):
 
 
 def _group(plan: RunPlan) -> str:
-    if plan.config == "fair":
-        return "fair"
+    if plan.config in ("fair", "metrics"):
+        return plan.config
     return "offered" if plan.rate else plan.config
 
 

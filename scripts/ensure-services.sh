@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Make sure PostgreSQL and Redis answer on 127.0.0.1: start them when down, install them
-# from Debian's packages when missing; and that Chromium and its driver are installed (the Flower browser test).
+# from Debian's packages when missing; install the tools the tests run (Prometheus and promtool; Chromium and
+# its driver for the Flower browser test).
 # Used by `make test`, `make chaos` and `make bench`.
 set -euo pipefail
 
@@ -51,7 +52,22 @@ ensure_chromium() {
   apt_install chromium chromium-driver
 }
 
+ensure_openssl() {
+  # The TLS tests make their certificates with it.
+  command -v openssl >/dev/null || apt_install openssl
+}
+
+ensure_prometheus() {
+  # The alert rules' tests run promtool and a real Prometheus server (tests/integration/test_alerts.py). The
+  # package's own service is never started: the tests run the binary on a port and a data folder of their own.
+  if command -v promtool >/dev/null && [ -x /usr/bin/prometheus ]; then return; fi
+  echo "installing Prometheus (and promtool) from Debian's packages"
+  apt_install prometheus
+}
+
 ensure_postgres
 ensure_redis
+ensure_openssl
+ensure_prometheus
 ensure_chromium
-echo "PostgreSQL and Redis are up; Chromium is installed"
+echo "PostgreSQL and Redis are up"
