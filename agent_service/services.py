@@ -24,8 +24,8 @@ from agent_service.live.publisher import LivePublisher
 from agent_service.llm.prices import PriceBook
 from agent_service.llm.runners import LLMRunner, make_runner
 from agent_service.messaging.cancellation import CancelListener
-from agent_service.tracing import NO_TRACES, TaskTraces, Tracing, tracing_for
 from agent_service.notifications import Notifier, build_notifier
+from agent_service.tracing import NO_TRACES, TaskTraces, Tracing, tracing_for
 
 
 class Services:

@@ -55,7 +55,19 @@ EVERY_CONTROL_GENEROUS: tuple[tuple[str, Any], ...] = (
 # The webhook on, pointing at a receiver that takes 2 s per request, every dead letter a notification (no
 # collapsing): what a slow receiver costs the tasks whose failures it is told of.
 SLOW_RECEIVER_MS = 2000
-GROUPS = ("floor", "baseline", "ours", "offered", "rate-limited", "fair", "kinds", "tracing", "metrics", "notifications", "bulk")
+GROUPS = (
+    "floor",
+    "baseline",
+    "ours",
+    "offered",
+    "rate-limited",
+    "fair",
+    "kinds",
+    "tracing",
+    "metrics",
+    "notifications",
+    "bulk",
+)
 
 
 @dataclass(frozen=True)

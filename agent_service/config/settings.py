@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from functools import lru_cache
+from pathlib import Path
 
 from pydantic import SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -35,6 +36,11 @@ from agent_service.config.tools import ToolSettings
 from agent_service.config.tracing import TracingSettings
 from agent_service.config.worker import WorkerSettings
 from agent_service.errors import ConfigurationError
+
+# Docker and Compose mount secrets as files here, each named for its setting in lower case (/run/secrets/database_url),
+# so that no password sits in an environment `docker inspect` shows. The environment and `.env` win over them.
+# Elsewhere the folder does not exist, and pydantic-settings is not given it (it would warn at every start).
+DOCKER_SECRETS_DIR = Path("/run/secrets")
 
 
 # The groups in the order docs/reference/settings.md lists them. (Pydantic collects the fields of the last base
@@ -72,7 +78,12 @@ class Settings(
     CONCURRENCY_CAPS_ENABLED, RATE_LIMITS_ENABLED) needs REDIS_URL.
     """
 
-    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        secrets_dir=DOCKER_SECRETS_DIR if DOCKER_SECRETS_DIR.is_dir() else None,
+    )
 
     @model_validator(mode="after")
     def _limits_are_ordered(self) -> Settings:
