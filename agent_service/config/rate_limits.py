@@ -21,13 +21,12 @@ class RateLimitSettings(BaseModel):
     llm_rate_limits: dict[str, ModelRateLimit] = Field(
         default_factory=dict, description='per model, as JSON: {"gpt-4o-mini": {"rpm": 500, "tpm": 200000}}'
     )
-    # Half a second: a provider smooths its per-minute limit over one second, and the other half is the slack
-    # for calls that leave late (docs/decisions.md, "Rate limits: a slot is taken when the call leaves").
+    # A quarter second, and a quarter more of lateness: a provider smooths its per-minute limit over one second,
+    # and the other half is the slack for the way from the check to the provider on a busy host (docs/decisions.md,
+    # "Rate limits: a slot is taken when the call leaves").
     rate_limit_burst_seconds: float = Field(
-        0.5, gt=0, description="a rate limit lets through at most this many seconds of its rate at once"
+        0.25, gt=0, description="a rate limit lets through at most this many seconds of its rate at once"
     )
-    # A quarter second: the burst and the lateness together stay under the second a provider smooths over,
-    # with the rest for the way from this check to the provider (docs/decisions.md, same entry).
     rate_limit_late_seconds: float = Field(
         0.25,
         ge=0,
