@@ -19,6 +19,7 @@ from agent_service.consumer.batching import AgentRequest, AgentTaskBatches
 from agent_service.errors import PermanentError, RetryableError, classify
 from agent_service.execution.maintenance import (
     check_health,
+    fail_dead_lettered_tasks,
     fail_expired_approvals,
     requeue_stuck_tasks,
     send_lost_group_callbacks,
@@ -31,7 +32,7 @@ from agent_service.live import follow
 from agent_service.live.events import LiveEvent
 from agent_service.messaging.groups import send_callbacks_quietly
 from agent_service.messaging.publisher import publish_tasks
-from agent_service.messaging.routing import HEALTH_TASK_NAME, PROCESS_TASK_NAME, SWEEP_TASK_NAME
+from agent_service.messaging.routing import HEALTH_TASK_NAME, PROCESS_TASK_NAME, SWEEP_TASK_NAME, broker_countdown
 from agent_service.monitoring import monitor_task_execution
 from agent_service.services import services_of
 from agent_service.store.groups import GroupProgress
@@ -140,16 +141,19 @@ def process_agent_task(self: AgentTaskBatches, requests: list[AgentRequest]) -> 
 @shared_task(bind=True, name=SWEEP_TASK_NAME)
 @monitor_task_execution("sweep_stale_tasks", ok=Outcome.COMPLETED, error=Outcome.ERROR)
 def sweep_stale_tasks(self: Task) -> dict[str, Any]:
-    """Re-queue rows stuck without a live message (broker down at submit, lost with Redis, dead worker), fail
-    the tasks whose pending approval expired, and send the callbacks of groups whose sender was lost."""
+    """Fail the tasks whose message RabbitMQ dead-lettered, re-queue rows stuck without a live message (broker
+    down at submit, lost with Redis, dead worker), fail the tasks whose pending approval expired, and send the
+    callbacks of groups whose sender was lost."""
     services = services_of(self.app)
     collaborators = {"app": self.app, "session_factory": services.session_factory, "settings": services.settings}
+    dead_lettered = fail_dead_lettered_tasks(**collaborators)
     expired = fail_expired_approvals(**collaborators)
     requeued = requeue_stuck_tasks(**collaborators)
     return {
         "status": "ok",
         "requeued": requeued,
         "expired": expired,
+        "dead_lettered": dead_lettered,
         "callbacks": send_lost_group_callbacks(**collaborators),
     }
 
@@ -173,7 +177,12 @@ def _retry_later(
         return TaskOutcome(str(task_id), Outcome.ERROR, error=str(error), seconds=seconds)
     delay = backoff_delay(retries + 1, settings=services_of(app).settings, requested=error.delay)
     app.send_task(
-        PROCESS_TASK_NAME, args=[task_id], task_id=request.id, countdown=delay, retries=retries + 1, ignore_result=True
+        PROCESS_TASK_NAME,
+        args=[task_id],
+        task_id=request.id,
+        countdown=broker_countdown(app, delay),
+        retries=retries + 1,
+        ignore_result=True,
     )
     return TaskOutcome(str(task_id), Outcome.RETRYING, error=str(error), retry_in=delay, seconds=seconds)
 
