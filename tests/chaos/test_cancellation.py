@@ -7,15 +7,16 @@ import time
 
 from agent_service.models import TaskStatus
 from agent_service.submission.submit import cancel_task
+from tests.chaos.harness import BROKERS
 from tests.support import run_cli, wait_until
 
-SLOW_MS = 4000  # longer than a CLI process takes to start and cancel
+SLOW_MS = 8000  # longer than a CLI process takes to start and cancel, on a busy machine too (4 s was not)
 LIMITS = dict(
-    llm_timeout_seconds=6,
-    task_soft_time_limit_seconds=7,
-    task_time_limit_seconds=8,
-    broker_visibility_timeout_seconds=10,
-    stale_task_after_seconds=12,
+    llm_timeout_seconds=10,
+    task_soft_time_limit_seconds=11,
+    task_time_limit_seconds=12,
+    broker_visibility_timeout_seconds=14,
+    stale_task_after_seconds=16,
 )
 
 
@@ -26,6 +27,7 @@ def cancel_both_ways(run, task_ids: list[str]) -> None:
     assert cancel_task(api, services=run.app.services) == "cancelled"
 
 
+@BROKERS
 def test_cancelled_tasks_never_complete_whether_queued_or_running(scenario, llm):
     # Given two tasks queued before any worker runs, cancelled there
     run = scenario("9 cancel queued and running", **LIMITS)
