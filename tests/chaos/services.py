@@ -215,11 +215,14 @@ class RabbitVhost:
         return f"amqp://guest:guest@127.0.0.1:5672/{self.name}"
 
     def queues(self) -> dict[str, dict[str, Any]]:
-        """Each queue's messages (ready and unacknowledged), type and arguments, by name."""
+        """Each queue's messages (ready and unacknowledged), type and arguments ({name: value}), by name."""
         listing = rabbitmqctl(
             "list_queues", "-p", self.name, "name", "messages", "type", "arguments", "--formatter", "json"
         )
-        return {queue["name"]: queue for queue in json.loads(listing)}
+        return {
+            queue["name"]: {**queue, "arguments": {name: value for name, _type, value in queue["arguments"]}}
+            for queue in json.loads(listing)
+        }
 
     def messages(self, queue: str) -> int:
         """Messages in `queue`, ready or held by a consumer (0 for a queue not declared yet)."""

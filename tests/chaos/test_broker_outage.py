@@ -9,7 +9,7 @@ import pytest
 
 from agent_service.errors import BrokerUnavailableError
 from agent_service.models import TaskStatus
-from tests.chaos.harness import BROKERS, sized
+from tests.chaos.harness import BROKERS, BROKERS_IN_FULL, sized
 
 TASKS = sized(30, 150)
 LATE_TASKS = sized(10, 50)
@@ -34,7 +34,7 @@ def test_workers_survive_a_broker_restart_and_nothing_queued_is_lost(scenario, l
     assert (tally.completed, tally.lost, tally.duplicates) == (TASKS + LATE_TASKS, 0, 0)
 
 
-@BROKERS
+@BROKERS_IN_FULL
 def test_task_submitted_while_the_broker_is_down_is_queued_by_the_sweeper_later(scenario, broker):
     # Given a broker that is down
     run = scenario("5 broker down at submit")

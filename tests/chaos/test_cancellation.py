@@ -7,7 +7,7 @@ import time
 
 from agent_service.models import TaskStatus
 from agent_service.submission.submit import cancel_task
-from tests.chaos.harness import BROKERS
+from tests.chaos.harness import BROKERS_IN_FULL
 from tests.support import run_cli, wait_until
 
 SLOW_MS = 8000  # longer than a CLI process takes to start and cancel, on a busy machine too (4 s was not)
@@ -27,7 +27,7 @@ def cancel_both_ways(run, task_ids: list[str]) -> None:
     assert cancel_task(api, services=run.app.services) == "cancelled"
 
 
-@BROKERS
+@BROKERS_IN_FULL
 def test_cancelled_tasks_never_complete_whether_queued_or_running(scenario, llm):
     # Given two tasks queued before any worker runs, cancelled there
     run = scenario("9 cancel queued and running", **LIMITS)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from agent_service.messaging.routing import AGENT_QUEUE, HEALTH_TASK_NAME, PROCESS_TASK_NAME
 from agent_service.models import TaskStatus
-from tests.chaos.harness import BROKERS
+from tests.chaos.harness import BROKERS_IN_FULL
 from tests.support import wait_until
 
 HUGE = 5 * 1024 * 1024
@@ -88,7 +88,7 @@ def poison(app, marker: Path) -> dict[str, tuple[str, str]]:
     }
 
 
-@BROKERS
+@BROKERS_IN_FULL
 def test_poison_messages_are_rejected_unexecuted_and_the_worker_keeps_serving(scenario, broker, tmp_path):
     # Given a running worker
     run = scenario("7 poison messages")
