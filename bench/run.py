@@ -2,7 +2,8 @@
 
 `make bench` runs each at 0 ms and 1000 ms of simulated LLM latency (ours is started exactly as
 `make worker` starts it), then an offered-load run, ours under a rate limit below the server's own, the
-fair-share pair (one user's backlog, another user's steady trickle, FIFO beside fair dispatch) and a
+fair-share pair (one user's backlog, another user's steady trickle, FIFO beside fair dispatch), the kinds, ours
+on each broker (Redis, RabbitMQ with quorum queues: throughput at 1000 ms and latency under a light load) and a
 bulk-submit measurement:
 
     python -m bench.run [--quick] [--only NAME ...] [--ours-env LLM_CONCURRENCY=512 ...]
@@ -26,6 +27,8 @@ from bench.plot import plot_results
 from bench.report import evaluate_targets, print_report, ratios, write_json
 from bench.scenarios import (
     OURS_COMMAND,
+    RABBITMQ,
+    REDIS,
     RESULTS_DIR,
     RateLimitPlan,
     RunPlan,
@@ -47,7 +50,7 @@ EVERY_CONTROL_GENEROUS: tuple[tuple[str, Any], ...] = (
     ("rate_limits_enabled", True),
     ("llm_rate_limits", {BENCH_MODEL: ModelRateLimit(rpm=10_000_000, tpm=10_000_000_000)}),
 )
-GROUPS = ("floor", "baseline", "ours", "offered", "rate-limited", "fair", "kinds", "bulk")
+GROUPS = ("floor", "baseline", "ours", "offered", "rate-limited", "fair", "kinds", "brokers", "bulk")
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,8 @@ class Sizes:
     kinds: int  # tasks of each kind's run
     run_budget_seconds: float
     rate_limited: int  # tasks of the rate-limited run: RATE_LIMIT's rpm / 60 a second
+    light_rate: float  # tasks/s of the brokers' light-load runs (at 0 ms: the service's own latency)
+    light_seconds: float
 
 
 FULL = Sizes(
@@ -83,6 +88,8 @@ FULL = Sizes(
     kinds=1000,
     run_budget_seconds=150,
     rate_limited=330,
+    light_rate=5,
+    light_seconds=20,
 )
 QUICK = Sizes(
     floor=200,
@@ -98,6 +105,8 @@ QUICK = Sizes(
     kinds=100,
     run_budget_seconds=40,
     rate_limited=80,
+    light_rate=5,
+    light_seconds=4,
 )
 # Ours at 600 requests a minute, the server enforcing 700: zero 429s and the configured pace are the goal.
 RATE_LIMIT = RateLimitPlan(rpm=600, server_rpm=700)
@@ -198,6 +207,23 @@ def build_plans(ours: Settings, sizes: Sizes) -> list[RunPlan]:
         RunPlan(f"kind-{kind}", "kinds", OURS_COMMAND, pool, concurrency, 1000, sizes.kinds, kind=kind)
         for kind in ("text", "decision", "api")
     ]
+    # Each broker in turn, in one group: throughput at 1000 ms, and latency under a light load at 0 ms.
+    light = int(sizes.light_rate * sizes.light_seconds)
+    for broker in (REDIS, RABBITMQ):
+        plans += [
+            RunPlan(f"{broker}-1000ms", "brokers", OURS_COMMAND, pool, concurrency, 1000, sizes.ours, broker=broker),
+            RunPlan(
+                f"{broker}-light-load",
+                "brokers",
+                OURS_COMMAND,
+                pool,
+                concurrency,
+                0,
+                light,
+                rate=sizes.light_rate,
+                broker=broker,
+            ),
+        ]
     return plans
 
 
@@ -216,8 +242,8 @@ def _run(console: Console, plan: RunPlan, env: BenchEnvironment, sizes: Sizes):
 
 
 def _group(plan: RunPlan) -> str:
-    if plan.config == "fair":
-        return "fair"
+    if plan.config in ("fair", "brokers"):
+        return plan.config
     return "offered" if plan.rate else plan.config
 
 

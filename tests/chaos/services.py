@@ -24,7 +24,7 @@ from typing import Any
 import redis
 from sqlalchemy import create_engine, text
 
-from agent_service.devtools.processes import stop_process
+from agent_service.devtools.processes import rabbitmq_vhost, rabbitmqctl, stop_process
 
 PG_USER = "postgres"
 
@@ -197,22 +197,22 @@ class RabbitVhost:
     def __init__(self) -> None:
         self.name = f"agent_test_{uuid.uuid4().hex[:10]}"
         self.stopped = False
+        self.address = ""
 
     @classmethod
     @contextmanager
     def created(cls) -> Iterator[RabbitVhost]:
         vhost = cls()
-        rabbitmqctl("add_vhost", vhost.name)
-        try:
-            rabbitmqctl("set_permissions", "-p", vhost.name, "guest", ".*", ".*", ".*")
-            yield vhost
-        finally:
-            if vhost.stopped:  # a test that failed while the broker was down must not leave it down
-                vhost.start()
-            rabbitmqctl("delete_vhost", vhost.name)
+        with rabbitmq_vhost(vhost.name) as url:
+            vhost.address = url
+            try:
+                yield vhost
+            finally:
+                if vhost.stopped:  # a test that failed while the broker was down must not leave it down
+                    vhost.start()
 
     def url(self) -> str:
-        return f"amqp://guest:guest@127.0.0.1:5672/{self.name}"
+        return self.address
 
     def queues(self) -> dict[str, dict[str, Any]]:
         """Each queue's messages (ready and unacknowledged), type and arguments ({name: value}), by name."""
@@ -241,10 +241,3 @@ class RabbitVhost:
     def restart(self) -> None:
         self.kill()
         self.start()
-
-
-def rabbitmqctl(*args: str) -> str:
-    """Run `rabbitmqctl -q ARGS`; returns its output. Raises: CalledProcessError."""
-    return subprocess.run(
-        [_binary("rabbitmqctl"), "-q", *args], check=True, capture_output=True, text=True, timeout=120
-    ).stdout
