@@ -66,6 +66,17 @@ BROKERS = pytest.mark.parametrize("broker", [REDIS, RABBITMQ], indirect=True)
 BROKERS_IN_FULL = pytest.mark.parametrize("broker", [REDIS, RABBITMQ] if FULL else [REDIS], indirect=True)
 
 
+def limits_for_calls_of(seconds: int) -> dict[str, int]:
+    """Time limits in the order Settings demands, for a scenario whose LLM calls may take up to `seconds`."""
+    return dict(
+        llm_timeout_seconds=seconds,
+        task_soft_time_limit_seconds=seconds + 1,
+        task_time_limit_seconds=seconds + 2,
+        broker_visibility_timeout_seconds=seconds + 4,
+        stale_task_after_seconds=seconds + 6,
+    )
+
+
 def sized(short, full):
     """The short value under `pytest`, the full one under `make chaos` (CHAOS_SCALE=full)."""
     return full if FULL else short

@@ -7,17 +7,11 @@ import time
 
 from agent_service.models import TaskStatus
 from agent_service.submission.submit import cancel_task
-from tests.chaos.harness import BROKERS_IN_FULL
+from tests.chaos.harness import BROKERS_IN_FULL, limits_for_calls_of
 from tests.support import run_cli, wait_until
 
 SLOW_MS = 8000  # longer than a CLI process takes to start and cancel, on a busy machine too (4 s was not)
-LIMITS = dict(
-    llm_timeout_seconds=10,
-    task_soft_time_limit_seconds=11,
-    task_time_limit_seconds=12,
-    broker_visibility_timeout_seconds=14,
-    stale_task_after_seconds=16,
-)
+LIMITS = limits_for_calls_of(10)
 
 
 def cancel_both_ways(run, task_ids: list[str]) -> None:

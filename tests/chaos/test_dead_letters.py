@@ -9,7 +9,7 @@ import pytest
 
 from agent_service.messaging.routing import AGENT_QUEUE, DEAD_LETTER_QUEUE
 from agent_service.models import TaskStatus
-from tests.chaos.harness import RABBITMQ, sized
+from tests.chaos.harness import RABBITMQ, limits_for_calls_of, sized
 from tests.support import run_cli, wait_until
 
 EXHAUSTED, REFUSED = sized(2, 10), sized(1, 5)
@@ -44,13 +44,7 @@ def test_failed_tasks_are_listed_replayed_and_keep_their_history(scenario, llm):
 
 
 # The hanging call must still be under way when its worker is killed, a few seconds after it began.
-HANG_LIMITS = dict(
-    llm_timeout_seconds=20,
-    task_soft_time_limit_seconds=21,
-    task_time_limit_seconds=22,
-    broker_visibility_timeout_seconds=25,
-    stale_task_after_seconds=30,
-)
+HANG_LIMITS = limits_for_calls_of(20)
 
 
 @pytest.mark.parametrize("broker", [RABBITMQ], indirect=True)
