@@ -115,5 +115,5 @@ def test_poison_messages_are_rejected_unexecuted_and_the_worker_keeps_serving(sc
     [row] = run.wait(run.submit(1), timeout=30).values()
     assert row.status == TaskStatus.COMPLETED and worker.poll() is None
     assert run.app.send_task(HEALTH_TASK_NAME).get(timeout=30)["status"] == "ok"
-    tally = run.tally(name=f"7 poison messages ({len(ids)}) + 1 good")
+    tally = run.tally(name=f"{run.name} ({len(ids)}) + 1 good")
     assert (tally.completed, tally.lost, tally.duplicates) == (1, 0, 0)
