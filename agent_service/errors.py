@@ -83,6 +83,12 @@ class RetryableError(AgentServiceError):
         self.fault = fault
 
 
+class CallNotSentError(RetryableError):
+    """The LLM process did not send a call it was given (the service was paused, or the call left too late
+    for its rate-limit slot and no new one came in time): nothing was paid, and the task is deferred with its
+    attempt given back."""
+
+
 class PermanentError(AgentServiceError):
     """A failure that retrying cannot fix: the task fails at once with this message."""
 

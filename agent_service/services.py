@@ -1,6 +1,6 @@
 """The services a task needs, in one typed object: settings, database sessions, Redis, the LLM runner, the
-tool caller, the admission checks, the replies kept in Redis, the live output publisher and the calls under
-way. The Celery app carries one (`worker.AgentServiceCelery.services`)."""
+tool caller, the admission checks, the replies kept in Redis, the live output publisher, the calls under
+way and tracing. The Celery app carries one (`worker.AgentServiceCelery.services`)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from agent_service.live.publisher import LivePublisher
 from agent_service.llm.prices import PriceBook
 from agent_service.llm.runners import LLMRunner, make_runner
 from agent_service.messaging.cancellation import CancelListener
+from agent_service.tracing import NO_TRACES, TaskTraces, Tracing, tracing_for
 
 
 class Services:
@@ -58,9 +59,14 @@ class Services:
         )
 
     @cached_property
+    def tracing(self) -> Tracing:
+        """This process's tracing (off unless an OTLP endpoint is set), built on first use, so after any fork."""
+        return tracing_for(self.settings)
+
+    @cached_property
     def llm_runner(self) -> LLMRunner:
         """Where this process's LLM requests run, all batches together."""
-        return make_runner(self.settings)
+        return make_runner(self.settings, tracing=self.tracing)
 
     @cached_property
     def tool_caller(self) -> ToolCaller:
@@ -83,10 +89,14 @@ class Services:
         return RunningCalls(self.llm_runner)
 
     def run_context(
-        self, *, on_settled: OnSettled | None = None, on_groups_ended: OnGroupsEnded | None = None
+        self,
+        *,
+        on_settled: OnSettled | None = None,
+        on_groups_ended: OnGroupsEnded | None = None,
+        traces: TaskTraces = NO_TRACES,
     ) -> RunContext:
         """What `execution.pipeline.execute_agent_tasks` runs a batch with: this process's services, and the
-        batch's own hooks."""
+        batch's own hooks and its deliveries' traces."""
         return RunContext(
             settings=self.settings,
             session_factory=self.session_factory,
@@ -99,6 +109,7 @@ class Services:
             tool_caller=self.tool_caller,
             on_settled=on_settled,
             on_groups_ended=on_groups_ended,
+            traces=traces,
         )
 
     def listen_for_cancellations(self) -> None:

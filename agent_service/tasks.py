@@ -15,7 +15,7 @@ from typing import Any
 from celery import Celery, Task, shared_task
 
 from agent_service import worker
-from agent_service.consumer.batching import AgentRequest, AgentTaskBatches
+from agent_service.consumer.batching import AgentRequest, AgentTaskBatches, delivery_trace
 from agent_service.errors import PermanentError, RetryableError, classify
 from agent_service.execution.maintenance import (
     check_health,
@@ -32,12 +32,19 @@ from agent_service.live import follow
 from agent_service.live.events import LiveEvent
 from agent_service.messaging.groups import send_callbacks_quietly
 from agent_service.messaging.publisher import publish_tasks
-from agent_service.messaging.routing import HEALTH_TASK_NAME, PROCESS_TASK_NAME, SWEEP_TASK_NAME, broker_countdown
+from agent_service.messaging.routing import (
+    AGENT_QUEUE,
+    HEALTH_TASK_NAME,
+    PROCESS_TASK_NAME,
+    SWEEP_TASK_NAME,
+    broker_countdown,
+)
 from agent_service.monitoring import monitor_task_execution
 from agent_service.services import services_of
 from agent_service.store.groups import GroupProgress
 from agent_service.submission import approvals, groups, submit
 from agent_service.submission.follow import FollowedTask
+from agent_service.tracing import TaskTrace
 
 
 def create_agent_task(task_data: dict[str, Any], *, app: Celery | None = None) -> str:
@@ -115,26 +122,28 @@ def process_agent_task(self: AgentTaskBatches, requests: list[AgentRequest]) -> 
     services = services_of(self.app)
     started = time.monotonic()
     settled: dict[int, TaskOutcome] = {}
+    traces = services.tracing.deliveries([delivery_trace(request) for request in requests], queue=AGENT_QUEUE)
 
     def on_settled(group: list[tuple[int, TaskOutcome]]) -> None:
         settled.update(group)
-        self.announce(requests, group)
+        self.announce(requests, group, traces=traces)
         if services.live:
             services.live.publish_many(update for _, outcome in group if (update := outcome.live_update()))
 
     try:
         on_groups_ended = partial(send_callbacks_quietly, self.app, services.session_factory, services.settings)
-        context = services.run_context(on_settled=on_settled, on_groups_ended=on_groups_ended)
+        context = services.run_context(on_settled=on_settled, on_groups_ended=on_groups_ended, traces=traces)
         execute_agent_tasks([_task_id_argument(request) for request in requests], context)
     except Exception as exc:
         error = classify(exc)
         unsettled = [at for at in range(len(requests)) if at not in settled]
-        self.announce(
-            requests, [(at, _retry_later(self.app, requests[at], error, started=started)) for at in unsettled]
-        )
+        retrying = [
+            (at, _retry_later(self.app, requests[at], error, started=started, trace=traces.at(at))) for at in unsettled
+        ]
+        self.announce(requests, retrying, traces=traces)
     retries = [outcome for outcome in settled.values() if outcome.retry_in is not None]
     for outcome in retries:
-        publish_tasks(self.app, [uuid.UUID(outcome.task_id)], countdown=outcome.retry_in)
+        publish_tasks(self.app, [uuid.UUID(outcome.task_id)], countdown=outcome.retry_in, traces=traces)
     return [request.unsent_event for request in requests]
 
 
@@ -166,7 +175,7 @@ def health_check(self: Task) -> dict[str, str]:
 
 
 def _retry_later(
-    app: Celery, request: AgentRequest, error: RetryableError | PermanentError, *, started: float
+    app: Celery, request: AgentRequest, error: RetryableError | PermanentError, *, started: float, trace: TaskTrace
 ) -> TaskOutcome:
     """The whole attempt failed before any row changed (the database is down): send the message again later,
     with its retry count; Celery's own per-message retry does not fit a batch."""
@@ -176,14 +185,16 @@ def _retry_later(
         # The row, if any, keeps its status; the sweeper re-queues it once it looks stuck.
         return TaskOutcome(str(task_id), Outcome.ERROR, error=str(error), seconds=seconds)
     delay = backoff_delay(retries + 1, settings=services_of(app).settings, requested=error.delay)
-    app.send_task(
-        PROCESS_TASK_NAME,
-        args=[task_id],
-        task_id=request.id,
-        countdown=broker_countdown(app, delay),
-        retries=retries + 1,
-        ignore_result=True,
-    )
+    with trace.publishing(queue=AGENT_QUEUE, message_id=request.id) as headers:
+        app.send_task(
+            PROCESS_TASK_NAME,
+            args=[task_id],
+            task_id=request.id,
+            countdown=broker_countdown(app, delay),
+            retries=retries + 1,
+            ignore_result=True,
+            headers=headers,
+        )
     return TaskOutcome(str(task_id), Outcome.RETRYING, error=str(error), retry_in=delay, seconds=seconds)
 
 

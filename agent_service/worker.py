@@ -11,15 +11,24 @@ from functools import partial
 from typing import Any
 
 from celery import Celery, current_app
-from celery.signals import setup_logging, worker_process_init, worker_process_shutdown, worker_ready, worker_shutdown
+from celery.signals import (
+    setup_logging,
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_ready,
+    worker_shutdown,
+)
 
 from agent_service.admission.base import Admission
+from agent_service.admission.state import read_shared_state
 from agent_service.config import LOCAL_DATA_DIR, Settings, get_settings
 from agent_service.consumer.dead_letters import DeadLetterQueue
 from agent_service.consumer.dispatch import FairDispatcher
+from agent_service.consumer.preflight import tls_refusal
 from agent_service.consumer.readiness import DatabaseGate
 from agent_service.errors import ConfigurationError
-from agent_service.execution.maintenance import oldest_waiting_since
+from agent_service.execution.maintenance import read_backlog
 from agent_service.llm.runners import LLM_PROCESS_START_SECONDS, settle_heap
 from agent_service.messaging.queues import queue_lengths
 from agent_service.messaging.routing import (
@@ -30,7 +39,7 @@ from agent_service.messaging.routing import (
     TASK_ROUTES,
     task_queues,
 )
-from agent_service.monitoring import configure_logging, start_metrics_exporter
+from agent_service.monitoring import WORKER_UP, Readings, configure_logging, start_metrics_exporter, use_metric_files
 from agent_service.services import Services
 
 
@@ -133,6 +142,24 @@ def _configure_logging(loglevel: int | str | None = None, **_: Any) -> None:
     configure_logging(level=loglevel or "INFO", json_lines=app.services.settings.log_json)
 
 
+@worker_init.connect
+def _stop_on_a_tls_failure(**_: Any) -> None:
+    """Before the worker connects to anything: a connection that must be encrypted and cannot be stops it,
+    with one line on standard error naming the setting (`consumer.preflight`), as a configuration error does."""
+    if not _runs_this_app():
+        return
+    refusal = tls_refusal(app.services.settings, app.services.engine)
+    if refusal:
+        raise SystemExit(refusal)
+
+
+@worker_init.connect
+def _use_metric_files(**_: Any) -> None:
+    """Before the pool and the LLM processes exist, so that each of them writes its metrics there too."""
+    if _runs_this_app():
+        use_metric_files(app.services.settings.metrics_files, clear=True)
+
+
 @worker_process_init.connect
 def _prepare_pool_process(**_: Any) -> None:
     if not _runs_this_app():
@@ -143,37 +170,55 @@ def _prepare_pool_process(**_: Any) -> None:
 
 
 @worker_ready.connect
-def _start_metrics_and_llm_runner(**_: Any) -> None:
+def _start_metrics_and_llm_runner(sender: Any = None, **_: Any) -> None:
     if not _runs_this_app():
         return
-    settings = app.services.settings
-    start_metrics_exporter(
-        settings.metrics_port,
-        address=settings.metrics_address,
+    services = app.services
+    readings = Readings(
         queue_lengths=partial(queue_lengths, app),
-        oldest_waiting_since=partial(oldest_waiting_since, app.services.session_factory),
+        backlog=partial(read_backlog, services.session_factory),
+        shared_state=partial(read_shared_state, lambda: services.redis) if services.settings.redis_url else None,
+    )
+    settings = services.settings
+    start_metrics_exporter(
+        settings.metrics_port, address=settings.metrics_address, readings=readings, files=settings.metrics_files
     )
     if app.conf.worker_pool != "prefork":  # prefork: each pool process prepares itself
         _prepare_to_run_tasks()
+    WORKER_UP.labels(_node_name(sender)).set(1)
 
 
 @worker_process_shutdown.connect
 def _stop_pool_process(**_: Any) -> None:
     if _runs_this_app():
         app.services.llm_runner.close()
+        app.services.tracing.shutdown()  # a pool process exits without running atexit hooks
 
 
 @worker_shutdown.connect
-def _stop_llm_runner(**_: Any) -> None:
+def _stop_llm_runner(sender: Any = None, **_: Any) -> None:
     """After the pool has stopped: the LLM process answers any call still under way, then exits, before
     the worker does (prefork: each pool process closes its own)."""
-    if _runs_this_app() and app.conf.worker_pool != "prefork":
+    if not _runs_this_app():
+        return
+    WORKER_UP.labels(_node_name(sender)).set(0)
+    if app.conf.worker_pool != "prefork":
         app.services.llm_runner.close()
+        app.services.tracing.shutdown()
+
+
+def _node_name(sender: Any) -> str:
+    """The worker's Celery node name (`name@host`), as `celery inspect` and Flower show it."""
+    return str(getattr(sender, "hostname", None) or "unknown")
 
 
 def _prepare_to_run_tasks() -> None:
-    """In the process that runs the tasks, once started: settle its heap, start its LLM process and listen
-    for cancellations."""
+    """In the process that runs the tasks, once started: trace its task runs (with tracing on), settle its heap,
+    start its LLM process and listen for cancellations."""
+    if app.services.tracing.enabled:
+        from agent_service.tracing.instrumentation import instrument_celery  # only here: off loads no OpenTelemetry
+
+        instrument_celery(app.services.tracing)
     settle_heap()
     app.services.llm_runner.start()
     app.services.listen_for_cancellations()

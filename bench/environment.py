@@ -97,7 +97,9 @@ class BenchEnvironment:
 def bench_environment(*, overrides: dict[str, Any]) -> Iterator[BenchEnvironment]:
     """A freshly migrated bench database and an LLM server; `overrides` are Settings fields for ours."""
     database_url = recreate_database(BENCH_DATABASE)
-    with llm_server() as llm_url, tool_server() as tool_url:
+    # The provider's stand-in runs ahead of the host's other processes, as a provider elsewhere would not share
+    # its cores: its clock must see calls as they were sent (the rate-limited runs count its 429s).
+    with llm_server(ahead_of_the_host=True) as llm_url, tool_server() as tool_url:
         settings = Settings(
             _env_file=None,
             database_url=database_url,

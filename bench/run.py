@@ -15,6 +15,7 @@ Exits 0 whatever the figures; 1 only when a run broke (its worker died or its ta
 from __future__ import annotations
 
 import argparse
+import socket
 import sys
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -23,8 +24,9 @@ from rich.console import Console
 
 from agent_service.config import ModelRateLimit, Settings
 from bench.environment import BENCH_MODEL, BenchEnvironment, bench_environment
+from bench.otlp_sink import otlp_sink
 from bench.plot import plot_results
-from bench.report import evaluate_targets, print_report, ratios, write_json
+from bench.report import RATE_LIMITED_BUSY, evaluate_targets, print_report, ratios, write_json
 from bench.scenarios import (
     OURS_COMMAND,
     RABBITMQ,
@@ -50,7 +52,19 @@ EVERY_CONTROL_GENEROUS: tuple[tuple[str, Any], ...] = (
     ("rate_limits_enabled", True),
     ("llm_rate_limits", {BENCH_MODEL: ModelRateLimit(rpm=10_000_000, tpm=10_000_000_000)}),
 )
-GROUPS = ("floor", "baseline", "ours", "offered", "rate-limited", "fair", "kinds", "brokers", "bulk")
+GROUPS = (
+    "floor",
+    "baseline",
+    "ours",
+    "offered",
+    "rate-limited",
+    "fair",
+    "kinds",
+    "tracing",
+    "metrics",
+    "brokers",
+    "bulk",
+)
 
 
 @dataclass(frozen=True)
@@ -116,8 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     sizes, wanted = (QUICK if args.quick else FULL), set(args.only or GROUPS)
     console = Console(width=None if sys.stdout.isatty() else 200)
-    with bench_environment(overrides=dict(args.ours_env)) as env:
-        plans = [plan for plan in build_plans(env.settings, sizes) if _group(plan) in wanted]
+    with bench_environment(overrides=dict(args.ours_env)) as env, otlp_sink() as otlp_url:
+        plans = [plan for plan in build_plans(env.settings, sizes, otlp_url=otlp_url) if _group(plan) in wanted]
         runs = [_run(console, plan, env, sizes) for plan in plans]
         bulk = measure_bulk_submit(env, count=sizes.bulk) if "bulk" in wanted else None
     ratio = ratios({run.name: run for run in runs})
@@ -139,8 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if any(run.status == "broken" for run in runs) else 0
 
 
-def build_plans(ours: Settings, sizes: Sizes) -> list[RunPlan]:
-    """Every run in order; the floor runs once (it calls no LLM) and again on ours' pool when that differs."""
+def build_plans(ours: Settings, sizes: Sizes, *, otlp_url: str) -> list[RunPlan]:
+    """Every run in order; the floor runs once (it calls no LLM) and again on ours' pool when that differs. The
+    tracing runs export their spans to `otlp_url`."""
     pool, concurrency = ours.worker_pool, ours.worker_concurrency
     floor = celery_command("bench.floor", pool="prefork", concurrency=4, queues="agent_tasks")
     baseline = celery_command("bench.baseline", pool="prefork", concurrency=4)
@@ -185,6 +200,19 @@ def build_plans(ours: Settings, sizes: Sizes) -> list[RunPlan]:
             sizes.rate_limited,
             rate_limit=RATE_LIMIT,
         ),
+        # The same limit shared by three workers while one core spins: late wake-ups must not bunch calls.
+        RunPlan(
+            RATE_LIMITED_BUSY,
+            "rate-limited",
+            OURS_COMMAND,
+            pool,
+            concurrency,
+            1000,
+            sizes.rate_limited,
+            rate_limit=RATE_LIMIT,
+            workers=3,
+            busy=True,
+        ),
     ]
     plans += [
         RunPlan(
@@ -207,6 +235,23 @@ def build_plans(ours: Settings, sizes: Sizes) -> list[RunPlan]:
         RunPlan(f"kind-{kind}", "kinds", OURS_COMMAND, pool, concurrency, 1000, sizes.kinds, kind=kind)
         for kind in ("text", "decision", "api")
     ]
+    # Tracing's cost per task: the same run off and on (every span exported to a loopback receiver), at 0 ms so
+    # that nothing hides it; the submitting app traces too.
+    traced = (("otel_exporter_otlp_endpoint", otlp_url),)
+    plans += [
+        RunPlan(f"tracing-{state}-0ms", "tracing", OURS_COMMAND, pool, concurrency, 0, sizes.ours, settings=settings)
+        for state, settings in (("off", ()), ("on", traced))
+    ]
+    # What metrics cost per task at 0 ms (where the worker's own CPU is all there is): the exporter off, on
+    # with each process's metrics in memory, and on with every process's metrics in files (multiprocess mode).
+    plans += [
+        RunPlan(f"metrics-{name}", "metrics", OURS_COMMAND, pool, concurrency, 0, sizes.ours, settings=metrics)
+        for name, metrics in (
+            ("off", (("metrics_port", 0),)),
+            ("in-memory", (("metrics_port", _free_port()), ("metrics_multiprocess", False))),
+            ("multiprocess", (("metrics_port", _free_port()), ("metrics_multiprocess", True))),
+        )
+    ]
     # Each broker in turn, in one group: throughput at 1000 ms, and latency under a light load at 0 ms.
     light = int(sizes.light_rate * sizes.light_seconds)
     for broker in (REDIS, RABBITMQ):
@@ -227,6 +272,12 @@ def build_plans(ours: Settings, sizes: Sizes) -> list[RunPlan]:
     return plans
 
 
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def _run(console: Console, plan: RunPlan, env: BenchEnvironment, sizes: Sizes):
     console.print(
         f"[bold]{plan.name}[/]: {plan.pool} x {plan.concurrency}, LLM {plan.latency_ms} ms, N={plan.tasks}"
@@ -242,7 +293,7 @@ def _run(console: Console, plan: RunPlan, env: BenchEnvironment, sizes: Sizes):
 
 
 def _group(plan: RunPlan) -> str:
-    if plan.config in ("fair", "brokers"):
+    if plan.config in ("fair", "metrics", "brokers"):
         return plan.config
     return "offered" if plan.rate else plan.config
 

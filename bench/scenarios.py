@@ -3,6 +3,7 @@ submit (all at once or at a steady rate), wait for the last completion, and meas
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import statistics
@@ -16,7 +17,7 @@ from typing import Any
 import redis
 
 from agent_service.config import Settings
-from agent_service.devtools.processes import rabbitmq_vhost, started, worker_env
+from agent_service.devtools.processes import busy_core, rabbitmq_vhost, started, worker_env
 from agent_service.messaging.routing import AGENT_QUEUE
 from agent_service.worker import AgentServiceCelery, create_celery_app
 from bench.environment import BENCH_MODEL, BENCH_REDIS, IDLE_REDIS, BenchEnvironment, truncate_tasks
@@ -70,6 +71,8 @@ class RunPlan:
     backlog: int = 0
     settings: tuple[tuple[str, Any], ...] = ()  # Settings fields for the worker and the submitting app
     kind: str = "text"  # the kind of agent work its tasks are (the bench has one agent per kind)
+    workers: int = 1  # worker processes sharing the run (the figures of CPU and memory are the first one's)
+    busy: bool = False  # one core kept spinning for the run, as on a loaded host
     broker: str = REDIS  # or RABBITMQ: a vhost of its own, results and shared controls still on Redis
 
 
@@ -152,7 +155,15 @@ def _execute(plan: RunPlan, env: BenchEnvironment, *, budget_seconds: float, sta
     load = _load_for(plan, env, app)
     try:
         _log_path(plan).unlink(missing_ok=True)  # the banner read below must be this run's
-        with started(list(plan.command), env=_worker_env(plan, env), log_path=_log_path(plan), timeout=90) as worker:
+        with (
+            started(list(plan.command), env=_worker_env(plan, env), log_path=_log_path(plan), timeout=90) as worker,
+            contextlib.ExitStack() as others,
+        ):
+            for number in range(2, plan.workers + 1):
+                log = RESULTS_DIR / f"{plan.name}-{number}.log"
+                others.enter_context(started(list(plan.command), env=_worker_env(plan, env), log_path=log, timeout=90))
+            if plan.busy:
+                others.enter_context(busy_core())
             result.pool, result.concurrency = _pool_in_banner(_log_path(plan), default=(plan.pool, plan.concurrency))
             result.warmup_tasks = _warm_up(load, worker, env, plan)
             with (

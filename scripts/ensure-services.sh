@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Make sure PostgreSQL, Redis and RabbitMQ answer on 127.0.0.1: start them when down, install them
-# from Debian's packages when missing. Used by `make test`, `make chaos` and `make bench`.
+# from Debian's packages when missing; install the tools the tests run (Prometheus and promtool).
+# Used by `make test`, `make chaos` and `make bench`.
 set -euo pipefail
 
 SUDO=""
@@ -64,7 +65,22 @@ ensure_rabbitmq() {
   echo "RabbitMQ did not come up on 127.0.0.1:5672" >&2; exit 1
 }
 
+ensure_openssl() {
+  # The TLS tests make their certificates with it.
+  command -v openssl >/dev/null || apt_install openssl
+}
+
+ensure_prometheus() {
+  # The alert rules' tests run promtool and a real Prometheus server (tests/integration/test_alerts.py). The
+  # package's own service is never started: the tests run the binary on a port and a data folder of their own.
+  if command -v promtool >/dev/null && [ -x /usr/bin/prometheus ]; then return; fi
+  echo "installing Prometheus (and promtool) from Debian's packages"
+  apt_install prometheus
+}
+
 ensure_postgres
 ensure_redis
 ensure_rabbitmq
+ensure_openssl
+ensure_prometheus
 echo "PostgreSQL, Redis and RabbitMQ are up"

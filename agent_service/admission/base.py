@@ -16,6 +16,7 @@ from typing import Protocol
 
 from agent_service.llm.messages import LLMReply, LLMRequest
 from agent_service.models import LimitScope
+from agent_service.monitoring import TURNED_AWAY
 from agent_service.store.agents import AgentSpec
 
 logger = logging.getLogger("agent_service")
@@ -112,6 +113,8 @@ class CallEnded:
 class AdmissionCheck(Protocol):
     """One admission control. Checks see a whole batch at once, so a shared limit can be asked once."""
 
+    name: str  # the `control` label of agent_service_admission_turned_away_total
+
     def admit(self, candidates: Sequence[Candidate]) -> list[Decision]:
         """One decision per candidate, in order."""
 
@@ -144,6 +147,8 @@ class Admission:
                     decisions[index] = _carried(answer, decisions[index])
                     if answer.request is not None:
                         current[index] = replace(current[index], request=answer.request)
+                    if answer.verdict is not Verdict.RUN:
+                        TURNED_AWAY.labels(check.name, answer.verdict.value).inc()
                 granted.append((check, [index for index in asked if decisions[index].verdict is Verdict.RUN]))
         except Exception:
             # A check failed: nothing runs, so what the earlier checks granted is given back at once.

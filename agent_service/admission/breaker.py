@@ -190,6 +190,8 @@ return reply
 class CircuitBreaker:
     """The breaker admission check; see the module docstring."""
 
+    name = "breaker"
+
     def __init__(
         self,
         redis: Redis,

@@ -71,6 +71,8 @@ return result
 class ConcurrencyCaps:
     """Caps the calls at once of each agent and each user (settings, then `limit_overrides`)."""
 
+    name = "concurrency"
+
     def __init__(self, settings: Settings, *, redis: Callable[[], Redis], overrides: OverrideCache) -> None:
         self._redis = redis
         self._overrides = overrides

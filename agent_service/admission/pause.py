@@ -24,6 +24,8 @@ PAUSE_RETRY_SECONDS = 3.0
 class PauseCheck:
     """Defers everything while the service is paused."""
 
+    name = "pause"
+
     def __init__(self, redis: Callable[[], Redis]) -> None:
         self._redis = redis
 

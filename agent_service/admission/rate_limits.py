@@ -1,23 +1,23 @@
-"""Global rate limits: requests and tokens per minute per model (LLM_RATE_LIMITS, or a model's own
-`rpm`/`tpm` override), and per agent and per user (overrides), shared by every worker through Redis.
+"""Global rate limits: requests and tokens per minute per model (LLM_RATE_LIMITS, or a model's own `rpm`/`tpm`
+override), and per agent and per user (overrides), shared by every worker through Redis.
 
-Each limit is a GCRA bucket: one Redis key holding its theoretical arrival time (TAT), which every
-reservation pushes forward by `amount * 60 / per_minute` seconds and which must stay within
-`rate_limit_burst_seconds` of now. Before a batch's calls, one Lua script reserves, for each candidate that
-fits now, one request and its estimated tokens (the prompt's characters / 4, plus `max_tokens` when
-`rate_limit_count_max_tokens`, as OpenAI counts them) in every limit that applies, or in none of them: a slot
-is taken only at the moment its call leaves, so a worker that wakes late never sends calls together with
-those reserved after them. When nothing fits now, the worker sleeps until the next slots come (at most
+Each limit is a GCRA bucket: one Redis key holding its theoretical arrival time (TAT), which every reservation
+pushes forward by `amount * 60 / per_minute` seconds and which must stay within `rate_limit_burst_seconds` of
+now. Before a batch's calls, one Lua script reserves, for each candidate that fits now, one request and its
+estimated tokens (the prompt's characters / 4, plus `max_tokens` when `rate_limit_count_max_tokens`, as OpenAI
+counts them) in every limit that applies, or in none of them: a slot is taken only for a call sent at once,
+and the request carries it (`llm.send_slots.SendSlot`): a call that reaches the LLM process more than
+`rate_limit_late_seconds` after its slot (a busy host) takes a new one as it leaves, so calls reserved apart
+never leave together. When nothing fits now, the worker sleeps until the next slots come (at most
 `rate_limit_max_wait_seconds`) and asks again; a candidate that does not fit by then is deferred until about
-when it would, without spending an attempt. When the pause is obeyed, the same script reads it, so a call
-that waited never leaves once the service is paused. After each call a second script takes the difference
-between the estimate and the real usage back (or adds it), atomically.
+when it would, without spending an attempt. When the pause is obeyed, the same script reads it, so a call that
+waited never leaves once the service is paused. After each call a second script takes the difference between
+the estimate and the real usage back (or adds it), atomically.
 
 A reservation needs no lease: a TAT only says when the bucket empties, and its key expires then. A worker
 SIGKILLed holding reservations leaves them counted as spent, which the bucket drains at the limit's rate:
-within `burst` seconds plus the reserved amount's own share, capacity is back in full.
-See docs/decisions.md, "Rate limits: one GCRA script for every limit" and "Rate limits: a slot is
-taken when the call leaves".
+within `burst` seconds plus the reserved amount's own share, capacity is back in full. See docs/decisions.md,
+"Rate limits: one GCRA script for every limit" and "Rate limits: a slot is taken when the call leaves".
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import cast
 
 from redis import Redis, RedisError
@@ -36,7 +36,9 @@ from agent_service.admission.base import CallEnded, Candidate, Decision, Overrid
 from agent_service.admission.pause import PAUSE_KEY, PAUSE_RETRY_SECONDS, PAUSED
 from agent_service.config import Settings
 from agent_service.llm.messages import LLMRequest
+from agent_service.llm.send_slots import RESERVE, SendSlot
 from agent_service.models import LimitScope
+from agent_service.monitoring import RATE_LIMIT_WAIT
 from agent_service.store.overrides import OverrideCache
 
 RPM, TPM = "rpm", "tpm"
@@ -47,53 +49,6 @@ OVERRIDE_NAMES = {
 KEY_PREFIX = "agent_service:rate"
 MIN_RETRY_SECONDS = 0.1
 SPREAD_SECONDS = 0.1  # a waiting batch sleeps on for the slots that come this soon after its next one
-
-# KEYS: the limits' buckets, then the pause key when the pause is obeyed. ARGV: burst seconds, whether
-# the last key is the pause key (1 or 0), then per candidate: how many buckets it needs, then per bucket its
-# index in KEYS and the seconds its amount costs there. Returns {-1} while paused (nothing reserved); else per
-# candidate {index of the bucket that held it back or 0, seconds to wait}: 0 is a reservation, to be sent at
-# once; another index, the seconds until it would fit, counting the candidates before it in this batch as if
-# they had been reserved. Only a call that fits now is reserved: a slot is taken at the moment the call
-# leaves, never ahead of a sleep (a late wake-up would send it together with calls reserved after it).
-_RESERVE = """
-local now = redis.call('TIME')
-now = tonumber(now[1]) + tonumber(now[2]) / 1e6
-local burst, pause = tonumber(ARGV[1]), tonumber(ARGV[2])
-local buckets = #KEYS - pause
-if pause == 1 and redis.call('EXISTS', KEYS[#KEYS]) == 1 then return {-1} end
-local tat, queued, changed = {}, {}, {}
-for i = 1, buckets do
-  tat[i] = math.max(tonumber(redis.call('GET', KEYS[i]) or 0), now)
-  queued[i] = tat[i]
-end
-local function wait(from, cost) return from + math.min(cost, burst) - burst - now end
-local result = {}
-local at = 3
-while at <= #ARGV do
-  local needed = tonumber(ARGV[at])
-  local worst, blocker, queued_wait = 0, 0, 0
-  for j = 1, needed do
-    local k, cost = tonumber(ARGV[at + 2 * j - 1]), tonumber(ARGV[at + 2 * j])
-    local w = wait(tat[k], cost)
-    if w > worst then worst, blocker = w, k end
-    queued_wait = math.max(queued_wait, wait(queued[k], cost))
-  end
-  for j = 1, needed do
-    local k, cost = tonumber(ARGV[at + 2 * j - 1]), tonumber(ARGV[at + 2 * j])
-    if worst <= 0 then
-      tat[k] = tat[k] + cost
-      changed[k] = true
-    end
-    queued[k] = queued[k] + cost
-  end
-  result[#result + 1] = {blocker, string.format('%.6f', worst <= 0 and 0 or queued_wait)}
-  at = at + 1 + 2 * needed
-end
-for k in pairs(changed) do
-  redis.call('SET', KEYS[k], string.format('%.6f', tat[k]), 'PXAT', math.ceil(tat[k] * 1000) + 1000)
-end
-return result
-"""
 
 # KEYS: buckets. ARGV: per bucket, the seconds to take back (negative: to add). Returns nothing.
 _RECONCILE = """
@@ -138,6 +93,8 @@ class _Reservation:
 class RateLimits:
     """Reserves requests and tokens per minute in every limit that applies, all or none, before each call."""
 
+    name = "rate_limits"
+
     def __init__(
         self,
         settings: Settings,
@@ -152,6 +109,7 @@ class RateLimits:
         self._models = settings.llm_rate_limits
         self.burst_seconds = settings.rate_limit_burst_seconds
         self.max_wait_seconds = settings.rate_limit_max_wait_seconds
+        self._late_seconds = settings.rate_limit_late_seconds
         self._counts_max_tokens = settings.rate_limit_count_max_tokens
         self._obeys_pause = int(settings.pause_enabled)
         self._held: dict[tuple[uuid.UUID, int], _Reservation] = {}
@@ -169,53 +127,65 @@ class RateLimits:
             return [Decision.run()] * len(candidates)
         amounts = [self._amounts(candidate.request) for candidate in candidates]
         argv: list[float | str] = [self.burst_seconds, int(self._obeys_pause)]
-        for applying, (prompt, max_tokens) in zip(limits, amounts, strict=True):
+        for applying, amount in zip(limits, amounts, strict=True):
             argv.append(len(applying))
             for limit in applying:
-                amount = 1 if limit.kind == RPM else prompt + max_tokens
-                argv += [keys.index(limit.key) + 1, f"{limit.seconds(amount):.6f}"]
+                argv += [keys.index(limit.key) + 1, f"{_cost(limit, amount):.6f}"]
         try:
-            answers = self._reserve(keys, argv)
+            answers, waited = self._reserve(keys, argv)
         except RedisError as exc:
             return unreachable(candidates, "rate limits", exc)
         if answers is None:
             return [Decision.defer(PAUSED, retry_in=PAUSE_RETRY_SECONDS)] * len(candidates)
+        if waited:
+            for candidate, (blocker, _) in zip(candidates, answers, strict=True):
+                if not int(blocker):
+                    RATE_LIMIT_WAIT.labels(candidate.request.model).observe(waited)
+        leave_by = time.time() + self._late_seconds
         return [
-            self._decided(candidate, applying, amount, keys[int(blocker) - 1] if int(blocker) else None, float(wait))
+            self._deferred(applying, keys[int(blocker) - 1], float(wait))
+            if int(blocker)
+            else self._reserved(candidate, applying, amount, leave_by=leave_by)
             for candidate, applying, amount, (blocker, wait) in zip(candidates, limits, amounts, answers, strict=True)
         ]
 
-    def _reserve(self, keys: list[str], argv: list[float | str]) -> list[list[bytes]] | None:
-        """The script's answers once some call fits, or none will within what is left of `max_wait_seconds`;
-        None while paused. Raises: RedisError."""
-        script, waited = self._script("reserve", _RESERVE), 0.0
+    def _reserve(self, keys: list[str], argv: list[float | str]) -> tuple[list[list[bytes]] | None, float]:
+        """The script's answers once some call fits, or none will within what is left of `max_wait_seconds`
+        (None while paused), and how long it slept for them. Raises: RedisError."""
+        script, waited = self._script("reserve", RESERVE), 0.0
         while True:
             answers = script(keys=keys + [PAUSE_KEY] * self._obeys_pause, args=argv)
             if answers == [-1]:
-                return None
+                return None, waited
             answers = cast(list[list[bytes]], answers)
             waits = [float(wait) for blocker, wait in answers if int(blocker)]
             nap = _until_next_slots(waits)
             if len(waits) < len(answers) or waited + nap > self.max_wait_seconds:
-                return answers
+                return answers, waited
             self._sleep(nap)
             waited += nap
 
-    def _decided(
-        self,
-        candidate: Candidate,
-        applying: tuple[_Limit, ...],
-        amounts: tuple[int, int],
-        blocker: str | None,
-        wait: float,
+    def _deferred(self, applying: tuple[_Limit, ...], blocker: str, wait: float) -> Decision:
+        """A candidate that does not fit waits outside until about when it does."""
+        label = next(limit.label for limit in applying if limit.key == blocker)
+        return Decision.defer(f"rate limit {label}", retry_in=self._retry_in(wait))
+
+    def _reserved(
+        self, candidate: Candidate, applying: tuple[_Limit, ...], amounts: tuple[int, int], *, leave_by: float
     ) -> Decision:
-        """A reserved candidate runs, holding its reservation; another waits outside until about when it fits."""
-        if blocker is not None:
-            label = next(limit.label for limit in applying if limit.key == blocker)
-            return Decision.defer(f"rate limit {label}", retry_in=self._retry_in(wait))
+        """A reserved candidate runs, holding its reservation, with a request that must leave by `leave_by` or
+        take a new slot as it leaves (`llm.send_slots`)."""
         with self._lock:
             self._held[(candidate.task_id, candidate.attempt)] = _Reservation(applying, *amounts)
-        return Decision.run()
+        slot = SendSlot(
+            leave_by=leave_by,
+            buckets=tuple(limit.key for limit in applying),
+            costs=tuple(_cost(limit, amounts) for limit in applying),
+            burst_seconds=self.burst_seconds,
+            max_wait_seconds=self.max_wait_seconds,
+            pause_key=PAUSE_KEY if self._obeys_pause else None,
+        )
+        return Decision.run(request=replace(candidate.request, send_slot=slot))
 
     def release(self, ended: Sequence[CallEnded]) -> None:
         """Reconcile each reservation with what its call really used: one script call for the group. A call
@@ -278,6 +248,11 @@ def _until_next_slots(waits: list[float]) -> float:
         return 0.0
     first = min(waits)
     return max(wait for wait in waits if wait <= first + SPREAD_SECONDS)
+
+
+def _cost(limit: _Limit, amounts: tuple[int, int]) -> float:
+    """The seconds of `limit` that a call of these amounts (prompt tokens, reply tokens reserved) costs."""
+    return limit.seconds(1 if limit.kind == RPM else sum(amounts))
 
 
 def _taken_back(kind: str, held: _Reservation, call: CallEnded) -> float:

@@ -140,6 +140,8 @@ class Cap:
 class SpendCaps:
     """The spend-cap check (see the module docstring)."""
 
+    name = "spend_caps"
+
     def __init__(
         self,
         settings: Settings,

@@ -22,9 +22,19 @@ class RateLimitSettings(BaseModel):
         default_factory=dict, description='per model, as JSON: {"gpt-4o-mini": {"rpm": 500, "tpm": 200000}}'
     )
     # Half a second: a provider smooths its per-minute limit over one second, and the other half is the slack
-    # for calls that arrive late together (docs/decisions.md, "Rate limits: a slot is taken when the call leaves").
+    # for calls that leave late (docs/decisions.md, "Rate limits: a slot is taken when the call leaves").
     rate_limit_burst_seconds: float = Field(
         0.5, gt=0, description="a rate limit lets through at most this many seconds of its rate at once"
+    )
+    # A quarter second: the burst and the lateness together stay under the second a provider smooths over,
+    # with the rest for the way from this check to the provider (docs/decisions.md, same entry).
+    rate_limit_late_seconds: float = Field(
+        0.25,
+        ge=0,
+        description=(
+            "a call admitted by the rate limits that has not left this long after its slot (a busy host) takes a "
+            "new one as it leaves"
+        ),
     )
     rate_limit_max_wait_seconds: float = Field(
         1.0, ge=0, description="a call waits in the worker this long at most for its rate; beyond, it is deferred"

@@ -31,6 +31,7 @@ from agent_service.config.retries import RetrySettings
 from agent_service.config.sizes import SizeSettings
 from agent_service.config.spend_caps import SpendCapSettings
 from agent_service.config.tools import ToolSettings
+from agent_service.config.tracing import TracingSettings
 from agent_service.config.worker import WorkerSettings
 from agent_service.errors import ConfigurationError
 
@@ -57,6 +58,7 @@ class Settings(
     ApprovalSettings,
     GroupSettings,
     MonitoringSettings,
+    TracingSettings,
     FlowerSettings,
     BaseSettings,
 ):

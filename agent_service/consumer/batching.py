@@ -23,6 +23,7 @@ from agent_service.messaging.results import store_results
 from agent_service.models import TaskStatus
 from agent_service.monitoring import record_task_run
 from agent_service.services import services_of
+from agent_service.tracing import NO_TRACES, TRACEPARENT, Attributes, TaskTraces
 
 logger = logging.getLogger("agent_service")
 
@@ -89,10 +90,15 @@ class AgentTaskBatches(Batches):
             error_callback=lambda _error: [request.reject(requeue=True) for request in requests],
         )
 
-    def announce(self, requests: list[AgentRequest], settled: list[tuple[int, TaskOutcome]]) -> None:
+    def announce(
+        self, requests: list[AgentRequest], settled: list[tuple[int, TaskOutcome]], *, traces: TaskTraces = NO_TRACES
+    ) -> None:
         """Make each settled delivery known as soon as it is recorded (`settled` pairs an outcome with the
-        position of its request): its message's Celery result, its metrics and log line, and its task
-        event. Never raises: the task rows are the record, and these only report them."""
+        position of its request): its message's Celery result, its metrics and log line, its task event, and
+        the end of its span in `traces`. Never raises: the task rows are the record, and these only report them."""
+        if traces.enabled:
+            for at, outcome in settled:
+                traces.at(at).end(outcome_attributes(outcome), error=outcome.error if outcome.status.is_error else None)
         results = [(requests[at], outcome, outcome.message_result()) for at, outcome in settled]
         try:
             store_results(self.app, [(request.id, result) for request, _, result in results if result is not None])
@@ -150,6 +156,17 @@ class AgentTaskBatches(Batches):
         if self._events_on():
             for request in requests:
                 request.send_event("task-started")
+
+
+def delivery_trace(request: Any) -> tuple[str, str | None]:
+    """A delivery as its trace starts: its task id (as the message gives it) and the traceparent it carries."""
+    headers = request.request_dict if isinstance(request.request_dict, dict) else {}
+    return str(request.id), headers.get(TRACEPARENT)
+
+
+def outcome_attributes(outcome: TaskOutcome) -> Attributes:
+    """A delivery's outcome as its span's attributes: `agent_service.task.status`, `.attempt`, `.error`, ..."""
+    return {f"agent_service.task.{name}": value for name, value in outcome.as_dict().items() if name != "task_id"}
 
 
 def _outcome_event(outcome: TaskOutcome, result: dict[str, Any] | None, *, maxsize: int) -> Event | None:

@@ -21,14 +21,22 @@ _LISTENING = re.compile(r"listening on (http://\S+)")
 
 @contextmanager
 def llm_server(
-    *, latency_ms: float = 0, jitter_ms: float = 0, seed: int | None = None, extra_args: tuple[str, ...] = ()
+    *,
+    latency_ms: float = 0,
+    jitter_ms: float = 0,
+    seed: int | None = None,
+    extra_args: tuple[str, ...] = (),
+    ahead_of_the_host: bool = False,
 ) -> Iterator[str]:
     """Run the bundled LLM server (`devtools.llm_server`) on a free port; yields its base URL (without /v1).
-    `extra_args` go to its command line (its enforced rate limits, say)."""
+    `extra_args` go to its command line (its enforced rate limits, say). `ahead_of_the_host` runs it at a
+    higher priority than everything else here (as root; else as is): a real provider does not share the host's
+    cores, and one that measures rates must not see arrivals bunched by its own late scheduling."""
     options = ["--latency-ms", str(latency_ms), "--latency-jitter-ms", str(jitter_ms)]
     if seed is not None:
         options += ["--seed", str(seed)]
-    with bundled_server("agent_service.devtools.llm_server", *options, *extra_args) as url:
+    prefix = ("nice", "-n", "-10") if ahead_of_the_host and os.geteuid() == 0 else ()
+    with bundled_server("agent_service.devtools.llm_server", *options, *extra_args, prefix=prefix) as url:
         yield url
 
 
@@ -40,10 +48,10 @@ def tool_server() -> Iterator[str]:
 
 
 @contextmanager
-def bundled_server(module: str, *args: str) -> Iterator[str]:
-    """`python -m MODULE --port 0 ARGS` for the length of a with-block; yields the URL it prints once it
-    listens."""
-    command = [sys.executable, "-m", module, "--port", "0", *args]
+def bundled_server(module: str, *args: str, prefix: tuple[str, ...] = ()) -> Iterator[str]:
+    """`python -m MODULE --port 0 ARGS` (after `prefix`, a command such as `nice`) for the length of a
+    with-block; yields the URL it prints once it listens."""
+    command = [*prefix, sys.executable, "-m", module, "--port", "0", *args]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True, start_new_session=True)
     try:
         yield _await_url(process, module)

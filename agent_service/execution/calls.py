@@ -4,6 +4,7 @@ task's call can be aborted, and their replies kept in Redis as soon as they arri
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import Future
@@ -12,7 +13,7 @@ from typing import Any
 
 from agent_service.admission.base import Admission, CallEnded, Decision
 from agent_service.config import Settings
-from agent_service.errors import CallCancelledError, PermanentError, classify
+from agent_service.errors import CallCancelledError, CallNotSentError, PermanentError, classify
 from agent_service.execution.cancellation import RunningCalls
 from agent_service.execution.replies import Arrived, ReplyStore
 from agent_service.execution.retry import backoff_delay
@@ -23,6 +24,7 @@ from agent_service.live.publisher import LivePublisher, Update
 from agent_service.llm.messages import LLMReply, LLMRequest
 from agent_service.llm.runners import LLMRunner
 from agent_service.monitoring import time_llm_calls
+from agent_service.tracing import NO_TRACES, Attributes, TaskTraces
 
 
 class Calls:
@@ -37,23 +39,34 @@ class Calls:
         replies: ReplyStore | None,
         running: RunningCalls | None,
         live: LivePublisher | None,
+        traces: TaskTraces = NO_TRACES,
     ) -> None:
         self._settings, self._llm, self._admission = settings, llm, admission
         self._replies, self._running, self._live = replies, running, live
+        self._traces = traces
         self.replied: set[uuid.UUID] = set()  # the claims settled from a reply, which is kept until recorded
 
     def admit(self, turnings: Sequence[Turning]) -> list[Decision]:
         """Admission's decisions; while the state the controls share is out of reach (Redis down), every task
         waits, its attempt given back, rather than run unchecked or fail. Raises: a PermanentError of a check."""
-        candidates = [turning.asked for turning in turnings]
+        candidates, start_ns = [turning.asked for turning in turnings], time.time_ns()
         try:
-            return self._admission.admit(candidates)
+            decisions = self._admission.admit(candidates)
         except Exception as exc:
             error = classify(exc)
             if isinstance(error, PermanentError):
                 raise error from exc
             wait_for = backoff_delay(1, settings=self._settings, requested=error.delay)
-            return [Decision.defer(f"admission controls unavailable: {error}", retry_in=wait_for)] * len(candidates)
+            deferral = Decision.defer(f"admission controls unavailable: {error}", retry_in=wait_for)
+            decisions = [deferral] * len(candidates)
+        if self._traces.enabled:
+            self._traces.spans(
+                "admission",
+                [candidate.task_id for candidate in candidates],
+                start_ns=start_ns,
+                attributes=[_admission_attributes(decision) for decision in decisions],
+            )
+        return decisions
 
     def submit(self, turnings: list[Turning], *, into: dict[Future[Any], Turning], first: bool = False) -> None:
         """Send these claims' calls, a followed task's streaming its tokens: which are followed is asked now, for
@@ -61,7 +74,7 @@ class Calls:
         batch: a followed task's followers are told it started)."""
         if self._live:
             turnings = _streamed(self._live, turnings, first=first)
-        requests = [turning.request for turning in turnings]
+        requests = [self._traced(turning) for turning in turnings]
         futures = self._llm.submit(requests)
         time_llm_calls(futures, [request.model for request in requests])
         into.update(zip(futures, turnings, strict=True))
@@ -94,6 +107,11 @@ class Calls:
         if self._replies and arrived:
             self._replies.keep(arrived)
             self.replied.update(item.candidate.task_id for item in arrived)
+
+    def _traced(self, turning: Turning) -> LLMRequest:
+        """The claim's request, carrying its delivery's traceparent when traced (the call's span hangs under it)."""
+        traceparent = self._traces.of(turning.claim.task_id).traceparent
+        return turning.request if traceparent is None else replace(turning.request, traceparent=traceparent)
 
     def abandon(self, task_ids: list[uuid.UUID]) -> None:
         """These claims are settled otherwise (cut short): their calls are no longer ours to abort, and their
@@ -131,6 +149,15 @@ def _streaming(turning: Turning, followed: bool) -> Turning:
     )
 
 
+def _admission_attributes(decision: Decision) -> Attributes:
+    attributes: dict[str, str] = {"agent_service.admission.verdict": decision.verdict.value}
+    if decision.reason:
+        attributes["agent_service.admission.reason"] = decision.reason
+    if decision.request is not None:
+        attributes["gen_ai.request.model"] = decision.request.model  # another model chosen (the fallback)
+    return attributes
+
+
 def _ending(future: Future[LLMReply]) -> LLMReply | BaseException:
     """The reply of an ended call, or the error it ended with (an aborted one: CallCancelledError)."""
     if future.cancelled():
@@ -139,6 +166,8 @@ def _ending(future: Future[LLMReply]) -> LLMReply | BaseException:
 
 
 def _call_ended(turning: Turning, ending: LLMReply | BaseException) -> CallEnded:
+    if isinstance(ending, CallNotSentError):
+        return CallEnded(turning.asked)  # never sent: what admission reserved for it is given back
     if isinstance(ending, BaseException):
         return CallEnded(turning.asked, error=ending)
     return CallEnded(turning.asked, reply=ending)

@@ -21,6 +21,7 @@ from agent_service.kinds.base import TaskKind
 from agent_service.live.publisher import LivePublisher
 from agent_service.llm.prices import PriceBook
 from agent_service.llm.runners import LLMRunner
+from agent_service.tracing import NO_TRACES, TaskTraces
 
 # Told of each group of outcomes as it is recorded, each with its position in the batch.
 OnSettled = Callable[[list[tuple[int, TaskOutcome]]], None]
@@ -38,7 +39,8 @@ class RunContext:
       cancelled task's call is aborted; `live`: followed tasks' progress published; `tool_caller`: where
       tool calls run (by default one of the batch's own, closed with it); `clock`: the time of writes;
     - `on_settled`: told each group of outcomes once recorded (it must not raise); `on_groups_ended`: told
-      the ids of the groups (of tasks) whose last task ended.
+      the ids of the groups (of tasks) whose last task ended;
+    - `traces`: the deliveries' traces, which the claim, admission, calls and settle add their spans to.
     """
 
     settings: Settings
@@ -54,3 +56,4 @@ class RunContext:
     clock: Callable[[], datetime] = utcnow
     on_settled: OnSettled | None = None
     on_groups_ended: OnGroupsEnded | None = None
+    traces: TaskTraces = NO_TRACES

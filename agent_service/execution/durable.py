@@ -23,6 +23,7 @@ from agent_service.monitoring import count_llm_usage
 from agent_service.store import lifecycle
 from agent_service.store.lifecycle import Claim
 from agent_service.store.steps import RecordedStep, load_steps, write_steps
+from agent_service.tracing import NO_TRACES, TaskTraces
 
 LOST_CLAIM = "the run lost its claim on the task (cancelled, or taken over) before its step was recorded"
 
@@ -38,9 +39,10 @@ class DurableRuns:
         caller: ToolCaller,
         clock: Callable[[], datetime],
         live: LivePublisher | None = None,
+        traces: TaskTraces = NO_TRACES,
     ) -> None:
         self._session_factory, self._settings, self._caller = session_factory, settings, caller
-        self._clock, self._live = clock, live
+        self._clock, self._live, self._traces = clock, live, traces
 
     def resume(self, runs: Sequence[tuple[Claim, TaskWork, Run]]) -> list[StepLog]:
         """Each claimed task's run, its recorded steps replayed into it (one query for them all)."""
@@ -68,7 +70,8 @@ class DurableRuns:
             if plan.charge is not None:
                 count_llm_usage(plan.charge.model, tokens=plan.charge.token_counts(), cost_usd=plan.charge.cost_usd)
             updates += _live_updates(run, plan)
-            nexts.append(AwaitTools(run.start(self._caller, plan.start)) if plan.start else plan.next)
+            trace = self._traces.of(run.claim.task_id)
+            nexts.append(AwaitTools(run.start(self._caller, plan.start, trace=trace)) if plan.start else plan.next)
         if self._live is not None and updates:
             self._live.publish_many(updates)  # for the followed tasks only, in one round trip
         return nexts

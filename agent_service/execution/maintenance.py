@@ -4,7 +4,6 @@ expired approvals), and the backlog a metrics scrape reads."""
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 
 from celery import Celery
 from sqlalchemy import text
@@ -16,6 +15,7 @@ from agent_service.database import session_scope
 from agent_service.messaging.dead_letters import DeadLetter, taken_dead_letters
 from agent_service.messaging.groups import send_callbacks_quietly, send_overdue_callbacks
 from agent_service.messaging.publisher import enqueue
+from agent_service.monitoring import Backlog
 from agent_service.store import steps
 from agent_service.store import tasks as store_tasks
 from agent_service.store.groups import note_tasks_ended
@@ -77,11 +77,11 @@ def fail_expired_approvals(*, app: Celery, session_factory: sessionmaker[Session
     return len(failed)
 
 
-def oldest_waiting_since(session_factory: sessionmaker[Session]) -> datetime | None:
-    """When the task waiting longest (pending or queued) was queued; None when no task waits.
-    Raises: what the database raises."""
+def read_backlog(session_factory: sessionmaker[Session]) -> Backlog:
+    """The exporter's database gauges: when the task waiting longest (pending or queued) was queued, and how
+    many tasks are dead letters. Raises: what the database raises."""
     with session_scope(session_factory) as session:
-        return store_tasks.oldest_waiting_since(session)
+        return Backlog(store_tasks.oldest_waiting_since(session), store_tasks.count_failed(session))
 
 
 def check_health(*, session_factory: sessionmaker[Session]) -> dict[str, str]:

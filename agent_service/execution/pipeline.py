@@ -57,18 +57,15 @@ def execute_agent_tasks(task_ids: Sequence[Any], context: RunContext) -> list[Ta
     Returns one outcome per id, in order. Raises: what the database raises (the caller classifies it);
     LLM errors are classified and recorded in the rows.
     """
-    started = time.monotonic()
-    settings = context.settings
+    started, claim_ns = time.monotonic(), time.time_ns()
+    settings, traces = context.settings, context.traces
     ids = [_valid_id(task_id) for task_id in task_ids]
+    valid = [i for i in ids if isinstance(i, uuid.UUID)]
     with session_scope(context.session_factory) as session:
         claimed = lifecycle.claim_tasks(
-            session,
-            [i for i in ids if isinstance(i, uuid.UUID)],
-            settings=settings,
-            now=context.clock(),
-            owner=current_owner(),
-            owner_is_gone=owner_is_gone,
+            session, valid, settings=settings, now=context.clock(), owner=current_owner(), owner_is_gone=owner_is_gone
         )
+    traces.spans("claim", valid, start_ns=claim_ns)
     claims = iter(claimed)
     steps = [next(claims) if isinstance(task_id, uuid.UUID) else task_id for task_id in ids]
     positions = {step.task_id: at for at, step in enumerate(steps) if isinstance(step, Claim)}
@@ -84,6 +81,7 @@ def execute_agent_tasks(task_ids: Sequence[Any], context: RunContext) -> list[Ta
         replies=context.replies,
         running=context.running,
         live=context.live,
+        traces=traces,
     )
     scheduler = Scheduler(
         settings=settings,
@@ -94,17 +92,21 @@ def execute_agent_tasks(task_ids: Sequence[Any], context: RunContext) -> list[Ta
             caller=caller,
             clock=context.clock,
             live=context.live,
+            traces=traces,
         ),
         prices=context.prices or PriceBook(settings),
         replies=context.replies,
         kinds=context.kinds,
+        traces=traces,
     )
 
     def settle(group: list[tuple[Claim, Settlement]]) -> None:
         count_charges(how for _, how in group)
+        settle_ns = time.time_ns()
         outcomes, ended = record(
             group, session_factory=context.session_factory, settings=settings, clock=context.clock, started=started
         )
+        traces.spans("settle", outcomes, start_ns=settle_ns)
         settled.update(outcomes)
         if context.on_settled:
             context.on_settled([(positions[task_id], outcome) for task_id, outcome in outcomes.items()])

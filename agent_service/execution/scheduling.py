@@ -24,6 +24,7 @@ from agent_service.kinds.base import AskModel, TaskKind
 from agent_service.llm.messages import LLMReply
 from agent_service.llm.prices import PriceBook
 from agent_service.store.lifecycle import Claim
+from agent_service.tracing import NO_TRACES, TaskTraces
 
 Tooling = tuple[Turning, tuple[Future[Any], ...]]
 
@@ -54,9 +55,10 @@ class Scheduler:
         prices: PriceBook,
         replies: ReplyStore | None,
         kinds: Mapping[str, TaskKind],
+        traces: TaskTraces = NO_TRACES,
     ) -> None:
         self._settings, self._calls, self._runs, self._prices = settings, calls, runs, prices
-        self._replies, self._kinds = replies, kinds
+        self._replies, self._kinds, self._traces = replies, kinds, traces
 
     def settlements(self, claims: list[Claim]) -> Iterator[list[tuple[Claim, Settlement]]]:
         """Each claim with how it ends, in groups: first those settled without a call (stored replies, the
@@ -138,6 +140,9 @@ class Scheduler:
                 yield group
 
     def _taken(self, turning: Turning, ending: LLMReply | BaseException) -> Taken:
+        if self._traces.enabled and isinstance(ending, LLMReply) and ending.usage is not None:
+            cost = self._prices.cost(turning.request.model, ending.usage)
+            self._traces.of(turning.claim.task_id).add_cost(cost)
         how = taken(turning, ending, model=turning.request.model, prices=self._prices)
         if isinstance(how, BaseException):
             return cut_to_fit(turning, how) or how

@@ -42,6 +42,7 @@ from agent_service.store.agents import AgentSpec
 from agent_service.store.lifecycle import Charge, Claim
 from agent_service.store.steps import RecordedStep, StepWrite
 from agent_service.tools.http import ToolOutcome
+from agent_service.tracing import NO_TRACE, TaskTrace
 
 UNKNOWN_OUTCOME = (
     "error: the outcome of this call is unknown: it was sent, then the worker running it was lost before the"
@@ -89,8 +90,10 @@ class StepLog:
             writes.append(self._tool_result(event.future))
         return self._plan(writes, charge, now=now)
 
-    def start(self, caller: ToolCaller, calls: list[Call]) -> tuple[Future[ToolOutcome], ...]:
-        """Send these calls (their `started` steps, if any, are committed)."""
+    def start(
+        self, caller: ToolCaller, calls: list[Call], *, trace: TaskTrace = NO_TRACE
+    ) -> tuple[Future[ToolOutcome], ...]:
+        """Send these calls (their `started` steps, if any, are committed), each with a span in `trace`."""
         for call in calls:
             tool = call.request.tool
             assert tool is not None  # a call without a tool has a problem: it is answered, never started
@@ -98,6 +101,7 @@ class StepLog:
             future = caller.submit(
                 tool, _arguments(call.call), allowed_hosts=call.request.allowed_hosts, idempotency_key=key
             )
+            trace.tool_call(tool=tool.name, call_id=call.call.id, future=future)
             self._in_flight[future] = call
         return tuple(self._in_flight)
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 
 from agent_service.admission.base import Candidate, Decision, Verdict
 from agent_service.errors import (
+    CallNotSentError,
     ContentFilteredError,
     ContextLengthExceededError,
     PermanentError,
@@ -125,6 +126,9 @@ def gave_up(claim: Claim) -> PermanentError:
 
 
 def _failed(turning: Turning, error: BaseException, *, model: str) -> Settlement:
+    if isinstance(error, CallNotSentError):
+        # Never sent, so nothing was paid: as if admission had turned it away.
+        return turning.after or Decision.defer(str(error), retry_in=error.delay or 0.0)
     classified = classify_call_error(error, model=model)
     # A second call that failed: the first one's reply was paid for all the same.
     return Unusable(classified, turning.paid) if turning.paid else classified

@@ -18,26 +18,53 @@ from langchain_core.language_models import LanguageModelInput
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, ToolMessage
 from langchain_core.runnables import Runnable
 from langchain_openai import ChatOpenAI
-from openai import DefaultAioHttpClient
+from openai import APIConnectionError, APIStatusError, APITimeoutError, DefaultAioHttpClient
 from redis.asyncio import Redis as AsyncRedis
 
 from agent_service.config import Settings
 from agent_service.errors import ProviderFault, RetryableError
 from agent_service.live.tokens import TokenWriter
 from agent_service.llm.messages import LLMReply, LLMRequest, Message, ToolCall, Usage
+from agent_service.llm.send_slots import leave_on_time
+from agent_service.monitoring import LLM_REQUESTS
 
 ClientKey = tuple[str, float, int, str, str | None, str, float]
 
 
 async def run_request(request: LLMRequest, *, settings: Settings) -> LLMReply:
-    """Send `request` and report the text and token usage.
+    """Send `request` and report the text and token usage; count how the provider answered
+    (`agent_service_llm_requests_total`).
 
     Raises: what the openai client raises (the caller classifies it), RetryableError for a reply without
     choices.
     """
     try:
+        reply = await _run_request(request, settings=settings)
+    except Exception as exc:
+        LLM_REQUESTS.labels(request.model, _answered(exc)).inc()
+        raise
+    LLM_REQUESTS.labels(request.model, "200").inc()
+    return reply
+
+
+def _answered(exc: Exception) -> str:
+    """The provider's answer to a failed call: its HTTP status code, or what stood in for one."""
+    if isinstance(exc, APIStatusError):
+        return str(exc.status_code)
+    if isinstance(exc, APITimeoutError):  # a subclass of APIConnectionError
+        return "timeout"
+    if isinstance(exc, APIConnectionError):
+        return "connection_error"
+    return "malformed"
+
+
+async def _run_request(request: LLMRequest, *, settings: Settings) -> LLMReply:
+    try:
         runnable = _runnable(request, settings)
         messages = [_langchain_message(m) for m in request.messages]
+        if request.send_slot and settings.redis_url:
+            # Last before the request leaves: a call that comes too late for its slot takes a new one.
+            await leave_on_time(request.send_slot, _loop_redis(settings.redis_url))
         if request.stream_key and settings.redis_url:
             message = await _streamed(runnable, messages, request.stream_key, settings=settings)
         else:
@@ -75,7 +102,7 @@ async def _streamed(
     no chunk."""
     assert settings.redis_url  # the caller's condition
     reply: AIMessageChunk | None = None
-    async with TokenWriter(_live_redis(settings.redis_url), stream_key, settings=settings) as tokens:
+    async with TokenWriter(_loop_redis(settings.redis_url), stream_key, settings=settings) as tokens:
         async for part in runnable.astream(messages):
             # Structured output streams {"raw": chunk} parts, then its parser's {"parsed": ...}: only the raw
             # chunks make the reply, as `answer["raw"]` does for a plain call.
@@ -89,8 +116,9 @@ async def _streamed(
     return reply
 
 
-def _live_redis(url: str) -> AsyncRedis:
-    """This event loop's Redis client for live output (an asyncio client belongs to the loop it runs on)."""
+def _loop_redis(url: str) -> AsyncRedis:
+    """This event loop's Redis client, for live output and rate-limit slots (an asyncio client belongs to the
+    loop it runs on)."""
     clients = _live_clients.setdefault(asyncio.get_running_loop(), {})
     if url not in clients:
         clients[url] = AsyncRedis.from_url(url)

@@ -9,6 +9,8 @@ from typing import Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from agent_service.llm.send_slots import SendSlot
+
 Role = Literal["system", "user", "assistant", "tool"]
 
 
@@ -70,8 +72,10 @@ REPLY_PRIMING_TOKENS = 3
 @dataclass(frozen=True)
 class LLMRequest:
     """One chat completion to run: the model, its settings and the messages, in order; the tools the model
-    may call and the structured output asked for, if any; and, for a task someone follows live, the Redis
-    stream its tokens are published to as they arrive."""
+    may call and the structured output asked for, if any; for a task someone follows live, the Redis
+    stream its tokens are published to as they arrive; for a call admitted by the rate limits, the slot it
+    holds, which it must leave within; and, when traced, the W3C traceparent of the task's span that the call's
+    span hangs under."""
 
     model: str
     temperature: float
@@ -81,6 +85,8 @@ class LLMRequest:
     tools: tuple[ToolSpec, ...] = ()
     output_schema: OutputSchema | None = None
     stream_key: str | None = None
+    send_slot: SendSlot | None = None
+    traceparent: str | None = None
 
     def estimated_prompt_tokens(self) -> int:
         """The prompt's tokens, estimated from its characters (about 1 µs), for reservations before the call."""

@@ -20,7 +20,9 @@ from agent_service.config import Settings
 from agent_service.errors import classify
 from agent_service.llm.client import close_clients, run_request
 from agent_service.llm.messages import LLMRequest
-from agent_service.llm.runners import CancelCalls, settle_heap
+from agent_service.llm.runners import CancelCalls, settle_heap, traced_call
+from agent_service.monitoring import use_metric_files
+from agent_service.tracing import tracing_for
 
 
 def serve(*, from_parent: Connection, to_parent: Connection) -> None:
@@ -29,6 +31,8 @@ def serve(*, from_parent: Connection, to_parent: Connection) -> None:
     for stop_signal in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
         signal.signal(stop_signal, signal.SIG_IGN)
     settings = Settings()
+    tracing = tracing_for(settings)  # the worker's settings: traced when the worker is
+    use_metric_files(settings.metrics_files)  # its worker's folder, which the worker's exporter serves
     settle_heap()
     to_parent.send([])  # ready: its imports are done (an empty batch of outcomes)
     loop = asyncio.new_event_loop()
@@ -50,7 +54,7 @@ def serve(*, from_parent: Connection, to_parent: Connection) -> None:
     async def run(call_id: int, request: LLMRequest) -> None:
         try:
             async with slots:
-                reply = await run_request(request, settings=settings)
+                reply = await traced_call(run_request, request, settings=settings, tracing=tracing)
         except asyncio.CancelledError:
             return  # aborted by the worker (CancelCalls), which has settled the call itself
         except Exception as exc:
@@ -86,6 +90,7 @@ def serve(*, from_parent: Connection, to_parent: Connection) -> None:
     loop.add_reader(from_parent.fileno(), on_requests)
     loop.run_forever()
     loop.run_until_complete(finish())
+    tracing.shutdown()
 
 
 if __name__ == "__main__":

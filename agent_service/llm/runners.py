@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from agent_service.errors import RetryableError
 from agent_service.llm.messages import LLMReply, LLMRequest
+from agent_service.tracing import NO_TRACING, Attributes, Tracing
 
 if TYPE_CHECKING:
     from agent_service.config import Settings
@@ -34,6 +35,8 @@ LLM_PROCESS_START_SECONDS = 30.0
 # On close, the LLM process gets this long beyond the LLM timeout to answer its last calls and exit.
 _STOP_MARGIN_SECONDS = 5.0
 RunRequest = Callable[..., Awaitable[LLMReply]]
+# The provider as OpenTelemetry's GenAI conventions name it: every model is reached through the OpenAI API.
+GEN_AI_PROVIDER = "openai"
 
 
 @dataclass(frozen=True)
@@ -60,22 +63,61 @@ class LLMRunner(Protocol):
         """Stop. The LLM process answers the calls under way first; the in-process loop abandons them."""
 
 
-def make_runner(settings: Settings) -> LLMRunner:
-    """The runner `settings` ask for: the LLM process, or (LLM_PROCESS=false) a loop in this process."""
+def make_runner(settings: Settings, *, tracing: Tracing = NO_TRACING) -> LLMRunner:
+    """The runner `settings` ask for: the LLM process (which traces its calls itself), or (LLM_PROCESS=false) a
+    loop in this process, whose calls `tracing` traces."""
     if settings.llm_process:
         return ChildProcessRunner(settings)
     from agent_service.llm.client import (
         run_request,  # only here: with the LLM process, this process never loads the client
     )
 
-    return BackgroundEventLoop(settings, run_request)
+    return BackgroundEventLoop(settings, run_request, tracing=tracing)
+
+
+async def traced_call(
+    run_request: RunRequest, request: LLMRequest, *, settings: Settings, tracing: Tracing
+) -> LLMReply:
+    """`run_request(request)` in a span under the request's traceparent, with the GenAI semantic conventions'
+    attributes: the model, the tokens the reply used (an error: its type)."""
+    if not tracing.enabled:
+        return await run_request(request, settings=settings)
+    with tracing.span(
+        f"chat {request.model}", traceparent=request.traceparent, attributes=_request_attributes(request), client=True
+    ) as span:
+        reply = await run_request(request, settings=settings)
+        span.set(_reply_attributes(reply))
+    return reply
+
+
+def _request_attributes(request: LLMRequest) -> Attributes:
+    return {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.provider.name": GEN_AI_PROVIDER,
+        "gen_ai.system": GEN_AI_PROVIDER,  # the name before gen_ai.provider.name, which many backends still read
+        "gen_ai.request.model": request.model,
+        "gen_ai.request.temperature": request.temperature,
+        "gen_ai.request.max_tokens": request.max_tokens,
+    }
+
+
+def _reply_attributes(reply: LLMReply) -> Attributes:
+    attributes: dict[str, int | tuple[str, ...]] = {}
+    if reply.finish_reason:
+        attributes["gen_ai.response.finish_reasons"] = (reply.finish_reason,)
+    if reply.usage is not None:
+        attributes["gen_ai.usage.input_tokens"] = reply.usage.prompt_tokens
+        attributes["gen_ai.usage.output_tokens"] = reply.usage.completion_tokens
+    return attributes
 
 
 class BackgroundEventLoop:
     """Runs requests with `run_request` on an event loop thread of this process."""
 
-    def __init__(self, settings: Settings, run_request: RunRequest, *, name: str = "llm-loop") -> None:
-        self._settings, self._run_request = settings, run_request
+    def __init__(
+        self, settings: Settings, run_request: RunRequest, *, name: str = "llm-loop", tracing: Tracing = NO_TRACING
+    ) -> None:
+        self._settings, self._run_request, self._tracing = settings, run_request, tracing
         self._loop = asyncio.new_event_loop()
         self._slots = asyncio.Semaphore(settings.llm_concurrency)
         self._thread = threading.Thread(target=self._loop.run_forever, name=name, daemon=True)
@@ -101,7 +143,7 @@ class BackgroundEventLoop:
 
     async def _bounded(self, request: LLMRequest) -> LLMReply:
         async with self._slots:
-            return await self._run_request(request, settings=self._settings)
+            return await traced_call(self._run_request, request, settings=self._settings, tracing=self._tracing)
 
 
 class ChildProcessRunner:

@@ -47,6 +47,11 @@ def oldest_waiting_since(session: Session) -> datetime | None:
     return aware(oldest) if oldest is not None else None
 
 
+def count_failed(session: Session) -> int:
+    """How many tasks are dead letters (failed)."""
+    return session.scalar(select(func.count()).select_from(Task).where(Task.status == TaskStatus.FAILED)) or 0
+
+
 def failed_tasks(session: Session, *, limit: int) -> list[Task]:
     """The dead letters: failed tasks, newest first, with their attempt history loaded."""
     query = (

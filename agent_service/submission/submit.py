@@ -31,6 +31,7 @@ from agent_service.store.agents import agent_spec
 from agent_service.store.groups import join_group, note_tasks_ended
 from agent_service.submission.groups import parse_group
 from agent_service.submission.validation import TaskInput, parse_task_input
+from agent_service.tracing import NO_TRACES, TaskTraces
 
 logger = logging.getLogger(__name__)
 
@@ -56,18 +57,22 @@ def create_agent_tasks(
     another on_complete; nothing written), BrokerUnavailableError (rows kept as pending, which the sweeper
     queues, or as waiting, which the dispatchers publish).
     """
-    items = list(items)
-    inputs = [
-        _parse_item(item, index=index, count=len(items), settings=services.settings) for index, item in enumerate(items)
-    ]
-    wanted = parse_group(group, on_complete, tasks=inputs)
-    with session_scope(services.session_factory) as session:
-        if wanted:
-            join_group(session, wanted.group, user_id=inputs[0].user_id, callback=wanted.on_complete)
-        rows = _insert_tasks(
-            session, inputs, status=first_status(services.settings), group_id=wanted.group if wanted else None
-        )
-    queue(app, services, [task.id for task, created in rows if created])
+    with services.tracing.submission("create_agent_task") as traces:
+        items = list(items)
+        inputs = [
+            _parse_item(item, index=index, count=len(items), settings=services.settings)
+            for index, item in enumerate(items)
+        ]
+        wanted = parse_group(group, on_complete, tasks=inputs)
+        with session_scope(services.session_factory) as session:
+            if wanted:
+                join_group(session, wanted.group, user_id=inputs[0].user_id, callback=wanted.on_complete)
+            rows = _insert_tasks(
+                session, inputs, status=first_status(services.settings), group_id=wanted.group if wanted else None
+            )
+        created = [task.id for task, created in rows if created]
+        traces.open(created)
+        queue(app, services, created, traces=traces)
     return [str(task.id) for task, _ in rows]
 
 
@@ -75,9 +80,13 @@ def replay_failed_tasks(task_ids: list[str] | None, *, app: Celery, services: Se
     """Queue failed tasks again with a fresh attempt budget (None: all of them); returns the ids replayed.
     Raises: TaskValidationError for an id that is not a UUID."""
     wanted = None if task_ids is None else [parse_task_id(task_id) for task_id in task_ids]
-    with session_scope(services.session_factory) as session:
-        replayed = store_tasks.reset_for_replay(session, wanted, now=utcnow(), status=first_status(services.settings))
-    queue(app, services, replayed)
+    with services.tracing.submission("replay_failed_tasks") as traces:
+        with session_scope(services.session_factory) as session:
+            replayed = store_tasks.reset_for_replay(
+                session, wanted, now=utcnow(), status=first_status(services.settings)
+            )
+        traces.open(replayed)
+        queue(app, services, replayed, traces=traces)
     return [str(task_id) for task_id in replayed]
 
 
@@ -105,14 +114,15 @@ def first_status(settings: Settings) -> TaskStatus:
     return TaskStatus.WAITING if settings.fair_dispatch else TaskStatus.PENDING
 
 
-def queue(app: Celery, services: Services, task_ids: list[uuid.UUID]) -> None:
-    """Publish the tasks just stored: directly, or (fair-share dispatch) by one dispatch round, which publishes
-    them at once when the broker has room and leaves them waiting behind other users' backlogs otherwise.
+def queue(app: Celery, services: Services, task_ids: list[uuid.UUID], *, traces: TaskTraces = NO_TRACES) -> None:
+    """Publish the tasks just stored: directly (each message in its task's trace in `traces`), or (fair-share
+    dispatch) by one dispatch round, which publishes them at once when the broker has room and leaves them waiting
+    behind other users' backlogs otherwise (their traces end at the submission).
     Raises: BrokerUnavailableError."""
     if not task_ids:
         return
     if not services.settings.fair_dispatch:
-        enqueue(app, services.session_factory, task_ids)
+        enqueue(app, services.session_factory, task_ids, traces=traces)
         return
     try:
         dispatch_waiting(app, services.session_factory, services.settings, max_rounds=1)

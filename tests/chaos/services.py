@@ -1,5 +1,6 @@
-"""Private Redis and PostgreSQL servers that a chaos scenario may kill and restart at will, and private
-RabbitMQ virtual hosts on the machine's broker.
+"""Private Redis and PostgreSQL servers that a chaos scenario may kill and restart at will, in plain text or
+TLS only (with certificates a test CA signs at test time, `TestCertificates`), and private RabbitMQ virtual
+hosts on the machine's broker.
 
 The servers run on free ports from a temporary directory, so the machine's shared services (and other test
 runs on them) are never touched; only the broker-restart scenarios stop the shared RabbitMQ, for seconds. A
@@ -18,6 +19,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,13 +56,49 @@ def _wait_until(check, *, what: str, timeout: float = 30) -> None:
     raise RuntimeError(f"{what} did not come up within {timeout}s")
 
 
-class RedisServer:
-    """A throw-away `redis-server` that keeps nothing on disk: a restart loses every key."""
+@dataclass(frozen=True)
+class TestCertificates:
+    """A test CA (`ca`) and a server certificate it signed (`cert`, `key`) for `localhost` and 127.0.0.1,
+    made with the openssl command line in `folder`."""
 
-    def __init__(self, *, password: str | None = None) -> None:
+    __test__ = False  # a helper, not a pytest class
+    ca: Path
+    cert: Path
+    key: Path
+
+    @classmethod
+    def make(cls, folder: Path) -> TestCertificates:
+        folder.mkdir(parents=True, exist_ok=True)
+        made = cls(ca=folder / "ca.pem", cert=folder / "server.pem", key=folder / "server.key")
+        ca_key, request, names = folder / "ca.key", folder / "server.csr", folder / "names.cnf"
+        names.write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+        ca_subject = f"/CN=Test CA {folder.name}"
+        _openssl("req", "-x509", "-days", "2", *_NEW_KEY, "-keyout", ca_key, "-out", made.ca, "-subj", ca_subject)
+        _openssl("req", *_NEW_KEY, "-keyout", made.key, "-out", request, "-subj", "/CN=localhost")
+        _openssl(
+            "x509", "-req", "-in", request, "-CA", made.ca, "-CAkey", ca_key, "-CAcreateserial",
+            "-days", "2", "-extfile", names, "-out", made.cert,
+        )  # fmt: skip
+        return made
+
+
+# Elliptic-curve keys: made in milliseconds, where RSA keys take a noticeable share of a second each.
+_NEW_KEY = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+
+
+def _openssl(*args: str | Path) -> None:
+    subprocess.run([_binary("openssl"), *map(str, args)], check=True, capture_output=True, timeout=30)
+
+
+class RedisServer:
+    """A throw-away `redis-server` that keeps nothing on disk: a restart loses every key. With `tls`, it
+    serves TLS only (no plain-text port), with that certificate; clients check it against `tls.ca`."""
+
+    def __init__(self, *, password: str | None = None, tls: TestCertificates | None = None) -> None:
         self.binary = _binary("redis-server")
         self.port = free_port()
         self.password = password
+        self.tls = tls
         self.process: subprocess.Popen | None = None
 
     @classmethod
@@ -76,31 +114,29 @@ class RedisServer:
 
     def url(self, db: int = 0) -> str:
         auth = f":{self.password}@" if self.password else ""
+        if self.tls:
+            return f"rediss://{auth}127.0.0.1:{self.port}/{db}?ssl_cert_reqs=required&ssl_ca_certs={self.tls.ca}"
         return f"redis://{auth}127.0.0.1:{self.port}/{db}"
 
     def client(self) -> redis.Redis:
         return redis.Redis.from_url(self.url())
 
     def start(self) -> None:
-        command = [
-            self.binary,
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--daemonize",
-            "no",
-        ]
+        command = [self.binary, *self._listen(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        command += ["--daemonize", "no"]
         if self.password:
             command += ["--requirepass", self.password]
         self.process = subprocess.Popen(
             command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
         )
         _wait_until(lambda: self.client().ping(), what=f"redis on port {self.port}")
+
+    def _listen(self) -> list[str]:
+        if not self.tls:
+            return ["--port", str(self.port)]
+        # --port 0: no plain-text port at all, so every client connection is TLS; no client certificates asked.
+        certificate = ["--tls-cert-file", str(self.tls.cert), "--tls-key-file", str(self.tls.key)]
+        return ["--port", "0", "--tls-port", str(self.port), "--tls-auth-clients", "no", *certificate]
 
     def kill(self) -> None:
         """kill -9: every queued message and unacked delivery is gone."""
@@ -119,27 +155,47 @@ class RedisServer:
 
 
 class PostgresCluster:
-    """A private PostgreSQL cluster (trust auth) owned by the `postgres` OS user, in a temp dir."""
+    """A private PostgreSQL cluster (trust auth) owned by the `postgres` OS user, in a temp dir. With `tls`,
+    it takes TCP connections over TLS only (`hostssl`), with that certificate, `postgres` trusted and every
+    other role by password; its URLs ask for `sslmode=verify-full` against `tls.ca`."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, tls: TestCertificates | None = None) -> None:
         self.bin = Path(_binary("/usr/lib/postgresql/*/bin/initdb")).parent
         self.root = Path(tempfile.mkdtemp(prefix="chaos-pg-"))
         self.data, self.sockets, self.log = self.root / "data", self.root / "sock", self.root / "server.log"
         self.port = free_port()
+        self.tls = tls
 
-    def url(self, database: str = "postgres", *, password: str | None = None) -> str:
-        auth = f"{PG_USER}:{password}" if password else PG_USER
-        return f"postgresql+psycopg2://{auth}@127.0.0.1:{self.port}/{database}"
+    def url(self, database: str = "postgres", *, user: str = PG_USER, password: str | None = None) -> str:
+        auth = f"{user}:{password}" if password else user
+        query = f"?sslmode=verify-full&sslrootcert={self.tls.ca}" if self.tls else ""
+        return f"postgresql+psycopg2://{auth}@127.0.0.1:{self.port}/{database}{query}"
 
     def init(self) -> None:
         self.sockets.mkdir()
         shutil.chown(self.root, PG_USER)
         shutil.chown(self.sockets, PG_USER)
         self._as_postgres("initdb", "-D", str(self.data), "-A", "trust", "-U", PG_USER, "--no-sync")
+        if self.tls:
+            self._serve_tls_only(self.tls)
         self.start()
+
+    def _serve_tls_only(self, tls: TestCertificates) -> None:
+        for source, name in ((tls.cert, "server.crt"), (tls.key, "server.key")):
+            shutil.copyfile(source, self.data / name)
+            shutil.chown(self.data / name, PG_USER)
+        (self.data / "server.key").chmod(0o600)  # the server refuses a key others may read
+        rules = [
+            "local all all trust",
+            f"hostssl all {PG_USER} 127.0.0.1/32 trust",
+            "hostssl all all 127.0.0.1/32 scram-sha-256",
+        ]
+        (self.data / "pg_hba.conf").write_text("\n".join(rules) + "\n")
 
     def start(self) -> None:
         options = f"-p {self.port} -k {self.sockets} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300"
+        if self.tls:
+            options += " -c ssl=on"  # server.crt and server.key in the data directory, PostgreSQL's defaults
         self._as_postgres("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.log), "-w", "start")
         _wait_until(self._answers, what=f"postgres on port {self.port}")
 

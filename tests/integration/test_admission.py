@@ -33,6 +33,8 @@ REASON = "user u1 is over its rate limit"
 class DeferFirstAsk:
     """A test check: defers each task the first time it is asked about it, lets it run after that."""
 
+    name = "defer_first_ask"
+
     def __init__(self) -> None:
         self.asked: list[tuple[uuid.UUID, int]] = []
 
@@ -46,6 +48,8 @@ class DeferFirstAsk:
 
 
 class RefuseAll:
+    name = "refuse_all"
+
     def admit(self, candidates: Sequence[Candidate]) -> list[Decision]:
         return [Decision.refuse("the agent's spend cap is reached") for _ in candidates]
 
@@ -55,6 +59,8 @@ class RefuseAll:
 
 class SharedStateOutOfReach:
     """A check whose shared state is out of reach: Redis refuses the connection, in admit and in release."""
+
+    name = "out_of_reach"
 
     def admit(self, candidates: Sequence[Candidate]) -> list[Decision]:
         raise redis.exceptions.ConnectionError("Error 111 connecting to 127.0.0.1:1. Connection refused.")

@@ -4,11 +4,14 @@ test_rate_limited_workers.py and tests/chaos/test_limits_after_crash.py."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
+from dataclasses import replace
 
 import pytest
 import redis
+from redis.asyncio import Redis as AsyncRedis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -19,7 +22,9 @@ from agent_service.admission.pause import PAUSED, PauseCheck, pause, resume
 from agent_service.admission.rate_limits import MIN_RETRY_SECONDS, RateLimits
 from agent_service.config import ModelRateLimit, Settings
 from agent_service.database import session_scope
+from agent_service.errors import CallNotSentError
 from agent_service.llm.messages import LLMReply, LLMRequest, Message, ModelOptions, Usage
+from agent_service.llm.send_slots import leave_on_time
 from agent_service.models import LimitScope
 from agent_service.store.agents import AgentSpec
 from agent_service.store.overrides import OverrideCache, set_override
@@ -76,6 +81,60 @@ def test_calls_over_the_model_rpm_are_deferred_one_after_the_other_naming_the_li
     # Then two run and three wait, each for the next free slot (one every half second)
     assert verdicts(decisions) == ["run", "run"] + [f"rate limit {MODEL} RPM"] * 3
     assert [round(d.retry_in, 1) for d in decisions[2:]] == [0.5, 1.0, 1.5]
+
+
+def test_a_reserved_call_carries_its_slot_and_on_time_leaves_without_asking_redis_again(settings, shared, overrides):
+    # Given 60 requests a minute for the model
+    limits = limiter(settings, shared, overrides, llm_rate_limits={MODEL: ModelRateLimit(rpm=60)})
+    # When a call is reserved
+    [decision] = limits.admit([candidate()])
+    slot = decision.request.send_slot
+    # Then its request holds its slot: the bucket, one second of it, to leave within the late allowance
+    assert slot is not None and slot.costs == (1.0,) and slot.buckets == (f"agent_service:rate:model:{MODEL}:rpm",)
+    assert 0 < slot.leave_by - time.time() <= settings.rate_limit_late_seconds
+    before = shared.get(slot.buckets[0])
+    # and leaving on time takes nothing more
+    asyncio.run(_leave(slot))
+    assert shared.get(slot.buckets[0]) == before
+
+
+def test_a_call_leaving_late_takes_a_new_slot_and_waits_for_it(settings, shared, overrides):
+    # Given 60 requests a minute and a one-second burst: a call reserved, then late
+    limits = limiter(settings, shared, overrides, llm_rate_limits={MODEL: ModelRateLimit(rpm=60)})
+    [decision] = limits.admit([candidate()])
+    late = replace(decision.request.send_slot, leave_by=time.time() - 1, max_wait_seconds=5.0)
+    # When it leaves late, twice
+    started = time.monotonic()
+    asyncio.run(_leave(late))
+    asyncio.run(_leave(late))
+    # Then each took a new slot after the one before, waiting a second for it (the bucket holds one)
+    assert time.monotonic() - started >= 1.8
+    assert float(shared.get(late.buckets[0])) - time.time() > 0.5
+
+
+def test_a_late_call_is_not_sent_while_paused_or_when_no_slot_comes_in_its_wait(settings, shared, overrides):
+    # Given a late call, with the pause obeyed
+    limits = limiter(settings, shared, overrides, llm_rate_limits={MODEL: ModelRateLimit(rpm=60)}, pause_enabled=True)
+    [decision] = limits.admit([candidate()])
+    late = replace(decision.request.send_slot, leave_by=time.time() - 1)
+    # When the service is paused, it is not sent
+    pause(shared)
+    with pytest.raises(CallNotSentError, match="paused"):
+        asyncio.run(_leave(late))
+    resume(shared)
+    # and when its next slot is further than it may wait, neither (its task is deferred, its attempt unspent)
+    shared.set(late.buckets[0], time.time() + 30)
+    with pytest.raises(CallNotSentError, match="too late") as refused:
+        asyncio.run(_leave(late))
+    assert refused.value.delay > 20
+
+
+async def _leave(slot) -> None:
+    client = AsyncRedis.from_url(IDLE_REDIS)
+    try:
+        await leave_on_time(slot, client)
+    finally:
+        await client.aclose()
 
 
 def test_a_batch_with_nothing_fitting_now_waits_in_the_worker_for_its_next_slot(settings, shared, overrides):

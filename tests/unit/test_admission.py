@@ -23,6 +23,8 @@ def candidate(user_id: str) -> Candidate:
 class RecordingCheck:
     """A check that answers by a rule on each candidate, and records what it was asked and given back."""
 
+    name = "recording"
+
     def __init__(self, rule: Callable[[Candidate], Decision] = lambda _: Decision.run()) -> None:
         self.rule = rule
         self.asked: list[list[str]] = []
