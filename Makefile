@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # One stamp per content of both requirement files: editing either reinstalls.
 STAMP  := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
 
-.PHONY: install demo test test-unit lint services worker beat flower llm-server init-db clean bench chaos
+.PHONY: install demo test test-unit lint services worker beat flower flower-screenshot llm-server init-db clean bench chaos
 
 # A development machine: the runtime plus tests, benchmarks and linters (production installs only
 # requirements.txt, as the Dockerfile does).
@@ -50,10 +50,14 @@ worker: install
 	$(BIN)/python cli.py worker
 
 beat: install
-	$(BIN)/celery -A worker beat --loglevel=info --schedule .local/celerybeat-schedule
+	$(BIN)/python cli.py beat
 
 flower: install
 	$(BIN)/python cli.py flower
+
+# docs/images/flower-tasks.png, made again by the Flower browser test (a real worker, Flower and Chromium).
+flower-screenshot: install services
+	FLOWER_SCREENSHOTS=docs/images $(BIN)/python -m pytest tests/integration/test_flower_browser.py
 
 llm-server: install
 	$(BIN)/python -m agent_service.devtools.llm_server --port 8099

@@ -7,6 +7,7 @@ AgentServiceError
 ├── TaskNotFoundError     no task row with that id
 ├── ApprovalError         a decision on a task that awaits no approval, or whose approval expired
 ├── BrokerUnavailableError the row is saved as pending but could not be queued
+├── AddressRefusedError   an outbound call's host does not resolve, or to an address it may not reach
 ├── RetryableError        transient: try again later, after `delay` seconds if given
 └── PermanentError        retrying cannot help: fail the task now
     ├── ContextLengthExceededError the task does not fit the model's context (the model's limit, not the provider's)
@@ -30,7 +31,6 @@ from pydantic import ValidationError
 
 if TYPE_CHECKING:
     import openai
-    from sqlalchemy.exc import DBAPIError
 
 QUOTA_ERROR_CODE = "insufficient_quota"
 CONTEXT_LENGTH_CODE = "context_length_exceeded"
@@ -72,6 +72,11 @@ class ApprovalError(AgentServiceError, ValueError):
 class BrokerUnavailableError(AgentServiceError):
     """The task row is saved but the broker refused the message: a pending row is re-queued by the sweeper, a
     waiting one (fair-share dispatch) published by the dispatchers."""
+
+
+class AddressRefusedError(AgentServiceError):
+    """An outbound call (a tool's, a notification's) was not sent: its host does not resolve, or resolves to an
+    address it may not reach (`tools.addresses`); the message says which."""
 
 
 class RetryableError(AgentServiceError):
@@ -129,12 +134,10 @@ def classify(exc: BaseException) -> RetryableError | PermanentError:
         return exc
     # The worker imports no LLM client and the LLM process no database or Celery code (tens of MB each),
     # so each library is looked up only if its process loaded it: an error can only come from one that did.
-    openai, sqlalchemy_exc, billiard_exc, redis_exc = map(
-        sys.modules.get, ("openai", "sqlalchemy.exc", "billiard.exceptions", "redis.exceptions")
-    )
+    openai, billiard_exc, redis_exc = map(sys.modules.get, ("openai", "billiard.exceptions", "redis.exceptions"))
     if openai and isinstance(exc, openai.APIError):
         return _classify_openai(exc, openai)
-    if sqlalchemy_exc and isinstance(exc, sqlalchemy_exc.DBAPIError) and _is_disconnect(exc, sqlalchemy_exc):
+    if database_unreachable(exc):
         return RetryableError(f"database unavailable: {_first_line(exc)}")
     if redis_exc and isinstance(exc, redis_exc.RedisError):
         # Down, failing over (READONLY) or out of memory: the shared state is out of reach for now.
@@ -197,7 +200,12 @@ def _retry_after(exc: openai.APIStatusError) -> float | None:
     return None
 
 
-def _is_disconnect(exc: DBAPIError, sqlalchemy_exc: ModuleType) -> bool:
+def database_unreachable(exc: BaseException) -> bool:
+    """Whether `exc` says the database is out of reach (down, restarting, a connection lost), as opposed to a
+    query it refused."""
+    sqlalchemy_exc = sys.modules.get("sqlalchemy.exc")  # loaded only in a process that uses the database
+    if sqlalchemy_exc is None or not isinstance(exc, sqlalchemy_exc.DBAPIError):
+        return False
     return isinstance(exc, sqlalchemy_exc.OperationalError) or bool(exc.connection_invalidated)
 
 

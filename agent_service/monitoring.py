@@ -63,6 +63,13 @@ REPLY_CACHE = Counter(
     "Deterministic calls of agents with a reply cache, by whether Redis answered them (hit) or the model (miss)",
     ["result"],
 )
+NOTIFICATIONS = Counter(
+    "agent_service_notifications_total",
+    "Webhook notifications (ALERT_WEBHOOK_URL) by event type and result: sent; collapsed (a repeat within the "
+    "collapse window, sent later as a count); failed (the receiver refused it, or every attempt failed); refused "
+    "(the URL's address is not allowed); dropped (the process's buffer was full)",
+    ["event", "result"],
+)
 LLM_REQUESTS = Counter(
     "agent_service_llm_requests_total",
     "LLM calls by model and how the provider answered: the HTTP status code (200, 429, 500, 401, ...), or "

@@ -1,6 +1,6 @@
 """The services a task needs, in one typed object: settings, database sessions, Redis, the LLM runner, the
 tool caller, the admission checks, the replies kept in Redis, the live output publisher, the calls under
-way and tracing. The Celery app carries one (`worker.AgentServiceCelery.services`)."""
+way, tracing and the notifier. The Celery app carries one (`worker.AgentServiceCelery.services`)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from agent_service.live.publisher import LivePublisher
 from agent_service.llm.prices import PriceBook
 from agent_service.llm.runners import LLMRunner, make_runner
 from agent_service.messaging.cancellation import CancelListener
+from agent_service.notifications import Notifier, build_notifier
 from agent_service.tracing import NO_TRACES, TaskTraces, Tracing, tracing_for
 
 
@@ -52,10 +53,20 @@ class Services:
         return PriceBook(self.settings)
 
     @cached_property
+    def notifier(self) -> Notifier:
+        """Where this process reports critical events (ALERT_WEBHOOK_URL; without it, nowhere)."""
+        redis = (lambda: self.redis) if self.settings.redis_url else None
+        return build_notifier(self.settings, redis=redis)
+
+    @cached_property
     def admission(self) -> Admission:
         """The admission controls the settings switch on (none by default)."""
         return build_admission(
-            self.settings, redis=lambda: self.redis, session_factory=self.session_factory, prices=self.prices
+            self.settings,
+            redis=lambda: self.redis,
+            session_factory=self.session_factory,
+            prices=self.prices,
+            notifier=self.notifier,
         )
 
     @cached_property

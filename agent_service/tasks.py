@@ -16,7 +16,8 @@ from celery import Celery, Task, shared_task
 
 from agent_service import worker
 from agent_service.consumer.batching import AgentRequest, AgentTaskBatches, delivery_trace
-from agent_service.errors import PermanentError, RetryableError, classify
+from agent_service.consumer.readiness import unreachable_event
+from agent_service.errors import PermanentError, RetryableError, classify, database_unreachable
 from agent_service.execution.maintenance import (
     check_health,
     fail_dead_lettered_tasks,
@@ -40,7 +41,8 @@ from agent_service.messaging.routing import (
     broker_countdown,
 )
 from agent_service.monitoring import monitor_task_execution
-from agent_service.services import services_of
+from agent_service.notifications import Event, EventType
+from agent_service.services import Services, services_of
 from agent_service.store.groups import GroupProgress
 from agent_service.submission import approvals, groups, submit
 from agent_service.submission.follow import FollowedTask
@@ -136,6 +138,8 @@ def process_agent_task(self: AgentTaskBatches, requests: list[AgentRequest]) -> 
         execute_agent_tasks([_task_id_argument(request) for request in requests], context)
     except Exception as exc:
         error = classify(exc)
+        if database_unreachable(exc):
+            services.notifier.notify(unreachable_event(f"{error}; this worker's tasks are sent again later"))
         unsettled = [at for at in range(len(requests)) if at not in settled]
         retrying = [
             (at, _retry_later(self.app, requests[at], error, started=started, trace=traces.at(at))) for at in unsettled
@@ -151,12 +155,16 @@ def process_agent_task(self: AgentTaskBatches, requests: list[AgentRequest]) -> 
 @monitor_task_execution("sweep_stale_tasks", ok=Outcome.COMPLETED, error=Outcome.ERROR)
 def sweep_stale_tasks(self: Task) -> dict[str, Any]:
     """Fail the tasks whose message RabbitMQ dead-lettered, re-queue rows stuck without a live message (broker
-    down at submit, lost with Redis, dead worker), fail the tasks whose pending approval expired, and send the
-    callbacks of groups whose sender was lost."""
+    down at submit, lost with Redis, dead worker), fail the tasks whose pending approval expired (both notified as
+    dead letters), and send the callbacks of groups whose sender was lost."""
     services = services_of(self.app)
     collaborators = {"app": self.app, "session_factory": services.session_factory, "settings": services.settings}
     dead_lettered = fail_dead_lettered_tasks(**collaborators)
+    _notify_failed_for_good(
+        services, dead_lettered, cause="delivery limit", why="the broker dead-lettered their message"
+    )
     expired = fail_expired_approvals(**collaborators)
+    _notify_failed_for_good(services, expired, cause="approval expired", why="a tool call's approval expired")
     requeued = requeue_stuck_tasks(**collaborators)
     return {
         "status": "ok",
@@ -165,6 +173,13 @@ def sweep_stale_tasks(self: Task) -> dict[str, Any]:
         "dead_lettered": dead_lettered,
         "callbacks": send_lost_group_callbacks(**collaborators),
     }
+
+
+def _notify_failed_for_good(services: Services, count: int, *, cause: str, why: str) -> None:
+    """Notify `count` tasks the sweeper failed for good (none: nothing), as dead letters."""
+    if count:
+        summary = f"{count} task(s) failed for good: {why}; python cli.py failed lists them"
+        services.notifier.notify(Event(EventType.TASK_DEAD_LETTERED, summary, {"cause": cause}, {"tasks": count}))
 
 
 @shared_task(bind=True, name=HEALTH_TASK_NAME)

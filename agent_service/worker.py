@@ -7,6 +7,9 @@ design's handle on the agent task, a signature by name: `process_agent_task.dela
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
 from typing import Any
 
@@ -40,6 +43,7 @@ from agent_service.messaging.routing import (
     task_queues,
 )
 from agent_service.monitoring import WORKER_UP, Readings, configure_logging, start_metrics_exporter, use_metric_files
+from agent_service.notifications import Event, EventType
 from agent_service.services import Services
 
 
@@ -164,9 +168,10 @@ def _use_metric_files(**_: Any) -> None:
 def _prepare_pool_process(**_: Any) -> None:
     if not _runs_this_app():
         return
-    # A forked child must not reuse the parent's sockets; close=False leaves them to the parent.
-    app.services.engine.dispose(close=False)
-    _prepare_to_run_tasks()
+    with _start_failures_notified():
+        # A forked child must not reuse the parent's sockets; close=False leaves them to the parent.
+        app.services.engine.dispose(close=False)
+        _prepare_to_run_tasks()
 
 
 @worker_ready.connect
@@ -180,11 +185,12 @@ def _start_metrics_and_llm_runner(sender: Any = None, **_: Any) -> None:
         shared_state=partial(read_shared_state, lambda: services.redis) if services.settings.redis_url else None,
     )
     settings = services.settings
-    start_metrics_exporter(
-        settings.metrics_port, address=settings.metrics_address, readings=readings, files=settings.metrics_files
-    )
-    if app.conf.worker_pool != "prefork":  # prefork: each pool process prepares itself
-        _prepare_to_run_tasks()
+    with _start_failures_notified():
+        start_metrics_exporter(
+            settings.metrics_port, address=settings.metrics_address, readings=readings, files=settings.metrics_files
+        )
+        if app.conf.worker_pool != "prefork":  # prefork: each pool process prepares itself
+            _prepare_to_run_tasks()
     WORKER_UP.labels(_node_name(sender)).set(1)
 
 
@@ -193,18 +199,20 @@ def _stop_pool_process(**_: Any) -> None:
     if _runs_this_app():
         app.services.llm_runner.close()
         app.services.tracing.shutdown()  # a pool process exits without running atexit hooks
+        _send_notifications()
 
 
 @worker_shutdown.connect
 def _stop_llm_runner(sender: Any = None, **_: Any) -> None:
     """After the pool has stopped: the LLM process answers any call still under way, then exits, before
-    the worker does (prefork: each pool process closes its own)."""
+    the worker does (prefork: each pool process closes its own); the notifications still queued are sent."""
     if not _runs_this_app():
         return
     WORKER_UP.labels(_node_name(sender)).set(0)
     if app.conf.worker_pool != "prefork":
         app.services.llm_runner.close()
         app.services.tracing.shutdown()
+    _send_notifications()
 
 
 def _node_name(sender: Any) -> str:
@@ -220,8 +228,29 @@ def _prepare_to_run_tasks() -> None:
 
         instrument_celery(app.services.tracing)
     settle_heap()
-    app.services.llm_runner.start()
+    if not app.services.llm_runner.start():
+        _notify_start_failure(f"its LLM process was not ready within {LLM_PROCESS_START_SECONDS:.0f} s")
     app.services.listen_for_cancellations()
+
+
+@contextmanager
+def _start_failures_notified() -> Iterator[None]:
+    """Notify an error that keeps this worker process from getting ready, then let it go on as before."""
+    try:
+        yield
+    except Exception as exc:
+        _notify_start_failure(f"{type(exc).__name__}: {str(exc).strip().partition(chr(10))[0][:300]}")
+        raise
+
+
+def _notify_start_failure(reason: str) -> None:
+    summary = f"a worker process (pid {os.getpid()}) cannot get ready to run tasks: {reason}"
+    app.services.notifier.notify(Event(EventType.WORKER_START_FAILED, summary))
+
+
+def _send_notifications() -> None:
+    """Send what this process has queued before it exits, for at most one delivery's time."""
+    app.services.notifier.close(timeout=app.services.settings.alert_webhook_timeout_seconds)
 
 
 def _runs_this_app() -> bool:

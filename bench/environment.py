@@ -130,7 +130,8 @@ def truncate_tasks(app: AgentServiceCelery) -> None:
 
 
 def _create_agents(app: AgentServiceCelery, *, tool_url: str) -> dict[str, str]:
-    """One agent per kind the bench runs, by kind: the text agent, a decision agent, a tool-using agent."""
+    """One agent per kind the bench runs, by kind: the text agent, a decision agent, a tool-using agent, and
+    (`dead-letter`) a text agent whose every call the server refuses (400), so each of its tasks fails at once."""
     common = {"model": BENCH_MODEL, "temperature": 0.2, "max_tokens": 200}
     echo = {
         "name": "echo",
@@ -141,6 +142,7 @@ def _create_agents(app: AgentServiceCelery, *, tool_url: str) -> dict[str, str]:
     }
     agents = {
         "text": Agent(name="bench-agent", prompt="You are a concise analyst.", **common),
+        "dead-letter": Agent(name="bench-dead-letter-agent", prompt="You are refused. [[mock:400]]", **common),
         "decision": Agent(
             name="bench-decision-agent",
             prompt="You triage requests.",

@@ -29,12 +29,16 @@ class Completions:
 
 
 class AgentTaskLoad:
-    """Agent tasks submitted through `tasks.create_agent_tasks`, followed through their rows."""
+    """Agent tasks submitted through `tasks.create_agent_tasks`, followed through their rows; a task counts as
+    done when it reaches `ends_as` (completed, or failed for a load meant to fail)."""
 
-    def __init__(self, app: Celery, *, agent_id: str, user_id: str = "bench") -> None:
+    def __init__(
+        self, app: Celery, *, agent_id: str, user_id: str = "bench", ends_as: TaskStatus = TaskStatus.COMPLETED
+    ) -> None:
         self.app = app
         self.agent_id = agent_id
         self.user_id = user_id
+        self.ends_as = ends_as
 
     def submit(self, first: int, count: int) -> None:
         items = [
@@ -59,7 +63,7 @@ class AgentTaskLoad:
 
     def completions(self, *, own_only: bool = False) -> Completions:
         """Every task's completion (`own_only`: those of this load's user alone)."""
-        completed = Task.status == TaskStatus.COMPLETED
+        completed = Task.status == self.ends_as
         mine = Task.user_id == self.user_id if own_only else true()
         with session_scope(self.app.services.session_factory) as session:
             rows = session.execute(select(Task.created_at, Task.finished_at).where(completed, mine)).all()

@@ -2,9 +2,10 @@
 
 `make bench` runs each at 0 ms and 1000 ms of simulated LLM latency (ours is started exactly as
 `make worker` starts it), then an offered-load run, ours under a rate limit below the server's own, the
-fair-share pair (one user's backlog, another user's steady trickle, FIFO beside fair dispatch), the kinds, ours
-on each broker (Redis, RabbitMQ with quorum queues: throughput at 1000 ms and latency under a light load) and a
-bulk-submit measurement:
+fair-share pair (one user's backlog, another user's steady trickle, FIFO beside fair dispatch), the kinds, the
+notifications pair (every task a dead letter, without and with a slow webhook receiver), ours on each broker
+(Redis, RabbitMQ with quorum queues: throughput at 1000 ms and latency under a light load) and a bulk-submit
+measurement:
 
     python -m bench.run [--quick] [--only NAME ...] [--ours-env LLM_CONCURRENCY=512 ...]
 
@@ -20,6 +21,7 @@ import sys
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from pydantic import SecretStr
 from rich.console import Console
 
 from agent_service.config import ModelRateLimit, Settings
@@ -28,6 +30,7 @@ from bench.otlp_sink import otlp_sink
 from bench.plot import plot_results
 from bench.report import RATE_LIMITED_BUSY, evaluate_targets, print_report, ratios, write_json
 from bench.scenarios import (
+    DEAD_LETTER,
     OURS_COMMAND,
     RABBITMQ,
     REDIS,
@@ -52,6 +55,9 @@ EVERY_CONTROL_GENEROUS: tuple[tuple[str, Any], ...] = (
     ("rate_limits_enabled", True),
     ("llm_rate_limits", {BENCH_MODEL: ModelRateLimit(rpm=10_000_000, tpm=10_000_000_000)}),
 )
+# The webhook on, pointing at a receiver that takes 2 s per request, every dead letter a notification (no
+# collapsing): what a slow receiver costs the tasks whose failures it is told of.
+SLOW_RECEIVER_MS = 2000
 GROUPS = (
     "floor",
     "baseline",
@@ -62,6 +68,7 @@ GROUPS = (
     "kinds",
     "tracing",
     "metrics",
+    "notifications",
     "brokers",
     "bulk",
 )
@@ -131,7 +138,11 @@ def main(argv: list[str] | None = None) -> int:
     sizes, wanted = (QUICK if args.quick else FULL), set(args.only or GROUPS)
     console = Console(width=None if sys.stdout.isatty() else 200)
     with bench_environment(overrides=dict(args.ours_env)) as env, otlp_sink() as otlp_url:
-        plans = [plan for plan in build_plans(env.settings, sizes, otlp_url=otlp_url) if _group(plan) in wanted]
+        plans = [
+            plan
+            for plan in build_plans(env.settings, sizes, otlp_url=otlp_url, tool_url=env.tool_url)
+            if _group(plan) in wanted
+        ]
         runs = [_run(console, plan, env, sizes) for plan in plans]
         bulk = measure_bulk_submit(env, count=sizes.bulk) if "bulk" in wanted else None
     ratio = ratios({run.name: run for run in runs})
@@ -153,9 +164,10 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if any(run.status == "broken" for run in runs) else 0
 
 
-def build_plans(ours: Settings, sizes: Sizes, *, otlp_url: str) -> list[RunPlan]:
+def build_plans(ours: Settings, sizes: Sizes, *, otlp_url: str, tool_url: str) -> list[RunPlan]:
     """Every run in order; the floor runs once (it calls no LLM) and again on ours' pool when that differs. The
-    tracing runs export their spans to `otlp_url`."""
+    tracing runs export their spans to `otlp_url`; the slow webhook receiver is the bundled tool server's `/slow`
+    at `tool_url`."""
     pool, concurrency = ours.worker_pool, ours.worker_concurrency
     floor = celery_command("bench.floor", pool="prefork", concurrency=4, queues="agent_tasks")
     baseline = celery_command("bench.baseline", pool="prefork", concurrency=4)
@@ -251,6 +263,27 @@ def build_plans(ours: Settings, sizes: Sizes, *, otlp_url: str) -> list[RunPlan]
             ("in-memory", (("metrics_port", _free_port()), ("metrics_multiprocess", False))),
             ("multiprocess", (("metrics_port", _free_port()), ("metrics_multiprocess", True))),
         )
+    ]
+    # Every task fails at once (the server refuses its call), each a dead letter: without notifications, then
+    # with every one of them sent to a slow receiver.
+    webhook = (
+        ("alert_webhook_url", SecretStr(f"{tool_url}/slow?ms={SLOW_RECEIVER_MS}")),
+        ("alert_webhook_secret", SecretStr("bench-secret")),
+        ("alert_webhook_collapse_seconds", 0),
+    )
+    plans += [
+        RunPlan(
+            f"dead-letters-{setup}",
+            "notifications",
+            OURS_COMMAND,
+            pool,
+            concurrency,
+            0,
+            sizes.ours,
+            kind=DEAD_LETTER,
+            settings=webhook if setup == "webhook-slow" else (),
+        )
+        for setup in ("no-webhook", "webhook-slow")
     ]
     # Each broker in turn, in one group: throughput at 1000 ms, and latency under a light load at 0 ms.
     light = int(sizes.light_rate * sizes.light_seconds)

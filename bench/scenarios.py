@@ -19,6 +19,7 @@ import redis
 from agent_service.config import Settings
 from agent_service.devtools.processes import busy_core, rabbitmq_vhost, started, worker_env
 from agent_service.messaging.routing import AGENT_QUEUE
+from agent_service.models import TaskStatus
 from agent_service.worker import AgentServiceCelery, create_celery_app
 from bench.environment import BENCH_MODEL, BENCH_REDIS, IDLE_REDIS, BenchEnvironment, truncate_tasks
 from bench.floor import create_floor_app
@@ -30,6 +31,7 @@ REDIS, RABBITMQ = "redis", "rabbitmq"
 SUBMIT_CHUNK = 500
 POLL_SECONDS = 0.5
 MAX_WARMUP_TASKS = 40
+DEAD_LETTER = "dead-letter"
 _BANNER_POOL = re.compile(r"concurrency: (\d+) \((\w+)\)")
 
 
@@ -70,7 +72,9 @@ class RunPlan:
     # own tasks' alone (the fair-share scenario).
     backlog: int = 0
     settings: tuple[tuple[str, Any], ...] = ()  # Settings fields for the worker and the submitting app
-    kind: str = "text"  # the kind of agent work its tasks are (the bench has one agent per kind)
+    # The kind of agent work its tasks are (the bench has one agent per kind), or DEAD_LETTER: tasks that fail at
+    # once, the run timed to their failures.
+    kind: str = "text"
     workers: int = 1  # worker processes sharing the run (the figures of CPU and memory are the first one's)
     busy: bool = False  # one core kept spinning for the run, as on a loaded host
     broker: str = REDIS  # or RABBITMQ: a vhost of its own, results and shared controls still on Redis
@@ -244,7 +248,8 @@ def _warm_up(load: AgentTaskLoad | NoopLoad, worker, env: BenchEnvironment, plan
 def _load_for(plan: RunPlan, env: BenchEnvironment, app: AgentServiceCelery) -> AgentTaskLoad | NoopLoad:
     if plan.floor:
         return NoopLoad(create_floor_app(env.settings), redis_url=BENCH_REDIS)
-    return AgentTaskLoad(app, agent_id=env.agents[plan.kind])
+    ends_as = TaskStatus.FAILED if plan.kind == DEAD_LETTER else TaskStatus.COMPLETED
+    return AgentTaskLoad(app, agent_id=env.agents[plan.kind], ends_as=ends_as)
 
 
 def _submit(load: AgentTaskLoad | NoopLoad, plan: RunPlan) -> float | None:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Make sure PostgreSQL, Redis and RabbitMQ answer on 127.0.0.1: start them when down, install them
-# from Debian's packages when missing; install the tools the tests run (Prometheus and promtool).
+# from Debian's packages when missing; install the tools the tests run (Prometheus and promtool; Chromium and
+# its driver for the Flower browser test).
 # Used by `make test`, `make chaos` and `make bench`.
 set -euo pipefail
 
@@ -65,6 +66,13 @@ ensure_rabbitmq() {
   echo "RabbitMQ did not come up on 127.0.0.1:5672" >&2; exit 1
 }
 
+ensure_chromium() {
+  # Debian's own builds: tests/integration/test_flower_browser.py drives them, and nothing is downloaded at run time.
+  if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then return; fi
+  echo "installing Chromium and chromedriver from Debian's packages"
+  apt_install chromium chromium-driver
+}
+
 ensure_openssl() {
   # The TLS tests make their certificates with it.
   command -v openssl >/dev/null || apt_install openssl
@@ -83,4 +91,5 @@ ensure_redis
 ensure_rabbitmq
 ensure_openssl
 ensure_prometheus
+ensure_chromium
 echo "PostgreSQL, Redis and RabbitMQ are up"

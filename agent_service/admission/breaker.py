@@ -32,6 +32,7 @@ from agent_service.config import Settings
 from agent_service.errors import ProviderFault
 from agent_service.models import LimitScope
 from agent_service.monitoring import BREAKER_TRANSITIONS
+from agent_service.notifications import NO_NOTIFICATIONS, Event, EventType, Notifier
 from agent_service.store.overrides import OverrideCache
 
 logger = logging.getLogger(__name__)
@@ -200,8 +201,10 @@ class CircuitBreaker:
         policy: Callable[[str], BreakerPolicy],
         probe_lease_seconds: float,
         clock: Callable[[], float] = time.time,
+        notifier: Notifier = NO_NOTIFICATIONS,
     ) -> None:
         self.provider = provider
+        self._notifier = notifier
         self._policy = policy
         self._probe_lease_ms = int(probe_lease_seconds * 1000)
         # Workers on several hosts compare their clocks with `open_until`: a few seconds of skew only moves
@@ -232,8 +235,8 @@ class CircuitBreaker:
 
     def release(self, ended: Sequence[CallEnded]) -> None:
         """Count the provider's successes and failures of these calls (or, while open, only the probe's),
-        opening or closing breakers as they say. One Redis round trip. Never raises: a count lost to a Redis
-        outage only delays a breaker."""
+        opening or closing breakers as they say (each change counted, logged and notified). One Redis round
+        trip. Never raises: a count lost to a Redis outage only delays a breaker."""
         by_model: dict[str, list[CallEnded]] = {}
         for end in ended:
             by_model.setdefault(end.candidate.request.model, []).append(end)
@@ -250,6 +253,22 @@ class CircuitBreaker:
                 BREAKER_TRANSITIONS.labels(provider=self.provider, model=model, transition=transition).inc()
                 because = f": {_text(why)}" if why else ""
                 logger.warning("circuit breaker %s for %s at %s%s", transition, model, self.provider, because)
+                self._notifier.notify(self._event(model, transition, by_model[model]))
+
+    def _event(self, model: str, transition: str, ends: list[CallEnded]) -> Event:
+        """The notification of a change: no provider's message goes in it (a 401's can quote part of a key)."""
+        labels = {"provider": self.provider, "model": model}
+        if transition == "closed":
+            summary = f"circuit breaker closed for {model} at {self.provider}: its probe call succeeded"
+            return Event(EventType.BREAKER_CLOSED, summary, labels, {"transition": transition})
+        if transition == "reopened":
+            cause = "the probe call failed"
+        elif any(getattr(end.error, "fault", None) is ProviderFault.DENIED for end in ends):
+            cause = "the provider refused the key or the quota is used up"
+        else:
+            cause = "too many calls failed"
+        summary = f"circuit breaker {transition} for {model} at {self.provider}: {cause}; its tasks wait"
+        return Event(EventType.BREAKER_OPENED, summary, labels, {"transition": transition, "cause": cause})
 
     def _decision(self, candidate: Candidate, pick: int, states: dict[str, _State], now_ms: int) -> Decision:
         if pick in (1, 3):
@@ -308,8 +327,11 @@ class CircuitBreaker:
         return keys
 
 
-def build_breaker(settings: Settings, *, redis: Redis, overrides: OverrideCache) -> CircuitBreaker:
-    """The breaker for the provider the settings name, its policy from settings and per-model overrides."""
+def build_breaker(
+    settings: Settings, *, redis: Redis, overrides: OverrideCache, notifier: Notifier = NO_NOTIFICATIONS
+) -> CircuitBreaker:
+    """The breaker for the provider the settings name, its policy from settings and per-model overrides,
+    telling `notifier` of each change."""
 
     def policy(model: str) -> BreakerPolicy:
         def number(name: str, default: float) -> float:
@@ -325,7 +347,9 @@ def build_breaker(settings: Settings, *, redis: Redis, overrides: OverrideCache)
 
     # A probe's call ends within the LLM timeout; the lease allows as much again for the wait before it.
     lease = 2 * settings.llm_timeout_seconds + 10
-    return CircuitBreaker(redis, provider=provider_of(settings), policy=policy, probe_lease_seconds=lease)
+    return CircuitBreaker(
+        redis, provider=provider_of(settings), policy=policy, probe_lease_seconds=lease, notifier=notifier
+    )
 
 
 def provider_of(settings: Settings) -> str:

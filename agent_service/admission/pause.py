@@ -42,9 +42,10 @@ class PauseCheck:
         """Holds nothing."""
 
 
-def pause(redis: Redis, *, now: datetime | None = None) -> None:
-    """Stop every worker's new LLM calls (within one batch) until `resume`; a second pause keeps the first's time."""
-    redis.set(PAUSE_KEY, (now or datetime.now(UTC)).isoformat(timespec="seconds"), nx=True)
+def pause(redis: Redis, *, now: datetime | None = None) -> bool:
+    """Stop every worker's new LLM calls (within one batch) until `resume`; a second pause keeps the first's time.
+    Returns whether the service was running until now."""
+    return bool(redis.set(PAUSE_KEY, (now or datetime.now(UTC)).isoformat(timespec="seconds"), nx=True))
 
 
 def resume(redis: Redis) -> bool:

@@ -33,6 +33,7 @@ from agent_service.config import Settings
 from agent_service.database import session_scope
 from agent_service.llm.prices import PriceBook
 from agent_service.models import LimitScope, Task
+from agent_service.notifications import NO_NOTIFICATIONS, Event, EventType, Notifier
 from agent_service.store.overrides import OverrideCache
 
 logger = logging.getLogger("agent_service.admission")
@@ -151,8 +152,10 @@ class SpendCaps:
         prices: PriceBook,
         session_factory: sessionmaker[Session],
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        notifier: Notifier = NO_NOTIFICATIONS,
     ) -> None:
         self._settings, self._redis, self._overrides, self._prices = settings, redis, overrides, prices
+        self._notifier = notifier
         self._session_factory, self._clock = session_factory, clock
         self._reserve, self._settle = redis.register_script(_RESERVE), redis.register_script(_SETTLE)
         self._lock = threading.Lock()
@@ -255,11 +258,20 @@ class SpendCaps:
             return Decision.defer(
                 f"{reason} (held while calls in flight settle; checked again in {retry_in:g} s)", retry_in=retry_in
             )
+        self._notifier.notify(self._event(cap))
         if self._settings.spend_cap_mode == "hard":
             return Decision.refuse(reason)
         until_rollover = (cap.ends - now).total_seconds() + 1
         retry_in = min(self._settings.spend_cap_recheck_seconds, until_rollover)
         return Decision.defer(f"{reason} (held; checked again in {retry_in:.0f} s)", retry_in=retry_in)
+
+    def _event(self, cap: Cap) -> Event:
+        """The notification that `cap` is reached (each task it turns away tells it; repeats are collapsed)."""
+        held = "refused" if self._settings.spend_cap_mode == "hard" else "held"
+        summary = f"{cap.label} of {_usd(cap.limit)} reached: its tasks are {held}"
+        labels = {"scope": cap.scope.value, "subject": cap.subject, "period": cap.period}
+        details = {"limit_usd": cap.limit, "mode": self._settings.spend_cap_mode}
+        return Event(EventType.SPEND_CAP_REACHED, summary, labels, details)
 
     def _cost(self, ended: CallEnded) -> float:
         usage = ended.reply.usage if ended.reply is not None else None
@@ -308,8 +320,10 @@ def build(
     overrides: OverrideCache,
     prices: PriceBook,
     session_factory: sessionmaker[Session],
+    notifier: Notifier = NO_NOTIFICATIONS,
 ) -> SpendCaps | None:
-    """The check, when SPEND_CAPS is on or any service-wide cap is set; else None."""
+    """The check, when SPEND_CAPS is on or any service-wide cap is set; else None. It tells `notifier` of each
+    cap reached."""
     defaults = (
         settings.user_daily_spend_cap_usd,
         settings.user_monthly_spend_cap_usd,
@@ -318,4 +332,11 @@ def build(
     )
     if not settings.spend_caps and all(default is None for default in defaults):
         return None
-    return SpendCaps(settings, redis=redis(), overrides=overrides, prices=prices, session_factory=session_factory)
+    return SpendCaps(
+        settings,
+        redis=redis(),
+        overrides=overrides,
+        prices=prices,
+        session_factory=session_factory,
+        notifier=notifier,
+    )

@@ -1,5 +1,5 @@
 """Command line: `python cli.py init-db | create-agent | submit | status | follow | list | group | stats | cancel |
-approve | reject | limits | pause | resume | worker | flower | demo` and more (`--help`).
+approve | reject | limits | pause | resume | worker | beat | flower | health | demo` and more (`--help`).
 
 Here: the parser with its handler table, and the errors a command ends with mapped to exit codes. The commands
 live by concern: `admin` (set-up and steering), `tasks` (tasks and groups), `status` (looking at tasks),
@@ -13,6 +13,7 @@ from datetime import timedelta
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from agent_service import health
 from agent_service.cli import admin, processes, status, tasks
 from agent_service.cli.arguments import parse_duration
 from agent_service.cli.output import print_error
@@ -27,7 +28,7 @@ _SCHEMA_HINT = "is DATABASE_URL right, and has `python cli.py init-db` been run?
 
 def main(argv: list[str] | None = None) -> int:
     args, unknown = _parser().parse_known_args(argv)
-    if unknown and args.handler not in (processes.cmd_worker, processes.cmd_flower):
+    if unknown and args.handler not in (processes.cmd_worker, processes.cmd_beat, processes.cmd_flower):
         _parser().error(f"unrecognized arguments: {' '.join(unknown)}")
     args.celery_args = unknown
     try:
@@ -51,12 +52,15 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python cli.py", description="Agent Service command line")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
-    def add(name: str, handler: Callable[[argparse.Namespace], int | None], help_text: str) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help_text, description=help_text)
+    def add(
+        name: str, handler: Callable[[argparse.Namespace], int | None], help_text: str, *aliases: str
+    ) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text, aliases=aliases)
         sub.set_defaults(handler=handler)
         return sub
 
-    add("init-db", admin.cmd_init_db, "apply the database migrations")
+    # `migrate`: the name a deployment's one-off step goes by (docker-compose.yml).
+    add("init-db", admin.cmd_init_db, "create the database if missing and apply the migrations", "migrate")
     agent = add("create-agent", admin.cmd_create_agent, "create an agent")
     agent.add_argument("--name", required=True)
     agent.add_argument("--prompt", required=True, help="the agent's system prompt")
@@ -141,9 +145,18 @@ def _parser() -> argparse.ArgumentParser:
         "run the worker with the pool and concurrency from settings; other options go to `celery worker`",
     )
     add(
+        "beat",
+        processes.cmd_beat,
+        "run beat, the scheduler of the health check and the sweeper (exactly one per deployment); "
+        "other options go to `celery beat`",
+    )
+    add(
         "flower",
         processes.cmd_flower,
         "run Flower on FLOWER_ADDRESS:FLOWER_PORT, with FLOWER_BASIC_AUTH logins; other options go to `celery flower`",
+    )
+    health.add_arguments(
+        add("health", health.run, "exit 0 if this host's worker (or beat, or Flower) does its job, else 1 and why")
     )
     demo = add("demo", processes.cmd_demo, "run the whole job end to end on the embedded defaults")
     demo.add_argument("--tasks", type=int, default=12)

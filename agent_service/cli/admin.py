@@ -15,6 +15,8 @@ from agent_service.config import get_settings
 from agent_service.database import create_database_if_missing, session_scope
 from agent_service.errors import TaskValidationError
 from agent_service.models import LimitOverride, LimitScope
+from agent_service.notifications import Event, EventType
+from agent_service.services import Services
 from agent_service.store.overrides import set_override
 from agent_service.store.schema import init_db
 from agent_service.submission.agents import create_agent, find_agent
@@ -91,12 +93,23 @@ def _check_limit(name: str, scope: LimitScope, value: str | None) -> None:
 
 def cmd_pause(args: argparse.Namespace) -> None:
     services = configured_app().services
-    pause(services.redis)
+    if pause(services.redis):
+        _notify(services, Event(EventType.PAUSED, "paused: workers start no new LLM call until resumed"))
     console.print(f"paused since {paused_since(services.redis)}: workers start no new LLM call")
     if not services.settings.pause_enabled:
         console.print("warning: PAUSE_ENABLED is off in this configuration; workers obey a pause only with it on")
 
 
 def cmd_resume(args: argparse.Namespace) -> None:
-    was_paused = resume(configured_app().services.redis)
+    services = configured_app().services
+    was_paused = resume(services.redis)
+    if was_paused:
+        _notify(services, Event(EventType.RESUMED, "resumed: waiting tasks run again within seconds"))
     console.print("resumed: waiting tasks run again within seconds" if was_paused else "was not paused")
+
+
+def _notify(services: Services, event: Event) -> None:
+    """Send `event` before the command exits, waiting at most one delivery's time for it."""
+    services.notifier.notify(event)
+    if not services.notifier.close(timeout=services.settings.alert_webhook_timeout_seconds):
+        console.print(f"warning: the {event.type.value} notification could not be sent (see ALERT_WEBHOOK_URL)")

@@ -1,5 +1,5 @@
-"""Commands that become another process: worker and flower (`celery worker|flower` with the settings' options,
-in place of this one), and demo."""
+"""Commands that become another process: worker, beat and flower (`celery worker|beat|flower` with the settings'
+options, in place of this one), and demo."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any
 from agent_service.cli.output import console
 from agent_service.config import Settings, get_settings, is_loopback_host
 from agent_service.errors import ConfigurationError
+from agent_service.health import BEAT_SCHEDULE
 
 FLOWER_DEFAULT_PORT = 5555  # Flower's own, when no port is given to it
 
@@ -34,6 +35,16 @@ def worker_argv(settings: Settings, extra: list[str]) -> list[str]:
 def cmd_worker(args: argparse.Namespace) -> None:
     argv = worker_argv(get_settings(), args.celery_args)
     os.execv(sys.executable, [sys.executable, "-m", *argv])
+
+
+def beat_argv(extra: list[str]) -> list[str]:
+    """The `celery beat` command line: its schedule file where `health beat` looks (a later --schedule wins)."""
+    return ["celery", "-A", "agent_service.worker", "beat", "--loglevel=INFO", f"--schedule={BEAT_SCHEDULE}", *extra]
+
+
+def cmd_beat(args: argparse.Namespace) -> None:
+    BEAT_SCHEDULE.parent.mkdir(parents=True, exist_ok=True)
+    os.execv(sys.executable, [sys.executable, "-m", *beat_argv(args.celery_args)])
 
 
 def flower_argv(settings: Settings, extra: list[str]) -> list[str]:

@@ -40,7 +40,9 @@ def render() -> str:
         "# Settings reference\n\n"
         f"<!-- Generated from agent_service/config/ by `{COMMAND}`: edit the settings, not this page. -->\n\n"
         "Every setting is an environment variable, also read from `.env` in the directory a command runs from "
-        "(`<cwd>` below); names are case-insensitive, structured values are JSON.\n\n"
+        "(`<cwd>` below); names are case-insensitive, structured values are JSON. In a container, a file "
+        "`/run/secrets/<name in lower case>` (a Docker or Compose secret) gives a setting too, below the "
+        "environment and `.env`.\n\n"
         f"{intro}\n\n{contents}\n\n" + "\n".join(sections)
     )
 

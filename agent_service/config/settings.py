@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from functools import lru_cache
+from pathlib import Path
 
 from pydantic import SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -24,6 +25,7 @@ from agent_service.config.live import LiveSettings
 from agent_service.config.llm import LLMSettings
 from agent_service.config.maintenance import MaintenanceSettings
 from agent_service.config.monitoring import MonitoringSettings
+from agent_service.config.notifications import NotificationSettings
 from agent_service.config.pause import PauseSettings
 from agent_service.config.rate_limits import RateLimitSettings
 from agent_service.config.replies import ReplySettings
@@ -34,6 +36,11 @@ from agent_service.config.tools import ToolSettings
 from agent_service.config.tracing import TracingSettings
 from agent_service.config.worker import WorkerSettings
 from agent_service.errors import ConfigurationError
+
+# Docker and Compose mount secrets as files here, each named for its setting in lower case (/run/secrets/database_url),
+# so that no password sits in an environment `docker inspect` shows. The environment and `.env` win over them.
+# Elsewhere the folder does not exist, and pydantic-settings is not given it (it would warn at every start).
+DOCKER_SECRETS_DIR = Path("/run/secrets")
 
 
 # The groups in the order docs/reference/settings.md lists them. (Pydantic collects the fields of the last base
@@ -59,6 +66,7 @@ class Settings(
     GroupSettings,
     MonitoringSettings,
     TracingSettings,
+    NotificationSettings,
     FlowerSettings,
     BaseSettings,
 ):
@@ -70,7 +78,12 @@ class Settings(
     CONCURRENCY_CAPS_ENABLED, RATE_LIMITS_ENABLED) needs REDIS_URL.
     """
 
-    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        secrets_dir=DOCKER_SECRETS_DIR if DOCKER_SECRETS_DIR.is_dir() else None,
+    )
 
     @model_validator(mode="after")
     def _limits_are_ordered(self) -> Settings:

@@ -22,6 +22,8 @@ from agent_service.execution.outcomes import Outcome, TaskOutcome
 from agent_service.messaging.results import store_results
 from agent_service.models import TaskStatus
 from agent_service.monitoring import record_task_run
+from agent_service.notifications import Event as Notification
+from agent_service.notifications import EventType
 from agent_service.services import services_of
 from agent_service.tracing import NO_TRACES, TRACEPARENT, Attributes, TaskTraces
 
@@ -94,8 +96,9 @@ class AgentTaskBatches(Batches):
         self, requests: list[AgentRequest], settled: list[tuple[int, TaskOutcome]], *, traces: TaskTraces = NO_TRACES
     ) -> None:
         """Make each settled delivery known as soon as it is recorded (`settled` pairs an outcome with the
-        position of its request): its message's Celery result, its metrics and log line, its task event, and
-        the end of its span in `traces`. Never raises: the task rows are the record, and these only report them."""
+        position of its request): its message's Celery result, its metrics and log line, its task event, the
+        end of its span in `traces` and, for a task that failed for good, a notification. Never raises: the task
+        rows are the record, and these only report them."""
         if traces.enabled:
             for at, outcome in settled:
                 traces.at(at).end(outcome_attributes(outcome), error=outcome.error if outcome.status.is_error else None)
@@ -110,6 +113,10 @@ class AgentTaskBatches(Batches):
                     "agent_task", outcome.as_dict(), outcome.seconds or 0.0, is_error=outcome.status.is_error
                 )
             self._send_outcome_events(results)
+            notifier = services_of(self.app).notifier
+            for _, outcome, _ in results:
+                if outcome.status is Outcome.FAILED:
+                    notifier.notify(dead_letter_event(outcome))
         except Exception:
             logger.exception("could not report the outcomes of %d message(s)", len(results))
 
@@ -167,6 +174,16 @@ def delivery_trace(request: Any) -> tuple[str, str | None]:
 def outcome_attributes(outcome: TaskOutcome) -> Attributes:
     """A delivery's outcome as its span's attributes: `agent_service.task.status`, `.attempt`, `.error`, ..."""
     return {f"agent_service.task.{name}": value for name, value in outcome.as_dict().items() if name != "task_id"}
+
+
+def dead_letter_event(outcome: TaskOutcome) -> Notification:
+    """The notification of a task that failed for good: its ids and attempts, never its error (a provider's
+    message, or the reply that could not be used)."""
+    summary = f"task {outcome.task_id} failed for good after {outcome.attempt} attempt(s)"
+    summary += f" (agent {outcome.agent_id}); python cli.py status {outcome.task_id} shows why"
+    labels = {"agent_id": outcome.agent_id or "-"}
+    details = {"task_id": outcome.task_id, "attempts": outcome.attempt}
+    return Notification(EventType.TASK_DEAD_LETTERED, summary, labels, details)
 
 
 def _outcome_event(outcome: TaskOutcome, result: dict[str, Any] | None, *, maxsize: int) -> Event | None:

@@ -18,6 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from agent_service.messaging.routing import AGENT_QUEUE
 from agent_service.models import Task
+from agent_service.notifications import Event, EventType
 from agent_service.services import services_of
 
 logger = logging.getLogger("agent_service")
@@ -59,6 +60,7 @@ class DatabaseGate(bootsteps.StartStopStep):
         logger.error(
             "%s; taking no agent tasks until it answers, retrying every %.0f s", problem, PROBE_INTERVAL_SECONDS
         )
+        services_of(c.app).notifier.notify(unreachable_event(f"{problem}; this worker takes no agent tasks"))
         if not self._holding:
             c.cancel_task_queue(AGENT_QUEUE)
             self._holding = True
@@ -81,3 +83,11 @@ class DatabaseGate(bootsteps.StartStopStep):
             c.add_task_queue(AGENT_QUEUE)
             self._holding = False
             logger.info("database answers; consuming %s", AGENT_QUEUE)
+            summary = f"database answers again; this worker consumes {AGENT_QUEUE}"
+            services_of(c.app).notifier.notify(Event(EventType.DATABASE_REACHABLE, summary))
+
+
+def unreachable_event(problem: str) -> Event:
+    """The notification that this worker cannot reach its database: `problem` is a line the service wrote
+    (with DATABASE_URL's password hidden)."""
+    return Event(EventType.DATABASE_UNREACHABLE, problem)

@@ -8,7 +8,7 @@
   numbered from 1. A request repeating an ``Idempotency-Key`` gets the first order back (200, header
   ``Idempotent-Replayed: true``) and creates none, as payment APIs do; a body that is not a JSON object: 400.
 - ``/echo/ANY`` (any method): ``{"method", "path", "query", "headers", "body"}`` of the request.
-- ``GET /slow?ms=N``: ``{"slept_ms": N}`` after N ms.
+- ``/slow?ms=N`` (any method): ``{"slept_ms": N}`` after N ms (the bench's slow webhook receiver too).
 - ``/status/CODE`` (any method): that status, with ``{"status": CODE}`` (no body where HTTP allows none).
 - ``GET /redirect?to=URL``: 302 to URL.
 - ``GET /big?bytes=N``: N bytes of ``x`` (text/plain), with a Content-Length, or without one (chunked)
@@ -216,7 +216,7 @@ def make_app() -> web.Application:
             web.get("/weather", weather),
             web.post("/orders", create_order),
             web.route("*", "/echo/{tail:.*}", echo),
-            web.get("/slow", slow),
+            web.route("*", "/slow", slow),
             web.route("*", r"/status/{code:\d+}", status),
             web.get("/redirect", redirect),
             web.get("/big", big),

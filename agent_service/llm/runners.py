@@ -49,8 +49,8 @@ class CancelCalls:
 class LLMRunner(Protocol):
     """Runs LLM requests concurrently, off the calling thread."""
 
-    def start(self) -> None:
-        """Get ready ahead of the first request (which otherwise does it)."""
+    def start(self) -> bool:
+        """Get ready ahead of the first request (which otherwise does it); returns whether it is ready."""
 
     def submit(self, requests: list[LLMRequest]) -> list[Future[LLMReply]]:
         """Start every request; each future ends with its reply or the (classified) exception it raised."""
@@ -123,8 +123,9 @@ class BackgroundEventLoop:
         self._thread = threading.Thread(target=self._loop.run_forever, name=name, daemon=True)
         self._thread.start()
 
-    def start(self) -> None:
+    def start(self) -> bool:
         """Ready from construction."""
+        return True
 
     def submit(self, requests: list[LLMRequest]) -> list[Future[LLMReply]]:
         return [asyncio.run_coroutine_threadsafe(self._bounded(request), self._loop) for request in requests]
@@ -156,11 +157,12 @@ class ChildProcessRunner:
         self._lock = threading.Lock()
         self._child: _Child | None = None
 
-    def start(self) -> None:
+    def start(self) -> bool:
         """Start the child now and wait until it is ready (at most `LLM_PROCESS_START_SECONDS`): its imports
         take a second or more (several on a busy host), better spent before the first batch than inside that
-        batch's time limit."""
-        self._running_child().wait_ready(timeout=LLM_PROCESS_START_SECONDS)
+        batch's time limit. Returns whether it is ready (False: it died, or is still not ready)."""
+        child = self._running_child()
+        return child.wait_ready(timeout=LLM_PROCESS_START_SECONDS) and child.alive()
 
     def submit(self, requests: list[LLMRequest]) -> list[Future[LLMReply]]:
         return self._running_child().submit(requests)

@@ -22,6 +22,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from agent_service.errors import AddressRefusedError
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 METADATA_ADDRESSES = frozenset(map(ipaddress.ip_address, ("169.254.169.254", "fd00:ec2::254")))
@@ -56,6 +58,35 @@ class StaticResolver:
         if host not in self.table:
             raise socket.gaierror(socket.EAI_NONAME, f"{host} is not in the resolver's table")
         return [ipaddress.ip_address(address) for address in self.table[host]]
+
+
+async def checked_addresses(host: str, port: int, *, resolver: Resolver, allow_private: bool) -> list[IPAddress]:
+    """Every address `host` (a name, or an IP address) stands for, each one allowed (`refusal_reason`).
+    Raises: AddressRefusedError naming the first refused address, or why the name does not resolve."""
+    literal = literal_address(host)
+    if literal is not None:
+        addresses = [literal]
+    else:
+        try:
+            addresses = await resolver(host, port)
+        except OSError as exc:
+            raise AddressRefusedError(f"cannot resolve {host}: {exc}") from None
+    if not addresses:
+        raise AddressRefusedError(f"cannot resolve {host}: no address")
+    for address in addresses:
+        reason = refusal_reason(address, allow_private=allow_private)
+        if reason is not None:
+            where = f"{address} is" if literal is not None else f"{host} resolves to {address},"
+            raise AddressRefusedError(f"refused: {where} {reason}")
+    return addresses
+
+
+def literal_address(host: str) -> IPAddress | None:
+    """`host` as an IP address, or None for a name."""
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
 
 
 def ipv4_spelling_problem(host: str) -> str | None:

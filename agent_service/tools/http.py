@@ -18,7 +18,6 @@ outcome or a log line: they are replaced by "[redacted]" wherever a reply or an 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import logging
 import ssl
@@ -32,7 +31,8 @@ from urllib.parse import quote
 import httpx
 
 from agent_service.config import Settings
-from agent_service.tools.addresses import IPAddress, Resolver, refusal_reason, system_resolver
+from agent_service.errors import AddressRefusedError
+from agent_service.tools.addresses import IPAddress, Resolver, checked_addresses, literal_address, system_resolver
 from agent_service.tools.allowlist import DEFAULT_PORTS, host_allowed, origin_allowed
 from agent_service.tools.definitions import HttpMethod, SecretHeader, ToolDefinition, validate_arguments
 
@@ -232,43 +232,47 @@ async def _send_checked(hop: _Hop, guard: _Guard) -> _Hop | tuple[int, str, bool
 
 async def _checked_addresses(host: str, port: int, guard: _Guard) -> list[IPAddress]:
     """Every address `host` stands for, each one allowed. Raises: _CallFailed naming the first refused one."""
-    literal = _literal_address(host)
-    if literal is not None:
-        addresses = [literal]
-    else:
-        try:
-            addresses = await guard.resolver(host, port)
-        except OSError as exc:
-            raise _CallFailed(f"cannot resolve {host}: {exc}") from None
-    if not addresses:
-        raise _CallFailed(f"cannot resolve {host}: no address")
-    for address in addresses:
-        reason = refusal_reason(address, allow_private=guard.settings.tool_allow_private_addresses)
-        if reason is not None:
-            where = f"{address} is" if literal is not None else f"{host} resolves to {address},"
-            raise _CallFailed(f"refused: {where} {reason}")
-    return addresses
+    try:
+        return await checked_addresses(
+            host, port, resolver=guard.resolver, allow_private=guard.settings.tool_allow_private_addresses
+        )
+    except AddressRefusedError as exc:
+        raise _CallFailed(str(exc)) from None
 
 
 async def _send_to(hop: _Hop, address: IPAddress, guard: _Guard) -> _Hop | tuple[int, str, bool]:
     """Send `hop` over a connection to `address`, keeping the name for the Host header and TLS."""
-    name = _host(hop.url)
-    named_tls = hop.url.scheme == "https" and _literal_address(name) is None
-    extensions = {"sni_hostname": name} if named_tls else {}
-    headers = {**hop.headers, "Host": _host_header(hop.url)}
-    async with (
-        httpx.AsyncClient(verify=_tls_context(), trust_env=False, timeout=guard.timeout) as client,
-        client.stream(
-            hop.method,
-            hop.url.copy_with(host=str(address)),
-            headers=headers,
-            content=hop.content,
-            extensions=extensions,
-        ) as response,
-    ):
-        if response.status_code in REDIRECT_STATUSES and "location" in response.headers:
-            return _redirected(hop, response)
-        return response.status_code, *await _read_capped(response, guard.settings.tool_max_response_bytes)
+    async with httpx.AsyncClient(verify=tls_context(), trust_env=False, timeout=guard.timeout) as client:
+        request = request_to_address(client, hop.method, hop.url, address, headers=hop.headers, content=hop.content)
+        response = await client.send(request, stream=True)
+        try:
+            if response.status_code in REDIRECT_STATUSES and "location" in response.headers:
+                return _redirected(hop, response)
+            return response.status_code, *await _read_capped(response, guard.settings.tool_max_response_bytes)
+        finally:
+            await response.aclose()
+
+
+def request_to_address(
+    client: httpx.AsyncClient,
+    method: str,
+    url: httpx.URL,
+    address: IPAddress,
+    *,
+    headers: Mapping[str, str],
+    content: bytes | None,
+) -> httpx.Request:
+    """A request for `url` whose connection goes to `address` (checked by the caller): the URL carries the IP,
+    the `Host` header the name, and for https the TLS server name (SNI) and certificate check use the name."""
+    name = _host(url)
+    named_tls = url.scheme == "https" and literal_address(name) is None
+    return client.build_request(
+        method,
+        url.copy_with(host=str(address)),
+        headers={**headers, "Host": _host_header(url)},
+        content=content,
+        extensions={"sni_hostname": name} if named_tls else {},
+    )
 
 
 def _redirected(hop: _Hop, response: httpx.Response) -> _Hop:
@@ -309,13 +313,6 @@ def _host(url: httpx.URL) -> str:
     return url.raw_host.decode("ascii").lower()
 
 
-def _literal_address(host: str) -> IPAddress | None:
-    try:
-        return ipaddress.ip_address(host)
-    except ValueError:
-        return None
-
-
 def _host_header(url: httpx.URL, *, port: int | None = None) -> str:
     """`host[:port]` as the Host header writes it (the URL's own port, else `port` when given)."""
     host = f"[{_host(url)}]" if ":" in _host(url) else _host(url)
@@ -333,7 +330,7 @@ def _origin(url: httpx.URL) -> tuple[str, str, int]:
 
 
 @lru_cache(maxsize=1)
-def _tls_context() -> ssl.SSLContext:
+def tls_context() -> ssl.SSLContext:
     """One verifying TLS context for every call (loading the CA store takes milliseconds)."""
     return httpx.create_ssl_context()
 

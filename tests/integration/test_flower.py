@@ -53,6 +53,11 @@ def test_flower_pages_ask_for_the_login_from_settings(settings):
         assert httpx.get(base + "/metrics", timeout=10).status_code == 200
         # and the password is not on its command line, for any local user to read in `ps`
         assert LOGIN[1] not in " ".join(psutil.Process(flower.pid).cmdline())
+        # and the container's health probe finds it serving
+        assert run_cli(guarded, "health", "flower").stdout == "healthy\n"
+    # Once it stopped, the probe says it does not answer
+    stopped = run_cli(guarded, "health", "flower", "--timeout", "2")
+    assert stopped.returncode == 1 and stopped.stderr.startswith(f"unhealthy: Flower at {base}/healthcheck does not")
 
 
 def design_flower_env(settings, **flower) -> dict[str, str]:

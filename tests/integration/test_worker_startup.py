@@ -1,14 +1,18 @@
-"""A worker started before its database: it says what is wrong, takes no agent task while the database
-does not answer, and takes them once it does. Real `celery worker` processes on Redis and PostgreSQL."""
+"""A worker started before its database: it says what is wrong (in its log and in a notification), takes no
+agent task while the database does not answer, and takes them once it does (and notifies that); a worker that
+cannot get ready is notified too. Real `celery worker` processes on Redis and PostgreSQL, a webhook receiver on
+loopback."""
 
 from __future__ import annotations
 
 import socket
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 from sqlalchemy import create_engine, text
 
 from agent_service.database import create_empty_database, session_scope
@@ -19,6 +23,7 @@ from agent_service.store.schema import init_db
 from agent_service.worker import create_celery_app
 from tests.integration.conftest import IDLE_REDIS, LOG_DIR, PG_ROOT
 from tests.support import make_settings, wait_for_final, wait_until
+from tests.webhook_receiver import WebhookReceiver
 
 pytestmark = pytest.mark.worker
 
@@ -67,15 +72,33 @@ def late_database_name() -> str:
     admin.dispose()
 
 
-def test_worker_takes_agent_tasks_once_a_late_database_answers(idle_app, idle_redis, llm_url, late_database_name):
+@pytest.fixture
+def receiver() -> Iterator[WebhookReceiver]:
+    receiver = WebhookReceiver().start()
+    yield receiver
+    receiver.stop()
+
+
+def test_worker_takes_agent_tasks_once_a_late_database_answers(
+    idle_app, idle_redis, llm_url, late_database_name, receiver
+):
     # Given a worker started on a database that does not exist yet, and a message queued for a task
     settings = make_settings(
-        database_url=f"{PG_ROOT}/{late_database_name}", redis_url=IDLE_REDIS, openai_base_url=f"{llm_url}/v1"
+        database_url=f"{PG_ROOT}/{late_database_name}",
+        redis_url=IDLE_REDIS,
+        openai_base_url=f"{llm_url}/v1",
+        alert_webhook_url=receiver.url,
+        alert_webhook_secret="whsec-startup",
+        tool_allow_private_addresses=True,
     )
     log = fresh_log("worker-late-database")
     task_id = uuid.uuid4()
     with celery_worker(env=settings.as_env(), log_path=log, name="late-database"):
         wait_until(lambda: log_mentions(log, "does not exist"), what="database error in the log")
+        # (and a notification says so, from this host)
+        receiver.wait_for(lambda: receiver.events("database_unreachable") != [])
+        [unreachable] = receiver.events("database_unreachable")
+        assert unreachable["severity"] == "critical" and late_database_name in unreachable["text"]
         publish_tasks(idle_app, [task_id])
         # When the database appears, migrated and holding the task (built aside, then renamed in one step)
         staging_url = create_empty_database(PG_ROOT, f"{late_database_name}_staging")
@@ -88,6 +111,7 @@ def test_worker_takes_agent_tasks_once_a_late_database_answers(idle_app, idle_re
         app.services.engine.dispose()
         assert task.status == TaskStatus.COMPLETED and task.attempts == 1
         assert idle_redis.llen("agent_tasks") == 0 and log_mentions(log, "database answers")
+        receiver.wait_for(lambda: receiver.events("database_reachable") != [])
 
 
 def add_queued_task(database_url: str, task_id: uuid.UUID) -> None:
@@ -105,3 +129,25 @@ def rename_database(old: str, new: str) -> None:
     with admin.connect() as connection:
         connection.execute(text(f'ALTER DATABASE "{old}" RENAME TO "{new}"'))
     admin.dispose()
+
+
+def test_a_worker_process_that_cannot_get_ready_is_notified(idle_redis, llm_url, settings, receiver):
+    # Given the metrics port taken by another process
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        configured = settings.model_copy(
+            update={
+                "redis_url": IDLE_REDIS,
+                "metrics_port": taken.getsockname()[1],
+                "alert_webhook_url": SecretStr(receiver.url),
+                "alert_webhook_secret": SecretStr("whsec-startup"),
+                "tool_allow_private_addresses": True,
+            }
+        )
+        # When a worker starts on it
+        with celery_worker(env=configured.as_env(), log_path=fresh_log("worker-port-taken"), name="port-taken"):
+            # Then a critical notification names the failure, from this host
+            receiver.wait_for(lambda: receiver.events("worker_start_failed") != [], timeout=60)
+    [failed] = receiver.events("worker_start_failed")
+    assert failed["severity"] == "critical" and "Address already in use" in failed["summary"]
