@@ -20,6 +20,7 @@ from agent_service.consumer.readiness import unreachable_event
 from agent_service.errors import PermanentError, RetryableError, classify, database_unreachable
 from agent_service.execution.maintenance import (
     check_health,
+    fail_dead_lettered_tasks,
     fail_expired_approvals,
     requeue_stuck_tasks,
     send_lost_group_callbacks,
@@ -32,10 +33,16 @@ from agent_service.live import follow
 from agent_service.live.events import LiveEvent
 from agent_service.messaging.groups import send_callbacks_quietly
 from agent_service.messaging.publisher import publish_tasks
-from agent_service.messaging.routing import AGENT_QUEUE, HEALTH_TASK_NAME, PROCESS_TASK_NAME, SWEEP_TASK_NAME
+from agent_service.messaging.routing import (
+    AGENT_QUEUE,
+    HEALTH_TASK_NAME,
+    PROCESS_TASK_NAME,
+    SWEEP_TASK_NAME,
+    broker_countdown,
+)
 from agent_service.monitoring import monitor_task_execution
 from agent_service.notifications import Event, EventType
-from agent_service.services import services_of
+from agent_service.services import Services, services_of
 from agent_service.store.groups import GroupProgress
 from agent_service.submission import approvals, groups, submit
 from agent_service.submission.follow import FollowedTask
@@ -147,23 +154,32 @@ def process_agent_task(self: AgentTaskBatches, requests: list[AgentRequest]) -> 
 @shared_task(bind=True, name=SWEEP_TASK_NAME)
 @monitor_task_execution("sweep_stale_tasks", ok=Outcome.COMPLETED, error=Outcome.ERROR)
 def sweep_stale_tasks(self: Task) -> dict[str, Any]:
-    """Re-queue rows stuck without a live message (broker down at submit, lost with Redis, dead worker), fail
-    the tasks whose pending approval expired (notified as dead letters), and send the callbacks of groups whose
-    sender was lost."""
+    """Fail the tasks whose message RabbitMQ dead-lettered, re-queue rows stuck without a live message (broker
+    down at submit, lost with Redis, dead worker), fail the tasks whose pending approval expired (both notified as
+    dead letters), and send the callbacks of groups whose sender was lost."""
     services = services_of(self.app)
     collaborators = {"app": self.app, "session_factory": services.session_factory, "settings": services.settings}
+    dead_lettered = fail_dead_lettered_tasks(**collaborators)
+    _notify_failed_for_good(
+        services, dead_lettered, cause="delivery limit", why="the broker dead-lettered their message"
+    )
     expired = fail_expired_approvals(**collaborators)
-    if expired:
-        summary = f"{expired} task(s) failed for good: a tool call's approval expired; python cli.py failed lists them"
-        labels = {"cause": "approval expired"}
-        services.notifier.notify(Event(EventType.TASK_DEAD_LETTERED, summary, labels, {"tasks": expired}))
+    _notify_failed_for_good(services, expired, cause="approval expired", why="a tool call's approval expired")
     requeued = requeue_stuck_tasks(**collaborators)
     return {
         "status": "ok",
         "requeued": requeued,
         "expired": expired,
+        "dead_lettered": dead_lettered,
         "callbacks": send_lost_group_callbacks(**collaborators),
     }
+
+
+def _notify_failed_for_good(services: Services, count: int, *, cause: str, why: str) -> None:
+    """Notify `count` tasks the sweeper failed for good (none: nothing), as dead letters."""
+    if count:
+        summary = f"{count} task(s) failed for good: {why}; python cli.py failed lists them"
+        services.notifier.notify(Event(EventType.TASK_DEAD_LETTERED, summary, {"cause": cause}, {"tasks": count}))
 
 
 @shared_task(bind=True, name=HEALTH_TASK_NAME)
@@ -189,7 +205,7 @@ def _retry_later(
             PROCESS_TASK_NAME,
             args=[task_id],
             task_id=request.id,
-            countdown=delay,
+            countdown=broker_countdown(app, delay),
             retries=retries + 1,
             ignore_result=True,
             headers=headers,

@@ -26,6 +26,7 @@ from celery.signals import (
 from agent_service.admission.base import Admission
 from agent_service.admission.state import read_shared_state
 from agent_service.config import LOCAL_DATA_DIR, Settings, get_settings
+from agent_service.consumer.dead_letters import DeadLetterQueue
 from agent_service.consumer.dispatch import FairDispatcher
 from agent_service.consumer.preflight import tls_refusal
 from agent_service.consumer.readiness import DatabaseGate
@@ -38,8 +39,8 @@ from agent_service.messaging.routing import (
     HEALTH_TASK_NAME,
     PROCESS_TASK_NAME,
     SWEEP_TASK_NAME,
-    TASK_QUEUES,
     TASK_ROUTES,
+    task_queues,
 )
 from agent_service.monitoring import WORKER_UP, Readings, configure_logging, start_metrics_exporter, use_metric_files
 from agent_service.notifications import Event, EventType
@@ -65,6 +66,7 @@ def create_celery_app(settings: Settings, *, admission: Admission | None = None)
     app.conf.update(celery_config(settings))
     app.steps["consumer"].add(DatabaseGate)
     app.steps["consumer"].add(FairDispatcher)
+    app.steps["consumer"].add(DeadLetterQueue)
     return app
 
 
@@ -90,8 +92,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
-        "task_queues": TASK_QUEUES,
+        "task_queues": task_queues(settings),
         "task_default_queue": AGENT_QUEUE,
+        # RabbitMQ (quorum queues, see messaging.routing): prefetch per consumer, since quorum queues have no
+        # global QoS, and countdowns through Celery's delay exchanges; both are Celery's defaults, stated here
+        # because the retries and the prefetch depend on them.
+        "worker_detect_quorum_queues": True,
+        "broker_native_delayed_delivery_queue_type": "quorum",
         "task_routes": TASK_ROUTES,
         "beat_schedule": {
             "health-check": {"task": HEALTH_TASK_NAME, "schedule": settings.health_check_interval_seconds},

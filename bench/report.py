@@ -130,6 +130,9 @@ def print_report(
     fair_share = [run for run in runs if run.config == "fair"]
     if fair_share:
         console.print(fair_share_line(fair_share))
+    brokers = [run for run in runs if run.config == "brokers"]
+    if brokers:
+        console.print(brokers_line(brokers))
     console.print("ratios: " + ", ".join(f"{name} = {_fmt(value, '.2f')}" for name, value in ratio.items()))
     for run in runs:
         if run.configured_rpm is not None:
@@ -151,6 +154,17 @@ def fair_share_line(runs: list[RunResult]) -> str:
     first = runs[0]
     trickle = f"user B's {first.tasks} tasks at {_fmt(first.offered_rate, '.0f')}/s"
     return f"fair share ({trickle} behind user A's {first.backlog_tasks}): " + "; ".join(parts)
+
+
+def brokers_line(runs: list[RunResult]) -> str:
+    """Each broker's runs side by side: throughput at 1000 ms, and latencies under the light load."""
+    parts = [
+        f"{run.name}: {_fmt(run.tasks_per_second, ',.1f')} tasks/s"
+        if not run.offered_rate
+        else f"{run.name} ({run.offered_rate:.0f}/s, LLM {run.latency_ms} ms): p50/p95/p99 {_latencies(run)} s"
+        for run in runs
+    ]
+    return "brokers: " + "; ".join(parts)
 
 
 def _latencies(run: RunResult) -> str:

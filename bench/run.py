@@ -3,7 +3,8 @@
 `make bench` runs each at 0 ms and 1000 ms of simulated LLM latency (ours is started exactly as
 `make worker` starts it), then an offered-load run, ours under a rate limit below the server's own, the
 fair-share pair (one user's backlog, another user's steady trickle, FIFO beside fair dispatch), the kinds, the
-notifications pair (every task a dead letter, without and with a slow webhook receiver) and a bulk-submit
+notifications pair (every task a dead letter, without and with a slow webhook receiver), ours on each broker
+(Redis, RabbitMQ with quorum queues: throughput at 1000 ms and latency under a light load) and a bulk-submit
 measurement:
 
     python -m bench.run [--quick] [--only NAME ...] [--ours-env LLM_CONCURRENCY=512 ...]
@@ -31,6 +32,8 @@ from bench.report import RATE_LIMITED_BUSY, evaluate_targets, print_report, rati
 from bench.scenarios import (
     DEAD_LETTER,
     OURS_COMMAND,
+    RABBITMQ,
+    REDIS,
     RESULTS_DIR,
     RateLimitPlan,
     RunPlan,
@@ -66,6 +69,7 @@ GROUPS = (
     "tracing",
     "metrics",
     "notifications",
+    "brokers",
     "bulk",
 )
 
@@ -87,6 +91,8 @@ class Sizes:
     kinds: int  # tasks of each kind's run
     run_budget_seconds: float
     rate_limited: int  # tasks of the rate-limited run: RATE_LIMIT's rpm / 60 a second
+    light_rate: float  # tasks/s of the brokers' light-load runs (at 0 ms: the service's own latency)
+    light_seconds: float
 
 
 FULL = Sizes(
@@ -103,6 +109,8 @@ FULL = Sizes(
     kinds=1000,
     run_budget_seconds=150,
     rate_limited=330,
+    light_rate=5,
+    light_seconds=20,
 )
 QUICK = Sizes(
     floor=200,
@@ -118,6 +126,8 @@ QUICK = Sizes(
     kinds=100,
     run_budget_seconds=40,
     rate_limited=80,
+    light_rate=5,
+    light_seconds=4,
 )
 # Ours at 600 requests a minute, the server enforcing 700: zero 429s and the configured pace are the goal.
 RATE_LIMIT = RateLimitPlan(rpm=600, server_rpm=700)
@@ -275,6 +285,23 @@ def build_plans(ours: Settings, sizes: Sizes, *, otlp_url: str, tool_url: str) -
         )
         for setup in ("no-webhook", "webhook-slow")
     ]
+    # Each broker in turn, in one group: throughput at 1000 ms, and latency under a light load at 0 ms.
+    light = int(sizes.light_rate * sizes.light_seconds)
+    for broker in (REDIS, RABBITMQ):
+        plans += [
+            RunPlan(f"{broker}-1000ms", "brokers", OURS_COMMAND, pool, concurrency, 1000, sizes.ours, broker=broker),
+            RunPlan(
+                f"{broker}-light-load",
+                "brokers",
+                OURS_COMMAND,
+                pool,
+                concurrency,
+                0,
+                light,
+                rate=sizes.light_rate,
+                broker=broker,
+            ),
+        ]
     return plans
 
 
@@ -299,7 +326,7 @@ def _run(console: Console, plan: RunPlan, env: BenchEnvironment, sizes: Sizes):
 
 
 def _group(plan: RunPlan) -> str:
-    if plan.config in ("fair", "metrics"):
+    if plan.config in ("fair", "metrics", "brokers"):
         return plan.config
     return "offered" if plan.rate else plan.config
 

@@ -9,14 +9,15 @@ import re
 import statistics
 import sys
 import time
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import redis
 
 from agent_service.config import Settings
-from agent_service.devtools.processes import busy_core, started, worker_env
+from agent_service.devtools.processes import busy_core, rabbitmq_vhost, started, worker_env
 from agent_service.messaging.routing import AGENT_QUEUE
 from agent_service.models import TaskStatus
 from agent_service.worker import AgentServiceCelery, create_celery_app
@@ -26,6 +27,7 @@ from bench.loads import AgentTaskLoad, Completions, NoopLoad
 from bench.sampling import ForeignLoad, QueuePeak, WorkerSampler
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+REDIS, RABBITMQ = "redis", "rabbitmq"
 SUBMIT_CHUNK = 500
 POLL_SECONDS = 0.5
 MAX_WARMUP_TASKS = 40
@@ -75,6 +77,7 @@ class RunPlan:
     kind: str = "text"
     workers: int = 1  # worker processes sharing the run (the figures of CPU and memory are the first one's)
     busy: bool = False  # one core kept spinning for the run, as on a loaded host
+    broker: str = REDIS  # or RABBITMQ: a vhost of its own, results and shared controls still on Redis
 
 
 @dataclass
@@ -112,7 +115,8 @@ class RunResult:
     configured_rpm: float | None = None
     achieved_rpm: float | None = None  # past the first burst, from the server's own log of answered requests
     llm_429s: int | None = None  # answered by the server because a request was over its enforced limits
-    peak_queue_length: int | None = None  # messages waiting in the broker's agent-task queue (sampled)
+    peak_queue_length: int | None = None  # messages waiting in the broker's agent-task queue (sampled, Redis)
+    broker: str = REDIS
 
 
 def celery_command(
@@ -137,8 +141,18 @@ OURS_COMMAND = (sys.executable, "cli.py", "worker")  # exactly what `make worker
 
 
 def execute(plan: RunPlan, env: BenchEnvironment, *, budget_seconds: float, stall_seconds: float = 60) -> RunResult:
-    """Run `plan` on freshly reset services; a broken run is reported in the result, never raised."""
+    """Run `plan` on freshly reset services (on RabbitMQ, a new vhost); a broken run is reported in the result,
+    never raised."""
+    if plan.broker == REDIS:
+        return _execute(plan, env, budget_seconds=budget_seconds, stall_seconds=stall_seconds)
+    with rabbitmq_vhost(f"agent_service_bench_{uuid.uuid4().hex[:8]}") as broker_url:
+        on_rabbitmq = replace(plan, settings=(*plan.settings, ("celery_broker_url", broker_url)))
+        return _execute(on_rabbitmq, env, budget_seconds=budget_seconds, stall_seconds=stall_seconds)
+
+
+def _execute(plan: RunPlan, env: BenchEnvironment, *, budget_seconds: float, stall_seconds: float) -> RunResult:
     result = RunResult(plan.name, plan.config, plan.pool, plan.concurrency, plan.latency_ms, plan.tasks)
+    result.broker = plan.broker
     result.backlog_tasks = plan.backlog
     env.reset(latency_ms=0)
     app = create_celery_app(_plan_settings(plan, env)) if plan.settings else env.app
@@ -179,7 +193,8 @@ def execute(plan: RunPlan, env: BenchEnvironment, *, budget_seconds: float, stal
     if plan.backlog and isinstance(load, AgentTaskLoad):
         own = load.completions(own_only=True)
         result.latency_p50_s, result.latency_p95_s, result.latency_p99_s = _latency_percentiles(own)
-    result.foreign_cpu_percent, result.peak_queue_length = foreign.cpu_percent, queue.peak
+    result.foreign_cpu_percent = foreign.cpu_percent
+    result.peak_queue_length = queue.peak if plan.broker == REDIS else None
     if not plan.floor:
         result.llm_requests_per_task = env.llm.request_count() / (plan.tasks + plan.backlog)
         result.tool_calls_per_task = env.tool_calls() / (plan.tasks + plan.backlog)

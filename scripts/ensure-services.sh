@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Make sure PostgreSQL and Redis answer on 127.0.0.1: start them when down, install them
+# Make sure PostgreSQL, Redis and RabbitMQ answer on 127.0.0.1: start them when down, install them
 # from Debian's packages when missing; install the tools the tests run (Prometheus and promtool; Chromium and
 # its driver for the Flower browser test).
 # Used by `make test`, `make chaos` and `make bench`.
@@ -45,6 +45,27 @@ ensure_redis() {
   echo "Redis did not come up on 127.0.0.1:6379" >&2; exit 1
 }
 
+rabbitmq_answers() {
+  (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null && rabbitmqctl -q await_startup --timeout 5 >/dev/null 2>&1
+}
+
+ensure_rabbitmq() {
+  # The tests that run on both brokers use vhosts of their own as guest/guest, which RabbitMQ allows on loopback.
+  if rabbitmq_answers; then return; fi
+  if ! command -v rabbitmq-server >/dev/null; then
+    echo "installing RabbitMQ from Debian's packages"
+    apt_install rabbitmq-server
+  fi
+  echo "starting RabbitMQ"
+  if $SUDO rabbitmqctl -q ping >/dev/null 2>&1; then
+    $SUDO rabbitmqctl -q start_app  # the node runs, its application was stopped (rabbitmqctl stop_app)
+  else
+    $SUDO rabbitmq-server -detached
+  fi
+  for _ in $(seq 1 60); do rabbitmq_answers && return; sleep 1; done
+  echo "RabbitMQ did not come up on 127.0.0.1:5672" >&2; exit 1
+}
+
 ensure_chromium() {
   # Debian's own builds: tests/integration/test_flower_browser.py drives them, and nothing is downloaded at run time.
   if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then return; fi
@@ -67,7 +88,8 @@ ensure_prometheus() {
 
 ensure_postgres
 ensure_redis
+ensure_rabbitmq
 ensure_openssl
 ensure_prometheus
 ensure_chromium
-echo "PostgreSQL and Redis are up"
+echo "PostgreSQL, Redis and RabbitMQ are up"

@@ -1,5 +1,5 @@
 """Start and stop the service's own processes (the bundled LLM and tool servers, Celery workers) for the demo,
-tests and benchmarks, and wait until each is ready."""
+tests and benchmarks, and wait until each is ready; and make RabbitMQ virtual hosts of their own for them."""
 
 from __future__ import annotations
 
@@ -57,6 +57,24 @@ def bundled_server(module: str, *args: str, prefix: tuple[str, ...] = ()) -> Ite
         yield _await_url(process, module)
     finally:
         stop_process(process)
+
+
+@contextmanager
+def rabbitmq_vhost(name: str) -> Iterator[str]:
+    """A new virtual host `name` on the machine's RabbitMQ (127.0.0.1:5672, as guest/guest, which RabbitMQ allows
+    on loopback) for the length of a with-block, deleted after it; yields its amqp:// URL.
+    Raises: CalledProcessError from `rabbitmqctl`."""
+    rabbitmqctl("add_vhost", name)
+    try:
+        rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+        yield f"amqp://guest:guest@127.0.0.1:5672/{name}"
+    finally:
+        rabbitmqctl("delete_vhost", name)
+
+
+def rabbitmqctl(*args: str) -> str:
+    """Run `rabbitmqctl -q ARGS`; returns its output. Raises: CalledProcessError."""
+    return subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, text=True, timeout=120).stdout
 
 
 CELERY_READY = " ready."

@@ -3,6 +3,8 @@ expired approvals), and the backlog a metrics scrape reads."""
 
 from __future__ import annotations
 
+import uuid
+
 from celery import Celery
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
@@ -10,6 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from agent_service.clock import utcnow
 from agent_service.config import Settings
 from agent_service.database import session_scope
+from agent_service.messaging.dead_letters import DeadLetter, taken_dead_letters
 from agent_service.messaging.groups import send_callbacks_quietly, send_overdue_callbacks
 from agent_service.messaging.publisher import enqueue
 from agent_service.monitoring import Backlog
@@ -25,6 +28,36 @@ def requeue_stuck_tasks(*, app: Celery, session_factory: sessionmaker[Session], 
         stuck = store_tasks.tasks_to_requeue(session, settings=settings, now=utcnow(), limit=settings.sweep_batch_size)
     enqueue(app, session_factory, stuck)
     return len(stuck)
+
+
+def fail_dead_lettered_tasks(*, app: Celery, session_factory: sessionmaker[Session], settings: Settings) -> int:
+    """Fail the tasks whose message RabbitMQ dead-lettered after BROKER_DELIVERY_LIMIT deliveries (ending their
+    groups, whose callbacks are sent); returns how many. Nothing to do on Redis. Raises: what kombu raises."""
+    if not settings.broker_is_rabbitmq:
+        return 0
+    with taken_dead_letters(app, limit=settings.sweep_batch_size) as letters, session_scope(session_factory) as session:
+        now = utcnow()
+        by_error: dict[str, list[uuid.UUID]] = {}
+        for letter in letters:
+            by_error.setdefault(_dead_letter_error(letter, settings), []).append(letter.task_id)
+        failed = [
+            task_id
+            for error, task_ids in by_error.items()
+            for task_id in store_tasks.fail_dead_lettered(session, task_ids, error=error, now=now)
+        ]
+        ended = note_tasks_ended(session, failed, now=now)
+    if ended:
+        send_callbacks_quietly(app, session_factory, settings, ended)
+    return len(failed)
+
+
+def _dead_letter_error(letter: DeadLetter, settings: Settings) -> str:
+    if letter.reason == "delivery_limit":
+        return (
+            f"its message was handed back more than {settings.broker_delivery_limit} times (BROKER_DELIVERY_LIMIT) "
+            "and was dead-lettered by the broker"
+        )
+    return f"its message was dead-lettered by the broker ({letter.reason})"
 
 
 def send_lost_group_callbacks(*, app: Celery, session_factory: sessionmaker[Session], settings: Settings) -> int:

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from agent_service.clock import utcnow
 from agent_service.database import session_scope
 from agent_service.errors import BrokerUnavailableError
-from agent_service.messaging.routing import AGENT_QUEUE, PROCESS_TASK_NAME
+from agent_service.messaging.routing import AGENT_QUEUE, PROCESS_TASK_NAME, broker_countdown
 from agent_service.store import tasks as store_tasks
 from agent_service.tracing import NO_TRACES, TaskTraces
 
@@ -47,7 +47,7 @@ def publish_tasks(
                         task_id=str(task_id),
                         producer=producer,
                         ignore_result=True,
-                        countdown=countdown,
+                        countdown=broker_countdown(app, countdown),
                         headers=headers,
                     )
     except (BrokerOperationalError, ConnectionError, OSError) as exc:

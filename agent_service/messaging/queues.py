@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from celery import Celery
 
-from agent_service.messaging.routing import TASK_QUEUES
-
 
 def queue_lengths(app: Celery) -> dict[str, int]:
     """Messages waiting in each queue, by name, over one broker connection; messages a worker holds (being
@@ -13,4 +11,4 @@ def queue_lengths(app: Celery) -> dict[str, int]:
     with app.connection_for_read() as connection:
         channel = connection.default_channel
         # A declaration as the worker makes it (passive would fail on Redis for a queue emptied to nothing).
-        return {queue.name: queue.bind(channel).queue_declare().message_count for queue in TASK_QUEUES}
+        return {queue.name: queue.bind(channel).queue_declare().message_count for queue in app.conf.task_queues}

@@ -1,5 +1,6 @@
 """Tasks outside a worker's claim, in the database: marked queued once published, their status, the oldest
-waiting one, the dead letters, replay, cancel and the sweeper's re-queue. Plain functions on a caller-owned
+waiting one, the dead letters (failed, and those whose message the broker dead-lettered), replay, cancel and
+the sweeper's re-queue. Plain functions on a caller-owned
 Session, no commits; a worker's claim and its outcomes are `store.lifecycle`.
 """
 
@@ -116,6 +117,20 @@ def tasks_to_requeue(session: Session, *, settings: Settings, now: datetime, lim
     if ids:
         session.execute(update(Task).where(Task.id.in_(ids)).values(updated_at=now))
     return ids
+
+
+def fail_dead_lettered(session: Session, task_ids: list[uuid.UUID], *, error: str, now: datetime) -> list[uuid.UUID]:
+    """Fail the unfinished ones of these tasks, whose message the broker dead-lettered, with `error`; returns the
+    ids failed (ended: a group's bookkeeping may count them)."""
+    unfinished = (*CLAIMABLE, TaskStatus.RUNNING)
+    return list(
+        session.scalars(
+            update(Task)
+            .where(Task.id.in_(task_ids), Task.status.in_(unfinished))
+            .values(status=TaskStatus.FAILED, error=error, finished_at=now, updated_at=now)
+            .returning(Task.id)
+        )
+    )
 
 
 def cancel_task(session: Session, task_id: uuid.UUID, *, now: datetime) -> TaskStatus:

@@ -1,5 +1,6 @@
-"""Chaos fixtures: a private PostgreSQL cluster and private Redis servers that scenarios may kill,
-a scenario factory with its own workers, and the results table printed at the end of the run."""
+"""Chaos fixtures: a private PostgreSQL cluster and private Redis servers that scenarios may kill, the
+test's broker (Redis, or a RabbitMQ vhost for the tests parametrized over BROKERS), a scenario factory with its
+own workers, and the results table printed at the end of the run."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from rich.console import Console
 from rich.table import Table
 
 from agent_service.store.schema import init_db
-from tests.chaos.harness import RESULTS_JSON, SCALE, Scenario, chaos_settings, load_results
-from tests.chaos.services import PostgresCluster, RedisServer
+from tests.chaos.harness import REDIS, RESULTS_JSON, SCALE, Scenario, chaos_settings, load_results
+from tests.chaos.services import PostgresCluster, RabbitVhost, RedisServer
 
 _ran_chaos = False
 
@@ -50,12 +51,26 @@ def redis_server() -> Iterator[RedisServer]:
         yield server
 
 
+@pytest.fixture
+def broker(request, redis_server) -> Iterator[RedisServer | RabbitVhost]:
+    """The test's broker: the module's private Redis, or (for a test parametrized with BROKERS) a RabbitMQ
+    vhost of its own, with Redis still holding results and the shared controls."""
+    if getattr(request, "param", REDIS) == REDIS:
+        yield redis_server
+        return
+    with RabbitVhost.created() as vhost:
+        yield vhost
+
+
 @pytest.fixture(scope="module")
 def build_scenario(pg, chaos_db, redis_server, llm_url, llm) -> Callable[..., Scenario]:
-    """Makes a Scenario on the module's database and an emptied private Redis, with the shared LLM server."""
+    """Makes a Scenario on the module's database and an emptied private Redis (with `broker`, a RabbitMQ
+    vhost as the broker), with the shared LLM server."""
 
-    def build(name: str, **overrides) -> Scenario:
+    def build(name: str, *, broker: RedisServer | RabbitVhost | None = None, **overrides) -> Scenario:
         redis_server.client().flushall()  # private server: nothing of an earlier test may be delivered
+        if isinstance(broker, RabbitVhost):
+            name, overrides = f"{name} [RabbitMQ]", {"celery_broker_url": broker.url(), **overrides}
         settings = chaos_settings(
             database_url=pg.url(chaos_db), redis_url=redis_server.url(), llm_url=llm_url, **overrides
         )
@@ -65,12 +80,12 @@ def build_scenario(pg, chaos_db, redis_server, llm_url, llm) -> Callable[..., Sc
 
 
 @pytest.fixture
-def scenario(build_scenario) -> Iterator[Callable[..., Scenario]]:
-    """Builds the test's Scenario; its workers are stopped when the test ends."""
+def scenario(build_scenario, broker) -> Iterator[Callable[..., Scenario]]:
+    """Builds the test's Scenario on the test's broker; its workers are stopped when the test ends."""
     made: list[Scenario] = []
 
     def make(name: str, **overrides) -> Scenario:
-        made.append(build_scenario(name, **overrides))
+        made.append(build_scenario(name, broker=broker, **overrides))
         return made[-1]
 
     yield make

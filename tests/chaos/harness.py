@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+import pytest
 from sqlalchemy import select
 
 from agent_service.config import Settings
@@ -56,6 +57,24 @@ LIMITS = {
         worker_soft_shutdown_seconds=30,
     ),
 }["full" if FULL else "short"]
+
+
+REDIS, RABBITMQ = "redis", "rabbitmq"
+# The scenarios that involve the broker run on both (the `broker` fixture); the short form (`make test`) runs
+# the RabbitMQ side of the representative ones only, `make chaos` all of them.
+BROKERS = pytest.mark.parametrize("broker", [REDIS, RABBITMQ], indirect=True)
+BROKERS_IN_FULL = pytest.mark.parametrize("broker", [REDIS, RABBITMQ] if FULL else [REDIS], indirect=True)
+
+
+def limits_for_calls_of(seconds: int) -> dict[str, int]:
+    """Time limits in the order Settings demands, for a scenario whose LLM calls may take up to `seconds`."""
+    return dict(
+        llm_timeout_seconds=seconds,
+        task_soft_time_limit_seconds=seconds + 1,
+        task_time_limit_seconds=seconds + 2,
+        broker_visibility_timeout_seconds=seconds + 4,
+        stale_task_after_seconds=seconds + 6,
+    )
 
 
 def sized(short, full):

@@ -1,18 +1,22 @@
 """Private Redis and PostgreSQL servers that a chaos scenario may kill and restart at will, in plain text or
-TLS only (with certificates a test CA signs at test time, `TestCertificates`).
+TLS only (with certificates a test CA signs at test time, `TestCertificates`), and private RabbitMQ virtual
+hosts on the machine's broker.
 
-They run on free ports from a temporary directory, so the machine's shared services (and other test
-runs on them) are never touched. A missing binary fails loudly: the chaos suite never skips.
+The servers run on free ports from a temporary directory, so the machine's shared services (and other test
+runs on them) are never touched; only the broker-restart scenarios stop the shared RabbitMQ, for seconds. A
+missing binary fails loudly: the chaos suite never skips.
 """
 
 from __future__ import annotations
 
 import glob
+import json
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,7 +26,7 @@ from typing import Any
 import redis
 from sqlalchemy import create_engine, text
 
-from agent_service.devtools.processes import stop_process
+from agent_service.devtools.processes import rabbitmq_vhost, rabbitmqctl, stop_process
 
 PG_USER = "postgres"
 
@@ -144,6 +148,11 @@ class RedisServer:
         self.kill()
         self.start()
 
+    def messages(self, queue: str) -> int:
+        """Messages waiting in `queue` plus those any worker holds unacknowledged (of every queue)."""
+        client = self.client()
+        return client.llen(queue) + client.hlen("unacked")
+
 
 class PostgresCluster:
     """A private PostgreSQL cluster (trust auth) owned by the `postgres` OS user, in a temp dir. With `tls`,
@@ -234,3 +243,57 @@ class PostgresCluster:
             stderr=subprocess.PIPE,
             timeout=120,
         )
+
+
+class RabbitVhost:
+    """A virtual host of its own on the machine's RabbitMQ (127.0.0.1:5672, guest/guest), made and deleted
+    with `rabbitmqctl`: its queues and exchanges are this test's alone. `kill` / `start` stop and start the whole
+    broker (every vhost: `rabbitmqctl stop_app` / `start_app`), for the scenarios that take it away."""
+
+    def __init__(self) -> None:
+        self.name = f"agent_test_{uuid.uuid4().hex[:10]}"
+        self.stopped = False
+        self.address = ""
+
+    @classmethod
+    @contextmanager
+    def created(cls) -> Iterator[RabbitVhost]:
+        vhost = cls()
+        with rabbitmq_vhost(vhost.name) as url:
+            vhost.address = url
+            try:
+                yield vhost
+            finally:
+                if vhost.stopped:  # a test that failed while the broker was down must not leave it down
+                    vhost.start()
+
+    def url(self) -> str:
+        return self.address
+
+    def queues(self) -> dict[str, dict[str, Any]]:
+        """Each queue's messages (ready and unacknowledged), type and arguments ({name: value}), by name."""
+        listing = rabbitmqctl(
+            "list_queues", "-p", self.name, "name", "messages", "type", "arguments", "--formatter", "json"
+        )
+        return {
+            queue["name"]: {**queue, "arguments": {name: value for name, _type, value in queue["arguments"]}}
+            for queue in json.loads(listing)
+        }
+
+    def messages(self, queue: str) -> int:
+        """Messages in `queue`, ready or held by a consumer (0 for a queue not declared yet)."""
+        return self.queues().get(queue, {}).get("messages", 0)
+
+    def kill(self) -> None:
+        """`rabbitmqctl stop_app`: the broker stops (every vhost); quorum queues keep their messages."""
+        self.stopped = True
+        rabbitmqctl("stop_app")
+
+    def start(self) -> None:
+        rabbitmqctl("start_app")
+        self.stopped = False
+        _wait_until(lambda: socket.create_connection(("127.0.0.1", 5672), timeout=1), what="RabbitMQ on 5672")
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()

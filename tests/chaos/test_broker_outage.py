@@ -1,5 +1,7 @@
-"""Scenarios 3 and 5: the Redis broker (and result backend) dies. Workers reconnect by themselves,
-and the beat-driven sweeper re-queues every row whose message vanished or was never published."""
+"""Scenarios 3 and 5: the broker dies, on Redis (which also holds the results: killed -9, it comes back empty)
+and on RabbitMQ (`rabbitmqctl stop_app` / `start_app`: its quorum queues keep their messages). Workers
+reconnect by themselves, and the beat-driven sweeper re-queues every row whose message vanished or was never
+published."""
 
 from __future__ import annotations
 
@@ -7,21 +9,22 @@ import pytest
 
 from agent_service.errors import BrokerUnavailableError
 from agent_service.models import TaskStatus
-from tests.chaos.harness import sized
+from tests.chaos.harness import BROKERS, BROKERS_IN_FULL, sized
 
 TASKS = sized(30, 150)
 LATE_TASKS = sized(10, 50)
 
 
-def test_workers_survive_a_redis_restart_and_nothing_queued_is_lost(scenario, llm, redis_server):
-    # Given a worker with beat, busy with ~500 ms tasks, more of them queued in Redis
-    run = scenario("3 Redis killed and restarted", worker_concurrency=4)
+@BROKERS
+def test_workers_survive_a_broker_restart_and_nothing_queued_is_lost(scenario, llm, broker):
+    # Given a worker with beat, busy with ~500 ms tasks, more of them queued in the broker
+    run = scenario("3 broker killed and restarted", worker_concurrency=4)
     llm.add_fault(fault="slow", match=run.token, delay_ms=500)
     run.start_worker("survivor", beat=True)
     run.submit(TASKS, label="before")
     run.wait_for_progress(completed=4)
-    # When Redis is killed -9 and started empty on the same port
-    redis_server.restart()
+    # When the broker is stopped and started again (Redis: killed -9, started empty on the same port)
+    broker.restart()
     # Then tasks submitted after the restart complete (the worker reconnected by itself)
     late = run.submit(LATE_TASKS, label="after")
     run.wait(late, timeout=sized(60, 180))
@@ -31,18 +34,19 @@ def test_workers_survive_a_redis_restart_and_nothing_queued_is_lost(scenario, ll
     assert (tally.completed, tally.lost, tally.duplicates) == (TASKS + LATE_TASKS, 0, 0)
 
 
-def test_task_submitted_while_the_broker_is_down_is_queued_by_the_sweeper_later(scenario, redis_server):
+@BROKERS_IN_FULL
+def test_task_submitted_while_the_broker_is_down_is_queued_by_the_sweeper_later(scenario, broker):
     # Given a broker that is down
     run = scenario("5 broker down at submit")
     run.app.conf.broker_connection_timeout = 1
     run.app.conf.task_publish_retry_policy = {"max_retries": 1, "interval_start": 0, "interval_step": 0.1}
-    redis_server.kill()
+    broker.kill()
     # When a task is submitted, it is refused, and its row stays pending
     with pytest.raises(BrokerUnavailableError, match="saved as pending but not queued"):
         run.submit(1)
     assert [row.status for row in run.rows()] == [TaskStatus.PENDING]
     # Then once the broker is back, the beat-driven sweeper queues it and it completes
-    redis_server.start()
+    broker.start()
     run.start_worker("after-outage", beat=True)
     [row] = run.wait(timeout=sized(30, 60)).values()
     assert row.status == TaskStatus.COMPLETED

@@ -1,5 +1,6 @@
-"""Scenario 7: poison messages published straight into the worker's queue. Each is rejected and
-logged, never executed; the worker stays up and keeps serving."""
+"""Scenario 7: poison messages published straight into the worker's queue, on either broker. Each is rejected
+and logged, never executed; the worker stays up and keeps serving. (A message that is handed back again and
+again instead: test_dead_letters.)"""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 from agent_service.messaging.routing import AGENT_QUEUE, HEALTH_TASK_NAME, PROCESS_TASK_NAME
 from agent_service.models import TaskStatus
+from tests.chaos.harness import BROKERS_IN_FULL
 from tests.support import wait_until
 
 HUGE = 5 * 1024 * 1024
@@ -86,7 +88,8 @@ def poison(app, marker: Path) -> dict[str, tuple[str, str]]:
     }
 
 
-def test_poison_messages_are_rejected_unexecuted_and_the_worker_keeps_serving(scenario, redis_server, tmp_path):
+@BROKERS_IN_FULL
+def test_poison_messages_are_rejected_unexecuted_and_the_worker_keeps_serving(scenario, broker, tmp_path):
     # Given a running worker
     run = scenario("7 poison messages")
     worker = run.start_worker("target")
@@ -103,8 +106,7 @@ def test_poison_messages_are_rejected_unexecuted_and_the_worker_keeps_serving(sc
         return [name for name, (message_id, evidence) in ids.items() if message_id not in log and evidence not in log]
 
     wait_until(lambda: unlogged() == [], what=f"log of the rejection of {unlogged()}")
-    client = redis_server.client()
-    wait_until(lambda: client.llen(AGENT_QUEUE) == 0 and client.hlen("unacked") == 0, what="drained queue")
+    wait_until(lambda: broker.messages(AGENT_QUEUE) == 0, what="drained queue")
     # And nothing was executed
     assert not marker.exists()
     log = run.worker_log()
@@ -113,5 +115,5 @@ def test_poison_messages_are_rejected_unexecuted_and_the_worker_keeps_serving(sc
     [row] = run.wait(run.submit(1), timeout=30).values()
     assert row.status == TaskStatus.COMPLETED and worker.poll() is None
     assert run.app.send_task(HEALTH_TASK_NAME).get(timeout=30)["status"] == "ok"
-    tally = run.tally(name=f"7 poison messages ({len(ids)}) + 1 good")
+    tally = run.tally(name=f"{run.name} ({len(ids)}) + 1 good")
     assert (tally.completed, tally.lost, tally.duplicates) == (1, 0, 0)

@@ -9,7 +9,7 @@ import redis
 
 from agent_service.execution.replies import KEPT_PREFIX
 from agent_service.models import TaskStatus
-from tests.chaos.harness import sized
+from tests.chaos.harness import BROKERS, sized
 from tests.support import wait_until
 
 TASKS = sized(40, 200)
@@ -25,6 +25,7 @@ LIMITS = dict(
 )
 
 
+@BROKERS
 def test_sigkilled_worker_loses_no_task_none_completes_twice_and_no_answered_call_is_made_again(
     scenario, llm, redis_server
 ):

@@ -1,5 +1,6 @@
 """Fixtures on real services: a PostgreSQL database migrated by Alembic, Redis databases and a real
-`celery worker` process (the bundled LLM server is in tests/conftest.py). A missing service fails the
+`celery worker` process, and one on RabbitMQ for the tests that run on both brokers (the bundled LLM server is
+in tests/conftest.py). A missing service fails the
 run; it never skips."""
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from agent_service.devtools.processes import celery_worker
 from agent_service.llm.runners import BackgroundEventLoop, LLMRunner, RunRequest, make_runner
 from agent_service.models import Agent
 from agent_service.store.schema import init_db
-from agent_service.worker import create_celery_app
+from agent_service.worker import AgentServiceCelery, create_celery_app
+from tests.chaos.harness import RABBITMQ, REDIS
+from tests.chaos.services import RabbitVhost
 from tests.support import add_agent, make_settings
 
 # Overridable so that two test runs on one machine do not share a database or a broker.
@@ -82,6 +85,31 @@ def worker(app, settings: Settings, metrics_port: int, worker_log: Path) -> Iter
     env = {**settings.as_env(), "METRICS_PORT": str(metrics_port)}
     with celery_worker(env=env, log_path=worker_log, name="test"):
         yield
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_vhost() -> Iterator[RabbitVhost]:
+    with RabbitVhost.created() as vhost:
+        yield vhost
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_app(settings: Settings, rabbitmq_vhost: RabbitVhost) -> Iterator[AgentServiceCelery]:
+    """An app whose broker is a RabbitMQ vhost of its own (results and shared controls stay on the session's
+    Redis), with a real worker on it."""
+    on_rabbitmq = settings.model_copy(update={"celery_broker_url": rabbitmq_vhost.url()})
+    with celery_worker(env=on_rabbitmq.as_env(), log_path=LOG_DIR / "worker-rabbitmq.log", name="rabbitmq"):
+        yield create_celery_app(on_rabbitmq)
+
+
+@pytest.fixture(scope="session", params=[REDIS, RABBITMQ])
+def broker_app(request):
+    """The app of a running worker on each broker in turn: the session's worker on Redis, then one on RabbitMQ;
+    the worker-level tests that take it run on both."""
+    if request.param == REDIS:
+        request.getfixturevalue("worker")
+        return request.getfixturevalue("app")
+    return request.getfixturevalue("rabbitmq_app")
 
 
 @pytest.fixture(scope="session")

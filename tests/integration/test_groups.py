@@ -8,6 +8,7 @@ import sys
 import threading
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
 
 import pytest
@@ -38,10 +39,10 @@ from tests.integration.conftest import LOG_DIR, WORKER_REDIS
 from tests.support import run_cli, wait_for_final, wait_until
 
 
-@pytest.fixture(scope="module")
-def callback_worker(app) -> Iterator[redis.Redis]:
-    """The caller's own Celery worker (tests/group_callback_app.py) on the service's broker, consuming the
-    queue group callbacks go to; yields the Redis where its task records each run."""
+@contextmanager
+def running_callback_worker(app) -> Iterator[redis.Redis]:
+    """The caller's own Celery worker (tests/group_callback_app.py) on `app`'s broker, consuming the queue group
+    callbacks go to; yields the Redis where its task records each run."""
     command = [
         sys.executable,
         "-m",
@@ -53,9 +54,23 @@ def callback_worker(app) -> Iterator[redis.Redis]:
         "--loglevel=INFO",
     ]
     queue = app.services.settings.group_callback_queue
-    env = {"CALLBACK_BROKER_URL": WORKER_REDIS}
-    with started([*command, "-Q", queue, "-n", "callbacks@%h"], env=env, log_path=LOG_DIR / "callbacks.log"):
+    env = {"CALLBACK_BROKER_URL": app.conf.broker_url, "CALLBACK_REDIS_URL": WORKER_REDIS}
+    log_path = LOG_DIR / f"callbacks-{app.services.settings.broker_url.split(':')[0]}.log"
+    with started([*command, "-Q", queue, "-n", "callbacks@%h"], env=env, log_path=log_path):
         yield redis.Redis.from_url(WORKER_REDIS)
+
+
+@pytest.fixture(scope="module")
+def callback_worker(app) -> Iterator[redis.Redis]:
+    with running_callback_worker(app) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def broker_callback_worker(broker_app) -> Iterator[redis.Redis]:
+    """A callback worker on each broker in turn (see `broker_app`)."""
+    with running_callback_worker(broker_app) as client:
+        yield client
 
 
 def callback_runs(client: redis.Redis, group_id: str) -> list[dict]:
@@ -107,24 +122,25 @@ def run_in_process(app, llm_with, task_ids: list[str], *, run_llm=None, send_cal
 
 
 def test_a_group_ends_once_and_its_on_complete_task_runs_once_with_every_outcome(
-    worker, callback_worker, app, agent, session_factory
+    broker_app, broker_callback_worker, agent, session_factory
 ):
     # Given forty tasks submitted as one group with an on_complete task, run by the worker in concurrent batches
     group = new_group()
-    ids = create_agent_tasks(items(agent, 40), app=app, group=group, on_complete=CALLBACK_NAME)
+    ids = create_agent_tasks(items(agent, 40), app=broker_app, group=group, on_complete=CALLBACK_NAME)
     # When they all complete
     wait_for_final(session_factory, ids)
-    wait_until(lambda: callback_runs(callback_worker, group), what="group callback")
+    wait_until(lambda: callback_runs(broker_callback_worker, group), what="group callback")
     # Then the group ended, its callback ran once with every task's outcome, and a sweep sends nothing more
-    assert send_overdue_callbacks(app, session_factory, app.services.settings, now=utcnow() + 2 * CALLBACK_GRACE) == 0
-    [run] = callback_runs(callback_worker, group)
+    later = utcnow() + 2 * CALLBACK_GRACE
+    assert send_overdue_callbacks(broker_app, session_factory, broker_app.services.settings, now=later) == 0
+    [run] = callback_runs(broker_callback_worker, group)
     assert run["celery_task_id"] == callback_task_id(group) and run["group_id"] == group
     assert sorted(outcome["task_id"] for outcome in run["outcomes"]) == sorted(ids)
     assert {outcome["status"] for outcome in run["outcomes"]} == {"completed"}
     assert all(outcome["result"] and outcome["error"] is None for outcome in run["outcomes"])
     row = group_row(session_factory, group)
     assert row.ended_at is not None and row.callback_sent_at is not None and row.callback_sent_at >= row.ended_at
-    progress = group_progress(group, app=app)
+    progress = group_progress(group, app=broker_app)
     assert progress.counts[TaskStatus.COMPLETED] == 40 and progress.unfinished == 0 and progress.prompt_tokens > 0
 
 

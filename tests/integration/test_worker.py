@@ -30,13 +30,13 @@ def unique(label: str) -> str:
     return f"{label} {uuid.uuid4().hex[:10]}"
 
 
-def test_many_tasks_complete_once_with_results_usage_and_timings(app, agent, llm, session_factory):
+def test_many_tasks_complete_once_with_results_usage_and_timings(broker_app, agent, llm, session_factory):
     marker = unique("batch")
     items = [
         {"title": f"{marker} #{i}", "description": f"item {i}", "agent_id": str(agent.id), "user_id": "u"}
         for i in range(60)
     ]
-    tasks = wait_for_final(session_factory, create_agent_tasks(items, app=app), timeout=90)
+    tasks = wait_for_final(session_factory, create_agent_tasks(items, app=broker_app), timeout=90)
     assert {task.status for task in tasks.values()} == {TaskStatus.COMPLETED}
     for task in tasks.values():
         assert task.result.startswith("Offline answer to: Task: " + marker)
@@ -53,8 +53,8 @@ def test_agent_prompt_title_and_description_reach_the_llm(app, agent, llm, sessi
     assert request["model"] == "gpt-4o-mini"
 
 
-def test_health_check_is_answered_by_the_worker_on_the_system_queue(app):
-    reply = app.send_task(HEALTH_TASK_NAME).get(timeout=30)
+def test_health_check_is_answered_by_the_worker_on_the_system_queue(broker_app):
+    reply = broker_app.send_task(HEALTH_TASK_NAME).get(timeout=30)
     assert reply["status"] == "ok" and reply["database"] == "ok"
 
 
@@ -75,19 +75,34 @@ def test_each_queue_has_an_exchange_and_routing_key_of_its_own(app, worker_log):
     assert banner_lines[-1] == "exchange=system(direct) key=system"
 
 
-def test_transient_fault_is_retried_and_the_attempts_are_counted(app, agent, llm, session_factory):
+def test_on_rabbitmq_the_queues_are_quorum_queues_that_dead_letter_and_countdowns_have_delay_queues(
+    rabbitmq_app, rabbitmq_vhost, settings
+):
+    # Given the worker on RabbitMQ (started by rabbitmq_app), the queues it declared
+    queues = rabbitmq_vhost.queues()
+    # Then the service's queues are quorum queues whose messages are dead-lettered past the delivery limit
+    for name in ("agent_tasks", "system"):
+        assert queues[name]["type"] == "quorum"
+        assert queues[name]["arguments"]["x-delivery-limit"] == settings.broker_delivery_limit
+        assert queues[name]["arguments"]["x-dead-letter-exchange"] == "dead_letters"
+    assert queues["dead_letters"]["type"] == "quorum"
+    # And countdowns wait in Celery's native delayed delivery queues (one per power of two seconds)
+    assert {f"celery_delayed_{level}" for level in range(28)} <= queues.keys()
+
+
+def test_transient_fault_is_retried_and_the_attempts_are_counted(broker_app, agent, llm, session_factory):
     title = unique("flaky")
     llm.add_fault(fault="500", match=title, times=1)
-    task = wait_for_final(session_factory, [submit(app, agent, title)])
+    task = wait_for_final(session_factory, [submit(broker_app, agent, title)])
     [row] = task.values()
     assert row.status == TaskStatus.COMPLETED and row.attempts == 2 and row.error is None
     assert [r["status"] for r in llm.requests(title)] == [500, 200]
 
 
-def test_retry_after_is_honoured_before_the_next_attempt(app, agent, llm, session_factory):
+def test_retry_after_is_honoured_before_the_next_attempt(broker_app, agent, llm, session_factory):
     title = unique("rate limited")
     llm.add_fault(fault="429", match=title, times=1, retry_after=2)
-    [row] = wait_for_final(session_factory, [submit(app, agent, title)]).values()
+    [row] = wait_for_final(session_factory, [submit(broker_app, agent, title)]).values()
     first, second = llm.requests(title)
     assert row.status == TaskStatus.COMPLETED and row.attempts == 2
     assert second["at"] - first["at"] >= 2.0
@@ -102,10 +117,10 @@ def test_permanent_fault_fails_at_once_with_a_clear_error(app, agent, llm, sessi
     assert len(llm.requests(title)) == 1
 
 
-def test_exhausted_retries_fail_with_the_last_error_recorded(app, agent, llm, session_factory, settings):
+def test_exhausted_retries_fail_with_the_last_error_recorded(broker_app, agent, llm, session_factory, settings):
     title = unique("overloaded")
     llm.add_fault(fault="503", match=title)
-    [row] = wait_for_final(session_factory, [submit(app, agent, title)]).values()
+    [row] = wait_for_final(session_factory, [submit(broker_app, agent, title)]).values()
     assert row.status == TaskStatus.FAILED and row.attempts == settings.task_max_attempts
     assert row.error.startswith(f"gave up after {settings.task_max_attempts} attempts: LLM request failed (503)")
     assert len(llm.requests(title)) == settings.task_max_attempts

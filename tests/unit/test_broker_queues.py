@@ -1,0 +1,37 @@
+"""The queues each broker gets: direct exchanges on Redis; on RabbitMQ quorum queues with a delivery limit and a
+dead-letter exchange, behind topic exchanges (native delayed delivery cannot route into a direct one), and
+countdowns of at least one second."""
+
+from __future__ import annotations
+
+from agent_service.config import Settings
+from agent_service.messaging.routing import broker_countdown, task_queues
+from agent_service.worker import create_celery_app
+
+RABBITMQ = "amqp://guest:guest@127.0.0.1:5672/vhost"
+
+
+def test_redis_queues_are_plain_queues_behind_direct_exchanges():
+    queues = task_queues(Settings(_env_file=None, redis_url="redis://r:6379/0"))
+    assert [(q.name, q.exchange.type, q.queue_arguments) for q in queues] == [
+        ("agent_tasks", "direct", None),
+        ("system", "direct", None),
+    ]
+
+
+def test_rabbitmq_queues_are_quorum_queues_that_dead_letter_past_the_delivery_limit():
+    settings = Settings(
+        _env_file=None, redis_url="redis://r:6379/0", celery_broker_url=RABBITMQ, broker_delivery_limit=4
+    )
+    for queue in task_queues(settings):
+        assert queue.exchange.type == "topic" and queue.routing_key == queue.name
+        assert queue.queue_arguments["x-queue-type"] == "quorum"
+        assert queue.queue_arguments["x-delivery-limit"] == 4
+        assert queue.queue_arguments["x-dead-letter-exchange"] == "dead_letters"
+
+
+def test_countdowns_under_a_second_wait_a_second_on_rabbitmq_only():
+    redis_app = create_celery_app(Settings(_env_file=None, redis_url="redis://r:6379/0"))
+    rabbit_app = create_celery_app(Settings(_env_file=None, redis_url="redis://r:6379/0", celery_broker_url=RABBITMQ))
+    assert [broker_countdown(redis_app, s) for s in (None, 0.0, 0.2, 2.5)] == [None, 0.0, 0.2, 2.5]
+    assert [broker_countdown(rabbit_app, s) for s in (None, 0.0, 0.2, 2.5)] == [None, 0.0, 1.0, 2.5]
