@@ -38,8 +38,12 @@ def test_reservations_and_leases_of_a_sigkilled_worker_are_released(scenario, ll
     doomed = run.start_worker("doomed")
     run.submit(TASKS)
     run.wait_for_progress(completed=CAP, running=CAP)
-    # When it is SIGKILLed holding leases and reservations
-    held = {key: shared.zcard(key) for key in shared.keys(f"{LEASES}:*")}
+    # When it is SIGKILLed holding leases and reservations (as soon as its calls in flight fill the cap: a call
+    # deferred by the rate limit holds no lease meanwhile)
+    held, deadline = _leases(shared), time.monotonic() + 15
+    while sum(held.values()) < CAP and time.monotonic() < deadline:
+        time.sleep(0.01)
+        held = _leases(shared)
     reserved = shared.keys(f"{RATES}:*")
     run.kill_worker(doomed)
     killed_at, calls_before = time.monotonic(), len(llm.requests(run.prefix()))
@@ -61,3 +65,7 @@ def test_reservations_and_leases_of_a_sigkilled_worker_are_released(scenario, ll
     time.sleep(1.5)  # the last bucket drains
     assert shared.keys(f"{RATES}:*") == [] and all(shared.zcard(key) == 0 for key in shared.keys(f"{LEASES}:*"))
     print(f"\ncapacity back {resumed_after:.1f} s after the kill (leases last {lease_seconds:.0f} s)")
+
+
+def _leases(shared: redis.Redis) -> dict[bytes, int]:
+    return {key: shared.zcard(key) for key in shared.keys(f"{LEASES}:*")}
