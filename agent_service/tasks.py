@@ -21,6 +21,7 @@ from agent_service.execution.maintenance import (
     check_health,
     fail_expired_approvals,
     requeue_stuck_tasks,
+    requeue_tasks_of_lost_workers,
     send_lost_group_callbacks,
 )
 from agent_service.execution.outcomes import Outcome, TaskOutcome
@@ -140,14 +141,17 @@ def process_agent_task(self: AgentTaskBatches, requests: list[AgentRequest]) -> 
 @shared_task(bind=True, name=SWEEP_TASK_NAME)
 @monitor_task_execution("sweep_stale_tasks", ok=Outcome.COMPLETED, error=Outcome.ERROR)
 def sweep_stale_tasks(self: Task) -> dict[str, Any]:
-    """Re-queue rows stuck without a live message (broker down at submit, lost with Redis, dead worker), fail
+    """Re-queue the running tasks of workers whose liveness lease expired and rows stuck without a live message
+    (broker down at submit, lost with Redis, dead worker past the stale threshold), fail
     the tasks whose pending approval expired, and send the callbacks of groups whose sender was lost."""
     services = services_of(self.app)
     collaborators = {"app": self.app, "session_factory": services.session_factory, "settings": services.settings}
     expired = fail_expired_approvals(**collaborators)
+    taken_over = requeue_tasks_of_lost_workers(**collaborators)
     requeued = requeue_stuck_tasks(**collaborators)
     return {
         "status": "ok",
+        "lost_workers_tasks": taken_over,
         "requeued": requeued,
         "expired": expired,
         "callbacks": send_lost_group_callbacks(**collaborators),

@@ -154,19 +154,22 @@ def _start_metrics_and_llm_runner(**_: Any) -> None:
 def _stop_pool_process(**_: Any) -> None:
     if _runs_this_app():
         app.services.llm_runner.close()
+        app.services.lease_keeper.stop()
 
 
 @worker_shutdown.connect
 def _stop_llm_runner(**_: Any) -> None:
     """After the pool has stopped: the LLM process answers any call still under way, then exits, before
-    the worker does (prefork: each pool process closes its own)."""
+    the worker does, and the lease ends (prefork: each pool process closes its own)."""
     if _runs_this_app() and app.conf.worker_pool != "prefork":
         app.services.llm_runner.close()
+        app.services.lease_keeper.stop()
 
 
 def _prepare_to_run_tasks() -> None:
-    """In the process that runs the tasks, once started: settle its heap, start its LLM process and listen
-    for cancellations."""
+    """In the process that runs the tasks, once started: take its liveness lease, settle its heap, start its LLM
+    process and listen for cancellations."""
+    app.services.lease_keeper.start()
     settle_heap()
     app.services.llm_runner.start()
     app.services.listen_for_cancellations()

@@ -1,9 +1,9 @@
-"""The periodic jobs beat runs on the `system` queue (the health check, and the sweeper of stale tasks and
-expired approvals), and the backlog a metrics scrape reads."""
+"""The periodic jobs beat runs on the `system` queue (the health check, and the sweeper of lost workers' tasks,
+stale tasks and expired approvals), and the backlog a metrics scrape reads."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from celery import Celery
 from sqlalchemy import text
@@ -12,9 +12,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from agent_service.clock import utcnow
 from agent_service.config import Settings
 from agent_service.database import session_scope
+from agent_service.execution.liveness import current_owner
 from agent_service.messaging.groups import send_callbacks_quietly, send_overdue_callbacks
 from agent_service.messaging.publisher import enqueue
-from agent_service.store import steps
+from agent_service.store import leases, steps
 from agent_service.store import tasks as store_tasks
 from agent_service.store.groups import note_tasks_ended
 
@@ -26,6 +27,20 @@ def requeue_stuck_tasks(*, app: Celery, session_factory: sessionmaker[Session], 
         stuck = store_tasks.tasks_to_requeue(session, settings=settings, now=utcnow(), limit=settings.sweep_batch_size)
     enqueue(app, session_factory, stuck)
     return len(stuck)
+
+
+def requeue_tasks_of_lost_workers(*, app: Celery, session_factory: sessionmaker[Session], settings: Settings) -> int:
+    """Publish a message again for every running task whose worker's liveness lease expired (its next claim
+    takes it over), and forget leases long expired; returns how many tasks. This process judges, so while its
+    own lease is expired it judges no one (`store.leases.tasks_of_lost_owners`).
+    Raises: BrokerUnavailableError."""
+    with session_scope(session_factory) as session:
+        lost = leases.tasks_of_lost_owners(
+            session, judge=current_owner(), seconds=settings.worker_lease_seconds, limit=settings.sweep_batch_size
+        )
+        leases.forget_expired(session, older_than=timedelta(seconds=settings.stale_task_after_seconds))
+    enqueue(app, session_factory, lost)
+    return len(lost)
 
 
 def send_lost_group_callbacks(*, app: Celery, session_factory: sessionmaker[Session], settings: Settings) -> int:

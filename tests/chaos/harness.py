@@ -33,7 +33,8 @@ FULL = SCALE == "full"
 LOG_DIR = ROOT / ".local" / "chaos-logs"
 RESULTS_JSON = ROOT / ".local" / ("chaos-results.json" if FULL else f"chaos-results-{SCALE}.json")
 
-# LLM timeout < soft limit < hard limit < Redis visibility timeout < sweeper threshold, as Settings demands.
+# LLM timeout < soft limit < hard limit < Redis visibility timeout < sweeper threshold, and a liveness lease below
+# that threshold, as Settings demands.
 LIMITS = {
     "short": dict(
         llm_timeout_seconds=2,
@@ -41,6 +42,7 @@ LIMITS = {
         task_time_limit_seconds=4,
         broker_visibility_timeout_seconds=6,
         stale_task_after_seconds=8,
+        worker_lease_seconds=6,
         sweep_interval_seconds=1,
         requeue_pending_after_seconds=2,
         worker_soft_shutdown_seconds=10,
@@ -51,6 +53,7 @@ LIMITS = {
         task_time_limit_seconds=25,
         broker_visibility_timeout_seconds=30,
         stale_task_after_seconds=40,
+        worker_lease_seconds=20,
         sweep_interval_seconds=5,
         requeue_pending_after_seconds=5,
         worker_soft_shutdown_seconds=30,
