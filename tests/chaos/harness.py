@@ -86,6 +86,7 @@ class Tally:
     seconds: float
     scale: str = SCALE
     repeated_calls: int | None = None  # calls made again after a crash (only those unanswered at the kill)
+    recovery_seconds: float | None = None  # from the fault to the lost worker's tasks resumed elsewhere
 
     @property
     def extra_llm_calls(self) -> int:
@@ -228,18 +229,30 @@ class Scenario:
 
     def completions_logged(self) -> Counter:
         """How many times each task id was logged as completed, across every worker of the scenario."""
-        counts: Counter = Counter()
-        for log in self.log_dir.glob("*.log"):
+        return Counter(entry.get("task_id") for entry in self._outcomes_logged("*") if entry["status"] == "completed")
+
+    def logged_outcomes(self, label: str, *, status: str) -> set[str]:
+        """The ids of the tasks the worker `label` logged an outcome `status` for."""
+        return {entry.get("task_id") for entry in self._outcomes_logged(label) if entry["status"] == status}
+
+    def _outcomes_logged(self, label: str) -> Iterator[dict]:
+        for log in self.log_dir.glob(f"{label}.log"):
             for line in log.read_bytes().splitlines():
                 entry = _json_line(line)
-                if entry.get("task") == "agent_task" and entry.get("status") == "completed":
-                    counts[entry.get("task_id")] += 1
-        return counts
+                if entry.get("task") == "agent_task" and "status" in entry:
+                    yield entry
 
     def worker_log(self) -> str:
         return "".join(log.read_text(errors="replace") for log in sorted(self.log_dir.glob("*.log")))
 
-    def tally(self, label: str | None = None, *, name: str | None = None, repeated_calls: int | None = None) -> Tally:
+    def tally(
+        self,
+        label: str | None = None,
+        *,
+        name: str | None = None,
+        repeated_calls: int | None = None,
+        recovery_seconds: float | None = None,
+    ) -> Tally:
         """Count the outcome (of the `label` group), store it as a results row and return it."""
         rows = self.rows(label)
         completed = sum(row.status == TaskStatus.COMPLETED for row in rows)
@@ -256,6 +269,7 @@ class Scenario:
             len(self.llm.requests(self.prefix(label))),
             round(time.monotonic() - self.started, 1),
             repeated_calls=repeated_calls,
+            recovery_seconds=recovery_seconds,
         )
         record(tally)
         return tally
