@@ -14,7 +14,7 @@ from agent_service.config import Settings
 from agent_service.database import session_scope
 from agent_service.execution.liveness import current_owner
 from agent_service.messaging.groups import send_callbacks_quietly, send_overdue_callbacks
-from agent_service.messaging.publisher import enqueue
+from agent_service.messaging.publisher import enqueue, publish_tasks
 from agent_service.store import leases, steps
 from agent_service.store import tasks as store_tasks
 from agent_service.store.groups import note_tasks_ended
@@ -30,16 +30,17 @@ def requeue_stuck_tasks(*, app: Celery, session_factory: sessionmaker[Session], 
 
 
 def requeue_tasks_of_lost_workers(*, app: Celery, session_factory: sessionmaker[Session], settings: Settings) -> int:
-    """Publish a message again for every running task whose worker's liveness lease expired (its next claim
-    takes it over), and forget leases long expired; returns how many tasks. This process judges, so while its
-    own lease is expired it judges no one (`store.leases.tasks_of_lost_owners`).
-    Raises: BrokerUnavailableError."""
+    """Take back every running task whose worker's liveness lease expired (queued again, the lost attempt in
+    its history) and publish it, and forget leases long expired; returns how many tasks. This process judges,
+    so while its own lease is expired it judges no one (`store.leases.take_back_tasks_of_lost_owners`).
+    Raises: BrokerUnavailableError (nothing is taken back: the next sweep tries again)."""
     with session_scope(session_factory) as session:
-        lost = leases.tasks_of_lost_owners(
-            session, judge=current_owner(), seconds=settings.worker_lease_seconds, limit=settings.sweep_batch_size
-        )
+        lost = leases.take_back_tasks_of_lost_owners(session, judge=current_owner(), limit=settings.sweep_batch_size)
         leases.forget_expired(session, older_than=timedelta(seconds=settings.stale_task_after_seconds))
-    enqueue(app, session_factory, lost)
+        # Published before the commit: a message claimed first finds the row running under an expired lease,
+        # which the claim takes over all the same.
+        if lost:
+            publish_tasks(app, lost)
     return len(lost)
 
 

@@ -1,6 +1,6 @@
 """Workers' liveness leases, in the database: renewed by each task-running process while it lives, read by the
-claim and the sweeper to know that a running task's owner is lost. Plain functions on a caller-owned Session, no
-commits.
+claim and the sweeper to know that a running task's owner is lost, and the sweeper's taking back of such tasks.
+Plain functions on a caller-owned Session, no commits.
 
 Every time here is the database's own clock (`database_now`), never a host's: a lease is written and judged by
 one clock, so a host whose clock runs behind neither loses its tasks early nor keeps them late.
@@ -12,12 +12,12 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, delete, func, or_, select, update
+from sqlalchemy import CursorResult, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from agent_service.clock import aware
-from agent_service.models import Task, TaskStatus, WorkerLease
+from agent_service.models import Task, TaskAttempt, TaskStatus, WorkerLease
 
 
 def database_now(session: Session) -> datetime:
@@ -54,32 +54,37 @@ def has_expired(session: Session, owner: str | None) -> bool:
     return expires_at is not None and aware(expires_at) <= database_now(session)
 
 
-def tasks_of_lost_owners(session: Session, *, judge: str, seconds: float, limit: int) -> list[uuid.UUID]:
-    """Running tasks whose owner's lease has expired, to be published again (their next claim takes them over),
-    unless `judge` (the sweeping process) holds an expired lease itself: then the database was out of its
-    reach too, or it was paused, and the others had no better chance to renew; nobody is judged this time.
+def take_back_tasks_of_lost_owners(session: Session, *, judge: str, limit: int) -> list[uuid.UUID]:
+    """Running tasks whose owner's lease has expired go back to `queued` (to be published again), their lost
+    attempt kept in their history; returns their ids. The owner, if it wakes, can no longer record them (its
+    compare-and-set wants them running under its attempt). Rows locked by a transaction of the lost owner that
+    the server has not ended yet are left to a later sweep.
 
-    A task is returned once its owner's lease expired, then again only if it stays running another `seconds`
-    (its message lost): its `updated_at` is bumped.
+    Nobody is judged while `judge` (the sweeping process) holds an expired lease itself: then the database was
+    out of its reach too, or it was paused, and the others had no better chance to renew.
     """
     now = database_now(session)
     if has_expired(session, judge):
         return []
-    stuck = (
-        select(Task.id)
+    lost = session.execute(
+        select(Task.id, Task.attempts, Task.claimed_by)
         .join(WorkerLease, WorkerLease.owner == Task.claimed_by)
-        .where(
-            Task.status == TaskStatus.RUNNING,
-            WorkerLease.expires_at <= now,
-            or_(Task.updated_at < WorkerLease.expires_at, Task.updated_at < now - timedelta(seconds=seconds)),
-        )
-        .order_by(Task.updated_at)
+        .where(Task.status == TaskStatus.RUNNING, WorkerLease.expires_at <= now)
+        .order_by(Task.claimed_at)
         .limit(limit)
-    )
-    ids = list(session.scalars(stuck))
-    if ids:
-        session.execute(update(Task).where(Task.id.in_(ids)).values(updated_at=now))
-    return ids
+        .with_for_update(of=Task, skip_locked=True)
+    ).all()
+    taken: list[uuid.UUID] = []
+    for task_id, attempt, owner in lost:
+        session.execute(
+            update(Task)
+            .where(Task.id == task_id, Task.status == TaskStatus.RUNNING, Task.attempts == attempt)
+            .values(status=TaskStatus.QUEUED, queued_at=now, updated_at=now, claimed_at=None, claimed_by=None)
+        )
+        error = f"the worker running it ({owner}) was lost: its liveness lease expired"
+        session.add(TaskAttempt(task_id=task_id, attempt=attempt, outcome="lost", at=now, error=error))
+        taken.append(task_id)
+    return taken
 
 
 def forget_expired(session: Session, *, older_than: timedelta) -> int:

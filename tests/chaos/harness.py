@@ -126,15 +126,16 @@ class Scenario:
 
     # ---------------------------------------------------------------- workers
 
-    def start_worker(self, label: str, *, beat: bool = False) -> subprocess.Popen:
+    def start_worker(self, label: str, *, beat: bool = False, through: tuple[str, ...] = ()) -> subprocess.Popen:
         """A `celery worker` on this scenario's settings (pool and concurrency included); with `beat`,
-        it also runs the sweeper on its schedule."""
+        it also runs the sweeper on its schedule; `through`: the command that runs it (on another host)."""
         extra = ("-B", "--schedule", str(self.log_dir / f"{label}-beat-schedule")) if beat else ()
         process = start_worker(
             env=self.settings.as_env(),
             log_path=self.log_dir / f"{label}.log",
             name=f"{self.name}-{label}".replace(" ", "-"),
             extra_args=extra,
+            through=through,
         )
         self.workers.append(process)
         return process

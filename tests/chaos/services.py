@@ -1,7 +1,8 @@
 """Private Redis and PostgreSQL servers that a chaos scenario may kill and restart at will.
 
 They run on free ports from a temporary directory, so the machine's shared services (and other test
-runs on them) are never touched. A missing binary fails loudly: the chaos suite never skips.
+runs on them) are never touched. They listen on 127.0.0.1, or on an address of the test's own hosts
+(`tests/chaos/netns.py`). A missing binary fails loudly: the chaos suite never skips.
 """
 
 from __future__ import annotations
@@ -53,10 +54,11 @@ def _wait_until(check, *, what: str, timeout: float = 30) -> None:
 class RedisServer:
     """A throw-away `redis-server` that keeps nothing on disk: a restart loses every key."""
 
-    def __init__(self, *, password: str | None = None) -> None:
+    def __init__(self, *, password: str | None = None, host: str = "127.0.0.1") -> None:
         self.binary = _binary("redis-server")
         self.port = free_port()
         self.password = password
+        self.host = host
         self.process: subprocess.Popen | None = None
 
     @classmethod
@@ -72,7 +74,7 @@ class RedisServer:
 
     def url(self, db: int = 0) -> str:
         auth = f":{self.password}@" if self.password else ""
-        return f"redis://{auth}127.0.0.1:{self.port}/{db}"
+        return f"redis://{auth}{self.host}:{self.port}/{db}"
 
     def client(self) -> redis.Redis:
         return redis.Redis.from_url(self.url())
@@ -83,7 +85,11 @@ class RedisServer:
             "--port",
             str(self.port),
             "--bind",
-            "127.0.0.1",
+            self.host,
+            # Off the loopback, Redis refuses clients without a password unless told this is intended: the
+            # address is one of the test's own hosts, on this machine.
+            "--protected-mode",
+            "no" if self.host != "127.0.0.1" else "yes",
             "--save",
             "",
             "--appendonly",
@@ -110,27 +116,34 @@ class RedisServer:
 
 
 class PostgresCluster:
-    """A private PostgreSQL cluster (trust auth) owned by the `postgres` OS user, in a temp dir."""
+    """A private PostgreSQL cluster (trust auth) owned by the `postgres` OS user, in a temp dir, listening on
+    `host`; with `clients` (a network, CIDR), clients from there are trusted too."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, host: str = "127.0.0.1", clients: str | None = None) -> None:
         self.bin = Path(_binary("/usr/lib/postgresql/*/bin/initdb")).parent
         self.root = Path(tempfile.mkdtemp(prefix="chaos-pg-"))
         self.data, self.sockets, self.log = self.root / "data", self.root / "sock", self.root / "server.log"
         self.port = free_port()
+        self.host, self.clients = host, clients
 
     def url(self, database: str = "postgres", *, password: str | None = None) -> str:
         auth = f"{PG_USER}:{password}" if password else PG_USER
-        return f"postgresql+psycopg2://{auth}@127.0.0.1:{self.port}/{database}"
+        return f"postgresql+psycopg2://{auth}@{self.host}:{self.port}/{database}"
 
     def init(self) -> None:
         self.sockets.mkdir()
         shutil.chown(self.root, PG_USER)
         shutil.chown(self.sockets, PG_USER)
         self._as_postgres("initdb", "-D", str(self.data), "-A", "trust", "-U", PG_USER, "--no-sync")
+        if self.clients:
+            with (self.data / "pg_hba.conf").open("a") as hba:
+                hba.write(f"host all all {self.clients} trust\n")
         self.start()
 
     def start(self) -> None:
-        options = f"-p {self.port} -k {self.sockets} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300"
+        options = (
+            f"-p {self.port} -k {self.sockets} -c listen_addresses={self.host} -c fsync=off -c max_connections=300"
+        )
         self._as_postgres("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.log), "-w", "start")
         _wait_until(self._answers, what=f"postgres on port {self.port}")
 

@@ -16,18 +16,21 @@ import signal
 import subprocess
 import time
 
-import redis
-
-from agent_service.config.maintenance import MaintenanceSettings
-from agent_service.execution.replies import KEPT_PREFIX
 from agent_service.models import TaskStatus
 from tests.chaos.harness import FULL, Scenario, sized
+from tests.chaos.takeover import (
+    DEFAULT_LEASE,
+    DEFAULT_SWEEP,
+    SLOW_BROKER,
+    calls_after,
+    held_by,
+    owner_of,
+    replies_kept_for_every_running_task,
+    wait_for_owner,
+    wait_for_takeover,
+)
 from tests.support import wait_until
 
-DEFAULT_LEASE = MaintenanceSettings.model_fields["worker_lease_seconds"].default
-DEFAULT_SWEEP = MaintenanceSettings.model_fields["sweep_interval_seconds"].default
-# The broker and the stale threshold as shipped: an hour and two before they would bring a task back.
-SLOW_BROKER = dict(broker_visibility_timeout_seconds=3600, stale_task_after_seconds=7200, worker_concurrency=8)
 KILL = dict(
     SLOW_BROKER,
     worker_lease_seconds=sized(3, DEFAULT_LEASE),
@@ -119,21 +122,6 @@ def test_paused_worker_keeps_its_tasks_within_its_lease_and_loses_them_once_past
     assert all(run.attempts(task_id)[0].outcome == "lost" for task_id in held)
 
 
-def wait_for_owner(run: Scenario, worker: subprocess.Popen) -> str:
-    """The claim owner the worker's process writes in the rows it claims (host/pid namespace/pid)."""
-    wait_until(lambda: owner_of(run, worker), what=f"a task claimed by worker {worker.pid}", timeout=60)
-    return owner_of(run, worker)
-
-
-def owner_of(run: Scenario, worker: subprocess.Popen) -> str:
-    owners = {row.claimed_by for row in run.rows() if row.claimed_by and row.claimed_by.endswith(f"/{worker.pid}")}
-    return owners.pop() if owners else ""
-
-
-def held_by(run: Scenario, owner: str) -> list[str]:
-    return [str(row.id) for row in run.rows() if row.status == TaskStatus.RUNNING and row.claimed_by == owner]
-
-
 def wait_for_calls_under_way(run: Scenario, owner: str) -> list[str]:
     """Wait until the owner runs tasks whose calls are under way at the LLM server; their ids."""
 
@@ -153,31 +141,6 @@ def pause(worker: subprocess.Popen, *, seconds: float) -> None:
         time.sleep(seconds)
     finally:
         os.killpg(worker.pid, signal.SIGCONT)
-
-
-def replies_kept_for_every_running_task(run: Scenario, kept: redis.Redis) -> bool:
-    """No call of the scenario under way, and a kept reply for every running row."""
-    if any(call["ended"] is None for call in run.llm.requests(run.prefix())):
-        return False
-    running = [row for row in run.rows() if row.status == TaskStatus.RUNNING]
-    return all(kept.exists(f"{KEPT_PREFIX}{row.id}:{row.attempts}") for row in running)
-
-
-def wait_for_takeover(run: Scenario, held: list[str], owner: str, *, since: float, timeout: float) -> float:
-    """Wait until no task of `held` is running under `owner` any more; seconds from `since` (wall clock)."""
-
-    def taken_over() -> bool:
-        rows = {str(row.id): row for row in run.rows()}
-        return all(rows[t].status != TaskStatus.RUNNING or rows[t].claimed_by != owner for t in held)
-
-    wait_until(taken_over, what="the lost worker's tasks taken over", timeout=timeout)
-    return round(time.time() - since, 1)
-
-
-def calls_after(run: Scenario, held: list[str], moment: float) -> int:
-    """How many LLM calls the tasks of `held` made after `moment` (wall clock, as the LLM server logs it)."""
-    titles = {row.title for row in run.rows() if str(row.id) in held}
-    return sum(1 for title, calls in run.calls_by_task().items() if title in titles for c in calls if c["at"] > moment)
 
 
 def superseded_on(run: Scenario, label: str) -> set[str]:

@@ -1,9 +1,10 @@
-"""Liveness leases on real PostgreSQL: a running task whose owner's lease expired is taken over by its next
-claim and published again by the sweeper; one whose owner holds its lease is not; the owner that lost it
-cannot complete it; and a `LeaseKeeper` renews from its own thread while the caller is busy."""
+"""Liveness leases on real PostgreSQL: a running task whose owner's lease expired is taken back by the sweeper
+and taken over by its next claim; one whose owner holds its lease is not; the owner that lost it cannot complete
+it; and a `LeaseKeeper` renews from its own thread while the caller is busy."""
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from datetime import timedelta
@@ -14,9 +15,11 @@ from sqlalchemy import select
 from agent_service.clock import utcnow
 from agent_service.database import make_lease_engine, make_session_factory, session_scope
 from agent_service.execution.liveness import LeaseKeeper
+from agent_service.execution.maintenance import requeue_tasks_of_lost_workers
 from agent_service.models import Agent, Task, TaskAttempt, TaskStatus, WorkerLease
 from agent_service.store import leases, lifecycle
 from agent_service.store.lifecycle import Claim, Skip
+from tests.support import add_agent
 
 OWNER, RESCUER, SWEEPER = "host-a/1/100", "host-b/1/200", "host-b/1/300"
 
@@ -79,39 +82,40 @@ def test_task_of_an_owner_holding_its_lease_is_not_taken_over(db_session, runnin
 def test_owner_that_never_held_a_lease_keeps_its_task_until_the_stale_threshold(db_session, running_task, settings):
     # Given a worker of a release before leases: it holds no lease at all
     claim(db_session, running_task, settings, owner=OWNER)
-    # Then its task is not taken over (the stale threshold applies to it), nor published by the sweeper
+    # Then its task is not taken over (the stale threshold applies to it), nor taken back by the sweeper
     assert isinstance(claim(db_session, running_task, settings, owner=RESCUER), Skip)
     hold_lease(db_session, SWEEPER, expires_in=20)
-    assert running_task.id not in leases.tasks_of_lost_owners(db_session, judge=SWEEPER, seconds=30, limit=1000)
+    assert running_task.id not in leases.take_back_tasks_of_lost_owners(db_session, judge=SWEEPER, limit=1000)
 
 
-def test_sweeper_publishes_the_tasks_of_an_expired_owner_once_then_again_if_they_stay_running(
+def test_sweeper_takes_back_the_tasks_of_an_expired_owner_which_then_cannot_record_them(
     db_session, running_task, settings
 ):
     # Given a running task whose owner's lease expired, and a sweeper holding its own
-    claim(db_session, running_task, settings, owner=OWNER)
-    running_task.updated_at = utcnow() - timedelta(seconds=5)
-    db_session.flush()
+    lost = claim(db_session, running_task, settings, owner=OWNER)
     hold_lease(db_session, OWNER, expires_in=-1)
     hold_lease(db_session, SWEEPER, expires_in=20)
-    # When it sweeps, Then the task is published again; the next sweep straight after leaves it alone
-    assert running_task.id in leases.tasks_of_lost_owners(db_session, judge=SWEEPER, seconds=30, limit=1000)
-    assert running_task.id not in leases.tasks_of_lost_owners(db_session, judge=SWEEPER, seconds=30, limit=1000)
-    # But once it stayed running another lease length (its message lost), it is published again
-    running_task.updated_at = leases.database_now(db_session) - timedelta(seconds=31)
-    db_session.flush()
-    assert running_task.id in leases.tasks_of_lost_owners(db_session, judge=SWEEPER, seconds=30, limit=1000)
+    # When it sweeps, Then the task is queued again, with no owner, its attempt kept as lost
+    assert leases.take_back_tasks_of_lost_owners(db_session, judge=SWEEPER, limit=1000) == [running_task.id]
+    row = reload(db_session, running_task)
+    assert (row.status, row.claimed_by, row.attempts) == (TaskStatus.QUEUED, None, 1)
+    history = db_session.scalars(select(TaskAttempt).where(TaskAttempt.task_id == running_task.id)).all()
+    assert [(a.attempt, a.outcome) for a in history] == [(1, "lost")]
+    # And the owner, waking late, cannot record it; the next claim runs attempt 2
+    assert lifecycle.record_success(db_session, lost, result="late", model="m", now=utcnow()) is False
+    assert claim(db_session, running_task, settings, owner=RESCUER).attempt == 2
+    # And the next sweep finds nothing more to take back
+    assert running_task.id not in leases.take_back_tasks_of_lost_owners(db_session, judge=SWEEPER, limit=1000)
 
 
 def test_sweeper_whose_own_lease_expired_judges_no_one(db_session, running_task, settings):
     # Given an expired owner, and a sweeper whose own lease expired too (the database was out of reach for all)
     claim(db_session, running_task, settings, owner=OWNER)
-    running_task.updated_at = utcnow() - timedelta(seconds=5)
-    db_session.flush()
     hold_lease(db_session, OWNER, expires_in=-1)
     hold_lease(db_session, SWEEPER, expires_in=-1)
-    # Then nobody's tasks are published this time
-    assert leases.tasks_of_lost_owners(db_session, judge=SWEEPER, seconds=30, limit=1000) == []
+    # Then nobody's tasks are taken back this time
+    assert leases.take_back_tasks_of_lost_owners(db_session, judge=SWEEPER, limit=1000) == []
+    assert reload(db_session, running_task).status == TaskStatus.RUNNING
 
 
 def test_leases_expired_past_the_stale_threshold_are_forgotten(db_session, settings):
@@ -151,3 +155,24 @@ def test_lease_keeper_renews_from_its_own_thread_while_the_caller_is_busy_and_en
 def _lease(sessions, owner: str) -> WorkerLease:
     with session_scope(sessions) as session:
         return session.get(WorkerLease, owner)
+
+
+def test_sweep_publishes_a_message_for_each_task_it_takes_back(idle_app, idle_redis):
+    # Given a committed task running under an owner whose lease expired
+    sessions = idle_app.services.session_factory
+    agent = add_agent(sessions)
+    owner = f"host-c/1/{uuid.uuid4().int % 100_000}"
+    with session_scope(sessions) as session:
+        task = Task(title="t", agent_id=agent.id, user_id="u1", status=TaskStatus.RUNNING, attempts=1)
+        task.claimed_by, task.claimed_at = owner, utcnow()
+        session.add(task)
+        session.flush()
+        hold_lease(session, owner, expires_in=-1)
+    # When the sweep runs (this process holds no lease: it judges)
+    taken = requeue_tasks_of_lost_workers(app=idle_app, session_factory=sessions, settings=idle_app.services.settings)
+    # Then the task is queued again with a message of its own on the broker
+    assert taken >= 1
+    bodies = [json.loads(message)["headers"]["id"] for message in idle_redis.lrange("agent_tasks", 0, -1)]
+    assert str(task.id) in bodies
+    with session_scope(sessions) as session:
+        assert session.get(Task, task.id).status == TaskStatus.QUEUED
