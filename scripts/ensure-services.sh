@@ -43,6 +43,14 @@ ensure_redis() {
   echo "Redis did not come up on 127.0.0.1:6379" >&2; exit 1
 }
 
+ensure_iproute2() {
+  # The two-host chaos scenario builds its hosts with `ip netns` (it skips, saying why, without root).
+  if command -v ip >/dev/null 2>&1; then return; fi
+  echo "installing iproute2 from Debian's packages"
+  apt_install iproute2
+}
+
 ensure_postgres
 ensure_redis
+ensure_iproute2
 echo "PostgreSQL and Redis are up"
