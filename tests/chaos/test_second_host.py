@@ -38,6 +38,8 @@ from tests.chaos.takeover import (
 )
 from tests.support import LLMControl, wait_until
 
+# 1,000 tasks through two workers of 4 threads take about three minutes at full size.
+pytestmark = pytest.mark.timeout(sized(300, 900))
 TASKS = sized(40, 1000)
 REJOIN_TASKS = sized(12, 100)
 SETTINGS = dict(
@@ -115,13 +117,15 @@ def test_cut_off_hosts_claimed_tasks_are_taken_over_by_the_other_host_and_it_rej
     a.restore()
     restored_at = time.time()
     wait_until(lambda: lease_renewed_since(run, owner_a, restored_at), what="host a's lease renewed", timeout=180)
+    rejoined_after = round(time.time() - restored_at, 1)
     run.submit(REJOIN_TASKS, label="rejoin")
     rows = run.wait(timeout=sized(180, 600))
     wait_until(lambda: claimed_since(run, owner_a, restored_at), what="host a took work after it rejoined", timeout=120)
     per_host = Counter({owner_a: "a", owner_b: "b"}.get(row.claimed_by, "?") for row in rows.values())
     taken_over = sum(row.attempts > 1 for row in rows.values())
     tally = run.tally(
-        name=f"13 second host, link cut (a {per_host['a']} / b {per_host['b']}, {len(held)} taken over)",
+        name=f"13 second host, link cut (a {per_host['a']} / b {per_host['b']}, {len(held)} taken over, "
+        f"a's lease renewed {rejoined_after} s after its link returned)",
         recovery_seconds=resumed_after,
         repeated_calls=calls_after(run, held, cut_at),
     )
