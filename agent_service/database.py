@@ -28,20 +28,40 @@ def make_engine(settings: Settings) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 30})
         event.listen(engine, "connect", _enable_sqlite_wal)
         return engine
-    # The threads pool enforces no Celery time limit: the LLM timeout and this one bound an attempt.
-    timeout_ms = int(settings.db_statement_timeout_seconds * 1000)
-    connect_args: dict[str, object] = {"options": f"-c statement_timeout={timeout_ms}"} if timeout_ms else {}
-    if "connect_timeout" not in make_url(url).query:
-        # libpq waits for a host that drops packets as long as TCP does (minutes) unless told otherwise.
-        connect_args["connect_timeout"] = CONNECT_TIMEOUT_SECONDS
     return create_engine(
         url,
-        connect_args=connect_args,
+        connect_args=_postgres_connect_args(settings),
         pool_pre_ping=True,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_recycle=1800,
     )
+
+
+def make_lease_engine(settings: Settings) -> Engine:
+    """An engine of its own for renewing a liveness lease, with no pool: a renewal never waits behind the tasks'
+    connections, and each one opens a fresh connection, so none is left half-open by a network cut. On
+    PostgreSQL a renewal that hears nothing back for WORKER_LEASE_SECONDS fails (TCP user timeout), to be
+    tried again, rather than waiting for TCP to give up (minutes)."""
+    url = settings.database_url
+    if url.startswith("sqlite"):
+        return create_engine(url, poolclass=NullPool, connect_args={"timeout": 30})
+    connect_args = _postgres_connect_args(settings)
+    connect_args["tcp_user_timeout"] = int(settings.worker_lease_seconds * 1000)
+    return create_engine(url, poolclass=NullPool, connect_args=connect_args)
+
+
+def _postgres_connect_args(settings: Settings) -> dict[str, object]:
+    # The threads pool enforces no Celery time limit: the LLM timeout and this one bound an attempt. A session
+    # left idle in a transaction that long (its worker cut off mid-transaction) is ended by the server, so the
+    # row locks it holds do not keep its tasks from being taken over.
+    timeout_ms = int(settings.db_statement_timeout_seconds * 1000)
+    timeouts = f"-c statement_timeout={timeout_ms} -c idle_in_transaction_session_timeout={timeout_ms}"
+    connect_args: dict[str, object] = {"options": timeouts} if timeout_ms else {}
+    if "connect_timeout" not in make_url(settings.database_url).query:
+        # libpq waits for a host that drops packets as long as TCP does (minutes) unless told otherwise.
+        connect_args["connect_timeout"] = CONNECT_TIMEOUT_SECONDS
+    return connect_args
 
 
 def create_empty_database(server_url: str, name: str) -> str:

@@ -254,3 +254,19 @@ class LimitOverride(Base):
 
     def __repr__(self) -> str:
         return f"LimitOverride({self.scope.value} {self.subject!r}: {self.name}={self.value!r})"
+
+
+class WorkerLease(Base):
+    """A task-running process's liveness lease: the process (`owner`, as tasks' `claimed_by` names it) renews
+    `expires_at` while it lives; once that has passed, the tasks it claimed may be taken over. Times are the
+    database's clock, so hosts' clocks need not agree (execution.liveness)."""
+
+    __tablename__ = "worker_leases"
+
+    owner: Mapped[str] = mapped_column(String(300), primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(_timestamp)
+    renewed_at: Mapped[datetime] = mapped_column(_timestamp)
+    expires_at: Mapped[datetime] = mapped_column(_timestamp, index=True)
+
+    def __repr__(self) -> str:
+        return f"WorkerLease(owner={self.owner!r}, expires_at={self.expires_at})"

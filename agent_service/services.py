@@ -1,6 +1,7 @@
 """The services a task needs, in one typed object: settings, database sessions, Redis, the LLM runner, the
 tool caller, the admission checks, the replies kept in Redis, the live output publisher, the calls under
-way, tracing and the notifier. The Celery app carries one (`worker.AgentServiceCelery.services`)."""
+way, tracing, the notifier and the liveness lease. The Celery app carries one
+(`worker.AgentServiceCelery.services`)."""
 
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from agent_service.admission import build_admission
 from agent_service.admission.base import Admission
 from agent_service.config import Settings
-from agent_service.database import make_engine, make_session_factory
+from agent_service.database import make_engine, make_lease_engine, make_session_factory
 from agent_service.errors import ConfigurationError
 from agent_service.execution.cancellation import RunningCalls
 from agent_service.execution.context import OnGroupsEnded, OnSettled, RunContext
+from agent_service.execution.liveness import LeaseKeeper
 from agent_service.execution.replies import ReplyStore
 from agent_service.execution.tool_calls import ToolCaller
 from agent_service.live.publisher import LivePublisher
@@ -93,6 +95,13 @@ class Services:
     def live(self) -> LivePublisher | None:
         """Publishes the progress of the tasks someone follows (`live`); None without Redis."""
         return LivePublisher(self.redis, settings=self.settings) if self.settings.redis_url else None
+
+    @cached_property
+    def lease_keeper(self) -> LeaseKeeper:
+        """This process's liveness lease, which it keeps while it runs tasks (made after any fork: the owner
+        is this process)."""
+        sessions = make_session_factory(make_lease_engine(self.settings))
+        return LeaseKeeper(sessions, seconds=self.settings.worker_lease_seconds)
 
     @cached_property
     def running_calls(self) -> RunningCalls:

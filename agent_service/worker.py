@@ -200,17 +200,20 @@ def _stop_pool_process(**_: Any) -> None:
         app.services.llm_runner.close()
         app.services.tracing.shutdown()  # a pool process exits without running atexit hooks
         _send_notifications()
+        app.services.lease_keeper.stop()
 
 
 @worker_shutdown.connect
 def _stop_llm_runner(sender: Any = None, **_: Any) -> None:
     """After the pool has stopped: the LLM process answers any call still under way, then exits, before
-    the worker does (prefork: each pool process closes its own); the notifications still queued are sent."""
+    the worker does, and the lease ends (prefork: each pool process closes its own); the notifications still
+    queued are sent."""
     if not _runs_this_app():
         return
     WORKER_UP.labels(_node_name(sender)).set(0)
     if app.conf.worker_pool != "prefork":
         app.services.llm_runner.close()
+        app.services.lease_keeper.stop()
         app.services.tracing.shutdown()
     _send_notifications()
 
@@ -221,8 +224,9 @@ def _node_name(sender: Any) -> str:
 
 
 def _prepare_to_run_tasks() -> None:
-    """In the process that runs the tasks, once started: trace its task runs (with tracing on), settle its heap,
-    start its LLM process and listen for cancellations."""
+    """In the process that runs the tasks, once started: take its liveness lease, trace its task runs (with
+    tracing on), settle its heap, start its LLM process and listen for cancellations."""
+    app.services.lease_keeper.start()
     if app.services.tracing.enabled:
         from agent_service.tracing.instrumentation import instrument_celery  # only here: off loads no OpenTelemetry
 

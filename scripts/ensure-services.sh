@@ -86,10 +86,18 @@ ensure_prometheus() {
   apt_install prometheus
 }
 
+ensure_iproute2() {
+  # The two-host chaos scenario builds its hosts with `ip netns` (it skips, saying why, without root).
+  if command -v ip >/dev/null 2>&1; then return; fi
+  echo "installing iproute2 from Debian's packages"
+  apt_install iproute2
+}
+
 ensure_postgres
 ensure_redis
 ensure_rabbitmq
 ensure_openssl
 ensure_prometheus
 ensure_chromium
+ensure_iproute2
 echo "PostgreSQL, Redis and RabbitMQ are up"

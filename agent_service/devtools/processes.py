@@ -157,10 +157,12 @@ def start_worker(
     queues: str = "agent_tasks,system",
     extra_args: tuple[str, ...] = (),
     ready_timeout: float = 60,
+    through: tuple[str, ...] = (),
 ) -> subprocess.Popen:
-    """Start a worker (pool and concurrency default to the settings) and return once it is ready."""
+    """Start a worker (pool and concurrency default to the settings) and return once it is ready; `through` is
+    a command that runs it (`ip netns exec NS`: on another host of the test's own), which must exec it."""
     return start_process(
-        worker_command(name=name, queues=queues, extra_args=extra_args),
+        [*through, *worker_command(name=name, queues=queues, extra_args=extra_args)],
         env=worker_env(env, pool=pool, concurrency=concurrency),
         log_path=log_path,
         timeout=ready_timeout,

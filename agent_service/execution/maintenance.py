@@ -1,9 +1,10 @@
-"""The periodic jobs beat runs on the `system` queue (the health check, and the sweeper of stale tasks and
-expired approvals), and the backlog a metrics scrape reads."""
+"""The periodic jobs beat runs on the `system` queue (the health check, and the sweeper of lost workers' tasks,
+stale tasks and expired approvals), and the backlog a metrics scrape reads."""
 
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 
 from celery import Celery
 from sqlalchemy import text
@@ -12,11 +13,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from agent_service.clock import utcnow
 from agent_service.config import Settings
 from agent_service.database import session_scope
+from agent_service.execution.liveness import current_owner
 from agent_service.messaging.dead_letters import DeadLetter, taken_dead_letters
 from agent_service.messaging.groups import send_callbacks_quietly, send_overdue_callbacks
-from agent_service.messaging.publisher import enqueue
+from agent_service.messaging.publisher import enqueue, publish_tasks
 from agent_service.monitoring import Backlog
-from agent_service.store import steps
+from agent_service.store import leases, steps
 from agent_service.store import tasks as store_tasks
 from agent_service.store.groups import note_tasks_ended
 
@@ -58,6 +60,21 @@ def _dead_letter_error(letter: DeadLetter, settings: Settings) -> str:
             "and was dead-lettered by the broker"
         )
     return f"its message was dead-lettered by the broker ({letter.reason})"
+
+
+def requeue_tasks_of_lost_workers(*, app: Celery, session_factory: sessionmaker[Session], settings: Settings) -> int:
+    """Take back every running task whose worker's liveness lease expired (queued again, the lost attempt in
+    its history) and publish it, and forget leases long expired; returns how many tasks. This process judges,
+    so while its own lease is expired it judges no one (`store.leases.take_back_tasks_of_lost_owners`).
+    Raises: BrokerUnavailableError (nothing is taken back: the next sweep tries again)."""
+    with session_scope(session_factory) as session:
+        lost = leases.take_back_tasks_of_lost_owners(session, judge=current_owner(), limit=settings.sweep_batch_size)
+        leases.forget_expired(session, older_than=timedelta(seconds=settings.stale_task_after_seconds))
+        # Published before the commit: a message claimed first finds the row running under an expired lease,
+        # which the claim takes over all the same.
+        if lost:
+            publish_tasks(app, lost)
+    return len(lost)
 
 
 def send_lost_group_callbacks(*, app: Celery, session_factory: sessionmaker[Session], settings: Settings) -> int:

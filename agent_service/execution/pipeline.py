@@ -19,7 +19,7 @@ from agent_service.execution.calls import Calls
 from agent_service.execution.context import RunContext
 from agent_service.execution.durable import DurableRuns
 from agent_service.execution.liveness import current_owner, owner_is_gone
-from agent_service.execution.outcomes import TaskOutcome
+from agent_service.execution.outcomes import Outcome, TaskOutcome
 from agent_service.execution.scheduling import Scheduler
 from agent_service.execution.settling import Settlement, count_charges, not_run, record
 from agent_service.execution.tool_calls import ToolCaller
@@ -111,9 +111,13 @@ def execute_agent_tasks(task_ids: Sequence[Any], context: RunContext) -> list[Ta
         if context.on_settled:
             context.on_settled([(positions[task_id], outcome) for task_id, outcome in outcomes.items()])
         if context.replies:
-            context.replies.forget(
-                (claim.task_id, claim.attempt) for claim, _ in group if claim.task_id in calls.replied
-            )
+            # A claim taken back before it could record its reply leaves it kept for the attempt that takes over.
+            recorded = [
+                (claim.task_id, claim.attempt)
+                for claim, _ in group
+                if claim.task_id in calls.replied and outcomes[claim.task_id].status != Outcome.SUPERSEDED
+            ]
+            context.replies.forget(recorded)
         if ended and context.on_groups_ended:
             context.on_groups_ended(ended)
 

@@ -20,6 +20,7 @@ from agent_service.clock import aware
 from agent_service.config import Settings
 from agent_service.llm.messages import Usage
 from agent_service.models import FINAL_STATUSES, Agent, Task, TaskAttempt, TaskStatus
+from agent_service.store import leases
 from agent_service.store.agents import AgentSpec, agent_spec
 
 # A waiting task is claimable too: a message sent for it by a dispatch round that died before its commit
@@ -219,8 +220,9 @@ def claim_tasks(
     owner_is_gone: OwnerCheck = lambda _owner: False,
 ) -> list[Claim | Skip]:
     """Take the next attempt of each task, in order: pending or queued ones in one statement, then any
-    abandoned running one (claim older than the stale threshold, or `owner_is_gone` says its process
-    no longer exists). A task that is missing, finished or running elsewhere comes back as a Skip.
+    abandoned running one (its owner's liveness lease expired, its claim is older than the stale threshold,
+    or `owner_is_gone` says its process no longer exists). A task that is missing, finished or running
+    elsewhere comes back as a Skip.
     """
     connection = session.connection()
     unique_ids = list(dict.fromkeys(task_ids))
@@ -249,7 +251,7 @@ def _take_abandoned(
     task = session.get(Task, task_id, populate_existing=True)
     if task is None:
         return Skip(task_id, None, "no such task")
-    if not _is_abandoned(task, settings=settings, now=now, owner_is_gone=owner_is_gone):
+    if not _is_abandoned(session, task, settings=settings, now=now, owner_is_gone=owner_is_gone):
         return Skip(task_id, task.status, _why_not_claimed(task), _finished_of(task))
     params = {"p_id": task_id, "p_now": now, "p_owner": owner, "p_attempt": task.attempts}
     taken = session.connection().execute(_TAKE_ABANDONED, params).first()
@@ -267,13 +269,15 @@ def _take_abandoned(
     return taken
 
 
-def _is_abandoned(task: Task, *, settings: Settings, now: datetime, owner_is_gone: OwnerCheck) -> bool:
+def _is_abandoned(
+    session: Session, task: Task, *, settings: Settings, now: datetime, owner_is_gone: OwnerCheck
+) -> bool:
     if task.status != TaskStatus.RUNNING:
         return False
     # A running row without a claim time (written before claims were timed) has no owner to wait for.
     claimed_at = task.claimed_at
     stale = claimed_at is None or aware(claimed_at) < now - timedelta(seconds=settings.stale_task_after_seconds)
-    return stale or owner_is_gone(task.claimed_by)
+    return stale or owner_is_gone(task.claimed_by) or leases.has_expired(session, task.claimed_by)
 
 
 def record_success(

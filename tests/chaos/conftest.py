@@ -115,6 +115,7 @@ def results_table_text(rows: list[dict]) -> str:
         "LLM calls",
         "extra LLM calls",
         "calls repeated after crash",
+        "time to resume",
         "wall time",
     )
     for header in headers:
@@ -127,6 +128,7 @@ def results_table_text(rows: list[dict]) -> str:
                 for key in ("tasks", "completed", "failed", "lost", "duplicates", "llm_calls", "extra_llm_calls")
             ),
             "-" if row.get("repeated_calls") is None else str(row["repeated_calls"]),
+            "-" if row.get("recovery_seconds") is None else f"{row['recovery_seconds']} s",
             f"{row['seconds']} s",
         )
     console = Console(record=True, width=160, file=io.StringIO())

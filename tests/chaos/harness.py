@@ -34,7 +34,8 @@ FULL = SCALE == "full"
 LOG_DIR = ROOT / ".local" / "chaos-logs"
 RESULTS_JSON = ROOT / ".local" / ("chaos-results.json" if FULL else f"chaos-results-{SCALE}.json")
 
-# LLM timeout < soft limit < hard limit < Redis visibility timeout < sweeper threshold, as Settings demands.
+# LLM timeout < soft limit < hard limit < Redis visibility timeout < sweeper threshold, and a liveness lease below
+# that threshold, as Settings demands.
 LIMITS = {
     "short": dict(
         llm_timeout_seconds=2,
@@ -42,6 +43,7 @@ LIMITS = {
         task_time_limit_seconds=4,
         broker_visibility_timeout_seconds=6,
         stale_task_after_seconds=8,
+        worker_lease_seconds=6,
         sweep_interval_seconds=1,
         requeue_pending_after_seconds=2,
         worker_soft_shutdown_seconds=10,
@@ -52,6 +54,7 @@ LIMITS = {
         task_time_limit_seconds=25,
         broker_visibility_timeout_seconds=30,
         stale_task_after_seconds=40,
+        worker_lease_seconds=20,
         sweep_interval_seconds=5,
         requeue_pending_after_seconds=5,
         worker_soft_shutdown_seconds=30,
@@ -102,6 +105,7 @@ class Tally:
     seconds: float
     scale: str = SCALE
     repeated_calls: int | None = None  # calls made again after a crash (only those unanswered at the kill)
+    recovery_seconds: float | None = None  # from the fault to the lost worker's tasks resumed elsewhere
 
     @property
     def extra_llm_calls(self) -> int:
@@ -141,15 +145,16 @@ class Scenario:
 
     # ---------------------------------------------------------------- workers
 
-    def start_worker(self, label: str, *, beat: bool = False) -> subprocess.Popen:
+    def start_worker(self, label: str, *, beat: bool = False, through: tuple[str, ...] = ()) -> subprocess.Popen:
         """A `celery worker` on this scenario's settings (pool and concurrency included); with `beat`,
-        it also runs the sweeper on its schedule."""
+        it also runs the sweeper on its schedule; `through`: the command that runs it (on another host)."""
         extra = ("-B", "--schedule", str(self.log_dir / f"{label}-beat-schedule")) if beat else ()
         process = start_worker(
             env=self.settings.as_env(),
             log_path=self.log_dir / f"{label}.log",
             name=f"{self.name}-{label}".replace(" ", "-"),
             extra_args=extra,
+            through=through,
         )
         self.workers.append(process)
         return process
@@ -244,18 +249,30 @@ class Scenario:
 
     def completions_logged(self) -> Counter:
         """How many times each task id was logged as completed, across every worker of the scenario."""
-        counts: Counter = Counter()
-        for log in self.log_dir.glob("*.log"):
+        return Counter(entry.get("task_id") for entry in self._outcomes_logged("*") if entry["status"] == "completed")
+
+    def logged_outcomes(self, label: str, *, status: str) -> set[str]:
+        """The ids of the tasks the worker `label` logged an outcome `status` for."""
+        return {entry.get("task_id") for entry in self._outcomes_logged(label) if entry["status"] == status}
+
+    def _outcomes_logged(self, label: str) -> Iterator[dict]:
+        for log in self.log_dir.glob(f"{label}.log"):
             for line in log.read_bytes().splitlines():
                 entry = _json_line(line)
-                if entry.get("task") == "agent_task" and entry.get("status") == "completed":
-                    counts[entry.get("task_id")] += 1
-        return counts
+                if entry.get("task") == "agent_task" and "status" in entry:
+                    yield entry
 
     def worker_log(self) -> str:
         return "".join(log.read_text(errors="replace") for log in sorted(self.log_dir.glob("*.log")))
 
-    def tally(self, label: str | None = None, *, name: str | None = None, repeated_calls: int | None = None) -> Tally:
+    def tally(
+        self,
+        label: str | None = None,
+        *,
+        name: str | None = None,
+        repeated_calls: int | None = None,
+        recovery_seconds: float | None = None,
+    ) -> Tally:
         """Count the outcome (of the `label` group), store it as a results row and return it."""
         rows = self.rows(label)
         completed = sum(row.status == TaskStatus.COMPLETED for row in rows)
@@ -272,6 +289,7 @@ class Scenario:
             len(self.llm.requests(self.prefix(label))),
             round(time.monotonic() - self.started, 1),
             repeated_calls=repeated_calls,
+            recovery_seconds=recovery_seconds,
         )
         record(tally)
         return tally

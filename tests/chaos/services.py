@@ -3,8 +3,9 @@ TLS only (with certificates a test CA signs at test time, `TestCertificates`), a
 hosts on the machine's broker.
 
 The servers run on free ports from a temporary directory, so the machine's shared services (and other test
-runs on them) are never touched; only the broker-restart scenarios stop the shared RabbitMQ, for seconds. A
-missing binary fails loudly: the chaos suite never skips.
+runs on them) are never touched; only the broker-restart scenarios stop the shared RabbitMQ, for seconds. They
+listen on 127.0.0.1, or on an address of the test's own hosts (`tests/chaos/netns.py`). A missing binary fails
+loudly: the chaos suite never skips.
 """
 
 from __future__ import annotations
@@ -94,11 +95,14 @@ class RedisServer:
     """A throw-away `redis-server` that keeps nothing on disk: a restart loses every key. With `tls`, it
     serves TLS only (no plain-text port), with that certificate; clients check it against `tls.ca`."""
 
-    def __init__(self, *, password: str | None = None, tls: TestCertificates | None = None) -> None:
+    def __init__(
+        self, *, password: str | None = None, tls: TestCertificates | None = None, host: str = "127.0.0.1"
+    ) -> None:
         self.binary = _binary("redis-server")
         self.port = free_port()
         self.password = password
         self.tls = tls
+        self.host = host
         self.process: subprocess.Popen | None = None
 
     @classmethod
@@ -115,15 +119,17 @@ class RedisServer:
     def url(self, db: int = 0) -> str:
         auth = f":{self.password}@" if self.password else ""
         if self.tls:
-            return f"rediss://{auth}127.0.0.1:{self.port}/{db}?ssl_cert_reqs=required&ssl_ca_certs={self.tls.ca}"
-        return f"redis://{auth}127.0.0.1:{self.port}/{db}"
+            return f"rediss://{auth}{self.host}:{self.port}/{db}?ssl_cert_reqs=required&ssl_ca_certs={self.tls.ca}"
+        return f"redis://{auth}{self.host}:{self.port}/{db}"
 
     def client(self) -> redis.Redis:
         return redis.Redis.from_url(self.url())
 
     def start(self) -> None:
-        command = [self.binary, *self._listen(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        command += ["--daemonize", "no"]
+        command = [self.binary, *self._listen(), "--bind", self.host, "--save", "", "--appendonly", "no"]
+        # Off the loopback, Redis refuses clients without a password unless told this is intended: the address is
+        # one of the test's own hosts, on this machine.
+        command += ["--protected-mode", "no" if self.host != "127.0.0.1" else "yes", "--daemonize", "no"]
         if self.password:
             command += ["--requirepass", self.password]
         self.process = subprocess.Popen(
@@ -155,21 +161,25 @@ class RedisServer:
 
 
 class PostgresCluster:
-    """A private PostgreSQL cluster (trust auth) owned by the `postgres` OS user, in a temp dir. With `tls`,
-    it takes TCP connections over TLS only (`hostssl`), with that certificate, `postgres` trusted and every
-    other role by password; its URLs ask for `sslmode=verify-full` against `tls.ca`."""
+    """A private PostgreSQL cluster (trust auth) owned by the `postgres` OS user, in a temp dir, listening on
+    `host`; with `clients` (a network, CIDR), clients from there are trusted too. With `tls`, it takes TCP
+    connections over TLS only (`hostssl`), with that certificate, `postgres` trusted and every other role by
+    password; its URLs ask for `sslmode=verify-full` against `tls.ca`."""
 
-    def __init__(self, *, tls: TestCertificates | None = None) -> None:
+    def __init__(
+        self, *, tls: TestCertificates | None = None, host: str = "127.0.0.1", clients: str | None = None
+    ) -> None:
         self.bin = Path(_binary("/usr/lib/postgresql/*/bin/initdb")).parent
         self.root = Path(tempfile.mkdtemp(prefix="chaos-pg-"))
         self.data, self.sockets, self.log = self.root / "data", self.root / "sock", self.root / "server.log"
         self.port = free_port()
         self.tls = tls
+        self.host, self.clients = host, clients
 
     def url(self, database: str = "postgres", *, user: str = PG_USER, password: str | None = None) -> str:
         auth = f"{user}:{password}" if password else user
         query = f"?sslmode=verify-full&sslrootcert={self.tls.ca}" if self.tls else ""
-        return f"postgresql+psycopg2://{auth}@127.0.0.1:{self.port}/{database}{query}"
+        return f"postgresql+psycopg2://{auth}@{self.host}:{self.port}/{database}{query}"
 
     def init(self) -> None:
         self.sockets.mkdir()
@@ -178,6 +188,9 @@ class PostgresCluster:
         self._as_postgres("initdb", "-D", str(self.data), "-A", "trust", "-U", PG_USER, "--no-sync")
         if self.tls:
             self._serve_tls_only(self.tls)
+        if self.clients:
+            with (self.data / "pg_hba.conf").open("a") as hba:
+                hba.write(f"host all all {self.clients} trust\n")
         self.start()
 
     def _serve_tls_only(self, tls: TestCertificates) -> None:
@@ -193,7 +206,9 @@ class PostgresCluster:
         (self.data / "pg_hba.conf").write_text("\n".join(rules) + "\n")
 
     def start(self) -> None:
-        options = f"-p {self.port} -k {self.sockets} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300"
+        options = (
+            f"-p {self.port} -k {self.sockets} -c listen_addresses={self.host} -c fsync=off -c max_connections=300"
+        )
         if self.tls:
             options += " -c ssl=on"  # server.crt and server.key in the data directory, PostgreSQL's defaults
         self._as_postgres("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.log), "-w", "start")

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 from celery.result import AsyncResult
+from sqlalchemy import update
 
 from agent_service.admission.base import Candidate
 from agent_service.clock import utcnow
@@ -128,6 +129,38 @@ def test_a_reply_is_kept_until_its_outcome_is_recorded_then_dropped(
     [(kept, ttl)] = in_redis_when_recorded
     assert json.loads(kept)["text"] == outcome.finished.result and 0 < ttl <= 60
     assert kept_keys(idle_redis) == []
+
+
+def test_a_reply_whose_claim_was_taken_back_stays_kept_for_the_attempt_that_takes_the_task_over(
+    rollback_factory, settings, llm_with, replies, idle_redis
+):
+    # Given a queued task, and a model that answers only after the sweeper took the task back from this
+    # worker (its liveness lease expired while the call was under way)
+    agent = add_agent(rollback_factory)
+    with session_scope(rollback_factory) as session:
+        task = Task(title=unique("taken-back"), agent_id=agent.id, user_id="u-kept", status=TaskStatus.QUEUED)
+        session.add(task)
+
+    async def answer_after_take_back(request, *, settings):
+        with session_scope(rollback_factory) as session:
+            session.execute(update(Task).where(Task.id == task.id).values(status=TaskStatus.QUEUED, claimed_by=None))
+        return LLMReply("paid for once", Usage(11, 5, 16))
+
+    def run(llm):
+        context = RunContext(session_factory=rollback_factory, settings=settings, llm=llm, replies=replies)
+        return execute_agent_task(task.id, context)
+
+    # When it runs: its claim is lost before the reply can be recorded
+    assert run(llm_with(answer_after_take_back)).status == "superseded"
+    # Then the reply stays kept, and the attempt that takes the task over records it without a call
+    assert kept_keys(idle_redis) == [f"{KEPT_PREFIX}{task.id}:1".encode()]
+    outcome = run(llm_with(never_called))
+    assert (outcome.status, outcome.attempt, outcome.finished.result) == ("completed", 2, "paid for once")
+    assert kept_keys(idle_redis) == []
+
+
+async def never_called(request, *, settings):
+    raise AssertionError("the model was called again")
 
 
 @pytest.mark.worker

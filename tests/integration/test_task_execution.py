@@ -265,10 +265,12 @@ def test_sweep_finds_rows_stuck_without_a_message_and_only_those(db_session, sto
     assert set(store_tasks.tasks_to_requeue(db_session, settings=settings, now=now, limit=100)) & ours == set()
 
 
-def test_postgres_sessions_carry_the_configured_statement_timeout(settings):
+def test_postgres_sessions_carry_the_configured_statement_and_idle_in_transaction_timeouts(settings):
+    # (A session of a worker cut off mid-transaction must not hold its tasks' row locks past the latter.)
     engine = make_engine(settings.model_copy(update={"db_statement_timeout_seconds": 2.5}))
     with engine.connect() as connection:
         assert connection.exec_driver_sql("SHOW statement_timeout").scalar() == "2500ms"
+        assert connection.exec_driver_sql("SHOW idle_in_transaction_session_timeout").scalar() == "2500ms"
     engine.dispose()
 
 

@@ -54,11 +54,16 @@ def test_redis_url_serves_as_broker_and_result_backend_unless_each_is_given():
             {"llm_timeout_seconds": 1500, "task_soft_time_limit_seconds": 1500},
             "LLM_TIMEOUT_SECONDS must be below TASK_SOFT_TIME_LIMIT_SECONDS",
         ),
+        (
+            {"worker_lease_seconds": 7200, "stale_task_after_seconds": 7200},
+            "WORKER_LEASE_SECONDS must be below STALE_TASK_AFTER_SECONDS",
+        ),
     ],
 )
 def test_limits_out_of_order_are_refused_naming_the_variables(values, message):
     # A task must hit its soft limit before the hard one, finish before the broker redelivers it, and be
-    # redelivered before the sweeper presumes it lost; an LLM call must time out before the soft limit.
+    # redelivered before the sweeper presumes it lost; an LLM call must time out before the soft limit; a lost
+    # worker's lease must expire before the stale threshold would take its tasks anyway.
     with pytest.raises(ValidationError, match=message):
         Settings(_env_file=None, **values)
 
