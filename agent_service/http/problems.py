@@ -126,6 +126,8 @@ async def _request_invalid(_request: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
+    if exc.status_code == 400:  # FastAPI's only 400: a body it cannot read (not UTF-8), as invalid as any other
+        return problem_response(422, f"invalid request: the body cannot be read: {exc.detail}")
     return problem_response(exc.status_code, str(exc.detail), headers=exc.headers)
 
 

@@ -74,11 +74,12 @@ def task_stats(session: Session, *, by: GroupBy | None, since: datetime, user_id
         )
         .select_from(Task)
         .where(*_finished_since(since, user_id))
-        .group_by(group)
     )
+    if by is not None:  # all together: no GROUP BY (PostgreSQL refuses to group by a constant)
+        query = query.group_by(group)
     if by is GroupBy.AGENT:
         query = query.join(Agent, Agent.id == Task.agent_id)
-    rows = session.execute(query).all()
+    rows = [row for row in session.execute(query).all() if row.tasks]  # all together, of no task: no group
     stats = [_stats(row, None if postgres else _p95_in_python(session, by, row.group, since, user_id)) for row in rows]
     return sorted(stats, key=lambda figures: (-figures.cost_usd, -figures.tasks, figures.group))
 
