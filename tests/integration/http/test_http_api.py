@@ -21,7 +21,7 @@ from agent_service.models import Task, TaskStatus
 from tests.integration.api.conftest import calls
 from tests.integration.conftest import IDLE_REDIS
 from tests.integration.http.conftest import Tenant, serving_api
-from tests.support import run_cli, wait_for_final
+from tests.support import free_port, run_cli, run_in_repo, wait_for_final
 
 pytestmark = pytest.mark.usefixtures("api_worker")
 
@@ -151,9 +151,13 @@ def test_the_cli_makes_a_key_that_the_api_takes_and_lists_it_without_the_key(api
     assert records and records[0]["tenant"] == "cli-tenant" and key not in listed.stdout
 
 
-def test_readiness_says_the_database_and_broker_answer(api_url):
+def test_readiness_says_the_database_and_broker_answer_and_the_containers_probe_agrees(api_url, api_settings):
     assert httpx.get(f"{api_url}/readyz").json() == {"status": "ok"}
     assert httpx.get(f"{api_url}/healthz").json() == {"status": "ok"}
+    port = int(api_url.rsplit(":", 1)[1])
+    probe = [sys.executable, "-m", "agent_service.health", "api"]
+    assert run_in_repo(probe, api_settings.model_copy(update={"api_port": port})).returncode == 0
+    assert run_in_repo(probe, api_settings.model_copy(update={"api_port": free_port()})).returncode == 1
 
 
 def test_a_key_over_its_request_rate_is_answered_429_with_retry_after(api_settings, session_factory):
