@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -16,11 +18,11 @@ from redis import Redis, RedisError
 from agent_service.database import session_scope
 from agent_service.http.problems import ProblemError
 from agent_service.services import Services
-from agent_service.store.api_keys import key_hash, tenant_of
+from agent_service.store.api_keys import find_key
 
 _WINDOW_SECONDS = 60
 _RATE_PREFIX = "agent_service:api_rate:"
-_bearer = HTTPBearer(auto_error=False, description="an API key: `python cli.py api-keys create --tenant T`")
+bearer = HTTPBearer(auto_error=False, description="an API key: `python cli.py api-keys create --tenant T`")
 
 
 class RequestRate:
@@ -59,24 +61,49 @@ class RequestRate:
         return int(count)
 
 
-def tenant(request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> str:
-    """The tenant of the request's key. Raises: ProblemError 401 (no key, an unknown or revoked one), 429 (the
-    key's requests this minute are spent)."""
+@dataclass(frozen=True)
+class Caller:
+    """Who a request comes from: its key (by id, and by hash, which signs its follow tokens) and the key's tenant."""
+
+    tenant: str
+    key_id: uuid.UUID
+    key_hash: str
+
+
+def caller(request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Caller:
+    """The request's key. Raises: ProblemError 401 (no key, an unknown or revoked one), 429 (the key's requests
+    this minute are spent)."""
     if credentials is None or credentials.scheme.lower() != "bearer":
-        raise _unauthorised("an API key is required: Authorization: Bearer KEY")
-    services: Services = request.app.state.services
-    with session_scope(services.session_factory) as session:
-        found = tenant_of(session, credentials.credentials)
+        raise unauthorised("an API key is required: Authorization: Bearer KEY")
+    with session_scope(_services(request).session_factory) as session:
+        row = find_key(session, credentials.credentials)
+        found = None if row is None else Caller(row.tenant, row.id, row.key_hash)
     if found is None:
-        raise _unauthorised("the API key is unknown or revoked")
-    wait = request.app.state.rate.admit(key_hash(credentials.credentials))
+        raise unauthorised("the API key is unknown or revoked")
+    return admitted(request, found)
+
+
+def admitted(request: Request, found: Caller) -> Caller:
+    """`found`, once its key's request is counted. Raises: ProblemError 429."""
+    wait = request.app.state.rate.admit(found.key_hash)
     if wait is not None:
         raise ProblemError(429, "this API key's requests per minute are spent", headers={"Retry-After": str(wait)})
     return found
 
 
+def tenant(found: Annotated[Caller, Depends(caller)]) -> str:
+    """The tenant of the request's key."""
+    return found.tenant
+
+
 Tenant = Annotated[str, Depends(tenant)]
 
 
-def _unauthorised(detail: str) -> ProblemError:
+def unauthorised(detail: str) -> ProblemError:
+    """The 401 of a request without a usable key or token."""
     return ProblemError(401, detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+def _services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services

@@ -95,6 +95,13 @@ class Decided(BaseModel):
     tools: list[str]
 
 
+class FollowToken(BaseModel):
+    """Lets a page follow one task (`GET /v1/tasks/{id}/events?token=...`) until `expires_at`."""
+
+    token: str
+    expires_at: datetime
+
+
 class GroupView(BaseModel):
     """A group's progress (`python cli.py group --json`)."""
 

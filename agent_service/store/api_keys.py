@@ -31,9 +31,14 @@ def create_key(session: Session, *, tenant: str, name: str | None = None) -> tup
     return row, key
 
 
-def tenant_of(session: Session, key: str) -> str | None:
-    """The tenant of an unrevoked `key`; None for an unknown or revoked one."""
-    return session.scalar(select(ApiKey.tenant).where(ApiKey.key_hash == key_hash(key), ApiKey.revoked_at.is_(None)))
+def find_key(session: Session, key: str) -> ApiKey | None:
+    """The row of an unrevoked `key`; None for an unknown or revoked one."""
+    return session.scalar(select(ApiKey).where(ApiKey.key_hash == key_hash(key), ApiKey.revoked_at.is_(None)))
+
+
+def unrevoked_key(session: Session, key_id: uuid.UUID) -> ApiKey | None:
+    """The row of key `key_id` unless it is unknown or revoked."""
+    return session.scalar(select(ApiKey).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None)))
 
 
 def revoke_key(session: Session, key_id: uuid.UUID, *, now: datetime) -> bool:

@@ -172,6 +172,31 @@ def test_a_key_over_its_request_rate_is_answered_429_with_retry_after(api_settin
     assert 1 <= int(answers[-1].headers["retry-after"]) <= 61 and answers[-1].json()["code"] == "rate_limited"
 
 
+def test_a_follow_token_lets_a_page_follow_one_task_of_its_tenant_without_the_key(
+    api_url, agent, tenant_a, tenant_b, settings, session_factory
+):
+    # Given two ended tasks of tenant A, and a follow token its key minted for the first
+    a = httpx.Client(base_url=api_url, headers=tenant_a.headers, timeout=30)
+    first, second = a.post(
+        "/v1/tasks/batch", json={"tasks": [task_body(agent, "One"), task_body(agent, "Two")]}
+    ).json()["ids"]
+    wait_for_final(session_factory, [first, second])
+    minted = a.post(f"/v1/tasks/{first}/events/token")
+    assert minted.status_code == 200, minted.text
+    token = minted.json()["token"]
+    # When a page with no key follows the first task with it, Then it reads the task's events to its end
+    followed = httpx.get(f"{api_url}/v1/tasks/{first}/events", params={"token": token}, timeout=30)
+    assert followed.status_code == 200 and followed.headers["content-type"].startswith("text/event-stream")
+    assert "event: ended" in followed.text
+    # And the token follows no other task, another tenant cannot mint one for A's task, and revoking the key
+    # revokes its tokens
+    assert httpx.get(f"{api_url}/v1/tasks/{second}/events", params={"token": token}).status_code == 401
+    assert httpx.post(f"{api_url}/v1/tasks/{first}/events/token", headers=tenant_b.headers).status_code == 404
+    assert httpx.get(f"{api_url}/v1/tasks/{first}", params={"token": token}).status_code == 401
+    assert run_cli(settings, "api-keys", "revoke", str(tenant_a.key_id)).returncode == 0
+    assert httpx.get(f"{api_url}/v1/tasks/{first}/events", params={"token": token}).status_code == 401
+
+
 ANSWER = "Packed for Oslo: an umbrella, rain boots and a warm coat, since it will rain all week."
 
 
