@@ -4,23 +4,19 @@ two tenants."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-import httpx
 import pytest
 
 from agent_service.config import Settings
 from agent_service.database import session_scope
-from agent_service.devtools.processes import ROOT, stop_process
+from agent_service.devtools.processes import api_server
 from agent_service.store.api_keys import create_key
 from tests.integration.api.conftest import api_agent, api_app, api_settings, api_worker, tools  # noqa: F401
 from tests.integration.conftest import LOG_DIR
-from tests.support import free_port, wait_until
 
 
 @dataclass(frozen=True)
@@ -36,33 +32,9 @@ class Tenant:
 
 @contextmanager
 def serving_api(settings: Settings, *, log_name: str = "http-api.log") -> Iterator[str]:
-    """`python cli.py api` on a free loopback port with `settings`; yields its base URL once /healthz answers."""
-    port = free_port()
-    env = {"PATH": "/usr/bin:/bin", **settings.as_env(), "API_ADDRESS": "127.0.0.1", "API_PORT": str(port)}
-    LOG_DIR.mkdir(parents=True, exist_ok=True)
-    with (LOG_DIR / log_name).open("w") as log:
-        process = subprocess.Popen(
-            [sys.executable, "cli.py", "api"],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: _answers(url) or process.poll() is not None, what="API server", timeout=60)
-        assert process.poll() is None, f"the API server exited: see {LOG_DIR / log_name}"
+    """`python cli.py api` on a free loopback port with `settings`; yields its base URL once it listens."""
+    with api_server({"PATH": "/usr/bin:/bin", **settings.as_env()}, log_path=LOG_DIR / log_name) as url:
         yield url
-    finally:
-        stop_process(process)
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
-    except httpx.TransportError:
-        return False
 
 
 def make_tenant(session_factory, prefix: str) -> Tenant:
