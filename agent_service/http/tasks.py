@@ -8,6 +8,7 @@ import base64
 import binascii
 import json
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
@@ -127,18 +128,21 @@ def cancel(request: Request, tenant: Tenant, task_id: str) -> dict[str, Any]:
 @router.post("/tasks/{task_id}/approve", response_model=Decided, responses=problem_responses(404, 409, 503))
 def approve(request: Request, tenant: Tenant, task_id: str, decision: Decision | None = None) -> dict[str, Any]:
     """Approve the tool calls the task awaits approval for; it is queued to go on."""
-    parsed = _owned_id(request, task_id, tenant=tenant)
-    note = decision.note if decision else None
-    tools = approve_task(str(parsed), app=request.app.state.celery, services=_services(request), note=note)
-    return {"id": parsed, "tools": tools}
+    return _decide(approve_task, request, task_id, tenant=tenant, decision=decision)
 
 
 @router.post("/tasks/{task_id}/reject", response_model=Decided, responses=problem_responses(404, 409, 503))
 def reject(request: Request, tenant: Tenant, task_id: str, decision: Decision | None = None) -> dict[str, Any]:
     """Reject them: never made, and the model reads the rejection (with the note) as their result."""
+    return _decide(reject_task, request, task_id, tenant=tenant, decision=decision)
+
+
+def _decide(
+    decide: Callable[..., list[str]], request: Request, task_id: str, *, tenant: str, decision: Decision | None
+) -> dict[str, Any]:
     parsed = _owned_id(request, task_id, tenant=tenant)
     note = decision.note if decision else None
-    tools = reject_task(str(parsed), app=request.app.state.celery, services=_services(request), note=note)
+    tools = decide(str(parsed), app=request.app.state.celery, services=_services(request), note=note)
     return {"id": parsed, "tools": tools}
 
 
