@@ -19,8 +19,8 @@ USER agent
 
 # Inside a container only the published ports are reachable, and loopback is not: listen on every
 # interface. Flower then refuses to start without FLOWER_BASIC_AUTH=user:password.
-ENV FLOWER_ADDRESS=0.0.0.0 METRICS_ADDRESS=0.0.0.0 METRICS_PORT=9808
-EXPOSE 5555 9808
+ENV FLOWER_ADDRESS=0.0.0.0 API_ADDRESS=0.0.0.0 METRICS_ADDRESS=0.0.0.0 METRICS_PORT=9808
+EXPOSE 5555 8000 9808
 
 # SIGTERM is Celery's warm shutdown: the worker takes no more messages, hands back those it holds, and lets the
 # batches under way finish, their LLM calls answered (each within LLM_TIMEOUT_SECONDS, 60 s by default). Give it

@@ -1,5 +1,5 @@
 """Health probes for a container's one process, as Docker's HEALTHCHECK and Compose's `healthcheck` run them:
-`python -m agent_service.health worker|beat|flower` (also `agent-service health ...`) exits 0 when the process does
+`python -m agent_service.health worker|beat|flower|api` (also `agent-service health ...`) exits 0 when the process does
 its job, else 1 with one line saying why.
 
 - worker: this host's worker (`celery@HOSTNAME`, Celery's default node name) answers a control message on the
@@ -8,6 +8,7 @@ its job, else 1 with one line saying why.
 - beat: beat has saved its schedule file lately. Celery's beat saves it every 3 minutes while it ticks, and it
   ticks at least once per HEALTH_CHECK_INTERVAL_SECONDS.
 - flower: Flower's `/healthcheck` answers (it needs no login).
+- api: the HTTP API's `/healthz` answers.
 
 Docker runs the probe every 30 s in every container, so each is cheap: this module loads the settings and Celery's
 control client only (about 0.3 s of CPU, where the whole command line loads in 1 s), and asks one control message,
@@ -42,6 +43,7 @@ class Probe(StrEnum):
     WORKER = "worker"
     BEAT = "beat"
     FLOWER = "flower"
+    API = "api"
 
 
 def worker_problem(settings: Settings, *, node: str, timeout: float) -> str | None:
@@ -79,17 +81,27 @@ def beat_problem(schedule: Path, *, max_age: float) -> str | None:
 
 def flower_problem(settings: Settings, *, timeout: float) -> str | None:
     """Why Flower does not serve, in one line; None when its `/healthcheck` answers OK."""
-    # Flower on every interface answers on loopback too.
-    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(settings.flower_address, settings.flower_address)
+    return _http_problem("Flower", settings.flower_address, settings.flower_port, "/healthcheck", timeout=timeout)
+
+
+def api_problem(settings: Settings, *, timeout: float) -> str | None:
+    """Why the HTTP API does not serve, in one line; None when its `/healthz` answers OK. (Its `/readyz`, which
+    also asks the database and the broker, is for a load balancer: a container is not restarted for them.)"""
+    return _http_problem("the HTTP API", settings.api_address, settings.api_port, "/healthz", timeout=timeout)
+
+
+def _http_problem(name: str, address: str, port: int, path: str, *, timeout: float) -> str | None:
+    # A server on every interface answers on loopback too.
+    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(address, address)
     host = f"[{host}]" if ":" in host else host
-    url = f"http://{host}:{settings.flower_port}/healthcheck"
+    url = f"http://{host}:{port}{path}"
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             if response.status == 200:
                 return None
-            return f"Flower at {url} answered {response.status}"
+            return f"{name} at {url} answered {response.status}"
     except OSError as exc:
-        return f"Flower at {url} does not answer: {exc}"
+        return f"{name} at {url} does not answer: {exc}"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -115,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
         ),
         Probe.BEAT: lambda: beat_problem(args.schedule, max_age=args.max_age),
         Probe.FLOWER: lambda: flower_problem(get_settings(), timeout=args.timeout),
+        Probe.API: lambda: api_problem(get_settings(), timeout=args.timeout),
     }
     try:
         problem = checks[args.probe]()

@@ -270,3 +270,21 @@ class WorkerLease(Base):
 
     def __repr__(self) -> str:
         return f"WorkerLease(owner={self.owner!r}, expires_at={self.expires_at})"
+
+
+class ApiKey(Base):
+    """A key of the HTTP API, bound to one tenant (the `user_id` of the tasks it submits and the only tasks it
+    sees). Only the SHA-256 of the key is kept; the key itself is shown once, when it is made."""
+
+    __tablename__ = "api_keys"
+    __table_args__ = (Index("ix_api_keys_key_hash", "key_hash", unique=True),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    tenant: Mapped[str] = mapped_column(String(200), index=True)
+    key_hash: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(_timestamp, server_default=func.now())
+    revoked_at: Mapped[datetime | None] = mapped_column(_timestamp)
+
+    def __repr__(self) -> str:
+        return f"ApiKey(id={self.id}, tenant={self.tenant!r}, revoked_at={self.revoked_at})"

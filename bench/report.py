@@ -16,6 +16,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from bench.http_api import HttpSubmitResult
 from bench.scenarios import BulkSubmitResult, RunResult
 
 LATENCIES_MS = (0, 1000)
@@ -234,13 +235,21 @@ def targets_table(targets: list[Target]) -> Table:
 
 
 def write_json(
-    path: Path, *, runs: list[RunResult], bulk: BulkSubmitResult | None, ratio: dict, targets: list[Target], bench: dict
+    path: Path,
+    *,
+    runs: list[RunResult],
+    bulk: BulkSubmitResult | None,
+    ratio: dict,
+    targets: list[Target],
+    bench: dict,
+    http: HttpSubmitResult | None = None,
 ) -> None:
     document = {
         "machine": machine_info(),
         "bench": bench,
         "runs": [asdict(run) for run in runs],
         "bulk_submit": asdict(bulk) if bulk else None,
+        "http_submit": asdict(http) if http else None,
         "ratios": ratio,
         "targets": [asdict(target) for target in targets],
     }

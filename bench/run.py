@@ -4,8 +4,8 @@
 `make worker` starts it), then an offered-load run, ours under a rate limit below the server's own, the
 fair-share pair (one user's backlog, another user's steady trickle, FIFO beside fair dispatch), the kinds, the
 notifications pair (every task a dead letter, without and with a slow webhook receiver), ours on each broker
-(Redis, RabbitMQ with quorum queues: throughput at 1000 ms and latency under a light load) and a bulk-submit
-measurement:
+(Redis, RabbitMQ with quorum queues: throughput at 1000 ms and latency under a light load), a bulk-submit
+measurement and the HTTP API's submissions (`http`):
 
     python -m bench.run [--quick] [--only NAME ...] [--ours-env LLM_CONCURRENCY=512 ...]
 
@@ -26,6 +26,7 @@ from rich.console import Console
 
 from agent_service.config import ModelRateLimit, Settings
 from bench.environment import BENCH_MODEL, BenchEnvironment, bench_environment
+from bench.http_api import measure_http_submit
 from bench.otlp_sink import otlp_sink
 from bench.plot import plot_results
 from bench.report import RATE_LIMITED_BUSY, evaluate_targets, print_report, ratios, write_json
@@ -71,6 +72,7 @@ GROUPS = (
     "notifications",
     "brokers",
     "bulk",
+    "http",
 )
 
 
@@ -88,6 +90,7 @@ class Sizes:
     fair_rate: float
     fair_tasks: int
     bulk: int
+    http_single: int  # one-task requests to the HTTP API (and as many create_agent_task calls)
     kinds: int  # tasks of each kind's run
     run_budget_seconds: float
     rate_limited: int  # tasks of the rate-limited run: RATE_LIMIT's rpm / 60 a second
@@ -106,6 +109,7 @@ FULL = Sizes(
     fair_rate=10,
     fair_tasks=100,
     bulk=2000,
+    http_single=500,
     kinds=1000,
     run_budget_seconds=150,
     rate_limited=330,
@@ -123,6 +127,7 @@ QUICK = Sizes(
     fair_rate=10,
     fair_tasks=20,
     bulk=500,
+    http_single=100,
     kinds=100,
     run_budget_seconds=40,
     rate_limited=80,
@@ -145,9 +150,12 @@ def main(argv: list[str] | None = None) -> int:
         ]
         runs = [_run(console, plan, env, sizes) for plan in plans]
         bulk = measure_bulk_submit(env, count=sizes.bulk) if "bulk" in wanted else None
+        http = measure_http_submit(env, single=sizes.http_single, bulk=sizes.bulk) if "http" in wanted else None
     ratio = ratios({run.name: run for run in runs})
     targets = evaluate_targets({run.name: run for run in runs}, bulk, ratio)
     print_report(console, runs, bulk, ratio, targets)
+    if http:
+        console.print(http.line())
     bench = {
         "quick": args.quick,
         "only": sorted(wanted),
@@ -156,8 +164,9 @@ def main(argv: list[str] | None = None) -> int:
         "ours_pool": env.settings.worker_pool,
         "ours_concurrency": env.settings.worker_concurrency,
     }
-    write_json(RESULTS_DIR / "bench.json", runs=runs, bulk=bulk, ratio=ratio, targets=targets, bench=bench)
-    plot_results(runs, RESULTS_DIR / "bench.png")
+    write_json(RESULTS_DIR / "bench.json", runs=runs, bulk=bulk, ratio=ratio, targets=targets, bench=bench, http=http)
+    if runs:  # `--only bulk` or `--only http` runs no worker: nothing to plot
+        plot_results(runs, RESULTS_DIR / "bench.png")
     console.print(
         f"results: {RESULTS_DIR / 'bench.json'}, {RESULTS_DIR / 'bench.png'}, worker logs {RESULTS_DIR}/*.log"
     )

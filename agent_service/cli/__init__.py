@@ -1,5 +1,6 @@
 """Command line: `python cli.py init-db | create-agent | submit | status | follow | list | group | stats | cancel |
-approve | reject | limits | pause | resume | worker | beat | flower | health | demo` and more (`--help`).
+approve | reject | limits | pause | resume | worker | beat | flower | api | api-keys | health | demo` and more
+(`--help`).
 
 Here: the parser with its handler table, and the errors a command ends with mapped to exit codes. The commands
 live by concern: `admin` (set-up and steering), `tasks` (tasks and groups), `status` (looking at tasks),
@@ -14,7 +15,7 @@ from datetime import timedelta
 from sqlalchemy.exc import SQLAlchemyError
 
 from agent_service import health
-from agent_service.cli import admin, processes, status, tasks
+from agent_service.cli import admin, api, processes, status, tasks
 from agent_service.cli.arguments import parse_duration
 from agent_service.cli.output import print_error
 from agent_service.config import get_settings
@@ -155,6 +156,16 @@ def _parser() -> argparse.ArgumentParser:
         processes.cmd_flower,
         "run Flower on FLOWER_ADDRESS:FLOWER_PORT, with FLOWER_BASIC_AUTH logins; other options go to `celery flower`",
     )
+    add("api", api.cmd_api, "serve the HTTP API on API_ADDRESS:API_PORT (docs/guides/http-api.md)")
+    keys = add("api-keys", api.cmd_api_keys, "create, revoke or list the HTTP API's keys, each bound to one tenant")
+    key_actions = keys.add_subparsers(dest="action", required=True, metavar="ACTION")
+    created = key_actions.add_parser("create", help="make a key for a tenant; prints it once")
+    created.add_argument("--tenant", required=True, help="the user_id of the tasks the key submits and sees")
+    created.add_argument("--name", help="what the key is for, shown by list")
+    key_actions.add_parser("revoke", help="revoke a key by its id: it answers 401 from then on").add_argument("key_id")
+    listed = key_actions.add_parser("list", help="the keys (never the keys themselves), newest first")
+    listed.add_argument("--tenant", help="only this tenant's")
+    _add_json(listed)
     health.add_arguments(
         add("health", health.run, "exit 0 if this host's worker (or beat, or Flower) does its job, else 1 and why")
     )

@@ -21,6 +21,7 @@ from agent_service.config.database import SQLITE_SCHEMES, DatabaseSettings
 from agent_service.config.dispatch import DispatchSettings
 from agent_service.config.flower import FlowerSettings
 from agent_service.config.groups import GroupSettings
+from agent_service.config.http import HttpApiSettings
 from agent_service.config.live import LiveSettings
 from agent_service.config.llm import LLMSettings
 from agent_service.config.maintenance import MaintenanceSettings
@@ -68,6 +69,7 @@ class Settings(
     TracingSettings,
     NotificationSettings,
     FlowerSettings,
+    HttpApiSettings,
     BaseSettings,
 ):
     """Everything the service can be configured with; business code takes it as a parameter.

@@ -7,6 +7,7 @@ import contextlib
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -218,3 +219,16 @@ def _await_log_line(process: subprocess.Popen, log_path: Path, marker: str, *, a
         time.sleep(0.2)
     stop_process(process)
     raise RuntimeError(f"worker not ready after {timeout}s; see {log_path}")
+
+
+@contextmanager
+def api_server(env: dict[str, str], *, log_path: Path) -> Iterator[str]:
+    """`python cli.py api` with `env` on a free loopback port for the length of a with-block; yields its base
+    URL once it listens."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "cli.py", "api"]
+    env = {**env, "API_ADDRESS": "127.0.0.1", "API_PORT": str(port)}
+    with started(command, env=env, log_path=log_path, ready_marker="Uvicorn running on"):
+        yield f"http://127.0.0.1:{port}"

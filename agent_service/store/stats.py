@@ -47,9 +47,10 @@ class TaskStats:
         return self.completed / settled if settled else None
 
 
-def task_stats(session: Session, *, by: GroupBy | None, since: datetime) -> list[TaskStats]:
-    """Figures of the tasks that finished since `since`, grouped `by` agent (its name), user or model (the
-    one that answered; "-" when none did), or all together; the most costly group first."""
+def task_stats(session: Session, *, by: GroupBy | None, since: datetime, user_id: str | None = None) -> list[TaskStats]:
+    """Figures of the tasks (of `user_id` alone, if given) that finished since `since`, grouped `by` agent (its
+    name), user or model (the one that answered; "-" when none did), or all together; the most costly group
+    first."""
     postgres = session.get_bind().dialect.name == "postgresql"
     group = _group_column(by)
     p95 = (
@@ -72,14 +73,20 @@ def task_stats(session: Session, *, by: GroupBy | None, since: datetime) -> list
             func.count(case((Task.unpriced_calls > 0, 1))).label("unpriced"),
         )
         .select_from(Task)
-        .where(Task.status.in_(FINAL_STATUSES), Task.finished_at >= since)
-        .group_by(group)
+        .where(*_finished_since(since, user_id))
     )
+    if by is not None:  # all together: no GROUP BY (PostgreSQL refuses to group by a constant)
+        query = query.group_by(group)
     if by is GroupBy.AGENT:
         query = query.join(Agent, Agent.id == Task.agent_id)
-    rows = session.execute(query).all()
-    stats = [_stats(row, None if postgres else _p95_in_python(session, by, row.group, since)) for row in rows]
+    rows = [row for row in session.execute(query).all() if row.tasks]  # all together, of no task: no group
+    stats = [_stats(row, None if postgres else _p95_in_python(session, by, row.group, since, user_id)) for row in rows]
     return sorted(stats, key=lambda figures: (-figures.cost_usd, -figures.tasks, figures.group))
+
+
+def _finished_since(since: datetime, user_id: str | None) -> list[Any]:
+    conditions = [Task.status.in_(FINAL_STATUSES), Task.finished_at >= since]
+    return conditions if user_id is None else [*conditions, Task.user_id == user_id]
 
 
 def _group_column(by: GroupBy | None) -> Any:
@@ -108,11 +115,11 @@ def _stats(row: Any, p95: float | None) -> TaskStats:
     )
 
 
-def _p95_in_python(session: Session, by: GroupBy | None, group: Any, since: datetime) -> float | None:
+def _p95_in_python(
+    session: Session, by: GroupBy | None, group: Any, since: datetime, user_id: str | None
+) -> float | None:
     """The 95th percentile of one group's durations, interpolated as PostgreSQL's percentile_cont does."""
-    query = select(Task.duration_ms).where(
-        Task.status.in_(FINAL_STATUSES), Task.finished_at >= since, Task.duration_ms.is_not(None)
-    )
+    query = select(Task.duration_ms).where(*_finished_since(since, user_id), Task.duration_ms.is_not(None))
     if by is not None:
         query = query.where(_group_column(by) == group)
         if by is GroupBy.AGENT:

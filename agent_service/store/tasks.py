@@ -40,6 +40,28 @@ def task_status(session: Session, task_id: uuid.UUID) -> TaskStatus:
     return status
 
 
+def list_tasks(
+    session: Session,
+    *,
+    user_id: str,
+    limit: int,
+    status: TaskStatus | None = None,
+    group_id: str | None = None,
+    before: tuple[datetime, uuid.UUID] | None = None,
+) -> list[Task]:
+    """A user's tasks, newest first (by creation, then id), with their agents loaded: those created before
+    `before` (a (created_at, id) pair, the last one of the previous page), `limit` at most."""
+    query = select(Task).where(Task.user_id == user_id).options(selectinload(Task.agent))
+    if status is not None:
+        query = query.where(Task.status == status)
+    if group_id is not None:
+        query = query.where(Task.group_id == group_id)
+    if before is not None:
+        created, task_id = before
+        query = query.where(or_(Task.created_at < created, and_(Task.created_at == created, Task.id < task_id)))
+    return list(session.scalars(query.order_by(Task.created_at.desc(), Task.id.desc()).limit(limit)))
+
+
 def oldest_waiting_since(session: Session) -> datetime | None:
     """When the task that has waited longest (waiting, pending or queued) entered the queue; None when none waits."""
     entered = func.min(func.coalesce(Task.queued_at, Task.created_at))

@@ -42,4 +42,6 @@ GRANT SELECT, INSERT ON task_attempts TO :"worker_role";            -- one row p
 GRANT SELECT, INSERT, UPDATE ON task_steps TO :"worker_role";       -- an api task's turns and tool calls
 GRANT SELECT, UPDATE ON task_groups TO :"worker_role";              -- a group's end, its callback sent
 GRANT SELECT, INSERT, UPDATE, DELETE ON worker_leases TO :"worker_role";  -- its own lease; leases long expired
+-- Nothing on the HTTP API's keys: the API process reads them (as the owner), never a worker.
+REVOKE ALL ON api_keys FROM :"worker_role";
 GRANT USAGE ON SEQUENCE task_attempts_id_seq, task_steps_id_seq TO :"worker_role";

@@ -47,7 +47,7 @@ def config(tmp_path_factory) -> Iterator[Path]:
 def environment(settings, llm_url) -> dict[str, str]:
     """What supervisord is started with, and passes on: the test's services and a PATH without the venv."""
     flower_port = free_port()
-    service = settings.model_copy(update={"redis_url": IDLE_REDIS, "flower_port": flower_port})
+    service = settings.model_copy(update={"redis_url": IDLE_REDIS, "flower_port": flower_port, "api_port": free_port()})
     redis.Redis.from_url(IDLE_REDIS).flushdb()
     return {"PATH": "/usr/bin:/bin", **service.as_env()}
 
@@ -86,7 +86,7 @@ def status(config: Path, environment: dict[str, str]) -> dict[str, str]:
 
 
 def wait_running(config: Path, environment: dict[str, str], log: Path, *, since: int) -> None:
-    expected = {"migrate": "EXITED", "worker": "RUNNING", "beat": "RUNNING", "flower": "RUNNING"}
+    expected = {"migrate": "EXITED", "worker": "RUNNING", "beat": "RUNNING", "flower": "RUNNING", "api": "RUNNING"}
     wait_until(lambda: status(config, environment) == expected, what=f"programs running ({log})", timeout=60)
     wait_until(lambda: b" ready." in log.read_bytes()[since:], what=f"worker ready ({log})", timeout=60)
 

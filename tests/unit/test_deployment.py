@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
 RABBITMQ = ROOT / "deploy" / "compose.rabbitmq.yml"
 PROMETHEUS = ROOT / "deploy" / "prometheus" / "prometheus.yml"
-IMAGE_COMMANDS = {"worker", "beat", "flower", "migrate"}  # what the image runs, one per container
+IMAGE_COMMANDS = {"worker", "beat", "flower", "api", "migrate"}  # what the image runs, one per container
 # What a password, key or login looks like when written out: a URL's user:password@, a provider key, or a value
 # given to a setting whose name says it is secret.
 URL_PASSWORD = re.compile(r"://[^/\s:@]+:[^/\s@]+@")
@@ -238,7 +238,7 @@ def test_prometheus_scrapes_the_services_and_loads_the_shipped_rules():
 
 def test_the_rabbitmq_variant_makes_the_image_wait_for_rabbitmq_and_read_its_broker_url():
     extended = services(RABBITMQ)
-    for name in ("worker", "beat", "flower"):
+    for name in ("worker", "beat", "flower", "api"):
         assert extended[name]["depends_on"]["rabbitmq"]["condition"] == "service_healthy"
         assert "celery_broker_url" in extended[name]["secrets"]
         assert set(services()[name]["secrets"]) <= set(extended[name]["secrets"])

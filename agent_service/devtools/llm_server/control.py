@@ -23,7 +23,9 @@ from agent_service.devtools.llm_server.validation import (
 
 routes = web.RouteTableDef()
 
-CONFIG_FIELDS = frozenset({"latency_ms", "latency_jitter_ms", "context_window", "rate_limits", "rate_burst_seconds"})
+CONFIG_FIELDS = frozenset(
+    {"latency_ms", "latency_jitter_ms", "context_window", "stream_pause_ms", "rate_limits", "rate_burst_seconds"}
+)
 
 
 def deleted_all(items: dict[Any, Any] | deque[Any]) -> web.Response:
@@ -90,6 +92,7 @@ async def update_config(request: web.Request) -> web.Response:
     state.latency_ms = optional_json_number(body, "latency_ms", default=state.latency_ms)
     state.latency_jitter_ms = optional_json_number(body, "latency_jitter_ms", default=state.latency_jitter_ms)
     state.context_window = optional_json_number(body, "context_window", default=state.context_window)
+    state.stream_pause_ms = optional_json_number(body, "stream_pause_ms", default=state.stream_pause_ms)
     if "rate_limits" in body or "rate_burst_seconds" in body:
         limiter = state.limiter
         limits = parse_rate_limits(body["rate_limits"]) if "rate_limits" in body else limiter.limits

@@ -4,6 +4,7 @@ finish reason, the usage when ``stream_options.include_usage`` asks for it, and 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -13,6 +14,7 @@ from aiohttp import web
 
 from agent_service.devtools.llm_server.chat import ChatRequest
 from agent_service.devtools.llm_server.replies import Reply
+from agent_service.devtools.llm_server.state import STATE
 
 SYSTEM_FINGERPRINT = "fp_offline"
 STREAM_PIECES = 3
@@ -82,7 +84,10 @@ async def stream_reply(request: web.Request, chat: ChatRequest, reply: Reply) ->
         envelope["usage"] = None  # as OpenAI does: null on every chunk but the last
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     await response.prepare(request)
-    for choice in stream_choices(reply):
+    pause_s = request.app[STATE].stream_pause_ms / 1000
+    for at, choice in enumerate(stream_choices(reply)):
+        if pause_s and at:
+            await asyncio.sleep(pause_s)
         await response.write(sse_event({**envelope, "choices": [choice]}))
     if include_usage:
         await response.write(sse_event({**envelope, "choices": [], "usage": reply.usage}))

@@ -32,6 +32,7 @@ class ServerState:
     latency_ms: float = 0.0
     latency_jitter_ms: float = 0.0
     context_window: float = 0.0  # 0: no limit
+    stream_pause_ms: float = 0.0  # between the pieces of a streamed reply, so a follower sees it arrive
     prompt_cache: PromptCache = field(default_factory=PromptCache)
     rules: dict[int, Rule] = field(default_factory=dict)
     scripts: dict[str, Script] = field(default_factory=dict)  # by name, for rules, headers and directives
@@ -94,6 +95,7 @@ class ServerState:
             "latency_ms": self.latency_ms,
             "latency_jitter_ms": self.latency_jitter_ms,
             "context_window": self.context_window,
+            "stream_pause_ms": self.stream_pause_ms,
             "rate_limits": self.limiter.limits,
             "rate_burst_seconds": self.limiter.burst_seconds,
         }
@@ -103,6 +105,7 @@ class ServerState:
         self.scripts.clear()
         self.prompt_cache.clear()
         self.context_window = 0.0
+        self.stream_pause_ms = 0.0
         self.request_log.clear()
         self.by_status.clear()
         self.limiter.refused = 0
