@@ -57,6 +57,7 @@ EVERY_CONTROL_GENEROUS: tuple[tuple[str, Any], ...] = (
 SLOW_RECEIVER_MS = 2000
 GROUPS = (
     "floor",
+    "light",
     "baseline",
     "ours",
     "offered",
@@ -80,6 +81,8 @@ class Sizes:
     ours: int
     offered_rate: float
     offered_seconds: float
+    light_rate: float
+    light_seconds: float
     fair_backlog: int
     fair_rate: float
     fair_tasks: int
@@ -96,6 +99,8 @@ FULL = Sizes(
     ours=2000,
     offered_rate=100,
     offered_seconds=20,
+    light_rate=10,
+    light_seconds=30,
     fair_backlog=5000,
     fair_rate=10,
     fair_tasks=100,
@@ -111,6 +116,8 @@ QUICK = Sizes(
     ours=200,
     offered_rate=100,
     offered_seconds=3,
+    light_rate=10,
+    light_seconds=5,
     fair_backlog=1000,
     fair_rate=10,
     fair_tasks=20,
@@ -162,11 +169,20 @@ def build_plans(ours: Settings, sizes: Sizes, *, otlp_url: str, tool_url: str) -
     floor = celery_command("bench.floor", pool="prefork", concurrency=4, queues="agent_tasks")
     baseline = celery_command("bench.baseline", pool="prefork", concurrency=4)
     plans = [RunPlan("floor", "floor", floor, "prefork", 4, 0, sizes.floor, floor=True)]
+    ours_pool_floor = celery_command("bench.floor", pool=pool, concurrency=concurrency, queues="agent_tasks")
     if (pool, concurrency) != ("prefork", 4):
-        ours_pool_floor = celery_command("bench.floor", pool=pool, concurrency=concurrency, queues="agent_tasks")
         plans.append(
             RunPlan("floor-ours-pool", "floor", ours_pool_floor, pool, concurrency, 0, sizes.floor, floor=True)
         )
+    # Light load: one task at a time, 0 ms, ours beside the floor's no-op on ours' pool, each at the same pace:
+    # what a lone task waits for from its creation to its recorded outcome.
+    light = int(sizes.light_rate * sizes.light_seconds)
+    plans += [
+        RunPlan(
+            "floor-light", "light", ours_pool_floor, pool, concurrency, 0, light, rate=sizes.light_rate, floor=True
+        ),
+        RunPlan("ours-light", "light", OURS_COMMAND, pool, concurrency, 0, light, rate=sizes.light_rate),
+    ]
     plans += [
         RunPlan("baseline-0ms", "baseline", baseline, "prefork", 4, 0, sizes.baseline_0ms),
         RunPlan("baseline-1000ms", "baseline", baseline, "prefork", 4, 1000, sizes.baseline_1000ms),
@@ -299,7 +315,7 @@ def _run(console: Console, plan: RunPlan, env: BenchEnvironment, sizes: Sizes):
 
 
 def _group(plan: RunPlan) -> str:
-    if plan.config in ("fair", "metrics"):
+    if plan.config in ("fair", "metrics", "light"):
         return plan.config
     return "offered" if plan.rate else plan.config
 
