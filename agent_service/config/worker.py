@@ -28,6 +28,12 @@ class WorkerSettings(BaseModel):
         gt=0,
         description="a partial batch waits at most this long, and only while more messages wait in the broker",
     )
+    admission_hold_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="a call an admission control defers for a moment waits in its batch, its task still claimed, this"
+        " long at most in all; beyond, the task is given back to the queue (0: always given back)",
+    )
     task_soft_time_limit_seconds: int = Field(
         25 * 60,
         gt=0,
