@@ -15,6 +15,7 @@ from agent_service.admission.rate_limits import KEY_PREFIX as RATES
 from agent_service.models import TaskStatus
 from agent_service.store.overrides import OverrideCache
 from tests.chaos.harness import sized
+from tests.support import wait_until
 
 TASKS = sized(40, 200)
 CAP = 4
@@ -38,8 +39,14 @@ def test_reservations_and_leases_of_a_sigkilled_worker_are_released(scenario, ll
     doomed = run.start_worker("doomed")
     run.submit(TASKS)
     run.wait_for_progress(completed=CAP, running=CAP)
+
+    def leases() -> dict[bytes, int]:
+        return {key: shared.zcard(key) for key in shared.keys(f"{LEASES}:*")}
+
+    # (running rows include the tasks the cap holds in their batches: wait for calls under way)
+    wait_until(lambda: sum(leases().values()) == CAP, what="calls holding the cap's leases", timeout=30)
     # When it is SIGKILLed holding leases and reservations
-    held = {key: shared.zcard(key) for key in shared.keys(f"{LEASES}:*")}
+    held = leases()
     reserved = shared.keys(f"{RATES}:*")
     run.kill_worker(doomed)
     killed_at, calls_before = time.monotonic(), len(llm.requests(run.prefix()))
