@@ -1,7 +1,8 @@
 """Benchmark the baseline design, ours and a bare-Celery floor on real Redis, PostgreSQL and the LLM server.
 
 `make bench` runs each at 0 ms and 1000 ms of simulated LLM latency (ours is started exactly as
-`make worker` starts it), then an offered-load run, ours under a rate limit below the server's own, the
+`make worker` starts it), then light load (ours and the floor at 10 tasks/s, one task at a time), an offered-load
+run, ours under a rate limit below the server's own, ours under a binding concurrency cap, the
 fair-share pair (one user's backlog, another user's steady trickle, FIFO beside fair dispatch), the kinds, the
 notifications pair (every task a dead letter, without and with a slow webhook receiver) and a bulk-submit
 measurement:
