@@ -9,7 +9,7 @@ import os
 import platform
 import sys
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -58,6 +58,27 @@ def _rate_targets(label: str, run: RunResult | None, *, at_least: float) -> list
     ]
 
 
+def _light_targets(ours: RunResult | None, floor: RunResult | None) -> list[Target]:
+    """A lone task at light load, created to recorded, in ms; the floor's no-op round trip at the same pace
+    is the note."""
+    targets = []
+    for percentile, limit in (("p50", 10), ("p99", 25)):
+        name = f"latency_{percentile}_s"
+        measured = _figure(ours, name)
+        target = _target(
+            f"light load 10/s at 0 ms, {percentile} created-to-recorded (ms)",
+            f"<= {limit} ms",
+            None if measured is None else measured * 1000,
+            operator.le,
+            limit,
+            ours,
+        )
+        floor_ms = _figure(floor, name)
+        floor_note = f"floor's no-op {floor_ms * 1000:.1f} ms" if floor_ms is not None else ""
+        targets.append(replace(target, note="; ".join(note for note in (target.note, floor_note) if note)))
+    return targets
+
+
 def evaluate_targets(runs: dict[str, RunResult], bulk: BulkSubmitResult | None, ratio: dict) -> list[Target]:
     ours_1000, ours_0, offered = runs.get("ours-1000ms"), runs.get("ours-0ms"), runs.get("ours-offered")
     ours_runs = [run for run in runs.values() if run.config == "ours" and run.peak_rss_mb is not None]
@@ -80,6 +101,7 @@ def evaluate_targets(runs: dict[str, RunResult], bulk: BulkSubmitResult | None, 
             ours_1000,
             runs.get("baseline-1000ms"),
         ),
+        *_light_targets(runs.get("ours-light"), runs.get("floor-light")),
         _target("ours CPU per task at 0 ms", "<= 5 ms", _figure(ours_0, "cpu_ms_per_task"), operator.le, 5, ours_0),
         _target(
             "offered 100/s at 1000 ms, p99 enqueue-to-done",
@@ -169,7 +191,7 @@ def brokers_line(runs: list[RunResult]) -> str:
 
 
 def _latencies(run: RunResult) -> str:
-    return "/".join(_fmt(value, ".2f") for value in (run.latency_p50_s, run.latency_p95_s, run.latency_p99_s))
+    return "/".join(_fmt(value, ".3f") for value in (run.latency_p50_s, run.latency_p95_s, run.latency_p99_s))
 
 
 def results_table(runs: list[RunResult]) -> Table:

@@ -1,7 +1,8 @@
 """Benchmark the baseline design, ours and a bare-Celery floor on real Redis, PostgreSQL and the LLM server.
 
 `make bench` runs each at 0 ms and 1000 ms of simulated LLM latency (ours is started exactly as
-`make worker` starts it), then an offered-load run, ours under a rate limit below the server's own, the
+`make worker` starts it), then light load (ours and the floor at 10 tasks/s, one task at a time), an offered-load
+run, ours under a rate limit below the server's own, ours under a binding concurrency cap, the
 fair-share pair (one user's backlog, another user's steady trickle, FIFO beside fair dispatch), the kinds, the
 notifications pair (every task a dead letter, without and with a slow webhook receiver), ours on each broker
 (Redis, RabbitMQ with quorum queues: throughput at 1000 ms and latency under a light load), a bulk-submit
@@ -61,10 +62,12 @@ EVERY_CONTROL_GENEROUS: tuple[tuple[str, Any], ...] = (
 SLOW_RECEIVER_MS = 2000
 GROUPS = (
     "floor",
+    "light",
     "baseline",
     "ours",
     "offered",
     "rate-limited",
+    "held",
     "fair",
     "kinds",
     "tracing",
@@ -86,6 +89,8 @@ class Sizes:
     ours: int
     offered_rate: float
     offered_seconds: float
+    light_rate: float
+    light_seconds: float
     fair_backlog: int
     fair_rate: float
     fair_tasks: int
@@ -105,6 +110,8 @@ FULL = Sizes(
     ours=2000,
     offered_rate=100,
     offered_seconds=20,
+    light_rate=10,
+    light_seconds=30,
     fair_backlog=5000,
     fair_rate=10,
     fair_tasks=100,
@@ -123,6 +130,8 @@ QUICK = Sizes(
     ours=200,
     offered_rate=100,
     offered_seconds=3,
+    light_rate=10,
+    light_seconds=5,
     fair_backlog=1000,
     fair_rate=10,
     fair_tasks=20,
@@ -134,6 +143,7 @@ QUICK = Sizes(
     light_rate=5,
     light_seconds=4,
 )
+CONCURRENCY_CAP = 30
 # Ours at 600 requests a minute, the server enforcing 700: zero 429s and the configured pace are the goal.
 RATE_LIMIT = RateLimitPlan(rpm=600, server_rpm=700)
 
@@ -181,11 +191,20 @@ def build_plans(ours: Settings, sizes: Sizes, *, otlp_url: str, tool_url: str) -
     floor = celery_command("bench.floor", pool="prefork", concurrency=4, queues="agent_tasks")
     baseline = celery_command("bench.baseline", pool="prefork", concurrency=4)
     plans = [RunPlan("floor", "floor", floor, "prefork", 4, 0, sizes.floor, floor=True)]
+    ours_pool_floor = celery_command("bench.floor", pool=pool, concurrency=concurrency, queues="agent_tasks")
     if (pool, concurrency) != ("prefork", 4):
-        ours_pool_floor = celery_command("bench.floor", pool=pool, concurrency=concurrency, queues="agent_tasks")
         plans.append(
             RunPlan("floor-ours-pool", "floor", ours_pool_floor, pool, concurrency, 0, sizes.floor, floor=True)
         )
+    # Light load: one task at a time, 0 ms, ours beside the floor's no-op on ours' pool, each at the same pace:
+    # what a lone task waits for from its creation to its recorded outcome.
+    light = int(sizes.light_rate * sizes.light_seconds)
+    plans += [
+        RunPlan(
+            "floor-light", "light", ours_pool_floor, pool, concurrency, 0, light, rate=sizes.light_rate, floor=True
+        ),
+        RunPlan("ours-light", "light", OURS_COMMAND, pool, concurrency, 0, light, rate=sizes.light_rate),
+    ]
     plans += [
         RunPlan("baseline-0ms", "baseline", baseline, "prefork", 4, 0, sizes.baseline_0ms),
         RunPlan("baseline-1000ms", "baseline", baseline, "prefork", 4, 1000, sizes.baseline_1000ms),
@@ -235,6 +254,20 @@ def build_plans(ours: Settings, sizes: Sizes, *, otlp_url: str, tool_url: str) -
             busy=True,
         ),
     ]
+    # A binding concurrency cap (each user's calls 30 at a time, all tasks one user's): what a task the cap holds
+    # costs the worker while it waits (ADMISSION_HOLD_SECONDS=0 gives it back to the queue each time instead).
+    plans.append(
+        RunPlan(
+            "ours-concurrency-capped",
+            "held",
+            OURS_COMMAND,
+            pool,
+            concurrency,
+            1000,
+            sizes.rate_limited,
+            settings=(("concurrency_caps_enabled", True), ("user_concurrency_cap", CONCURRENCY_CAP)),
+        )
+    )
     plans += [
         RunPlan(
             f"fair-share-{mode}",
@@ -335,7 +368,7 @@ def _run(console: Console, plan: RunPlan, env: BenchEnvironment, sizes: Sizes):
 
 
 def _group(plan: RunPlan) -> str:
-    if plan.config in ("fair", "metrics", "brokers"):
+    if plan.config in ("fair", "metrics", "brokers", "light", "held"):
         return plan.config
     return "offered" if plan.rate else plan.config
 

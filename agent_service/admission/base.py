@@ -41,21 +41,23 @@ class Verdict(str, enum.Enum):
 
 @dataclass(frozen=True)
 class Decision:
-    """A verdict with its reason, and for a deferral how long to wait before trying again. A run may carry
-    a `request` to send instead of the task's own (a fallback model, say)."""
+    """A verdict with its reason, and for a deferral how long to wait before trying again (`holdable`: whether
+    the worker may hold the call meanwhile, its claim kept, rather than give the task back to the queue). A run
+    may carry a `request` to send instead of the task's own (a fallback model, say)."""
 
     verdict: Verdict
     reason: str = ""
     retry_in: float = 0.0
     request: LLMRequest | None = None
+    holdable: bool = True
 
     @classmethod
     def run(cls, *, request: LLMRequest | None = None) -> Decision:
         return _RUN if request is None else cls(Verdict.RUN, request=request)
 
     @classmethod
-    def defer(cls, reason: str, *, retry_in: float) -> Decision:
-        return cls(Verdict.DEFER, reason, retry_in)
+    def defer(cls, reason: str, *, retry_in: float, holdable: bool = True) -> Decision:
+        return cls(Verdict.DEFER, reason, retry_in, holdable=holdable)
 
     @classmethod
     def refuse(cls, reason: str) -> Decision:
@@ -69,10 +71,11 @@ UNREACHABLE_RETRY_SECONDS = 5.0
 
 
 def unreachable(candidates: Sequence[Candidate], control: str, error: Exception) -> list[Decision]:
-    """Every candidate deferred because `control`'s shared state could not be read (`error`)."""
+    """Every candidate deferred because `control`'s shared state could not be read (`error`); given back to the
+    queue rather than held: an outage may last."""
     logger.warning("%s unavailable, tasks deferred: %s", control, error)
     reason = f"{control} unavailable"
-    return [Decision.defer(reason, retry_in=UNREACHABLE_RETRY_SECONDS) for _ in candidates]
+    return [Decision.defer(reason, retry_in=UNREACHABLE_RETRY_SECONDS, holdable=False) for _ in candidates]
 
 
 def release_failed(control: str, error: Exception) -> None:

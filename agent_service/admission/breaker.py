@@ -287,7 +287,7 @@ class CircuitBreaker:
             reason += f", and for its fallback {fallback}"
         if state.reason:
             reason += f": {state.reason}"
-        return Decision.defer(reason, retry_in=min(waits))
+        return Decision.defer(reason, retry_in=min(waits), holdable=False)  # given back: an outage may last
 
     def _wait(self, model: str, state: _State, now_ms: int) -> float:
         """Seconds until a deferred task should look again at this (not closed) breaker."""

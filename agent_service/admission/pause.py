@@ -35,7 +35,7 @@ class PauseCheck:
         except RedisError as exc:
             return unreachable(candidates, "pause flag", exc)
         if paused:
-            return [Decision.defer(PAUSED, retry_in=PAUSE_RETRY_SECONDS)] * len(candidates)
+            return [Decision.defer(PAUSED, retry_in=PAUSE_RETRY_SECONDS, holdable=False)] * len(candidates)
         return [Decision.run()] * len(candidates)
 
     def release(self, ended: Sequence[CallEnded]) -> None:

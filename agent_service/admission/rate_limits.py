@@ -136,7 +136,7 @@ class RateLimits:
         except RedisError as exc:
             return unreachable(candidates, "rate limits", exc)
         if answers is None:
-            return [Decision.defer(PAUSED, retry_in=PAUSE_RETRY_SECONDS)] * len(candidates)
+            return [Decision.defer(PAUSED, retry_in=PAUSE_RETRY_SECONDS, holdable=False)] * len(candidates)
         if waited:
             for candidate, (blocker, _) in zip(candidates, answers, strict=True):
                 if not int(blocker):
@@ -168,7 +168,9 @@ class RateLimits:
     def _deferred(self, applying: tuple[_Limit, ...], blocker: str, wait: float) -> Decision:
         """A candidate that does not fit waits outside until about when it does."""
         label = next(limit.label for limit in applying if limit.key == blocker)
-        return Decision.defer(f"rate limit {label}", retry_in=self._retry_in(wait))
+        # Given back rather than held: held calls woken at their slots met more 429s at a limit equal to the
+        # provider's (docs/decisions.md, "Held where they wait").
+        return Decision.defer(f"rate limit {label}", retry_in=self._retry_in(wait), holdable=False)
 
     def _reserved(
         self, candidate: Candidate, applying: tuple[_Limit, ...], amounts: tuple[int, int], *, leave_by: float

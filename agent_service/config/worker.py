@@ -23,7 +23,17 @@ class WorkerSettings(BaseModel):
     worker_queues: str = Field("agent_tasks,system", description="the queues `python cli.py worker` reads, by comma")
     worker_soft_shutdown_seconds: float = Field(60.0, ge=0, description="on SIGQUIT, wait this long for running tasks")
     batch_max_size: int = Field(64, ge=1, description="agent-task messages handled together in one batch")
-    batch_flush_seconds: float = Field(0.05, gt=0, description="a partial batch waits at most this long")
+    batch_flush_seconds: float = Field(
+        0.05,
+        gt=0,
+        description="a partial batch waits at most this long, and only while more messages wait in the broker",
+    )
+    admission_hold_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="a call an admission control defers for a moment waits in its batch, its task still claimed, this"
+        " long at most in all; beyond, the task is given back to the queue (0: always given back)",
+    )
     task_soft_time_limit_seconds: int = Field(
         25 * 60,
         gt=0,

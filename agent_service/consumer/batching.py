@@ -3,7 +3,9 @@ each message is then made known one by one, as Celery does for a message it runs
 (received, started, then succeeded, failed, retried or revoked) and its result.
 
 Two behaviours of `celery_batches.Batches` are changed here, each for a bug it had under this service's
-load (see docs/decisions.md, "Batches after a reconnection" and "A lost batch's messages").
+load (see docs/decisions.md, "Batches after a reconnection" and "A lost batch's messages"), and one for
+latency: a batch is handed over as soon as no more messages wait in the broker, rather than after the flush
+interval (docs/decisions.md, "Adaptive batching").
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from celery_batches import Batches, SimpleRequest
 from celery_batches.trace import apply_batches_task
 
 from agent_service.execution.outcomes import Outcome, TaskOutcome
+from agent_service.messaging.queues import Backlog
 from agent_service.messaging.results import store_results
+from agent_service.messaging.routing import AGENT_QUEUE
 from agent_service.models import TaskStatus
 from agent_service.monitoring import record_task_run
 from agent_service.notifications import Event as Notification
@@ -47,10 +51,13 @@ class AgentRequest(SimpleRequest):
 
 
 class AgentTaskBatches(Batches):
-    """Buffers agent-task messages and hands them over as one batch; the batch size and flush interval
-    come from the app's settings. This task is always acks_late."""
+    """Buffers agent-task messages and hands them over as one batch: at once when no more wait in the broker,
+    else when the batch is full or the flush interval has passed (both from the app's settings). This task is
+    always acks_late."""
 
     _eventer: Any = None  # the worker's event dispatcher, in the process that consumes the messages
+    _backlog: Backlog | None = None  # asks the broker how many more wait, in the process that consumes them
+    _expected = 0  # messages the broker said were waiting that have not arrived since
 
     @property
     def flush_every(self) -> int:
@@ -65,7 +72,41 @@ class AgentTaskBatches(Batches):
         broker reconnection, and a stale timer entry would flush only full batches from then on."""
         self._tref = None
         self._eventer = consumer.event_dispatcher
-        return super().Strategy(task, app, consumer)
+        if self._backlog is not None:
+            self._backlog.close()
+        self._backlog, self._expected = Backlog(app, AGENT_QUEUE), 0
+        buffer = super().Strategy(task, app, consumer)
+
+        def task_message_handler(*args: Any, **kwargs: Any) -> None:
+            buffer(*args, **kwargs)
+            if self.nothing_more_coming():
+                self.flush_now()
+
+        return task_message_handler
+
+    def nothing_more_coming(self) -> bool:
+        """Whether the messages buffered are all there is for now: none of those the broker last said were
+        waiting is still to arrive, and the broker says none waits now (it is asked again only once those have
+        arrived: about once a batch under a backlog). A broker that cannot say counts as more coming."""
+        if self._buffer.empty():
+            return False
+        if self._expected > 1:
+            self._expected -= 1
+            return False
+        waiting = self._backlog.waiting() if self._backlog is not None else None
+        self._expected = 1 if waiting is None else waiting
+        return waiting == 0
+
+    def flush_now(self) -> None:
+        """Hand over what is buffered; the flush timer stops unless messages with a countdown still wait."""
+        self._do_flush()
+        if self._pending.empty() and self._tref is not None:
+            self._tref.cancel()
+            self._tref = None
+
+    def _do_flush(self) -> None:
+        self._expected = 0  # the next message asks the broker again
+        super()._do_flush()
 
     def flush(self, requests: list) -> Any:
         """Batches.flush, plus: when the pool loses the batch (its prefork child died, or hit the hard time

@@ -57,7 +57,7 @@ class Calls:
             if isinstance(error, PermanentError):
                 raise error from exc
             wait_for = backoff_delay(1, settings=self._settings, requested=error.delay)
-            deferral = Decision.defer(f"admission controls unavailable: {error}", retry_in=wait_for)
+            deferral = Decision.defer(f"admission controls unavailable: {error}", retry_in=wait_for, holdable=False)
             decisions = [deferral] * len(candidates)
         if self._traces.enabled:
             self._traces.spans(
@@ -82,6 +82,21 @@ class Calls:
             self._running.add(
                 (turning.claim.task_id, future) for future, turning in zip(futures, turnings, strict=True)
             )
+
+    def hold(self, task_ids: list[uuid.UUID]) -> None:
+        """These claims' calls are held (admission deferred them for a moment): a cancellation is noted."""
+        if self._running and task_ids:
+            self._running.hold(task_ids)
+
+    def unhold(self, turnings: list[Turning]) -> tuple[list[Turning], list[Turning]]:
+        """These held calls, no longer held: those still to be made, and those of tasks cancelled meanwhile."""
+        if not (self._running and turnings):
+            return turnings, []
+        cancelled = self._running.unhold([turning.claim.task_id for turning in turnings])
+        return (
+            [turning for turning in turnings if turning.claim.task_id not in cancelled],
+            [turning for turning in turnings if turning.claim.task_id in cancelled],
+        )
 
     def ended(self, done: list[tuple[Turning, Future[LLMReply]]]) -> list[tuple[Turning, LLMReply | BaseException]]:
         """These calls' endings, the calls no longer running and admission told they ended."""
@@ -114,10 +129,11 @@ class Calls:
         return turning.request if traceparent is None else replace(turning.request, traceparent=traceparent)
 
     def abandon(self, task_ids: list[uuid.UUID]) -> None:
-        """These claims are settled otherwise (cut short): their calls are no longer ours to abort, and their
-        kept replies stay kept, for the next attempt."""
+        """These claims are settled otherwise (cut short): their calls (held ones too) are no longer ours to abort,
+        and their kept replies stay kept, for the next attempt."""
         if self._running:
             self._running.discard(task_ids)
+            self._running.unhold(task_ids)
         self.replied.clear()
 
 

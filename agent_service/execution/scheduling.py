@@ -5,13 +5,16 @@ kind: a kind's run decides its turns (`kinds.base`)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from agent_service.admission.base import Decision, Verdict
 from agent_service.config import Settings
+from agent_service.errors import CallCancelledError
 from agent_service.execution.calls import Calls, with_request
 from agent_service.execution.durable import DurableRuns
 from agent_service.execution.plans import AwaitTools, Event, Paused, Replied, RunEnded, ToolDone
@@ -27,6 +30,50 @@ from agent_service.store.lifecycle import Claim
 from agent_service.tracing import NO_TRACES, TaskTraces
 
 Tooling = tuple[Turning, tuple[Future[Any], ...]]
+HELD_CANCELLED = "cancelled while its call was held by admission; the call was not made"
+
+
+class Holds:
+    """The calls admission deferred for a moment, held in the batch with their claims until they are due to be
+    admitted again, rather than given back to the queue and claimed again (docs/decisions.md, "Held where they
+    wait"). A claim is held for `limit_seconds` in all at most; 0 holds nothing."""
+
+    def __init__(self, limit_seconds: float, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._limit, self._clock = limit_seconds, clock
+        self._since: dict[uuid.UUID, float] = {}  # when each claim was first held
+        self._due: list[tuple[float, Turning]] = []
+
+    def __bool__(self) -> bool:
+        return bool(self._due)
+
+    def hold(self, turning: Turning, decision: Decision) -> bool:
+        """Hold `turning` until `decision.retry_in` has passed, if it is a deferral that may be held (not one of a
+        call's second try) and the claim would not have been held longer than the limit by then; returns whether
+        it did."""
+        if self._limit <= 0 or decision.verdict is not Verdict.DEFER or not decision.holdable:
+            return False
+        if turning.after is not None:
+            return False
+        now, task_id = self._clock(), turning.claim.task_id
+        since = self._since.setdefault(task_id, now)
+        if now + decision.retry_in - since > self._limit:
+            del self._since[task_id]
+            return False
+        self._due.append((now + decision.retry_in, turning))
+        return True
+
+    def wait_seconds(self) -> float | None:
+        """How long until the first held call is due (None: none is held)."""
+        if not self._due:
+            return None
+        return max(0.0, min(due for due, _ in self._due) - self._clock())
+
+    def due(self) -> list[Turning]:
+        """The held calls that are due now, no longer held."""
+        now = self._clock()
+        due = [turning for at, turning in self._due if at <= now]
+        self._due = [(at, turning) for at, turning in self._due if at > now]
+        return due
 
 
 @dataclass
@@ -73,20 +120,34 @@ class Scheduler:
                 routed.ended.append((claim, how))
         routed.add(self._resume(durable))
         asking = self._unstored(routed)
-        decisions = self._calls.admit(asking)
-        routed.ended += [(t.claim, _not_now(t, d)) for t, d in zip(asking, decisions, strict=True) if not _runs(d)]
         # The admitted calls leave before anything is settled: their slots were taken for now.
         pending: dict[Future[Any], Turning] = {}
         tool_calls: set[Future[Any]] = set()
-        self._calls.submit(
-            [with_request(t, d.request) for t, d in zip(asking, decisions, strict=True) if _runs(d)],
-            into=pending,
-            first=True,
-        )
+        holds = Holds(self._settings.admission_hold_seconds)
+        routed.ended += self._send(asking, into=pending, holds=holds, first=True)
         _await_tools(routed.tools, into=pending, tool_calls=tool_calls)
         if routed.ended:
             yield routed.ended
-        yield from self._turns(pending, tool_calls)
+        yield from self._turns(pending, tool_calls, holds)
+
+    def _send(
+        self, asking: list[Turning], *, into: dict[Future[Any], Turning], holds: Holds, first: bool = False
+    ) -> list[tuple[Claim, Settlement]]:
+        """Admit these calls and send the admitted ones; a call deferred for a moment is held in `holds` (its
+        claim kept), and the claims of the others turned away are returned with how they end."""
+        decisions = self._calls.admit(asking)
+        ended, held = [], []
+        for turning, decision in zip(asking, decisions, strict=True):
+            if _runs(decision):
+                continue
+            if holds.hold(turning, decision):
+                held.append(turning.claim.task_id)
+            else:
+                ended.append((turning.claim, _not_now(turning, decision)))
+        self._calls.hold(held)
+        admitted = [with_request(t, d.request) for t, d in zip(asking, decisions, strict=True) if _runs(d)]
+        self._calls.submit(admitted, into=into, first=first)
+        return ended
 
     def _unstored(self, routed: Routed) -> list[Turning]:
         """The calls `routed` asks that are to be made: the others answered by a reply kept by an earlier
@@ -113,31 +174,45 @@ class Scheduler:
         return to_make + after.ask
 
     def _turns(
-        self, pending: dict[Future[Any], Turning], tool_calls: set[Future[Any]]
+        self, pending: dict[Future[Any], Turning], tool_calls: set[Future[Any]], holds: Holds
     ) -> Iterator[list[tuple[Claim, Settlement]]]:
-        """The claims' settlements, in groups as their calls (`pending`, among them `tool_calls`) end. Each
-        call's ending goes back to its run: a next turn is admitted again, tool calls are waited on here too, a
-        durable run's steps recorded."""
-        while pending:
-            first, _ = wait(pending, return_when=FIRST_COMPLETED)
-            done = [(pending.pop(future), future) for future in first]
-            more, _ = wait(pending, timeout=self._settings.batch_flush_seconds)
-            done += [(pending.pop(future), future) for future in more]
-            endings = self._calls.ended([(turning, future) for turning, future in done if future not in tool_calls])
-            arrivals = [(turning, ending, self._taken(turning, ending)) for turning, ending in endings]
-            self._calls.keep(arrivals)
-            events: list[tuple[Turning, Event]] = [(t, ToolDone(f)) for t, f in done if f in tool_calls]
-            tool_calls.difference_update(future for _, future in done)
-            routed = self._route([(turning, how) for turning, _, how in arrivals], events)
-            _await_tools(routed.tools, into=pending, tool_calls=tool_calls)
-            decisions = self._calls.admit(routed.ask)
-            asked = zip(routed.ask, decisions, strict=True)
-            self._calls.submit([with_request(t, d.request) for t, d in asked if _runs(d)], into=pending)
-            group = routed.ended + [
-                (t.claim, _not_now(t, d)) for t, d in zip(routed.ask, decisions, strict=True) if not _runs(d)
-            ]
+        """The claims' settlements, in groups as their calls (`pending`, among them `tool_calls`) end and as the
+        calls held in `holds` come due. Each call's ending goes back to its run: a next turn is admitted again,
+        tool calls are waited on here too, a durable run's steps recorded; a held call is admitted again."""
+        while pending or holds:
+            done = self._next_ended(pending, holds)
+            routed = self._ended(done, pending, tool_calls) if done else Routed()
+            due, cancelled = self._calls.unhold(holds.due())
+            routed.ended += [(turning.claim, CallCancelledError(HELD_CANCELLED)) for turning in cancelled]
+            group = routed.ended + self._send(routed.ask + due, into=pending, holds=holds)
             if group:
                 yield group
+
+    def _next_ended(self, pending: dict[Future[Any], Turning], holds: Holds) -> list[tuple[Turning, Future[Any]]]:
+        """The calls that end next, with every other one that ends within `batch_flush_seconds`; none when a held
+        call comes due first."""
+        if not pending:
+            time.sleep(holds.wait_seconds() or 0.0)
+            return []
+        first, _ = wait(pending, timeout=holds.wait_seconds(), return_when=FIRST_COMPLETED)
+        done = [(pending.pop(future), future) for future in first]
+        if done:
+            more, _ = wait(pending, timeout=self._settings.batch_flush_seconds)
+            done += [(pending.pop(future), future) for future in more]
+        return done
+
+    def _ended(
+        self, done: list[tuple[Turning, Future[Any]]], pending: dict[Future[Any], Turning], tool_calls: set[Future[Any]]
+    ) -> Routed:
+        """Where the claims whose calls ended go next (their tool calls waited on in `pending`)."""
+        endings = self._calls.ended([(turning, future) for turning, future in done if future not in tool_calls])
+        arrivals = [(turning, ending, self._taken(turning, ending)) for turning, ending in endings]
+        self._calls.keep(arrivals)
+        events: list[tuple[Turning, Event]] = [(t, ToolDone(f)) for t, f in done if f in tool_calls]
+        tool_calls.difference_update(future for _, future in done)
+        routed = self._route([(turning, how) for turning, _, how in arrivals], events)
+        _await_tools(routed.tools, into=pending, tool_calls=tool_calls)
+        return routed
 
     def _taken(self, turning: Turning, ending: LLMReply | BaseException) -> Taken:
         if self._traces.enabled and isinstance(ending, LLMReply) and ending.usage is not None:

@@ -15,6 +15,7 @@ from agent_service.admission.rate_limits import KEY_PREFIX as RATES
 from agent_service.models import TaskStatus
 from agent_service.store.overrides import OverrideCache
 from tests.chaos.harness import sized
+from tests.support import wait_until
 
 TASKS = sized(40, 200)
 CAP = 4
@@ -38,12 +39,14 @@ def test_reservations_and_leases_of_a_sigkilled_worker_are_released(scenario, ll
     doomed = run.start_worker("doomed")
     run.submit(TASKS)
     run.wait_for_progress(completed=CAP, running=CAP)
-    # When it is SIGKILLed holding leases and reservations (as soon as its calls in flight fill the cap: a call
-    # deferred by the rate limit holds no lease meanwhile)
-    held, deadline = _leases(shared), time.monotonic() + 15
-    while sum(held.values()) < CAP and time.monotonic() < deadline:
-        time.sleep(0.01)
-        held = _leases(shared)
+
+    def leases() -> dict[bytes, int]:
+        return {key: shared.zcard(key) for key in shared.keys(f"{LEASES}:*")}
+
+    # (running rows include the tasks the cap holds in their batches: wait for calls under way)
+    wait_until(lambda: sum(leases().values()) == CAP, what="calls holding the cap's leases", timeout=30)
+    # When it is SIGKILLed holding leases and reservations
+    held = leases()
     reserved = shared.keys(f"{RATES}:*")
     run.kill_worker(doomed)
     killed_at, calls_before = time.monotonic(), len(llm.requests(run.prefix()))
@@ -65,7 +68,3 @@ def test_reservations_and_leases_of_a_sigkilled_worker_are_released(scenario, ll
     time.sleep(1.5)  # the last bucket drains
     assert shared.keys(f"{RATES}:*") == [] and all(shared.zcard(key) == 0 for key in shared.keys(f"{LEASES}:*"))
     print(f"\ncapacity back {resumed_after:.1f} s after the kill (leases last {lease_seconds:.0f} s)")
-
-
-def _leases(shared: redis.Redis) -> dict[bytes, int]:
-    return {key: shared.zcard(key) for key in shared.keys(f"{LEASES}:*")}

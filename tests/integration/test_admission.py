@@ -5,6 +5,7 @@ LLM call."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -16,16 +17,19 @@ from celery_batches import SimpleRequest
 from sqlalchemy.orm import selectinload
 
 from agent_service.admission.base import Admission, CallEnded, Candidate, Decision
+from agent_service.clock import utcnow
 from agent_service.consumer.batching import AgentRequest
 from agent_service.database import session_scope
+from agent_service.execution.cancellation import RunningCalls
 from agent_service.execution.context import RunContext
 from agent_service.execution.pipeline import execute_agent_task
 from agent_service.llm.messages import LLMReply, Usage
 from agent_service.messaging.routing import AGENT_QUEUE, PROCESS_TASK_NAME
 from agent_service.models import Agent, Task, TaskStatus
+from agent_service.store.tasks import cancel_task
 from agent_service.worker import create_celery_app
 from tests.integration.conftest import IDLE_REDIS
-from tests.support import run_cli
+from tests.support import run_cli, wait_until
 
 REASON = "user u1 is over its rate limit"
 
@@ -100,12 +104,23 @@ def row(session_factory, task_id: uuid.UUID) -> Task:
         return session.get(Task, task_id, options=[selectinload(Task.attempt_history)])
 
 
+def ran_as_first_attempt(outcome, task: Task) -> bool:
+    """The delivery's outcome and the row say the task completed on its first attempt, with no reason to wait."""
+    return (outcome.status, task.status, task.attempts, task.waiting_reason) == (
+        "completed",
+        TaskStatus.COMPLETED,
+        1,
+        None,
+    )
+
+
 def test_a_deferred_task_keeps_its_attempts_says_why_it_waits_and_runs_later(
     session_factory, agent, settings, stand_in_llm, calls
 ):
-    # Given a queued task and a check that defers it the first time
+    # Given a queued task, a check that defers it the first time, and a worker that holds no deferred call
     task_id = stored_task(session_factory, agent)
     check = DeferFirstAsk()
+    settings = settings.model_copy(update={"admission_hold_seconds": 0})
     run = dict(session_factory=session_factory, settings=settings, llm=stand_in_llm, admission=Admission([check]))
     # When it is delivered
     first = execute_agent_task(str(task_id), RunContext(**run))
@@ -120,14 +135,74 @@ def test_a_deferred_task_keeps_its_attempts_says_why_it_waits_and_runs_later(
     assert f"waiting_reason {REASON}" in " ".join(status.stdout.split())
     # When it is delivered again, Then it runs as its first attempt, and the reason is gone
     second = execute_agent_task(str(task_id), RunContext(**run))
-    done = row(session_factory, task_id)
-    assert (second.status, done.status, done.attempts, done.waiting_reason) == (
-        "completed",
-        TaskStatus.COMPLETED,
-        1,
-        None,
-    )
+    assert ran_as_first_attempt(second, row(session_factory, task_id))
     assert check.asked == [(task_id, 1), (task_id, 1)] and len(calls) == 1
+
+
+def test_a_task_deferred_for_a_moment_is_held_with_its_claim_and_runs_in_the_same_delivery(
+    session_factory, agent, settings, stand_in_llm, calls
+):
+    # Given a queued task and a check that defers it for 1.5 s the first time (within ADMISSION_HOLD_SECONDS)
+    task_id = stored_task(session_factory, agent)
+    check = DeferFirstAsk()
+    run = dict(session_factory=session_factory, settings=settings, llm=stand_in_llm, admission=Admission([check]))
+    # When it is delivered once
+    outcome = execute_agent_task(str(task_id), RunContext(**run))
+    # Then the same delivery runs it once the wait is over: asked about twice under one claim, never given back
+    done = row(session_factory, task_id)
+    assert ran_as_first_attempt(outcome, done)
+    assert check.asked == [(task_id, 1), (task_id, 1)] and len(calls) == 1
+    assert done.queued_at is None  # a deferral through the queue would have queued it again
+
+
+def test_a_task_held_longer_than_the_hold_limit_is_given_back_to_the_queue(
+    session_factory, agent, settings, stand_in_llm, calls
+):
+    # Given a check that defers for 1.5 s, and a worker that holds a deferred call for 1 s at most
+    task_id = stored_task(session_factory, agent)
+    settings = settings.model_copy(update={"admission_hold_seconds": 1.0})
+    run = dict(
+        session_factory=session_factory, settings=settings, llm=stand_in_llm, admission=Admission([DeferFirstAsk()])
+    )
+    # When it is delivered, Then it is deferred through the queue as before, its attempt given back
+    outcome = execute_agent_task(str(task_id), RunContext(**run))
+    waiting = row(session_factory, task_id)
+    assert (outcome.status, waiting.status, waiting.attempts, waiting.waiting_reason) == (
+        "deferred",
+        TaskStatus.QUEUED,
+        0,
+        REASON,
+    )
+    assert calls == []
+
+
+def test_a_held_task_cancelled_meanwhile_makes_no_call(session_factory, agent, settings, stand_in_llm, calls):
+    # Given a held task (its check defers it for 1.5 s first) whose worker hears of cancellations
+    task_id = stored_task(session_factory, agent)
+    running = RunningCalls(stand_in_llm)
+    context = RunContext(
+        session_factory=session_factory,
+        settings=settings,
+        llm=stand_in_llm,
+        admission=Admission([DeferFirstAsk()]),
+        running=running,
+    )
+
+    # When it is cancelled while held (the row, then the worker told, as the cancellation listener tells it)
+    def cancel_when_held() -> None:
+        wait_until(lambda: row(session_factory, task_id).status == TaskStatus.RUNNING, what="the claim", timeout=10)
+        with session_scope(session_factory) as session:
+            cancel_task(session, task_id, now=utcnow())
+        wait_until(lambda: running.abort(task_id), what="the task held", timeout=10)
+
+    canceller = threading.Thread(target=cancel_when_held)
+    canceller.start()
+    outcome = execute_agent_task(str(task_id), context)
+    canceller.join()
+    # Then its call is never made, and the task stays cancelled
+    assert calls == []
+    assert outcome.status == "superseded"
+    assert row(session_factory, task_id).status == TaskStatus.CANCELLED
 
 
 def test_a_refused_task_fails_with_the_reason_before_any_llm_call(
@@ -150,7 +225,7 @@ def test_a_refused_task_fails_with_the_reason_before_any_llm_call(
 def test_the_task_shell_publishes_a_deferred_task_again_to_run_after_the_wait(session_factory, agent, settings):
     # Given an app whose admission defers, on a broker no worker reads
     app = create_celery_app(
-        settings.model_copy(update={"redis_url": IDLE_REDIS, "llm_process": False}),
+        settings.model_copy(update={"redis_url": IDLE_REDIS, "llm_process": False, "admission_hold_seconds": 0}),
         admission=Admission([DeferFirstAsk()]),
     )
     broker = redis.Redis.from_url(IDLE_REDIS)

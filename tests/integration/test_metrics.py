@@ -15,8 +15,8 @@ from sqlalchemy import delete
 from agent_service.clock import utcnow
 from agent_service.database import session_scope
 from agent_service.execution.outcomes import Outcome
-from agent_service.messaging.queues import queue_lengths
-from agent_service.messaging.routing import HEALTH_TASK_NAME, PROCESS_TASK_NAME
+from agent_service.messaging.queues import Backlog, queue_lengths
+from agent_service.messaging.routing import AGENT_QUEUE, HEALTH_TASK_NAME, PROCESS_TASK_NAME
 from agent_service.models import Task, TaskStatus
 from agent_service.tasks import create_agent_tasks
 from tests.integration.test_worker import unique
@@ -119,6 +119,18 @@ def test_queue_lengths_count_the_messages_waiting_in_each_queue(idle_app, idle_r
         idle_app.send_task(PROCESS_TASK_NAME, args=[str(uuid.uuid4())], ignore_result=True)
     idle_app.send_task(HEALTH_TASK_NAME, ignore_result=True)
     assert queue_lengths(idle_app) == {"agent_tasks": 3, "system": 1}
+
+
+def test_the_batching_backlog_counts_the_agent_tasks_waiting_each_time_it_asks(idle_app, idle_redis):
+    backlog = Backlog(idle_app, AGENT_QUEUE)  # what the batching asks before handing a batch over
+    try:
+        assert backlog.waiting() == 0
+        for _ in range(2):
+            idle_app.send_task(PROCESS_TASK_NAME, args=[str(uuid.uuid4())], ignore_result=True)
+        idle_app.send_task(HEALTH_TASK_NAME, ignore_result=True)
+        assert backlog.waiting() == 2  # the agent tasks alone, over the connection kept open
+    finally:
+        backlog.close()
 
 
 def test_task_outcome_labels_come_from_one_vocabulary(app, metrics_port):

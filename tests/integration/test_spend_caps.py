@@ -71,9 +71,10 @@ def new_task(session_factory, agent: Agent, user: str) -> uuid.UUID:
 
 
 def test_two_workers_never_spend_past_a_users_daily_cap(settings, idle_app, cap_redis, session_factory):
-    # Given two workers sharing a user's daily cap of $0.0002
+    # Given two workers sharing a user's daily cap of $0.0002, giving held tasks back to the queue at once (so
+    # that the tasks the cap holds end up queued, saying why; held in the batch, they would show as running)
     user, agent = f"u-cap-{uuid.uuid4().hex[:6]}", new_agent(session_factory)
-    env = capped(settings, user_daily_spend_cap_usd=CAP).as_env()
+    env = capped(settings, user_daily_spend_cap_usd=CAP, admission_hold_seconds=0).as_env()
     workers = [
         start_worker(env=env, log_path=LOG_DIR / f"cap-worker-{n}.log", name=f"cap{n}", concurrency=8) for n in (1, 2)
     ]

@@ -6,6 +6,9 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from kombu.message import Message
+from kombu.serialization import dumps
+
 from agent_service.messaging.routing import PROCESS_TASK_NAME
 from agent_service.worker import create_celery_app
 from tests.support import make_settings
@@ -69,3 +72,108 @@ def test_a_batch_the_pool_lost_hands_every_message_back_at_once():
     messages, pool = a_batch_handed_to_the_pool()
     pool.callbacks["error_callback"](RuntimeError("the pool child died"))
     assert [m.settled for m in messages] == [["requeued"], ["requeued"]]
+
+
+class BrokerSaying:
+    """What the broker answers when the batching asks how many messages wait (None: it cannot say)."""
+
+    def __init__(self, *answers: int | None) -> None:
+        self.answers = list(answers)
+
+    def waiting(self) -> int | None:
+        return self.answers.pop(0)
+
+    def close(self) -> None:
+        pass
+
+
+class ManualTimer:
+    """The consumer's timer, never firing by itself: what is still armed shows what waits for the interval."""
+
+    def __init__(self) -> None:
+        self.armed: list[ManualTimer.Entry] = []
+
+    class Entry:
+        def __init__(self, timer: ManualTimer) -> None:
+            self.timer = timer
+
+        def cancel(self) -> None:
+            self.timer.armed.remove(self)
+
+    def call_repeatedly(self, _seconds: float, _fn: Any) -> ManualTimer.Entry:
+        entry = ManualTimer.Entry(self)
+        self.armed.append(entry)
+        return entry
+
+
+class BatchesPool(RecordingPool):
+    """A pool that keeps every batch handed to it: the ids of its messages."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+
+    def apply_async(self, _fn: Any, args: Any, **callbacks: Any) -> None:
+        super().apply_async(_fn, args, **callbacks)
+        self.batches.append([request.id for request in args[1][0]])
+
+
+@dataclass
+class Consumer:
+    """What celery-batches' strategy reads of the worker's consumer."""
+
+    pool: BatchesPool = field(default_factory=BatchesPool)
+    timer: ManualTimer = field(default_factory=ManualTimer)
+    hostname: str = "test@host"
+    connection_errors: tuple = ()
+    event_dispatcher: Any = None
+
+
+def a_consuming_worker(broker: BrokerSaying) -> tuple[Any, Consumer, Any]:
+    """The agent task's message handler as a worker's consumer runs it, the broker answering as `broker` says."""
+    app = create_celery_app(make_settings(database_url="sqlite://"))
+    app.loader.import_default_modules()
+    task, consumer = app.tasks[PROCESS_TASK_NAME], Consumer()
+    handle = task.Strategy(task, app, consumer)
+    task._backlog = broker  # the question the handler asks, answered here instead of by a broker
+    return app, consumer, handle
+
+
+def deliver(app: Any, handle: Any, task_id: str) -> None:
+    """One agent-task message delivered to the handler, as the broker would hand it over."""
+    headers, properties, body, _ = app.amqp.as_task_v2(task_id, PROCESS_TASK_NAME, args=[task_id])
+    content_type, encoding, payload = dumps(body, serializer="json")
+    delivery_info = {"exchange": "agent_tasks", "routing_key": "agent_tasks"}
+    message = Message(
+        body=payload, headers=headers, content_type=content_type, content_encoding=encoding, delivery_info=delivery_info
+    )
+    message.properties.update(properties)
+    handle(message, None, lambda *_: None, lambda *_: None, set())
+
+
+def test_a_lone_message_is_handed_over_at_once_without_waiting_for_the_flush_interval():
+    # Given a worker whose broker has no other message waiting
+    app, consumer, handle = a_consuming_worker(BrokerSaying(0))
+    # When one message arrives
+    deliver(app, handle, "lone")
+    # Then its batch of one is in the pool already, and no timer is left waiting
+    assert consumer.pool.batches == [["lone"]]
+    assert consumer.timer.armed == []
+
+
+def test_messages_are_held_while_the_broker_says_more_wait_then_handed_over_together():
+    # Given a broker that says two more wait when the first arrives, and none once they have come
+    app, consumer, handle = a_consuming_worker(BrokerSaying(2, 0))
+    # When the three arrive
+    for task_id in ("first", "second"):
+        deliver(app, handle, task_id)
+        assert consumer.pool.batches == []  # the ones still to come are waited for
+    deliver(app, handle, "third")
+    # Then they go in one batch, once the last one known to wait is in, asking the broker only twice
+    assert consumer.pool.batches == [["first", "second", "third"]]
+
+
+def test_a_broker_that_cannot_say_leaves_the_batch_to_the_flush_interval():
+    app, consumer, handle = a_consuming_worker(BrokerSaying(None))
+    deliver(app, handle, "unsure")
+    assert consumer.pool.batches == []
+    assert len(consumer.timer.armed) == 1  # the interval's flush, as before adaptive batching
