@@ -99,8 +99,6 @@ class Sizes:
     kinds: int  # tasks of each kind's run
     run_budget_seconds: float
     rate_limited: int  # tasks of the rate-limited run: RATE_LIMIT's rpm / 60 a second
-    light_rate: float  # tasks/s of the brokers' light-load runs (at 0 ms: the service's own latency)
-    light_seconds: float
 
 
 FULL = Sizes(
@@ -120,8 +118,6 @@ FULL = Sizes(
     kinds=1000,
     run_budget_seconds=150,
     rate_limited=330,
-    light_rate=5,
-    light_seconds=20,
 )
 QUICK = Sizes(
     floor=200,
@@ -140,8 +136,6 @@ QUICK = Sizes(
     kinds=100,
     run_budget_seconds=40,
     rate_limited=80,
-    light_rate=5,
-    light_seconds=4,
 )
 CONCURRENCY_CAP = 30
 # Ours at 600 requests a minute, the server enforcing 700: zero 429s and the configured pace are the goal.
