@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from celery import Celery
+from celery.concurrency.thread import TaskPool as ThreadTaskPool
 from celery.utils.saferepr import saferepr
 from celery.worker.request import Request
 from celery_batches import Batches, SimpleRequest
@@ -125,10 +126,17 @@ class AgentTaskBatches(Batches):
                     request.send_event(event[0], **event[1])
                 request.acknowledge()
 
+        # The threads pool starts a batch at once, and calls `accept_callback` from its own thread, where the
+        # event would race this thread's on the worker's one event producer (kombu's are not thread-safe): a
+        # `task-started` sent at the same moment as a `task-received` was lost. So with threads the batch's
+        # start is announced here, as it is handed over; the prefork pool calls back in this thread.
+        on_threads = isinstance(self._pool, ThreadTaskPool)
+        if on_threads:
+            self._send_started(requests)
         return self._pool.apply_async(
             apply_batches_task,
             (self, (batch,), 0, None),
-            accept_callback=lambda _pid, _time: self._send_started(requests),
+            accept_callback=None if on_threads else lambda _pid, _time: self._send_started(requests),
             callback=on_return,
             error_callback=lambda _error: [request.reject(requeue=True) for request in requests],
         )
