@@ -197,10 +197,8 @@ def _start_metrics_and_llm_runner(sender: Any = None, **_: Any) -> None:
 @worker_process_shutdown.connect
 def _stop_pool_process(**_: Any) -> None:
     if _runs_this_app():
-        app.services.llm_runner.close()
-        app.services.tracing.shutdown()  # a pool process exits without running atexit hooks
+        _stop_running_tasks()
         _send_notifications()
-        app.services.lease_keeper.stop()
 
 
 @worker_shutdown.connect
@@ -212,9 +210,7 @@ def _stop_llm_runner(sender: Any = None, **_: Any) -> None:
         return
     WORKER_UP.labels(_node_name(sender)).set(0)
     if app.conf.worker_pool != "prefork":
-        app.services.llm_runner.close()
-        app.services.lease_keeper.stop()
-        app.services.tracing.shutdown()
+        _stop_running_tasks()
     _send_notifications()
 
 
@@ -235,6 +231,14 @@ def _prepare_to_run_tasks() -> None:
     if not app.services.llm_runner.start():
         _notify_start_failure(f"its LLM process was not ready within {LLM_PROCESS_START_SECONDS:.0f} s")
     app.services.listen_for_cancellations()
+
+
+def _stop_running_tasks() -> None:
+    """Undo `_prepare_to_run_tasks` in the process that ran the tasks: its LLM process answers the calls under
+    way and exits, its lease ends, and its spans are exported (a pool process exits without atexit hooks)."""
+    app.services.llm_runner.close()
+    app.services.lease_keeper.stop()
+    app.services.tracing.shutdown()
 
 
 @contextmanager

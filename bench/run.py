@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import socket
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from pydantic import SecretStr
@@ -199,6 +199,16 @@ def build_plans(ours: Settings, sizes: Sizes, *, otlp_url: str, tool_url: str) -
         ),
         RunPlan("ours-light", "light", OURS_COMMAND, pool, concurrency, 0, light, rate=sizes.light_rate),
     ]
+    rate_limited = RunPlan(
+        "ours-rate-limited",
+        "rate-limited",
+        OURS_COMMAND,
+        pool,
+        concurrency,
+        1000,
+        sizes.rate_limited,
+        rate_limit=RATE_LIMIT,
+    )
     plans += [
         RunPlan("baseline-0ms", "baseline", baseline, "prefork", 4, 0, sizes.baseline_0ms),
         RunPlan("baseline-1000ms", "baseline", baseline, "prefork", 4, 1000, sizes.baseline_1000ms),
@@ -224,29 +234,9 @@ def build_plans(ours: Settings, sizes: Sizes, *, otlp_url: str, tool_url: str) -
             int(sizes.offered_rate * sizes.offered_seconds),
             rate=sizes.offered_rate,
         ),
-        RunPlan(
-            "ours-rate-limited",
-            "rate-limited",
-            OURS_COMMAND,
-            pool,
-            concurrency,
-            1000,
-            sizes.rate_limited,
-            rate_limit=RATE_LIMIT,
-        ),
+        rate_limited,
         # The same limit shared by three workers while one core spins: late wake-ups must not bunch calls.
-        RunPlan(
-            RATE_LIMITED_BUSY,
-            "rate-limited",
-            OURS_COMMAND,
-            pool,
-            concurrency,
-            1000,
-            sizes.rate_limited,
-            rate_limit=RATE_LIMIT,
-            workers=3,
-            busy=True,
-        ),
+        replace(rate_limited, name=RATE_LIMITED_BUSY, workers=3, busy=True),
     ]
     # A binding concurrency cap (each user's calls 30 at a time, all tasks one user's): what a task the cap holds
     # costs the worker while it waits (ADMISSION_HOLD_SECONDS=0 gives it back to the queue each time instead).
