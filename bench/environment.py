@@ -3,6 +3,7 @@ database, a dedicated Redis DB as the broker, and the bundled LLM server."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,9 +22,11 @@ from agent_service.store.schema import init_db
 from agent_service.worker import AgentServiceCelery, create_celery_app
 
 PG_ROOT = "postgresql+psycopg2://postgres@127.0.0.1:5432"
-BENCH_DATABASE = "agent_service_bench"
-BENCH_REDIS = "redis://127.0.0.1:6379/12"  # tests use 10, 14 and 15; 0 is anyone's default
-IDLE_REDIS = "redis://127.0.0.1:6379/13"  # a broker nobody consumes, for the bulk-submit measurement
+# Each overridable, so that two benches can run side by side (each on a Redis and a database of its own).
+BENCH_DATABASE = os.environ.get("BENCH_DATABASE", "agent_service_bench")
+# Tests use DBs 10, 14 and 15; 0 is anyone's default.
+BENCH_REDIS = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")
+IDLE_REDIS = os.environ.get("BENCH_IDLE_REDIS_URL", "redis://127.0.0.1:6379/13")  # a broker nobody consumes
 BENCH_MODEL = "gpt-4o-mini"
 SERVER_BURST_SECONDS = 2.0  # the server's buckets when it enforces limits: ours (1 s by default) must fit in
 # The tool-using agent's conversation: three model turns, two tool calls (on the bundled tool server), an answer.
