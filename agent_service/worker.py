@@ -92,6 +92,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # A channel error while the consumer (re)starts (a queue RabbitMQ has not recovered yet, just after the
+        # broker came back) restarts the consumer, as a connection error does; Celery's default stops the worker.
+        "broker_channel_error_retry": True,
+        # After a reconnection Celery lowers the prefetch by the tasks still running and raises it back as they
+        # end, through `basic.qos`, which on quorum queues (per-consumer QoS) binds only consumers made later:
+        # the worker would stay at the lowered prefetch for good (celery/celery#9512, fixed after 5.6.3).
+        "worker_enable_prefetch_count_reduction": not settings.broker_is_rabbitmq,
         "task_queues": task_queues(settings),
         "task_default_queue": AGENT_QUEUE,
         # RabbitMQ (quorum queues, see messaging.routing): prefetch per consumer, since quorum queues have no

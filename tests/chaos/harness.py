@@ -194,7 +194,24 @@ class Scenario:
         return f"{self.token} {label}" if label else self.token
 
     def wait(self, task_ids: list[str] | None = None, *, timeout: float) -> dict[str, Task]:
-        return wait_for_final(self.session_factory, task_ids or [str(row.id) for row in self.rows()], timeout=timeout)
+        """Every task (or those of `task_ids`) once final; on a timeout the assertion says which workers still
+        run and what they last logged at warning level or above, since CI keeps no other trace of them."""
+        ids = task_ids or [str(row.id) for row in self.rows()]
+        try:
+            return wait_for_final(self.session_factory, ids, timeout=timeout)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{self.workers_report()}") from None
+
+    def workers_report(self, lines: int = 12) -> str:
+        """Each worker's exit code (None: still running), then the last `lines` warnings or errors logged."""
+        states = ", ".join(f"pid {worker.pid}: {worker.poll()}" for worker in self.workers)
+        problems = [
+            f"{entry['ts']:.3f} {entry['level']} {entry['logger']}: {entry['message'][:300]}"
+            for log in sorted(self.log_dir.glob("*.log"))
+            for entry in map(_json_line, log.read_bytes().splitlines())
+            if entry.get("level") in ("warning", "error", "critical")
+        ]
+        return "\n".join([f"workers (exit code): {states}", *problems[-lines:]])
 
     def rows(self, label: str | None = None) -> list[Task]:
         with session_scope(self.session_factory) as session:

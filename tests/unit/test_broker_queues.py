@@ -35,3 +35,13 @@ def test_countdowns_under_a_second_wait_a_second_on_rabbitmq_only():
     rabbit_app = create_celery_app(Settings(_env_file=None, redis_url="redis://r:6379/0", celery_broker_url=RABBITMQ))
     assert [broker_countdown(redis_app, s) for s in (None, 0.0, 0.2, 2.5)] == [None, 0.0, 0.2, 2.5]
     assert [broker_countdown(rabbit_app, s) for s in (None, 0.0, 0.2, 2.5)] == [None, 0.0, 1.0, 2.5]
+
+
+def test_a_worker_on_rabbitmq_survives_a_broker_restart_at_its_full_prefetch():
+    redis_app = create_celery_app(Settings(_env_file=None, redis_url="redis://r:6379/0"))
+    rabbit_app = create_celery_app(Settings(_env_file=None, redis_url="redis://r:6379/0", celery_broker_url=RABBITMQ))
+    # A queue not yet recovered restarts the consumer instead of stopping the worker, on either broker
+    assert redis_app.conf.broker_channel_error_retry and rabbit_app.conf.broker_channel_error_retry
+    # And the prefetch is never lowered where it could not be raised again (per-consumer QoS)
+    assert redis_app.conf.worker_enable_prefetch_count_reduction
+    assert not rabbit_app.conf.worker_enable_prefetch_count_reduction
