@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import httpx
 
@@ -129,6 +131,20 @@ def wait_until(condition, *, what: str, timeout: float = 30) -> None:
     while not condition():
         assert time.monotonic() < deadline, f"no {what} after {timeout}s"
         time.sleep(0.05)
+
+
+def listening_addresses(port: int) -> list[str]:
+    """The local addresses a TCP socket listens on at `port`, read from /proc/net/tcp and tcp6 (psutil's
+    `net_connections` walks every process's file descriptors, seconds on a busy machine)."""
+    found = []
+    for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, port_hex = local.split(":")
+            if state == "0A" and int(port_hex, 16) == port:  # 0A: LISTEN
+                packed = b"".join(bytes.fromhex(address[i : i + 8])[::-1] for i in range(0, width, 8))
+                found.append(str(ipaddress.ip_address(packed)))
+    return found
 
 
 def free_port() -> int:

@@ -177,7 +177,8 @@ def test_a_held_task_waits_with_its_reason_shown_by_cli_status(
     user, agent = f"u-hold-{uuid.uuid4().hex[:6]}", new_agent(session_factory)
     with session_scope(session_factory) as session:
         set_override(session, LimitScope.USER, user, "daily_spend_cap_usd", "0.00001")
-    on = capped(settings, spend_caps=True)
+    # (given back at once rather than held in the worker for ADMISSION_HOLD_SECONDS first)
+    on = capped(settings, spend_caps=True, admission_hold_seconds=0)
     admission = build_admission(on, redis=lambda: cap_redis, session_factory=session_factory)
     task_id = new_task(session_factory, agent, user)
     before = len(llm.requests(""))

@@ -9,7 +9,6 @@ import time
 import uuid
 
 import httpx
-import psutil
 import pytest
 from sqlalchemy import update
 
@@ -17,7 +16,7 @@ from agent_service.database import session_scope
 from agent_service.messaging.routing import HEALTH_TASK_NAME, PROCESS_TASK_NAME
 from agent_service.models import Agent, TaskStatus
 from agent_service.tasks import create_agent_task, create_agent_tasks
-from tests.support import wait_for_final
+from tests.support import listening_addresses, wait_for_final
 
 pytestmark = [pytest.mark.worker, pytest.mark.usefixtures("worker")]
 
@@ -182,9 +181,4 @@ def test_each_task_is_logged_and_counted_in_prometheus(app, agent, session_facto
 
 
 def test_metrics_exporter_listens_on_metrics_address_which_is_loopback_by_default(metrics_port):
-    listening = [
-        connection.laddr.ip
-        for connection in psutil.net_connections("tcp")
-        if connection.status == psutil.CONN_LISTEN and connection.laddr.port == metrics_port
-    ]
-    assert listening == ["127.0.0.1"]
+    assert listening_addresses(metrics_port) == ["127.0.0.1"]
