@@ -91,7 +91,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_proc_alive_timeout": LLM_PROCESS_START_SECONDS + 10,
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
-        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # A late-acked task running when the broker connection drops is terminated (its message comes back), where
+        # the pool can terminate one: the threads and solo pools cannot, and Celery then stops the whole worker
+        # ("does not implement kill_job"); there such a task runs on, and its message comes back all the same.
+        "worker_cancel_long_running_tasks_on_connection_loss": settings.worker_pool == "prefork",
         # A channel error while the consumer (re)starts (a queue RabbitMQ has not recovered yet, just after the
         # broker came back) restarts the consumer, as a connection error does; Celery's default stops the worker.
         "broker_channel_error_retry": True,

@@ -37,6 +37,15 @@ def test_countdowns_under_a_second_wait_a_second_on_rabbitmq_only():
     assert [broker_countdown(rabbit_app, s) for s in (None, 0.0, 0.2, 2.5)] == [None, 0.0, 1.0, 2.5]
 
 
+def test_a_worker_survives_a_connection_loss_whatever_its_pool_can_terminate():
+    def cancels(pool: str) -> bool:
+        app = create_celery_app(Settings(_env_file=None, redis_url="redis://r:6379/0", worker_pool=pool))
+        return app.conf.worker_cancel_long_running_tasks_on_connection_loss
+
+    # Celery stops a worker whose pool cannot terminate a task it was asked to cancel on a connection loss
+    assert (cancels("prefork"), cancels("threads"), cancels("solo")) == (True, False, False)
+
+
 def test_a_worker_on_rabbitmq_survives_a_broker_restart_at_its_full_prefetch():
     redis_app = create_celery_app(Settings(_env_file=None, redis_url="redis://r:6379/0"))
     rabbit_app = create_celery_app(Settings(_env_file=None, redis_url="redis://r:6379/0", celery_broker_url=RABBITMQ))
