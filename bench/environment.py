@@ -36,6 +36,17 @@ TOOLS_SCRIPT_REPLIES = [
     {"tool_calls": [{"name": "echo", "arguments": {"note": "weather checked"}}]},
     {"content": "Lisbon is fine for the trip."},
 ]
+# The data agent's results: a summary, a priority among three and a list of tags, every field required.
+DATA_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "summary": {"type": "string"},
+        "priority": {"enum": ["low", "normal", "high"]},
+        "tags": {"type": "array", "items": {"type": "string"}},
+    },
+    "required": ["summary", "priority", "tags"],
+    "additionalProperties": False,
+}
 
 
 class LLMControl:
@@ -133,7 +144,8 @@ def truncate_tasks(app: AgentServiceCelery) -> None:
 
 
 def _create_agents(app: AgentServiceCelery, *, tool_url: str) -> dict[str, str]:
-    """One agent per kind the bench runs, by kind: the text agent, a decision agent, a tool-using agent, and
+    """One agent per kind the bench runs, by kind: the text agent, a decision agent, a data agent (its results
+    valid against `DATA_SCHEMA`), a tool-using agent, and
     (`dead-letter`) a text agent whose every call the server refuses (400), so each of its tasks fails at once."""
     common = {"model": BENCH_MODEL, "temperature": 0.2, "max_tokens": 200}
     echo = {
@@ -151,6 +163,13 @@ def _create_agents(app: AgentServiceCelery, *, tool_url: str) -> dict[str, str]:
             prompt="You triage requests.",
             kind="decision",
             settings={"choices": ["approve", "escalate", "reject"]},
+            **common,
+        ),
+        "data": Agent(
+            name="bench-data-agent",
+            prompt="You extract what a request asks for.",
+            kind="data",
+            output_schema=DATA_SCHEMA,
             **common,
         ),
         "api": Agent(

@@ -131,6 +131,7 @@ def evaluate_targets(runs: dict[str, RunResult], bulk: BulkSubmitResult | None, 
         _target("ours RSS, all worker processes together (peak)", "< 300 MB", peak_rss, operator.lt, 300, *ours_runs),
         *_rate_targets("rate-limited", runs.get("ours-rate-limited"), at_least=0.9),
         *_rate_targets("rate-limited, 3 workers, busy host", runs.get(RATE_LIMITED_BUSY), at_least=0.95),
+        *_kind_targets(runs),
         _target(
             "bulk submit (create_agent_tasks, 500 per call)",
             ">= 1000 tasks/s",
@@ -138,6 +139,31 @@ def evaluate_targets(runs: dict[str, RunResult], bulk: BulkSubmitResult | None, 
             operator.ge,
             1000,
         ),
+    ]
+
+
+def _kind_targets(runs: dict[str, RunResult]) -> list[Target]:
+    """Issue 20's kinds at text speed: a structured kind at 0.9 of text's throughput, the tool-using one at 150
+    tasks/s, that is 10 ms of worker CPU per task."""
+    text, api = runs.get("kind-text"), runs.get("kind-api")
+    targets = [
+        _target(
+            f"{kind} kind / text kind, throughput at 1000 ms",
+            ">= 0.9",
+            _ratio(runs.get(f"kind-{kind}"), text, "tasks_per_second"),
+            operator.ge,
+            0.9,
+            runs.get(f"kind-{kind}"),
+            text,
+        )
+        for kind in ("decision", "data")
+    ]
+    return [
+        *targets,
+        _target(
+            "api kind throughput at 1000 ms", ">= 150 tasks/s", _figure(api, "tasks_per_second"), operator.ge, 150, api
+        ),
+        _target("api kind worker CPU per task", "<= 10 ms", _figure(api, "cpu_ms_per_task"), operator.le, 10, api),
     ]
 
 

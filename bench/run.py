@@ -268,10 +268,11 @@ def build_plans(ours: Settings, sizes: Sizes, *, otlp_url: str, tool_url: str) -
         for mode in ("fifo", "fair")
     ]
     # The kinds side by side, in one group so that they share the machine's state: a text task (one call), a
-    # decision (one call, structured output validated) and a tool-using task (three turns, two tool calls).
+    # decision and a data task (one call each, structured output validated) and a tool-using task (three turns,
+    # two tool calls).
     plans += [
         RunPlan(f"kind-{kind}", "kinds", OURS_COMMAND, pool, concurrency, 1000, sizes.kinds, kind=kind)
-        for kind in ("text", "decision", "api")
+        for kind in ("text", "decision", "data", "api")
     ]
     # Tracing's cost per task: the same run off and on (every span exported to a loopback receiver), at 0 ms so
     # that nothing hides it; the submitting app traces too.

@@ -12,17 +12,17 @@ from typing import Any
 from agent_service.config import Settings
 from agent_service.tools.addresses import Resolver, system_resolver
 from agent_service.tools.definitions import ToolDefinition
-from agent_service.tools.http import ToolOutcome, call_tool
+from agent_service.tools.http import Connections, ToolOutcome, call_tool
 
 
 class ToolCaller:
     """Runs tool calls with `tools.http.call_tool` on an event loop thread of this process, started on first
-    use (so after any fork)."""
+    use (so after any fork), their connections kept alive between calls (`tools.http.Connections`)."""
 
     def __init__(self, settings: Settings, *, resolver: Resolver = system_resolver) -> None:
         self._settings, self._resolver = settings, resolver
         self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._running: tuple[asyncio.AbstractEventLoop, Connections] | None = None  # the loop, its connections
 
     def submit(
         self,
@@ -33,6 +33,7 @@ class ToolCaller:
         idempotency_key: str | None,
     ) -> Future[ToolOutcome]:
         """Start one call; its future ends with the outcome (a tool's own failures are outcomes too)."""
+        loop, connections = self._running_loop()
         call = call_tool(
             tool,
             arguments,
@@ -40,19 +41,23 @@ class ToolCaller:
             allowed_hosts=allowed_hosts,
             resolver=self._resolver,
             idempotency_key=idempotency_key,
+            connections=connections,
         )
-        return asyncio.run_coroutine_threadsafe(call, self._running_loop())
+        return asyncio.run_coroutine_threadsafe(call, loop)
 
     def close(self) -> None:
-        """Stop the loop; calls under way are abandoned."""
+        """Close the kept-alive connections and stop the loop; calls under way are abandoned."""
         with self._lock:
-            loop, self._loop = self._loop, None
-        if loop is not None:
-            loop.call_soon_threadsafe(loop.stop)
+            running, self._running = self._running, None
+        if running is not None:
+            loop, connections = running
+            closed = asyncio.run_coroutine_threadsafe(connections.aclose(), loop)
+            closed.add_done_callback(lambda _: loop.call_soon_threadsafe(loop.stop))
 
-    def _running_loop(self) -> asyncio.AbstractEventLoop:
+    def _running_loop(self) -> tuple[asyncio.AbstractEventLoop, Connections]:
         with self._lock:
-            if self._loop is None:
-                self._loop = asyncio.new_event_loop()
-                threading.Thread(target=self._loop.run_forever, name="tool-loop", daemon=True).start()
-            return self._loop
+            if self._running is None:
+                loop = asyncio.new_event_loop()
+                self._running = loop, Connections()
+                threading.Thread(target=loop.run_forever, name="tool-loop", daemon=True).start()
+            return self._running

@@ -7,8 +7,9 @@ before anything is sent: the first request's host against the agent's allowlist,
 (scheme, host, port) against the tool's own or one the allowlist names (`tools.allowlist.origin_allowed`),
 then every address the host resolves to (`tools.addresses`). The connection goes to a checked address
 itself: the URL carries the IP, the `Host` header the name, and for https the TLS server name (SNI) and
-certificate check use the name (httpcore's `sni_hostname` extension). Each hop has a client of its own, so
-no pooled connection opened for one name ever carries a request for another.
+certificate check use the name (httpcore's `sni_hostname` extension). Connections are kept alive between
+calls (`Connections`), in one client per host name, so no pooled connection opened for one name ever carries
+a request for another.
 
 A tool's own failures (bad arguments, refusals, timeouts, lost connections, unknown secrets) are outcomes,
 never exceptions: the model sees them as the tool's result. Secret header values never appear in an
@@ -22,7 +23,9 @@ import json
 import logging
 import ssl
 import time
-from collections.abc import Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -40,6 +43,8 @@ logger = logging.getLogger("agent_service.tools")
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 REDACTED = "[redacted]"
+KEPT_HOSTS = 64  # host names whose idle connections are kept, per event loop
+KEPT_PER_HOST = 256  # idle connections kept per host name
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +85,57 @@ class _Guard:
     settings: Settings
     allowed_hosts: Sequence[str]
     resolver: Resolver
-    timeout: float
+    connections: Connections
+
+
+class Connections:
+    """The kept-alive connections of the tool calls on one event loop. A call takes a client of the host name it
+    is sent to that no other call is using (a new one when none is idle) and gives it back after, with its one
+    connection open: a connection, and the TLS session on it, only ever carries requests for the name it was
+    opened for. A client has a single connection, as one shared pool per host makes httpcore rescan every
+    queued request on each change, seconds of CPU with hundreds of calls at once. Up to `per_host` idle
+    clients are kept for each of the `hosts` most recently used names; the rest are closed."""
+
+    def __init__(self, *, hosts: int = KEPT_HOSTS, per_host: int = KEPT_PER_HOST) -> None:
+        self._hosts, self._per_host = hosts, per_host
+        self._idle: OrderedDict[str, list[httpx.AsyncClient]] = OrderedDict()  # least recently used first
+
+    @asynccontextmanager
+    async def client(self, name: str) -> AsyncIterator[httpx.AsyncClient]:
+        """A client for requests to host `name`, this call's alone until the block ends. Each call is bounded
+        by `call_tool`'s timeout, so the client sets none of its own."""
+        idle = self._idle.pop(name, [])
+        self._idle[name] = idle
+        client = idle.pop() if idle else _one_connection_client()
+        try:
+            yield client
+        except BaseException:
+            await client.aclose()  # its connection may be left in any state
+            raise
+        await self._keep(name, client)
+
+    async def aclose(self) -> None:
+        """Close every idle connection."""
+        idle, self._idle = self._idle, OrderedDict()
+        for clients in idle.values():
+            for client in clients:
+                await client.aclose()
+
+    async def _keep(self, name: str, client: httpx.AsyncClient) -> None:
+        idle = self._idle.setdefault(name, [])
+        if len(idle) >= self._per_host:
+            await client.aclose()
+        else:
+            idle.append(client)
+        while len(self._idle) > self._hosts:
+            _, clients = self._idle.popitem(last=False)
+            for evicted in clients:
+                await evicted.aclose()
+
+
+def _one_connection_client() -> httpx.AsyncClient:
+    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+    return httpx.AsyncClient(verify=tls_context(), trust_env=False, timeout=None, limits=limits)
 
 
 class _CallFailed(Exception):  # noqa: N818  (internal: always turned into an outcome, never raised to a caller)
@@ -95,15 +150,31 @@ async def call_tool(
     allowed_hosts: Sequence[str],
     resolver: Resolver = system_resolver,
     idempotency_key: str | None = None,
+    connections: Connections | None = None,
 ) -> ToolOutcome:
     """Call `tool` with the model's `arguments`, following up to TOOL_MAX_REDIRECTS redirects, within
     `tool.timeout_seconds` (else TOOL_TIMEOUT_SECONDS) for the whole call. `allowed_hosts` are the agent's
-    (normalised, `tools.allowlist.parse_allowed_hosts`); `idempotency_key` is sent as `Idempotency-Key`.
+    (normalised, `tools.allowlist.parse_allowed_hosts`); `idempotency_key` is sent as `Idempotency-Key`;
+    `connections` are this loop's kept-alive ones (None: the call opens its own and closes them).
     Never raises for the tool's own problems: see ToolOutcome."""
+    if connections is None:
+        own = Connections()
+        try:
+            return await call_tool(
+                tool,
+                arguments,
+                settings=settings,
+                allowed_hosts=allowed_hosts,
+                resolver=resolver,
+                idempotency_key=idempotency_key,
+                connections=own,
+            )
+        finally:
+            await own.aclose()
     started = time.perf_counter()
     secrets = [secret.get_secret_value() for name in tool.secret_names if (secret := settings.tool_secrets.get(name))]
     timeout = tool.timeout_seconds or settings.tool_timeout_seconds
-    guard = _Guard(settings=settings, allowed_hosts=allowed_hosts, resolver=resolver, timeout=timeout)
+    guard = _Guard(settings=settings, allowed_hosts=allowed_hosts, resolver=resolver, connections=connections)
     status, body, truncated, error = None, "", False, None
     try:
         hop = _first_hop(tool, arguments, settings=settings, idempotency_key=idempotency_key)
@@ -242,7 +313,7 @@ async def _checked_addresses(host: str, port: int, guard: _Guard) -> list[IPAddr
 
 async def _send_to(hop: _Hop, address: IPAddress, guard: _Guard) -> _Hop | tuple[int, str, bool]:
     """Send `hop` over a connection to `address`, keeping the name for the Host header and TLS."""
-    async with httpx.AsyncClient(verify=tls_context(), trust_env=False, timeout=guard.timeout) as client:
+    async with guard.connections.client(_host(hop.url)) as client:
         request = request_to_address(client, hop.method, hop.url, address, headers=hop.headers, content=hop.content)
         response = await client.send(request, stream=True)
         try:
