@@ -20,6 +20,7 @@ from agent_service.devtools.tool_server import weather_tool
 from agent_service.models import Agent
 from agent_service.store.schema import init_db
 from agent_service.worker import AgentServiceCelery, create_celery_app
+from bench.mixed import ORDER_SCHEMA
 
 PG_ROOT = "postgresql+psycopg2://postgres@127.0.0.1:5432"
 # Each overridable, so that two benches can run side by side (each on a Redis and a database of its own).
@@ -133,7 +134,8 @@ def truncate_tasks(app: AgentServiceCelery) -> None:
 
 
 def _create_agents(app: AgentServiceCelery, *, tool_url: str) -> dict[str, str]:
-    """One agent per kind the bench runs, by kind: the text agent, a decision agent, a tool-using agent, and
+    """One agent per kind the bench runs, by kind: the text agent, a decision agent, a data agent (orders out of
+    e-mails), a tool-using agent, and
     (`dead-letter`) a text agent whose every call the server refuses (400), so each of its tasks fails at once."""
     common = {"model": BENCH_MODEL, "temperature": 0.2, "max_tokens": 200}
     echo = {
@@ -151,6 +153,13 @@ def _create_agents(app: AgentServiceCelery, *, tool_url: str) -> dict[str, str]:
             prompt="You triage requests.",
             kind="decision",
             settings={"choices": ["approve", "escalate", "reject"]},
+            **common,
+        ),
+        "data": Agent(
+            name="bench-data-agent",
+            prompt="You extract orders from customer e-mails.",
+            kind="data",
+            output_schema=ORDER_SCHEMA,
             **common,
         ),
         "api": Agent(
