@@ -19,6 +19,7 @@ FOLLOWER_TTL_SECONDS = 15
 # How long one blocking read waits at most (shorter when the client's socket timeout is: `_longest_wait`): the
 # mark is refreshed, and the task's end asked, this often when idle.
 POLL_SECONDS = 5.0
+REDIS_PY_SOCKET_TIMEOUT = 5.0  # redis-py's own default, for a client whose pool names none (one made from a URL)
 _READ_COUNT = 500  # events per read
 _NOTHING_YET = "0-0"  # the id of the snapshot's events when the stream held none of them
 
@@ -118,8 +119,8 @@ def _read(redis: Redis, stream: str, after: str, *, wait: bool, deadline: float 
 
 def _longest_wait(redis: Redis) -> float:
     """`POLL_SECONDS`, or half the client's socket timeout when that is shorter: the client gives up on a reply
-    after its socket timeout (redis-py 8 defaults it to 5 s), so a read blocked as long raised TimeoutError."""
-    timeout = redis.connection_pool.connection_kwargs.get("socket_timeout")
+    after its socket timeout, so a read blocked as long raised TimeoutError."""
+    timeout = redis.connection_pool.connection_kwargs.get("socket_timeout", REDIS_PY_SOCKET_TIMEOUT)
     return POLL_SECONDS if timeout is None else min(POLL_SECONDS, timeout / 2)
 
 
