@@ -327,8 +327,15 @@ def build_plans(ours: Settings, sizes: Sizes, *, otlp_url: str, tool_url: str) -
     ]
     # Everything at once (issue 20, target 4): the mix of kinds with followers, groups, fair dispatch, every control
     # at generous limits and metrics on, beside plain text and beside the same mix with all of that off (what the
-    # mix costs apart from what the rest costs).
-    everything = (*EVERY_CONTROL_GENEROUS, ("dispatch_mode", "fair"), ("metrics_port", _free_port()))
+    # mix costs apart from what the rest costs). Fair dispatch keeps as many tasks in flight as the worker's pool
+    # holds: its default target (160) is about what a worker completes per second, and a tool-using task stays in
+    # flight for three turns, so the default binds here (see docs/performance.md#everything-at-once).
+    everything = (
+        *EVERY_CONTROL_GENEROUS,
+        ("dispatch_mode", "fair"),
+        ("dispatch_target_in_flight", concurrency),
+        ("metrics_port", _free_port()),
+    )
     plans += [
         RunPlan("mixed-text", "mixed", OURS_COMMAND, pool, concurrency, 1000, sizes.mixed),
         RunPlan(
