@@ -206,12 +206,10 @@ def print_report(
     brokers = [run for run in runs if run.config == "brokers"]
     if brokers:
         console.print(brokers_line(brokers))
+    mixed = [run for run in runs if run.config == "mixed"]
+    if mixed:
+        console.print(mixed_line(mixed))
     for run in runs:
-        if run.followed_tasks is not None:
-            console.print(
-                f"{run.name}: {run.followed_tasks} tasks followed live, {run.followers_streamed} of them streamed "
-                f"tokens, {run.followers_ended} followers saw the task end"
-            )
         if run.memory_trends:
             console.print(f"{run.name}: {soak_line(run)}")
     console.print("ratios: " + ", ".join(f"{name} = {_fmt(value, '.2f')}" for name, value in ratio.items()))
@@ -246,6 +244,23 @@ def brokers_line(runs: list[RunResult]) -> str:
         for run in runs
     ]
     return "brokers: " + "; ".join(parts)
+
+
+def mixed_line(runs: list[RunResult]) -> str:
+    """The mixed runs side by side: throughput, CPU per task (the worker's main process's share), followers."""
+    parts = []
+    for run in runs:
+        part = (
+            f"{run.name}: {_fmt(run.tasks_per_second, ',.1f')} tasks/s, {_fmt(run.cpu_ms_per_task, '.2f')} ms CPU "
+            f"per task ({_fmt(run.root_cpu_ms_per_task, '.2f')} in the worker's main process)"
+        )
+        if run.followed_tasks:
+            part += (
+                f", {run.followed_tasks} followed live ({run.followers_streamed} streamed tokens, "
+                f"{run.followers_ended} saw the end)"
+            )
+        parts.append(part)
+    return "mixed: " + "; ".join(parts)
 
 
 def soak_line(run: RunResult) -> str:

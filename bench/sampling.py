@@ -42,12 +42,13 @@ class WorkerSampler:
         # (time.monotonic(), each process's RSS in MB by name) per sample
         self.timeline: list[tuple[float, dict[str, float]]] = []
         self.cpu_seconds = 0.0
+        self.root_cpu_seconds = 0.0  # the root process's own share of `cpu_seconds` (the rest: its children's)
         self.box_cpu_percent = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample_until_stopped, daemon=True)
 
     def __enter__(self) -> WorkerSampler:
-        self._cpu_at_start = tree_cpu_seconds(self.root)
+        self._cpu_at_start, self._root_cpu_at_start = tree_cpu_seconds(self.root), _own_cpu_seconds(self.root)
         psutil.cpu_percent()  # starts the machine-wide busy counter
         self._thread.start()
         return self
@@ -57,6 +58,7 @@ class WorkerSampler:
         self._thread.join()
         self._sample_memory()
         self.cpu_seconds = tree_cpu_seconds(self.root) - self._cpu_at_start
+        self.root_cpu_seconds = _own_cpu_seconds(self.root) - self._root_cpu_at_start
         self.box_cpu_percent = psutil.cpu_percent()
 
     def _sample_until_stopped(self) -> None:
@@ -74,6 +76,11 @@ class WorkerSampler:
         self.peak_pss_mb = max(self.peak_pss_mb, sum(size.pss for size in sizes) / MB)
         self.peak_process_rss_mb = max(self.peak_process_rss_mb, max((size.rss for size in sizes), default=0) / MB)
         self.peak_processes = max(self.peak_processes, len(sizes))
+
+
+def _own_cpu_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
 
 
 def _cpu_of(processes: list[psutil.Process]) -> float:

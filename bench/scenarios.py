@@ -109,6 +109,7 @@ class RunResult:
     latency_p95_s: float | None = None
     latency_p99_s: float | None = None
     cpu_ms_per_task: float | None = None
+    root_cpu_ms_per_task: float | None = None  # the worker's main process alone (ours: the rest is its LLM process)
     peak_rss_mb: float | None = None
     peak_pss_mb: float | None = None
     peak_process_rss_mb: float | None = None
@@ -333,6 +334,7 @@ def _fill_figures(result: RunResult, completions: Completions, sampler: WorkerSa
     if not completions.finished:
         return
     result.cpu_ms_per_task = sampler.cpu_seconds * 1000 / result.completed
+    result.root_cpu_ms_per_task = sampler.root_cpu_seconds * 1000 / result.completed
     result.wall_seconds = max(completions.finished) - min(completions.enqueued)
     result.tasks_per_second = result.completed / result.wall_seconds
     result.latency_p50_s, result.latency_p95_s, result.latency_p99_s = _latency_percentiles(completions)
