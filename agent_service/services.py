@@ -47,7 +47,7 @@ class Services:
         Raises: ConfigurationError when no REDIS_URL is set (the embedded set-up has no Redis)."""
         if not self.settings.redis_url:
             raise ConfigurationError("REDIS_URL is required for the admission controls that are switched on")
-        return redis.Redis.from_url(self.settings.redis_url)
+        return redis.Redis.from_url(self.settings.redis_url, max_connections=self.settings.redis_pool_size)
 
     @cached_property
     def prices(self) -> PriceBook:

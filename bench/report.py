@@ -18,9 +18,11 @@ from rich.table import Table
 
 from bench.http_api import HttpSubmitResult
 from bench.scenarios import BulkSubmitResult, RunResult
+from bench.soak import ALL
 
 LATENCIES_MS = (0, 1000)
 DISTURBED_CPU_PERCENT = 25  # of one core, used by processes that are not the bench's
+NOT_OURS = ("floor", "baseline")  # the names of the runs of other workers begin so
 
 
 @dataclass(frozen=True)
@@ -33,7 +35,8 @@ class Target:
 
 
 def ratios(runs: dict[str, RunResult]) -> dict[str, float | None]:
-    """ours / baseline throughput and CPU per task, at each latency; tracing on / off, at 0 ms."""
+    """ours / baseline throughput and CPU per task, at each latency; tracing on / off, at 0 ms; the mixed runs
+    against plain text and against each other."""
     figures = {}
     for latency in LATENCIES_MS:
         ours, baseline = runs.get(f"ours-{latency}ms"), runs.get(f"baseline-{latency}ms")
@@ -42,6 +45,11 @@ def ratios(runs: dict[str, RunResult]) -> dict[str, float | None]:
     traced, untraced = runs.get("tracing-on-0ms"), runs.get("tracing-off-0ms")
     figures["cpu_tracing_on_over_off_0ms"] = _ratio(traced, untraced, "cpu_ms_per_task")
     figures["throughput_tracing_on_over_off_0ms"] = _ratio(traced, untraced, "tasks_per_second")
+    text, everything, bare = runs.get("mixed-text"), runs.get("mixed-everything"), runs.get("mixed-bare")
+    for name, top, bottom in (("everything_over_text", everything, text), ("bare_over_text", bare, text)):
+        figures[f"throughput_mixed_{name}_1000ms"] = _ratio(top, bottom, "tasks_per_second")
+    figures["throughput_mixed_everything_over_bare_1000ms"] = _ratio(everything, bare, "tasks_per_second")
+    figures["cpu_mixed_everything_over_bare_1000ms"] = _ratio(everything, bare, "cpu_ms_per_task")
     return figures
 
 
@@ -74,9 +82,41 @@ def _light_targets(ours: RunResult | None, floor: RunResult | None) -> list[Targ
             ours,
         )
         floor_ms = _figure(floor, name)
-        floor_note = f"floor's no-op {floor_ms * 1000:.1f} ms" if floor_ms is not None else ""
-        targets.append(replace(target, note="; ".join(note for note in (target.note, floor_note) if note)))
+        targets.append(_noted(target, f"floor's no-op {floor_ms * 1000:.1f} ms" if floor_ms is not None else ""))
     return targets
+
+
+def _memory_targets(runs: dict[str, RunResult]) -> list[Target]:
+    """Every process of ours' worker under 300 MB in every run (the floor's and the baseline's are not ours), and
+    the soak's memory flat: the sum over its processes grows by less than 5% from its steady start to its end."""
+    ours = [run for run in runs.values() if not run.name.startswith(NOT_OURS) and run.peak_process_rss_mb]
+    largest = max(ours, key=lambda run: run.peak_process_rss_mb or 0, default=None)
+    soak = runs.get("soak")
+    trend = (soak.memory_trends or {}).get(ALL) if soak else None
+    return [
+        _noted(
+            _target(
+                "every process of ours' worker, any run: peak RSS",
+                "< 300 MB",
+                _figure(largest, "peak_process_rss_mb"),
+                operator.lt,
+                300,
+                *ours,
+            ),
+            f"{largest.name}: {_by_process(largest)}" if largest else "",
+        ),
+        _noted(
+            _target(
+                "soak: RSS of the worker's processes, growth over the steady part",
+                "< 5 %",
+                trend and trend.growth * 100,
+                operator.lt,
+                5,
+                soak,
+            ),
+            soak_line(soak) if soak else "",
+        ),
+    ]
 
 
 def evaluate_targets(runs: dict[str, RunResult], bulk: BulkSubmitResult | None, ratio: dict) -> list[Target]:
@@ -129,6 +169,16 @@ def evaluate_targets(runs: dict[str, RunResult], bulk: BulkSubmitResult | None, 
             runs.get("fair-share-fair"),
         ),
         _target("ours RSS, all worker processes together (peak)", "< 300 MB", peak_rss, operator.lt, 300, *ours_runs),
+        *_memory_targets(runs),
+        _target(
+            "mixed load, everything on / plain text, throughput at 1000 ms",
+            ">= 0.9",
+            ratio["throughput_mixed_everything_over_text_1000ms"],
+            operator.ge,
+            0.9,
+            runs.get("mixed-everything"),
+            runs.get("mixed-text"),
+        ),
         *_rate_targets("rate-limited", runs.get("ours-rate-limited"), at_least=0.9),
         *_rate_targets("rate-limited, 3 workers, busy host", runs.get(RATE_LIMITED_BUSY), at_least=0.95),
         *_kind_targets(runs),
@@ -182,6 +232,12 @@ def print_report(
     brokers = [run for run in runs if run.config == "brokers"]
     if brokers:
         console.print(brokers_line(brokers))
+    mixed = [run for run in runs if run.config == "mixed"]
+    if mixed:
+        console.print(mixed_line(mixed))
+    for run in runs:
+        if run.memory_trends:
+            console.print(f"{run.name}: {soak_line(run)}")
     console.print("ratios: " + ", ".join(f"{name} = {_fmt(value, '.2f')}" for name, value in ratio.items()))
     for run in runs:
         if run.configured_rpm is not None:
@@ -214,6 +270,37 @@ def brokers_line(runs: list[RunResult]) -> str:
         for run in runs
     ]
     return "brokers: " + "; ".join(parts)
+
+
+def mixed_line(runs: list[RunResult]) -> str:
+    """The mixed runs side by side: throughput, CPU per task (the worker's main process's share), followers."""
+    parts = []
+    for run in runs:
+        part = (
+            f"{run.name}: {_fmt(run.tasks_per_second, ',.1f')} tasks/s, {_fmt(run.cpu_ms_per_task, '.2f')} ms CPU "
+            f"per task ({_fmt(run.root_cpu_ms_per_task, '.2f')} in the worker's main process)"
+        )
+        if run.followed_tasks:
+            part += (
+                f", {run.followed_tasks} followed live ({run.followers_streamed} streamed tokens, "
+                f"{run.followers_ended} saw the end)"
+            )
+        parts.append(part)
+    return "mixed: " + "; ".join(parts)
+
+
+def soak_line(run: RunResult) -> str:
+    """A soak's RSS (MB) at its steady start, peak, end, growth and slope per 1000 tasks: all its processes
+    together, then each."""
+    return "; ".join(
+        f"{name} {trend.start_mb:.0f} -> peak {trend.peak_mb:.0f} -> {trend.end_mb:.0f} MB "
+        f"({trend.growth * 100:+.1f} %, {trend.slope_mb_per_1000_tasks:+.2f} MB/1000 tasks)"
+        for name, trend in (run.memory_trends or {}).items()
+    )
+
+
+def _by_process(run: RunResult) -> str:
+    return ", ".join(f"{name} {mb:.0f}" for name, mb in run.peak_rss_by_process_mb.items()) + " MB"
 
 
 def _latencies(run: RunResult) -> str:
@@ -331,6 +418,11 @@ def _target(
     if unfinished:
         return Target(name, goal, measured, False, f"run did not finish: {', '.join(unfinished)}")
     return Target(name, goal, measured, bool(compare(measured, limit)))
+
+
+def _noted(target: Target, note: str) -> Target:
+    """`target` with `note` after its own."""
+    return replace(target, note="; ".join(text for text in (target.note, note) if text))
 
 
 def _figure(run: RunResult | None, name: str) -> float | None:

@@ -4,7 +4,8 @@ CPU is exact rather than sampled: the root's own user+sys, plus `children_user/c
 kernel adds every reaped child there, so pool children recycled by max-tasks-per-child still count),
 plus the live descendants' user+sys, read before and after the run. Memory has no such total, so the
 tree is sampled every 0.5 s and the largest sums are kept: RSS (counts pages forked children share
-once per process) and PSS (divides shared pages among their sharers), and the largest process' RSS.
+once per process) and PSS (divides shared pages among their sharers), and the largest process' RSS; each
+process's own RSS is kept too, by name (the worker, its LLM process, ...), peak and over time.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from typing import Any
 
 import psutil
 import redis
@@ -36,13 +38,17 @@ class WorkerSampler:
         self.peak_pss_mb = 0.0
         self.peak_process_rss_mb = 0.0
         self.peak_processes = 0
+        self.peak_rss_by_process_mb: dict[str, float] = {}
+        # (time.monotonic(), each process's RSS in MB by name) per sample
+        self.timeline: list[tuple[float, dict[str, float]]] = []
         self.cpu_seconds = 0.0
+        self.root_cpu_seconds = 0.0  # the root process's own share of `cpu_seconds` (the rest: its children's)
         self.box_cpu_percent = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample_until_stopped, daemon=True)
 
     def __enter__(self) -> WorkerSampler:
-        self._cpu_at_start = tree_cpu_seconds(self.root)
+        self._cpu_at_start, self._root_cpu_at_start = tree_cpu_seconds(self.root), _own_cpu_seconds(self.root)
         psutil.cpu_percent()  # starts the machine-wide busy counter
         self._thread.start()
         return self
@@ -52,6 +58,7 @@ class WorkerSampler:
         self._thread.join()
         self._sample_memory()
         self.cpu_seconds = tree_cpu_seconds(self.root) - self._cpu_at_start
+        self.root_cpu_seconds = _own_cpu_seconds(self.root) - self._root_cpu_at_start
         self.box_cpu_percent = psutil.cpu_percent()
 
     def _sample_until_stopped(self) -> None:
@@ -59,11 +66,21 @@ class WorkerSampler:
             self._sample_memory()
 
     def _sample_memory(self) -> None:
-        sizes = _memory_of([self.root, *self.root.children(recursive=True)])
+        named = _memory_of([self.root, *self.root.children(recursive=True)], root=self.root)
+        sizes = list(named.values())
+        by_process = {name: size.rss / MB for name, size in named.items()}
+        self.timeline.append((time.monotonic(), by_process))
+        for name, rss in by_process.items():
+            self.peak_rss_by_process_mb[name] = max(self.peak_rss_by_process_mb.get(name, 0.0), rss)
         self.peak_rss_mb = max(self.peak_rss_mb, sum(size.rss for size in sizes) / MB)
         self.peak_pss_mb = max(self.peak_pss_mb, sum(size.pss for size in sizes) / MB)
         self.peak_process_rss_mb = max(self.peak_process_rss_mb, max((size.rss for size in sizes), default=0) / MB)
         self.peak_processes = max(self.peak_processes, len(sizes))
+
+
+def _own_cpu_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
 
 
 def _cpu_of(processes: list[psutil.Process]) -> float:
@@ -77,14 +94,21 @@ def _cpu_of(processes: list[psutil.Process]) -> float:
     return total
 
 
-def _memory_of(processes: list[psutil.Process]) -> list:
-    sizes = []
+def _memory_of(processes: list[psutil.Process], *, root: psutil.Process) -> dict[str, Any]:
+    """Each live process's memory by its name: "worker" for `root`, else the module it runs (`-m NAME`) or its
+    executable's name, with its pid when another process has that name already (prefork's children)."""
+    sizes = {}
     for process in processes:
         try:
-            sizes.append(process.memory_full_info())
+            name = "worker" if process.pid == root.pid else _process_name(process.cmdline()) or process.name()
+            sizes[name if name not in sizes else f"{name} {process.pid}"] = process.memory_full_info()
         except psutil.NoSuchProcess:
             continue
     return sizes
+
+
+def _process_name(cmdline: list[str]) -> str | None:
+    return cmdline[cmdline.index("-m") + 1] if "-m" in cmdline[:-1] else None
 
 
 SHARED_SERVICES = ("postgres", "redis-server")

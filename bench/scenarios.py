@@ -10,7 +10,7 @@ import statistics
 import sys
 import time
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,9 @@ from agent_service.worker import AgentServiceCelery, create_celery_app
 from bench.environment import BENCH_MODEL, BENCH_REDIS, IDLE_REDIS, BenchEnvironment, truncate_tasks
 from bench.floor import create_floor_app
 from bench.loads import AgentTaskLoad, Completions, NoopLoad
+from bench.mixed import Mix, MixedLoad
 from bench.sampling import ForeignLoad, QueuePeak, WorkerSampler
+from bench.soak import MemoryTrend, memory_trends
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 REDIS, RABBITMQ = "redis", "rabbitmq"
@@ -78,6 +80,9 @@ class RunPlan:
     workers: int = 1  # worker processes sharing the run (the figures of CPU and memory are the first one's)
     busy: bool = False  # one core kept spinning for the run, as on a loaded host
     broker: str = REDIS  # or RABBITMQ: a vhost of its own, results and shared controls still on Redis
+    mix: Mix | None = None  # tasks of every kind, several users, some grouped or followed (`kind` unused)
+    memory_trend: bool = False  # each process's RSS read against the tasks done (a soak)
+    budget_seconds: float | None = None  # how long the run may take (None: the bench's budget for one run)
 
 
 @dataclass
@@ -104,6 +109,7 @@ class RunResult:
     latency_p95_s: float | None = None
     latency_p99_s: float | None = None
     cpu_ms_per_task: float | None = None
+    root_cpu_ms_per_task: float | None = None  # the worker's main process alone (ours: the rest is its LLM process)
     peak_rss_mb: float | None = None
     peak_pss_mb: float | None = None
     peak_process_rss_mb: float | None = None
@@ -117,6 +123,11 @@ class RunResult:
     llm_429s: int | None = None  # answered by the server because a request was over its enforced limits
     peak_queue_length: int | None = None  # messages waiting in the broker's agent-task queue (sampled, Redis)
     broker: str = REDIS
+    peak_rss_by_process_mb: dict[str, float] = field(default_factory=dict)  # each process's own peak, by name
+    followed_tasks: int | None = None  # a mixed run's followers (`mixed.FollowerFigures`)
+    followers_streamed: int | None = None
+    followers_ended: int | None = None
+    memory_trends: dict[str, MemoryTrend] | None = None  # by process name, and "all" for their sum
 
 
 def celery_command(
@@ -179,10 +190,20 @@ def _execute(plan: RunPlan, env: BenchEnvironment, *, budget_seconds: float, sta
                     submit_in_chunks(
                         AgentTaskLoad(app, agent_id=env.agent_id, user_id="backlog"), first=0, count=plan.backlog
                     )
+                progress = [(time.monotonic(), 0)]
                 result.offered_rate = _submit(load, plan)
                 result.status = _wait_for_completion(
-                    load, worker, expected=plan.backlog + plan.tasks, budget=budget_seconds, stall=stall_seconds
+                    load,
+                    worker,
+                    expected=plan.backlog + plan.tasks,
+                    budget=plan.budget_seconds or budget_seconds,
+                    stall=stall_seconds,
+                    progress=progress,
                 )
+                if isinstance(load, MixedLoad):
+                    followers = load.follower_figures()
+                    result.followed_tasks, result.followers_ended = followers.followed, followers.ended
+                    result.followers_streamed = followers.streamed
     except (RunBrokenError, RuntimeError) as exc:
         result.status, result.error = "broken", str(exc)
         return result
@@ -190,6 +211,8 @@ def _execute(plan: RunPlan, env: BenchEnvironment, *, budget_seconds: float, sta
         if app is not env.app:
             app.services.engine.dispose()
     _fill_figures(result, load.completions(), sampler)
+    if plan.memory_trend:
+        result.memory_trends = memory_trends(sampler.timeline, progress, tasks=plan.tasks)
     if plan.backlog and isinstance(load, AgentTaskLoad):
         own = load.completions(own_only=True)
         result.latency_p50_s, result.latency_p95_s, result.latency_p99_s = _latency_percentiles(own)
@@ -248,6 +271,8 @@ def _warm_up(load: AgentTaskLoad | NoopLoad, worker, env: BenchEnvironment, plan
 def _load_for(plan: RunPlan, env: BenchEnvironment, app: AgentServiceCelery) -> AgentTaskLoad | NoopLoad:
     if plan.floor:
         return NoopLoad(create_floor_app(env.settings), redis_url=BENCH_REDIS)
+    if plan.mix:
+        return MixedLoad(app, agents=env.agents, mix=plan.mix)
     ends_as = TaskStatus.FAILED if plan.kind == DEAD_LETTER else TaskStatus.COMPLETED
     return AgentTaskLoad(app, agent_id=env.agents[plan.kind], ends_as=ends_as)
 
@@ -273,8 +298,11 @@ def submit_in_chunks(load: AgentTaskLoad | NoopLoad, *, first: int, count: int) 
         load.submit(start, min(SUBMIT_CHUNK, first + count - start))
 
 
-def _wait_for_completion(load, worker, *, expected: int, budget: float, stall: float) -> str:
-    """Poll until `expected` tasks are done: "ok", or "partial" when the budget ran out first.
+def _wait_for_completion(
+    load, worker, *, expected: int, budget: float, stall: float, progress: list[tuple[float, int]] | None = None
+) -> str:
+    """Poll until `expected` tasks are done: "ok", or "partial" when the budget ran out first. Each poll's
+    (time.monotonic(), tasks done) is appended to `progress` when given.
 
     Raises: RunBrokenError when the worker exits or nothing finishes for `stall` seconds.
     """
@@ -283,6 +311,8 @@ def _wait_for_completion(load, worker, *, expected: int, budget: float, stall: f
     while done < expected:
         time.sleep(POLL_SECONDS)
         now, count = time.monotonic(), load.finished_count()
+        if progress is not None:
+            progress.append((now, count))
         if count > done:
             done, last_progress = count, now
         if worker.poll() is not None:
@@ -299,10 +329,12 @@ def _fill_figures(result: RunResult, completions: Completions, sampler: WorkerSa
     result.not_exactly_once = completions.not_exactly_once
     result.peak_rss_mb, result.peak_pss_mb = sampler.peak_rss_mb, sampler.peak_pss_mb
     result.peak_process_rss_mb = sampler.peak_process_rss_mb
+    result.peak_rss_by_process_mb = {name: round(mb, 1) for name, mb in sampler.peak_rss_by_process_mb.items()}
     result.worker_processes, result.box_cpu_percent = sampler.peak_processes, sampler.box_cpu_percent
     if not completions.finished:
         return
     result.cpu_ms_per_task = sampler.cpu_seconds * 1000 / result.completed
+    result.root_cpu_ms_per_task = sampler.root_cpu_seconds * 1000 / result.completed
     result.wall_seconds = max(completions.finished) - min(completions.enqueued)
     result.tasks_per_second = result.completed / result.wall_seconds
     result.latency_p50_s, result.latency_p95_s, result.latency_p99_s = _latency_percentiles(completions)

@@ -7,6 +7,7 @@ from pydantic import BaseModel, Field
 from agent_service.config.database import LOCAL_DATA_DIR
 
 RABBITMQ_SCHEMES = ("amqp", "amqps", "pyamqp")
+REDIS_SCHEMES = ("redis", "rediss")
 
 
 class BrokerSettings(BaseModel):
@@ -45,6 +46,10 @@ class BrokerSettings(BaseModel):
     def broker_is_rabbitmq(self) -> bool:
         """Whether the broker is RabbitMQ (amqp://, amqps://, pyamqp://): its queues are then quorum queues."""
         return self.broker_url.split("://", 1)[0] in RABBITMQ_SCHEMES
+
+    @property
+    def result_backend_is_redis(self) -> bool:
+        return self.result_backend.split("://", 1)[0] in REDIS_SCHEMES
 
     @property
     def result_backend(self) -> str:

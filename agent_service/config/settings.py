@@ -42,6 +42,7 @@ from agent_service.errors import ConfigurationError
 # so that no password sits in an environment `docker inspect` shows. The environment and `.env` win over them.
 # Elsewhere the folder does not exist, and pydantic-settings is not given it (it would warn at every start).
 DOCKER_SECRETS_DIR = Path("/run/secrets")
+REDIS_SPARE_CONNECTIONS = 32  # beyond the pool threads and calls: dispatcher, listeners, heartbeats, followers
 
 
 # The groups in the order docs/reference/settings.md lists them. (Pydantic collects the fields of the last base
@@ -135,6 +136,13 @@ class Settings(
         """Whether tasks wait in the database for the fair-share dispatcher: DISPATCH_MODE=fair on PostgreSQL
         (SQLite has no SKIP LOCKED, so the embedded set-up always publishes directly)."""
         return self.dispatch_mode == "fair" and not self.database_url.startswith(SQLITE_SCHEMES)
+
+    @property
+    def redis_pool_size(self) -> int:
+        """Connections a process's Redis client may open at once: one per pool thread or LLM call in flight, and
+        some for the process's own threads. redis-py 8 caps a pool at 100 and raises beyond (`Too many
+        connections`): busy workers' tasks were retried for it (docs/decisions.md)."""
+        return max(self.worker_concurrency, self.llm_concurrency) + REDIS_SPARE_CONNECTIONS
 
 
 def _reveal(value: object) -> object:

@@ -16,8 +16,10 @@ from agent_service.live.steps import StepEvent, covered
 # A follower marks its task followed for this long and refreshes the mark well before it lapses; a follower
 # that vanishes costs its task streaming for at most this long.
 FOLLOWER_TTL_SECONDS = 15
-# How long one blocking read waits at most: the mark is refreshed, and the task's end asked, this often when idle.
+# How long one blocking read waits at most (shorter when the client's socket timeout is: `_longest_wait`): the
+# mark is refreshed, and the task's end asked, this often when idle.
 POLL_SECONDS = 5.0
+REDIS_PY_SOCKET_TIMEOUT = 5.0  # redis-py's own default, for a client whose pool names none (one made from a URL)
 _READ_COUNT = 500  # events per read
 _NOTHING_YET = "0-0"  # the id of the snapshot's events when the stream held none of them
 
@@ -105,13 +107,21 @@ def follow_task(
 
 
 def _read(redis: Redis, stream: str, after: str, *, wait: bool, deadline: float | None) -> list[LiveEvent]:
-    """The stream's next events after `after`, waiting up to `POLL_SECONDS` (not past `deadline`) if `wait`."""
-    left = POLL_SECONDS if deadline is None else min(POLL_SECONDS, deadline - time.monotonic())
+    """The stream's next events after `after`, waiting up to `_longest_wait` (not past `deadline`) if `wait`."""
+    longest = _longest_wait(redis)
+    left = longest if deadline is None else min(longest, deadline - time.monotonic())
     if wait and left <= 0:
         return []
     block = max(1, int(left * 1000)) if wait else None  # None: a read that does not wait
     read: Any = redis.xread({stream: after}, count=_READ_COUNT, block=block)
     return [decode(entry_id, fields) for entry_id, fields in (read[0][1] if read else [])]
+
+
+def _longest_wait(redis: Redis) -> float:
+    """`POLL_SECONDS`, or half the client's socket timeout when that is shorter: the client gives up on a reply
+    after its socket timeout, so a read blocked as long raised TimeoutError."""
+    timeout = redis.connection_pool.connection_kwargs.get("socket_timeout", REDIS_PY_SOCKET_TIMEOUT)
+    return POLL_SECONDS if timeout is None else min(POLL_SECONDS, timeout / 2)
 
 
 @dataclass

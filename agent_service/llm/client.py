@@ -75,7 +75,7 @@ async def _run_request(request: LLMRequest, *, settings: Settings) -> LLMReply:
         messages = [_langchain_message(m) for m in request.messages]
         if request.send_slot and settings.redis_url:
             # Last before the request leaves: a call that comes too late for its slot takes a new one.
-            await leave_on_time(request.send_slot, _loop_redis(settings.redis_url))
+            await leave_on_time(request.send_slot, _loop_redis(settings))
         if request.stream_key and settings.redis_url:
             message = await _streamed(runnable, messages, request.stream_key, settings=settings)
         else:
@@ -111,7 +111,7 @@ async def _streamed(
     no chunk."""
     assert settings.redis_url  # the caller's condition
     reply: AIMessageChunk | None = None
-    async with TokenWriter(_loop_redis(settings.redis_url), stream_key, settings=settings) as tokens:
+    async with TokenWriter(_loop_redis(settings), stream_key, settings=settings) as tokens:
         async for chunk in runnable.astream(messages):
             tokens.add(chunk.text)
             reply = chunk if reply is None else reply + chunk
@@ -120,12 +120,14 @@ async def _streamed(
     return reply
 
 
-def _loop_redis(url: str) -> AsyncRedis:
-    """This event loop's Redis client, for live output and rate-limit slots (an asyncio client belongs to the
-    loop it runs on)."""
+def _loop_redis(settings: Settings) -> AsyncRedis:
+    """This event loop's Redis client (REDIS_URL, set), for live output and rate-limit slots (an asyncio client
+    belongs to the loop it runs on)."""
     clients = _live_clients.setdefault(asyncio.get_running_loop(), {})
+    url = settings.redis_url
+    assert url  # the callers' condition
     if url not in clients:
-        clients[url] = AsyncRedis.from_url(url)
+        clients[url] = AsyncRedis.from_url(url, max_connections=settings.redis_pool_size)
     return clients[url]
 
 

@@ -178,6 +178,19 @@ def test_a_follower_resumes_after_the_last_event_it_saw(settings, shared):
     assert resumed[-1].data == {"status": "completed", "result": "ok"}
 
 
+def test_a_follower_waits_through_a_quiet_spell_longer_than_its_clients_socket_timeout(settings, shared):
+    # Given a client that gives up on a reply after 0.5 s (redis-py 8 defaults this to 5 s, as long as a blocking
+    # read of the stream waited), and a task whose next event comes 1.2 s after it is followed
+    impatient = redis.Redis.from_url(WORKER_REDIS, socket_timeout=0.5)
+    task_id = uuid.uuid4()
+    publisher = LivePublisher(shared, settings=settings)
+    threading.Timer(1.2, publisher.ended, args=(task_id, TaskStatus.COMPLETED), kwargs={"result": "ok"}).start()
+    # When it is followed through that client, Then the follower waits for the event and ends with it
+    events = list(follow_task(task_id, redis=impatient, timeout=30))
+    ended = (EventKind.ENDED, {"status": "completed", "result": "ok"})
+    assert [(event.kind, event.data) for event in events] == [ended]
+
+
 class Ended:
     """The record of a task that ended, with no steps."""
 
