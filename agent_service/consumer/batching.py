@@ -11,7 +11,7 @@ interval (docs/decisions.md, "Adaptive batching").
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from celery import Celery
@@ -168,6 +168,7 @@ class AgentTaskBatches(Batches):
                     notifier.notify(dead_letter_event(outcome))
         except Exception:
             logger.exception("could not report the outcomes of %d message(s)", len(results))
+        release_settled(requests[at] for at, outcome in settled if outcome.retry_in is None)
 
     def _send_outcome_events(self, results: list[tuple[AgentRequest, TaskOutcome, dict[str, Any] | None]]) -> None:
         """Send each outcome's task event, or (in a prefork pool child, which cannot) leave it to the worker."""
@@ -212,6 +213,18 @@ class AgentTaskBatches(Batches):
         if self._events_on():
             for request in requests:
                 request.send_event("task-started")
+
+
+def release_settled(requests: Iterable[AgentRequest]) -> None:
+    """Acknowledge these messages now, where their worker's request is at hand (the threads pool; a prefork
+    child has none, and its batch is acknowledged as a whole when it returns). Their rows are the record, and
+    nothing follows them (a retry's message is acknowledged once the retry is published, at the batch's end):
+    a message's prefetch slot is then free for the next as soon as its task is recorded, not held until the
+    slowest task of its batch ends (a tool-using task's turns hold a batch for seconds). The pool's thread
+    acknowledges as Celery's threads pool does at a task's end."""
+    for request in requests:
+        if request.worker_request is not None:
+            request.worker_request.acknowledge()
 
 
 def delivery_trace(request: Any) -> tuple[str, str | None]:

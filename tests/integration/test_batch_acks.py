@@ -1,0 +1,37 @@
+"""A batch's messages are acknowledged one by one as their tasks are recorded (threads pool), so that a slow
+task does not hold the prefetch slots of the rest of its batch."""
+
+from __future__ import annotations
+
+import redis
+
+from agent_service.devtools.processes import celery_worker
+from agent_service.models import TaskStatus
+from agent_service.tasks import create_agent_tasks
+from tests.integration.conftest import IDLE_REDIS
+from tests.integration.test_worker import unique
+from tests.support import wait_for_final
+
+
+def test_a_recorded_tasks_message_is_acknowledged_while_the_rest_of_its_batch_still_runs(
+    idle_app, idle_redis, agent, llm, settings, session_factory, tmp_path
+):
+    # Given six tasks waiting in the broker before a worker starts (so handed over as one batch), one of whose
+    # calls takes 4 s
+    slow = unique("acked late")
+    llm.add_fault(fault="slow", match=slow, delay_ms=4000)
+    titles = [slow, *(unique("acked early") for _ in range(5))]
+    slow_id, *fast_ids = create_agent_tasks(
+        [{"title": title, "agent_id": str(agent.id), "user_id": "u-acks"} for title in titles], app=idle_app
+    )
+    env = {**settings.as_env(), "REDIS_URL": IDLE_REDIS}
+    with celery_worker(env=env, log_path=tmp_path / "acks.log", name="acks"):
+        # When the fast ones are recorded
+        fast = wait_for_final(session_factory, fast_ids, timeout=30)
+        # Then their messages are no longer held by the worker (kombu's `unacked` hash), while the slow one's is
+        unacked = [value.decode() for value in redis.Redis.from_url(IDLE_REDIS).hvals("unacked")]
+        assert any(slow_id in value for value in unacked)
+        assert [task_id for task_id in fast_ids if any(task_id in value for value in unacked)] == []
+        assert {task.status for task in fast.values()} == {TaskStatus.COMPLETED}
+        assert wait_for_final(session_factory, [slow_id], timeout=30)[slow_id].status is TaskStatus.COMPLETED
+    assert idle_redis.hlen("unacked") == 0
