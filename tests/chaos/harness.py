@@ -76,6 +76,7 @@ def limits_for_calls_of(seconds: int) -> dict[str, int]:
         task_soft_time_limit_seconds=seconds + 1,
         task_time_limit_seconds=seconds + 2,
         broker_visibility_timeout_seconds=seconds + 4,
+        worker_lease_seconds=seconds + 4,
         stale_task_after_seconds=seconds + 6,
     )
 
