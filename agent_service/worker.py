@@ -124,7 +124,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_backend_transport_options": {"visibility_timeout": settings.broker_visibility_timeout_seconds},
         # On Redis, one result backend for all the pool's threads (a redis-py client is thread-safe): Celery makes
         # one per thread by default, each with a client and connections of its own, so a worker's memory grew with
-        # every thread its pool started (docs/decisions.md#one-result-backend-for-a-workers-threads-2026-12-07).
+        # every thread its pool started (docs/decisions.md#one-result-backend-for-a-workers-threads-2026-12-06).
         "result_backend_thread_safe": settings.result_backend_is_redis,
         "redis_max_connections": settings.redis_pool_size,
         "database_engine_options": {"connect_args": {"timeout": 30}},
