@@ -168,7 +168,10 @@ class AgentTaskBatches(Batches):
                     notifier.notify(dead_letter_event(outcome))
         except Exception:
             logger.exception("could not report the outcomes of %d message(s)", len(results))
-        release_settled(requests[at] for at, outcome in settled if outcome.retry_in is None)
+        try:
+            release_settled(requests[at] for at, outcome in settled if outcome.retry_in is None)
+        except Exception:  # a message not acknowledged now is acknowledged with its batch
+            logger.exception("could not acknowledge %d settled message(s) early", len(settled))
 
     def _send_outcome_events(self, results: list[tuple[AgentRequest, TaskOutcome, dict[str, Any] | None]]) -> None:
         """Send each outcome's task event, or (in a prefork pool child, which cannot) leave it to the worker."""
