@@ -155,22 +155,10 @@ async def call_tool(
     """Call `tool` with the model's `arguments`, following up to TOOL_MAX_REDIRECTS redirects, within
     `tool.timeout_seconds` (else TOOL_TIMEOUT_SECONDS) for the whole call. `allowed_hosts` are the agent's
     (normalised, `tools.allowlist.parse_allowed_hosts`); `idempotency_key` is sent as `Idempotency-Key`;
-    `connections` are this loop's kept-alive ones (None: the call opens its own and closes them).
+    `connections` are this loop's kept-alive ones (None: none kept, each hop's connection closed as it ends).
     Never raises for the tool's own problems: see ToolOutcome."""
     if connections is None:
-        own = Connections()
-        try:
-            return await call_tool(
-                tool,
-                arguments,
-                settings=settings,
-                allowed_hosts=allowed_hosts,
-                resolver=resolver,
-                idempotency_key=idempotency_key,
-                connections=own,
-            )
-        finally:
-            await own.aclose()
+        connections = Connections(per_host=0)  # keeps no idle client: each is closed once its hop ends
     started = time.perf_counter()
     secrets = [secret.get_secret_value() for name in tool.secret_names if (secret := settings.tool_secrets.get(name))]
     timeout = tool.timeout_seconds or settings.tool_timeout_seconds
