@@ -129,6 +129,11 @@ def process_agent_task(self: AgentTaskBatches, requests: list[AgentRequest]) -> 
 
     def on_settled(group: list[tuple[int, TaskOutcome]]) -> None:
         settled.update(group)
+        # A deferred or retried task's next message leaves now, before this one is acknowledged, not when the
+        # batch's last task ends (a call waiting for its rate-limit slot can hold a batch for half a minute).
+        for _, outcome in group:
+            if outcome.retry_in is not None:
+                publish_tasks(self.app, [uuid.UUID(outcome.task_id)], countdown=outcome.retry_in, traces=traces)
         self.announce(requests, group, traces=traces)
         if services.live:
             services.live.publish_many(update for _, outcome in group if (update := outcome.live_update()))
@@ -146,9 +151,6 @@ def process_agent_task(self: AgentTaskBatches, requests: list[AgentRequest]) -> 
             (at, _retry_later(self.app, requests[at], error, started=started, trace=traces.at(at))) for at in unsettled
         ]
         self.announce(requests, retrying, traces=traces)
-    retries = [outcome for outcome in settled.values() if outcome.retry_in is not None]
-    for outcome in retries:
-        publish_tasks(self.app, [uuid.UUID(outcome.task_id)], countdown=outcome.retry_in, traces=traces)
     return [request.unsent_event for request in requests]
 
 

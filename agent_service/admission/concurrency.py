@@ -30,7 +30,7 @@ KEY_PREFIX = "agent_service:leases"
 # The k-th candidate of a batch turned away by a cap of N tries again after (1 + k // N) times this: the
 # waiters come back in waves of about N rather than all at once.
 RETRY_SECONDS = 1.0
-# Beyond the LLM timeout: the rate limiter's in-worker wait, and the moments between the call and `release`.
+# Beyond the LLM timeout and the waits for rate-limit slots: the moments between the call and `release`.
 LEASE_MARGIN_SECONDS = 15.0
 
 # KEYS: the lease sets. ARGV: lease seconds, each key's cap, then per candidate: its lease id, how many
@@ -80,7 +80,11 @@ class ConcurrencyCaps:
             LimitScope.AGENT: settings.agent_concurrency_cap,
             LimitScope.USER: settings.user_concurrency_cap,
         }
-        self.lease_seconds = settings.llm_timeout_seconds + settings.rate_limit_max_wait_seconds + LEASE_MARGIN_SECONDS
+        # A call may wait for a rate-limit slot reserved ahead (up to the hold), then for a new one when it leaves
+        # late, then run: its lease outlives all three.
+        ahead = settings.admission_hold_seconds if settings.rate_limits_enabled else 0.0
+        waits = ahead + settings.rate_limit_max_wait_seconds
+        self.lease_seconds = settings.llm_timeout_seconds + waits + LEASE_MARGIN_SECONDS
         self._acquire: Script | None = None
 
     def admit(self, candidates: Sequence[Candidate]) -> list[Decision]:

@@ -3,21 +3,22 @@ override), and per agent and per user (overrides), shared by every worker throug
 
 Each limit is a GCRA bucket: one Redis key holding its theoretical arrival time (TAT), which every reservation
 pushes forward by `amount * 60 / per_minute` seconds and which must stay within `rate_limit_burst_seconds` of
-now. Before a batch's calls, one Lua script reserves, for each candidate that fits now, one request and its
-estimated tokens (the prompt's characters / 4, plus `max_tokens` when `rate_limit_count_max_tokens`, as OpenAI
-counts them) in every limit that applies, or in none of them: a slot is taken only for a call sent at once,
-and the request carries it (`llm.send_slots.SendSlot`): a call that reaches the LLM process more than
-`rate_limit_late_seconds` after its slot (a busy host) takes a new one as it leaves, so calls reserved apart
-never leave together. When nothing fits now, the worker sleeps until the next slots come (at most
-`rate_limit_max_wait_seconds`) and asks again; a candidate that does not fit by then is deferred until about
-when it would, without spending an attempt. When the pause is obeyed, the same script reads it, so a call that
-waited never leaves once the service is paused. After each call a second script takes the difference between
-the estimate and the real usage back (or adds it), atomically.
+the call's slot. Before a batch's calls, one Lua script reserves, for each candidate whose slot comes within
+`admission_hold_seconds`, one request and its estimated tokens (the prompt's characters / 4, plus `max_tokens`
+when `rate_limit_count_max_tokens`, as OpenAI counts them) in every limit that applies, or in none of them. The
+request carries its slot (`llm.send_slots.SendSlot`) to the LLM process, which sends it when the slot comes,
+without the worker's thread or a claim waiting for it; a call that leaves more than `rate_limit_late_seconds`
+after its slot (a busy host) takes a new one as it leaves, so calls reserved apart never leave together. A
+candidate whose slot is further is deferred, without spending an attempt, to come back when half the horizon
+is left before it would fit. When the pause is obeyed, the same script reads it, and a call that waited for its
+slot reads it again before it leaves. After each call a second script takes the difference between the
+estimate and the real usage back (or adds it), atomically.
 
 A reservation needs no lease: a TAT only says when the bucket empties, and its key expires then. A worker
 SIGKILLed holding reservations leaves them counted as spent, which the bucket drains at the limit's rate:
 within `burst` seconds plus the reserved amount's own share, capacity is back in full. See docs/decisions.md,
-"Rate limits: one GCRA script for every limit" and "Rate limits: a slot is taken when the call leaves".
+"Rate limits: one GCRA script for every limit", "Rate limits: a slot is taken when the call leaves" and "Rate
+limits: slots reserved ahead".
 """
 
 from __future__ import annotations
@@ -48,7 +49,6 @@ OVERRIDE_NAMES = {
 }
 KEY_PREFIX = "agent_service:rate"
 MIN_RETRY_SECONDS = 0.1
-SPREAD_SECONDS = 0.1  # a waiting batch sleeps on for the slots that come this soon after its next one
 
 # KEYS: buckets. ARGV: per bucket, the seconds to take back (negative: to add). Returns nothing.
 _RECONCILE = """
@@ -101,14 +101,13 @@ class RateLimits:
         *,
         redis: Callable[[], Redis],
         overrides: OverrideCache,
-        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self._redis = redis
         self._overrides = overrides
-        self._sleep = sleep
         self._models = settings.llm_rate_limits
         self.burst_seconds = settings.rate_limit_burst_seconds
         self.max_wait_seconds = settings.rate_limit_max_wait_seconds
+        self.horizon_seconds = settings.admission_hold_seconds
         self._late_seconds = settings.rate_limit_late_seconds
         self._counts_max_tokens = settings.rate_limit_count_max_tokens
         self._obeys_pause = int(settings.pause_enabled)
@@ -117,70 +116,56 @@ class RateLimits:
         self._scripts: dict[str, Script] = {}
 
     def admit(self, candidates: Sequence[Candidate]) -> list[Decision]:
-        """Reserves the calls that fit now, to be sent at once, and defers the others. When none fits, sleeps
-        until the slots within SPREAD_SECONDS of the next one have come (`max_wait_seconds` at most in all)
-        and asks again: one script call each time, which also reads the pause when it is obeyed, so a call
-        that waited never leaves once the service is paused."""
+        """Reserves the calls whose slots come within the horizon, each to be sent when its slot comes, and
+        defers the others: one script call, which also reads the pause when it is obeyed."""
         limits = [self._limits(candidate) for candidate in candidates]
         keys = list(dict.fromkeys(limit.key for applying in limits for limit in applying))
         if not keys:
             return [Decision.run()] * len(candidates)
         amounts = [self._amounts(candidate.request) for candidate in candidates]
-        argv: list[float | str] = [self.burst_seconds, int(self._obeys_pause)]
+        argv: list[float | str] = [self.burst_seconds, self.horizon_seconds, self._obeys_pause]
         for applying, amount in zip(limits, amounts, strict=True):
             argv.append(len(applying))
             for limit in applying:
                 argv += [keys.index(limit.key) + 1, f"{_cost(limit, amount):.6f}"]
         try:
-            answers, waited = self._reserve(keys, argv)
+            answers = self._script("reserve", RESERVE)(keys=keys + [PAUSE_KEY] * self._obeys_pause, args=argv)
         except RedisError as exc:
             return unreachable(candidates, "rate limits", exc)
-        if answers is None:
+        if answers == [-1]:
             return [Decision.defer(PAUSED, retry_in=PAUSE_RETRY_SECONDS, holdable=False)] * len(candidates)
-        if waited:
-            for candidate, (blocker, _) in zip(candidates, answers, strict=True):
-                if not int(blocker):
-                    RATE_LIMIT_WAIT.labels(candidate.request.model).observe(waited)
-        leave_by = time.time() + self._late_seconds
-        return [
-            self._deferred(applying, keys[int(blocker) - 1], float(wait))
-            if int(blocker)
-            else self._reserved(candidate, applying, amount, leave_by=leave_by)
-            for candidate, applying, amount, (blocker, wait) in zip(candidates, limits, amounts, answers, strict=True)
-        ]
-
-    def _reserve(self, keys: list[str], argv: list[float | str]) -> tuple[list[list[bytes]] | None, float]:
-        """The script's answers once some call fits, or none will within what is left of `max_wait_seconds`
-        (None while paused), and how long it slept for them. Raises: RedisError."""
-        script, waited = self._script("reserve", RESERVE), 0.0
-        while True:
-            answers = script(keys=keys + [PAUSE_KEY] * self._obeys_pause, args=argv)
-            if answers == [-1]:
-                return None, waited
-            answers = cast(list[list[bytes]], answers)
-            waits = [float(wait) for blocker, wait in answers if int(blocker)]
-            nap = _until_next_slots(waits)
-            if len(waits) < len(answers) or waited + nap > self.max_wait_seconds:
-                return answers, waited
-            self._sleep(nap)
-            waited += nap
+        now = time.time()
+        decisions = []
+        for candidate, applying, amount, (blocker, wait) in zip(
+            candidates, limits, amounts, cast(list[list[bytes]], answers), strict=True
+        ):
+            if int(blocker):
+                decisions.append(self._deferred(applying, keys[int(blocker) - 1], float(wait)))
+                continue
+            if float(wait):
+                RATE_LIMIT_WAIT.labels(candidate.request.model).observe(float(wait))
+            decisions.append(self._reserved(candidate, applying, amount, now=now, wait=float(wait)))
+        return decisions
 
     def _deferred(self, applying: tuple[_Limit, ...], blocker: str, wait: float) -> Decision:
-        """A candidate that does not fit waits outside until about when it does."""
+        """A candidate whose slot is beyond the horizon waits outside, coming back when half the horizon is left
+        before it would fit: early enough to find its slot within the horizon, late enough not to be turned
+        away again by the calls reserved before it."""
         label = next(limit.label for limit in applying if limit.key == blocker)
-        # Given back rather than held: held calls woken at their slots met more 429s at a limit equal to the
-        # provider's (docs/decisions.md, "Held where they wait").
-        return Decision.defer(f"rate limit {label}", retry_in=self._retry_in(wait), holdable=False)
+        retry_in = max(MIN_RETRY_SECONDS, wait - self.horizon_seconds / 2)
+        return Decision.defer(f"rate limit {label}", retry_in=retry_in, holdable=False)
 
     def _reserved(
-        self, candidate: Candidate, applying: tuple[_Limit, ...], amounts: tuple[int, int], *, leave_by: float
+        self, candidate: Candidate, applying: tuple[_Limit, ...], amounts: tuple[int, int], *, now: float, wait: float
     ) -> Decision:
-        """A reserved candidate runs, holding its reservation, with a request that must leave by `leave_by` or
-        take a new slot as it leaves (`llm.send_slots`)."""
+        """A reserved candidate runs, holding its reservation, with a request that leaves when its slot comes
+        (`wait` seconds after `now`, this host's time) and by `rate_limit_late_seconds` after it, or takes a new
+        slot as it leaves (`llm.send_slots`)."""
         with self._lock:
             self._held[(candidate.task_id, candidate.attempt)] = _Reservation(applying, *amounts)
         slot = SendSlot(
-            leave_by=leave_by,
+            not_before=now + wait if wait else 0.0,
+            leave_by=now + wait + self._late_seconds,
             buckets=tuple(limit.key for limit in applying),
             costs=tuple(_cost(limit, amounts) for limit in applying),
             burst_seconds=self.burst_seconds,
@@ -233,23 +218,10 @@ class RateLimits:
         the provider counts them on arrival (OpenAI does), else none (the reply's tokens are added after)."""
         return request.estimated_prompt_tokens(), request.max_tokens if self._counts_max_tokens else 0
 
-    def _retry_in(self, wait: float) -> float:
-        """Come back when the wait left is one this check sleeps through."""
-        return max(MIN_RETRY_SECONDS, wait - self.max_wait_seconds)
-
     def _script(self, name: str, source: str) -> Script:
         if name not in self._scripts:
             self._scripts[name] = self._redis().register_script(source)
         return self._scripts[name]
-
-
-def _until_next_slots(waits: list[float]) -> float:
-    """How long to sleep for the next slot and those within SPREAD_SECONDS of it, so that the calls whose
-    slots come close together leave together rather than one per script call."""
-    if not waits:
-        return 0.0
-    first = min(waits)
-    return max(wait for wait in waits if wait <= first + SPREAD_SECONDS)
 
 
 def _cost(limit: _Limit, amounts: tuple[int, int]) -> float:

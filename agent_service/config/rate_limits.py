@@ -36,7 +36,10 @@ class RateLimitSettings(BaseModel):
         ),
     )
     rate_limit_max_wait_seconds: float = Field(
-        1.0, ge=0, description="a call waits in the worker this long at most for its rate; beyond, it is deferred"
+        1.0,
+        ge=0,
+        description="a call that leaves late waits this long at most for a new slot; beyond, it is not sent and its"
+        " task is deferred",
     )
     rate_limit_count_max_tokens: bool = Field(
         True,

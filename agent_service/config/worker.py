@@ -31,8 +31,9 @@ class WorkerSettings(BaseModel):
     admission_hold_seconds: float = Field(
         30.0,
         ge=0,
-        description="a call an admission control defers for a moment waits in its batch, its task still claimed, this"
-        " long at most in all; beyond, the task is given back to the queue (0: always given back)",
+        description="a call an admission control defers for a moment waits, its task still claimed, this long at most"
+        " in all (in its batch for a concurrency cap or a spend hold, in the LLM process for a rate-limit slot"
+        " reserved ahead); beyond, the task is given back to the queue (0: always given back)",
     )
     task_soft_time_limit_seconds: int = Field(
         25 * 60,

@@ -146,8 +146,9 @@ class AgentTaskBatches(Batches):
     ) -> None:
         """Make each settled delivery known as soon as it is recorded (`settled` pairs an outcome with the
         position of its request): its message's Celery result, its metrics and log line, its task event, the
-        end of its span in `traces` and, for a task that failed for good, a notification. Never raises: the task
-        rows are the record, and these only report them."""
+        end of its span in `traces`, for a task that failed for good a notification, and its message acknowledged
+        (a retry's next message must have been published before). Never raises: the task rows are the record,
+        and these only report them."""
         if traces.enabled:
             for at, outcome in settled:
                 traces.at(at).end(outcome_attributes(outcome), error=outcome.error if outcome.status.is_error else None)
@@ -169,7 +170,7 @@ class AgentTaskBatches(Batches):
         except Exception:
             logger.exception("could not report the outcomes of %d message(s)", len(results))
         try:
-            release_settled(requests[at] for at, outcome in settled if outcome.retry_in is None)
+            release_settled(requests[at] for at, _ in settled)
         except Exception:  # a message not acknowledged now is acknowledged with its batch
             logger.exception("could not acknowledge %d settled message(s) early", len(settled))
 
@@ -221,10 +222,9 @@ class AgentTaskBatches(Batches):
 def release_settled(requests: Iterable[AgentRequest]) -> None:
     """Acknowledge these messages now, where their worker's request is at hand (the threads pool; a prefork
     child has none, and its batch is acknowledged as a whole when it returns). Their rows are the record, and
-    nothing follows them (a retry's message is acknowledged once the retry is published, at the batch's end):
-    a message's prefetch slot is then free for the next as soon as its task is recorded, not held until the
-    slowest task of its batch ends (a tool-using task's turns hold a batch for seconds). The pool's thread
-    acknowledges as Celery's threads pool does at a task's end."""
+    a retry's next message has been published before: a message's prefetch slot is then free for the next as
+    soon as its task is recorded, not held until the slowest task of its batch ends (a tool-using task's turns
+    hold a batch for seconds). The pool's thread acknowledges as Celery's threads pool does at a task's end."""
     for request in requests:
         if request.worker_request is not None:
             request.worker_request.acknowledge()

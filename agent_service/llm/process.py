@@ -20,7 +20,7 @@ from agent_service.config import Settings
 from agent_service.errors import classify
 from agent_service.llm.client import close_clients, run_request
 from agent_service.llm.messages import LLMRequest
-from agent_service.llm.runners import CancelCalls, settle_heap, traced_call
+from agent_service.llm.runners import CancelCalls, bounded_call, settle_heap
 from agent_service.monitoring import use_metric_files
 from agent_service.tracing import tracing_for
 
@@ -53,8 +53,7 @@ def serve(*, from_parent: Connection, to_parent: Connection) -> None:
 
     async def run(call_id: int, request: LLMRequest) -> None:
         try:
-            async with slots:
-                reply = await traced_call(run_request, request, settings=settings, tracing=tracing)
+            reply = await bounded_call(slots, run_request, request, settings=settings, tracing=tracing)
         except asyncio.CancelledError:
             return  # aborted by the worker (CancelCalls), which has settled the call itself
         except Exception as exc:

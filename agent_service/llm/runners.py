@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from agent_service.errors import RetryableError
 from agent_service.llm.messages import LLMReply, LLMRequest
+from agent_service.llm.send_slots import wait_for_slot
 from agent_service.tracing import NO_TRACING, Attributes, Tracing
 
 if TYPE_CHECKING:
@@ -73,6 +74,16 @@ def make_runner(settings: Settings, *, tracing: Tracing = NO_TRACING) -> LLMRunn
     )
 
     return BackgroundEventLoop(settings, run_request, tracing=tracing)
+
+
+async def bounded_call(
+    slots: asyncio.Semaphore, run_request: RunRequest, request: LLMRequest, *, settings: Settings, tracing: Tracing
+) -> LLMReply:
+    """`traced_call` once the request's rate-limit slot has come, among at most `slots` calls at once: a call
+    waiting for a slot reserved ahead takes no place among the calls in flight."""
+    await wait_for_slot(request.send_slot)
+    async with slots:
+        return await traced_call(run_request, request, settings=settings, tracing=tracing)
 
 
 async def traced_call(
@@ -143,8 +154,9 @@ class BackgroundEventLoop:
         self._loop.close()
 
     async def _bounded(self, request: LLMRequest) -> LLMReply:
-        async with self._slots:
-            return await traced_call(self._run_request, request, settings=self._settings, tracing=self._tracing)
+        return await bounded_call(
+            self._slots, self._run_request, request, settings=self._settings, tracing=self._tracing
+        )
 
 
 class ChildProcessRunner:

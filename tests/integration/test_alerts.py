@@ -54,7 +54,6 @@ def worker_env(settings, tmp_path_factory) -> dict[str, str]:
         "BREAKER_COOLDOWN_SECONDS": "60",
         "RATE_LIMITS_ENABLED": "true",
         "LLM_RATE_LIMITS": json.dumps({LIMITED_MODEL: {"rpm": 60}}),
-        "RATE_LIMIT_MAX_WAIT_SECONDS": "5",
         "SWEEP_INTERVAL_SECONDS": "1",
         "TASK_MAX_ATTEMPTS": "1",
     }

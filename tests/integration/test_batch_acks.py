@@ -3,10 +3,13 @@ task does not hold the prefetch slots of the rest of its batch."""
 
 from __future__ import annotations
 
+import uuid
+
 import redis
 
+from agent_service.database import session_scope
 from agent_service.devtools.processes import celery_worker
-from agent_service.models import TaskStatus
+from agent_service.models import Task, TaskStatus
 from agent_service.tasks import create_agent_tasks
 from tests.integration.conftest import IDLE_REDIS
 from tests.integration.test_worker import unique
@@ -33,5 +36,30 @@ def test_a_recorded_tasks_message_is_acknowledged_while_the_rest_of_its_batch_st
         assert any(slow_id in value for value in unacked)
         assert [task_id for task_id in fast_ids if any(task_id in value for value in unacked)] == []
         assert {task.status for task in fast.values()} == {TaskStatus.COMPLETED}
+        assert wait_for_final(session_factory, [slow_id], timeout=30)[slow_id].status is TaskStatus.COMPLETED
+    assert idle_redis.hlen("unacked") == 0
+
+
+def test_a_retried_tasks_next_message_leaves_while_the_rest_of_its_batch_still_runs(
+    idle_app, idle_redis, agent, llm, settings, session_factory, tmp_path
+):
+    # Given six tasks waiting in the broker before a worker starts (one batch): one call takes 4 s, and one
+    # meets a 429 asking for a 1 s wait before its retry
+    slow, retried = unique("held batch"), unique("retried at once")
+    llm.add_fault(fault="slow", match=slow, delay_ms=4000)
+    llm.add_fault(fault="429", match=retried, times=1, retry_after=1)
+    titles = [slow, retried, *(unique("alongside") for _ in range(4))]
+    slow_id, retried_id, *_ = create_agent_tasks(
+        [{"title": title, "agent_id": str(agent.id), "user_id": "u-acks"} for title in titles], app=idle_app
+    )
+    env = {**settings.as_env(), "REDIS_URL": IDLE_REDIS}
+    with celery_worker(env=env, log_path=tmp_path / "retries.log", name="retries"):
+        # When the retried task's second attempt ends
+        again = wait_for_final(session_factory, [retried_id], timeout=30)[retried_id]
+        # Then it ran while the slow call of its first batch was still under way: its next message was
+        # published as its first attempt was recorded, not when its batch ended
+        assert (again.status, again.attempts) == (TaskStatus.COMPLETED, 2)
+        with session_scope(session_factory) as session:
+            assert session.get(Task, uuid.UUID(slow_id)).status is TaskStatus.RUNNING
         assert wait_for_final(session_factory, [slow_id], timeout=30)[slow_id].status is TaskStatus.COMPLETED
     assert idle_redis.hlen("unacked") == 0

@@ -44,9 +44,8 @@ class PreforkWorker:
 @pytest.fixture(scope="module")
 def prefork_worker(idle_app, settings, tmp_path_factory) -> Iterator[PreforkWorker]:
     """A prefork worker with 4 children reading the idle app's broker (which no other worker reads), with
-    the breaker on and a rate limit that makes calls wait: batches of one task, so that a call that does not
-    fit yet waits for its slot (one that shares a batch with calls that fit is deferred instead, a run of
-    its own), and never long enough to be deferred. Its metric folder holds a file left by an earlier run."""
+    the breaker on and a rate limit that makes calls wait for slots reserved ahead (never long enough to be
+    deferred), in batches of one task. Its metric folder holds a file left by an earlier run."""
     redis.Redis.from_url(IDLE_REDIS).flushdb()
     files = tmp_path_factory.mktemp("metrics")
     (files / "counter_999999.db").write_bytes(b"\0" * 8)
@@ -59,7 +58,6 @@ def prefork_worker(idle_app, settings, tmp_path_factory) -> Iterator[PreforkWork
         "BREAKER_ENABLED": "true",
         "RATE_LIMITS_ENABLED": "true",
         "LLM_RATE_LIMITS": json.dumps({MODEL: {"rpm": 600}}),
-        "RATE_LIMIT_MAX_WAIT_SECONDS": "30",
         "BATCH_MAX_SIZE": "1",
     }
     log = LOG_DIR / "metrics-prefork.log"

@@ -19,12 +19,12 @@ from agent_service.admission import build_admission
 from agent_service.admission.base import CallEnded, Candidate, Verdict
 from agent_service.admission.concurrency import ConcurrencyCaps
 from agent_service.admission.pause import PAUSED, PauseCheck, pause, resume
-from agent_service.admission.rate_limits import MIN_RETRY_SECONDS, RateLimits
+from agent_service.admission.rate_limits import RateLimits
 from agent_service.config import ModelRateLimit, Settings
 from agent_service.database import session_scope
 from agent_service.errors import CallNotSentError
 from agent_service.llm.messages import LLMReply, LLMRequest, Message, ModelOptions, Usage
-from agent_service.llm.send_slots import leave_on_time
+from agent_service.llm.send_slots import leave_on_time, wait_for_slot
 from agent_service.models import LimitScope
 from agent_service.store.agents import AgentSpec
 from agent_service.store.overrides import OverrideCache, set_override
@@ -53,17 +53,17 @@ def candidate(user_id: str = "u1", *, text: str = "Summarise the report", max_to
     return Candidate(uuid.uuid4(), user_id, 1, AGENT, request)
 
 
-def limiter(settings: Settings, shared, overrides, *, slept: list[float] | None = None, **values) -> RateLimits:
+def limiter(settings: Settings, shared, overrides, **values) -> RateLimits:
+    """Rate limits with a one-second burst, reserving only slots that come now (no hold) unless told."""
     configured = settings.model_copy(
-        update={"rate_limit_max_wait_seconds": 0.0, "rate_limit_burst_seconds": 1.0, **values}
+        update={
+            "rate_limit_max_wait_seconds": 0.0,
+            "rate_limit_burst_seconds": 1.0,
+            "admission_hold_seconds": 0.0,
+            **values,
+        }
     )
-
-    def sleep(seconds: float) -> None:
-        time.sleep(seconds)
-        if slept is not None:
-            slept.append(seconds)
-
-    return RateLimits(configured, redis=lambda: shared, overrides=overrides, sleep=sleep)
+    return RateLimits(configured, redis=lambda: shared, overrides=overrides)
 
 
 def verdicts(decisions) -> list[str]:
@@ -137,27 +137,53 @@ async def _leave(slot) -> None:
         await client.aclose()
 
 
-def test_a_batch_with_nothing_fitting_now_waits_in_the_worker_for_its_next_slot(settings, shared, overrides):
-    # Given 120 requests a minute (a slot every half second, two at once), calls allowed to wait a second
-    slept: list[float] = []
+def test_calls_whose_slots_come_within_the_hold_are_reserved_ahead_and_each_leaves_when_its_slot_comes(
+    settings, shared, overrides
+):
+    # Given 120 requests a minute (a slot every half second, two at once), calls held two seconds at most
+    limits = limiter(
+        settings, shared, overrides, llm_rate_limits={MODEL: ModelRateLimit(rpm=120)}, admission_hold_seconds=2.0
+    )
+    # When a batch of seven asks
+    decisions = limits.admit([candidate() for _ in range(7)])
+    # Then two leave at once and four are reserved for the next four slots, to be sent when each comes; the
+    # seventh, two and a half seconds away, waits outside, back when half the hold is left before its slot
+    assert verdicts(decisions) == ["run"] * 6 + [f"rate limit {MODEL} RPM"]
+    slots = [decision.request.send_slot for decision in decisions[:6]]
+    assert [slot.not_before for slot in slots[:2]] == [0.0, 0.0]
+    ahead = [slot.not_before - time.time() for slot in slots[2:]]
+    assert ahead == pytest.approx([0.5, 1.0, 1.5, 2.0], abs=0.1)
+    assert decisions[6].retry_in == pytest.approx(1.5, abs=0.05)
+    # and the third leaves when its slot comes, not before, taking nothing more
+    before = shared.get(slots[2].buckets[0])
+    started = time.monotonic()
+    asyncio.run(_wait_and_leave(slots[2]))
+    assert time.monotonic() - started >= ahead[0] - 0.05
+    assert shared.get(slots[2].buckets[0]) == before
+
+
+def test_a_call_reserved_ahead_is_not_sent_once_the_service_is_paused_while_it_waited(settings, shared, overrides):
+    # Given a call reserved half a second ahead, with the pause obeyed
     limits = limiter(
         settings,
         shared,
         overrides,
-        slept=slept,
         llm_rate_limits={MODEL: ModelRateLimit(rpm=120)},
-        rate_limit_max_wait_seconds=1,
+        admission_hold_seconds=2.0,
+        pause_enabled=True,
     )
-    # When a first batch of three asks: two fit now and go at once, without waiting for the third's slot
-    first = limits.admit([candidate() for _ in range(3)])
-    assert verdicts(first) == ["run"] * 2 + [f"rate limit {MODEL} RPM"] and slept == []
-    # When a second batch of two asks, neither fitting now
-    second = limits.admit([candidate() for _ in range(2)])
-    # Then the first runs once its slot comes (the worker sleeps till then), and the second, whose slot is
-    # half a second later, waits outside rather than hold the first back with it
-    assert verdicts(second) == ["run", f"rate limit {MODEL} RPM"]
-    assert slept == [pytest.approx(0.5, abs=0.05)]
-    assert second[1].retry_in == pytest.approx(MIN_RETRY_SECONDS, abs=0.05)
+    slot = limits.admit([candidate() for _ in range(3)])[2].request.send_slot
+    assert slot.not_before > time.time()
+    # When the service is paused while it waits for its slot
+    pause(shared)
+    # Then it is not sent (its task is deferred, its attempt unspent)
+    with pytest.raises(CallNotSentError, match="paused"):
+        asyncio.run(_wait_and_leave(slot))
+
+
+async def _wait_and_leave(slot) -> None:
+    await wait_for_slot(slot)
+    await _leave(slot)
 
 
 def test_a_candidate_is_reserved_in_every_limit_that_applies_or_in_none(settings, shared, overrides, rollback_factory):
