@@ -54,6 +54,7 @@ def ratios(runs: dict[str, RunResult]) -> dict[str, float | None]:
 
 
 RATE_LIMITED_BUSY = "ours-rate-limited-3-workers-busy"
+RATE_PACED = "ours-rate-paced"  # the rate-limited run's tasks offered at its limit's pace, with no limit
 
 
 def _rate_targets(label: str, run: RunResult | None, *, at_least: float) -> list[Target]:
@@ -64,6 +65,15 @@ def _rate_targets(label: str, run: RunResult | None, *, at_least: float) -> list
         _target(what, "<= 1.1", pace, operator.le, 1.1, run),
         _target(f"{label}: 429s from the server", "= 0", _figure(run, "llm_429s"), operator.eq, 0, run),
     ]
+
+
+def _held_by_rate_target(limited: RunResult | None, paced: RunResult | None) -> Target:
+    """What a task the rate limit holds costs the worker beyond the same task offered at the limit's pace (both
+    pay the worker's periodic work, spread over as many tasks a second)."""
+    limited_cpu, paced_cpu = _figure(limited, "cpu_ms_per_task"), _figure(paced, "cpu_ms_per_task")
+    extra = None if limited_cpu is None or paced_cpu is None else limited_cpu - paced_cpu
+    what = "rate-limited: worker CPU per task beyond the same tasks offered at the limit's pace (ms)"
+    return _target(what, "<= 5 ms", extra, operator.le, 5, limited, paced)
 
 
 def _light_targets(ours: RunResult | None, floor: RunResult | None) -> list[Target]:
@@ -180,6 +190,7 @@ def evaluate_targets(runs: dict[str, RunResult], bulk: BulkSubmitResult | None, 
             runs.get("mixed-text"),
         ),
         *_rate_targets("rate-limited", runs.get("ours-rate-limited"), at_least=0.9),
+        _held_by_rate_target(runs.get("ours-rate-limited"), runs.get(RATE_PACED)),
         *_rate_targets("rate-limited, 3 workers, busy host", runs.get(RATE_LIMITED_BUSY), at_least=0.95),
         *_kind_targets(runs),
         _target(

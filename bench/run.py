@@ -32,7 +32,7 @@ from bench.http_api import measure_http_submit
 from bench.mixed import Mix
 from bench.otlp_sink import otlp_sink
 from bench.plot import plot_results
-from bench.report import RATE_LIMITED_BUSY, evaluate_targets, print_report, ratios, write_json
+from bench.report import RATE_LIMITED_BUSY, RATE_PACED, evaluate_targets, print_report, ratios, write_json
 from bench.scenarios import (
     DEAD_LETTER,
     OURS_COMMAND,
@@ -249,6 +249,9 @@ def build_plans(ours: Settings, sizes: Sizes, *, otlp_url: str, tool_url: str) -
             rate=sizes.offered_rate,
         ),
         rate_limited,
+        # The same tasks offered at the limit's pace with no limit: what a task costs at that pace (the worker's
+        # own periodic work spread over ten tasks a second), beside which the limited run's extra is its holds.
+        replace(rate_limited, name=RATE_PACED, rate_limit=None, rate=RATE_LIMIT.rpm / 60),
         # The same limit shared by three workers while one core spins: late wake-ups must not bunch calls.
         replace(rate_limited, name=RATE_LIMITED_BUSY, workers=3, busy=True),
     ]

@@ -10,6 +10,7 @@ import sys
 import time
 import uuid
 from concurrent.futures import wait
+from dataclasses import replace
 
 import psutil
 import pytest
@@ -19,6 +20,7 @@ from agent_service.errors import PermanentError, RetryableError
 from agent_service.llm.client import run_request
 from agent_service.llm.messages import LLMRequest, Message, ModelOptions
 from agent_service.llm.runners import BackgroundEventLoop, ChildProcessRunner
+from agent_service.llm.send_slots import SendSlot
 from tests.support import make_settings, wait_until
 
 
@@ -87,6 +89,26 @@ def test_cancelling_a_call_aborts_its_http_request_and_leaves_the_other_calls_al
     wait_until(lambda: llm.requests(slow)[0]["ended"] == "dropped", what="aborted request", timeout=3)
     assert kept.result(timeout=30).text
     assert [entry["ended"] for entry in llm.requests(other)] == ["answered"]
+
+
+def test_a_call_reserved_ahead_leaves_when_its_slot_comes_and_one_cancelled_meanwhile_never_leaves(runner, llm):
+    # Given two calls whose rate-limit slot comes in a second and a half, sent to the LLM process now
+    title = f"ahead-{uuid.uuid4().hex[:8]}"
+    slot_at = time.time() + 1.5
+    slot = SendSlot(
+        leave_by=slot_at + 0.25, buckets=(), costs=(), burst_seconds=0.25, max_wait_seconds=1.0, not_before=slot_at
+    )
+    sent, doomed = runner.submit(
+        [replace(call(f"{title}-sent"), send_slot=slot), replace(call(f"{title}-gone"), send_slot=slot)]
+    )
+    # When the second is cancelled while it waits
+    time.sleep(0.5)
+    runner.cancel([doomed])
+    # Then the first reaches the provider when its slot comes, not before, and the second never does
+    assert sent.result(timeout=30).text
+    [request] = llm.requests(f"{title}-sent")
+    assert request["at"] >= slot_at - 0.05
+    assert llm.requests(f"{title}-gone") == []
 
 
 def test_cancelling_a_call_on_the_in_process_loop_aborts_its_http_request(settings, llm):
