@@ -413,7 +413,7 @@ def _run(console: Console, plan: RunPlan, env: BenchEnvironment, sizes: Sizes):
 
 
 def _group(plan: RunPlan) -> str:
-    if plan.config in ("fair", "metrics", "brokers", "light", "held"):
+    if plan.config in ("fair", "metrics", "brokers", "light", "held", "rate-limited"):
         return plan.config
     return "offered" if plan.rate else plan.config
 
