@@ -29,10 +29,12 @@ def tree_cpu_seconds(root: psutil.Process) -> float:
 
 
 class WorkerSampler:
-    """Context manager: CPU seconds used and peak RSS of the process tree rooted at `pid`."""
+    """Context manager: CPU seconds used and peak RSS of the process tree rooted at `pid`; the CPU of the trees
+    rooted at `others` (more workers sharing the run) is added to `cpu_seconds`."""
 
-    def __init__(self, pid: int, *, interval: float = 0.5) -> None:
+    def __init__(self, pid: int, *, others: tuple[int, ...] = (), interval: float = 0.5) -> None:
         self.root = psutil.Process(pid)
+        self.others = [psutil.Process(other) for other in others]
         self.interval = interval
         self.peak_rss_mb = 0.0
         self.peak_pss_mb = 0.0
@@ -48,7 +50,7 @@ class WorkerSampler:
         self._thread = threading.Thread(target=self._sample_until_stopped, daemon=True)
 
     def __enter__(self) -> WorkerSampler:
-        self._cpu_at_start, self._root_cpu_at_start = tree_cpu_seconds(self.root), _own_cpu_seconds(self.root)
+        self._cpu_at_start, self._root_cpu_at_start = self._all_cpu_seconds(), _own_cpu_seconds(self.root)
         psutil.cpu_percent()  # starts the machine-wide busy counter
         self._thread.start()
         return self
@@ -57,9 +59,12 @@ class WorkerSampler:
         self._stop.set()
         self._thread.join()
         self._sample_memory()
-        self.cpu_seconds = tree_cpu_seconds(self.root) - self._cpu_at_start
+        self.cpu_seconds = self._all_cpu_seconds() - self._cpu_at_start
         self.root_cpu_seconds = _own_cpu_seconds(self.root) - self._root_cpu_at_start
         self.box_cpu_percent = psutil.cpu_percent()
+
+    def _all_cpu_seconds(self) -> float:
+        return sum(tree_cpu_seconds(root) for root in (self.root, *self.others))
 
     def _sample_until_stopped(self) -> None:
         while not self._stop.wait(self.interval):

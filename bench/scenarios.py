@@ -77,7 +77,7 @@ class RunPlan:
     # The kind of agent work its tasks are (the bench has one agent per kind), or DEAD_LETTER: tasks that fail at
     # once, the run timed to their failures.
     kind: str = "text"
-    workers: int = 1  # worker processes sharing the run (the figures of CPU and memory are the first one's)
+    workers: int = 1  # worker processes sharing the run (CPU: all of theirs; memory: the first one's)
     busy: bool = False  # one core kept spinning for the run, as on a loaded host
     broker: str = REDIS  # or RABBITMQ: a vhost of its own, results and shared controls still on Redis
     mix: Mix | None = None  # tasks of every kind, several users, some grouped or followed (`kind` unused)
@@ -109,7 +109,8 @@ class RunResult:
     latency_p95_s: float | None = None
     latency_p99_s: float | None = None
     cpu_ms_per_task: float | None = None
-    root_cpu_ms_per_task: float | None = None  # the worker's main process alone (ours: the rest is its LLM process)
+    # the (first) worker's main process alone (ours: the rest is its LLM process)
+    root_cpu_ms_per_task: float | None = None
     peak_rss_mb: float | None = None
     peak_pss_mb: float | None = None
     peak_process_rss_mb: float | None = None
@@ -174,15 +175,17 @@ def _execute(plan: RunPlan, env: BenchEnvironment, *, budget_seconds: float, sta
             started(list(plan.command), env=_worker_env(plan, env), log_path=_log_path(plan), timeout=90) as worker,
             contextlib.ExitStack() as others,
         ):
+            more_workers = []
             for number in range(2, plan.workers + 1):
                 log = RESULTS_DIR / f"{plan.name}-{number}.log"
-                others.enter_context(started(list(plan.command), env=_worker_env(plan, env), log_path=log, timeout=90))
+                command, worker_env = list(plan.command), _worker_env(plan, env)
+                more_workers.append(others.enter_context(started(command, env=worker_env, log_path=log, timeout=90)))
             if plan.busy:
                 others.enter_context(busy_core())
             result.pool, result.concurrency = _pool_in_banner(_log_path(plan), default=(plan.pool, plan.concurrency))
             result.warmup_tasks = _warm_up(load, worker, env, plan)
             with (
-                WorkerSampler(worker.pid) as sampler,
+                WorkerSampler(worker.pid, others=tuple(more.pid for more in more_workers)) as sampler,
                 ForeignLoad() as foreign,
                 QueuePeak(BENCH_REDIS, AGENT_QUEUE) as queue,
             ):
