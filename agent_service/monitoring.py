@@ -78,7 +78,7 @@ LLM_REQUESTS = Counter(
 )
 RATE_LIMIT_WAIT = Histogram(
     "agent_service_rate_limit_wait_seconds",
-    "LLM calls held in the worker for a rate-limit slot before they left, by model, and how long",
+    "LLM calls reserved for a rate-limit slot ahead, by model, and how long they waited for it",
     ["model"],
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
 )
