@@ -62,6 +62,8 @@ def test_sigkilled_workers_tasks_are_resumed_by_another_once_its_lease_expires_n
     owner = wait_for_owner(run, doomed)
     wait_until(lambda: len(held_by(run, owner)) >= 2, what="tasks running on the doomed worker", timeout=60)
     kept = redis_server.client()
+    # (it receives no more messages, so none it received waits unclaimed behind the lock below)
+    run.stop_consuming("doomed")
     with run.rows_locked():
         # And every reply under way arrived and was kept, none recorded yet (the rows are locked)
         wait_until(lambda: replies_kept_for_every_running_task(run, kept), what="kept replies", timeout=30)
