@@ -153,14 +153,15 @@ def test_the_broker_queue_stays_at_the_target_while_a_backlog_waits(backlog_agen
     # When 500 tasks are submitted at once, with no worker to start them
     room = _room(session_factory, fair_app.services.settings)
     ids = create_agent_tasks(_items(backlog_agent, "bulk", 500), app=fair_app)
-    # Then only as many as DISPATCH_TARGET_IN_FLIGHT allows are in the broker, the rest wait in PostgreSQL
-    assert 0 < room <= TARGET
-    assert broker.llen(AGENT_QUEUE) == room
+    # Then only as many as DISPATCH_TARGET_IN_FLIGHT allows are in the broker (the room earlier tests' tasks
+    # left, give or take one of theirs leaving the in-flight window meanwhile), the rest wait in PostgreSQL
+    published = broker.llen(AGENT_QUEUE)
+    assert 0 < room <= TARGET and 0 < published <= TARGET and abs(published - room) <= 1
     # And further rounds add nothing while those stay unstarted
     assert dispatch_waiting(fair_app, session_factory, fair_app.services.settings) == 0
     statuses = list(_statuses(session_factory, ids).values())
-    assert statuses.count(TaskStatus.QUEUED) == room
-    assert statuses.count(TaskStatus.WAITING) == 500 - room
+    assert statuses.count(TaskStatus.QUEUED) == published
+    assert statuses.count(TaskStatus.WAITING) == 500 - published
 
 
 def test_a_task_submitted_with_room_in_the_broker_is_published_at_once(backlog_agent, fair_app, broker):
