@@ -8,7 +8,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import uuid
@@ -25,7 +24,6 @@ from sqlalchemy import select
 from agent_service.config import Settings
 from agent_service.database import session_scope
 from agent_service.devtools.processes import ROOT, start_worker, stop_process
-from agent_service.messaging.routing import AGENT_QUEUE
 from agent_service.models import Agent, Task, TaskAttempt, TaskStatus
 from agent_service.tasks import create_agent_tasks
 from agent_service.worker import create_celery_app
@@ -34,8 +32,6 @@ from tests.support import LLMControl, add_agent, make_settings, wait_for_final, 
 SCALE = os.environ.get("CHAOS_SCALE", "short")
 FULL = SCALE == "full"
 LOG_DIR = ROOT / ".local" / "chaos-logs"
-# A worker's received messages are handed over as a batch within BATCH_FLUSH_SECONDS (0.05 s) and claimed.
-BUFFERED_CLAIM_SECONDS = 0.3
 RESULTS_JSON = ROOT / ".local" / ("chaos-results.json" if FULL else f"chaos-results-{SCALE}.json")
 
 # LLM timeout < soft limit < hard limit < Redis visibility timeout < sweeper threshold, and a liveness lease below
@@ -163,16 +159,6 @@ class Scenario:
         )
         self.workers.append(process)
         return process
-
-    def stop_consuming(self, label: str) -> None:
-        """The worker started as `label` takes no more agent-task messages (Celery's `cancel_consumer`); returns
-        once it has answered and the messages it had received have had time to be claimed. A message a worker
-        received but never claimed is not its liveness lease's to bring back when it dies: on Redis it returns
-        after BROKER_VISIBILITY_TIMEOUT_SECONDS (docs/decisions.md, "Liveness leases in PostgreSQL")."""
-        node = f"{self.name}-{label}".replace(" ", "-") + f"@{socket.gethostname()}"
-        answers = self.app.control.cancel_consumer(AGENT_QUEUE, destination=[node], reply=True, timeout=10)
-        assert answers, f"{node} did not answer cancel_consumer"
-        time.sleep(BUFFERED_CLAIM_SECONDS)
 
     def close(self) -> None:
         for process in self.workers:

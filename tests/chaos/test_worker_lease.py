@@ -35,6 +35,10 @@ KILL = dict(
     SLOW_BROKER,
     worker_lease_seconds=sized(3, DEFAULT_LEASE),
     sweep_interval_seconds=sized(1, DEFAULT_SWEEP),
+    # Short runs: messages the killed worker had received but not claimed (held behind the row lock below) come
+    # back from Redis after 20 s, well after the lease (3 s) has brought its claimed tasks back: a known limit
+    # (docs/decisions.md, "Liveness leases in PostgreSQL", Limits).
+    broker_visibility_timeout_seconds=sized(20, SLOW_BROKER["broker_visibility_timeout_seconds"]),
 )
 # A call in flight when the worker is paused must outlive the short pause: LLM timeout < soft < hard limit.
 PAUSE = dict(
@@ -62,8 +66,6 @@ def test_sigkilled_workers_tasks_are_resumed_by_another_once_its_lease_expires_n
     owner = wait_for_owner(run, doomed)
     wait_until(lambda: len(held_by(run, owner)) >= 2, what="tasks running on the doomed worker", timeout=60)
     kept = redis_server.client()
-    # (it receives no more messages, so none it received waits unclaimed behind the lock below)
-    run.stop_consuming("doomed")
     with run.rows_locked():
         # And every reply under way arrived and was kept, none recorded yet (the rows are locked)
         wait_until(lambda: replies_kept_for_every_running_task(run, kept), what="kept replies", timeout=30)
