@@ -136,15 +136,16 @@ class RateLimits:
             return [Decision.defer(PAUSED, retry_in=PAUSE_RETRY_SECONDS, holdable=False)] * len(candidates)
         now = time.time()
         decisions = []
-        for candidate, applying, amount, (blocker, wait) in zip(
+        for candidate, applying, amount, answer in zip(
             candidates, limits, amounts, cast(list[list[bytes]], answers), strict=True
         ):
-            if int(blocker):
-                decisions.append(self._deferred(applying, keys[int(blocker) - 1], float(wait)))
+            blocker, wait = int(answer[0]), float(answer[1])
+            if blocker:
+                decisions.append(self._deferred(applying, keys[blocker - 1], wait))
                 continue
-            if float(wait):
-                RATE_LIMIT_WAIT.labels(candidate.request.model).observe(float(wait))
-            decisions.append(self._reserved(candidate, applying, amount, now=now, wait=float(wait)))
+            if wait:
+                RATE_LIMIT_WAIT.labels(candidate.request.model).observe(wait)
+            decisions.append(self._reserved(candidate, applying, amount, now=now, wait=wait))
         return decisions
 
     def _deferred(self, applying: tuple[_Limit, ...], blocker: str, wait: float) -> Decision:
