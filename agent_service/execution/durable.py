@@ -22,7 +22,7 @@ from agent_service.live.publisher import LivePublisher, Update
 from agent_service.monitoring import count_llm_usage
 from agent_service.store import lifecycle
 from agent_service.store.lifecycle import Claim
-from agent_service.store.steps import RecordedStep, load_steps, write_steps
+from agent_service.store.steps import ClaimSteps, RecordedStep, load_steps, write_steps
 from agent_service.tracing import NO_TRACES, TaskTraces
 
 LOST_CLAIM = "the run lost its claim on the task (cancelled, or taken over) before its step was recorded"
@@ -82,16 +82,17 @@ class DurableRuns:
             return load_steps(session, task_ids)
 
     def record(self, plans: list[tuple[Claim, Plan]], *, now: datetime) -> list[bool]:
-        """Write the plans' steps, charges and pauses (one transaction); whether each claim still owned its task."""
+        """Write the plans' steps, charges and pauses (one transaction, the steps of them all written together);
+        whether each claim still owned its task."""
+        writing = [(claim, plan) for claim, plan in plans if plan.writes or plan.charge or plan.pause]
         with session_scope(self._session_factory) as session:
-            return [self._write(session, claim, plan, now=now) for claim, plan in plans]
-
-    def _write(self, session: Session, claim: Claim, plan: Plan, *, now: datetime) -> bool:
-        if not (plan.writes or plan.charge or plan.pause):
-            return True
-        if not write_steps(session, claim, plan.writes, charge=plan.charge, now=now):
-            return False
-        return plan.pause is None or lifecycle.record_pause(session, claim, reason=plan.pause, now=now)
+            written = write_steps(session, [ClaimSteps(c, p.writes, p.charge) for c, p in writing], now=now)
+            owned = {
+                claim.task_id: kept
+                and (plan.pause is None or lifecycle.record_pause(session, claim, reason=plan.pause, now=now))
+                for (claim, plan), kept in zip(writing, written, strict=True)
+            }
+        return [owned.get(claim.task_id, True) for claim, _ in plans]
 
 
 def _live_updates(run: StepLog, plan: Plan) -> list[Update]:

@@ -8,12 +8,14 @@ message can never both run a task, and a run that lost its claim can never compl
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import astuple, dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import BindParameter, Row, Table, Update, bindparam, case, func, select, update
+from sqlalchemy import cast as sql_cast
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 from agent_service.clock import aware
@@ -67,22 +69,38 @@ _AGENTS_OF = select(_AGENTS).where(_AGENTS.c.id.in_(bindparam("p_agents", expand
 _FINISHED = dict(finished_at=_NOW, updated_at=_NOW, duration_ms=bindparam("p_duration"))
 
 
-def _plus(column: Any, name: str) -> Any:
-    """The task's sum with one call's figure added; a call that reported nothing leaves it as it is."""
-    figure = bindparam(name, type_=column.type)
-    return case((figure.is_(None), column), else_=func.coalesce(column, 0) + figure)
+def _charged(figures: dict[str, Any]) -> dict[str, Any]:
+    """The task's sums with one call's `figures` (an expression for each summed column, and `unpriced_calls`:
+    1 for a call of unknown price) added; a figure that is NULL (the call reported nothing) leaves its sum."""
+
+    def plus(column: Any) -> Any:
+        figure = figures[column.name]
+        return case((figure.is_(None), column), else_=func.coalesce(column, 0) + figure)
+
+    unpriced_so_far = _TASKS.c.unpriced_calls + figures["unpriced_calls"]
+    return dict(
+        prompt_tokens=plus(_TASKS.c.prompt_tokens),
+        completion_tokens=plus(_TASKS.c.completion_tokens),
+        total_tokens=plus(_TASKS.c.total_tokens),
+        cached_tokens=plus(_TASKS.c.cached_tokens),
+        unpriced_calls=unpriced_so_far,
+        # A task with any call of unknown price has no known cost: NULL, never an understated sum.
+        cost_usd=case((unpriced_so_far > 0, None), else_=plus(_TASKS.c.cost_usd)),
+    )
 
 
-_UNPRICED_SO_FAR = _TASKS.c.unpriced_calls + bindparam("p_unpriced")
+_SUMMED = ("prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens", "cost_usd")
+
+
+def _figure_name(summed: str) -> str:
+    """The parameter that carries one call's figure for the task's `summed` column (`Charge.params`)."""
+    return f"p_{summed.removesuffix('_usd')}"
+
+
 # Every settled attempt adds what its call cost to the task's sums (nothing when no provider answered).
-_CHARGED = dict(
-    prompt_tokens=_plus(_TASKS.c.prompt_tokens, "p_prompt_tokens"),
-    completion_tokens=_plus(_TASKS.c.completion_tokens, "p_completion_tokens"),
-    total_tokens=_plus(_TASKS.c.total_tokens, "p_total_tokens"),
-    cached_tokens=_plus(_TASKS.c.cached_tokens, "p_cached_tokens"),
-    unpriced_calls=_UNPRICED_SO_FAR,
-    # A task with any call of unknown price has no known cost: NULL, never an understated sum.
-    cost_usd=case((_UNPRICED_SO_FAR > 0, None), else_=_plus(_TASKS.c.cost_usd, "p_cost")),
+_CHARGED = _charged(
+    {name: bindparam(_figure_name(name), type_=_TASKS.c[name].type) for name in _SUMMED}
+    | {"unpriced_calls": bindparam("p_unpriced")}
 )
 _COMPLETE = (
     update(_TASKS)
@@ -128,6 +146,24 @@ _DEFER = (
 
 # A step of a multi-step run adds its call's cost at once (store/steps.py), only while the claim owns the task.
 _CHARGE_STEP = update(_TASKS).where(*_OWNED).values(updated_at=_NOW, **_CHARGED)
+# The steps of many runs charged in one statement on PostgreSQL: each claim and its figures read from arrays.
+_EACH_STEP = (
+    func.unnest(
+        sql_cast(bindparam("p_each_id"), ARRAY(_TASKS.c.id.type)),
+        sql_cast(bindparam("p_each_attempt"), ARRAY(_TASKS.c.attempts.type)),
+        *(sql_cast(bindparam(f"p_each_{name}"), ARRAY(_TASKS.c[name].type)) for name in (*_SUMMED, "unpriced_calls")),
+    )
+    .table_valued("id", "attempt", *_SUMMED, "unpriced_calls")
+    .render_derived(name="step")
+)
+_CHARGE_STEPS = (
+    update(_TASKS)
+    .where(
+        _TASKS.c.id == _EACH_STEP.c.id, _TASKS.c.status == TaskStatus.RUNNING, _TASKS.c.attempts == _EACH_STEP.c.attempt
+    )
+    .values(updated_at=_NOW, **_charged({name: _EACH_STEP.c[name] for name in (*_SUMMED, "unpriced_calls")}))
+    .returning(_TASKS.c.id)
+)
 # A run that waits for a reviewer gives its attempt and its claim back until the decision.
 _PAUSE = update(_TASKS).where(*_OWNED).values(status=TaskStatus.AWAITING_APPROVAL, **_GIVE_BACK)
 
@@ -322,6 +358,28 @@ def charge_step(session: Session, claim: Claim, *, charge: Charge | None, now: d
     params = {"p_id": claim.task_id, "p_attempt": claim.attempt, "p_now": now}
     params.update(charge.params() if charge else NO_CHARGE)
     return session.connection().execute(_CHARGE_STEP, params).rowcount == 1
+
+
+def charge_steps(session: Session, charges: Sequence[tuple[Claim, Charge | None]], *, now: datetime) -> list[bool]:
+    """`charge_step` for each claim (a claim named twice has its charges added together), in one statement on
+    PostgreSQL. Returns whether each claim still owns its task, in the order given."""
+    if session.get_bind().dialect.name != "postgresql":
+        return [charge_step(session, claim, charge=charge, now=now) for claim, charge in charges]
+    each: dict[uuid.UUID, tuple[Claim, Charge | None]] = {}
+    for claim, charge in charges:
+        _, earlier = each.get(claim.task_id, (claim, None))
+        each[claim.task_id] = (claim, charge.after(earlier) if charge else earlier)
+    figures = [charge.params() if charge else NO_CHARGE for _, charge in each.values()]
+    params: dict[str, Any] = {
+        "p_now": now,
+        "p_each_id": list(each),
+        "p_each_attempt": [claim.attempt for claim, _ in each.values()],
+        "p_each_unpriced_calls": [figure["p_unpriced"] for figure in figures],
+    }
+    for name in _SUMMED:
+        params[f"p_each_{name}"] = [figure[_figure_name(name)] for figure in figures]
+    owned = set(session.connection().execute(_CHARGE_STEPS, params).scalars())
+    return [claim.task_id in owned for claim, _ in charges]
 
 
 def record_pause(session: Session, claim: Claim, *, reason: str, now: datetime) -> bool:

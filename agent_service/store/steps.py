@@ -68,28 +68,38 @@ def load_steps(session: Session, task_ids: Sequence[uuid.UUID]) -> dict[uuid.UUI
     return steps
 
 
-def write_steps(
-    session: Session, claim: Claim, writes: Sequence[StepWrite], *, charge: Charge | None = None, now: datetime
-) -> bool:
-    """Write these steps of the claimed task, adding `charge` (a model turn's cost) to the task's sums, only
-    while the claim still owns the task. Returns whether it did (nothing is written otherwise)."""
-    if not lifecycle.charge_step(session, claim, charge=charge, now=now):
-        return False
+@dataclass(frozen=True)
+class ClaimSteps:
+    """The steps one claim's run writes at once, and the model turn's cost they add to the task's sums."""
+
+    claim: Claim
+    writes: Sequence[StepWrite]
+    charge: Charge | None = None
+
+
+def write_steps(session: Session, batch: Sequence[ClaimSteps], *, now: datetime) -> list[bool]:
+    """Write each claim's steps, adding its `charge` to the task's sums, only while the claim still owns the
+    task; the claims checked and charged in one statement, the new steps of them all inserted in another.
+    Returns whether each claim did (nothing of it is written otherwise), in the order given."""
+    owned = lifecycle.charge_steps(session, [(steps.claim, steps.charge) for steps in batch], now=now)
+    kept = [steps for steps, still in zip(batch, owned, strict=True) if still]
     inserts = [
-        {"task_id": claim.task_id, "position": w.position, "attempt": claim.attempt, "created_at": now, **w.values}
-        for w in writes
+        {"task_id": s.claim.task_id, "position": w.position, "attempt": s.claim.attempt, "created_at": now, **w.values}
+        for s in kept
+        for w in s.writes
         if not w.exists
     ]
     if inserts:
         session.execute(insert(TaskStep), inserts)
-    for write in writes:
-        if write.exists:
-            session.execute(
-                update(TaskStep)
-                .where(TaskStep.task_id == claim.task_id, TaskStep.position == write.position)
-                .values(attempt=claim.attempt, updated_at=now, **write.values)
-            )
-    return True
+    for steps in kept:
+        for write in steps.writes:
+            if write.exists:
+                session.execute(
+                    update(TaskStep)
+                    .where(TaskStep.task_id == steps.claim.task_id, TaskStep.position == write.position)
+                    .values(attempt=steps.claim.attempt, updated_at=now, **write.values)
+                )
+    return owned
 
 
 def decide_approval(

@@ -17,6 +17,7 @@ from typing import ClassVar
 import pytest
 import redis
 from pydantic import SecretStr
+from sqlalchemy import update
 
 from agent_service.admission.base import Candidate
 from agent_service.clock import utcnow
@@ -31,8 +32,9 @@ from agent_service.live.events import EventKind, decode, follower_key, stream_ke
 from agent_service.live.publisher import LivePublisher
 from agent_service.llm.messages import LLMReply, ToolCall, Usage
 from agent_service.models import Agent, StepStatus, StepType, Task, TaskStatus, TaskStep
-from agent_service.store import steps
+from agent_service.store import lifecycle, steps
 from agent_service.store.agents import agent_spec
+from agent_service.store.lifecycle import Charge
 from tests.integration.conftest import IDLE_REDIS
 
 SECRET = "s3cr3t-weather-token"
@@ -541,3 +543,54 @@ def test_an_api_agent_definition_is_checked_naming_the_bad_field(tool_calls):
         check_tools(tools(tool_calls.url), ["api.example.com"])
     with pytest.raises(ValueError, match="an api agent needs a list of one tool definition at least"):
         check_tools([], ["api.example.com"])
+
+
+def test_the_steps_of_many_runs_are_written_together_and_only_for_the_claims_that_still_own_their_tasks(
+    db_session, api_agent, api_settings
+):
+    # Given three tasks claimed by this worker, the third then taken over by another attempt
+    tasks = [
+        Task(
+            id=uuid.uuid4(),
+            title=f"t{i}",
+            description="d",
+            agent_id=api_agent.id,
+            user_id="u",
+            status=TaskStatus.QUEUED,
+        )
+        for i in range(3)
+    ]
+    db_session.add_all(tasks)
+    db_session.flush()
+    now = utcnow()
+    first, second, lost = lifecycle.claim_tasks(
+        db_session, [t.id for t in tasks], settings=api_settings, now=now, owner="this-worker"
+    )
+    db_session.execute(update(Task).where(Task.id == lost.task_id).values(attempts=2))
+    priced, unpriced = Charge("gpt-4o-mini", USAGE, 0.25), Charge("gpt-4o-mini", USAGE, None)
+    turn = [steps.StepWrite(0, {"step_type": StepType.MODEL_TURN, "status": StepStatus.SUCCEEDED, "content": "hi"})]
+    call = [steps.StepWrite(1, {"step_type": StepType.TOOL_CALL, "status": StepStatus.STARTED, "tool_name": "weather"})]
+    # When their steps are written in one batch, the first named twice (its turn, then its tool call)
+    owned = steps.write_steps(
+        db_session,
+        [
+            steps.ClaimSteps(first, turn, priced),
+            steps.ClaimSteps(second, turn, unpriced),
+            steps.ClaimSteps(lost, turn, priced),
+            steps.ClaimSteps(first, call),
+        ],
+        now=now,
+    )
+    # Then each claim that still owns its task wrote its steps and added its charge; the lost one wrote nothing
+    assert owned == [True, True, False, True]
+    assert [(s.position, s.step_type) for s in recorded(db_session, tasks[0])] == [
+        (0, StepType.MODEL_TURN),
+        (1, StepType.TOOL_CALL),
+    ]
+    assert len(recorded(db_session, tasks[1])) == 1 and recorded(db_session, tasks[2]) == []
+    sums = [(t.prompt_tokens, t.total_tokens, t.cost_usd, t.unpriced_calls) for t in map(reload_of(db_session), tasks)]
+    assert sums == [(11, 15, 0.25, 0), (11, 15, None, 1), (None, None, None, 0)]
+
+
+def reload_of(db_session):
+    return lambda task: reload(db_session, task)
