@@ -24,6 +24,7 @@ from agent_service.execution.maintenance import (
     fail_expired_approvals,
     requeue_stuck_tasks,
     requeue_tasks_of_lost_workers,
+    restore_messages_of_lost_workers,
     send_lost_group_callbacks,
 )
 from agent_service.execution.outcomes import Outcome, TaskOutcome
@@ -158,9 +159,10 @@ def process_agent_task(self: AgentTaskBatches, requests: list[AgentRequest]) -> 
 @monitor_task_execution("sweep_stale_tasks", ok=Outcome.COMPLETED, error=Outcome.ERROR)
 def sweep_stale_tasks(self: Task) -> dict[str, Any]:
     """Fail the tasks whose message RabbitMQ dead-lettered, re-queue the running tasks of workers whose liveness
-    lease expired and rows stuck without a live message (broker down at submit, lost with Redis, dead worker past
-    the stale threshold), fail the tasks whose pending approval expired (both failures notified as dead letters),
-    and send the callbacks of groups whose sender was lost."""
+    lease expired (on Redis, handing back the messages they had received too) and rows stuck without a live
+    message (broker down at submit, lost with Redis, dead worker past the stale threshold), fail the tasks whose
+    pending approval expired (both failures notified as dead letters), and send the callbacks of groups whose
+    sender was lost."""
     services = services_of(self.app)
     collaborators = {"app": self.app, "session_factory": services.session_factory, "settings": services.settings}
     dead_lettered = fail_dead_lettered_tasks(**collaborators)
@@ -170,10 +172,12 @@ def sweep_stale_tasks(self: Task) -> dict[str, Any]:
     expired = fail_expired_approvals(**collaborators)
     _notify_failed_for_good(services, expired, cause="approval expired", why="a tool call's approval expired")
     taken_over = requeue_tasks_of_lost_workers(**collaborators)
+    handed_back = restore_messages_of_lost_workers(**collaborators)
     requeued = requeue_stuck_tasks(**collaborators)
     return {
         "status": "ok",
         "lost_workers_tasks": taken_over,
+        "lost_workers_messages": handed_back,
         "requeued": requeued,
         "expired": expired,
         "dead_lettered": dead_lettered,

@@ -48,6 +48,12 @@ class BrokerSettings(BaseModel):
         return self.broker_url.split("://", 1)[0] in RABBITMQ_SCHEMES
 
     @property
+    def broker_is_redis(self) -> bool:
+        """Whether the broker is Redis (redis://, rediss://): it then holds delivered messages until acknowledged
+        or the visibility timeout, whatever became of the worker that took them."""
+        return self.broker_url.split("://", 1)[0] in REDIS_SCHEMES
+
+    @property
     def result_backend_is_redis(self) -> bool:
         return self.result_backend.split("://", 1)[0] in REDIS_SCHEMES
 

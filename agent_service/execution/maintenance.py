@@ -17,6 +17,7 @@ from agent_service.execution.liveness import current_owner
 from agent_service.messaging.dead_letters import DeadLetter, taken_dead_letters
 from agent_service.messaging.groups import send_callbacks_quietly, send_overdue_callbacks
 from agent_service.messaging.publisher import enqueue, publish_tasks
+from agent_service.messaging.unacked import restore_delivered_before
 from agent_service.monitoring import Backlog
 from agent_service.store import leases, steps
 from agent_service.store import tasks as store_tasks
@@ -75,6 +76,22 @@ def requeue_tasks_of_lost_workers(*, app: Celery, session_factory: sessionmaker[
         if lost:
             publish_tasks(app, lost)
     return len(lost)
+
+
+def restore_messages_of_lost_workers(*, app: Celery, session_factory: sessionmaker[Session], settings: Settings) -> int:
+    """On Redis, hand back to their queues the messages still unacknowledged that were delivered before the
+    latest lost worker's lease expired: those it had received but not claimed would otherwise wait for the
+    visibility timeout; returns how many. Idempotent, so every sweep does it while a lost lease is kept: a message
+    handed back is delivered again later than that, and one a live worker holds is turned away by the claim.
+    A database query per sweep, and a Redis one while a lost lease is kept; nothing on RabbitMQ, which hands a
+    lost connection's messages back itself. Raises: BrokerUnavailableError (the next sweep tries again)."""
+    if not settings.broker_is_redis:
+        return 0
+    with session_scope(session_factory) as session:
+        lost_at = leases.last_loss(session, judge=current_owner())
+    if lost_at is None:
+        return 0
+    return restore_delivered_before(app, moment=lost_at.timestamp(), limit=settings.sweep_batch_size)
 
 
 def send_lost_group_callbacks(*, app: Celery, session_factory: sessionmaker[Session], settings: Settings) -> int:

@@ -21,9 +21,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from agent_service.clock import utcnow
 from agent_service.config import Settings
 from agent_service.database import session_scope
 from agent_service.devtools.processes import ROOT, start_worker, stop_process
+from agent_service.messaging.publisher import publish_tasks
 from agent_service.models import Agent, Task, TaskAttempt, TaskStatus
 from agent_service.tasks import create_agent_tasks
 from agent_service.worker import create_celery_app
@@ -230,12 +232,32 @@ class Scenario:
         )
 
     @contextmanager
-    def rows_locked(self) -> Iterator[None]:
-        """Hold a row lock on every task of the scenario: a worker can neither claim one nor record an
-        outcome until the block ends (a database too slow to answer, frozen)."""
+    def rows_locked(self, label: str | None = None) -> Iterator[None]:
+        """Hold a row lock on every task of the scenario (with `label`: of that group): a worker can neither
+        claim one nor record an outcome until the block ends (a database too slow to answer, frozen)."""
         with session_scope(self.session_factory) as session:
-            session.execute(select(Task.id).where(Task.title.startswith(self.prefix())).with_for_update())
+            session.execute(select(Task.id).where(Task.title.startswith(self.prefix(label))).with_for_update())
             yield
+
+    def defer(self, count: int, *, countdown: float, label: str = "deferred") -> list[str]:
+        """Add `count` queued tasks whose only message carries a `countdown`, as a deferred or retried task's
+        does (a worker that receives one holds it in its memory until then, unclaimed); returns their ids."""
+        rows = [
+            Task(
+                id=uuid.uuid4(),
+                title=f"{self.prefix(label)} #{self.submitted + i:05d}",
+                agent_id=self.agent.id,
+                user_id="chaos",
+                status=TaskStatus.QUEUED,
+                queued_at=utcnow(),
+            )
+            for i in range(count)
+        ]
+        self.submitted += count
+        with session_scope(self.session_factory) as session:
+            session.add_all(rows)
+        publish_tasks(self.app, [row.id for row in rows], countdown=countdown)
+        return [str(row.id) for row in rows]
 
     def calls_by_task(self) -> dict[str, list[dict]]:
         """The LLM server's log of the scenario's calls, by the title of the task that made each."""

@@ -1,20 +1,26 @@
 """Scenario 12: a worker lost, or paused, while the broker would wait an hour to redeliver its messages
 (BROKER_VISIBILITY_TIMEOUT_SECONDS and STALE_TASK_AFTER_SECONDS at their defaults). What brings its tasks back
 is its liveness lease: once it has not been renewed for WORKER_LEASE_SECONDS, the sweeper publishes them
-again and another worker takes them over. At full size (`make chaos`) the lease and the sweep run at their
-defaults (30 s and 15 s), and a SIGKILLed worker's tasks must be resumed within 60 s.
+again (on Redis it hands back the messages the worker had received, too) and another worker takes them over.
+At full size (`make chaos`) the lease and the sweep run at their defaults (30 s and 15 s), and a SIGKILLed
+worker's tasks must be resumed within 60 s.
 
 12a SIGKILL: every task completes once, and no call answered before the kill is made again (the replies
-were kept). 12b SIGSTOP shorter than the lease: the paused worker keeps its tasks and completes them itself.
+were kept); the deferred tasks it had received and not claimed (their messages held delivered by Redis) run
+elsewhere, in their first attempt, without waiting for the visibility timeout. 12b SIGSTOP shorter than the
+lease: the paused worker keeps its tasks and completes them itself.
 12c SIGSTOP longer than the lease: another worker takes them over and completes them once; the woken worker
 cannot complete them again, its late outcome is discarded."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import time
+
+import redis
 
 from agent_service.models import TaskStatus
 from tests.chaos.harness import FULL, Scenario, sized
@@ -35,10 +41,6 @@ KILL = dict(
     SLOW_BROKER,
     worker_lease_seconds=sized(3, DEFAULT_LEASE),
     sweep_interval_seconds=sized(1, DEFAULT_SWEEP),
-    # Short runs: messages the killed worker had received but not claimed (held behind the row lock below) come
-    # back from Redis after 20 s, well after the lease (3 s) has brought its claimed tasks back: a known limit
-    # (docs/decisions.md, "Liveness leases in PostgreSQL", Limits).
-    broker_visibility_timeout_seconds=sized(20, SLOW_BROKER["broker_visibility_timeout_seconds"]),
 )
 # A call in flight when the worker is paused must outlive the short pause: LLM timeout < soft < hard limit.
 PAUSE = dict(
@@ -53,35 +55,47 @@ PAUSE = dict(
 SHORT_PAUSE = PAUSE["worker_lease_seconds"] / 3
 
 
-def test_sigkilled_workers_tasks_are_resumed_by_another_once_its_lease_expires_none_twice_no_answered_call_again(
+def test_sigkilled_workers_tasks_and_messages_are_resumed_by_another_once_its_lease_expires_none_twice_no_call_again(
     scenario, llm, redis_server
 ):
-    # Given two workers (one running beat) busy with tasks whose calls take 500 ms
+    # Given a worker whose tasks' calls take 500 ms (the rescuer, which runs beat, starts just before the kill)
     run = scenario("12a SIGKILL, lease", **KILL)
     llm.add_fault(fault="slow", match=run.token, delay_ms=500)
     doomed = run.start_worker("doomed")
-    run.start_worker("rescuer", beat=True)
+    broker = redis_server.client()
+    # And deferred tasks (their one message has a countdown) that only the doomed worker received and holds in
+    # its memory, unclaimed: on Redis their messages stay delivered, unacknowledged, for the visibility timeout
+    deferred = run.defer(sized(4, 20), countdown=sized(10, 30))
+    wait_until(lambda: set(deferred) <= delivered(broker), what="the doomed worker's deferred tasks", timeout=60)
+    # And tasks running on it
     tasks = sized(24, 200)
     run.submit(tasks)
     owner = wait_for_owner(run, doomed)
     wait_until(lambda: len(held_by(run, owner)) >= 2, what="tasks running on the doomed worker", timeout=60)
-    kept = redis_server.client()
     with run.rows_locked():
         # And every reply under way arrived and was kept, none recorded yet (the rows are locked)
-        wait_until(lambda: replies_kept_for_every_running_task(run, kept), what="kept replies", timeout=30)
+        wait_until(lambda: replies_kept_for_every_running_task(run, broker), what="kept replies", timeout=30)
         held = held_by(run, owner)
+        assert not set(held) & set(deferred)
+        run.start_worker("rescuer", beat=True)
         # When the doomed worker's whole process group is SIGKILLed
         killed_at = run.kill_worker(doomed)
     # Then another worker has taken over each of its tasks once its lease expired
     resumed_after = wait_for_takeover(run, held, owner, since=killed_at, timeout=sized(60, 120))
+    # And ran the deferred tasks, in their first attempt: their messages were handed back (not after an hour)
+    rescued = run.wait(deferred, timeout=sized(60, 120))
+    assert {(row.status, row.attempts) for row in rescued.values()} == {(TaskStatus.COMPLETED, 1)}
+    handed_back_after = round(max(row.finished_at.timestamp() for row in rescued.values()) - killed_at, 1)
     run.wait(timeout=sized(60, 300))
-    tally = run.tally(recovery_seconds=resumed_after, repeated_calls=calls_after(run, held, killed_at))
+    tally = run.tally(
+        recovery_seconds=max(resumed_after, handed_back_after), repeated_calls=calls_after(run, held, killed_at)
+    )
     # And every task completed exactly once, none lost, and no call was made again: each was answered and kept
-    assert (tally.completed, tally.lost, tally.duplicates) == (tasks, 0, 0)
-    assert tally.repeated_calls == 0 and tally.llm_calls == tasks
+    assert (tally.completed, tally.lost, tally.duplicates) == (tasks + len(deferred), 0, 0)
+    assert tally.repeated_calls == 0 and tally.llm_calls == tasks + len(deferred)
     assert all(run.attempts(task_id)[0].outcome == "lost" for task_id in held)
     if FULL:  # with the default lease and sweep: lost within a minute
-        assert resumed_after <= 60, f"resumed {resumed_after:.1f} s after the kill"
+        assert tally.recovery_seconds <= 60, f"resumed {tally.recovery_seconds:.1f} s after the kill"
 
 
 def test_paused_worker_keeps_its_tasks_within_its_lease_and_loses_them_once_past_it_completing_none_twice(
@@ -124,6 +138,11 @@ def test_paused_worker_keeps_its_tasks_within_its_lease_and_loses_them_once_past
     tally = run.tally(recovery_seconds=round(pause_seconds, 1))
     assert (tally.lost, tally.duplicates, tally.completed) == (0, 0, tally.tasks)
     assert all(run.attempts(task_id)[0].outcome == "lost" for task_id in held)
+
+
+def delivered(broker: redis.Redis) -> set[str]:
+    """The ids of the tasks whose message the Redis broker holds as delivered and not yet acknowledged."""
+    return {json.loads(entry)[0]["headers"]["id"] for entry in broker.hvals("unacked")}
 
 
 def wait_for_calls_under_way(run: Scenario, owner: str) -> list[str]:

@@ -1,6 +1,7 @@
 """Liveness leases on real PostgreSQL: a running task whose owner's lease expired is taken back by the sweeper
 and taken over by its next claim; one whose owner holds its lease is not; the owner that lost it cannot complete
-it; and a `LeaseKeeper` renews from its own thread while the caller is busy."""
+it; a `LeaseKeeper` renews from its own thread while the caller is busy; and on real Redis, the messages
+delivered before a lost owner's lease expired and never acknowledged are handed back to their queue."""
 
 from __future__ import annotations
 
@@ -10,12 +11,16 @@ import uuid
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select
+from kombu import Queue
+from sqlalchemy import delete, select
 
 from agent_service.clock import utcnow
 from agent_service.database import make_lease_engine, make_session_factory, session_scope
 from agent_service.execution.liveness import LeaseKeeper
-from agent_service.execution.maintenance import requeue_tasks_of_lost_workers
+from agent_service.execution.maintenance import requeue_tasks_of_lost_workers, restore_messages_of_lost_workers
+from agent_service.messaging.publisher import publish_tasks
+from agent_service.messaging.routing import AGENT_QUEUE
+from agent_service.messaging.unacked import restore_delivered_before
 from agent_service.models import Agent, Task, TaskAttempt, TaskStatus, WorkerLease
 from agent_service.store import leases, lifecycle
 from agent_service.store.lifecycle import Claim, Skip
@@ -176,3 +181,93 @@ def test_sweep_publishes_a_message_for_each_task_it_takes_back(idle_app, idle_re
     assert str(task.id) in bodies
     with session_scope(sessions) as session:
         assert session.get(Task, task.id).status == TaskStatus.QUEUED
+
+
+def lapse_lease(db_session, owner: str, *, seconds_ago: float, lease: float = 30) -> WorkerLease:
+    """Give `owner` a `lease`-second lease it left to lapse `seconds_ago` seconds before the database's now (as a
+    lost owner does, unlike one that released it); returns it."""
+    now = leases.database_now(db_session)
+    leases.renew(db_session, owner, seconds=lease)
+    lease_row = db_session.get(WorkerLease, owner, populate_existing=True)
+    lease_row.expires_at = now - timedelta(seconds=seconds_ago)
+    lease_row.renewed_at = lease_row.expires_at - timedelta(seconds=lease)
+    db_session.flush()
+    return lease_row
+
+
+def test_last_loss_is_when_the_latest_lease_left_to_lapse_expired_a_released_or_live_one_does_not_count(db_session):
+    # Given only these leases: OWNER lost 5 s ago, another lost 20 s ago, RESCUER released just now, SWEEPER live
+    db_session.execute(delete(WorkerLease))
+    lost = lapse_lease(db_session, OWNER, seconds_ago=5)
+    lapse_lease(db_session, "host-a/1/101", seconds_ago=20)
+    hold_lease(db_session, SWEEPER, expires_in=20)
+    assert leases.last_loss(db_session, judge=SWEEPER) == lost.expires_at
+    leases.renew(db_session, RESCUER, seconds=30)
+    leases.release(db_session, RESCUER)
+    # Then the last loss is OWNER's: a worker that stopped handed its messages back itself
+    assert leases.last_loss(db_session, judge=SWEEPER) == lost.expires_at
+    # And a sweeper whose own lease expired judges no one
+    hold_lease(db_session, SWEEPER, expires_in=-1)
+    assert leases.last_loss(db_session, judge=SWEEPER) is None
+    # And with no lost lease there is nothing to hand back
+    db_session.execute(delete(WorkerLease).where(WorkerLease.owner != RESCUER))
+    assert leases.last_loss(db_session, judge=SWEEPER) is None
+
+
+def take_unacknowledged(app, count: int) -> list[str]:
+    """Receive `count` agent-task messages as a worker does, never acknowledging them (the Redis transport keeps
+    them in its unacked hash, indexed by delivery time); their task ids."""
+    with app.connection_for_read() as connection:
+        # A channel that closes hands back what it received; a SIGKILLed worker's never closes.
+        connection.default_channel.qos.restore_at_shutdown = False
+        queue = Queue(AGENT_QUEUE).bind(connection.default_channel)
+        queue.declare()
+        messages = [queue.get(no_ack=False) for _ in range(count)]
+    return [message.headers["id"] for message in messages]
+
+
+def queued_ids(client) -> list[str]:
+    return [json.loads(message)["headers"]["id"] for message in client.lrange(AGENT_QUEUE, 0, -1)]
+
+
+def test_messages_delivered_before_the_moment_are_handed_back_and_later_ones_stay_unacknowledged(idle_app, idle_redis):
+    # Given five messages, two received (never acknowledged) before a moment and two after it, one still waiting
+    task_ids = [uuid.uuid4() for _ in range(5)]
+    publish_tasks(idle_app, task_ids)
+    before = take_unacknowledged(idle_app, 2)
+    time.sleep(0.01)  # kombu scores a delivery with time.time(): the moment falls strictly between
+    moment = time.time()
+    time.sleep(0.01)
+    after = take_unacknowledged(idle_app, 2)
+    # When the messages delivered before that moment are handed back
+    assert restore_delivered_before(idle_app, moment=moment, limit=100) == 2
+    # Then they wait in their queue again, to be taken first, and only the later ones are still unacknowledged
+    waiting = queued_ids(idle_redis)
+    assert sorted(waiting[-2:]) == sorted(before) and str(task_ids[4]) in waiting
+    assert sorted(json.loads(raw)[0]["headers"]["id"] for raw in idle_redis.hvals("unacked")) == sorted(after)
+    # And handing back again finds nothing more
+    assert restore_delivered_before(idle_app, moment=moment, limit=100) == 0
+
+
+def test_sweep_hands_back_the_messages_received_before_a_lost_owners_lease_expired(idle_app, idle_redis):
+    # Given a message a worker received and never claimed, then its lease lapsed, and one received after that
+    sessions = idle_app.services.session_factory
+    publish_tasks(idle_app, [uuid.uuid4(), uuid.uuid4()])
+    [received] = take_unacknowledged(idle_app, 1)
+    owner = f"host-d/1/{uuid.uuid4().int % 100_000}"
+    time.sleep(0.01)
+    with session_scope(sessions) as session:
+        lapse_lease(session, owner, seconds_ago=0)
+    time.sleep(0.01)
+    [later] = take_unacknowledged(idle_app, 1)
+    try:
+        # When the sweep runs (this process holds no lease: it judges)
+        settings = idle_app.services.settings
+        handed_back = restore_messages_of_lost_workers(app=idle_app, session_factory=sessions, settings=settings)
+    finally:
+        with session_scope(sessions) as session:
+            session.execute(delete(WorkerLease).where(WorkerLease.owner == owner))
+    # Then the lost worker's message waits in its queue again, and the later one is left to its worker
+    assert handed_back == 1
+    assert queued_ids(idle_redis) == [received]
+    assert [json.loads(raw)[0]["headers"]["id"] for raw in idle_redis.hvals("unacked")] == [later]
