@@ -80,7 +80,11 @@ def record(
         try:
             with session_scope(session_factory) as session:
                 now = clock()
-                outcomes = {claim.task_id: _settle(session, claim, how, settings, now) for claim, how in group}
+                completed = _complete(session, group, settings=settings, now=now)
+                outcomes = {
+                    claim.task_id: _settle(session, claim, how, settings, now, completed=completed.get(claim.task_id))
+                    for claim, how in group
+                }
                 # Only grouped tasks: an ungrouped one costs no query here.
                 ended = [
                     claim.task_id for claim, _ in group if claim.group_id and outcomes[claim.task_id].status in _ENDING
@@ -107,7 +111,30 @@ def not_run(step: Skip | TaskValidationError, started: float) -> TaskOutcome:
     return TaskOutcome(str(step.task_id), Outcome.SKIPPED, error=step.reason, finished=step.finished, seconds=seconds)
 
 
-def _settle(session: Session, claim: Claim, how: Settlement, settings: Settings, now: datetime) -> TaskOutcome:
+def _complete(
+    session: Session, group: list[tuple[Claim, Settlement]], *, settings: Settings, now: datetime
+) -> dict[uuid.UUID, bool]:
+    """The group's answers recorded as their tasks' results, together; whether each claim still owned its task."""
+    answers = [
+        lifecycle.Success(
+            claim,
+            result=how.result.text[: settings.max_result_length],
+            model=how.model,
+            charge=how.charge,
+            result_data=how.result.data,
+        )
+        for claim, how in group
+        if isinstance(how, Answer)
+    ]
+    owned = lifecycle.record_successes(session, answers, now=now) if answers else []
+    return {answer.claim.task_id: kept for answer, kept in zip(answers, owned, strict=True)}
+
+
+def _settle(
+    session: Session, claim: Claim, how: Settlement, settings: Settings, now: datetime, *, completed: bool | None
+) -> TaskOutcome:
+    """`how` recorded as the claim's end (an answer's already was: `completed` says whether it still owned its
+    task), and the outcome to announce."""
     if isinstance(how, Paused):  # recorded with its steps: the task awaits a reviewer, its claim given back
         return _outcome(claim, Outcome.PAUSED, error=how.reason)
     if isinstance(how, Decision):
@@ -118,12 +145,9 @@ def _settle(session: Session, claim: Claim, how: Settlement, settings: Settings,
         return _record_error(session, claim, classify(how), settings=settings, now=now)
     if isinstance(how, Unusable):
         return _record_error(session, claim, how.error, settings=settings, now=now, charge=how.charge)
-    result = how.result.text[: settings.max_result_length]
-    done = lifecycle.record_success(
-        session, claim, result=result, result_data=how.result.data, model=how.model, charge=how.charge, now=now
-    )
-    if not done:
+    if not completed:
         return _superseded(session, claim)
+    result = how.result.text[: settings.max_result_length]
     usage = how.usage
     tokens = {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens} if usage else {}
     finished = Finished(TaskStatus.COMPLETED, result=result, usage=usage)

@@ -7,13 +7,14 @@ message can never both run a task, and a run that lost its claim can never compl
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import astuple, dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import BindParameter, Row, Table, Update, bindparam, case, func, select, update
+from sqlalchemy import BindParameter, Row, Table, Text, Update, bindparam, case, func, select, update
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
@@ -146,22 +147,56 @@ _DEFER = (
 
 # A step of a multi-step run adds its call's cost at once (store/steps.py), only while the claim owns the task.
 _CHARGE_STEP = update(_TASKS).where(*_OWNED).values(updated_at=_NOW, **_CHARGED)
-# The steps of many runs charged in one statement on PostgreSQL: each claim and its figures read from arrays.
-_EACH_STEP = (
-    func.unnest(
-        sql_cast(bindparam("p_each_id"), ARRAY(_TASKS.c.id.type)),
-        sql_cast(bindparam("p_each_attempt"), ARRAY(_TASKS.c.attempts.type)),
-        *(sql_cast(bindparam(f"p_each_{name}"), ARRAY(_TASKS.c[name].type)) for name in (*_SUMMED, "unpriced_calls")),
-    )
-    .table_valued("id", "attempt", *_SUMMED, "unpriced_calls")
-    .render_derived(name="step")
-)
+
+
+def _each(alias: str, columns: dict[str, Any]) -> Any:
+    """A table of one row per claim for a statement about many at once (PostgreSQL): each column read from the
+    array parameter `p_each_<column>` (`_each_params`)."""
+    arrays = [sql_cast(bindparam(f"p_each_{name}"), ARRAY(type_)) for name, type_ in columns.items()]
+    return func.unnest(*arrays).table_valued(*columns).render_derived(name=alias)
+
+
+def _owned_by(each: Any) -> tuple[Any, ...]:
+    return _TASKS.c.id == each.c.id, _TASKS.c.status == TaskStatus.RUNNING, _TASKS.c.attempts == each.c.attempt
+
+
+def _charged_by(each: Any) -> dict[str, Any]:
+    return _charged({name: each.c[name] for name in (*_SUMMED, "unpriced_calls")})
+
+
+_CLAIM_AND_CHARGE = {"id": _TASKS.c.id.type, "attempt": _TASKS.c.attempts.type} | {
+    name: _TASKS.c[name].type for name in (*_SUMMED, "unpriced_calls")
+}
+# The steps of many runs charged in one statement.
+_EACH_STEP = _each("step", _CLAIM_AND_CHARGE)
 _CHARGE_STEPS = (
     update(_TASKS)
-    .where(
-        _TASKS.c.id == _EACH_STEP.c.id, _TASKS.c.status == TaskStatus.RUNNING, _TASKS.c.attempts == _EACH_STEP.c.attempt
+    .where(*_owned_by(_EACH_STEP))
+    .values(updated_at=_NOW, **_charged_by(_EACH_STEP))
+    .returning(_TASKS.c.id)
+)
+# Many claims completed in one statement.
+_EACH_SUCCESS = _each(
+    "success",
+    _CLAIM_AND_CHARGE
+    | {name: _TASKS.c[name].type for name in ("result", "model", "duration_ms")}
+    # psycopg2 adapts no dict inside an array: each result's data goes as JSON text, read back as JSON.
+    | {"result_data": Text()},
+)
+_COMPLETE_EACH = (
+    update(_TASKS)
+    .where(*_owned_by(_EACH_SUCCESS))
+    .values(
+        status=TaskStatus.COMPLETED,
+        result=_EACH_SUCCESS.c.result,
+        result_data=sql_cast(_EACH_SUCCESS.c.result_data, _TASKS.c.result_data.type),
+        error=None,
+        model=_EACH_SUCCESS.c.model,
+        **_charged_by(_EACH_SUCCESS),
+        finished_at=_NOW,
+        updated_at=_NOW,
+        duration_ms=_EACH_SUCCESS.c.duration_ms,
     )
-    .values(updated_at=_NOW, **_charged({name: _EACH_STEP.c[name] for name in (*_SUMMED, "unpriced_calls")}))
     .returning(_TASKS.c.id)
 )
 # A run that waits for a reviewer gives its attempt and its claim back until the decision.
@@ -334,6 +369,38 @@ def record_success(
     return _settle(session, _COMPLETE, claim, now=now, **values)
 
 
+@dataclass(frozen=True)
+class Success:
+    """A claim's run that completed its task: what `record_success` records."""
+
+    claim: Claim
+    result: str
+    model: str
+    charge: Charge | None = None
+    result_data: Any = None
+
+
+def record_successes(session: Session, successes: Sequence[Success], *, now: datetime) -> list[bool]:
+    """`record_success` for each of these claims (each named once), in one statement on PostgreSQL. Returns
+    whether each claim still owned its task, in the order given."""
+    if session.get_bind().dialect.name != "postgresql":
+        return [
+            record_success(
+                session, s.claim, result=s.result, model=s.model, charge=s.charge, now=now, result_data=s.result_data
+            )
+            for s in successes
+        ]
+    params = {"p_now": now} | _each_params([(s.claim, s.charge) for s in successes])
+    params |= {
+        "p_each_result": [s.result for s in successes],
+        "p_each_result_data": [json.dumps(s.result_data) for s in successes],
+        "p_each_model": [s.model for s in successes],
+        "p_each_duration_ms": [_duration_ms(s.claim, now) for s in successes],
+    }
+    owned = set(session.connection().execute(_COMPLETE_EACH, params).scalars())
+    return [s.claim.task_id in owned for s in successes]
+
+
 def record_failure(session: Session, claim: Claim, *, error: str, charge: Charge | None = None, now: datetime) -> bool:
     """running -> failed with `error` (and the call's `charge`, when a reply was paid for), only while this
     claim still owns the task."""
@@ -360,6 +427,19 @@ def charge_step(session: Session, claim: Claim, *, charge: Charge | None, now: d
     return session.connection().execute(_CHARGE_STEP, params).rowcount == 1
 
 
+def _each_params(charges: Sequence[tuple[Claim, Charge | None]]) -> dict[str, Any]:
+    """The claims and their charges as the array parameters of `_CLAIM_AND_CHARGE`."""
+    figures = [charge.params() if charge else NO_CHARGE for _, charge in charges]
+    params: dict[str, Any] = {
+        "p_each_id": [claim.task_id for claim, _ in charges],
+        "p_each_attempt": [claim.attempt for claim, _ in charges],
+        "p_each_unpriced_calls": [figure["p_unpriced"] for figure in figures],
+    }
+    for name in _SUMMED:
+        params[f"p_each_{name}"] = [figure[_figure_name(name)] for figure in figures]
+    return params
+
+
 def charge_steps(session: Session, charges: Sequence[tuple[Claim, Charge | None]], *, now: datetime) -> list[bool]:
     """`charge_step` for each claim (a claim named twice has its charges added together), in one statement on
     PostgreSQL. Returns whether each claim still owns its task, in the order given."""
@@ -369,15 +449,7 @@ def charge_steps(session: Session, charges: Sequence[tuple[Claim, Charge | None]
     for claim, charge in charges:
         _, earlier = each.get(claim.task_id, (claim, None))
         each[claim.task_id] = (claim, charge.after(earlier) if charge else earlier)
-    figures = [charge.params() if charge else NO_CHARGE for _, charge in each.values()]
-    params: dict[str, Any] = {
-        "p_now": now,
-        "p_each_id": list(each),
-        "p_each_attempt": [claim.attempt for claim, _ in each.values()],
-        "p_each_unpriced_calls": [figure["p_unpriced"] for figure in figures],
-    }
-    for name in _SUMMED:
-        params[f"p_each_{name}"] = [figure[_figure_name(name)] for figure in figures]
+    params = {"p_now": now} | _each_params(list(each.values()))
     owned = set(session.connection().execute(_CHARGE_STEPS, params).scalars())
     return [claim.task_id in owned for claim, _ in charges]
 
@@ -395,9 +467,13 @@ def finished_state(session: Session, task_id: uuid.UUID) -> Finished | None:
     return _finished_of(task) if task is not None else None
 
 
+def _duration_ms(claim: Claim, now: datetime) -> int:
+    return int((now - aware(claim.started_at)).total_seconds() * 1000)
+
+
 def _settle(session: Session, statement: Update, claim: Claim, *, now: datetime, **values: Any) -> bool:
-    duration_ms = int((now - aware(claim.started_at)).total_seconds() * 1000)
-    params = {"p_id": claim.task_id, "p_attempt": claim.attempt, "p_now": now, "p_duration": duration_ms, **values}
+    params = {"p_id": claim.task_id, "p_attempt": claim.attempt, "p_now": now, "p_duration": _duration_ms(claim, now)}
+    params.update(values)
     return session.connection().execute(statement, params).rowcount == 1
 
 

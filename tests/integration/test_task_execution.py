@@ -133,6 +133,39 @@ def test_stale_claim_cannot_complete_after_the_task_was_reclaimed(db_session, qu
     assert reload(db_session, queued_task).result == "on time"
 
 
+def test_answers_recorded_together_complete_only_the_tasks_their_claims_still_own(
+    db_session, queued_task, stored_agent, settings
+):
+    # Given two claimed tasks, the second cancelled while it ran
+    other = Task(id=uuid.uuid4(), title="t", description="d", agent_id=stored_agent.id, user_id="u1")
+    db_session.add(other)
+    db_session.flush()
+    first, cancelled = (claim_as(db_session, task, settings, now=utcnow()) for task in (queued_task, other))
+    store_tasks.cancel_task(db_session, other.id, now=utcnow())
+    charge = lifecycle.Charge("gpt-4o-mini", Usage(10, 5, 15), 0.5)
+    # When both answers are recorded in one statement
+    owned = lifecycle.record_successes(
+        db_session,
+        [
+            lifecycle.Success(first, result="done", model="gpt-4o-mini", charge=charge, result_data={"ok": True}),
+            lifecycle.Success(cancelled, result="late", model="gpt-4o-mini", charge=charge),
+        ],
+        now=utcnow(),
+    )
+    # Then only the first completes, with its result, data and charge; the cancelled one is left as it was
+    assert owned == [True, False]
+    row, left = reload(db_session, queued_task), reload(db_session, other)
+    assert (row.status, row.result, row.result_data, row.total_tokens, row.cost_usd) == (
+        TaskStatus.COMPLETED,
+        "done",
+        {"ok": True},
+        15,
+        0.5,
+    )
+    assert row.duration_ms is not None and row.finished_at is not None
+    assert (left.status, left.result, left.total_tokens) == (TaskStatus.CANCELLED, None, None)
+
+
 def test_cancelled_running_task_never_becomes_completed(db_session, queued_task, settings):
     claim = claim_as(db_session, queued_task, settings, now=utcnow())
     assert store_tasks.cancel_task(db_session, queued_task.id, now=utcnow()) == TaskStatus.CANCELLED
