@@ -65,7 +65,8 @@ def test_sigkilled_workers_tasks_and_messages_are_resumed_by_another_once_its_le
     broker = redis_server.client()
     # And deferred tasks (their one message has a countdown) that only the doomed worker received and holds in
     # its memory, unclaimed: on Redis their messages stay delivered, unacknowledged, for the visibility timeout
-    deferred = run.defer(sized(4, 20), countdown=sized(10, 30))
+    # (fewer than the worker prefetches, 8, so that it receives them all)
+    deferred = run.defer(sized(4, 6), countdown=sized(10, 30))
     wait_until(lambda: set(deferred) <= delivered(broker), what="the doomed worker's deferred tasks", timeout=60)
     # And tasks running on it
     tasks = sized(24, 200)
