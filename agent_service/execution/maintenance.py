@@ -83,7 +83,7 @@ def restore_messages_of_lost_workers(*, app: Celery, session_factory: sessionmak
     latest lost worker's lease expired: those it had received but not claimed would otherwise wait for the
     visibility timeout; returns how many. Idempotent, so every sweep does it while a lost lease is kept: a message
     handed back is delivered again later than that, and one a live worker holds is turned away by the claim.
-    A database query per sweep, and a Redis one while a lost lease is kept; nothing on RabbitMQ, which hands a
+    A few database queries per sweep, and a Redis one while a lost lease is kept; nothing on RabbitMQ, which hands a
     lost connection's messages back itself. Raises: BrokerUnavailableError (the next sweep tries again)."""
     if not settings.broker_is_redis:
         return 0

@@ -12,9 +12,9 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, delete, exists, func, select, update
+from sqlalchemy import CursorResult, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session
 
 from agent_service.clock import aware
 from agent_service.models import Task, TaskAttempt, TaskStatus, WorkerLease
@@ -90,18 +90,17 @@ def take_back_tasks_of_lost_owners(session: Session, *, judge: str, limit: int) 
 def last_loss(session: Session, *, judge: str) -> datetime | None:
     """When the latest lease to expire without being released expired (its owner lost, not stopped); None when
     no lease was lost, or while `judge` (the sweeping process) holds an expired lease itself, as in
-    `take_back_tasks_of_lost_owners`. One query.
+    `take_back_tasks_of_lost_owners`.
 
     The owner renewed every third of its lease while it lived, so it received its last message at least two
     thirds of a lease (20 s by default) before this moment: the margin for its host's clock, by which the broker
     timed the deliveries, running ahead of the database's (`messaging.unacked`)."""
-    now = func.current_timestamp()
-    sweeper = aliased(WorkerLease)
+    if has_expired(session, judge):
+        return None
     lost = select(func.max(WorkerLease.expires_at)).where(
-        WorkerLease.expires_at <= now,
+        WorkerLease.expires_at <= func.current_timestamp(),
         # `release` ends a lease at its last renewal; a lease left to lapse ends a whole lease after it.
         WorkerLease.expires_at > WorkerLease.renewed_at,
-        ~exists().where(sweeper.owner == judge, sweeper.expires_at <= now),
     )
     expired = session.scalar(lost)
     return aware(expired) if expired is not None else None
