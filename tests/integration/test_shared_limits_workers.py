@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import statistics
 import time
 import uuid
 from collections.abc import Iterator
@@ -90,7 +91,9 @@ def test_three_workers_on_a_busy_machine_keep_the_rate_limit_with_no_429(setting
         # When 150 tasks (17 s of the limit) are submitted at once
         stats, received = run_three_workers(settings, agent, private_redis.url(), url, {"rpm": CONFIGURED_RPM})
     # Then the server refused none
-    sustained = (len(received) - 1 - 20) / (received[-1] - received[20]) * 60
+    # the pace is the slope of calls over time past the first burst, not the span between two calls: each call
+    # may leave up to RATE_LIMIT_LATE_SECONDS after its slot, which at the ends of a 14 s span reads as 2%
+    sustained = statistics.linear_regression(received[20:], range(len(received) - 20)).slope * 60
     print(f"\nsustained {sustained:.1f} requests/min for a limit of {CONFIGURED_RPM}, {stats['rate_limited']} 429s")
     assert (stats["rate_limited"], stats["by_status"].get("429", 0)) == (0, 0)
     # and past the first burst the calls kept at least 95% of the configured pace, never above it
