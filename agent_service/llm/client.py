@@ -15,21 +15,26 @@ import weakref
 from collections.abc import Mapping
 from typing import Any
 
+import openai
 from langchain_core.language_models import LanguageModelInput
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, ToolMessage
+from langchain_core.outputs import ChatResult
 from langchain_core.runnables import Runnable
 from langchain_openai import ChatOpenAI
 from openai import (
     APIConnectionError,
     APIStatusError,
     APITimeoutError,
+    AsyncStream,
     DefaultAioHttpClient,
     NotGiven,
     Omit,
+    RequestOptions,
     not_given,
     omit,
 )
 from openai.resources.chat.completions import AsyncCompletions
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from redis.asyncio import Redis as AsyncRedis
 
 from agent_service.config import Settings
@@ -70,20 +75,21 @@ def _answered(exc: Exception) -> str:
 
 
 async def _run_request(request: LLMRequest, *, settings: Settings) -> LLMReply:
+    runnable = _runnable(request, settings)
+    messages = [_langchain_message(m) for m in request.messages]
+    if request.send_slot and settings.redis_url:
+        # Last before the request leaves: a call that comes too late for its slot takes a new one.
+        await leave_on_time(request.send_slot, _loop_redis(settings))
     try:
-        runnable = _runnable(request, settings)
-        messages = [_langchain_message(m) for m in request.messages]
-        if request.send_slot and settings.redis_url:
-            # Last before the request leaves: a call that comes too late for its slot takes a new one.
-            await leave_on_time(request.send_slot, _loop_redis(settings))
         if request.stream_key and settings.redis_url:
             message = await _streamed(runnable, messages, request.stream_key, settings=settings)
         else:
             # Usage is read off the reply, not through a callback handler: see docs/decisions.md, "LLM calls on
             # one loop".
             message = await runnable.ainvoke(messages)
-    except TypeError as exc:
-        # ChatOpenAI raises TypeError for a 200 reply without `choices`; it is the provider's fault.
+    except (KeyError, TypeError) as exc:
+        # ChatOpenAI raises KeyError for a 200 reply without `choices` (or a choice without its message) and
+        # TypeError for null `choices`: the provider's fault.
         raise RetryableError(f"LLM returned a malformed reply: {exc}", fault=ProviderFault.UNAVAILABLE) from exc
     return reply_of(message)
 
@@ -227,7 +233,7 @@ def _new_chat_model(request: LLMRequest, settings: Settings) -> ChatOpenAI:
     # The aiohttp transport: see docs/decisions.md, "LLM calls on one loop".
     # stream_usage: a streamed call (a followed task's) reports its usage too; a plain call is not affected.
     # JSON mode goes in the body as structured output does (`_bind`), off the SDK's `parse`.
-    model = ChatOpenAI(
+    model = ChatOpenAIPlainReplies(
         model=request.model,
         temperature=request.temperature,
         max_tokens=request.max_tokens,
@@ -244,12 +250,32 @@ def _new_chat_model(request: LLMRequest, settings: Settings) -> ChatOpenAI:
     return model
 
 
+class ChatOpenAIPlainReplies(ChatOpenAI):
+    """LangChain's ChatOpenAI over `AsBuiltCompletions`, whose plain replies are the JSON they came as. LangChain
+    reads a dict reply as it reads a typed one, except that it copies a refusal only off a typed one: it is copied
+    here, for `reply_of`."""
+
+    def _create_chat_result(
+        self, response: dict[str, Any] | openai.BaseModel, generation_info: dict[str, Any] | None = None
+    ) -> ChatResult:
+        result = super()._create_chat_result(response, generation_info)
+        if isinstance(response, dict):
+            for generation, choice in zip(result.generations, response["choices"], strict=False):
+                refusal = choice["message"].get("refusal")
+                if refusal is not None:
+                    generation.message.additional_kwargs["refusal"] = refusal
+        return result
+
+
 class AsBuiltCompletions(AsyncCompletions):
-    """The SDK's chat completions, sending the body LangChain built as it is. The SDK's typed transform of a
-    request's parameters changes nothing in a chat request (no chat parameter type carries an alias or a
-    format) but walks every message against every message type: 0.4 ms of CPU for a two-message request, 2.1
-    ms for the api kind's third turn (docs/decisions.md, "Requests sent as built"). So the body goes as
-    `extra_body`, which the SDK sends over what it transformed (documented: it takes precedence)."""
+    """The SDK's chat completions, sending the body LangChain built as it is and handing a plain reply back as
+    the JSON it came as. The SDK's typed transform of a request's parameters changes nothing in a chat request
+    (no chat parameter type carries an alias or a format) but walks every parameter and message against its
+    type: 0.4 ms of CPU for a two-message request, 2.1 ms for the api kind's third turn. Its typed reply
+    (`ChatCompletion`, built field by field) is dumped back to a dict by LangChain, which reads a dict reply
+    the same way. So the body goes through the client's own `post` (the SDK's documented way to send any
+    body), with the client's auth, timeout and error mapping, and a plain reply comes back as JSON; a stream's
+    chunks stay typed (docs/decisions.md, "Requests sent as built")."""
 
     async def create(  # type: ignore[override]  # LangChain calls it with keywords only, as below
         self,
@@ -263,15 +289,25 @@ class AsBuiltCompletions(AsyncCompletions):
         timeout: float | NotGiven | None = not_given,
         **parameters: Any,
     ) -> Any:
-        body = {"model": model, "messages": messages, "stream": stream, **parameters, **(extra_body or {})}
-        return await super().create(
-            model=model,
-            messages=(),
-            stream=stream,
-            extra_headers=extra_headers,
-            extra_query=extra_query,
-            extra_body=body,
-            timeout=timeout,
+        given = {name: value for name, value in parameters.items() if not isinstance(value, (Omit, NotGiven))}
+        body = {"model": model, "messages": messages, **given, **(extra_body or {})}
+        streamed = stream is True
+        if not isinstance(stream, Omit):
+            body["stream"] = stream
+        options: RequestOptions = {"security": {"bearer_auth": True}}
+        if extra_headers is not None:
+            options["headers"] = extra_headers
+        if extra_query is not None:
+            options["params"] = extra_query
+        if not isinstance(timeout, NotGiven):
+            options["timeout"] = timeout
+        return await self._client.post(
+            "/chat/completions",
+            body=body,
+            options=options,
+            cast_to=ChatCompletion if streamed else object,
+            stream=streamed,
+            stream_cls=AsyncStream[ChatCompletionChunk],
         )
 
 
