@@ -9,6 +9,7 @@ other is one plain call.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import weakref
@@ -253,12 +254,16 @@ def _new_chat_model(request: LLMRequest, settings: Settings) -> ChatOpenAI:
 class ChatOpenAIPlainReplies(ChatOpenAI):
     """LangChain's ChatOpenAI over `AsBuiltCompletions`, whose plain replies are the JSON they came as. LangChain
     reads a dict reply as it reads a typed one, except that it copies a refusal only off a typed one: it is copied
-    here, for `reply_of`."""
+    here, for `reply_of`. A reply whose body is JSON under another content type (as some proxies send it) comes
+    from the SDK as text, and is read as the SDK reads it for a typed reply: as JSON if it is JSON."""
 
     def _create_chat_result(
-        self, response: dict[str, Any] | openai.BaseModel, generation_info: dict[str, Any] | None = None
+        self, response: dict[str, Any] | openai.BaseModel | str, generation_info: dict[str, Any] | None = None
     ) -> ChatResult:
-        result = super()._create_chat_result(response, generation_info)
+        if isinstance(response, str):
+            with contextlib.suppress(ValueError):  # not JSON: LangChain refuses the text, naming its type
+                response = json.loads(response)
+        result = super()._create_chat_result(response, generation_info)  # type: ignore[arg-type]
         if isinstance(response, dict):
             for generation, choice in zip(result.generations, response["choices"], strict=False):
                 refusal = choice["message"].get("refusal")

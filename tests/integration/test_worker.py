@@ -156,6 +156,22 @@ def test_malformed_llm_reply_is_retried_until_a_good_one(app, agent, llm, sessio
     assert row.status == TaskStatus.COMPLETED and row.attempts == 2
 
 
+def test_a_reply_sent_as_text_plain_json_is_read_and_a_reply_without_choices_is_retried(
+    app, agent, llm, session_factory
+):
+    # Given a provider (behind a proxy) sending one task's reply as text/plain, and another's without choices
+    plain, empty = unique("text-typed"), unique("no-choices")
+    llm.add_fault(fault="text_type", match=plain, times=1)
+    llm.add_fault(fault="empty", match=empty, times=1)
+    # When both run
+    rows = wait_for_final(session_factory, [submit(app, agent, plain), submit(app, agent, empty)])
+    by_title = {row.title: row for row in rows.values()}
+    # Then the first completed at its first attempt with the reply's text and usage, the second at its second
+    assert (by_title[plain].status, by_title[plain].attempts) == (TaskStatus.COMPLETED, 1)
+    assert by_title[plain].result.startswith("Offline answer") and by_title[plain].prompt_tokens > 0
+    assert (by_title[empty].status, by_title[empty].attempts) == (TaskStatus.COMPLETED, 2)
+
+
 def test_each_task_is_logged_and_counted_in_prometheus(app, agent, session_factory, metrics_port, worker_log):
     marker = unique("observed")
     task_ids = create_agent_tasks(

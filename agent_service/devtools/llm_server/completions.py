@@ -139,14 +139,19 @@ def context_overflow(state: ServerState, chat: ChatRequest) -> str | None:
 
 
 async def answer(
-    request: web.Request, chat: ChatRequest, *, scripted: ScriptedReply | None = None, filtered: bool = False
+    request: web.Request,
+    chat: ChatRequest,
+    *,
+    scripted: ScriptedReply | None = None,
+    filtered: bool = False,
+    content_type: str = "application/json",
 ) -> web.StreamResponse:
-    """The `scripted` reply, or the deterministic one."""
+    """The `scripted` reply, or the deterministic one (a plain one's JSON under `content_type`)."""
     cached = request.app[STATE].prompt_cache.cached_tokens(chat)
     reply = build_reply(chat, cached_tokens=cached, scripted=scripted, filtered=filtered)
     if chat.body.get("stream"):
         return await stream_reply(request, chat, reply)
-    return web.json_response(completion_json(chat, reply))
+    return web.json_response(completion_json(chat, reply), content_type=content_type)
 
 
 async def faulty_answer(request: web.Request, chat: ChatRequest, fault: Fault) -> web.StreamResponse:
@@ -157,5 +162,7 @@ async def faulty_answer(request: web.Request, chat: ChatRequest, fault: Fault) -
         return await answer(request, chat, filtered=True)
     if fault.kind == "invalid_json":
         return await answer(request, chat, scripted=INVALID_JSON_REPLY)
+    if fault.kind == "text_type":
+        return await answer(request, chat, content_type="text/plain")
     await asyncio.sleep(fault.delay_ms / 1000)  # "slow"
     return await answer(request, chat)

@@ -1,7 +1,8 @@
 """Injected faults: rate limits, server errors, hangs, dropped connections and broken bodies, chosen by an
 ``X-Mock-Fault`` header, by a rule (see `rules`) or by a ``[[mock:KIND retry_after=S delay_ms=MS]]``
 directive inside a message. Errors the model causes are faults too: ``context_length_exceeded`` and
-``content_filter`` (400s) and ``filtered`` (a reply cut short with finish_reason ``content_filter``).
+``content_filter`` (400s) and ``filtered`` (a reply cut short with finish_reason ``content_filter``). And one a
+proxy causes: ``text_type``, the reply's JSON sent as ``text/plain``.
 
 This module holds the kinds, how a fault is read from a header, a directive or a JSON body, and the
 responses of the faults that send no reply (`completions` answers the ones that change the reply)."""
@@ -73,7 +74,7 @@ ERROR_FAULTS: dict[str, tuple[int, str, str | None, str]] = {
         "The model does not exist or you do not have access to it (offline mock).",
     ),
 }
-OTHER_FAULTS = ("hang", "drop", "malformed", "empty", "slow", "filtered", "invalid_json")
+OTHER_FAULTS = ("hang", "drop", "malformed", "empty", "slow", "filtered", "invalid_json", "text_type")
 FAULT_KINDS = frozenset(ERROR_FAULTS) | frozenset(OTHER_FAULTS)
 RATE_LIMITED_KIND = "rate_limit"  # in the request log: refused by an enforced rate limit, not a fault rule
 MALFORMED_BODY = '{"id": "chatcmpl-broken", "choices": ['
@@ -166,7 +167,7 @@ async def never_answered() -> web.Response:
 
 async def fault_response(request: web.Request, fault: Fault) -> web.Response | None:
     """The response of a fault that sends no reply (an error, a hang, a drop, a broken body); None for the
-    faults that change the reply instead ("slow", "filtered", "invalid_json")."""
+    faults that change the reply instead ("slow", "filtered", "invalid_json", "text_type")."""
     if fault.kind in ERROR_FAULTS:
         return injected_error(fault)
     if fault.kind == "hang":
