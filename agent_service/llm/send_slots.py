@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+import weakref
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from agent_service.errors import CallNotSentError
 
@@ -105,21 +106,18 @@ async def wait_for_slot(slot: SendSlot | None) -> None:
 async def leave_on_time(slot: SendSlot, redis: AsyncRedis) -> None:
     """Return when the call may leave: at once when it is on time (one that waited for a slot reserved ahead
     reads the pause first); else once it has a new slot in every bucket (taken all or none, as admission does,
-    within `max_wait_seconds`), having waited for it.
+    within `max_wait_seconds`), having waited for it. The calls found late in one pass of the loop take their
+    new slots in one script call (`LateSlots`).
 
     Raises: CallNotSentError while the service is paused, or when no slot comes within the wait (the call is
     not sent, and its task is deferred with its attempt given back); RedisError when Redis cannot be reached.
     """
     waited = bool(slot.not_before)
     if time.time() > slot.leave_by:
-        pause = [slot.pause_key] if slot.pause_key else []
-        argv: list[float | str] = [slot.burst_seconds, slot.max_wait_seconds, len(pause), len(slot.buckets)]
-        for index, cost in enumerate(slot.costs, start=1):
-            argv += [index, f"{cost:.6f}"]
-        answer = cast(list, await redis.register_script(RESERVE)(keys=[*slot.buckets, *pause], args=argv))
-        if answer == [-1]:
+        answer = await _late_slots(redis).take(slot)
+        if answer is None:
             raise CallNotSentError(PAUSED_BEFORE_LEAVING)
-        blocker, wait = int(answer[0][0]), float(answer[0][1])
+        blocker, wait = int(answer[0]), float(answer[1])
         if blocker:
             raise CallNotSentError("its rate-limit slot came too late", delay=wait)
         if wait > 0:
@@ -127,3 +125,64 @@ async def leave_on_time(slot: SendSlot, redis: AsyncRedis) -> None:
             waited = True
     if waited and slot.pause_key and await redis.exists(slot.pause_key):
         raise CallNotSentError(PAUSED_BEFORE_LEAVING)
+
+
+class LateSlots:
+    """New slots for the late calls of one event loop, through one Redis client: the calls found late in one
+    pass of the loop are reserved together, in the order they came, in one call of the reservation script. At
+    full load on a busy host a loop that falls behind finds hundreds of calls late at once, and a round trip
+    each would put it further behind."""
+
+    def __init__(self, redis: AsyncRedis) -> None:
+        self._script = redis.register_script(RESERVE)
+        self._waiting: list[tuple[SendSlot, asyncio.Future[list[Any] | None]]] = []
+        self._reserving: set[asyncio.Task[None]] = set()  # the loop keeps only weak references to its tasks
+
+    def take(self, slot: SendSlot) -> asyncio.Future[list[Any] | None]:
+        """The script's answer for a new slot like `slot`'s: [index of the bucket that held it back or 0, seconds
+        to wait], or None while the service is paused."""
+        loop = asyncio.get_running_loop()
+        if not self._waiting:
+            loop.call_soon(self._reserve_waiting)  # after every call that runs in this pass of the loop
+        future: asyncio.Future[list[Any] | None] = loop.create_future()
+        self._waiting.append((slot, future))
+        return future
+
+    def _reserve_waiting(self) -> None:
+        waiting, self._waiting = self._waiting, []
+        task = asyncio.get_running_loop().create_task(self._reserve(waiting))
+        self._reserving.add(task)
+        task.add_done_callback(self._reserving.discard)
+
+    async def _reserve(self, waiting: list[tuple[SendSlot, asyncio.Future[list[Any] | None]]]) -> None:
+        alike: dict[tuple[float, float, str | None], list[tuple[SendSlot, asyncio.Future[list[Any] | None]]]] = {}
+        for slot, future in waiting:
+            alike.setdefault((slot.burst_seconds, slot.max_wait_seconds, slot.pause_key), []).append((slot, future))
+        for (burst, max_wait, pause_key), calls in alike.items():
+            keys = list(dict.fromkeys(bucket for slot, _ in calls for bucket in slot.buckets))
+            pause = [pause_key] if pause_key else []
+            argv: list[float | str] = [burst, max_wait, len(pause)]
+            for slot, _ in calls:
+                argv.append(len(slot.buckets))
+                for bucket, cost in zip(slot.buckets, slot.costs, strict=True):
+                    argv += [keys.index(bucket) + 1, f"{cost:.6f}"]
+            try:
+                answers = cast(list, await self._script(keys=[*keys, *pause], args=argv))
+            except Exception as exc:  # each call raises it, as its own script call would have
+                for _, future in calls:
+                    if not future.done():  # a call cancelled meanwhile
+                        future.set_exception(exc)
+                continue
+            for (_, future), answer in zip(calls, [None] * len(calls) if answers == [-1] else answers, strict=True):
+                if not future.done():
+                    future.set_result(answer)
+
+
+def _late_slots(redis: AsyncRedis) -> LateSlots:
+    if redis not in _late:
+        _late[redis] = LateSlots(redis)
+    return _late[redis]
+
+
+# One per client; a client belongs to one event loop, whose thread alone reads or adds its entry.
+_late: weakref.WeakKeyDictionary[AsyncRedis, LateSlots] = weakref.WeakKeyDictionary()

@@ -5,8 +5,11 @@ test_rate_limited_workers.py and tests/chaos/test_limits_after_crash.py."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 
 import pytest
@@ -127,6 +130,52 @@ def test_a_late_call_is_not_sent_while_paused_or_when_no_slot_comes_in_its_wait(
     with pytest.raises(CallNotSentError, match="too late") as refused:
         asyncio.run(_leave(late))
     assert refused.value.delay > 20
+
+
+def test_calls_found_late_in_one_pass_of_the_loop_take_their_new_slots_in_one_script_call(settings, shared, overrides):
+    # Given five calls reserved under a generous limit, all late
+    limits = limiter(settings, shared, overrides, llm_rate_limits={MODEL: ModelRateLimit(rpm=6000)})
+    decisions = limits.admit([candidate() for _ in range(5)])
+    late = [replace(decision.request.send_slot, leave_by=time.time() - 1) for decision in decisions]
+    bucket = late[0].buckets[0]
+    reserved_until = float(shared.get(bucket))
+    # When they leave together, on one loop
+    with script_calls_naming(bucket) as calls:
+        asyncio.run(_leave_together(late))
+    # Then Redis ran one reservation for the five, and each took a new slot (0.01 s of the limit each)
+    assert len(calls) == 1
+    assert float(shared.get(bucket)) - max(reserved_until, time.time()) == pytest.approx(0.05, abs=0.02)
+
+
+@contextmanager
+def script_calls_naming(key: str) -> Iterator[list[str]]:
+    """The scripts Redis runs (as MONITOR sees them) that name `key`, from the with-block's start to its end."""
+    seen: list[str] = []
+    end = f"{key}:end-of-watch"
+    watcher = redis.Redis.from_url(IDLE_REDIS)
+    with watcher.monitor() as monitor:
+
+        def read() -> None:
+            for command in monitor.listen():
+                if end in command["command"]:
+                    return
+                if command["command"].upper().startswith("EVALSHA") and key in command["command"]:
+                    seen.append(command["command"])
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        yield seen
+        redis.Redis.from_url(IDLE_REDIS).exists(end)
+        reader.join(timeout=5)
+    watcher.close()
+
+
+async def _leave_together(slots) -> None:
+    client = AsyncRedis.from_url(IDLE_REDIS)
+    try:
+        await asyncio.gather(*(leave_on_time(slot, client) for slot in slots))
+    finally:
+        await client.aclose()
 
 
 async def _leave(slot) -> None:
