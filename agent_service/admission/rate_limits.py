@@ -37,7 +37,7 @@ from agent_service.admission.base import CallEnded, Candidate, Decision, Overrid
 from agent_service.admission.pause import PAUSE_KEY, PAUSE_RETRY_SECONDS, PAUSED
 from agent_service.config import Settings
 from agent_service.llm.messages import LLMRequest
-from agent_service.llm.send_slots import RESERVE, SendSlot
+from agent_service.llm.send_slots import RESERVE, SendSlot, reserve_arguments
 from agent_service.models import LimitScope
 from agent_service.monitoring import RATE_LIMIT_WAIT
 from agent_service.store.overrides import OverrideCache
@@ -110,7 +110,7 @@ class RateLimits:
         self.horizon_seconds = settings.admission_hold_seconds
         self._late_seconds = settings.rate_limit_late_seconds
         self._counts_max_tokens = settings.rate_limit_count_max_tokens
-        self._obeys_pause = int(settings.pause_enabled)
+        self._pause_key = PAUSE_KEY if settings.pause_enabled else None  # read in the same script when obeyed
         self._held: dict[tuple[uuid.UUID, int], _Reservation] = {}
         self._lock = threading.Lock()
         self._scripts: dict[str, Script] = {}
@@ -119,17 +119,20 @@ class RateLimits:
         """Reserves the calls whose slots come within the horizon, each to be sent when its slot comes, and
         defers the others: one script call, which also reads the pause when it is obeyed."""
         limits = [self._limits(candidate) for candidate in candidates]
-        keys = list(dict.fromkeys(limit.key for applying in limits for limit in applying))
-        if not keys:
+        if not any(limits):
             return [Decision.run()] * len(candidates)
         amounts = [self._amounts(candidate.request) for candidate in candidates]
-        argv: list[float | str] = [self.burst_seconds, self.horizon_seconds, self._obeys_pause]
-        for applying, amount in zip(limits, amounts, strict=True):
-            argv.append(len(applying))
-            for limit in applying:
-                argv += [keys.index(limit.key) + 1, f"{_cost(limit, amount):.6f}"]
+        keys, argv = reserve_arguments(
+            [
+                [(limit.key, _cost(limit, amount)) for limit in applying]
+                for applying, amount in zip(limits, amounts, strict=True)
+            ],
+            burst_seconds=self.burst_seconds,
+            horizon_seconds=self.horizon_seconds,
+            pause_key=self._pause_key,
+        )
         try:
-            answers = self._script("reserve", RESERVE)(keys=keys + [PAUSE_KEY] * self._obeys_pause, args=argv)
+            answers = self._script("reserve", RESERVE)(keys=keys, args=argv)
         except RedisError as exc:
             return unreachable(candidates, "rate limits", exc)
         if answers == [-1]:
@@ -171,7 +174,7 @@ class RateLimits:
             costs=tuple(_cost(limit, amounts) for limit in applying),
             burst_seconds=self.burst_seconds,
             max_wait_seconds=self.max_wait_seconds,
-            pause_key=PAUSE_KEY if self._obeys_pause else None,
+            pause_key=self._pause_key,
         )
         return Decision.run(request=replace(candidate.request, send_slot=slot))
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import time
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -79,6 +80,25 @@ for k in pairs(changed) do
 end
 return result
 """
+
+
+def reserve_arguments(
+    candidates: Sequence[Sequence[tuple[str, float]]],
+    *,
+    burst_seconds: float,
+    horizon_seconds: float,
+    pause_key: str | None,
+) -> tuple[list[str], list[float | str]]:
+    """RESERVE's KEYS and ARGV for `candidates`, in order, each given as the (bucket, seconds its amount costs
+    there) of every limit it needs. The buckets come first in KEYS, each once, in the order the script's answers
+    index them (1-based); the pause key, when the pause is obeyed, last."""
+    buckets = list(dict.fromkeys(bucket for needs in candidates for bucket, _ in needs))
+    argv: list[float | str] = [burst_seconds, horizon_seconds, int(pause_key is not None)]
+    for needs in candidates:
+        argv.append(len(needs))
+        for bucket, cost in needs:
+            argv += [buckets.index(bucket) + 1, f"{cost:.6f}"]
+    return buckets + ([pause_key] if pause_key else []), argv
 
 
 @dataclass(frozen=True)
@@ -159,15 +179,14 @@ class LateSlots:
         for slot, future in waiting:
             alike.setdefault((slot.burst_seconds, slot.max_wait_seconds, slot.pause_key), []).append((slot, future))
         for (burst, max_wait, pause_key), calls in alike.items():
-            keys = list(dict.fromkeys(bucket for slot, _ in calls for bucket in slot.buckets))
-            pause = [pause_key] if pause_key else []
-            argv: list[float | str] = [burst, max_wait, len(pause)]
-            for slot, _ in calls:
-                argv.append(len(slot.buckets))
-                for bucket, cost in zip(slot.buckets, slot.costs, strict=True):
-                    argv += [keys.index(bucket) + 1, f"{cost:.6f}"]
+            keys, argv = reserve_arguments(
+                [tuple(zip(slot.buckets, slot.costs, strict=True)) for slot, _ in calls],
+                burst_seconds=burst,
+                horizon_seconds=max_wait,
+                pause_key=pause_key,
+            )
             try:
-                answers = cast(list, await self._script(keys=[*keys, *pause], args=argv))
+                answers = cast(list, await self._script(keys=keys, args=argv))
             except Exception as exc:  # each call raises it, as its own script call would have
                 for _, future in calls:
                     if not future.done():  # a call cancelled meanwhile

@@ -165,7 +165,8 @@ def script_calls_naming(key: str) -> Iterator[list[str]]:
         reader = threading.Thread(target=read, daemon=True)
         reader.start()
         yield seen
-        redis.Redis.from_url(IDLE_REDIS).exists(end)
+        with redis.Redis.from_url(IDLE_REDIS) as client:
+            client.exists(end)
         reader.join(timeout=5)
     watcher.close()
 
