@@ -34,6 +34,7 @@ from openai import (
     not_given,
     omit,
 )
+from openai._constants import RAW_RESPONSE_HEADER
 from openai.resources.chat.completions import AsyncCompletions
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from redis.asyncio import Redis as AsyncRedis
@@ -42,6 +43,7 @@ from agent_service.config import Settings
 from agent_service.errors import ProviderFault, RetryableError
 from agent_service.live.tokens import TokenWriter
 from agent_service.llm.messages import LLMReply, LLMRequest, Message, ToolCall, Usage
+from agent_service.llm.plain_calls import PlainRoute, plain_route
 from agent_service.llm.send_slots import leave_on_time
 from agent_service.monitoring import LLM_REQUESTS
 
@@ -278,9 +280,19 @@ class AsBuiltCompletions(AsyncCompletions):
     (no chat parameter type carries an alias or a format) but walks every parameter and message against its
     type: 0.4 ms of CPU for a two-message request, 2.1 ms for the api kind's third turn. Its typed reply
     (`ChatCompletion`, built field by field) is dumped back to a dict by LangChain, which reads a dict reply
-    the same way. So the body goes through the client's own `post` (the SDK's documented way to send any
-    body), with the client's auth, timeout and error mapping, and a plain reply comes back as JSON; a stream's
-    chunks stay typed (docs/decisions.md, "Requests sent as built")."""
+    the same way. So a plain call goes out as built, on the SDK's own session with the URL, headers and timeouts
+    the SDK builds (`llm.plain_calls`, docs/decisions.md, "Plain calls on the SDK's session"), and its reply
+    comes back as JSON; anything else (a stream, whose chunks stay typed; per-call query or timeout; a redirect)
+    goes through the client's own `post` (the SDK's documented way to send any body), with the client's auth,
+    timeout and error mapping (docs/decisions.md, "Requests sent as built")."""
+
+    _routing: asyncio.Future[PlainRoute | None] | None = None
+
+    async def _plain_route(self) -> PlainRoute | None:
+        """This client's route for plain calls, built by the first call that needs it."""
+        if self._routing is None:
+            self._routing = asyncio.ensure_future(plain_route(self._client))
+        return await self._routing
 
     async def create(  # type: ignore[override]  # LangChain calls it with keywords only, as below
         self,
@@ -306,6 +318,12 @@ class AsBuiltCompletions(AsyncCompletions):
             options["params"] = extra_query
         if not isinstance(timeout, NotGiven):
             options["timeout"] = timeout
+        if not streamed and extra_query is None and isinstance(timeout, NotGiven):
+            route = await self._plain_route()
+            reply = None if route is None else await route.send(body, extra_headers or {})
+            if reply is not None:
+                # LangChain asks for the raw response (and parses it); anyone else gets the reply itself.
+                return reply if (extra_headers or {}).get(RAW_RESPONSE_HEADER) == "true" else reply.parse()
         return await self._client.post(
             "/chat/completions",
             body=body,

@@ -1,0 +1,119 @@
+"""Plain (not streamed) chat completions sent straight on the openai SDK's own aiohttp session, as the SDK
+would send them: `plain_route(client)` once per client, then `route.send(body)` per call.
+
+The SDK's request path (its options model, httpx2's URL, header and response objects, the raw-response
+wrapper LangChain asks for) costs 0.35 ms of CPU per call over the 0.13 ms aiohttp itself takes. That CPU is
+spent on the LLM process's one loop, where hundreds of calls start and end at once: it sets how late the
+last of them leaves (docs/decisions.md, "Plain calls on the SDK's session"). What the SDK decides stays the
+SDK's: the URL, every header (the key, organization, project and its own), the timeouts and the session
+(its TLS and proxy settings) come from a request the SDK built for the client, and an error reply becomes the
+SDK's own typed error, as its path raises it. A streamed call, one with options of its own (query, timeout)
+and a redirect (which the SDK follows) go through the SDK.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+import httpx2
+from openai import APIConnectionError, APITimeoutError, AsyncOpenAI
+from openai._models import FinalRequestOptions
+from openai._vendor.httpx_aiohttp.transport import AiohttpTransport
+
+CHAT_COMPLETIONS = "/chat/completions"
+
+
+class PlainReply:
+    """A plain reply as LangChain reads the SDK's raw response: its `headers`, and `parse()`."""
+
+    __slots__ = ("_content", "_is_json", "headers")
+
+    def __init__(self, headers: Mapping[str, str], content: bytes, *, is_json: bool) -> None:
+        self.headers, self._content, self._is_json = headers, content, is_json
+
+    def parse(self) -> Any:
+        """The body as JSON; as text when it came under another content type (as some proxies send JSON),
+        which is how the SDK hands such a body back. Raises: json.JSONDecodeError, as the SDK does."""
+        if self._is_json:
+            return json.loads(self._content)
+        return self._content.decode("utf-8", errors="replace")
+
+
+class PlainRoute:
+    """Where and how one client's plain chat completions go: the SDK's URL, headers and timeouts, on the
+    session of its aiohttp transport."""
+
+    def __init__(
+        self,
+        client: AsyncOpenAI,
+        request: httpx2.Request,
+        session: aiohttp.ClientSession,
+        proxy: str | None,
+    ) -> None:
+        timeouts = request.extensions.get("timeout", {})
+        self._client, self._session, self._proxy = client, session, proxy
+        self._url = str(request.url)
+        # aiohttp counts the body itself; each call's body differs.
+        self._headers = {name: value for name, value in request.headers.items() if name.lower() != "content-length"}
+        # As the SDK's aiohttp transport maps httpx's timeouts.
+        self._timeout = aiohttp.ClientTimeout(
+            sock_connect=timeouts.get("connect"), sock_read=timeouts.get("read"), connect=timeouts.get("pool")
+        )
+
+    async def send(self, body: Mapping[str, Any], extra_headers: Mapping[str, str]) -> PlainReply | None:
+        """POST `body` with `extra_headers`; None for a redirect (nothing was done: the SDK follows it).
+
+        Raises: the SDK's APIStatusError subclass for a 4xx or 5xx reply (its Retry-After header kept),
+        APITimeoutError, APIConnectionError.
+        """
+        headers = {**self._headers, **extra_headers}
+        try:
+            async with self._session.post(
+                self._url,
+                data=json.dumps(body).encode(),
+                headers=headers,
+                timeout=self._timeout,
+                proxy=self._proxy,
+                allow_redirects=False,
+                auto_decompress=False,
+            ) as response:
+                content = await response.read()
+        except TimeoutError as exc:  # aiohttp's read and connect timeouts included
+            raise APITimeoutError(request=self._request()) from exc
+        except aiohttp.ClientError as exc:
+            raise APIConnectionError(message=f"Connection error: {exc}", request=self._request()) from exc
+        if 300 <= response.status < 400:
+            return None
+        if response.status >= 400:
+            failed = httpx2.Response(
+                response.status, headers=response.raw_headers, content=content, request=self._request()
+            )
+            raise self._client._make_status_error_from_response(failed)
+        content_type = response.headers.get("content-type", "").partition(";")[0]
+        return PlainReply(response.headers, content, is_json=content_type.strip().endswith("json"))
+
+    def _request(self) -> httpx2.Request:
+        """The request as the SDK's errors carry it (without its headers: the key stays out of them)."""
+        return httpx2.Request("POST", self._url)
+
+
+async def plain_route(client: AsyncOpenAI) -> PlainRoute | None:
+    """The route of `client`'s plain chat completions, built from the request the SDK builds for one; None
+    when they must take the SDK's path: its HTTP client is not on the aiohttp transport, or it signs each
+    request itself (`custom_auth`) rather than sending the fixed key this service configures."""
+    if client.custom_auth is not None:
+        return None
+    options = FinalRequestOptions.construct(
+        method="post", url=CHAT_COMPLETIONS, json_data={}, security={"bearer_auth": True}
+    )
+    request = client._build_request(await client._prepare_options(options))
+    transport = client._client._transport_for_url(request.url)
+    if not isinstance(transport, AiohttpTransport):
+        return None
+    if not isinstance(transport.client, aiohttp.ClientSession):
+        transport.client = transport.get_client()  # as the transport opens its session on its first request
+    proxy = str(transport.proxy.url) if transport.proxy else None
+    return PlainRoute(client, request, transport.client, proxy)
