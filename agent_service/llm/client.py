@@ -289,10 +289,15 @@ class AsBuiltCompletions(AsyncCompletions):
     _routing: asyncio.Future[PlainRoute | None] | None = None
 
     async def _plain_route(self) -> PlainRoute | None:
-        """This client's route for plain calls, built by the first call that needs it."""
+        """This client's route for plain calls, built by the first call that needs it (again by the next one,
+        if building it failed)."""
         if self._routing is None:
             self._routing = asyncio.ensure_future(plain_route(self._client))
-        return await self._routing
+        try:
+            return await self._routing
+        except Exception:
+            self._routing = None
+            raise
 
     async def create(  # type: ignore[override]  # LangChain calls it with keywords only, as below
         self,
