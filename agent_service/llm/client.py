@@ -43,7 +43,7 @@ from agent_service.config import Settings
 from agent_service.errors import ProviderFault, RetryableError
 from agent_service.live.tokens import TokenWriter
 from agent_service.llm.messages import LLMReply, LLMRequest, Message, ToolCall, Usage
-from agent_service.llm.plain_calls import PlainRoute, plain_route
+from agent_service.llm.plain_calls import CHAT_COMPLETIONS, PlainRoute, plain_route
 from agent_service.llm.send_slots import leave_on_time
 from agent_service.monitoring import LLM_REQUESTS
 
@@ -330,7 +330,7 @@ class AsBuiltCompletions(AsyncCompletions):
                 # LangChain asks for the raw response (and parses it); anyone else gets the reply itself.
                 return reply if (extra_headers or {}).get(RAW_RESPONSE_HEADER) == "true" else reply.parse()
         return await self._client.post(
-            "/chat/completions",
+            CHAT_COMPLETIONS,
             body=body,
             options=options,
             cast_to=ChatCompletion if streamed else object,

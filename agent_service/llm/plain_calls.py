@@ -2,7 +2,7 @@
 would send them: `plain_route(client)` once per client, then `route.send(body)` per call.
 
 The SDK's request path (its options model, httpx2's URL, header and response objects, the raw-response
-wrapper LangChain asks for) costs 0.35 ms of CPU per call over the 0.13 ms aiohttp itself takes. That CPU is
+wrapper LangChain asks for) costs 0.38 ms of CPU per call over the 0.13 ms aiohttp itself takes. That CPU is
 spent on the LLM process's one loop, where hundreds of calls start and end at once: it sets how late the
 last of them leaves (docs/decisions.md, "Plain calls on the SDK's session"). What the SDK decides stays the
 SDK's: the URL, every header (the key, organization, project and its own), the timeouts and the session
