@@ -47,17 +47,22 @@ class PlainRoute:
     session of its aiohttp transport."""
 
     def __init__(
-        self,
-        client: AsyncOpenAI,
-        request: httpx2.Request,
-        session: aiohttp.ClientSession,
-        proxy: str | None,
+        self, client: AsyncOpenAI, request: httpx2.Request, session: aiohttp.ClientSession, proxy: httpx2.Proxy | None
     ) -> None:
         timeouts = request.extensions.get("timeout", {})
-        self._client, self._session, self._proxy = client, session, proxy
+        self._client, self._session = client, session
         self._url = str(request.url)
         # aiohttp counts the body itself; each call's body differs.
         self._headers = {name: value for name, value in request.headers.items() if name.lower() != "content-length"}
+        # The proxy the SDK's client chose for the URL (HTTPS_PROXY and the like), with its credentials: on the
+        # CONNECT of an https target, and on the request itself for an http one (where aiohttp sends no
+        # proxy_headers; its own proxy_auth, which did, is deprecated).
+        self._proxy = str(proxy.url) if proxy else None
+        self._proxy_headers = dict(proxy.headers) if proxy else None
+        if proxy and proxy.auth and self._proxy_headers is not None:
+            self._proxy_headers["Proxy-Authorization"] = aiohttp.encode_basic_auth(*proxy.auth)
+            if request.url.scheme == "http":
+                self._headers["Proxy-Authorization"] = self._proxy_headers["Proxy-Authorization"]
         # As the SDK's aiohttp transport maps httpx's timeouts.
         self._timeout = aiohttp.ClientTimeout(
             sock_connect=timeouts.get("connect"), sock_read=timeouts.get("read"), connect=timeouts.get("pool")
@@ -77,6 +82,7 @@ class PlainRoute:
                 headers=headers,
                 timeout=self._timeout,
                 proxy=self._proxy,
+                proxy_headers=self._proxy_headers,
                 allow_redirects=False,
                 auto_decompress=False,
             ) as response:
@@ -115,5 +121,4 @@ async def plain_route(client: AsyncOpenAI) -> PlainRoute | None:
         return None
     if not isinstance(transport.client, aiohttp.ClientSession):
         transport.client = transport.get_client()  # as the transport opens its session on its first request
-    proxy = str(transport.proxy.url) if transport.proxy else None
-    return PlainRoute(client, request, transport.client, proxy)
+    return PlainRoute(client, request, transport.client, transport.proxy)

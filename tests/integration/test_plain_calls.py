@@ -1,15 +1,18 @@
 """Plain LLM calls go straight onto the SDK's aiohttp session (`llm.plain_calls`): the provider receives what
 the SDK itself sends, an error reply arrives as the SDK's own typed error, a redirected call is sent again
-through the SDK (which follows it), and a dropped connection is told from a timeout. Real HTTP on loopback: a
-recording provider written here, and the bundled LLM server's faults."""
+through the SDK (which follows it), the proxy the environment names is used with its credentials, and a
+dropped connection is told from a timeout. Real HTTP on loopback: a recording provider (and proxy) written
+here, and the bundled LLM server's faults."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import threading
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -77,15 +80,24 @@ class RecordingProvider:
         return Handler
 
 
-@pytest.fixture
-def provider() -> Iterator[RecordingProvider]:
+@contextmanager
+def recording_provider() -> Iterator[RecordingProvider]:
+    """A RecordingProvider listening on a free loopback port for the length of a with-block."""
     provider = RecordingProvider()
     server = ThreadingHTTPServer(("127.0.0.1", 0), provider.handler())
     provider.port = server.server_address[1]
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield provider
-    server.shutdown()
-    server.server_close()
+    try:
+        yield provider
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def provider() -> Iterator[RecordingProvider]:
+    with recording_provider() as provider:
+        yield provider
 
 
 def call(text: str, *, base_url: str, **settings: Any) -> LLMReply:
@@ -178,6 +190,24 @@ def test_a_redirected_call_is_sent_again_through_the_sdk_which_follows_it(provid
     paths = [path for path, _, _ in provider.received]
     assert paths == ["/v1/chat/completions", "/v1/chat/completions", "/v2/chat/completions"]
     assert provider.received[2][1]["authorization"] == f"Bearer {API_KEY}"
+
+
+def test_a_plain_call_goes_through_the_proxy_the_environment_names_with_its_credentials(
+    provider: RecordingProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with recording_provider() as proxy:  # a forward proxy that answers itself, as a caching one may
+        for name in ("HTTP_PROXY", "http_proxy"):
+            monkeypatch.setenv(name, f"http://agent:s3cret@127.0.0.1:{proxy.port}")
+        for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+            monkeypatch.delenv(name, raising=False)
+
+        reply = call("proxied", base_url=provider.base_url)
+
+    assert reply.text == "recorded" and provider.received == []
+    [(target, headers, body)] = proxy.received
+    assert target == f"{provider.base_url}/chat/completions"  # a forward proxy's absolute request target
+    assert headers["proxy-authorization"] == "Basic " + base64.b64encode(b"agent:s3cret").decode()
+    assert headers["authorization"] == f"Bearer {API_KEY}" and body["messages"][1]["content"] == "proxied"
 
 
 def test_a_dropped_connection_is_a_connection_failure_and_a_silent_server_a_timeout(
