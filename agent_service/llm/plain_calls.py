@@ -29,17 +29,15 @@ CHAT_COMPLETIONS = "/chat/completions"
 class PlainReply:
     """A plain reply as LangChain reads the SDK's raw response: its `headers`, and `parse()`."""
 
-    __slots__ = ("_content", "_is_json", "headers")
+    __slots__ = ("_body", "headers")
 
-    def __init__(self, headers: Mapping[str, str], content: bytes, *, is_json: bool) -> None:
-        self.headers, self._content, self._is_json = headers, content, is_json
+    def __init__(self, headers: Mapping[str, str], body: bytes | str) -> None:
+        self.headers, self._body = headers, body
 
     def parse(self) -> Any:
-        """The body as JSON; as text when it came under another content type (as some proxies send JSON),
-        which is how the SDK hands such a body back. Raises: json.JSONDecodeError, as the SDK does."""
-        if self._is_json:
-            return json.loads(self._content)
-        return self._content.decode("utf-8", errors="replace")
+        """A JSON body (bytes) as JSON; a body that came under another content type (as some proxies send
+        JSON) as its text, which is how the SDK hands it back. Raises: json.JSONDecodeError, as the SDK does."""
+        return json.loads(self._body) if isinstance(self._body, bytes) else self._body
 
 
 class PlainRoute:
@@ -93,13 +91,15 @@ class PlainRoute:
             raise APIConnectionError(message=f"Connection error: {exc}", request=self._request()) from exc
         if 300 <= response.status < 400:
             return None
+        is_json = response.headers.get("content-type", "").partition(";")[0].strip().endswith("json")
+        if response.status < 400 and is_json and "content-encoding" not in response.headers:
+            return PlainReply(response.headers, content)  # most replies: JSON, as sent
+        # Anything else is read as the SDK reads it, by httpx2 (its Content-Encoding decoded, its text by its
+        # charset); an error reply is made the SDK's typed error.
+        read = httpx2.Response(response.status, headers=response.raw_headers, content=content, request=self._request())
         if response.status >= 400:
-            failed = httpx2.Response(
-                response.status, headers=response.raw_headers, content=content, request=self._request()
-            )
-            raise self._client._make_status_error_from_response(failed)
-        content_type = response.headers.get("content-type", "").partition(";")[0]
-        return PlainReply(response.headers, content, is_json=content_type.strip().endswith("json"))
+            raise self._client._make_status_error_from_response(read)
+        return PlainReply(response.headers, read.content if is_json else read.text)
 
     def _request(self) -> httpx2.Request:
         """The request as the SDK's errors carry it (without its headers: the key stays out of them)."""

@@ -1,13 +1,14 @@
 """Plain LLM calls go straight onto the SDK's aiohttp session (`llm.plain_calls`): the provider receives what
-the SDK itself sends, an error reply arrives as the SDK's own typed error, a redirected call is sent again
-through the SDK (which follows it), the proxy the environment names is used with its credentials, and a
-dropped connection is told from a timeout. Real HTTP on loopback: a recording provider (and proxy) written
-here, and the bundled LLM server's faults."""
+the SDK itself sends, a compressed reply is read, an error reply arrives as the SDK's own typed error, a
+redirected call is sent again through the SDK (which follows it), the proxy the environment names is used with
+its credentials, and a dropped connection is told from a timeout. Real HTTP on loopback: a recording provider
+(and proxy) written here, and the bundled LLM server's faults."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import gzip
 import json
 import threading
 import uuid
@@ -41,6 +42,7 @@ class Answer:
     status: int
     body: dict[str, Any]
     headers: dict[str, str] = field(default_factory=dict)
+    gzipped: bool = False  # sent with Content-Encoding: gzip, as providers compress for a client that accepts it
 
 
 @dataclass
@@ -67,8 +69,12 @@ class RecordingProvider:
                 provider.received.append((self.path, {k.lower(): v for k, v in self.headers.items()}, body))
                 answer = provider.answers.get(self.path, Answer(200, COMPLETION))
                 content = json.dumps(answer.body).encode()
+                headers = {**answer.headers, "Content-Type": "application/json"}
+                if answer.gzipped:
+                    assert "gzip" in self.headers["Accept-Encoding"]
+                    content, headers["Content-Encoding"] = gzip.compress(content), "gzip"
                 self.send_response(answer.status)
-                for name, value in {**answer.headers, "Content-Type": "application/json"}.items():
+                for name, value in headers.items():
                     self.send_header(name, value)
                 self.send_header("Content-Length", str(len(content)))
                 self.end_headers()
@@ -178,6 +184,18 @@ def test_error_replies_arrive_as_the_sdks_typed_errors_with_their_retry_after(pr
     with pytest.raises(openai.BadRequestError) as refused:
         call("too long", base_url=provider.base_url)
     assert isinstance(classify(refused.value), ContextLengthExceededError)
+
+
+def test_compressed_replies_are_read_as_the_sdk_reads_them(provider: RecordingProvider) -> None:
+    provider.answers["/v1/chat/completions"] = Answer(200, COMPLETION, gzipped=True)
+    assert call("compressed", base_url=provider.base_url).text == "recorded"
+
+    error = {"error": {"message": "overloaded", "type": "server_error", "code": None}}
+    provider.answers["/v1/chat/completions"] = Answer(503, error, {"Retry-After": "3"}, gzipped=True)
+    with pytest.raises(openai.InternalServerError) as failed:
+        call("compressed error", base_url=provider.base_url)
+    classified = classify(failed.value)
+    assert isinstance(classified, RetryableError) and classified.delay == 3.0 and "overloaded" in str(classified)
 
 
 def test_a_redirected_call_is_sent_again_through_the_sdk_which_follows_it(provider: RecordingProvider) -> None:
