@@ -325,10 +325,11 @@ class AsBuiltCompletions(AsyncCompletions):
             options["timeout"] = timeout
         if not streamed and extra_query is None and isinstance(timeout, NotGiven):
             route = await self._plain_route()
-            reply = None if route is None else await route.send(body, extra_headers or {})
+            headers = extra_headers or {}
+            reply = None if route is None else await route.send(body, headers)
             if reply is not None:
                 # LangChain asks for the raw response (and parses it); anyone else gets the reply itself.
-                return reply if (extra_headers or {}).get(RAW_RESPONSE_HEADER) == "true" else reply.parse()
+                return reply if headers.get(RAW_RESPONSE_HEADER) == "true" else reply.parse()
         return await self._client.post(
             CHAT_COMPLETIONS,
             body=body,

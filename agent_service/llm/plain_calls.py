@@ -55,12 +55,14 @@ class PlainRoute:
         # The proxy the SDK's client chose for the URL (HTTPS_PROXY and the like), with its credentials: on the
         # CONNECT of an https target, and on the request itself for an http one (where aiohttp sends no
         # proxy_headers; its own proxy_auth, which did, is deprecated).
-        self._proxy = str(proxy.url) if proxy else None
-        self._proxy_headers = dict(proxy.headers) if proxy else None
-        if proxy and proxy.auth and self._proxy_headers is not None:
-            self._proxy_headers["Proxy-Authorization"] = aiohttp.encode_basic_auth(*proxy.auth)
-            if request.url.scheme == "http":
-                self._headers["Proxy-Authorization"] = self._proxy_headers["Proxy-Authorization"]
+        self._proxy: str | None = None
+        self._proxy_headers: dict[str, str] | None = None
+        if proxy:
+            self._proxy, self._proxy_headers = str(proxy.url), dict(proxy.headers)
+            if proxy.auth:
+                self._proxy_headers["Proxy-Authorization"] = aiohttp.encode_basic_auth(*proxy.auth)
+                if request.url.scheme == "http":
+                    self._headers["Proxy-Authorization"] = self._proxy_headers["Proxy-Authorization"]
         # As the SDK's aiohttp transport maps httpx's timeouts.
         self._timeout = aiohttp.ClientTimeout(
             sock_connect=timeouts.get("connect"), sock_read=timeouts.get("read"), connect=timeouts.get("pool")
