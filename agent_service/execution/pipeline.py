@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from agent_service.database import session_scope
+from agent_service.database import autocommit_scope, session_scope
 from agent_service.errors import TaskValidationError
 from agent_service.execution.calls import Calls
 from agent_service.execution.context import RunContext
@@ -26,7 +26,7 @@ from agent_service.execution.tool_calls import ToolCaller
 from agent_service.ids import parse_task_id
 from agent_service.llm.prices import PriceBook
 from agent_service.store import lifecycle
-from agent_service.store.lifecycle import Claim
+from agent_service.store.lifecycle import Claim, Skip
 
 
 def execute_agent_task(task_id: Any, context: RunContext) -> TaskOutcome:
@@ -61,10 +61,7 @@ def execute_agent_tasks(task_ids: Sequence[Any], context: RunContext) -> list[Ta
     settings, traces = context.settings, context.traces
     ids = [_valid_id(task_id) for task_id in task_ids]
     valid = [i for i in ids if isinstance(i, uuid.UUID)]
-    with session_scope(context.session_factory) as session:
-        claimed = lifecycle.claim_tasks(
-            session, valid, settings=settings, now=context.clock(), owner=current_owner(), owner_is_gone=owner_is_gone
-        )
+    claimed = _claim(valid, context)
     traces.spans("claim", valid, start_ns=claim_ns)
     claims = iter(claimed)
     steps = [next(claims) if isinstance(task_id, uuid.UUID) else task_id for task_id in ids]
@@ -135,6 +132,25 @@ def execute_agent_tasks(task_ids: Sequence[Any], context: RunContext) -> list[Ta
             caller.close()
     not_run_at = dict(skipped)
     return [settled[step.task_id] if isinstance(step, Claim) else not_run_at[at] for at, step in enumerate(steps)]
+
+
+def _claim(task_ids: list[uuid.UUID], context: RunContext) -> list[Claim | Skip]:
+    """`lifecycle.claim_tasks`: the queued tasks taken in one statement that is its own transaction (on
+    PostgreSQL one round trip, their agents read in it), the rest (if any: taken over from a lost worker, or
+    not to run) in a transaction of their own."""
+    now, owner = context.clock(), current_owner()
+    with autocommit_scope(context.session_factory) as session:
+        taken = lifecycle.take_queued(session, task_ids, now=now, owner=owner)
+    with session_scope(context.session_factory) as session:  # no round trip when every task was taken above
+        return lifecycle.claim_tasks(
+            session,
+            task_ids,
+            settings=context.settings,
+            now=now,
+            owner=owner,
+            owner_is_gone=owner_is_gone,
+            taken=taken,
+        )
 
 
 def _valid_id(task_id: Any) -> uuid.UUID | TaskValidationError:

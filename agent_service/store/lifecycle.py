@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections import namedtuple
 from collections.abc import Callable, Sequence
 from dataclasses import astuple, dataclass
 from datetime import datetime, timedelta
@@ -67,6 +68,12 @@ _TAKE_QUEUED = (
 _OWNED = (_THIS_TASK, _TASKS.c.status == TaskStatus.RUNNING, _TASKS.c.attempts == bindparam("p_attempt"))
 _TAKE_ABANDONED = update(_TASKS).where(*_OWNED).values(**_TAKE_VALUES).returning(*_CLAIMED_COLUMNS)
 _AGENTS_OF = select(_AGENTS).where(_AGENTS.c.id.in_(bindparam("p_agents", expanding=True)))
+# On PostgreSQL the claim reads its tasks' agents in the same statement (a data-modifying CTE, which SQLite
+# has not): the task's columns first, then the agent's.
+_TAKEN = _TAKE_QUEUED.cte("taken")
+_TAKE_QUEUED_WITH_AGENTS = select(_TAKEN, _AGENTS).join_from(_TAKEN, _AGENTS, _AGENTS.c.id == _TAKEN.c.agent_id)
+_TakenRow = namedtuple("_TakenRow", [column.name for column in _CLAIMED_COLUMNS])  # type: ignore[misc]
+_AgentRow = namedtuple("_AgentRow", [column.name for column in _AGENTS.c])  # type: ignore[misc]
 _FINISHED = dict(finished_at=_NOW, updated_at=_NOW, duration_ms=bindparam("p_duration"))
 
 
@@ -281,6 +288,19 @@ class Skip:
     finished: Finished | None = None
 
 
+def take_queued(session: Session, task_ids: list[uuid.UUID], *, now: datetime, owner: str) -> dict[uuid.UUID, Claim]:
+    """Take the next attempt of each pending, queued or waiting task among `task_ids`, by id: on PostgreSQL in
+    one statement that reads their agents too (so that, run as its own transaction, a claim is one round
+    trip), elsewhere in two."""
+    connection = session.connection()
+    params = {"p_ids": list(dict.fromkeys(task_ids)), "p_now": now, "p_owner": owner}
+    if connection.dialect.name == "postgresql":
+        split = len(_CLAIMED_COLUMNS)
+        rows = connection.execute(_TAKE_QUEUED_WITH_AGENTS, params)
+        return {row[0]: _claim_of(_TakenRow(*row[:split]), _AgentRow(*row[split:])) for row in rows}
+    return _with_agents(session, list(connection.execute(_TAKE_QUEUED, params)))
+
+
 def claim_tasks(
     session: Session,
     task_ids: list[uuid.UUID],
@@ -289,31 +309,42 @@ def claim_tasks(
     now: datetime,
     owner: str,
     owner_is_gone: OwnerCheck = lambda _owner: False,
+    taken: dict[uuid.UUID, Claim] | None = None,
 ) -> list[Claim | Skip]:
-    """Take the next attempt of each task, in order: pending or queued ones in one statement, then any
-    abandoned running one (its owner's liveness lease expired, its claim is older than the stale threshold,
-    or `owner_is_gone` says its process no longer exists). A task that is missing, finished or running
-    elsewhere comes back as a Skip.
+    """Take the next attempt of each task, in order: pending or queued ones (`take_queued`, unless `taken`
+    holds its claims already: then the session is used only for the other tasks), then any abandoned running
+    one (its owner's liveness lease expired, its claim is older than the stale threshold, or `owner_is_gone`
+    says its process no longer exists). A task that is missing, finished or running elsewhere comes back as a
+    Skip.
     """
-    connection = session.connection()
     unique_ids = list(dict.fromkeys(task_ids))
-    params = {"p_ids": unique_ids, "p_now": now, "p_owner": owner}
-    taken: dict[uuid.UUID, Row[Any] | Skip] = {row.id: row for row in connection.execute(_TAKE_QUEUED, params)}
+    claims: dict[uuid.UUID, Claim | Skip] = dict(
+        taken if taken is not None else take_queued(session, unique_ids, now=now, owner=owner)
+    )
+    abandoned: list[Row[Any]] = []
     for task_id in unique_ids:
-        if task_id not in taken:
-            taken[task_id] = _take_abandoned(
+        if task_id not in claims:
+            row = _take_abandoned(
                 session, task_id, settings=settings, now=now, owner=owner, owner_is_gone=owner_is_gone
             )
-    agent_ids = list({row.agent_id for row in taken.values() if not isinstance(row, Skip)})
-    agents = {agent.id: agent for agent in connection.execute(_AGENTS_OF, {"p_agents": agent_ids})} if agent_ids else {}
-    claims = {
-        task_id: row if isinstance(row, Skip) else _claim_of(row, agents[row.agent_id])
-        for task_id, row in taken.items()
-    }
+            if isinstance(row, Skip):
+                claims[task_id] = row
+            else:
+                abandoned.append(row)
+    claims.update(_with_agents(session, abandoned))
     return [
         claims.pop(task_id) if task_id in claims else Skip(task_id, TaskStatus.RUNNING, "delivered twice in one batch")
         for task_id in task_ids
     ]
+
+
+def _with_agents(session: Session, rows: list[Row[Any]]) -> dict[uuid.UUID, Claim]:
+    """The claims of tasks just taken, with their agents read in one query."""
+    if not rows:
+        return {}
+    agent_ids = list({row.agent_id for row in rows})
+    agents = {agent.id: agent for agent in session.connection().execute(_AGENTS_OF, {"p_agents": agent_ids})}
+    return {row.id: _claim_of(row, agents[row.agent_id]) for row in rows}
 
 
 def _take_abandoned(
@@ -500,7 +531,8 @@ def _settle_unfinished(
     return owned
 
 
-def _claim_of(taken: Row[Any], agent: Row[Any]) -> Claim:
+def _claim_of(taken: Any, agent: Any) -> Claim:
+    """The claim of a task row just taken (`_CLAIMED_COLUMNS`), with its agent's row."""
     spec, agent_error = agent_spec(agent)
     return Claim(
         taken.id,
