@@ -52,7 +52,7 @@ def _replace_if_closed(dialect: Dialect, dbapi_connection: DBAPIConnection) -> N
     terminate: its FATAL message, then end-of-file) or, rarely, to notify or report a setting. So a socket
     with something to read is pinged as the pre-ping would, and replaced if that fails; a quiet one is used as
     is. A server that vanished without a word (a host gone, a cut network) goes unnoticed by both alike. See
-    docs/decisions.md, "Pooled connections checked without a round trip"."""
+    docs/decisions.md, "A claim in one round trip; pooled connections checked without one"."""
     poller = select.poll()
     poller.register(dbapi_connection.fileno(), select.POLLIN)
     if not poller.poll(0):
@@ -192,7 +192,8 @@ def autocommit_scope(session_factory: sessionmaker[Session]) -> Iterator[Session
         try:
             yield session
         finally:
-            dbapi_connection.autocommit = False
+            if not dbapi_connection.closed:  # closed by a lost connection, whose error is the one to raise
+                dbapi_connection.autocommit = False
 
 
 def _create_parent_folder(sqlite_url: str) -> None:

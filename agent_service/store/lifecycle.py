@@ -292,6 +292,8 @@ def take_queued(session: Session, task_ids: list[uuid.UUID], *, now: datetime, o
     """Take the next attempt of each pending, queued or waiting task among `task_ids`, by id: on PostgreSQL in
     one statement that reads their agents too (so that, run as its own transaction, a claim is one round
     trip), elsewhere in two."""
+    if not task_ids:
+        return {}
     connection = session.connection()
     params = {"p_ids": list(dict.fromkeys(task_ids)), "p_now": now, "p_owner": owner}
     if connection.dialect.name == "postgresql":
