@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import select
 import shlex
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import URL, Engine, create_engine, event, make_url, text
-from sqlalchemy.engine.interfaces import DBAPIConnection, Dialect
-from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
+from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry, NullPool
 
@@ -22,45 +21,21 @@ CONNECT_TIMEOUT_SECONDS = 10
 
 
 def make_engine(settings: Settings) -> Engine:
-    """An engine for `settings.database_url`, pooled; a pooled PostgreSQL connection the server has closed is
-    replaced at checkout (`_replace_if_closed`)."""
+    """An engine for `settings.database_url`, pooled and checked for stale connections."""
     url = settings.database_url
     if url.startswith("sqlite"):
         _create_parent_folder(url)
         engine = create_engine(url, connect_args={"timeout": 30})
         event.listen(engine, "connect", _enable_sqlite_wal)
         return engine
-    engine = create_engine(
+    return create_engine(
         url,
         connect_args=_postgres_connect_args(settings),
+        pool_pre_ping=True,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_recycle=1800,
     )
-
-    def on_checkout(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry, _proxy: object) -> None:
-        _replace_if_closed(engine.dialect, dbapi_connection)
-
-    event.listen(engine, "checkout", on_checkout)
-    return engine
-
-
-def _replace_if_closed(dialect: Dialect, dbapi_connection: DBAPIConnection) -> None:
-    """A pooled connection's check at checkout, in place of SQLAlchemy's pre-ping (a `SELECT 1` round trip on
-    every checkout): an idle connection's socket has nothing to read unless the server has written to it, and
-    the server writes to an idle session only when it ends it (a restart, a failover, an administrator's
-    terminate: its FATAL message, then end-of-file) or, rarely, to notify or report a setting. So a socket
-    with something to read is pinged as the pre-ping would, and replaced if that fails; a quiet one is used as
-    is. A server that vanished without a word (a host gone, a cut network) goes unnoticed by both alike. See
-    docs/decisions.md, "A claim in one round trip; pooled connections checked without one"."""
-    poller = select.poll()
-    poller.register(dbapi_connection.fileno(), select.POLLIN)
-    if not poller.poll(0):
-        return
-    try:
-        dialect.do_ping(dbapi_connection)
-    except Exception as exc:
-        raise DisconnectionError(f"pooled connection closed by the server: {exc}") from exc
 
 
 def make_lease_engine(settings: Settings) -> Engine:
