@@ -148,29 +148,6 @@ def session_scope(session_factory: sessionmaker[Session]) -> Iterator[Session]:
         yield session
 
 
-@contextmanager
-def autocommit_scope(session_factory: sessionmaker[Session]) -> Iterator[Session]:
-    """For one statement that needs no other: on PostgreSQL a transaction of its own, committed as it runs, with
-    no BEGIN or COMMIT round trip around it; elsewhere (SQLite, in process), and for a factory that binds its
-    sessions to a connection of its own (a caller's transaction, as tests use), `session_scope`.
-
-    psycopg2's own autocommit switch, not SQLAlchemy's AUTOCOMMIT isolation level: SQLAlchemy restores the
-    level when the connection goes back to the pool, and psycopg2 then sends a `SET` of its own (one more round
-    trip); the switch alone sends nothing."""
-    with session_factory() as session, session.begin():
-        own = isinstance(session.get_bind(), Engine) and session.get_bind().dialect.driver == "psycopg2"
-        dbapi_connection = session.connection().connection.dbapi_connection if own else None
-        if dbapi_connection is None:
-            yield session
-            return
-        dbapi_connection.autocommit = True
-        try:
-            yield session
-        finally:
-            if not dbapi_connection.closed:  # closed by a lost connection, whose error is the one to raise
-                dbapi_connection.autocommit = False
-
-
 def _create_parent_folder(sqlite_url: str) -> None:
     # SQLite creates the file on first use, but not the folder it goes in.
     database = make_url(sqlite_url).database

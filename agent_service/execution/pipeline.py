@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from agent_service.database import autocommit_scope, session_scope
+from agent_service.database import session_scope
 from agent_service.errors import TaskValidationError
 from agent_service.execution.calls import Calls
 from agent_service.execution.context import RunContext
@@ -135,21 +135,18 @@ def execute_agent_tasks(task_ids: Sequence[Any], context: RunContext) -> list[Ta
 
 
 def _claim(task_ids: list[uuid.UUID], context: RunContext) -> list[Claim | Skip]:
-    """`lifecycle.claim_tasks`: the queued tasks taken in one statement that is its own transaction (on
-    PostgreSQL one round trip, their agents read in it), the rest (if any: taken over from a lost worker, or
-    not to run) in a transaction of their own."""
-    now, owner = context.clock(), current_owner()
-    with autocommit_scope(context.session_factory) as session:
-        taken = lifecycle.take_queued(session, task_ids, now=now, owner=owner)
-    with session_scope(context.session_factory) as session:  # no round trip when every task was taken above
+    """`lifecycle.claim_tasks` in one transaction. Not in autocommit, though the queued tasks' claim is one
+    statement: a claim commits only once this worker, having had its result, asks for the commit; so a worker
+    whose link was cut while its claim waited for a row lock does not come back to a claim it never confirmed
+    (and that another worker has since taken over): docs/decisions.md, "A claim in one round trip"."""
+    with session_scope(context.session_factory) as session:
         return lifecycle.claim_tasks(
             session,
             task_ids,
             settings=context.settings,
-            now=now,
-            owner=owner,
+            now=context.clock(),
+            owner=current_owner(),
             owner_is_gone=owner_is_gone,
-            taken=taken,
         )
 
 

@@ -288,10 +288,9 @@ class Skip:
     finished: Finished | None = None
 
 
-def take_queued(session: Session, task_ids: list[uuid.UUID], *, now: datetime, owner: str) -> dict[uuid.UUID, Claim]:
+def _take_queued(session: Session, task_ids: list[uuid.UUID], *, now: datetime, owner: str) -> dict[uuid.UUID, Claim]:
     """Take the next attempt of each pending, queued or waiting task among `task_ids`, by id: on PostgreSQL in
-    one statement that reads their agents too (so that, run as its own transaction, a claim is one round
-    trip), elsewhere in two."""
+    one statement that reads their agents too, elsewhere in two."""
     if not task_ids:
         return {}
     connection = session.connection()
@@ -311,18 +310,14 @@ def claim_tasks(
     now: datetime,
     owner: str,
     owner_is_gone: OwnerCheck = lambda _owner: False,
-    taken: dict[uuid.UUID, Claim] | None = None,
 ) -> list[Claim | Skip]:
-    """Take the next attempt of each task, in order: pending or queued ones (`take_queued`, unless `taken`
-    holds its claims already: then the session is used only for the other tasks), then any abandoned running
-    one (its owner's liveness lease expired, its claim is older than the stale threshold, or `owner_is_gone`
-    says its process no longer exists). A task that is missing, finished or running elsewhere comes back as a
-    Skip.
+    """Take the next attempt of each task, in order: pending or queued ones in one statement (`_take_queued`),
+    then any abandoned running one (its owner's liveness lease expired, its claim is older than the stale
+    threshold, or `owner_is_gone` says its process no longer exists). A task that is missing, finished or
+    running elsewhere comes back as a Skip.
     """
     unique_ids = list(dict.fromkeys(task_ids))
-    claims: dict[uuid.UUID, Claim | Skip] = dict(
-        taken if taken is not None else take_queued(session, unique_ids, now=now, owner=owner)
-    )
+    claims: dict[uuid.UUID, Claim | Skip] = dict(_take_queued(session, unique_ids, now=now, owner=owner))
     abandoned: list[Row[Any]] = []
     for task_id in unique_ids:
         if task_id not in claims:
