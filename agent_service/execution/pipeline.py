@@ -138,7 +138,8 @@ def _claim(task_ids: list[uuid.UUID], context: RunContext) -> list[Claim | Skip]
     """`lifecycle.claim_tasks` in one transaction. Not in autocommit, though the queued tasks' claim is one
     statement: a claim commits only once this worker, having had its result, asks for the commit; so a worker
     whose link was cut while its claim waited for a row lock does not come back to a claim it never confirmed
-    (and that another worker has since taken over): docs/decisions.md, "The claim reads its agents in the same statement"."""
+    (and that another worker has since taken over): docs/decisions.md, "The claim reads its agents in the same
+    statement"."""
     with session_scope(context.session_factory) as session:
         return lifecycle.claim_tasks(
             session,
