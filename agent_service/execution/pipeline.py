@@ -26,7 +26,7 @@ from agent_service.execution.tool_calls import ToolCaller
 from agent_service.ids import parse_task_id
 from agent_service.llm.prices import PriceBook
 from agent_service.store import lifecycle
-from agent_service.store.lifecycle import Claim, Skip
+from agent_service.store.lifecycle import Claim
 
 
 def execute_agent_task(task_id: Any, context: RunContext) -> TaskOutcome:
@@ -61,7 +61,12 @@ def execute_agent_tasks(task_ids: Sequence[Any], context: RunContext) -> list[Ta
     settings, traces = context.settings, context.traces
     ids = [_valid_id(task_id) for task_id in task_ids]
     valid = [i for i in ids if isinstance(i, uuid.UUID)]
-    claimed = _claim(valid, context)
+    # In a transaction, though the claim of queued tasks is one statement: see docs/decisions.md, "The claim reads
+    # its agents in the same statement" (in autocommit, a cut-off worker came back to a claim it never confirmed).
+    with session_scope(context.session_factory) as session:
+        claimed = lifecycle.claim_tasks(
+            session, valid, settings=settings, now=context.clock(), owner=current_owner(), owner_is_gone=owner_is_gone
+        )
     traces.spans("claim", valid, start_ns=claim_ns)
     claims = iter(claimed)
     steps = [next(claims) if isinstance(task_id, uuid.UUID) else task_id for task_id in ids]
@@ -132,23 +137,6 @@ def execute_agent_tasks(task_ids: Sequence[Any], context: RunContext) -> list[Ta
             caller.close()
     not_run_at = dict(skipped)
     return [settled[step.task_id] if isinstance(step, Claim) else not_run_at[at] for at, step in enumerate(steps)]
-
-
-def _claim(task_ids: list[uuid.UUID], context: RunContext) -> list[Claim | Skip]:
-    """`lifecycle.claim_tasks` in one transaction. Not in autocommit, though the queued tasks' claim is one
-    statement: a claim commits only once this worker, having had its result, asks for the commit; so a worker
-    whose link was cut while its claim waited for a row lock does not come back to a claim it never confirmed
-    (and that another worker has since taken over): docs/decisions.md, "The claim reads its agents in the same
-    statement"."""
-    with session_scope(context.session_factory) as session:
-        return lifecycle.claim_tasks(
-            session,
-            task_ids,
-            settings=context.settings,
-            now=context.clock(),
-            owner=current_owner(),
-            owner_is_gone=owner_is_gone,
-        )
 
 
 def _valid_id(task_id: Any) -> uuid.UUID | TaskValidationError:

@@ -289,12 +289,12 @@ class Skip:
 
 
 def _take_queued(session: Session, task_ids: list[uuid.UUID], *, now: datetime, owner: str) -> dict[uuid.UUID, Claim]:
-    """Take the next attempt of each pending, queued or waiting task among `task_ids`, by id: on PostgreSQL in
-    one statement that reads their agents too, elsewhere in two."""
+    """Take the next attempt of each pending, queued or waiting task among `task_ids` (no id twice), by id: on
+    PostgreSQL in one statement that reads their agents too, elsewhere in two."""
     if not task_ids:
         return {}
     connection = session.connection()
-    params = {"p_ids": list(dict.fromkeys(task_ids)), "p_now": now, "p_owner": owner}
+    params = {"p_ids": task_ids, "p_now": now, "p_owner": owner}
     if connection.dialect.name == "postgresql":
         split = len(_CLAIMED_COLUMNS)
         rows = connection.execute(_TAKE_QUEUED_WITH_AGENTS, params)
