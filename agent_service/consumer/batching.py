@@ -57,6 +57,7 @@ class AgentTaskBatches(Batches):
     always acks_late."""
 
     _eventer: Any = None  # the worker's event dispatcher, in the process that consumes the messages
+    _hub: Any = None  # the consumer's event loop, through which a pool thread's task events are sent
     _backlog: Backlog | None = None  # asks the broker how many more wait, in the process that consumes them
     _expected = 0  # messages the broker said were waiting that have not arrived since
 
@@ -72,7 +73,7 @@ class AgentTaskBatches(Batches):
         """Batches.Strategy, with the flush timer armed anew: Celery clears the event loop's timers on a
         broker reconnection, and a stale timer entry would flush only full batches from then on."""
         self._tref = None
-        self._eventer = consumer.event_dispatcher
+        self._eventer, self._hub = consumer.event_dispatcher, consumer.hub
         if self._backlog is not None:
             self._backlog.close()
         self._backlog, self._expected = Backlog(app, AGENT_QUEUE), 0
@@ -179,14 +180,28 @@ class AgentTaskBatches(Batches):
         in_worker = all(request.worker_request is not None for request, _, _ in results)
         if in_worker and not self._events_on():
             return
+        sends: list[tuple[Request, Event]] = []
         for request, outcome, result in results:
             event = _outcome_event(outcome, result, maxsize=self.resultrepr_maxsize)
             if event is None:
                 continue
             if request.worker_request is not None:
-                request.worker_request.send_event(event[0], **event[1])
+                sends.append((request.worker_request, event))
             else:
                 request.unsent_event = event
+        if sends:
+            self._in_consumer_thread(_send_events, sends)
+
+    def _in_consumer_thread(self, function: Callable[..., None], *args: Any) -> None:
+        """Call `function(*args)` in the consumer's thread, on its event loop's next turn. Task events go out
+        only from that thread: the dispatcher buffers them for its event loop and clears that buffer unlocked
+        once published, so an event a pool thread added meanwhile was lost (and kombu's producers are not
+        thread-safe either). kombu's `Hub.call_soon` is safe from any thread and wakes the loop; a worker
+        without an event loop publishes each event at once, under the dispatcher's lock."""
+        if self._hub is None:
+            function(*args)
+        else:
+            self._hub.call_soon(function, *args)
 
     def _events_on(self) -> bool:
         """Whether task events are wanted now: the worker runs with -E, or a monitor such as Flower has
@@ -217,6 +232,11 @@ class AgentTaskBatches(Batches):
         if self._events_on():
             for request in requests:
                 request.send_event("task-started")
+
+
+def _send_events(sends: Iterable[tuple[Request, Event]]) -> None:
+    for request, (event_type, fields) in sends:
+        request.send_event(event_type, **fields)
 
 
 def release_settled(requests: Iterable[AgentRequest]) -> None:

@@ -126,6 +126,7 @@ class Consumer:
     hostname: str = "test@host"
     connection_errors: tuple = ()
     event_dispatcher: Any = None
+    hub: Any = None  # a worker without an event loop
 
 
 def a_consuming_worker(broker: BrokerSaying) -> tuple[Any, Consumer, Any]:
