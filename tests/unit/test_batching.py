@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -129,9 +130,9 @@ class Consumer:
     hub: Any = None  # a worker without an event loop
 
 
-def a_consuming_worker(broker: BrokerSaying) -> tuple[Any, Consumer, Any]:
+def a_consuming_worker(broker: BrokerSaying, **settings: Any) -> tuple[Any, Consumer, Any]:
     """The agent task's message handler as a worker's consumer runs it, the broker answering as `broker` says."""
-    app = create_celery_app(make_settings(database_url="sqlite://"))
+    app = create_celery_app(make_settings(database_url="sqlite://", **settings))
     app.loader.import_default_modules()
     task, consumer = app.tasks[PROCESS_TASK_NAME], Consumer()
     handle = task.Strategy(task, app, consumer)
@@ -178,3 +179,25 @@ def test_a_broker_that_cannot_say_leaves_the_batch_to_the_flush_interval():
     deliver(app, handle, "unsure")
     assert consumer.pool.batches == []
     assert len(consumer.timer.armed) == 1  # the interval's flush, as before adaptive batching
+
+
+def test_the_first_message_after_a_quiet_spell_is_handed_over_at_once_without_asking_the_broker():
+    # Given a worker that has had no message for its flush interval, and a broker that must not be asked
+    app, consumer, handle = a_consuming_worker(BrokerSaying(), batch_flush_seconds=0.02)
+    time.sleep(0.03)
+    # When a message arrives
+    deliver(app, handle, "after a pause")
+    # Then it is in the pool at once, alone, with no question asked (BrokerSaying would have had no answer)
+    assert consumer.pool.batches == [["after a pause"]]
+    assert consumer.timer.armed == []
+
+
+def test_a_burst_after_a_quiet_spell_batches_behind_its_first_message():
+    # Given a quiet worker, then a burst of three whose broker says the last two wait when the second arrives
+    app, consumer, handle = a_consuming_worker(BrokerSaying(1, 0), batch_flush_seconds=0.02)
+    time.sleep(0.03)
+    # When the three arrive back to back
+    for task_id in ("first", "second", "third"):
+        deliver(app, handle, task_id)
+    # Then the first went alone and the other two together
+    assert consumer.pool.batches == [["first"], ["second", "third"]]
