@@ -204,18 +204,18 @@ class AgentTaskBatches(Batches):
             else:
                 request.unsent_event = event
         if sends:
-            self._in_consumer_thread(_send_events, sends)
+            self._send_from_consumer_thread(sends)
 
-    def _in_consumer_thread(self, function: Callable[..., None], *args: Any) -> None:
-        """Call `function(*args)` in the consumer's thread, on its event loop's next turn. Task events go out
+    def _send_from_consumer_thread(self, sends: list[tuple[Request, Event]]) -> None:
+        """Send these task events from the consumer's thread, on its event loop's next turn. Task events go out
         only from that thread: the dispatcher buffers them for its event loop and clears that buffer unlocked
         once published, so an event a pool thread added meanwhile was lost (and kombu's producers are not
         thread-safe either). kombu's `Hub.call_soon` is safe from any thread and wakes the loop; a worker
         without an event loop publishes each event at once, under the dispatcher's lock."""
         if self._hub is None:
-            function(*args)
+            _send_events(sends)
         else:
-            self._hub.call_soon(function, *args)
+            self._hub.call_soon(_send_events, sends)
 
     def _events_on(self) -> bool:
         """Whether task events are wanted now: the worker runs with -E, or a monitor such as Flower has
