@@ -34,6 +34,7 @@ from agent_service.errors import ConfigurationError
 from agent_service.execution.maintenance import read_backlog
 from agent_service.llm.runners import LLM_PROCESS_START_SECONDS, settle_heap
 from agent_service.messaging.queues import queue_lengths
+from agent_service.messaging.redis_transport import broker_transport
 from agent_service.messaging.routing import (
     AGENT_QUEUE,
     HEALTH_TASK_NAME,
@@ -120,6 +121,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_send_task_events": False,
         "task_send_sent_event": False,
         "broker_connection_retry_on_startup": True,
+        "broker_transport": broker_transport(settings.broker_url),
         "broker_transport_options": _transport_options(settings),
         "result_backend_transport_options": {"visibility_timeout": settings.broker_visibility_timeout_seconds},
         # On Redis, one result backend for all the pool's threads (a redis-py client is thread-safe): Celery makes
