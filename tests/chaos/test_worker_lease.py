@@ -150,8 +150,11 @@ def wait_for_calls_under_way(run: Scenario, owner: str) -> list[str]:
     """Wait until the owner runs tasks whose calls are under way at the LLM server; their ids."""
 
     def under_way() -> bool:
+        # The tasks held first, then the calls: a call seen under way is one of a task still held. The held set is
+        # read once, not per row, which took seconds, by when the calls seen under way had ended.
+        held = set(held_by(run, owner))
         calling = {title for title, calls in run.calls_by_task().items() if any(c["ended"] is None for c in calls)}
-        return any(row.title in calling for row in run.rows() if str(row.id) in held_by(run, owner))
+        return any(row.title in calling for row in run.rows() if str(row.id) in held)
 
     wait_until(under_way, what="calls under way on the worker", timeout=60)
     return held_by(run, owner)
