@@ -12,12 +12,13 @@ from typing import Any
 from agent_service.config import Settings
 from agent_service.tools.addresses import Resolver, system_resolver
 from agent_service.tools.definitions import ToolDefinition
-from agent_service.tools.http import Connections, ToolOutcome, call_tool
+from agent_service.tools.http import Connections, ToolOutcome, call_tool, kept_connections
 
 
 class ToolCaller:
     """Runs tool calls with `tools.http.call_tool` on an event loop thread of this process, started on first
-    use (so after any fork), their connections kept alive between calls (`tools.http.Connections`)."""
+    use (so after any fork), their connections kept alive between calls (`tools.http.Connections`): as many as
+    the process makes LLM calls at once, since each of its runs may be calling a tool at the same moment."""
 
     def __init__(self, settings: Settings, *, resolver: Resolver = system_resolver) -> None:
         self._settings, self._resolver = settings, resolver
@@ -58,6 +59,6 @@ class ToolCaller:
         with self._lock:
             if self._running is None:
                 loop = asyncio.new_event_loop()
-                self._running = loop, Connections()
+                self._running = loop, Connections(kept=kept_connections(self._settings.llm_concurrency))
                 threading.Thread(target=loop.run_forever, name="tool-loop", daemon=True).start()
             return self._running

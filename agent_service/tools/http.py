@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import resource
 import ssl
 import time
 from collections import OrderedDict
@@ -44,7 +45,7 @@ logger = logging.getLogger("agent_service.tools")
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 REDACTED = "[redacted]"
 KEPT_HOSTS = 64  # host names whose idle connections are kept, per event loop
-KEPT_PER_HOST = 256  # idle connections kept per host name
+KEPT_CONNECTIONS = 256  # idle connections kept in all, per event loop, unless told otherwise
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,12 +94,13 @@ class Connections:
     is sent to that no other call is using (a new one when none is idle) and gives it back after, with its one
     connection open: a connection, and the TLS session on it, only ever carries requests for the name it was
     opened for. A client has a single connection, as one shared pool per host makes httpcore rescan every
-    queued request on each change, seconds of CPU with hundreds of calls at once. Up to `per_host` idle
-    clients are kept for each of the `hosts` most recently used names; the rest are closed."""
+    queued request on each change, seconds of CPU with hundreds of calls at once. Up to `kept` idle clients are
+    kept in all, for the `hosts` most recently used names; beyond, the least recently used name's are closed."""
 
-    def __init__(self, *, hosts: int = KEPT_HOSTS, per_host: int = KEPT_PER_HOST) -> None:
-        self._hosts, self._per_host = hosts, per_host
+    def __init__(self, *, hosts: int = KEPT_HOSTS, kept: int = KEPT_CONNECTIONS) -> None:
+        self._hosts, self._limit = hosts, kept
         self._idle: OrderedDict[str, list[httpx.AsyncClient]] = OrderedDict()  # least recently used first
+        self._kept = 0  # idle clients, all names together
 
     @asynccontextmanager
     async def client(self, name: str) -> AsyncIterator[httpx.AsyncClient]:
@@ -106,7 +108,11 @@ class Connections:
         by `call_tool`'s timeout, so the client sets none of its own."""
         idle = self._idle.pop(name, [])
         self._idle[name] = idle
-        client = idle.pop() if idle else _one_connection_client()
+        if idle:
+            client = idle.pop()
+            self._kept -= 1
+        else:
+            client = _one_connection_client()
         try:
             yield client
         except BaseException:
@@ -116,21 +122,31 @@ class Connections:
 
     async def aclose(self) -> None:
         """Close every idle connection."""
-        idle, self._idle = self._idle, OrderedDict()
+        idle, self._idle, self._kept = self._idle, OrderedDict(), 0
         for clients in idle.values():
             for client in clients:
                 await client.aclose()
 
     async def _keep(self, name: str, client: httpx.AsyncClient) -> None:
-        idle = self._idle.setdefault(name, [])
-        if len(idle) >= self._per_host:
-            await client.aclose()
-        else:
-            idle.append(client)
+        self._idle.setdefault(name, []).append(client)
+        self._kept += 1
         while len(self._idle) > self._hosts:
             _, clients = self._idle.popitem(last=False)
+            self._kept -= len(clients)
             for evicted in clients:
                 await evicted.aclose()
+        while self._kept > self._limit:
+            oldest = next(clients for clients in self._idle.values() if clients)
+            self._kept -= 1
+            await oldest.pop(0).aclose()
+
+
+def kept_connections(calls_at_once: int) -> int:
+    """How many idle tool connections a process keeps: one per call it makes at once (a burst of calls to one
+    host finds them all open the next time), but never more than a quarter of the file descriptors the process
+    may open (its soft RLIMIT_NOFILE: 256 under the common 1024)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return calls_at_once if soft == resource.RLIM_INFINITY else min(calls_at_once, soft // 4)
 
 
 def _one_connection_client() -> httpx.AsyncClient:
@@ -158,7 +174,7 @@ async def call_tool(
     `connections` are this loop's kept-alive ones (None: none kept, each hop's connection closed as it ends).
     Never raises for the tool's own problems: see ToolOutcome."""
     if connections is None:
-        connections = Connections(per_host=0)  # keeps no idle client: each is closed once its hop ends
+        connections = Connections(kept=0)  # keeps no idle client: each is closed once its hop ends
     started = time.perf_counter()
     secrets = [secret.get_secret_value() for name in tool.secret_names if (secret := settings.tool_secrets.get(name))]
     timeout = tool.timeout_seconds or settings.tool_timeout_seconds

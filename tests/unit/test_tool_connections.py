@@ -1,11 +1,12 @@
 """The kept-alive connections of tool calls: a call has its client to itself, a client only ever serves one host
-name, and no more idle ones are kept than asked."""
+name, no more idle ones are kept than asked, and those of the least recently used host go first."""
 
 from __future__ import annotations
 
 import asyncio
+import resource
 
-from agent_service.tools.http import Connections
+from agent_service.tools.http import Connections, kept_connections
 
 
 def test_a_client_is_reused_by_a_later_call_to_its_host_only() -> None:
@@ -26,12 +27,12 @@ def test_a_client_is_reused_by_a_later_call_to_its_host_only() -> None:
 
 def test_no_more_idle_clients_are_kept_than_asked() -> None:
     async def scenario() -> None:
-        # Given room for one idle client per host, and for one host
-        connections = Connections(hosts=1, per_host=1)
-        async with connections.client("a.test") as extra, connections.client("a.test") as kept:
-            pass
-        # Then the first client given back is kept, the second closed
-        assert extra.is_closed and not kept.is_closed
+        # Given room for one idle client, and for one host
+        connections = Connections(hosts=1, kept=1)
+        async with connections.client("a.test") as kept, connections.client("a.test") as idle_longer:
+            pass  # the inner one is given back first
+        # Then the client given back last is kept, the one idle longer closed
+        assert idle_longer.is_closed and not kept.is_closed
         # When a call goes to another host, the first host's idle client is closed
         async with connections.client("b.test"):
             pass
@@ -54,3 +55,27 @@ def test_a_client_whose_call_failed_is_closed_not_kept() -> None:
         await connections.aclose()
 
     asyncio.run(scenario())
+
+
+def test_past_the_limit_the_least_recently_used_hosts_idle_clients_are_closed_first() -> None:
+    async def scenario() -> None:
+        # Given room for two idle clients in all, both taken by host a
+        connections = Connections(kept=2)
+        async with connections.client("a.test") as first, connections.client("a.test") as second:
+            pass
+        # When a call to host b ends
+        async with connections.client("b.test") as b_client:
+            pass
+        # Then b's client is kept, and one of a's (the one idle longest) closed to make room
+        assert not b_client.is_closed
+        assert [first.is_closed, second.is_closed].count(True) == 1
+        await connections.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_a_process_keeps_one_idle_connection_per_call_at_once_within_a_quarter_of_its_file_descriptors() -> None:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert kept_connections(100) == min(100, soft // 4)
+    if soft != resource.RLIM_INFINITY:
+        assert kept_connections(10 * soft) == soft // 4
