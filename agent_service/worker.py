@@ -34,7 +34,7 @@ from agent_service.errors import ConfigurationError
 from agent_service.execution.maintenance import read_backlog
 from agent_service.llm.runners import LLM_PROCESS_START_SECONDS, settle_heap
 from agent_service.messaging.queues import queue_lengths
-from agent_service.messaging.redis_transport import broker_transport
+from agent_service.messaging.redis_transport import use_for_redis_urls
 from agent_service.messaging.routing import (
     AGENT_QUEUE,
     HEALTH_TASK_NAME,
@@ -63,6 +63,7 @@ class AgentServiceCelery(Celery):
 
 def create_celery_app(settings: Settings, *, admission: Admission | None = None) -> AgentServiceCelery:
     """Build the configured app; its tasks are those of `tasks.py`."""
+    use_for_redis_urls()  # one redis-py client per broker channel (messaging.redis_transport)
     app = AgentServiceCelery(settings, admission=admission)
     app.conf.update(celery_config(settings))
     app.steps["consumer"].add(DatabaseGate)
@@ -121,7 +122,6 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_send_task_events": False,
         "task_send_sent_event": False,
         "broker_connection_retry_on_startup": True,
-        "broker_transport": broker_transport(settings.broker_url),
         "broker_transport_options": _transport_options(settings),
         "result_backend_transport_options": {"visibility_timeout": settings.broker_visibility_timeout_seconds},
         # On Redis, one result backend for all the pool's threads (a redis-py client is thread-safe): Celery makes

@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
+from kombu.transport import TRANSPORT_ALIASES
 from kombu.transport import redis as kombu_redis
 
 TRANSPORT = "agent_service.messaging.redis_transport:Transport"
@@ -40,14 +40,10 @@ class Transport(kombu_redis.Transport):
     Channel = Channel
 
 
-def broker_transport(broker_url: str) -> str | None:
-    """The transport Celery should use for `broker_url` (its `broker_transport` setting): this module's for a
-    Redis URL, None (kombu's choice by scheme) for any other. A `rediss://` URL without `ssl_*` options keeps
-    kombu's own transport too, since kombu decides to encrypt such a URL by the scheme's name, which a transport
-    given by path does not carry."""
-    parts = urlsplit(broker_url)
-    if parts.scheme == "redis":
-        return TRANSPORT
-    if parts.scheme == "rediss" and any(key.startswith("ssl_") for key in parse_qs(parts.query)):
-        return TRANSPORT
-    return None
+def use_for_redis_urls() -> None:
+    """From now on in this process, `redis://` and `rediss://` broker URLs are served by this module's transport.
+    It is registered under kombu's own names for them, so a URL keeps its scheme: kombu still encrypts a bare
+    `rediss://` by that name, and `Connection.as_uri` (what Flower reads to pick its broker client, and what the
+    worker logs) still says `redis://`. Call it before the process's first Redis broker connection: kombu
+    remembers the class it resolved for a name."""
+    TRANSPORT_ALIASES.update(redis=TRANSPORT, rediss=TRANSPORT)
