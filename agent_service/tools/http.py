@@ -100,7 +100,6 @@ class Connections:
     def __init__(self, *, hosts: int = KEPT_HOSTS, kept: int = KEPT_CONNECTIONS) -> None:
         self._hosts, self._limit = hosts, kept
         self._idle: OrderedDict[str, list[httpx.AsyncClient]] = OrderedDict()  # least recently used first
-        self._kept = 0  # idle clients, all names together
 
     @asynccontextmanager
     async def client(self, name: str) -> AsyncIterator[httpx.AsyncClient]:
@@ -108,11 +107,7 @@ class Connections:
         by `call_tool`'s timeout, so the client sets none of its own."""
         idle = self._idle.pop(name, [])
         self._idle[name] = idle
-        if idle:
-            client = idle.pop()
-            self._kept -= 1
-        else:
-            client = _one_connection_client()
+        client = idle.pop() if idle else _one_connection_client()
         try:
             yield client
         except BaseException:
@@ -122,22 +117,19 @@ class Connections:
 
     async def aclose(self) -> None:
         """Close every idle connection."""
-        idle, self._idle, self._kept = self._idle, OrderedDict(), 0
+        idle, self._idle = self._idle, OrderedDict()
         for clients in idle.values():
             for client in clients:
                 await client.aclose()
 
     async def _keep(self, name: str, client: httpx.AsyncClient) -> None:
         self._idle.setdefault(name, []).append(client)
-        self._kept += 1
         while len(self._idle) > self._hosts:
             _, clients = self._idle.popitem(last=False)
-            self._kept -= len(clients)
             for evicted in clients:
                 await evicted.aclose()
-        while self._kept > self._limit:
+        while sum(len(clients) for clients in self._idle.values()) > self._limit:
             oldest = next(clients for clients in self._idle.values() if clients)
-            self._kept -= 1
             await oldest.pop(0).aclose()
 
 
