@@ -252,8 +252,10 @@ def _prepare_to_run_tasks() -> None:
 
 def _stop_running_tasks() -> None:
     """Undo `_prepare_to_run_tasks` in the process that ran the tasks: its LLM process answers the calls under
-    way and exits, its lease ends, and its spans are exported (a pool process exits without atexit hooks)."""
+    way and exits, its tool connections close, its lease ends, and its spans are exported (a pool process exits
+    without atexit hooks)."""
     app.services.llm_runner.close()
+    app.services.tool_caller.close()
     app.services.lease_keeper.stop()
     app.services.tracing.shutdown()
 

@@ -4,6 +4,8 @@ pipeline waits on beside its LLM calls: a call costs a coroutine, not a thread (
 from __future__ import annotations
 
 import asyncio
+import atexit
+import logging
 import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
@@ -13,6 +15,9 @@ from agent_service.config import Settings
 from agent_service.tools.addresses import Resolver, system_resolver
 from agent_service.tools.definitions import ToolDefinition
 from agent_service.tools.http import Connections, ToolOutcome, call_tool, kept_connections
+
+logger = logging.getLogger("agent_service.tools")
+CLOSE_SECONDS = 5.0
 
 
 class ToolCaller:
@@ -46,14 +51,23 @@ class ToolCaller:
         )
         return asyncio.run_coroutine_threadsafe(call, loop)
 
-    def close(self) -> None:
-        """Close the kept-alive connections and stop the loop; calls under way are abandoned."""
+    def close(self, *, timeout: float = CLOSE_SECONDS) -> None:
+        """Close the kept-alive connections (waiting up to `timeout` seconds) and stop the loop; calls under way
+        are abandoned. Done at the latest when the interpreter exits (a prefork pool process, which exits without
+        atexit hooks, closes it when it stops): aiohttp reports a client collected unclosed as an error."""
         with self._lock:
             running, self._running = self._running, None
-        if running is not None:
-            loop, connections = running
-            closed = asyncio.run_coroutine_threadsafe(connections.aclose(), loop)
-            closed.add_done_callback(lambda _: loop.call_soon_threadsafe(loop.stop))
+        if running is None:
+            return
+        atexit.unregister(self.close)
+        loop, connections = running
+        closed = asyncio.run_coroutine_threadsafe(connections.aclose(), loop)
+        try:
+            closed.result(timeout=timeout)
+        except Exception:  # closing is best effort: the process is going anyway
+            logger.warning("the tool connections were not all closed within %g s", timeout, exc_info=True)
+        finally:
+            loop.call_soon_threadsafe(loop.stop)
 
     def _running_loop(self) -> tuple[asyncio.AbstractEventLoop, Connections]:
         with self._lock:
@@ -61,4 +75,5 @@ class ToolCaller:
                 loop = asyncio.new_event_loop()
                 self._running = loop, Connections(kept=kept_connections(self._settings.llm_concurrency))
                 threading.Thread(target=loop.run_forever, name="tool-loop", daemon=True).start()
+                atexit.register(self.close)
             return self._running

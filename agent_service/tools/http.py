@@ -1,15 +1,18 @@
 """One guarded outbound call of an agent's HTTP tool: `call_tool` (async; `call_tool_sync` for callers
 without an event loop).
 
-Async, with httpx.AsyncClient: the agent loop runs many calls at once on one event loop, each costing a
-coroutine rather than a thread. Every hop (the first request and each redirect, followed by hand) is checked
-before anything is sent: the first request's host against the agent's allowlist, a redirect's origin
-(scheme, host, port) against the tool's own or one the allowlist names (`tools.allowlist.origin_allowed`),
-then every address the host resolves to (`tools.addresses`). The connection goes to a checked address
-itself: the URL carries the IP, the `Host` header the name, and for https the TLS server name (SNI) and
-certificate check use the name (httpcore's `sni_hostname` extension). Connections are kept alive between
-calls (`Connections`), in one client per host name, so no pooled connection opened for one name ever carries
-a request for another.
+Async, with aiohttp: the agent loop runs many calls at once on one event loop, each costing a coroutine
+rather than a thread (aiohttp costs a third of httpx's CPU per call there; see docs/decisions.md, "Tool
+calls on aiohttp"); URLs are built and joined with httpx.URL, as the webhook sender's are.
+
+Every hop (the first request and each redirect, followed by hand) is checked before anything is sent: the
+first request's host against the agent's allowlist, a redirect's origin (scheme, host, port) against the
+tool's own or one the allowlist names (`tools.allowlist.origin_allowed`), then every address the host resolves
+to (`tools.addresses`). The connection goes to a checked address itself: the URL carries the IP, the `Host`
+header the name, and for https the TLS server name (SNI) and certificate check use the name (aiohttp's
+`server_hostname`). Connections are kept alive between calls (`Connections`), each in a client of one host
+name, so no pooled connection opened for one name ever carries a request for another. No cookie is kept: one
+call's reply never sets what a later call sends.
 
 A tool's own failures (bad arguments, refusals, timeouts, lost connections, unknown secrets) are outcomes,
 never exceptions: the model sees them as the tool's result. Secret header values never appear in an
@@ -32,7 +35,9 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import quote
 
+import aiohttp
 import httpx
+import yarl
 
 from agent_service.config import Settings
 from agent_service.errors import AddressRefusedError
@@ -93,16 +98,17 @@ class Connections:
     """The kept-alive connections of the tool calls on one event loop. A call takes a client of the host name it
     is sent to that no other call is using (a new one when none is idle) and gives it back after, with its one
     connection open: a connection, and the TLS session on it, only ever carries requests for the name it was
-    opened for. A client has a single connection, as one shared pool per host makes httpcore rescan every
-    queued request on each change, seconds of CPU with hundreds of calls at once. Up to `kept` idle clients are
-    kept in all, for the `hosts` most recently used names; beyond, the least recently used name's are closed."""
+    opened for. A client has a single connection, so that the number of idle ones, and the file descriptors
+    they hold, stay bounded (aiohttp's own pool keeps every idle connection until it times out). Up to `kept`
+    idle clients are kept in all, for the `hosts` most recently used names; beyond, the least recently used
+    name's are closed."""
 
     def __init__(self, *, hosts: int = KEPT_HOSTS, kept: int = KEPT_CONNECTIONS) -> None:
         self._hosts, self._limit = hosts, kept
-        self._idle: OrderedDict[str, list[httpx.AsyncClient]] = OrderedDict()  # least recently used first
+        self._idle: OrderedDict[str, list[aiohttp.ClientSession]] = OrderedDict()  # least recently used first
 
     @asynccontextmanager
-    async def client(self, name: str) -> AsyncIterator[httpx.AsyncClient]:
+    async def client(self, name: str) -> AsyncIterator[aiohttp.ClientSession]:
         """A client for requests to host `name`, this call's alone until the block ends. Each call is bounded
         by `call_tool`'s timeout, so the client sets none of its own."""
         idle = self._idle.pop(name, [])
@@ -111,7 +117,7 @@ class Connections:
         try:
             yield client
         except BaseException:
-            await client.aclose()  # its connection may be left in any state
+            await client.close()  # its connection may be left in any state
             raise
         await self._keep(name, client)
 
@@ -120,17 +126,17 @@ class Connections:
         idle, self._idle = self._idle, OrderedDict()
         for clients in idle.values():
             for client in clients:
-                await client.aclose()
+                await client.close()
 
-    async def _keep(self, name: str, client: httpx.AsyncClient) -> None:
+    async def _keep(self, name: str, client: aiohttp.ClientSession) -> None:
         self._idle.setdefault(name, []).append(client)
         while len(self._idle) > self._hosts:
             _, clients = self._idle.popitem(last=False)
             for evicted in clients:
-                await evicted.aclose()
+                await evicted.close()
         while sum(len(clients) for clients in self._idle.values()) > self._limit:
             oldest = next(clients for clients in self._idle.values() if clients)
-            await oldest.pop(0).aclose()
+            await oldest.pop(0).close()
 
 
 def kept_connections(calls_at_once: int) -> int:
@@ -141,9 +147,13 @@ def kept_connections(calls_at_once: int) -> int:
     return calls_at_once if soft == resource.RLIM_INFINITY else min(calls_at_once, soft // 4)
 
 
-def _one_connection_client() -> httpx.AsyncClient:
-    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-    return httpx.AsyncClient(verify=tls_context(), trust_env=False, timeout=None, limits=limits)
+def _one_connection_client() -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=1, ssl=tls_context()),
+        cookie_jar=aiohttp.DummyCookieJar(),
+        timeout=aiohttp.ClientTimeout(),  # none: `call_tool` bounds the whole call
+        trust_env=False,
+    )
 
 
 class _CallFailed(Exception):  # noqa: N818  (internal: always turned into an outcome, never raised to a caller)
@@ -178,9 +188,9 @@ async def call_tool(
             status, body, truncated = await _follow(hop, guard)
     except _CallFailed as exc:
         error = str(exc)
-    except (TimeoutError, httpx.TimeoutException):
+    except TimeoutError:
         error = f"timed out after {timeout:g} s"
-    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+    except (aiohttp.ClientError, httpx.InvalidURL) as exc:
         error = f"request failed: {_describe(exc)}"
     outcome = ToolOutcome(
         ok=error is None and status is not None and 200 <= status < 300,
@@ -292,7 +302,7 @@ async def _send_checked(hop: _Hop, guard: _Guard) -> _Hop | tuple[int, str, bool
     for address in others:
         try:
             return await _send_to(hop, address, guard)
-        except httpx.ConnectError:
+        except aiohttp.ClientConnectorError:
             continue  # the next checked address, as a browser would
     return await _send_to(hop, last, guard)
 
@@ -309,15 +319,21 @@ async def _checked_addresses(host: str, port: int, guard: _Guard) -> list[IPAddr
 
 async def _send_to(hop: _Hop, address: IPAddress, guard: _Guard) -> _Hop | tuple[int, str, bool]:
     """Send `hop` over a connection to `address`, keeping the name for the Host header and TLS."""
-    async with guard.connections.client(_host(hop.url)) as client:
-        request = request_to_address(client, hop.method, hop.url, address, headers=hop.headers, content=hop.content)
-        response = await client.send(request, stream=True)
-        try:
-            if response.status_code in REDIRECT_STATUSES and "location" in response.headers:
-                return _redirected(hop, response)
-            return response.status_code, *await _read_capped(response, guard.settings.tool_max_response_bytes)
-        finally:
-            await response.aclose()
+    name = _host(hop.url)
+    async with guard.connections.client(name) as client:
+        response = await client.request(
+            hop.method,
+            yarl.URL(str(hop.url.copy_with(host=str(address))), encoded=True),
+            headers={**hop.headers, "Host": _host_header(hop.url)},
+            data=hop.content,
+            allow_redirects=False,
+            server_hostname=name if _named_tls(hop.url) else None,
+        )
+        async with response:
+            location = response.headers.get("Location")
+            if response.status in REDIRECT_STATUSES and location is not None:
+                return _redirected(hop, response.status, location)
+            return response.status, *await _read_capped(response, guard.settings.tool_max_response_bytes)
 
 
 def request_to_address(
@@ -331,24 +347,27 @@ def request_to_address(
 ) -> httpx.Request:
     """A request for `url` whose connection goes to `address` (checked by the caller): the URL carries the IP,
     the `Host` header the name, and for https the TLS server name (SNI) and certificate check use the name."""
-    name = _host(url)
-    named_tls = url.scheme == "https" and literal_address(name) is None
     return client.build_request(
         method,
         url.copy_with(host=str(address)),
         headers={**headers, "Host": _host_header(url)},
         content=content,
-        extensions={"sni_hostname": name} if named_tls else {},
+        extensions={"sni_hostname": _host(url)} if _named_tls(url) else {},
     )
 
 
-def _redirected(hop: _Hop, response: httpx.Response) -> _Hop:
+def _named_tls(url: httpx.URL) -> bool:
+    """Whether the connection for `url` is TLS to a name (whose certificate must name it), not to an address."""
+    return url.scheme == "https" and literal_address(_host(url)) is None
+
+
+def _redirected(hop: _Hop, status: int, location: str) -> _Hop:
     """The request a redirect asks for: GET after a 303 (and after a 301/302 of a POST, as browsers do),
     without the secret headers when it leaves the origin."""
     # Credentials in the Location would become a Basic login (httpx sends a URL's userinfo): never the server's choice.
-    target = hop.url.join(response.headers["location"]).copy_with(userinfo=b"")
+    target = hop.url.join(location).copy_with(userinfo=b"")
     method, content, headers = hop.method, hop.content, dict(hop.headers)
-    if response.status_code == 303 or (response.status_code in (301, 302) and method == HttpMethod.POST.value):
+    if status == 303 or (status in (301, 302) and method == HttpMethod.POST.value):
         method, content = HttpMethod.GET.value, None
         headers.pop("Content-Type", None)
     if _origin(target) != _origin(hop.url):
@@ -356,16 +375,16 @@ def _redirected(hop: _Hop, response: httpx.Response) -> _Hop:
     return _Hop(method, target, headers, content, hop.secret_headers)
 
 
-async def _read_capped(response: httpx.Response, limit: int) -> tuple[str, bool]:
-    """The body's first `limit` bytes as text, and whether there was more (which is never read)."""
+async def _read_capped(response: aiohttp.ClientResponse, limit: int) -> tuple[str, bool]:
+    """The body's first `limit` bytes (decompressed) as text, and whether there was more (which is never read)."""
     chunks, size = [], 0
-    async for chunk in response.aiter_bytes():
+    async for chunk in response.content.iter_any():
         if size + len(chunk) > limit:
             chunks.append(chunk[: limit - size])
-            return _decode(b"".join(chunks), response.encoding), True
+            return _decode(b"".join(chunks), response.charset), True
         chunks.append(chunk)
         size += len(chunk)
-    return _decode(b"".join(chunks), response.encoding), False
+    return _decode(b"".join(chunks), response.charset), False
 
 
 def _decode(raw: bytes, encoding: str | None) -> str:

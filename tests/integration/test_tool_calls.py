@@ -29,7 +29,7 @@ from agent_service.devtools import processes
 from agent_service.tools.addresses import StaticResolver
 from agent_service.tools.allowlist import parse_allowed_hosts
 from agent_service.tools.definitions import ToolDefinition, parse_tools
-from agent_service.tools.http import ToolOutcome, call_tool, call_tool_sync
+from agent_service.tools.http import Connections, ToolOutcome, call_tool, call_tool_sync
 from tests.network_audit import attempts, connected_to
 from tests.support import ToolServerControl, make_settings
 
@@ -67,7 +67,7 @@ class ToolServer:
 
 class Handler(BaseHTTPRequestHandler):
     """/redirect?to=URL&status=302, /big?bytes=N (or the same in a JSON body), /slow (until released),
-    /echo-headers; anything else: 200 with a small JSON reply."""
+    /echo-headers, /set-cookie; anything else: 200 with a small JSON reply."""
 
     server: ThreadingHTTPServer
     protocol_version = "HTTP/1.1"
@@ -97,13 +97,17 @@ class Handler(BaseHTTPRequestHandler):
             self._reply(200, b"late")
         elif parts.path == "/echo-headers":
             self._reply(200, json.dumps(dict(self.headers.items())).encode())
+        elif parts.path == "/set-cookie":
+            self._reply(200, b"{}", cookie="session=first-callers; Path=/")
         else:
             self._reply(200, json.dumps({"ok": True, "path": parts.path}).encode())
 
-    def _reply(self, status: int, body: bytes, *, location: str | None = None) -> None:
+    def _reply(self, status: int, body: bytes, *, location: str | None = None, cookie: str | None = None) -> None:
         self.send_response(status)
         if location:
             self.send_header("Location", location)
+        if cookie:
+            self.send_header("Set-Cookie", cookie)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -407,7 +411,7 @@ def test_a_server_that_is_not_there_is_an_error_outcome(server):
     tool = a_tool(server)
     gone = ToolDefinition.model_validate({**tool.model_dump(mode="json"), "url": "http://api.test:9/orders/{order_id}"})
     outcome = call(gone, {"order_id": "A-1"})
-    assert outcome.error is not None and outcome.error.startswith("request failed: ConnectError")
+    assert outcome.error is not None and outcome.error.startswith("request failed: ClientConnectorError")
 
 
 def test_many_calls_run_at_once_on_one_event_loop(server):
@@ -423,6 +427,54 @@ def test_many_calls_run_at_once_on_one_event_loop(server):
     outcomes = asyncio.run(many())
     assert all(outcome.ok for outcome in outcomes)
     assert sorted(received.path for received in server.calls) == sorted(f"/orders/A-{n}" for n in range(20))
+
+
+def test_a_cookie_one_reply_sets_is_never_sent_by_a_later_call_on_the_kept_connection(server):
+    # Given a tool whose server sets a cookie, called on connections that are kept alive between calls
+    sets_cookie = a_tool(server, path="/set-cookie", parameters={"type": "object"})
+    echoes = a_tool(server, path="/echo-headers", parameters={"type": "object"})
+
+    async def one_after_the_other() -> list[ToolOutcome]:
+        connections = Connections()
+        options = dict(settings=settings(), allowed_hosts=ALLOWED, resolver=RESOLVER, connections=connections)
+        try:
+            return [await call_tool(sets_cookie, {}, **options), await call_tool(echoes, {}, **options)]
+        finally:
+            await connections.aclose()
+
+    # When another call (perhaps another agent's) goes to that host after it
+    outcomes = asyncio.run(one_after_the_other())
+    # Then it went on the same kept connection, without the cookie
+    assert all(outcome.ok for outcome in outcomes)
+    assert [received.path for received in server.calls] == ["/set-cookie", "/echo-headers"]
+    assert "Cookie" not in server.calls[1].headers and "first-callers" not in outcomes[1].body
+
+
+CALLS_THEN_EXIT = """
+import sys
+from tests.support import make_settings
+from agent_service.execution.tool_calls import ToolCaller
+from agent_service.tools.addresses import StaticResolver
+from agent_service.tools.definitions import parse_tools
+
+definition = {"name": "t", "description": "d", "parameters": {"type": "object"}, "method": "GET",
+              "url": f"http://api.test:{sys.argv[1]}/orders"}
+[tool] = parse_tools([definition])
+caller = ToolCaller(make_settings(tool_allow_private_addresses=True),
+                    resolver=StaticResolver({"api.test": ["127.0.0.1"]}))
+calls = [caller.submit(tool, {}, allowed_hosts=("api.test",), idempotency_key=None) for _ in range(3)]
+print(all(call.result(timeout=10).ok for call in calls))
+"""
+
+
+def test_a_process_that_made_tool_calls_exits_without_leaving_a_connection_unclosed(server):
+    # Given a process whose tool caller made three calls at once, their connections kept alive
+    script = [sys.executable, "-c", CALLS_THEN_EXIT, str(server.port)]
+    # When it exits without closing the caller
+    done = subprocess.run(script, cwd=ROOT, capture_output=True, text=True, check=True, timeout=60)
+    # Then the calls succeeded, and no client was left for the collector to report unclosed
+    assert done.stdout.strip() == "True" and len(server.calls) == 3
+    assert "Unclosed" not in done.stderr, done.stderr
 
 
 HTTPS_CALL = """

@@ -20,7 +20,7 @@ def test_a_client_is_reused_by_a_later_call_to_its_host_only() -> None:
             # Then the one to the same host reuses an idle client, the other has its own
             assert later in (first, second) and other not in (first, second)
         await connections.aclose()
-        assert first.is_closed and second.is_closed and other.is_closed
+        assert first.closed and second.closed and other.closed
 
     asyncio.run(scenario())
 
@@ -32,11 +32,11 @@ def test_no_more_idle_clients_are_kept_than_asked() -> None:
         async with connections.client("a.test") as kept, connections.client("a.test") as idle_longer:
             pass  # the inner one is given back first
         # Then the client given back last is kept, the one idle longer closed
-        assert idle_longer.is_closed and not kept.is_closed
+        assert idle_longer.closed and not kept.closed
         # When a call goes to another host, the first host's idle client is closed
         async with connections.client("b.test"):
             pass
-        assert kept.is_closed
+        assert kept.closed
         await connections.aclose()
 
     asyncio.run(scenario())
@@ -51,7 +51,7 @@ def test_a_client_whose_call_failed_is_closed_not_kept() -> None:
         except TimeoutError:
             pass
         async with connections.client("a.test") as later:
-            assert later is not failed and failed.is_closed
+            assert later is not failed and failed.closed
         await connections.aclose()
 
     asyncio.run(scenario())
@@ -67,8 +67,8 @@ def test_past_the_limit_the_least_recently_used_hosts_idle_clients_are_closed_fi
         async with connections.client("b.test") as b_client:
             pass
         # Then b's client is kept, and one of a's (the one idle longest) closed to make room
-        assert not b_client.is_closed
-        assert [first.is_closed, second.is_closed].count(True) == 1
+        assert not b_client.closed
+        assert [first.closed, second.closed].count(True) == 1
         await connections.aclose()
 
     asyncio.run(scenario())
