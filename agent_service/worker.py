@@ -32,7 +32,7 @@ from agent_service.consumer.preflight import tls_refusal
 from agent_service.consumer.readiness import DatabaseGate
 from agent_service.errors import ConfigurationError
 from agent_service.execution.maintenance import read_backlog
-from agent_service.llm.runners import LLM_PROCESS_START_SECONDS, settle_heap
+from agent_service.llm.runners import LLM_PROCESS_START_SECONDS, raise_open_file_limit, settle_heap
 from agent_service.messaging.queues import queue_lengths
 from agent_service.messaging.redis_transport import use_for_redis_urls
 from agent_service.messaging.routing import (
@@ -237,8 +237,9 @@ def _node_name(sender: Any) -> str:
 
 
 def _prepare_to_run_tasks() -> None:
-    """In the process that runs the tasks, once started: take its liveness lease, trace its task runs (with
-    tracing on), settle its heap, start its LLM process and listen for cancellations."""
+    """In the process that runs the tasks, once started: raise its open-file limit, take its liveness lease, trace
+    its task runs (with tracing on), settle its heap, start its LLM process and listen for cancellations."""
+    raise_open_file_limit(app.services.settings)
     app.services.lease_keeper.start()
     if app.services.tracing.enabled:
         from agent_service.tracing.instrumentation import instrument_celery  # only here: off loads no OpenTelemetry

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import os
+import resource
 import subprocess
 import sys
 import threading
@@ -30,11 +32,14 @@ from agent_service.tracing import NO_TRACING, Attributes, Tracing
 if TYPE_CHECKING:
     from agent_service.config import Settings
 
+logger = logging.getLogger("agent_service")
 _PACKAGE_PARENT = Path(__file__).resolve().parents[2]  # `-m agent_service...` resolves from here
 # How long a worker process waits at start for its LLM process to be ready.
 LLM_PROCESS_START_SECONDS = 30.0
 # On close, the LLM process gets this long beyond the LLM timeout to answer its last calls and exit.
 _STOP_MARGIN_SECONDS = 5.0
+# Files a worker process holds beyond its LLM calls and its Redis client: database pool, broker, pipes, logs.
+SPARE_OPEN_FILES = 64
 RunRequest = Callable[..., Awaitable[LLMReply]]
 # The provider as OpenTelemetry's GenAI conventions name it: every model is reached through the OpenAI API.
 GEN_AI_PROVIDER = "openai"
@@ -299,6 +304,33 @@ class _Child:
             futures = [self._pending.pop(call_id) for call_id in call_ids if call_id in self._pending]
         for future in futures:
             future.set_exception(error)
+
+
+def raise_open_file_limit(settings: Settings) -> int:
+    """Raise this process's soft open-file limit (RLIMIT_NOFILE) to its hard limit, before it starts its LLM
+    process (which inherits it), and log a warning when even that is below what `settings` may open at full
+    load: a connection per LLM call at once (to the provider in the LLM process, a kept tool connection in the
+    worker) and a Redis pool (`Settings.redis_pool_size`) in each. Under the common soft limit of 1024 the
+    defaults would otherwise meet "Too many open files" at full load. Returns the soft limit now."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = settings.llm_concurrency + settings.redis_pool_size + SPARE_OPEN_FILES
+    wanted = max(soft, needed) if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError) as exc:
+            logger.warning("could not raise the open-file limit from %d to %d: %s", soft, wanted, exc)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        logger.warning(
+            "the open-file limit (%d) is below the %d files LLM_CONCURRENCY=%d may need at full load:"
+            " raise the hard limit (ulimit -Hn; Docker's --ulimit nofile, systemd's LimitNOFILE) or lower"
+            " LLM_CONCURRENCY",
+            soft,
+            needed,
+            settings.llm_concurrency,
+        )
+    return int(soft)
 
 
 def settle_heap() -> None:

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 from pydantic import SecretStr
 from sqlalchemy import create_engine, text
@@ -151,3 +152,26 @@ def test_a_worker_process_that_cannot_get_ready_is_notified(idle_redis, llm_url,
             receiver.wait_for(lambda: receiver.events("worker_start_failed") != [], timeout=60)
     [failed] = receiver.events("worker_start_failed")
     assert failed["severity"] == "critical" and "Address already in use" in failed["summary"]
+
+
+def test_a_worker_raises_its_open_file_limit_for_itself_and_its_llm_process_and_says_when_it_is_too_low(
+    idle_redis, llm_url, settings
+):
+    # Given a worker started under a soft open-file limit of 256 and a hard one of 1024, with the default
+    # LLM_CONCURRENCY (768 calls at once, which may hold more files than that at full load)
+    configured = settings.model_copy(update={"redis_url": IDLE_REDIS})
+    log = fresh_log("worker-open-files")
+    limit = ("prlimit", "--nofile=256:1024")
+    with celery_worker(env=configured.as_env(), log_path=log, name="open-files", through=limit) as worker:
+        # Then the worker and the LLM process it started may open 1024 files each
+        main = psutil.Process(worker.pid)
+        wait_until(lambda: llm_processes(main) != [], what="the worker's LLM process")
+        [llm_process] = llm_processes(main)
+        assert main.rlimit(psutil.RLIMIT_NOFILE) == (1024, 1024) == llm_process.rlimit(psutil.RLIMIT_NOFILE)
+        # And its log says the limit is still below what LLM_CONCURRENCY may need, and what to do
+        wait_until(lambda: log_mentions(log, "open-file limit (1024) is below"), what="the warning")
+        assert log_mentions(log, "LLM_CONCURRENCY=768", "raise the hard limit")
+
+
+def llm_processes(worker: psutil.Process) -> list[psutil.Process]:
+    return [child for child in worker.children() if "agent_service.llm.process" in " ".join(child.cmdline())]
