@@ -8,6 +8,7 @@ events, and one beyond loopback would be stopped before it left), and the server
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -475,6 +476,48 @@ def test_a_process_that_made_tool_calls_exits_without_leaving_a_connection_unclo
     # Then the calls succeeded, and no client was left for the collector to report unclosed
     assert done.stdout.strip() == "True" and len(server.calls) == 3
     assert "Unclosed" not in done.stderr, done.stderr
+
+
+class ClosingIdleHandler(Handler):
+    """The same replies, but an idle kept-alive connection is closed after 0.2 s (as servers with a short
+    keep-alive timeout do)."""
+
+    timeout = 0.2
+
+    def handle(self) -> None:
+        with contextlib.suppress(TimeoutError):  # the idle connection timed out: the server closes it
+            super().handle()
+
+
+def test_a_kept_connection_the_server_closed_is_not_reused_and_the_next_post_goes_through(server):
+    # Given a server that closes connections idle for 0.2 s, and a call that left its connection kept alive
+    httpd = Server(("127.0.0.1", 0), ClosingIdleHandler)
+    state = ToolServer(port=httpd.server_address[1])
+    httpd.tool_server = state  # type: ignore[attr-defined]
+    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    tool = a_tool(state, method="POST", idempotent=False)
+
+    async def two_calls_apart() -> list[ToolOutcome]:
+        connections = Connections()
+        options = dict(settings=settings(), allowed_hosts=ALLOWED, resolver=RESOLVER, connections=connections)
+        try:
+            first = await call_tool(tool, {"order_id": "A-1"}, **options)
+            await asyncio.sleep(0.5)  # the server closes the idle connection meanwhile
+            return [first, await call_tool(tool, {"order_id": "A-2"}, **options)]
+        finally:
+            await connections.aclose()
+
+    # When a second POST (which must not be sent twice) follows after the server closed the connection
+    try:
+        with attempts() as tried:
+            outcomes = asyncio.run(two_calls_apart())
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    # Then it goes out on a new connection and succeeds, and the server received each call once
+    assert [outcome.ok for outcome in outcomes] == [True, True], outcomes
+    assert connected_to(tried) == [("127.0.0.1", state.port)] * 2
+    assert [received.path for received in state.calls] == ["/orders/A-1", "/orders/A-2"]
 
 
 HTTPS_CALL = """
