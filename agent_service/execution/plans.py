@@ -12,7 +12,7 @@ from agent_service.llm.messages import LLMReply, ToolCall, Usage
 from agent_service.models import StepStatus
 from agent_service.store.lifecycle import Charge
 from agent_service.store.steps import StepWrite
-from agent_service.tools.http import ToolOutcome
+from agent_service.tools.outcomes import ToolOutcome
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ from agent_service.models import StepStatus, StepType
 from agent_service.store.agents import AgentSpec
 from agent_service.store.lifecycle import Charge, Claim
 from agent_service.store.steps import RecordedStep, StepWrite
-from agent_service.tools.http import ToolOutcome
+from agent_service.tools.outcomes import ToolOutcome
 from agent_service.tracing import NO_TRACE, TaskTrace
 
 UNKNOWN_OUTCOME = (

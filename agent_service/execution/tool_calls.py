@@ -1,5 +1,6 @@
 """Agents' tool calls run on one event-loop thread of the worker process, each a concurrent Future the
-pipeline waits on beside its LLM calls: a call costs a coroutine, not a thread (see `tools.http`)."""
+pipeline waits on beside its LLM calls: a call costs a coroutine, not a thread (see `tools.http`). The HTTP
+client is loaded with the first call, so a worker whose agents call no tool never loads it (aiohttp: 8 MB)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,15 @@ import logging
 import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent_service.config import Settings
 from agent_service.tools.addresses import Resolver, system_resolver
 from agent_service.tools.definitions import ToolDefinition
-from agent_service.tools.http import Connections, ToolOutcome, call_tool, kept_connections
+from agent_service.tools.outcomes import ToolOutcome
+
+if TYPE_CHECKING:
+    from agent_service.tools.http import Connections
 
 logger = logging.getLogger("agent_service.tools")
 CLOSE_SECONDS = 5.0
@@ -40,6 +44,8 @@ class ToolCaller:
     ) -> Future[ToolOutcome]:
         """Start one call; its future ends with the outcome (a tool's own failures are outcomes too)."""
         loop, connections = self._running_loop()
+        from agent_service.tools.http import call_tool  # loaded by `_running_loop`: see the module docstring
+
         call = call_tool(
             tool,
             arguments,
@@ -72,6 +78,8 @@ class ToolCaller:
     def _running_loop(self) -> tuple[asyncio.AbstractEventLoop, Connections]:
         with self._lock:
             if self._running is None:
+                from agent_service.tools.http import Connections, kept_connections  # the first call: see above
+
                 loop = asyncio.new_event_loop()
                 self._running = loop, Connections(kept=kept_connections(self._settings.llm_concurrency))
                 threading.Thread(target=loop.run_forever, name="tool-loop", daemon=True).start()

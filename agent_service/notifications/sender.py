@@ -47,7 +47,7 @@ from agent_service.monitoring import NOTIFICATIONS
 from agent_service.notifications.events import Event, payload
 from agent_service.notifications.signing import SIGNATURE_HEADER, signature_header
 from agent_service.tools.addresses import IPAddress, Resolver, checked_addresses, system_resolver
-from agent_service.tools.http import request_to_address, tls_context
+from agent_service.tools.targets import request_to_address, tls_context
 
 logger = logging.getLogger("agent_service.notifications")
 

@@ -25,13 +25,11 @@ import asyncio
 import json
 import logging
 import resource
-import ssl
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any
 from urllib.parse import quote
 
@@ -41,9 +39,11 @@ import yarl
 
 from agent_service.config import Settings
 from agent_service.errors import AddressRefusedError
-from agent_service.tools.addresses import IPAddress, Resolver, checked_addresses, literal_address, system_resolver
-from agent_service.tools.allowlist import DEFAULT_PORTS, host_allowed, origin_allowed
+from agent_service.tools.addresses import IPAddress, Resolver, checked_addresses, system_resolver
+from agent_service.tools.allowlist import host_allowed, origin_allowed
 from agent_service.tools.definitions import HttpMethod, SecretHeader, ToolDefinition, validate_arguments
+from agent_service.tools.outcomes import ToolOutcome
+from agent_service.tools.targets import host_header, host_of, named_tls, origin_of, port_of, tls_context
 
 logger = logging.getLogger("agent_service.tools")
 
@@ -51,26 +51,6 @@ REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 REDACTED = "[redacted]"
 KEPT_HOSTS = 64  # host names whose idle connections are kept, per event loop
 KEPT_CONNECTIONS = 256  # idle connections kept in all, per event loop, unless told otherwise
-
-
-@dataclass(frozen=True, slots=True)
-class ToolOutcome:
-    """What one tool call came to. `ok`: a 2xx reply arrived. `error`: why there is no usable reply (then the
-    model sees only that). `truncated`: the reply was longer than TOOL_MAX_RESPONSE_BYTES and was cut there."""
-
-    ok: bool
-    status: int | None
-    body: str
-    error: str | None
-    truncated: bool
-    elapsed_ms: int
-
-    def as_model_text(self) -> str:
-        """The tool result as the model reads it: the status and the body, or the error."""
-        if self.error is not None:
-            return f"error: {self.error}"
-        cut = "\n[response truncated]" if self.truncated else ""
-        return f"HTTP {self.status}\n{self.body}{cut}"
 
 
 @dataclass(frozen=True)
@@ -273,10 +253,10 @@ def _headers(tool: ToolDefinition, settings: Settings) -> tuple[dict[str, str], 
 
 async def _follow(hop: _Hop, guard: _Guard) -> tuple[int, str, bool]:
     """Send `hop` and each redirect after it, every one checked; the final status, body and truncation."""
-    host = _host(hop.url)
-    if not host_allowed(host, guard.allowed_hosts, port=_port(hop.url)):
+    host = host_of(hop.url)
+    if not host_allowed(host, guard.allowed_hosts, port=port_of(hop.url)):
         raise _CallFailed(f"refused: {host or 'a URL without a host'} is not in the agent's allowed hosts")
-    origin = _origin(hop.url)
+    origin = origin_of(hop.url)
     for _ in range(guard.settings.tool_max_redirects + 1):
         reply = await _send_checked(hop, guard)
         if not isinstance(reply, _Hop):
@@ -284,10 +264,10 @@ async def _follow(hop: _Hop, guard: _Guard) -> tuple[int, str, bool]:
         hop = reply
         if hop.url.scheme not in ("http", "https"):
             raise _CallFailed(f"refused: {hop.url.scheme}:// is not http or https")
-        if _origin(hop.url) != origin and not origin_allowed(*_origin(hop.url), guard.allowed_hosts):
-            scheme, host, port = _origin(hop.url)
+        if origin_of(hop.url) != origin and not origin_allowed(*origin_of(hop.url), guard.allowed_hosts):
+            scheme, host, port = origin_of(hop.url)
             raise _CallFailed(
-                f"refused: a redirect to {scheme}://{_host_header(hop.url, port=port)} leaves the tool's origin,"
+                f"refused: a redirect to {scheme}://{host_header(hop.url, port=port)} leaves the tool's origin,"
                 " and the agent's allowed hosts do not name that host and port"
             )
     raise _CallFailed(f"too many redirects (more than {guard.settings.tool_max_redirects})")
@@ -297,8 +277,8 @@ async def _send_checked(hop: _Hop, guard: _Guard) -> _Hop | tuple[int, str, bool
     """Check `hop`'s addresses (its origin was checked by `_follow`), then send it to the first checked
     address that accepts a connection. Returns the redirect to follow, or the status, body and truncation of
     the final reply."""
-    host = _host(hop.url)
-    *others, last = await _checked_addresses(host, _port(hop.url), guard)
+    host = host_of(hop.url)
+    *others, last = await _checked_addresses(host, port_of(hop.url), guard)
     for address in others:
         try:
             return await _send_to(hop, address, guard)
@@ -319,46 +299,21 @@ async def _checked_addresses(host: str, port: int, guard: _Guard) -> list[IPAddr
 
 async def _send_to(hop: _Hop, address: IPAddress, guard: _Guard) -> _Hop | tuple[int, str, bool]:
     """Send `hop` over a connection to `address`, keeping the name for the Host header and TLS."""
-    name = _host(hop.url)
+    name = host_of(hop.url)
     async with guard.connections.client(name) as client:
         response = await client.request(
             hop.method,
             yarl.URL(str(hop.url.copy_with(host=str(address))), encoded=True),
-            headers={**hop.headers, "Host": _host_header(hop.url)},
+            headers={**hop.headers, "Host": host_header(hop.url)},
             data=hop.content,
             allow_redirects=False,
-            server_hostname=name if _named_tls(hop.url) else None,
+            server_hostname=name if named_tls(hop.url) else None,
         )
         async with response:
             location = response.headers.get("Location")
             if response.status in REDIRECT_STATUSES and location is not None:
                 return _redirected(hop, response.status, location)
             return response.status, *await _read_capped(response, guard.settings.tool_max_response_bytes)
-
-
-def request_to_address(
-    client: httpx.AsyncClient,
-    method: str,
-    url: httpx.URL,
-    address: IPAddress,
-    *,
-    headers: Mapping[str, str],
-    content: bytes | None,
-) -> httpx.Request:
-    """A request for `url` whose connection goes to `address` (checked by the caller): the URL carries the IP,
-    the `Host` header the name, and for https the TLS server name (SNI) and certificate check use the name."""
-    return client.build_request(
-        method,
-        url.copy_with(host=str(address)),
-        headers={**headers, "Host": _host_header(url)},
-        content=content,
-        extensions={"sni_hostname": _host(url)} if _named_tls(url) else {},
-    )
-
-
-def _named_tls(url: httpx.URL) -> bool:
-    """Whether the connection for `url` is TLS to a name (whose certificate must name it), not to an address."""
-    return url.scheme == "https" and literal_address(_host(url)) is None
 
 
 def _redirected(hop: _Hop, status: int, location: str) -> _Hop:
@@ -370,7 +325,7 @@ def _redirected(hop: _Hop, status: int, location: str) -> _Hop:
     if status == 303 or (status in (301, 302) and method == HttpMethod.POST.value):
         method, content = HttpMethod.GET.value, None
         headers.pop("Content-Type", None)
-    if _origin(target) != _origin(hop.url):
+    if origin_of(target) != origin_of(hop.url):
         headers = {name: value for name, value in headers.items() if name not in hop.secret_headers}
     return _Hop(method, target, headers, content, hop.secret_headers)
 
@@ -392,33 +347,6 @@ def _decode(raw: bytes, encoding: str | None) -> str:
         return raw.decode(encoding or "utf-8", errors="replace")
     except LookupError:  # a charset Python does not know
         return raw.decode("utf-8", errors="replace")
-
-
-def _host(url: httpx.URL) -> str:
-    """The URL's host as it goes on the wire: ASCII (an IDN as punycode), an IPv6 address without brackets."""
-    return url.raw_host.decode("ascii").lower()
-
-
-def _host_header(url: httpx.URL, *, port: int | None = None) -> str:
-    """`host[:port]` as the Host header writes it (the URL's own port, else `port` when given)."""
-    host = f"[{_host(url)}]" if ":" in _host(url) else _host(url)
-    port = url.port or port
-    return host if port is None else f"{host}:{port}"
-
-
-def _port(url: httpx.URL) -> int:
-    return url.port or DEFAULT_PORTS.get(url.scheme, 80)
-
-
-def _origin(url: httpx.URL) -> tuple[str, str, int]:
-    """Scheme, host and port: what a redirect must keep, unless the allowlist names where it goes."""
-    return url.scheme, _host(url), _port(url)
-
-
-@lru_cache(maxsize=1)
-def tls_context() -> ssl.SSLContext:
-    """One verifying TLS context for every call (loading the CA store takes milliseconds)."""
-    return httpx.create_ssl_context()
 
 
 def _as_text(value: object) -> str:

@@ -30,7 +30,8 @@ from agent_service.devtools import processes
 from agent_service.tools.addresses import StaticResolver
 from agent_service.tools.allowlist import parse_allowed_hosts
 from agent_service.tools.definitions import ToolDefinition, parse_tools
-from agent_service.tools.http import Connections, ToolOutcome, call_tool, call_tool_sync
+from agent_service.tools.http import Connections, call_tool, call_tool_sync
+from agent_service.tools.outcomes import ToolOutcome
 from tests.network_audit import attempts, connected_to
 from tests.support import ToolServerControl, make_settings
 

@@ -23,7 +23,7 @@ from agent_service.models import StepStatus, StepType
 from agent_service.store.agents import AgentSpec
 from agent_service.store.lifecycle import Claim
 from agent_service.store.steps import RecordedStep
-from agent_service.tools.http import ToolOutcome
+from agent_service.tools.outcomes import ToolOutcome
 from tests.retrieval_kind import RetrievalKind
 
 NOW = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)

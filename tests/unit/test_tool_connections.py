@@ -5,8 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import resource
+import subprocess
+import sys
+from pathlib import Path
 
 from agent_service.tools.http import Connections, kept_connections
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_a_client_is_reused_by_a_later_call_to_its_host_only() -> None:
@@ -79,3 +84,10 @@ def test_a_process_keeps_one_idle_connection_per_call_at_once_within_a_quarter_o
     assert kept_connections(100) == min(100, soft // 4)
     if soft != resource.RLIM_INFINITY:
         assert kept_connections(10 * soft) == soft // 4
+
+
+def test_a_worker_whose_agents_call_no_tool_never_loads_the_tool_client() -> None:
+    # Every module of the worker imported (the webhook sender's address checks among them), but no tool called
+    probe = "import sys, agent_service.worker, agent_service.tasks; print('aiohttp' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
