@@ -1,6 +1,7 @@
 """The durable runs of a batch together (`execution.steps`): their steps loaded in one query, each group of
 events recorded in one short transaction, the tool calls started once the steps that must precede them are
-committed, and each step published to the task's followers after the commit."""
+committed, and each step published to the task's followers after the commit, before the tool calls it
+announces are sent."""
 
 from __future__ import annotations
 
@@ -61,20 +62,24 @@ class DurableRuns:
         owned = [True] * len(plans)
         if any(plan.writes or plan.charge or plan.pause for plan in plans):  # a fresh run asks before it writes
             owned = self.record([(run.claim, plan) for (run, _), plan in zip(events, plans, strict=True)], now=now)
-        nexts: list[Next] = []
         updates: list[Update] = []
         for (run, _), plan, kept in zip(events, plans, owned, strict=True):
-            if not kept:
-                nexts.append(RunEnded(error=PermanentError(LOST_CLAIM)))
-                continue
-            if plan.charge is not None:
-                count_llm_usage(plan.charge.model, tokens=plan.charge.token_counts(), cost_usd=plan.charge.cost_usd)
-            updates += _live_updates(run, plan)
-            trace = self._traces.of(run.claim.task_id)
-            nexts.append(AwaitTools(run.start(self._caller, plan.start, trace=trace)) if plan.start else plan.next)
+            if kept:
+                if plan.charge is not None:
+                    count_llm_usage(plan.charge.model, tokens=plan.charge.token_counts(), cost_usd=plan.charge.cost_usd)
+                updates += _live_updates(run, plan)
         if self._live is not None and updates:
-            self._live.publish_many(updates)  # for the followed tasks only, in one round trip
-        return nexts
+            # For the followed tasks only, in one round trip; before the tool calls announced here leave.
+            self._live.publish_many(updates)
+        return [self._next(run, plan, kept) for (run, _), plan, kept in zip(events, plans, owned, strict=True)]
+
+    def _next(self, run: StepLog, plan: Plan, kept: bool) -> Next:
+        """The run's next move: its end if its claim was lost, else its plan's, its tool calls sent first."""
+        if not kept:
+            return RunEnded(error=PermanentError(LOST_CLAIM))
+        if not plan.start:
+            return plan.next
+        return AwaitTools(run.start(self._caller, plan.start, trace=self._traces.of(run.claim.task_id)))
 
     def load(self, task_ids: list[uuid.UUID]) -> dict[uuid.UUID, list[RecordedStep]]:
         """The recorded steps of each task, in position order (one query)."""

@@ -22,12 +22,12 @@ def steps_of(events: list[LiveEvent]) -> list[tuple[EventKind, int | None]]:
 
 @pytest.mark.usefixtures("api_worker")
 def test_a_follower_joining_a_running_api_task_sees_its_steps_so_far_then_the_rest_token_by_token(
-    api_app, submit, session_factory
+    api_app, submit, session_factory, tool_server
 ):
     # Given an api run nobody follows, whose first turn calls a tool that takes 3 s
     task_id, _ = submit([calls(("wait", {"ms": 3000})), calls(("weather", {"city": "Oslo"})), {"content": ANSWER}])
-    wait_until(lambda: step_rows(session_factory, task_id), what="the first turn recorded", timeout=30)
-    # When someone starts following it while the tool runs
+    wait_until(lambda: tool_server.count(path="/slow") == 1, what="the tool call under way", timeout=30)
+    # When someone starts following it while the tool runs (its turn recorded and announced before it was sent)
     events = list(follow_agent_task(task_id, app=api_app, timeout=60))
     # Then they see the first turn (from the database), then every later step as it comes, then the end
     task = wait_for_final(session_factory, [task_id])[task_id]
