@@ -43,7 +43,7 @@ from agent_service.tools.addresses import IPAddress, Resolver, checked_addresses
 from agent_service.tools.allowlist import host_allowed, origin_allowed
 from agent_service.tools.definitions import HttpMethod, SecretHeader, ToolDefinition, validate_arguments
 from agent_service.tools.outcomes import ToolOutcome
-from agent_service.tools.targets import host_header, host_of, named_tls, origin_of, port_of, tls_context
+from agent_service.tools.targets import addressed, host_header, host_of, origin_of, port_of, tls_context
 
 logger = logging.getLogger("agent_service.tools")
 
@@ -299,15 +299,15 @@ async def _checked_addresses(host: str, port: int, guard: _Guard) -> list[IPAddr
 
 async def _send_to(hop: _Hop, address: IPAddress, guard: _Guard) -> _Hop | tuple[int, str, bool]:
     """Send `hop` over a connection to `address`, keeping the name for the Host header and TLS."""
-    name = host_of(hop.url)
-    async with guard.connections.client(name) as client:
+    target, host, server_name = addressed(hop.url, address)
+    async with guard.connections.client(host_of(hop.url)) as client:
         response = await client.request(
             hop.method,
-            yarl.URL(str(hop.url.copy_with(host=str(address))), encoded=True),
-            headers={**hop.headers, "Host": host_header(hop.url)},
+            yarl.URL(str(target), encoded=True),
+            headers={**hop.headers, "Host": host},
             data=hop.content,
             allow_redirects=False,
-            server_hostname=name if named_tls(hop.url) else None,
+            server_hostname=server_name,
         )
         async with response:
             location = response.headers.get("Location")

@@ -24,18 +24,25 @@ def request_to_address(
     headers: Mapping[str, str],
     content: bytes | None,
 ) -> httpx.Request:
-    """A request for `url` whose connection goes to `address` (checked by the caller): the URL carries the IP,
-    the `Host` header the name, and for https the TLS server name (SNI) and certificate check use the name."""
+    """A request for `url` whose connection goes to `address` (checked by the caller), as `addressed` says."""
+    target, host, server_name = addressed(url, address)
     return client.build_request(
         method,
-        url.copy_with(host=str(address)),
-        headers={**headers, "Host": host_header(url)},
+        target,
+        headers={**headers, "Host": host},
         content=content,
-        extensions={"sni_hostname": host_of(url)} if named_tls(url) else {},
+        extensions={} if server_name is None else {"sni_hostname": server_name},
     )
 
 
-def named_tls(url: httpx.URL) -> bool:
+def addressed(url: httpx.URL, address: IPAddress) -> tuple[httpx.URL, str, str | None]:
+    """How a request for `url` reaches `address` (checked by the caller): the URL to send, which carries the IP;
+    the `Host` header, which carries the name; and for https to a name, the name the TLS server name (SNI) and
+    the certificate check use (None otherwise)."""
+    return url.copy_with(host=str(address)), host_header(url), host_of(url) if _named_tls(url) else None
+
+
+def _named_tls(url: httpx.URL) -> bool:
     """Whether the connection for `url` is TLS to a name (whose certificate must name it), not to an address."""
     return url.scheme == "https" and literal_address(host_of(url)) is None
 
