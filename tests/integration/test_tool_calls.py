@@ -127,17 +127,26 @@ class Server(ThreadingHTTPServer):
         """Quiet: a client that gave up (the timeout test) leaves the server writing to a closed socket."""
 
 
-@pytest.fixture
-def server() -> Iterator[ToolServer]:
-    httpd = Server(("127.0.0.1", 0), Handler)
+@contextlib.contextmanager
+def serving(handler: type[Handler]) -> Iterator[ToolServer]:
+    """The server on 127.0.0.1 with `handler`, for the length of a with-block."""
+    httpd = Server(("127.0.0.1", 0), handler)
     state = ToolServer(port=httpd.server_address[1])
     httpd.tool_server = state  # type: ignore[attr-defined]
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
-    yield state
-    state.release.set()
-    httpd.shutdown()
-    httpd.server_close()
+    try:
+        yield state
+    finally:
+        state.release.set()
+        httpd.shutdown()
+        httpd.server_close()
+
+
+@pytest.fixture
+def server() -> Iterator[ToolServer]:
+    with serving(Handler) as state:
+        yield state
 
 
 def settings(**overrides) -> Settings:
@@ -490,15 +499,10 @@ class ClosingIdleHandler(Handler):
             super().handle()
 
 
-def test_a_kept_connection_the_server_closed_is_not_reused_and_the_next_post_goes_through(server):
+def test_a_kept_connection_the_server_closed_is_not_reused_and_the_next_post_goes_through():
     # Given a server that closes connections idle for 0.2 s, and a call that left its connection kept alive
-    httpd = Server(("127.0.0.1", 0), ClosingIdleHandler)
-    state = ToolServer(port=httpd.server_address[1])
-    httpd.tool_server = state  # type: ignore[attr-defined]
-    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    tool = a_tool(state, method="POST", idempotent=False)
 
-    async def two_calls_apart() -> list[ToolOutcome]:
+    async def two_calls_apart(tool: ToolDefinition) -> list[ToolOutcome]:
         connections = Connections()
         options = dict(settings=settings(), allowed_hosts=ALLOWED, resolver=RESOLVER, connections=connections)
         try:
@@ -509,12 +513,9 @@ def test_a_kept_connection_the_server_closed_is_not_reused_and_the_next_post_goe
             await connections.aclose()
 
     # When a second POST (which must not be sent twice) follows after the server closed the connection
-    try:
-        with attempts() as tried:
-            outcomes = asyncio.run(two_calls_apart())
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    with serving(ClosingIdleHandler) as state, attempts() as tried:
+        tool = a_tool(state, method="POST", idempotent=False)
+        outcomes = asyncio.run(two_calls_apart(tool))
     # Then it goes out on a new connection and succeeds, and the server received each call once
     assert [outcome.ok for outcome in outcomes] == [True, True], outcomes
     assert connected_to(tried) == [("127.0.0.1", state.port)] * 2
