@@ -10,6 +10,7 @@ loudly: the chaos suite never skips.
 
 from __future__ import annotations
 
+import gc
 import glob
 import json
 import shutil
@@ -146,6 +147,10 @@ class RedisServer:
 
     def kill(self) -> None:
         """kill -9: every queued message and unacked delivery is gone."""
+        # Collect first, while the server still answers: an AsyncResult left in a reference cycle unsubscribes from
+        # its Redis result backend when it is collected, and once that server is gone Celery retries the unsubscribe
+        # for 20 s on whatever thread the collector next runs on (a later test's event loop, for one).
+        gc.collect()
         if self.process is not None:
             stop_process(self.process, sig=9)
             self.process = None
