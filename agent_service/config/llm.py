@@ -36,7 +36,7 @@ class LLMSettings(BaseModel):
         "gpt-4o-mini", description="the model `python cli.py create-agent` gives an agent without --model"
     )
     llm_timeout_seconds: float = Field(60.0, gt=0, description="one LLM call's whole time, before it is retried")
-    llm_concurrency: int = Field(768, ge=1, le=5000, description="LLM calls at once per worker process")
+    llm_concurrency: int = Field(1536, ge=1, le=5000, description="LLM calls at once per worker process")
     llm_process: bool = Field(True, description="run the LLM calls in a child process with a core of its own")
     llm_provider: str = Field("openai", description="whose prices apply (a genai-prices provider id)")
     model_prices: dict[str, ModelPriceOverride] = Field(

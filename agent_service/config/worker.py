@@ -15,7 +15,7 @@ class WorkerSettings(BaseModel):
         "threads", description="Celery's pool: threads (recommended), prefork or solo"
     )
     worker_concurrency: int = Field(
-        768, ge=1, le=5000, description="pool size: threads (each runs one batch at a time), or processes for prefork"
+        1536, ge=1, le=5000, description="pool size: threads (each runs one batch at a time), or processes for prefork"
     )
     worker_prefetch_multiplier: int = Field(
         1, ge=1, description="messages reserved per pool slot; with prefork, raise it so batches can fill"

@@ -158,7 +158,7 @@ def test_a_worker_raises_its_open_file_limit_for_itself_and_its_llm_process_and_
     idle_redis, llm_url, settings
 ):
     # Given a worker started under a soft open-file limit of 256 and a hard one of 1024, with the default
-    # LLM_CONCURRENCY (768 calls at once, which may hold more files than that at full load)
+    # LLM_CONCURRENCY (1536 calls at once, which may hold more files than that at full load)
     configured = settings.model_copy(update={"redis_url": IDLE_REDIS})
     log = fresh_log("worker-open-files")
     limit = ("prlimit", "--nofile=256:1024")
@@ -170,7 +170,7 @@ def test_a_worker_raises_its_open_file_limit_for_itself_and_its_llm_process_and_
         assert main.rlimit(psutil.RLIMIT_NOFILE) == (1024, 1024) == llm_process.rlimit(psutil.RLIMIT_NOFILE)
         # And its log says the limit is still below what LLM_CONCURRENCY may need, and what to do
         wait_until(lambda: log_mentions(log, "open-file limit (1024) is below"), what="the warning")
-        assert log_mentions(log, "LLM_CONCURRENCY=768", "raise the hard limit")
+        assert log_mentions(log, f"LLM_CONCURRENCY={configured.llm_concurrency}", "raise the hard limit")
 
 
 def llm_processes(worker: psutil.Process) -> list[psutil.Process]:
