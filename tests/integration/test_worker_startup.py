@@ -158,7 +158,7 @@ def test_a_worker_raises_its_open_file_limit_for_itself_and_its_llm_process_and_
     idle_redis, llm_url, settings
 ):
     # Given a worker started under a soft open-file limit of 256 and a hard one of 1024, with the default
-    # LLM_CONCURRENCY (1536 calls at once, which may hold more files than that at full load)
+    # LLM_CONCURRENCY (whose calls at once may hold more files than that at full load)
     configured = settings.model_copy(update={"redis_url": IDLE_REDIS})
     log = fresh_log("worker-open-files")
     limit = ("prlimit", "--nofile=256:1024")

@@ -12,7 +12,7 @@ from agent_service.worker import create_celery_app
 
 
 def test_every_pool_thread_of_a_busy_worker_can_hold_a_redis_connection_at_once():
-    # Given a worker of 1536 threads (the default) whose threads all use Redis at the same moment
+    # Given a worker of the default pool size whose threads all use Redis at the same moment
     settings = Settings(_env_file=None, redis_url="redis://127.0.0.1:1/0")
     pool = Services(settings).redis.connection_pool
     # Then its client opens a connection for each of them (made, not connected: no server is needed)
