@@ -1,14 +1,20 @@
-"""The detached spec a run needs of its agent, read off the agent's row."""
+"""Agents' rows as runs and submissions read them, and the detached spec a run needs of its agent."""
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from pydantic import Field, ValidationError, field_validator
+from sqlalchemy import Row, Table, bindparam, select
+from sqlalchemy.orm import Session
 
 from agent_service.llm.messages import ModelOptions
+from agent_service.models import Agent
+
+AGENTS = cast(Table, Agent.__table__)  # declarative classes map Tables; SQLAlchemy types `__table__` as any FromClause
+_AGENTS_OF = select(AGENTS).where(AGENTS.c.id.in_(bindparam("p_agents", expanding=True)))
 
 
 class AgentSettings(ModelOptions):
@@ -92,3 +98,10 @@ def agent_spec(agent: Any) -> tuple[AgentSpec | None, str | None]:
         time_budget_seconds=settings.time_budget_seconds,
     )
     return spec, None
+
+
+def agents_by_id(session: Session, agent_ids: list[uuid.UUID]) -> dict[uuid.UUID, Row[Any]]:
+    """The rows of these agents (those that exist), by id, read as Core rows: `agent_spec` takes them."""
+    if not agent_ids:
+        return {}
+    return {agent.id: agent for agent in session.connection().execute(_AGENTS_OF, {"p_agents": agent_ids})}

@@ -23,9 +23,9 @@ from sqlalchemy.orm import Session
 from agent_service.clock import aware
 from agent_service.config import Settings
 from agent_service.llm.messages import Usage
-from agent_service.models import FINAL_STATUSES, Agent, Task, TaskAttempt, TaskStatus
+from agent_service.models import FINAL_STATUSES, Task, TaskAttempt, TaskStatus
 from agent_service.store import leases
-from agent_service.store.agents import AgentSpec, agent_spec
+from agent_service.store.agents import AGENTS, AgentSpec, agent_spec, agents_by_id
 
 # A waiting task is claimable too: a message sent for it by a dispatch round that died before its commit
 # may as well run it.
@@ -35,7 +35,7 @@ OwnerCheck = Callable[[str | None], bool]
 
 # The per-task statements are built once: constructing a statement costs more CPU than running it.
 # Declarative classes map Tables; SQLAlchemy types `__table__` as any FromClause.
-_TASKS, _AGENTS = cast(Table, Task.__table__), cast(Table, Agent.__table__)
+_TASKS, _AGENTS = cast(Table, Task.__table__), AGENTS
 _NOW: BindParameter[datetime] = bindparam("p_now")
 _CLAIMED_COLUMNS = (
     _TASKS.c.id,
@@ -67,7 +67,6 @@ _TAKE_QUEUED = (
 )
 _OWNED = (_THIS_TASK, _TASKS.c.status == TaskStatus.RUNNING, _TASKS.c.attempts == bindparam("p_attempt"))
 _TAKE_ABANDONED = update(_TASKS).where(*_OWNED).values(**_TAKE_VALUES).returning(*_CLAIMED_COLUMNS)
-_AGENTS_OF = select(_AGENTS).where(_AGENTS.c.id.in_(bindparam("p_agents", expanding=True)))
 # On PostgreSQL the claim reads its tasks' agents in the same statement (a data-modifying CTE, which SQLite
 # has not): the task's columns first, then the agent's.
 _TAKEN = _TAKE_QUEUED.cte("taken")
@@ -339,8 +338,7 @@ def _with_agents(session: Session, rows: list[Row[Any]]) -> dict[uuid.UUID, Clai
     """The claims of tasks just taken, with their agents read in one query."""
     if not rows:
         return {}
-    agent_ids = list({row.agent_id for row in rows})
-    agents = {agent.id: agent for agent in session.connection().execute(_AGENTS_OF, {"p_agents": agent_ids})}
+    agents = agents_by_id(session, list({row.agent_id for row in rows}))
     return {row.id: _claim_of(row, agents[row.agent_id]) for row in rows}
 
 

@@ -1,4 +1,4 @@
-"""Tasks outside a worker's claim, in the database: marked queued once published, their status, the oldest
+"""Tasks outside a worker's claim, in the database: inserted, marked queued once published, their status, the oldest
 waiting one, the dead letters (failed, and those whose message the broker dead-lettered), replay, cancel and
 the sweeper's re-queue. Plain functions on a caller-owned
 Session, no commits; a worker's claim and its outcomes are `store.lifecycle`.
@@ -10,7 +10,7 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, and_, func, or_, select, update
+from sqlalchemy import CursorResult, Table, and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from agent_service.clock import aware
@@ -19,17 +19,34 @@ from agent_service.errors import TaskNotFoundError
 from agent_service.models import Task, TaskStatus
 from agent_service.store.lifecycle import CLAIMABLE
 
+# Statements a submission runs, built once and run as Core statements: the ORM's unit of work and its
+# synchronisation of an UPDATE with the session cost more CPU than the statements themselves, in the
+# application's thread, for every task submitted.
+_TASKS = cast(Table, Task.__table__)  # declarative classes map Tables; SQLAlchemy types `__table__` as any FromClause
+_INSERT = insert(_TASKS)
+_MARK_QUEUED = (
+    update(_TASKS)
+    .where(
+        _TASKS.c.id.in_(bindparam("p_ids", expanding=True)),
+        _TASKS.c.status.in_((TaskStatus.PENDING, TaskStatus.WAITING)),
+    )
+    .values(status=TaskStatus.QUEUED, queued_at=bindparam("p_now"), updated_at=bindparam("p_now"))
+)
+
+
+def insert_tasks(session: Session, rows: list[dict[str, Any]]) -> None:
+    """Insert task rows, each a dict of `tasks` columns (its `id` included); columns left out take their
+    defaults."""
+    if rows:
+        session.connection().execute(_INSERT, rows)
+
 
 def mark_queued(session: Session, task_ids: list[uuid.UUID], *, now: datetime) -> int:
     """pending (or waiting) -> queued for tasks whose message was published; a run that already began is left
     alone."""
-    statement = (
-        update(Task)
-        .where(Task.id.in_(task_ids), Task.status.in_((TaskStatus.PENDING, TaskStatus.WAITING)))
-        .values(status=TaskStatus.QUEUED, queued_at=now, updated_at=now)
-    )
-    # An UPDATE gives a CursorResult, which has the row count; Session.execute is typed for any statement.
-    return cast(CursorResult[Any], session.execute(statement)).rowcount
+    # An UPDATE gives a CursorResult, which has the row count; Connection.execute is typed for any statement.
+    result = session.connection().execute(_MARK_QUEUED, {"p_ids": task_ids, "p_now": now})
+    return cast(CursorResult[Any], result).rowcount
 
 
 def task_status(session: Session, task_id: uuid.UUID) -> TaskStatus:

@@ -10,7 +10,7 @@ from typing import Any
 
 from celery import Celery
 from redis import RedisError
-from sqlalchemy import select, tuple_
+from sqlalchemy import Row, select, tuple_
 from sqlalchemy.orm import Session
 
 from agent_service.clock import utcnow
@@ -24,8 +24,9 @@ from agent_service.messaging.cancellation import announce_cancelled
 from agent_service.messaging.dispatch import dispatch_waiting
 from agent_service.messaging.groups import send_callbacks_quietly
 from agent_service.messaging.publisher import enqueue
-from agent_service.models import Agent, Task, TaskStatus
+from agent_service.models import Task, TaskStatus
 from agent_service.services import Services
+from agent_service.store import agents as store_agents
 from agent_service.store import tasks as store_tasks
 from agent_service.store.agents import agent_spec
 from agent_service.store.groups import join_group, note_tasks_ended
@@ -70,10 +71,10 @@ def create_agent_tasks(
             rows = _insert_tasks(
                 session, inputs, status=first_status(services.settings), group_id=wanted.group if wanted else None
             )
-        created = [task.id for task, created in rows if created]
+        created = [task_id for task_id, created in rows if created]
         traces.open(created)
         queue(app, services, created, traces=traces)
-    return [str(task.id) for task, _ in rows]
+    return [str(task_id) for task_id, _ in rows]
 
 
 def replay_failed_tasks(task_ids: list[str] | None, *, app: Celery, services: Services) -> list[str]:
@@ -142,42 +143,44 @@ def _parse_item(item: Any, *, index: int, count: int, settings: Settings) -> Tas
 
 def _insert_tasks(
     session: Session, items: list[TaskInput], *, status: TaskStatus, group_id: str | None = None
-) -> list[tuple[Task, bool]]:
+) -> list[tuple[uuid.UUID, bool]]:
     """Insert tasks with `status`, or return the earlier task that has the same user and idempotency key.
 
-    One query for the agents and one for the keys, whatever the number of items. Returns (task, created)
-    per item, in order. Raises: TaskValidationError naming the first item whose agent is unknown or inactive.
+    One query for the agents, one for the keys and one insert, whatever the number of items. Returns (task id,
+    created) per item, in order. Raises: TaskValidationError naming the first item whose agent is unknown or
+    inactive.
     """
-    agents = {
-        agent.id: agent for agent in session.scalars(select(Agent).where(Agent.id.in_({i.agent_id for i in items})))
-    }
+    agents = store_agents.agents_by_id(session, list({item.agent_id for item in items}))
     known = _tasks_by_idempotency_key(session, items)
-    rows = []
+    ids, rows = [], []
     for index, item in enumerate(items):
         key = (item.user_id, item.idempotency_key)
         if item.idempotency_key is not None and key in known:
-            rows.append((known[key], False))
+            ids.append((known[key], False))
             continue
         problem = _agent_problem(agents.get(item.agent_id), item)
         if problem:
             raise item_error(f"invalid task input: {problem}", index=index, count=len(items))
-        task = Task(id=uuid.uuid4(), **item.model_dump(), status=status, attempts=0, group_id=group_id)
-        session.add(task)
+        task_id = uuid.uuid4()
+        rows.append(item.model_dump() | {"id": task_id, "status": status, "attempts": 0, "group_id": group_id})
         if item.idempotency_key is not None:
-            known[key] = task
-        rows.append((task, True))
-    return rows
+            known[key] = task_id
+        ids.append((task_id, True))
+    store_tasks.insert_tasks(session, rows)
+    return ids
 
 
-def _tasks_by_idempotency_key(session: Session, items: list[TaskInput]) -> dict[tuple[str, str | None], Task]:
+def _tasks_by_idempotency_key(session: Session, items: list[TaskInput]) -> dict[tuple[str, str | None], uuid.UUID]:
     keys = {(item.user_id, item.idempotency_key) for item in items if item.idempotency_key is not None}
     if not keys:
         return {}
-    query = select(Task).where(tuple_(Task.user_id, Task.idempotency_key).in_(list(keys)))
-    return {(task.user_id, task.idempotency_key): task for task in session.scalars(query)}
+    query = select(Task.user_id, Task.idempotency_key, Task.id).where(
+        tuple_(Task.user_id, Task.idempotency_key).in_(list(keys))
+    )
+    return {(user_id, key): task_id for user_id, key, task_id in session.execute(query)}
 
 
-def _agent_problem(agent: Agent | None, item: TaskInput) -> str | None:
+def _agent_problem(agent: Row[Any] | None, item: TaskInput) -> str | None:
     """Why `item` cannot run on `agent`, starting with the field at fault; None when it can."""
     if agent is None:
         return f"agent_id: no agent {item.agent_id}"
