@@ -5,14 +5,19 @@ from __future__ import annotations
 import enum
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import JSON, DateTime, Enum, ForeignKey, Index, Numeric, String, Text, func
+from sqlalchemy import JSON, DateTime, Enum, ForeignKey, Index, Numeric, String, Table, Text, func
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
 class Base(DeclarativeBase):
     """Declarative base of every table."""
+
+
+def table_of(model: type[Base]) -> Table:
+    """The Table a model maps, for Core statements (SQLAlchemy types `__table__` as any FromClause)."""
+    return cast(Table, model.__table__)
 
 
 class TaskStatus(str, enum.Enum):

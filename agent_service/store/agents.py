@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 from pydantic import Field, ValidationError, field_validator
-from sqlalchemy import Row, Table, bindparam, select
+from sqlalchemy import Row, bindparam, select
 from sqlalchemy.orm import Session
 
 from agent_service.llm.messages import ModelOptions
-from agent_service.models import Agent
+from agent_service.models import Agent, table_of
 
-AGENTS = cast(Table, Agent.__table__)  # declarative classes map Tables; SQLAlchemy types `__table__` as any FromClause
+AGENTS = table_of(Agent)
 _AGENTS_OF = select(AGENTS).where(AGENTS.c.id.in_(bindparam("p_agents", expanding=True)))
 
 

@@ -13,9 +13,9 @@ from collections import namedtuple
 from collections.abc import Callable, Sequence
 from dataclasses import astuple, dataclass
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import BindParameter, Row, Table, Text, Update, bindparam, case, func, select, update
+from sqlalchemy import BindParameter, Row, Text, Update, bindparam, case, func, select, update
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from agent_service.clock import aware
 from agent_service.config import Settings
 from agent_service.llm.messages import Usage
-from agent_service.models import FINAL_STATUSES, Task, TaskAttempt, TaskStatus
+from agent_service.models import FINAL_STATUSES, Task, TaskAttempt, TaskStatus, table_of
 from agent_service.store import leases
 from agent_service.store.agents import AGENTS, AgentSpec, agent_spec, agents_by_id
 
@@ -34,8 +34,7 @@ CLAIMABLE = (TaskStatus.WAITING, TaskStatus.PENDING, TaskStatus.QUEUED)
 OwnerCheck = Callable[[str | None], bool]
 
 # The per-task statements are built once: constructing a statement costs more CPU than running it.
-# Declarative classes map Tables; SQLAlchemy types `__table__` as any FromClause.
-_TASKS, _AGENTS = cast(Table, Task.__table__), AGENTS
+_TASKS, _AGENTS = table_of(Task), AGENTS
 _NOW: BindParameter[datetime] = bindparam("p_now")
 _CLAIMED_COLUMNS = (
     _TASKS.c.id,

@@ -10,19 +10,19 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Table, and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import CursorResult, and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from agent_service.clock import aware
 from agent_service.config import Settings
 from agent_service.errors import TaskNotFoundError
-from agent_service.models import Task, TaskStatus
+from agent_service.models import Task, TaskStatus, table_of
 from agent_service.store.lifecycle import CLAIMABLE
 
 # Statements a submission runs, built once and run as Core statements: the ORM's unit of work and its
 # synchronisation of an UPDATE with the session cost more CPU than the statements themselves, in the
 # application's thread, for every task submitted.
-_TASKS = cast(Table, Task.__table__)  # declarative classes map Tables; SQLAlchemy types `__table__` as any FromClause
+_TASKS = table_of(Task)
 _INSERT = insert(_TASKS)
 _MARK_QUEUED = (
     update(_TASKS)
