@@ -159,6 +159,9 @@ RATE_LIMIT = RateLimitPlan(rpm=600, server_rpm=700)
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     sizes, wanted = (QUICK if args.quick else FULL), set(args.only or GROUPS)
+    if args.soak_tasks:  # a longer (or shorter) soak, given the time per task the default size allows
+        budget = sizes.soak_budget_seconds * args.soak_tasks / sizes.soak
+        sizes = replace(sizes, soak=args.soak_tasks, soak_budget_seconds=budget)
     console = Console(width=None if sys.stdout.isatty() else 200)
     with bench_environment(overrides=dict(args.ours_env)) as env, otlp_sink() as otlp_url:
         plans = [
@@ -437,7 +440,23 @@ def _parser() -> argparse.ArgumentParser:
         metavar="NAME=VALUE",
         help="a setting for ours' worker, e.g. LLM_CONCURRENCY=512 (repeatable)",
     )
+    parser.add_argument(
+        "--soak-tasks",
+        type=_positive_int,
+        metavar="N",
+        help="tasks of the soak (default 20,000; 2,000 with --quick): whether memory keeps growing over a longer run",
+    )
     return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number above 0, got {text!r}")
+    return value
 
 
 if __name__ == "__main__":
