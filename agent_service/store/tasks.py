@@ -1,7 +1,7 @@
-"""Tasks outside a worker's claim, in the database: inserted, marked queued once published, their status, the oldest
-waiting one, the dead letters (failed, and those whose message the broker dead-lettered), replay, cancel and
-the sweeper's re-queue. Plain functions on a caller-owned
-Session, no commits; a worker's claim and its outcomes are `store.lifecycle`.
+"""Tasks outside a worker's claim, in the database: inserted, marked queued once published, their status, the
+oldest waiting one, the dead letters (failed, and those whose message the broker dead-lettered), replay, cancel
+and the sweeper's re-queue. Plain functions on a caller-owned Session, no commits; a worker's claim and its
+outcomes are `store.lifecycle`.
 """
 
 from __future__ import annotations

@@ -26,9 +26,8 @@ from agent_service.messaging.groups import send_callbacks_quietly
 from agent_service.messaging.publisher import enqueue
 from agent_service.models import Task, TaskStatus
 from agent_service.services import Services
-from agent_service.store import agents as store_agents
 from agent_service.store import tasks as store_tasks
-from agent_service.store.agents import agent_spec
+from agent_service.store.agents import agent_spec, agents_by_id
 from agent_service.store.groups import join_group, note_tasks_ended
 from agent_service.submission.groups import parse_group
 from agent_service.submission.validation import TaskInput, parse_task_input
@@ -150,13 +149,13 @@ def _insert_tasks(
     created) per item, in order. Raises: TaskValidationError naming the first item whose agent is unknown or
     inactive.
     """
-    agents = store_agents.agents_by_id(session, list({item.agent_id for item in items}))
+    agents = agents_by_id(session, list({item.agent_id for item in items}))
     known = _tasks_by_idempotency_key(session, items)
-    ids, rows = [], []
+    results, rows = [], []
     for index, item in enumerate(items):
         key = (item.user_id, item.idempotency_key)
         if item.idempotency_key is not None and key in known:
-            ids.append((known[key], False))
+            results.append((known[key], False))
             continue
         problem = _agent_problem(agents.get(item.agent_id), item)
         if problem:
@@ -165,9 +164,9 @@ def _insert_tasks(
         rows.append(item.model_dump() | {"id": task_id, "status": status, "attempts": 0, "group_id": group_id})
         if item.idempotency_key is not None:
             known[key] = task_id
-        ids.append((task_id, True))
+        results.append((task_id, True))
     store_tasks.insert_tasks(session, rows)
-    return ids
+    return results
 
 
 def _tasks_by_idempotency_key(session: Session, items: list[TaskInput]) -> dict[tuple[str, str | None], uuid.UUID]:
