@@ -98,19 +98,8 @@ def test_cut_off_hosts_claimed_tasks_are_taken_over_by_the_other_host_and_it_rej
     worker_b = start_on(run, b, beat=True)
     run.submit(TASKS)
     owner_a, owner_b = wait_for_owner(run, worker_a), wait_for_owner(run, worker_b)
-    # When both hosts have completed work and a has tasks running
-    wait_until(
-        lambda: both_completed(run, owner_a, owner_b) and held_by(run, owner_a), what="both hosts busy", timeout=120
-    )
-    with run.rows_locked():
-        # (every reply under way arrives and is kept, none recorded: the rows are locked)
-        wait_until(
-            lambda: replies_kept_for_every_running_task(run, run.app.services.redis), what="kept replies", timeout=30
-        )
-        held = held_by(run, owner_a)
-        # And a's link is cut
-        a.cut()
-        cut_at = time.time()
+    # When both hosts have completed work and a has tasks running, and a's link is cut
+    held, cut_at = cut_while_holding(run, a, owner_a, owner_b)
     # Then b takes over every task a had claimed, once a's lease expired
     resumed_after = wait_for_takeover(run, held, owner_a, since=cut_at, timeout=sized(60, 150))
     # And when the link comes back, a renews its lease and takes work again
@@ -140,6 +129,24 @@ def test_cut_off_hosts_claimed_tasks_are_taken_over_by_the_other_host_and_it_rej
 
 def start_on(run: Scenario, host: Host, *, beat: bool = False):
     return run.start_worker(host.label, beat=beat, through=tuple(host.command([])))
+
+
+def cut_while_holding(run: Scenario, a: Host, owner_a: str, owner_b: str) -> tuple[list[str], float]:
+    """Cut a's link while it holds claimed tasks whose replies are kept and not recorded; returns those tasks and
+    when the link was cut. The rows are locked for the cut (no outcome can be recorded); a's tasks may end
+    between the check that it holds some and the lock, so the check is made again under the lock."""
+    kept = run.app.services.redis
+    while True:
+        wait_until(
+            lambda: both_completed(run, owner_a, owner_b) and held_by(run, owner_a), what="both hosts busy", timeout=120
+        )
+        with run.rows_locked():
+            # (every reply under way arrives and is kept, none recorded: the rows are locked)
+            wait_until(lambda: replies_kept_for_every_running_task(run, kept), what="kept replies", timeout=30)
+            held = held_by(run, owner_a)
+            if held:
+                a.cut()
+                return held, time.time()
 
 
 def both_completed(run: Scenario, *owners: str) -> bool:
